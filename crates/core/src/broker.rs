@@ -1,0 +1,98 @@
+//! The broker: its virtual hosts, the exchange types it knows and the chain of auth backends.
+//! One `Arc<Broker>` is shared by every listener and connection.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+
+use crate::auth::AuthChain;
+use crate::error::{CoreError, CoreResult, ErrorKind};
+use crate::exchange::ExchangeTypeRegistry;
+use crate::queue::ConnectionId;
+use crate::vhost::VirtualHost;
+
+/// Settings the core needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// The vhost created at start-up.
+    pub default_vhost: String,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            default_vhost: "/".to_owned(),
+        }
+    }
+}
+
+/// The broker model shared by every adapter.
+pub struct Broker {
+    vhosts: DashMap<String, Arc<VirtualHost>>,
+    exchange_types: Arc<ExchangeTypeRegistry>,
+    auth: AuthChain,
+    next_connection: AtomicU64,
+    config: BrokerConfig,
+}
+
+impl Broker {
+    /// Creates a broker with the given exchange types and auth chain, and its default vhost.
+    pub fn new(
+        config: BrokerConfig,
+        exchange_types: Arc<ExchangeTypeRegistry>,
+        auth: AuthChain,
+    ) -> Arc<Self> {
+        let broker = Arc::new(Self {
+            vhosts: DashMap::new(),
+            exchange_types,
+            auth,
+            next_connection: AtomicU64::new(1),
+            config,
+        });
+        broker.add_vhost(&broker.config.default_vhost.clone());
+        broker
+    }
+
+    /// The configuration the broker was created with.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// The registered exchange types.
+    pub fn exchange_types(&self) -> &Arc<ExchangeTypeRegistry> {
+        &self.exchange_types
+    }
+
+    /// The auth backends.
+    pub fn auth(&self) -> &AuthChain {
+        &self.auth
+    }
+
+    /// Creates a vhost (or returns the existing one).
+    pub fn add_vhost(&self, name: &str) -> Arc<VirtualHost> {
+        self.vhosts
+            .entry(name.to_owned())
+            .or_insert_with(|| VirtualHost::new(name, self.exchange_types.clone()))
+            .value()
+            .clone()
+    }
+
+    /// The vhost called `name`.
+    pub fn vhost(&self, name: &str) -> CoreResult<Arc<VirtualHost>> {
+        self.vhosts
+            .get(name)
+            .map(|v| v.value().clone())
+            .ok_or_else(|| CoreError::new(ErrorKind::NotAllowed, format!("vhost {name} not found")))
+    }
+
+    /// The names of all vhosts.
+    pub fn vhost_names(&self) -> Vec<String> {
+        self.vhosts.iter().map(|v| v.key().clone()).collect()
+    }
+
+    /// A fresh connection identifier.
+    pub fn next_connection_id(&self) -> ConnectionId {
+        ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed))
+    }
+}

@@ -1,0 +1,103 @@
+//! The headers exchange: bindings match on message headers instead of the routing key.
+//! `x-match` = `all` (the default) needs every binding header to match, `any` needs one;
+//! `all-with-x` and `any-with-x` also compare headers whose names start with `x-`.
+//! A binding value of void only requires the header to be present.
+
+use super::{Binding, BindingTarget, ExchangeType, Router};
+use crate::error::{CoreError, CoreResult};
+use crate::field::{FieldTable, FieldValue};
+use crate::message::Message;
+
+/// Header matching.
+pub struct HeadersExchange;
+
+#[derive(Clone, Copy, PartialEq)]
+enum MatchMode {
+    All,
+    Any,
+}
+
+struct HeaderRule {
+    mode: MatchMode,
+    pairs: Vec<(String, FieldValue)>,
+    target: BindingTarget,
+}
+
+impl HeaderRule {
+    fn matches(&self, headers: Option<&FieldTable>) -> bool {
+        let hit = |(name, expected): &(String, FieldValue)| {
+            match headers.and_then(|h| h.get(name)) {
+                None => false,
+                Some(_) if *expected == FieldValue::Void => true,
+                Some(actual) => actual == expected,
+            }
+        };
+        match self.mode {
+            MatchMode::All => self.pairs.iter().all(hit),
+            MatchMode::Any => self.pairs.iter().any(hit),
+        }
+    }
+}
+
+struct HeadersRouter {
+    rules: Vec<HeaderRule>,
+}
+
+impl Router for HeadersRouter {
+    fn route(&self, message: &Message, out: &mut Vec<BindingTarget>) {
+        let headers = message.properties.headers.as_ref();
+        for rule in &self.rules {
+            if rule.matches(headers) {
+                out.push(rule.target.clone());
+            }
+        }
+    }
+}
+
+/// Reads `x-match`: the mode and whether `x-` headers take part.
+fn parse_x_match(arguments: &FieldTable) -> CoreResult<(MatchMode, bool)> {
+    match arguments.get("x-match") {
+        None => Ok((MatchMode::All, false)),
+        Some(value) => match value.as_str() {
+            Some("all") => Ok((MatchMode::All, false)),
+            Some("any") => Ok((MatchMode::Any, false)),
+            Some("all-with-x") => Ok((MatchMode::All, true)),
+            Some("any-with-x") => Ok((MatchMode::Any, true)),
+            _ => Err(CoreError::precondition(format!(
+                "Invalid x-match field value {value:?}; expected all, any, all-with-x, or any-with-x"
+            ))),
+        },
+    }
+}
+
+impl ExchangeType for HeadersExchange {
+    fn name(&self) -> &str {
+        "headers"
+    }
+
+    fn validate_binding(&self, _routing_key: &str, arguments: &FieldTable) -> CoreResult<()> {
+        parse_x_match(arguments).map(|_| ())
+    }
+
+    fn compile(&self, bindings: &[Binding]) -> Box<dyn Router> {
+        let rules = bindings
+            .iter()
+            .filter_map(|binding| {
+                let (mode, with_x) = parse_x_match(&binding.arguments).ok()?;
+                let pairs = binding
+                    .arguments
+                    .iter()
+                    .filter(|(name, _)| with_x || !name.starts_with("x-"))
+                    .filter(|(name, _)| name.as_str() != "x-match")
+                    .map(|(name, value)| (name.clone(), value.clone()))
+                    .collect();
+                Some(HeaderRule {
+                    mode,
+                    pairs,
+                    target: binding.target.clone(),
+                })
+            })
+            .collect();
+        Box::new(HeadersRouter { rules })
+    }
+}

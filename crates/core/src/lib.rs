@@ -1,0 +1,37 @@
+//! The broker model of Junction, shared by every protocol adapter.
+//!
+//! This crate knows virtual hosts, exchanges, bindings, queues, consumers, deliveries,
+//! acknowledgements, users and permissions. It knows nothing about sockets or wire formats:
+//! AMQP, MQTT and STOMP adapters translate their frames into calls on [`Broker`] and
+//! [`VirtualHost`], and turn [`ConsumerEvent`]s back into frames.
+//!
+//! Extension points are traits: [`ExchangeType`] (routing algorithms, registered in an
+//! [`ExchangeTypeRegistry`]) and [`AuthBackend`] (authentication and authorisation, chained in an
+//! [`AuthChain`]). The built-in exchange types and the internal user database are registered
+//! through the same traits that plugins use.
+
+pub mod auth;
+pub mod broker;
+pub mod error;
+pub mod exchange;
+pub mod field;
+pub mod message;
+pub mod queue;
+pub mod vhost;
+
+pub use auth::{
+    AuthBackend, AuthChain, AuthOutcome, InternalUsers, LoginRequest, Permission, Principal,
+    ResourceKind, User,
+};
+pub use broker::{Broker, BrokerConfig};
+pub use error::{CoreError, ErrorKind};
+pub use exchange::{
+    Binding, BindingTarget, Exchange, ExchangeSpec, ExchangeType, ExchangeTypeRegistry, Router,
+};
+pub use field::{FieldTable, FieldValue};
+pub use message::{Message, Properties};
+pub use queue::{
+    ChannelCredit, ChannelId, ConnectionId, ConsumerEvent, ConsumerSink, ConsumerSpec, Delivery,
+    GetResult, QueueHandle, QueueSpec, QueueStats,
+};
+pub use vhost::VirtualHost;

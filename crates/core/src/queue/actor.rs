@@ -1,0 +1,438 @@
+//! The queue task. It owns the ready messages, the unacknowledged ones (per channel), the
+//! consumers and their credit, and is the only place that decides who gets which message.
+//! Commands arrive through a bounded mailbox and are handled in batches; after each batch the
+//! queue dispatches as many ready messages as its consumers have credit for.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Weak};
+
+use tokio::sync::mpsc;
+
+use super::{
+    ChannelCredit, ChannelId, ConsumerEvent, ConsumerSpec, Delivery, GetResult, MessageSeq, QueueCommand,
+    QueueHandle, QueueStats,
+};
+use crate::error::{CoreError, CoreResult};
+use crate::message::Message;
+use crate::vhost::VirtualHost;
+
+/// How many commands the queue handles before it dispatches.
+const BATCH: usize = 256;
+
+struct Ready {
+    seq: MessageSeq,
+    message: Arc<Message>,
+    redelivered: bool,
+}
+
+struct Unacked {
+    message: Arc<Message>,
+    /// The consumer it was delivered to (None for basic.get).
+    consumer: Option<Arc<str>>,
+    /// The channel-wide credit it holds, released when it is settled.
+    credit: Option<Arc<ChannelCredit>>,
+}
+
+impl Unacked {
+    /// Frees the per-consumer and per-channel credit this delivery holds.
+    fn release(&self, consumers: &mut [Consumer], channel: ChannelId) {
+        if let Some(tag) = &self.consumer
+            && let Some(consumer) = consumers
+                .iter_mut()
+                .find(|c| c.spec.channel == channel && c.spec.tag == *tag)
+        {
+            consumer.unacked = consumer.unacked.saturating_sub(1);
+        }
+        if let Some(credit) = &self.credit {
+            credit.release();
+        }
+    }
+}
+
+struct Consumer {
+    spec: ConsumerSpec,
+    unacked: u32,
+}
+
+impl Consumer {
+    fn has_room(&self) -> bool {
+        self.spec.no_ack || self.spec.prefetch == 0 || self.unacked < self.spec.prefetch
+    }
+}
+
+struct QueueActor {
+    handle: QueueHandle,
+    vhost: Weak<VirtualHost>,
+    ready: VecDeque<Ready>,
+    unacked: HashMap<ChannelId, HashMap<MessageSeq, Unacked>>,
+    consumers: Vec<Consumer>,
+    next_consumer: usize,
+    next_seq: MessageSeq,
+    had_consumers: bool,
+}
+
+/// Starts the task of a new queue and returns its handle.
+pub(crate) fn spawn(
+    spec: super::QueueSpec,
+    owner: Option<super::ConnectionId>,
+    vhost: &Arc<VirtualHost>,
+    mailbox: usize,
+) -> QueueHandle {
+    let (tx, rx) = mpsc::channel(mailbox);
+    let handle = QueueHandle::new(spec, owner, vhost.name.clone(), tx);
+    let actor = QueueActor {
+        handle: handle.clone(),
+        vhost: Arc::downgrade(vhost),
+        ready: VecDeque::new(),
+        unacked: HashMap::new(),
+        consumers: Vec::new(),
+        next_consumer: 0,
+        next_seq: 0,
+        had_consumers: false,
+    };
+    tokio::spawn(actor.run(rx));
+    handle
+}
+
+/// What handling a command asks the loop to do next.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl QueueActor {
+    async fn run(mut self, mut rx: mpsc::Receiver<QueueCommand>) {
+        while let Some(command) = rx.recv().await {
+            let mut flow = self.handle_command(command);
+            let mut handled = 1;
+            while matches!(flow, Flow::Continue) && handled < BATCH {
+                match rx.try_recv() {
+                    Ok(command) => flow = self.handle_command(command),
+                    Err(_) => break,
+                }
+                handled += 1;
+            }
+            if matches!(flow, Flow::Stop) {
+                break;
+            }
+            self.dispatch();
+            if self.should_auto_delete() {
+                self.auto_delete();
+                break;
+            }
+        }
+        tracing::debug!(queue = self.handle.name(), "queue task stopped");
+    }
+
+    fn handle_command(&mut self, command: QueueCommand) -> Flow {
+        match command {
+            QueueCommand::Publish(message) => self.enqueue(message),
+            QueueCommand::Consume(spec, reply) => {
+                let _ = reply.send(self.add_consumer(spec));
+            }
+            QueueCommand::Cancel(channel, tag, reply) => {
+                let _ = reply.send(self.remove_consumer(channel, &tag));
+            }
+            QueueCommand::Ack(channel, seqs) => self.settle(channel, &seqs, None),
+            QueueCommand::Reject(channel, seqs, requeue) => {
+                self.settle(channel, &seqs, Some(requeue))
+            }
+            QueueCommand::Get(channel, no_ack, reply) => {
+                let _ = reply.send(self.get(channel, no_ack));
+            }
+            QueueCommand::Purge(reply) => {
+                let purged = self.ready.len() as u32;
+                self.ready.clear();
+                let _ = reply.send(purged);
+            }
+            QueueCommand::Stats(reply) => {
+                let _ = reply.send(self.stats());
+            }
+            QueueCommand::ChannelClosed(channel) => {
+                self.consumers.retain(|c| c.spec.channel != channel);
+                self.requeue_channel(channel);
+            }
+            QueueCommand::Recover(channel) => self.requeue_channel(channel),
+            QueueCommand::Wake => {}
+            QueueCommand::Delete {
+                if_unused,
+                if_empty,
+                reply,
+            } => {
+                let outcome = self.check_delete(if_unused, if_empty);
+                let stop = outcome.is_ok();
+                if stop {
+                    self.cancel_all_consumers();
+                }
+                let _ = reply.send(outcome);
+                if stop {
+                    return Flow::Stop;
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    fn enqueue(&mut self, message: Arc<Message>) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.ready.push_back(Ready {
+            seq,
+            message,
+            redelivered: false,
+        });
+    }
+
+    fn stats(&self) -> QueueStats {
+        QueueStats {
+            ready: self.ready.len() as u32,
+            unacked: self.unacked.values().map(|m| m.len() as u32).sum(),
+            consumers: self.consumers.len() as u32,
+        }
+    }
+
+    fn add_consumer(&mut self, spec: ConsumerSpec) -> CoreResult<()> {
+        let in_exclusive_use = self.consumers.iter().any(|c| c.spec.exclusive)
+            || (spec.exclusive && !self.consumers.is_empty());
+        if in_exclusive_use {
+            return Err(CoreError::access_refused(format!(
+                "queue '{}' in vhost '{}' in exclusive use",
+                self.handle.name(),
+                self.handle.0.vhost
+            )));
+        }
+        self.had_consumers = true;
+        self.consumers.push(Consumer { spec, unacked: 0 });
+        Ok(())
+    }
+
+    fn remove_consumer(&mut self, channel: ChannelId, tag: &str) -> bool {
+        let before = self.consumers.len();
+        self.consumers
+            .retain(|c| !(c.spec.channel == channel && &*c.spec.tag == tag));
+        before != self.consumers.len()
+    }
+
+    fn get(&mut self, channel: ChannelId, no_ack: bool) -> Option<GetResult> {
+        let entry = self.ready.pop_front()?;
+        if !no_ack {
+            self.unacked.entry(channel).or_default().insert(
+                entry.seq,
+                Unacked {
+                    message: entry.message.clone(),
+                    consumer: None,
+                    credit: None,
+                },
+            );
+        }
+        Some(GetResult {
+            seq: entry.seq,
+            message: entry.message,
+            redelivered: entry.redelivered,
+            remaining: self.ready.len() as u32,
+        })
+    }
+
+    /// Acknowledges (`requeue` = None) or rejects the given deliveries of `channel`.
+    fn settle(&mut self, channel: ChannelId, seqs: &[MessageSeq], requeue: Option<bool>) {
+        let Some(pending) = self.unacked.get_mut(&channel) else {
+            return;
+        };
+        let mut back = Vec::new();
+        for seq in seqs {
+            let Some(unacked) = pending.remove(seq) else {
+                continue;
+            };
+            unacked.release(&mut self.consumers, channel);
+            if requeue == Some(true) {
+                back.push(Ready {
+                    seq: *seq,
+                    message: unacked.message,
+                    redelivered: true,
+                });
+            }
+        }
+        if pending.is_empty() {
+            self.unacked.remove(&channel);
+        }
+        self.requeue(back);
+    }
+
+    fn requeue_channel(&mut self, channel: ChannelId) {
+        let Some(pending) = self.unacked.remove(&channel) else {
+            return;
+        };
+        let mut back = Vec::with_capacity(pending.len());
+        for (seq, unacked) in pending {
+            unacked.release(&mut self.consumers, channel);
+            back.push(Ready {
+                seq,
+                message: unacked.message,
+                redelivered: true,
+            });
+        }
+        self.requeue(back);
+    }
+
+    /// Puts messages back in the ready list at their original positions.
+    fn requeue(&mut self, mut back: Vec<Ready>) {
+        if back.is_empty() {
+            return;
+        }
+        back.sort_by_key(|r| r.seq);
+        let fits_in_front = match (self.ready.front(), back.last()) {
+            (Some(first), Some(last)) => last.seq < first.seq,
+            _ => true,
+        };
+        if fits_in_front {
+            for entry in back.into_iter().rev() {
+                self.ready.push_front(entry);
+            }
+            return;
+        }
+        let mut merged = VecDeque::with_capacity(self.ready.len() + back.len());
+        let mut old = std::mem::take(&mut self.ready).into_iter().peekable();
+        let mut new = back.into_iter().peekable();
+        loop {
+            let take_new = match (old.peek(), new.peek()) {
+                (Some(o), Some(n)) => n.seq < o.seq,
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+                (None, None) => break,
+            };
+            let next = if take_new { new.next() } else { old.next() };
+            merged.extend(next);
+        }
+        self.ready = merged;
+    }
+
+    /// Hands ready messages to consumers with credit, round-robin.
+    fn dispatch(&mut self) {
+        while !self.ready.is_empty() && !self.consumers.is_empty() {
+            let Some(index) = self.next_consumer_with_room() else {
+                return;
+            };
+            let Some(entry) = self.ready.pop_front() else {
+                return;
+            };
+            self.next_consumer = index + 1;
+            if let Err(entry) = self.deliver(index, entry) {
+                self.ready.push_front(entry);
+                self.drop_disconnected_consumers();
+            }
+        }
+    }
+
+    /// Removes consumers whose connection has gone away and requeues what they held.
+    fn drop_disconnected_consumers(&mut self) {
+        let mut gone = Vec::new();
+        self.consumers.retain(|c| {
+            let closed = c.spec.sink.is_closed();
+            if closed {
+                gone.push(c.spec.channel);
+            }
+            !closed
+        });
+        for channel in gone {
+            self.requeue_channel(channel);
+        }
+    }
+
+    fn next_consumer_with_room(&mut self) -> Option<usize> {
+        let count = self.consumers.len();
+        for offset in 0..count {
+            let index = (self.next_consumer + offset) % count;
+            let consumer = &self.consumers[index];
+            if !consumer.has_room() {
+                continue;
+            }
+            let credit_ok = consumer.spec.no_ack
+                || consumer
+                    .spec
+                    .channel_credit
+                    .as_ref()
+                    .is_none_or(|credit| credit.try_acquire());
+            if credit_ok {
+                return Some(index);
+            }
+        }
+        None
+    }
+
+    fn deliver(&mut self, index: usize, entry: Ready) -> Result<(), Ready> {
+        let consumer = &mut self.consumers[index];
+        let delivery = Delivery {
+            channel: consumer.spec.channel,
+            consumer_tag: consumer.spec.tag.clone(),
+            queue: self.handle.clone(),
+            seq: entry.seq,
+            message: entry.message.clone(),
+            redelivered: entry.redelivered,
+            needs_ack: !consumer.spec.no_ack,
+        };
+        if consumer
+            .spec
+            .sink
+            .send(ConsumerEvent::Deliver(delivery))
+            .is_err()
+        {
+            if !consumer.spec.no_ack
+                && let Some(credit) = &consumer.spec.channel_credit
+            {
+                credit.release();
+            }
+            return Err(entry);
+        }
+        if !consumer.spec.no_ack {
+            consumer.unacked += 1;
+            let channel = consumer.spec.channel;
+            let unacked = Unacked {
+                message: entry.message,
+                consumer: Some(consumer.spec.tag.clone()),
+                credit: consumer.spec.channel_credit.clone(),
+            };
+            self.unacked
+                .entry(channel)
+                .or_default()
+                .insert(entry.seq, unacked);
+        }
+        Ok(())
+    }
+
+    fn check_delete(&self, if_unused: bool, if_empty: bool) -> CoreResult<u32> {
+        let name = self.handle.name();
+        let vhost = &self.handle.0.vhost;
+        if if_unused && !self.consumers.is_empty() {
+            return Err(CoreError::precondition(format!(
+                "queue '{name}' in vhost '{vhost}' in use"
+            )));
+        }
+        if if_empty && !self.ready.is_empty() {
+            return Err(CoreError::precondition(format!(
+                "queue '{name}' in vhost '{vhost}' is not empty"
+            )));
+        }
+        Ok(self.ready.len() as u32)
+    }
+
+    fn cancel_all_consumers(&mut self) {
+        for consumer in self.consumers.drain(..) {
+            let _ = consumer.spec.sink.send(ConsumerEvent::Cancelled {
+                channel: consumer.spec.channel,
+                consumer_tag: consumer.spec.tag.clone(),
+            });
+        }
+    }
+
+    fn should_auto_delete(&self) -> bool {
+        self.handle.spec().auto_delete && self.had_consumers && self.consumers.is_empty()
+    }
+
+    fn auto_delete(&mut self) {
+        tracing::debug!(queue = self.handle.name(), "auto-deleting queue");
+        if let Some(vhost) = self.vhost.upgrade() {
+            vhost.forget_queue(&self.handle);
+        }
+    }
+}
+

@@ -1,0 +1,301 @@
+//! Queues: a handle that adapters and exchanges hold, the commands it sends, and what consumers
+//! receive. Each queue runs as one task ([`actor`]) that owns its messages, its consumers and
+//! their credit; everything else talks to it through its bounded mailbox, which is also where
+//! publishers feel backpressure.
+
+mod actor;
+mod credit;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::{mpsc, oneshot};
+
+pub use credit::ChannelCredit;
+
+use crate::error::{CoreError, CoreResult};
+use crate::field::FieldTable;
+use crate::message::Message;
+
+pub(crate) use actor::spawn;
+
+/// Identifies one client connection (of any protocol) for the life of the broker process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub u64);
+
+/// Identifies one channel (AMQP) or session (MQTT, STOMP: number 0) of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelId {
+    /// The connection the channel belongs to.
+    pub connection: ConnectionId,
+    /// The channel number within its connection.
+    pub number: u16,
+}
+
+/// A queue's position for one message: unique within the queue, increasing in publish order.
+pub type MessageSeq = u64;
+
+/// A message handed to a consumer.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The channel whose consumer receives it.
+    pub channel: ChannelId,
+    /// The consumer's tag.
+    pub consumer_tag: Arc<str>,
+    /// The queue it comes from; acknowledgements go back to it.
+    pub queue: QueueHandle,
+    /// Its position in the queue, to name it in an acknowledgement.
+    pub seq: MessageSeq,
+    /// The message itself.
+    pub message: Arc<Message>,
+    /// Whether it was delivered before.
+    pub redelivered: bool,
+    /// Whether the consumer must acknowledge it (false for no-ack consumers).
+    pub needs_ack: bool,
+}
+
+/// What a queue tells a consumer's connection.
+#[derive(Debug)]
+pub enum ConsumerEvent {
+    /// A message for one of the connection's consumers.
+    Deliver(Delivery),
+    /// The queue was deleted: the consumer no longer exists.
+    Cancelled {
+        /// The consumer's channel.
+        channel: ChannelId,
+        /// The consumer's tag.
+        consumer_tag: Arc<str>,
+    },
+}
+
+/// Where a connection receives its [`ConsumerEvent`]s. One per connection, shared by all its
+/// consumers, so the connection has a single stream to drain.
+pub type ConsumerSink = mpsc::UnboundedSender<ConsumerEvent>;
+
+/// A consumer as the queue knows it.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// The tag, unique within its channel.
+    pub tag: Arc<str>,
+    /// The channel it belongs to.
+    pub channel: ChannelId,
+    /// Deliveries are settled on sending (no acknowledgement expected).
+    pub no_ack: bool,
+    /// No other consumer may use the queue while this one exists.
+    pub exclusive: bool,
+    /// At most this many unacknowledged deliveries (0 = unlimited).
+    pub prefetch: u32,
+    /// The channel-wide limit shared by every consumer of the channel (basic.qos global).
+    pub channel_credit: Option<Arc<ChannelCredit>>,
+    /// Where deliveries go.
+    pub sink: ConsumerSink,
+}
+
+/// What a client asks for when it declares a queue.
+#[derive(Debug, Clone, Default)]
+pub struct QueueSpec {
+    /// The name (already generated when the client left it empty).
+    pub name: String,
+    /// Survives a broker restart.
+    pub durable: bool,
+    /// Owned by one connection, deleted when it closes.
+    pub exclusive: bool,
+    /// Deleted when its last consumer goes away (after having had one).
+    pub auto_delete: bool,
+    /// Declaration arguments (`x-message-ttl`, ...).
+    pub arguments: FieldTable,
+}
+
+/// Counts reported by a queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Messages ready for delivery.
+    pub ready: u32,
+    /// Messages delivered and not yet acknowledged.
+    pub unacked: u32,
+    /// Active consumers.
+    pub consumers: u32,
+}
+
+/// The answer to a basic.get that found a message.
+#[derive(Debug, Clone)]
+pub struct GetResult {
+    /// Its position in the queue.
+    pub seq: MessageSeq,
+    /// The message.
+    pub message: Arc<Message>,
+    /// Whether it was delivered before.
+    pub redelivered: bool,
+    /// Messages still ready after this one.
+    pub remaining: u32,
+}
+
+pub(crate) enum QueueCommand {
+    Publish(Arc<Message>),
+    Consume(ConsumerSpec, oneshot::Sender<CoreResult<()>>),
+    Cancel(ChannelId, Arc<str>, oneshot::Sender<bool>),
+    Ack(ChannelId, Vec<MessageSeq>),
+    Reject(ChannelId, Vec<MessageSeq>, bool),
+    Get(ChannelId, bool, oneshot::Sender<Option<GetResult>>),
+    Purge(oneshot::Sender<u32>),
+    Stats(oneshot::Sender<QueueStats>),
+    ChannelClosed(ChannelId),
+    Recover(ChannelId),
+    Wake,
+    Delete {
+        if_unused: bool,
+        if_empty: bool,
+        reply: oneshot::Sender<CoreResult<u32>>,
+    },
+}
+
+pub(crate) struct QueueShared {
+    pub(crate) spec: QueueSpec,
+    pub(crate) owner: Option<ConnectionId>,
+    pub(crate) vhost: String,
+    tx: mpsc::Sender<QueueCommand>,
+    deleted: AtomicBool,
+}
+
+/// A cheap, clonable reference to a running queue.
+#[derive(Clone)]
+pub struct QueueHandle(Arc<QueueShared>);
+
+impl std::fmt::Debug for QueueHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QueueHandle({})", self.0.spec.name)
+    }
+}
+
+impl QueueHandle {
+    pub(crate) fn new(
+        spec: QueueSpec,
+        owner: Option<ConnectionId>,
+        vhost: String,
+        tx: mpsc::Sender<QueueCommand>,
+    ) -> Self {
+        Self(Arc::new(QueueShared {
+            spec,
+            owner,
+            vhost,
+            tx,
+            deleted: AtomicBool::new(false),
+        }))
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.0.spec.name
+    }
+
+    /// What the queue was declared with.
+    pub fn spec(&self) -> &QueueSpec {
+        &self.0.spec
+    }
+
+    /// The connection owning this exclusive queue.
+    pub fn owner(&self) -> Option<ConnectionId> {
+        self.0.owner
+    }
+
+    /// Whether both handles refer to the same queue.
+    pub fn same(&self, other: &QueueHandle) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// Whether the queue has been deleted.
+    pub fn is_deleted(&self) -> bool {
+        self.0.deleted.load(Ordering::Acquire)
+    }
+
+    /// Marks the queue deleted; returns false if it already was.
+    pub(crate) fn mark_deleted(&self) -> bool {
+        !self.0.deleted.swap(true, Ordering::AcqRel)
+    }
+
+    fn gone(&self) -> CoreError {
+        CoreError::not_found(format!(
+            "no queue '{}' in vhost '{}'",
+            self.0.spec.name, self.0.vhost
+        ))
+    }
+
+    async fn send(&self, command: QueueCommand) -> CoreResult<()> {
+        self.0.tx.send(command).await.map_err(|_| self.gone())
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> QueueCommand) -> CoreResult<T> {
+        let (tx, rx) = oneshot::channel();
+        self.send(make(tx)).await?;
+        rx.await.map_err(|_| self.gone())
+    }
+
+    /// Enqueues a message. Waits while the queue's mailbox is full (backpressure).
+    pub async fn publish(&self, message: Arc<Message>) -> CoreResult<()> {
+        self.send(QueueCommand::Publish(message)).await
+    }
+
+    /// Adds a consumer.
+    pub async fn consume(&self, consumer: ConsumerSpec) -> CoreResult<()> {
+        self.ask(|tx| QueueCommand::Consume(consumer, tx)).await?
+    }
+
+    /// Removes a consumer; returns whether it existed.
+    pub async fn cancel(&self, channel: ChannelId, tag: Arc<str>) -> bool {
+        self.ask(|tx| QueueCommand::Cancel(channel, tag, tx))
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Settles deliveries positively.
+    pub async fn ack(&self, channel: ChannelId, seqs: Vec<MessageSeq>) {
+        let _ = self.send(QueueCommand::Ack(channel, seqs)).await;
+    }
+
+    /// Settles deliveries negatively, putting them back in the queue when `requeue`.
+    pub async fn reject(&self, channel: ChannelId, seqs: Vec<MessageSeq>, requeue: bool) {
+        let _ = self
+            .send(QueueCommand::Reject(channel, seqs, requeue))
+            .await;
+    }
+
+    /// Takes one message, if any is ready.
+    pub async fn get(&self, channel: ChannelId, no_ack: bool) -> CoreResult<Option<GetResult>> {
+        self.ask(|tx| QueueCommand::Get(channel, no_ack, tx)).await
+    }
+
+    /// Drops every ready message; returns how many.
+    pub async fn purge(&self) -> CoreResult<u32> {
+        self.ask(QueueCommand::Purge).await
+    }
+
+    /// Reports the queue's counts.
+    pub async fn stats(&self) -> CoreResult<QueueStats> {
+        self.ask(QueueCommand::Stats).await
+    }
+
+    /// Tells the queue a channel is gone: its consumers are removed and its unacknowledged
+    /// messages return to the queue, flagged redelivered.
+    pub async fn channel_closed(&self, channel: ChannelId) {
+        let _ = self.send(QueueCommand::ChannelClosed(channel)).await;
+    }
+
+    /// Returns the channel's unacknowledged messages to the queue (basic.recover).
+    pub async fn recover(&self, channel: ChannelId) {
+        let _ = self.send(QueueCommand::Recover(channel)).await;
+    }
+
+    /// Asks the queue to try delivering again (a channel's credit was freed elsewhere).
+    pub async fn wake(&self) {
+        let _ = self.send(QueueCommand::Wake).await;
+    }
+
+    pub(crate) async fn delete(&self, if_unused: bool, if_empty: bool) -> CoreResult<u32> {
+        self.ask(|reply| QueueCommand::Delete {
+            if_unused,
+            if_empty,
+            reply,
+        })
+        .await?
+    }
+}

@@ -1,0 +1,487 @@
+//! A virtual host: a namespace of exchanges and queues with their bindings. Declarations,
+//! deletions and bindings go through here; so does routing a published message to its queues.
+
+use std::sync::{Arc, Weak};
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+
+use crate::error::{CoreError, CoreResult, ErrorKind};
+use crate::exchange::{Binding, BindingTarget, Exchange, ExchangeSpec, ExchangeTypeRegistry};
+use crate::field::FieldTable;
+use crate::message::Message;
+use crate::queue::{self, ConnectionId, QueueHandle, QueueSpec, QueueStats};
+
+/// The exchanges every virtual host has, with their types.
+const STANDARD_EXCHANGES: [(&str, &str); 6] = [
+    ("amq.direct", "direct"),
+    ("amq.fanout", "fanout"),
+    ("amq.topic", "topic"),
+    ("amq.headers", "headers"),
+    ("amq.match", "headers"),
+    ("amq.rabbitmq.trace", "topic"),
+];
+
+/// Capacity of each queue's mailbox: how many commands may wait before publishers block.
+const QUEUE_MAILBOX: usize = 8192;
+
+/// One virtual host.
+pub struct VirtualHost {
+    /// The vhost's name (`/` by default).
+    pub name: String,
+    exchanges: DashMap<String, Arc<Exchange>>,
+    queues: DashMap<String, QueueHandle>,
+    registry: Arc<ExchangeTypeRegistry>,
+    me: Weak<VirtualHost>,
+}
+
+impl std::fmt::Debug for VirtualHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VirtualHost({})", self.name)
+    }
+}
+
+/// The result of a queue declaration.
+#[derive(Debug, Clone)]
+pub struct DeclaredQueue {
+    /// The queue.
+    pub handle: QueueHandle,
+    /// Its counts at declaration time.
+    pub stats: QueueStats,
+}
+
+impl VirtualHost {
+    /// Creates a vhost with the default exchange and the standard `amq.*` exchanges.
+    pub fn new(name: impl Into<String>, registry: Arc<ExchangeTypeRegistry>) -> Arc<Self> {
+        let vhost = Arc::new_cyclic(|me| Self {
+            name: name.into(),
+            exchanges: DashMap::new(),
+            queues: DashMap::new(),
+            registry,
+            me: me.clone(),
+        });
+        let builtin = |name: &str, kind: &str| ExchangeSpec {
+            name: name.to_owned(),
+            kind: kind.to_owned(),
+            durable: true,
+            ..Default::default()
+        };
+        let mut standard = vec![builtin("", "direct")];
+        standard.extend(STANDARD_EXCHANGES.iter().map(|(n, k)| builtin(n, k)));
+        for spec in standard {
+            if let Some(kind) = vhost.registry.get(&spec.kind) {
+                vhost
+                    .exchanges
+                    .insert(spec.name.clone(), Arc::new(Exchange::new(spec, kind)));
+            }
+        }
+        vhost
+    }
+
+    fn not_found_exchange(&self, name: &str) -> CoreError {
+        CoreError::not_found(format!("no exchange '{name}' in vhost '{}'", self.name))
+    }
+
+    fn not_found_queue(&self, name: &str) -> CoreError {
+        CoreError::not_found(format!("no queue '{name}' in vhost '{}'", self.name))
+    }
+
+    /// The exchange called `name`.
+    pub fn exchange(&self, name: &str) -> CoreResult<Arc<Exchange>> {
+        self.exchanges
+            .get(name)
+            .map(|e| e.value().clone())
+            .ok_or_else(|| self.not_found_exchange(name))
+    }
+
+    /// Every exchange, in no particular order.
+    pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
+        self.exchanges.iter().map(|e| e.value().clone()).collect()
+    }
+
+    /// Every queue, in no particular order.
+    pub fn queues(&self) -> Vec<QueueHandle> {
+        self.queues.iter().map(|e| e.value().clone()).collect()
+    }
+
+    /// Declares an exchange, or checks an existing one is equivalent. `passive` only checks
+    /// that it exists.
+    pub fn declare_exchange(&self, spec: ExchangeSpec, passive: bool) -> CoreResult<Arc<Exchange>> {
+        if passive {
+            return self.exchange(&spec.name);
+        }
+        if let Some(existing) = self.exchanges.get(&spec.name) {
+            existing.check_equivalent(&spec, &self.name)?;
+            return Ok(existing.value().clone());
+        }
+        if spec.name.starts_with("amq.") {
+            return Err(CoreError::access_refused(format!(
+                "exchange name '{}' contains reserved prefix 'amq.*'",
+                spec.name
+            )));
+        }
+        let kind = self.registry.get(&spec.kind).ok_or_else(|| {
+            CoreError::new(
+                ErrorKind::CommandInvalid,
+                format!("unknown exchange type '{}'", spec.kind),
+            )
+        })?;
+        kind.validate_arguments(&spec.arguments)?;
+        match self.exchanges.entry(spec.name.clone()) {
+            Entry::Occupied(existing) => {
+                existing.get().check_equivalent(&spec, &self.name)?;
+                Ok(existing.get().clone())
+            }
+            Entry::Vacant(slot) => {
+                let exchange = Arc::new(Exchange::new(spec, kind));
+                slot.insert(exchange.clone());
+                Ok(exchange)
+            }
+        }
+    }
+
+    /// Deletes an exchange and every binding to and from it. Deleting a missing exchange is not
+    /// an error (as in RabbitMQ).
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> CoreResult<()> {
+        if name.is_empty() || name.starts_with("amq.") {
+            return Err(CoreError::access_refused(format!(
+                "operation not permitted on the default exchange or exchange '{name}'"
+            )));
+        }
+        let Some(exchange) = self.exchanges.get(name).map(|e| e.value().clone()) else {
+            return Ok(());
+        };
+        if if_unused && exchange.binding_count() > 0 {
+            return Err(CoreError::precondition(format!(
+                "exchange '{name}' in vhost '{}' in use",
+                self.name
+            )));
+        }
+        self.exchanges.remove(name);
+        let target = BindingTarget::Exchange(exchange.clone());
+        self.unbind_everywhere(&target);
+        // Drop its own outgoing bindings so exchange-to-exchange cycles do not keep it alive.
+        for binding in exchange.bindings() {
+            exchange.unbind(&binding);
+        }
+        Ok(())
+    }
+
+    /// Declares a queue, or checks that an existing one is equivalent and usable by `owner`.
+    /// An empty name gets a server-generated `amq.gen-` name.
+    pub async fn declare_queue(
+        &self,
+        mut spec: QueueSpec,
+        passive: bool,
+        owner: ConnectionId,
+    ) -> CoreResult<DeclaredQueue> {
+        if passive {
+            let handle = self.queue_for(&spec.name, owner)?;
+            let stats = handle.stats().await?;
+            return Ok(DeclaredQueue { handle, stats });
+        }
+        if spec.name.is_empty() {
+            spec.name = generate_queue_name();
+        } else if spec.name.starts_with("amq.") && !self.queues.contains_key(&spec.name) {
+            return Err(CoreError::access_refused(format!(
+                "queue name '{}' contains reserved prefix 'amq.*'",
+                spec.name
+            )));
+        }
+        let handle = match self.queues.entry(spec.name.clone()) {
+            Entry::Occupied(existing) => {
+                let handle = existing.get().clone();
+                drop(existing);
+                self.check_owner(&handle, owner)?;
+                check_queue_equivalent(&handle, &spec, &self.name)?;
+                handle
+            }
+            Entry::Vacant(slot) => {
+                let vhost = self.me.upgrade().ok_or_else(|| {
+                    CoreError::new(ErrorKind::NotAllowed, "vhost is being deleted")
+                })?;
+                let owner = spec.exclusive.then_some(owner);
+                let handle = queue::spawn(spec, owner, &vhost, QUEUE_MAILBOX);
+                slot.insert(handle.clone());
+                handle
+            }
+        };
+        let stats = handle.stats().await?;
+        Ok(DeclaredQueue { handle, stats })
+    }
+
+    /// Refuses access to another connection's exclusive queue (405).
+    fn check_owner(&self, handle: &QueueHandle, owner: ConnectionId) -> CoreResult<()> {
+        match handle.owner() {
+            Some(o) if o != owner => Err(CoreError::locked(format!(
+                "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be \
+                 originally declared on another connection or the exclusive property value does \
+                 not match that of the original declaration.",
+                handle.name(),
+                self.name
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The queue called `name`, if `owner` may use it.
+    pub fn queue_for(&self, name: &str, owner: ConnectionId) -> CoreResult<QueueHandle> {
+        let handle = self
+            .queues
+            .get(name)
+            .map(|q| q.value().clone())
+            .ok_or_else(|| self.not_found_queue(name))?;
+        self.check_owner(&handle, owner)?;
+        Ok(handle)
+    }
+
+    /// The queue called `name`, whoever owns it.
+    pub fn queue(&self, name: &str) -> Option<QueueHandle> {
+        self.queues.get(name).map(|q| q.value().clone())
+    }
+
+    /// Deletes a queue; returns how many ready messages it held. A missing queue is not an
+    /// error (as in RabbitMQ).
+    pub async fn delete_queue(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        owner: ConnectionId,
+    ) -> CoreResult<u32> {
+        let handle = match self.queue_for(name, owner) {
+            Ok(handle) => handle,
+            Err(e) if e.kind == ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let count = match handle.delete(if_unused, if_empty).await {
+            Ok(count) => count,
+            Err(e) if e.kind == ErrorKind::NotFound => 0,
+            Err(e) => return Err(e),
+        };
+        self.forget_queue(&handle);
+        Ok(count)
+    }
+
+    /// Removes a queue from the vhost and unbinds it everywhere. Called by the queue itself when
+    /// it auto-deletes, and by [`VirtualHost::delete_queue`].
+    pub(crate) fn forget_queue(&self, handle: &QueueHandle) {
+        if !handle.mark_deleted() {
+            return;
+        }
+        self.queues
+            .remove_if(handle.name(), |_, current| current.same(handle));
+        self.unbind_everywhere(&BindingTarget::Queue(handle.clone()));
+    }
+
+    /// Removes every binding to `target` and auto-deletes exchanges left without bindings.
+    fn unbind_everywhere(&self, target: &BindingTarget) {
+        for exchange in self.exchanges() {
+            if exchange.unbind_target(target) > 0 {
+                self.maybe_auto_delete(&exchange);
+            }
+        }
+    }
+
+    fn maybe_auto_delete(&self, exchange: &Arc<Exchange>) {
+        if exchange.spec.auto_delete && exchange.binding_count() == 0 {
+            self.exchanges
+                .remove_if(&exchange.name, |_, current| Arc::ptr_eq(current, exchange));
+            self.unbind_everywhere(&BindingTarget::Exchange(exchange.clone()));
+        }
+    }
+
+    fn bindable_source(&self, name: &str) -> CoreResult<Arc<Exchange>> {
+        if name.is_empty() {
+            return Err(CoreError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        self.exchange(name)
+    }
+
+    /// Binds queue `queue` to exchange `exchange`.
+    pub fn bind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+        owner: ConnectionId,
+    ) -> CoreResult<()> {
+        let handle = self.queue_for(queue, owner)?;
+        let source = self.bindable_source(exchange)?;
+        source.bind(Binding {
+            routing_key: routing_key.to_owned(),
+            arguments,
+            target: BindingTarget::Queue(handle),
+        })?;
+        Ok(())
+    }
+
+    /// Removes a queue binding. Removing a binding that does not exist is not an error.
+    pub fn unbind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+        owner: ConnectionId,
+    ) -> CoreResult<()> {
+        let handle = self.queue_for(queue, owner)?;
+        let source = self.bindable_source(exchange)?;
+        let removed = source.unbind(&Binding {
+            routing_key: routing_key.to_owned(),
+            arguments,
+            target: BindingTarget::Queue(handle),
+        });
+        if removed {
+            self.maybe_auto_delete(&source);
+        }
+        Ok(())
+    }
+
+    /// Binds exchange `destination` to exchange `source`.
+    pub fn bind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> CoreResult<()> {
+        let target = self.bindable_source(destination)?;
+        let source = self.bindable_source(source)?;
+        source.bind(Binding {
+            routing_key: routing_key.to_owned(),
+            arguments,
+            target: BindingTarget::Exchange(target),
+        })?;
+        Ok(())
+    }
+
+    /// Removes an exchange-to-exchange binding.
+    pub fn unbind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> CoreResult<()> {
+        let target = self.bindable_source(destination)?;
+        let source = self.bindable_source(source)?;
+        let removed = source.unbind(&Binding {
+            routing_key: routing_key.to_owned(),
+            arguments,
+            target: BindingTarget::Exchange(target),
+        });
+        if removed {
+            self.maybe_auto_delete(&source);
+        }
+        Ok(())
+    }
+
+    /// Resolves the queues `message` goes to when published to `exchange`, following
+    /// exchange-to-exchange bindings (each exchange once) and delivering to each queue once.
+    pub fn route(&self, exchange: &Exchange, message: &Message, queues: &mut Vec<QueueHandle>) {
+        if exchange.name.is_empty() {
+            if let Some(queue) = self.queues.get(message.routing_key.as_str()) {
+                queues.push(queue.value().clone());
+            }
+            return;
+        }
+        let mut targets = Vec::new();
+        exchange.route(message, &mut targets);
+        let mut visited: Vec<*const Exchange> = vec![exchange as *const Exchange];
+        while let Some(target) = targets.pop() {
+            match target {
+                BindingTarget::Queue(queue) => {
+                    if !queues.iter().any(|q| q.same(&queue)) {
+                        queues.push(queue);
+                    }
+                }
+                BindingTarget::Exchange(next) => {
+                    let ptr = Arc::as_ptr(&next);
+                    if !visited.contains(&ptr) {
+                        visited.push(ptr);
+                        next.route(message, &mut targets);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Deletes the exclusive queues of a connection that has closed.
+    pub async fn connection_closed(&self, owner: ConnectionId) {
+        let owned: Vec<QueueHandle> = self
+            .queues
+            .iter()
+            .filter(|q| q.value().owner() == Some(owner))
+            .map(|q| q.value().clone())
+            .collect();
+        for handle in owned {
+            let _ = handle.delete(false, false).await;
+            self.forget_queue(&handle);
+        }
+    }
+}
+
+/// Checks that a redeclaration matches the existing queue (RabbitMQ's 406 rule).
+fn check_queue_equivalent(handle: &QueueHandle, spec: &QueueSpec, vhost: &str) -> CoreResult<()> {
+    let current = handle.spec();
+    let differs = |field: &str, received: String, current: String| {
+        Err(CoreError::precondition(format!(
+            "inequivalent arg '{field}' for queue '{}' in vhost '{vhost}': received {received} but current is {current}",
+            current_name(handle)
+        )))
+    };
+    if current.durable != spec.durable {
+        return differs(
+            "durable",
+            format!("'{}'", spec.durable),
+            format!("'{}'", current.durable),
+        );
+    }
+    if current.exclusive != spec.exclusive {
+        return differs(
+            "exclusive",
+            format!("'{}'", spec.exclusive),
+            format!("'{}'", current.exclusive),
+        );
+    }
+    if current.auto_delete != spec.auto_delete {
+        return differs(
+            "auto_delete",
+            format!("'{}'", spec.auto_delete),
+            format!("'{}'", current.auto_delete),
+        );
+    }
+    for (key, value) in spec.arguments.iter() {
+        if current.arguments.get(key) != Some(value) {
+            return differs(
+                key,
+                format!("{value:?}"),
+                format!("{:?}", current.arguments.get(key)),
+            );
+        }
+    }
+    for (key, value) in current.arguments.iter() {
+        if spec.arguments.get(key).is_none() {
+            return differs(key, "none".to_owned(), format!("{value:?}"));
+        }
+    }
+    Ok(())
+}
+
+fn current_name(handle: &QueueHandle) -> &str {
+    handle.name()
+}
+
+/// A server-generated queue name in RabbitMQ's style: `amq.gen-` and 22 URL-safe characters.
+pub fn generate_queue_name() -> String {
+    use base64::Engine;
+    let bytes: [u8; 16] = rand::random();
+    format!(
+        "amq.gen-{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
