@@ -168,11 +168,14 @@ impl VirtualHost {
     }
 
     /// Declares a queue, or checks that an existing one is equivalent and usable by `owner`.
-    /// An empty name gets a server-generated `amq.gen-` name.
+    /// An empty name gets a server-generated `amq.gen-` name; so may an adapter that needs the
+    /// name first (to check permissions), passing `server_named` so the reserved `amq.` prefix
+    /// is allowed.
     pub async fn declare_queue(
         &self,
         mut spec: QueueSpec,
         passive: bool,
+        server_named: bool,
         owner: ConnectionId,
     ) -> CoreResult<DeclaredQueue> {
         if passive {
@@ -182,7 +185,10 @@ impl VirtualHost {
         }
         if spec.name.is_empty() {
             spec.name = generate_queue_name();
-        } else if spec.name.starts_with("amq.") && !self.queues.contains_key(&spec.name) {
+        } else if !server_named
+            && spec.name.starts_with("amq.")
+            && !self.queues.contains_key(&spec.name)
+        {
             return Err(CoreError::access_refused(format!(
                 "queue name '{}' contains reserved prefix 'amq.*'",
                 spec.name
@@ -193,6 +199,9 @@ impl VirtualHost {
                 let handle = existing.get().clone();
                 drop(existing);
                 self.check_owner(&handle, owner)?;
+                if handle.spec().exclusive != spec.exclusive {
+                    return Err(self.locked(&handle));
+                }
                 check_queue_equivalent(&handle, &spec, &self.name)?;
                 handle
             }
@@ -213,15 +222,19 @@ impl VirtualHost {
     /// Refuses access to another connection's exclusive queue (405).
     fn check_owner(&self, handle: &QueueHandle, owner: ConnectionId) -> CoreResult<()> {
         match handle.owner() {
-            Some(o) if o != owner => Err(CoreError::locked(format!(
-                "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be \
-                 originally declared on another connection or the exclusive property value does \
-                 not match that of the original declaration.",
-                handle.name(),
-                self.name
-            ))),
+            Some(o) if o != owner => Err(self.locked(handle)),
             _ => Ok(()),
         }
+    }
+
+    fn locked(&self, handle: &QueueHandle) -> CoreError {
+        CoreError::locked(format!(
+            "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be \
+             originally declared on another connection or the exclusive property value does \
+             not match that of the original declaration.",
+            handle.name(),
+            self.name
+        ))
     }
 
     /// The queue called `name`, if `owner` may use it.

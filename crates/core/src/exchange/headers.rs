@@ -25,12 +25,11 @@ struct HeaderRule {
 
 impl HeaderRule {
     fn matches(&self, headers: Option<&FieldTable>) -> bool {
-        let hit = |(name, expected): &(String, FieldValue)| {
-            match headers.and_then(|h| h.get(name)) {
-                None => false,
-                Some(_) if *expected == FieldValue::Void => true,
-                Some(actual) => actual == expected,
-            }
+        let hit = |(name, expected): &(String, FieldValue)| match headers.and_then(|h| h.get(name))
+        {
+            None => false,
+            Some(_) if *expected == FieldValue::Void => true,
+            Some(actual) => actual == expected,
         };
         match self.mode {
             MatchMode::All => self.pairs.iter().all(hit),

@@ -9,8 +9,8 @@ use std::sync::{Arc, Weak};
 use tokio::sync::mpsc;
 
 use super::{
-    ChannelCredit, ChannelId, ConsumerEvent, ConsumerSpec, Delivery, GetResult, MessageSeq, QueueCommand,
-    QueueHandle, QueueStats,
+    ChannelCredit, ChannelId, ConsumerEvent, ConsumerSpec, Delivery, GetResult, MessageSeq,
+    QueueCommand, QueueHandle, QueueStats,
 };
 use crate::error::{CoreError, CoreResult};
 use crate::message::Message;
@@ -435,4 +435,3 @@ impl QueueActor {
         }
     }
 }
-

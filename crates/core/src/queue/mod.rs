@@ -30,6 +30,9 @@ pub struct ChannelId {
     pub connection: ConnectionId,
     /// The channel number within its connection.
     pub number: u16,
+    /// Tells apart successive channels that reuse a number, so a delivery meant for a closed
+    /// channel is never taken for one of its successor's.
+    pub generation: u32,
 }
 
 /// A queue's position for one message: unique within the queue, increasing in publish order.

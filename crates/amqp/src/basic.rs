@@ -1,0 +1,343 @@
+//! The basic class: publishing (with mandatory returns and confirms), consuming, basic.get,
+//! acknowledgements, prefetch and recovery, as core calls; and the encoding of deliveries.
+
+use std::sync::Arc;
+
+use amq_protocol::protocol::AMQPClass;
+use amq_protocol::protocol::basic::{
+    AMQPMethod, CancelOk, ConsumeOk, Deliver, GetEmpty, GetOk, QosOk, RecoverOk, Return,
+};
+use junction_core::{
+    ConsumerSpec, Delivery, ErrorKind, Message, Permission, QueueHandle, ResourceKind,
+};
+
+use crate::channel::{BodyParts, Channel, ChannelConsumer, PendingPublish, Unacked, by_queue};
+use crate::error::{AmqpError, AmqpResult, code};
+use crate::properties::properties_to_wire;
+use crate::session::Session;
+
+/// Handles one basic-class method (content, if any, arrives in later frames).
+pub async fn handle(
+    session: &mut Session,
+    channel: &mut Channel,
+    method: AMQPMethod,
+) -> AmqpResult<()> {
+    let number = channel.id.number;
+    match method {
+        AMQPMethod::Publish(m) => {
+            if m.immediate {
+                return Err(AmqpError::connection(
+                    code::NOT_IMPLEMENTED,
+                    "immediate=true",
+                ));
+            }
+            channel.pending = Some(PendingPublish {
+                exchange: m.exchange.as_str().to_owned(),
+                routing_key: m.routing_key.as_str().to_owned(),
+                mandatory: m.mandatory,
+                properties: None,
+                body_size: 0,
+                body: BodyParts::Empty,
+            });
+        }
+        AMQPMethod::Qos(m) => {
+            let count = u32::from(m.prefetch_count);
+            if m.global {
+                channel.credit.set_limit(count);
+                wake_consumed_queues(channel).await;
+            } else {
+                channel.consumer_prefetch = count;
+            }
+            session.send(number, AMQPClass::Basic(AMQPMethod::QosOk(QosOk {})));
+        }
+        AMQPMethod::Consume(m) => {
+            let vhost = session.vhost()?;
+            session.authorize(ResourceKind::Queue, m.queue.as_str(), Permission::Read)?;
+            let queue = vhost.queue_for(m.queue.as_str(), session.id)?;
+            let tag: Arc<str> = if m.consumer_tag.as_str().is_empty() {
+                generate_consumer_tag().into()
+            } else {
+                m.consumer_tag.as_str().into()
+            };
+            if channel.consumers.contains_key(&tag) {
+                return Err(AmqpError::connection(
+                    code::NOT_ALLOWED,
+                    format!("attempt to reuse consumer tag '{tag}'"),
+                ));
+            }
+            let spec = ConsumerSpec {
+                tag: tag.clone(),
+                channel: channel.id,
+                no_ack: m.no_ack,
+                exclusive: m.exclusive,
+                prefetch: channel.consumer_prefetch,
+                channel_credit: Some(channel.credit.clone()),
+                sink: session.sink.clone(),
+            };
+            queue.consume(spec).await?;
+            channel
+                .consumers
+                .insert(tag.clone(), ChannelConsumer { queue });
+            if !m.nowait {
+                session.send(
+                    number,
+                    AMQPClass::Basic(AMQPMethod::ConsumeOk(ConsumeOk {
+                        consumer_tag: tag.as_ref().into(),
+                    })),
+                );
+            }
+        }
+        AMQPMethod::Cancel(m) => {
+            let tag: Arc<str> = m.consumer_tag.as_str().into();
+            if let Some(consumer) = channel.consumers.remove(&tag) {
+                consumer.queue.cancel(channel.id, tag.clone()).await;
+            }
+            if !m.nowait {
+                session.send(
+                    number,
+                    AMQPClass::Basic(AMQPMethod::CancelOk(CancelOk {
+                        consumer_tag: tag.as_ref().into(),
+                    })),
+                );
+            }
+        }
+        AMQPMethod::Get(m) => {
+            let vhost = session.vhost()?;
+            session.authorize(ResourceKind::Queue, m.queue.as_str(), Permission::Read)?;
+            let queue = vhost.queue_for(m.queue.as_str(), session.id)?;
+            match queue.get(channel.id, m.no_ack).await? {
+                None => session.send(number, AMQPClass::Basic(AMQPMethod::GetEmpty(GetEmpty {}))),
+                Some(got) => {
+                    let delivery_tag = channel.next_delivery_tag();
+                    if !m.no_ack {
+                        channel.unacked.insert(
+                            delivery_tag,
+                            Unacked {
+                                queue: queue.clone(),
+                                seq: got.seq,
+                            },
+                        );
+                    }
+                    session.send(
+                        number,
+                        AMQPClass::Basic(AMQPMethod::GetOk(GetOk {
+                            delivery_tag,
+                            redelivered: got.redelivered,
+                            exchange: got.message.exchange.as_str().into(),
+                            routing_key: got.message.routing_key.as_str().into(),
+                            message_count: got.remaining,
+                        })),
+                    );
+                    write_content(session, number, &got.message);
+                }
+            }
+        }
+        AMQPMethod::Ack(m) => settle(channel, m.delivery_tag, m.multiple, None).await?,
+        AMQPMethod::Nack(m) => settle(channel, m.delivery_tag, m.multiple, Some(m.requeue)).await?,
+        AMQPMethod::Reject(m) => settle(channel, m.delivery_tag, false, Some(m.requeue)).await?,
+        AMQPMethod::Recover(m) => {
+            recover(channel, m.requeue).await?;
+            session.send(
+                number,
+                AMQPClass::Basic(AMQPMethod::RecoverOk(RecoverOk {})),
+            );
+        }
+        AMQPMethod::RecoverAsync(m) => recover(channel, m.requeue).await?,
+        other => return Err(crate::connection::server_only(&AMQPClass::Basic(other))),
+    }
+    Ok(())
+}
+
+/// A consumer tag in RabbitMQ's style for consumers that did not name themselves.
+fn generate_consumer_tag() -> String {
+    use base64::Engine;
+    let bytes: [u8; 16] = rand::random();
+    format!(
+        "amq.ctag-{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// basic.recover: every unacknowledged delivery of the channel goes back to its queue.
+async fn recover(channel: &mut Channel, requeue: bool) -> AmqpResult<()> {
+    if !requeue {
+        return Err(AmqpError::connection(
+            code::NOT_IMPLEMENTED,
+            "requeue=false",
+        ));
+    }
+    let queues = channel.queues_touched();
+    channel.unacked.clear();
+    for queue in queues {
+        queue.recover(channel.id).await;
+    }
+    Ok(())
+}
+
+/// Acks (`requeue` None), nacks or rejects deliveries by tag.
+async fn settle(
+    channel: &mut Channel,
+    tag: u64,
+    multiple: bool,
+    requeue: Option<bool>,
+) -> AmqpResult<()> {
+    let Some(deliveries) = channel.take_unacked(tag, multiple) else {
+        return Err(AmqpError::channel(
+            code::PRECONDITION_FAILED,
+            format!("unknown delivery tag {tag}"),
+        ));
+    };
+    if let Some(tx) = channel.tx.as_mut() {
+        tx.settlements
+            .extend(deliveries.into_iter().map(|(tag, d)| (tag, d, requeue)));
+        return Ok(());
+    }
+    let deliveries = deliveries.into_iter().map(|(_, d)| d).collect();
+    apply_settlements(channel, deliveries, requeue).await;
+    Ok(())
+}
+
+/// Sends settlements to their queues, grouped per queue.
+pub async fn apply_settlements(channel: &Channel, deliveries: Vec<Unacked>, requeue: Option<bool>) {
+    for (queue, seqs) in by_queue(deliveries) {
+        match requeue {
+            None => queue.ack(channel.id, seqs).await,
+            Some(requeue) => queue.reject(channel.id, seqs, requeue).await,
+        }
+    }
+    if channel.credit.limit() > 0 {
+        wake_consumed_queues(channel).await;
+    }
+}
+
+/// Lets every queue this channel consumes from know that channel-wide credit may be free.
+async fn wake_consumed_queues(channel: &Channel) {
+    let mut woken: Vec<&QueueHandle> = Vec::new();
+    for consumer in channel.consumers.values() {
+        if !woken.iter().any(|q| q.same(&consumer.queue)) {
+            consumer.queue.wake().await;
+            woken.push(&consumer.queue);
+        }
+    }
+}
+
+/// Completes a publish whose body has fully arrived: routes it, or holds it for tx.commit.
+pub async fn publish(
+    session: &mut Session,
+    channel: &mut Channel,
+    pending: PendingPublish,
+) -> AmqpResult<()> {
+    let vhost = session.vhost()?;
+    session.authorize(ResourceKind::Exchange, &pending.exchange, Permission::Write)?;
+    let exchange = vhost.exchange(&pending.exchange)?;
+    if exchange.spec.internal {
+        return Err(AmqpError::channel(
+            code::ACCESS_REFUSED,
+            format!(
+                "cannot publish to internal exchange '{}' in vhost '{}'",
+                exchange.name, vhost.name
+            ),
+        ));
+    }
+    let properties = pending.properties.unwrap_or_default();
+    if let (Some(claimed), Some(principal)) = (&properties.user_id, &session.principal)
+        && *claimed != principal.user.name
+    {
+        return Err(AmqpError::channel(
+            code::PRECONDITION_FAILED,
+            format!(
+                "user_id property set to '{claimed}' but authenticated user was '{}'",
+                principal.user.name
+            ),
+        ));
+    }
+    let message = Arc::new(Message {
+        exchange: pending.exchange,
+        routing_key: pending.routing_key,
+        properties,
+        body: pending.body.finish(),
+    });
+    if let Some(tx) = channel.tx.as_mut() {
+        tx.publishes.push((message, pending.mandatory));
+        return Ok(());
+    }
+    route(session, channel, &message, pending.mandatory).await
+}
+
+/// Routes a message to its queues; returns it when mandatory and unroutable; owes a confirm.
+pub async fn route(
+    session: &mut Session,
+    channel: &mut Channel,
+    message: &Arc<Message>,
+    mandatory: bool,
+) -> AmqpResult<()> {
+    let vhost = session.vhost()?;
+    let exchange = match vhost.exchange(&message.exchange) {
+        Ok(exchange) => exchange,
+        Err(e) if e.kind == ErrorKind::NotFound => return Err(e.into()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut queues = Vec::new();
+    vhost.route(&exchange, message, &mut queues);
+    let mut delivered = 0;
+    for queue in &queues {
+        if queue.publish(message.clone()).await.is_ok() {
+            delivered += 1;
+        }
+    }
+    if delivered == 0 && mandatory {
+        let number = channel.id.number;
+        session.send(
+            number,
+            AMQPClass::Basic(AMQPMethod::Return(Return {
+                reply_code: code::NO_ROUTE,
+                reply_text: "NO_ROUTE".into(),
+                exchange: message.exchange.as_str().into(),
+                routing_key: message.routing_key.as_str().into(),
+            })),
+        );
+        write_content(session, number, message);
+    }
+    if let Some(seq) = channel.confirm.as_mut() {
+        *seq += 1;
+        let owed = channel.confirms_owed.get_or_insert((0, 0));
+        owed.0 = *seq;
+        owed.1 += 1;
+    }
+    Ok(())
+}
+
+/// Writes a content header and body frames for `message`.
+pub fn write_content(session: &mut Session, channel: u16, message: &Message) {
+    let properties = properties_to_wire(&message.properties);
+    let frame_max = session.frame_max;
+    session
+        .out
+        .content(channel, &properties, &message.body, frame_max);
+}
+
+/// Writes a delivery to a consumer and records it as unacknowledged when it needs an ack.
+pub fn deliver(session: &mut Session, channel: &mut Channel, delivery: Delivery) {
+    let delivery_tag = channel.next_delivery_tag();
+    let number = channel.id.number;
+    session.send(
+        number,
+        AMQPClass::Basic(AMQPMethod::Deliver(Deliver {
+            consumer_tag: delivery.consumer_tag.as_ref().into(),
+            delivery_tag,
+            redelivered: delivery.redelivered,
+            exchange: delivery.message.exchange.as_str().into(),
+            routing_key: delivery.message.routing_key.as_str().into(),
+        })),
+    );
+    write_content(session, number, &delivery.message);
+    if delivery.needs_ack {
+        channel.unacked.insert(
+            delivery_tag,
+            Unacked {
+                queue: delivery.queue,
+                seq: delivery.seq,
+            },
+        );
+    }
+}

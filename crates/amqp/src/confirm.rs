@@ -1,0 +1,48 @@
+//! The confirm class: publisher confirms. Confirms owed by a batch of publishes are sent as one
+//! basic.ack with `multiple` when the batch ends, instead of one frame per message.
+
+use amq_protocol::protocol::AMQPClass;
+use amq_protocol::protocol::basic::{AMQPMethod as Basic, Ack};
+use amq_protocol::protocol::confirm::{AMQPMethod, SelectOk};
+
+use crate::channel::Channel;
+use crate::error::{AmqpError, AmqpResult, code};
+use crate::session::Session;
+
+/// Handles confirm.select.
+pub fn handle(session: &mut Session, channel: &mut Channel, method: AMQPMethod) -> AmqpResult<()> {
+    match method {
+        AMQPMethod::Select(m) => {
+            if channel.tx.is_some() {
+                return Err(AmqpError::channel(
+                    code::PRECONDITION_FAILED,
+                    "cannot switch from tx to confirm mode",
+                ));
+            }
+            if channel.confirm.is_none() {
+                channel.confirm = Some(0);
+            }
+            if !m.nowait {
+                session.send(
+                    channel.id.number,
+                    AMQPClass::Confirm(AMQPMethod::SelectOk(SelectOk {})),
+                );
+            }
+            Ok(())
+        }
+        other => Err(crate::connection::server_only(&AMQPClass::Confirm(other))),
+    }
+}
+
+/// Sends the confirms a channel owes, as one basic.ack covering all of them.
+pub fn flush(session: &mut Session, channel: &mut Channel) {
+    if let Some((last, count)) = channel.confirms_owed.take() {
+        session.send(
+            channel.id.number,
+            AMQPClass::Basic(Basic::Ack(Ack {
+                delivery_tag: last,
+                multiple: count > 1,
+            })),
+        );
+    }
+}

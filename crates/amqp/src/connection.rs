@@ -1,0 +1,946 @@
+//! The AMQP connection state machine: protocol header, start/tune/open handshake, frame
+//! dispatch to channels and method classes, content assembly, errors turned into
+//! channel.close or connection.close, and the delivery of consumer events.
+//!
+//! It does no I/O: [`Connection::on_bytes`] consumes a read buffer and leaves frames in the
+//! session's outbox; the driver in `io.rs` moves bytes and keeps time.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use amq_protocol::frame::parsing::parse_content_header;
+use amq_protocol::protocol::channel::{self as channel_methods, CloseOk, OpenOk as ChannelOpenOk};
+use amq_protocol::protocol::connection::{self as conn, OpenOk, Start, Tune};
+use amq_protocol::protocol::{AMQPClass, basic as basic_methods, parse_class};
+use amq_protocol::types::parsing::parse_field_table;
+use amq_protocol::types::{AMQPValue, FieldTable as WireTable, LongString};
+use bytes::{BufMut, Bytes, BytesMut};
+use junction_core::{Broker, ChannelId, ConsumerEvent, ConsumerSink, LoginRequest};
+
+use crate::channel::{Channel, ChannelState};
+use crate::error::{AmqpError, AmqpResult, Scope, code};
+use crate::frame::{
+    FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, PROTOCOL_HEADER, RawFrame, method_ids,
+    take_frame,
+};
+use crate::properties::properties_from_wire;
+use crate::session::Session;
+use crate::settings::{FRAME_MIN_SIZE, Settings};
+use crate::{basic, confirm, exchange, queue, tx};
+
+/// Where the connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Waiting for `AMQP 0 0 9 1`.
+    AwaitingHeader,
+    /// connection.start sent.
+    AwaitingStartOk,
+    /// connection.tune sent.
+    AwaitingTuneOk,
+    /// Tuned; waiting for connection.open.
+    AwaitingOpen,
+    /// Open.
+    Open,
+    /// The server sent connection.close and waits for close-ok.
+    Closing,
+    /// Done: flush the outbox and close the socket.
+    Closed,
+}
+
+/// What the driver should do after feeding the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Keep going.
+    Continue,
+    /// Write what is in the outbox, then close the socket.
+    Close,
+}
+
+/// One AMQP connection's protocol state.
+pub struct Connection {
+    session: Session,
+    state: State,
+    channels: Vec<Option<Channel>>,
+    generation: u32,
+}
+
+/// The error for a method only a server may send, received from a client.
+pub fn server_only(method: &AMQPClass) -> AmqpError {
+    AmqpError::connection(
+        code::COMMAND_INVALID,
+        format!("method {method:?} is not valid from a client"),
+    )
+    .during((method.get_amqp_class_id(), method.get_amqp_method_id()))
+}
+
+/// Class and method ids of AMQP 0-9-1 methods a client may legitimately send, plus those of
+/// RabbitMQ's extensions; anything else is answered with 540 (not-implemented).
+fn is_known_method(class: u16, method: u16) -> bool {
+    match class {
+        10 => matches!(
+            method,
+            10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51 | 60 | 61 | 70 | 71
+        ),
+        20 => matches!(method, 10 | 11 | 20 | 21 | 40 | 41),
+        30 => matches!(method, 10 | 11),
+        40 => matches!(method, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 51),
+        50 => matches!(method, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51),
+        60 => matches!(
+            method,
+            10 | 11
+                | 20
+                | 21
+                | 30
+                | 31
+                | 40
+                | 50
+                | 51
+                | 60
+                | 70
+                | 71
+                | 72
+                | 80
+                | 90
+                | 100
+                | 110
+                | 111
+                | 120
+        ),
+        85 => matches!(method, 10 | 11),
+        90 => matches!(method, 10 | 11 | 20 | 21 | 30 | 31),
+        _ => false,
+    }
+}
+
+fn str_value(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+impl Connection {
+    /// A connection that has just been accepted.
+    pub fn new(
+        broker: Arc<Broker>,
+        settings: Arc<Settings>,
+        peer: Option<SocketAddr>,
+        sink: ConsumerSink,
+    ) -> Self {
+        Self {
+            session: Session::new(broker, settings, peer, sink),
+            state: State::AwaitingHeader,
+            channels: Vec::new(),
+            generation: 0,
+        }
+    }
+
+    /// The state of the connection.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The negotiated heartbeat interval in seconds (0 = off).
+    pub fn heartbeat(&self) -> u16 {
+        self.session.heartbeat
+    }
+
+    /// Takes the bytes waiting to be written.
+    pub fn take_output(&mut self) -> Bytes {
+        self.session.out.take()
+    }
+
+    /// Whether bytes are waiting to be written.
+    pub fn has_output(&self) -> bool {
+        !self.session.out.is_empty()
+    }
+
+    /// Writes a heartbeat frame.
+    pub fn send_heartbeat(&mut self) {
+        if matches!(self.state, State::AwaitingOpen | State::Open) {
+            self.session.out.heartbeat();
+        }
+    }
+
+    /// Handles every whole frame in `buffer`, leaving a partial frame in place.
+    pub async fn on_bytes(&mut self, buffer: &mut BytesMut) -> Next {
+        if self.state == State::AwaitingHeader {
+            if buffer.len() < PROTOCOL_HEADER.len() {
+                // A client that sends something else entirely gets our header back at once.
+                if !PROTOCOL_HEADER.starts_with(&buffer[..]) {
+                    return self.refuse_protocol();
+                }
+                return Next::Continue;
+            }
+            let header = buffer.split_to(PROTOCOL_HEADER.len());
+            if &header[..] != PROTOCOL_HEADER {
+                return self.refuse_protocol();
+            }
+            self.send_start();
+        }
+        loop {
+            if self.state == State::Closed {
+                return Next::Close;
+            }
+            let frame = match take_frame(buffer, self.session.frame_max) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(error) => {
+                    self.fail(AmqpError::connection(code::FRAME_ERROR, error.to_string()))
+                        .await;
+                    // Framing is lost: nothing after this can be read.
+                    buffer.clear();
+                    return Next::Close;
+                }
+            };
+            if let Err(error) = self.on_frame(frame).await {
+                self.fail(error).await;
+            }
+        }
+        self.flush_confirms();
+        if self.state == State::Closed {
+            Next::Close
+        } else {
+            Next::Continue
+        }
+    }
+
+    fn refuse_protocol(&mut self) -> Next {
+        self.session.out.raw(PROTOCOL_HEADER);
+        self.state = State::Closed;
+        Next::Close
+    }
+
+    fn flush_confirms(&mut self) {
+        for channel in self.channels.iter_mut().flatten() {
+            if channel.confirms_owed.is_some() {
+                confirm::flush(&mut self.session, channel);
+            }
+        }
+    }
+
+    fn send_start(&mut self) {
+        let settings = &self.session.settings;
+        let mut capabilities = WireTable::default();
+        for capability in [
+            "publisher_confirms",
+            "exchange_exchange_bindings",
+            "basic.nack",
+            "consumer_cancel_notify",
+            "connection.blocked",
+            "authentication_failure_close",
+            "per_consumer_qos",
+        ] {
+            capabilities.insert(capability.into(), AMQPValue::Boolean(true));
+        }
+        let mut properties = WireTable::default();
+        properties.insert("product".into(), str_value(&settings.product));
+        properties.insert("version".into(), str_value(&settings.version));
+        properties.insert("platform".into(), str_value("Rust"));
+        properties.insert("cluster_name".into(), str_value(&settings.cluster_name));
+        properties.insert(
+            "information".into(),
+            str_value("Junction, a multi-protocol message broker"),
+        );
+        properties.insert("capabilities".into(), AMQPValue::FieldTable(capabilities));
+        self.session.send(
+            0,
+            AMQPClass::Connection(conn::AMQPMethod::Start(Start {
+                version_major: 0,
+                version_minor: 9,
+                server_properties: properties,
+                mechanisms: "PLAIN AMQPLAIN".into(),
+                locales: "en_US".into(),
+            })),
+        );
+        self.state = State::AwaitingStartOk;
+    }
+
+    async fn on_frame(&mut self, frame: RawFrame) -> AmqpResult<()> {
+        if self.state == State::Closing {
+            return self.on_frame_while_closing(frame);
+        }
+        match frame.kind {
+            FRAME_HEARTBEAT => {
+                if frame.channel != 0 {
+                    return Err(AmqpError::connection(
+                        code::FRAME_ERROR,
+                        format!("heartbeat frame on channel {}", frame.channel),
+                    ));
+                }
+                Ok(())
+            }
+            FRAME_METHOD => {
+                let method = decode_method(&frame.payload)?;
+                if frame.channel == 0 {
+                    self.on_connection_method(method).await
+                } else {
+                    self.on_channel_method(frame.channel, method).await
+                }
+            }
+            FRAME_HEADER => self.on_content_header(frame).await,
+            FRAME_BODY => self.on_content_body(frame).await,
+            other => Err(AmqpError::connection(
+                code::FRAME_ERROR,
+                format!("unknown frame type {other}"),
+            )),
+        }
+    }
+
+    fn on_frame_while_closing(&mut self, frame: RawFrame) -> AmqpResult<()> {
+        if frame.kind == FRAME_METHOD && frame.channel == 0 {
+            match method_ids(&frame.payload) {
+                Some((10, 51)) => self.state = State::Closed,
+                Some((10, 50)) => {
+                    self.session.send(
+                        0,
+                        AMQPClass::Connection(conn::AMQPMethod::CloseOk(conn::CloseOk {})),
+                    );
+                    self.state = State::Closed;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_connection_method(&mut self, method: AMQPClass) -> AmqpResult<()> {
+        let ids = (method.get_amqp_class_id(), method.get_amqp_method_id());
+        let AMQPClass::Connection(method) = method else {
+            return Err(AmqpError::connection(
+                code::COMMAND_INVALID,
+                "only connection methods are allowed on channel 0",
+            )
+            .during(ids));
+        };
+        match (self.state, method) {
+            (State::AwaitingStartOk, conn::AMQPMethod::StartOk(m)) => self.on_start_ok(m),
+            (State::AwaitingTuneOk, conn::AMQPMethod::TuneOk(m)) => self.on_tune_ok(m),
+            (State::AwaitingOpen, conn::AMQPMethod::Open(m)) => self.on_open(m),
+            (_, conn::AMQPMethod::Close(m)) => {
+                tracing::debug!(code = m.reply_code, text = %m.reply_text, "client closed connection");
+                self.close_all_channels().await;
+                self.session.send(
+                    0,
+                    AMQPClass::Connection(conn::AMQPMethod::CloseOk(conn::CloseOk {})),
+                );
+                self.state = State::Closed;
+                Ok(())
+            }
+            (_, conn::AMQPMethod::CloseOk(_)) => {
+                self.state = State::Closed;
+                Ok(())
+            }
+            (State::Open, conn::AMQPMethod::UpdateSecret(_)) => {
+                self.session.send(
+                    0,
+                    AMQPClass::Connection(conn::AMQPMethod::UpdateSecretOk(
+                        conn::UpdateSecretOk {},
+                    )),
+                );
+                Ok(())
+            }
+            (_, other) => Err(AmqpError::connection(
+                code::COMMAND_INVALID,
+                format!("unexpected method {other:?} in state {:?}", self.state),
+            )
+            .during(ids)),
+        }
+    }
+
+    fn on_start_ok(&mut self, m: conn::StartOk) -> AmqpResult<()> {
+        if let Some(AMQPValue::FieldTable(caps)) = m.client_properties.inner().get("capabilities") {
+            let flag =
+                |name: &str| matches!(caps.inner().get(name), Some(AMQPValue::Boolean(true)));
+            self.session.capabilities.consumer_cancel_notify = flag("consumer_cancel_notify");
+            self.session.capabilities.authentication_failure_close =
+                flag("authentication_failure_close");
+            self.session.capabilities.connection_blocked = flag("connection.blocked");
+        }
+        let mechanism = m.mechanism.as_str();
+        let credentials = match mechanism {
+            "PLAIN" => plain_credentials(m.response.as_bytes()),
+            "AMQPLAIN" => amqplain_credentials(m.response.as_bytes()),
+            other => {
+                return Err(AmqpError::connection(
+                    code::ACCESS_REFUSED,
+                    format!("unsupported authentication mechanism '{other}'"),
+                ));
+            }
+        };
+        let Some((username, password)) = credentials else {
+            return Err(AmqpError::connection(
+                code::ACCESS_REFUSED,
+                format!("malformed {mechanism} response"),
+            ));
+        };
+        let request = LoginRequest {
+            username: &username,
+            password: &password,
+            peer: self.session.peer.map(|p| p.ip()),
+        };
+        match self.session.broker.auth().authenticate(&request) {
+            Ok(principal) => {
+                self.session.principal = Some(principal);
+            }
+            Err(reason) => {
+                tracing::warn!(user = %username, peer = ?self.session.peer, %reason, "login refused");
+                let error = AmqpError::connection(
+                    code::ACCESS_REFUSED,
+                    format!(
+                        "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+                    ),
+                );
+                if self.session.capabilities.authentication_failure_close {
+                    return Err(error);
+                }
+                // Clients without the capability expect the socket to close (AMQP 0-9-1 §2.2.4).
+                self.state = State::Closed;
+                return Ok(());
+            }
+        }
+        let settings = &self.session.settings;
+        self.session.send(
+            0,
+            AMQPClass::Connection(conn::AMQPMethod::Tune(Tune {
+                channel_max: settings.channel_max,
+                frame_max: settings.frame_max,
+                heartbeat: settings.heartbeat,
+            })),
+        );
+        self.state = State::AwaitingTuneOk;
+        Ok(())
+    }
+
+    fn on_tune_ok(&mut self, m: conn::TuneOk) -> AmqpResult<()> {
+        let settings = self.session.settings.clone();
+        let frame_max = if m.frame_max == 0 {
+            settings.frame_max
+        } else {
+            m.frame_max
+        };
+        if frame_max > settings.frame_max {
+            return Err(AmqpError::connection(
+                code::NOT_ALLOWED,
+                format!("frame_max={frame_max} > {} max size", settings.frame_max),
+            ));
+        }
+        if (frame_max as usize) < FRAME_MIN_SIZE {
+            return Err(AmqpError::connection(
+                code::NOT_ALLOWED,
+                format!("frame_max={frame_max} < {FRAME_MIN_SIZE} min size"),
+            ));
+        }
+        let channel_max = if m.channel_max == 0 {
+            settings.channel_max
+        } else {
+            m.channel_max.min(settings.channel_max)
+        };
+        self.session.frame_max = frame_max as usize;
+        self.session.channel_max = channel_max;
+        self.session.heartbeat = m.heartbeat;
+        self.state = State::AwaitingOpen;
+        Ok(())
+    }
+
+    fn on_open(&mut self, m: conn::Open) -> AmqpResult<()> {
+        let name = m.virtual_host.as_str();
+        let vhost = self.session.broker.vhost(name).map_err(|_| {
+            AmqpError::connection(code::NOT_ALLOWED, format!("vhost {name} not found"))
+        })?;
+        let Some(principal) = &self.session.principal else {
+            return Err(AmqpError::connection(
+                code::COMMAND_INVALID,
+                "not logged in",
+            ));
+        };
+        if !principal.check_vhost(name) {
+            return Err(AmqpError::connection(
+                code::NOT_ALLOWED,
+                format!(
+                    "access to vhost '{name}' refused for user '{}'",
+                    principal.user.name
+                ),
+            ));
+        }
+        self.session.vhost = Some(vhost);
+        self.session.send(
+            0,
+            AMQPClass::Connection(conn::AMQPMethod::OpenOk(OpenOk {})),
+        );
+        self.state = State::Open;
+        Ok(())
+    }
+
+    fn channel_slot(&mut self, number: u16) -> &mut Option<Channel> {
+        let index = usize::from(number);
+        if self.channels.len() <= index {
+            self.channels.resize_with(index + 1, || None);
+        }
+        &mut self.channels[index]
+    }
+
+    async fn on_channel_method(&mut self, number: u16, method: AMQPClass) -> AmqpResult<()> {
+        let ids = (method.get_amqp_class_id(), method.get_amqp_method_id());
+        if self.state != State::Open {
+            return Err(AmqpError::connection(
+                code::CHANNEL_ERROR,
+                format!("channel {number} used before the connection was open"),
+            )
+            .during(ids));
+        }
+        if let AMQPClass::Connection(_) = method {
+            return Err(AmqpError::connection(
+                code::COMMAND_INVALID,
+                "connection methods are only allowed on channel 0",
+            )
+            .during(ids));
+        }
+        if let AMQPClass::Channel(channel_methods::AMQPMethod::Open(_)) = method {
+            return self.open_channel(number).map_err(|e| e.during(ids));
+        }
+        let channel_max = self.session.channel_max;
+        let Some(mut channel) = self.channel_slot(number).take() else {
+            return Err(AmqpError::connection(
+                code::CHANNEL_ERROR,
+                format!("expected 'channel.open' on channel {number}"),
+            )
+            .during(ids));
+        };
+        debug_assert!(number <= channel_max || channel_max == 0);
+        if channel.state == ChannelState::Closing {
+            let keep = self.on_method_while_channel_closing(&channel, method);
+            if keep {
+                *self.channel_slot(number) = Some(channel);
+            }
+            return Ok(());
+        }
+        if channel.pending.is_some() {
+            *self.channel_slot(number) = Some(channel);
+            return Err(AmqpError::connection(
+                code::UNEXPECTED_FRAME,
+                format!(
+                    "expected content header for class 60, got method frame on channel {number}"
+                ),
+            )
+            .during(ids));
+        }
+        let outcome = self.dispatch(&mut channel, method).await;
+        let keep = match outcome {
+            Ok(keep) => keep,
+            Err(error) if error.scope == Scope::Channel => {
+                self.close_channel_with(&mut channel, error.during(ids))
+                    .await;
+                true
+            }
+            Err(error) => {
+                *self.channel_slot(number) = Some(channel);
+                return Err(error.during(ids));
+            }
+        };
+        if keep {
+            *self.channel_slot(number) = Some(channel);
+        }
+        Ok(())
+    }
+
+    /// Runs one method on an open channel; returns whether the channel still exists.
+    async fn dispatch(&mut self, channel: &mut Channel, method: AMQPClass) -> AmqpResult<bool> {
+        let session = &mut self.session;
+        match method {
+            AMQPClass::Basic(m) => basic::handle(session, channel, m).await?,
+            AMQPClass::Queue(m) => queue::handle(session, channel, m).await?,
+            AMQPClass::Exchange(m) => exchange::handle(session, channel, m).await?,
+            AMQPClass::Confirm(m) => confirm::handle(session, channel, m)?,
+            AMQPClass::Tx(m) => tx::handle(session, channel, m).await?,
+            AMQPClass::Access(access_method) => match access_method {
+                amq_protocol::protocol::access::AMQPMethod::Request(_) => {
+                    session.send(
+                        channel.id.number,
+                        AMQPClass::Access(amq_protocol::protocol::access::AMQPMethod::RequestOk(
+                            amq_protocol::protocol::access::RequestOk {},
+                        )),
+                    );
+                }
+                other => return Err(server_only(&AMQPClass::Access(other))),
+            },
+            AMQPClass::Channel(m) => return self.on_channel_class(channel, m).await,
+            AMQPClass::Connection(_) => {
+                return Err(AmqpError::connection(
+                    code::COMMAND_INVALID,
+                    "connection methods are only allowed on channel 0",
+                ));
+            }
+        }
+        Ok(true)
+    }
+
+    async fn on_channel_class(
+        &mut self,
+        channel: &mut Channel,
+        method: channel_methods::AMQPMethod,
+    ) -> AmqpResult<bool> {
+        let number = channel.id.number;
+        match method {
+            channel_methods::AMQPMethod::Close(_) => {
+                self.release_channel(channel).await;
+                self.session.send(
+                    number,
+                    AMQPClass::Channel(channel_methods::AMQPMethod::CloseOk(CloseOk {})),
+                );
+                Ok(false)
+            }
+            channel_methods::AMQPMethod::CloseOk(_) => Ok(true),
+            channel_methods::AMQPMethod::Flow(m) => {
+                channel.flow_active = m.active;
+                if m.active {
+                    while let Some(delivery) = channel.held.pop_front() {
+                        basic::deliver(&mut self.session, channel, delivery);
+                    }
+                }
+                self.session.send(
+                    number,
+                    AMQPClass::Channel(channel_methods::AMQPMethod::FlowOk(
+                        channel_methods::FlowOk { active: m.active },
+                    )),
+                );
+                Ok(true)
+            }
+            channel_methods::AMQPMethod::Open(_) => Err(AmqpError::connection(
+                code::CHANNEL_ERROR,
+                "second 'channel.open' seen",
+            )),
+            other => Err(server_only(&AMQPClass::Channel(other))),
+        }
+    }
+
+    /// Handles a method on a channel the server is closing: only close and close-ok count.
+    /// Returns whether the channel is still waiting.
+    fn on_method_while_channel_closing(&mut self, channel: &Channel, method: AMQPClass) -> bool {
+        match method {
+            AMQPClass::Channel(channel_methods::AMQPMethod::CloseOk(_)) => false,
+            AMQPClass::Channel(channel_methods::AMQPMethod::Close(_)) => {
+                self.session.send(
+                    channel.id.number,
+                    AMQPClass::Channel(channel_methods::AMQPMethod::CloseOk(CloseOk {})),
+                );
+                false
+            }
+            _ => true,
+        }
+    }
+
+    fn open_channel(&mut self, number: u16) -> AmqpResult<()> {
+        if number > self.session.channel_max && self.session.channel_max != 0 {
+            return Err(AmqpError::connection(
+                code::CHANNEL_ERROR,
+                format!(
+                    "channel number {number} exceeds channel_max {}",
+                    self.session.channel_max
+                ),
+            ));
+        }
+        if self.channel_slot(number).is_some() {
+            return Err(AmqpError::connection(
+                code::CHANNEL_ERROR,
+                "second 'channel.open' seen",
+            ));
+        }
+        self.generation = self.generation.wrapping_add(1);
+        let id = ChannelId {
+            connection: self.session.id,
+            number,
+            generation: self.generation,
+        };
+        *self.channel_slot(number) = Some(Channel::new(id));
+        self.session.send(
+            number,
+            AMQPClass::Channel(channel_methods::AMQPMethod::OpenOk(ChannelOpenOk {})),
+        );
+        Ok(())
+    }
+
+    async fn on_content_header(&mut self, frame: RawFrame) -> AmqpResult<()> {
+        let number = frame.channel;
+        let Some(mut channel) = self.channel_slot(number).take() else {
+            return Err(AmqpError::connection(
+                code::CHANNEL_ERROR,
+                format!("expected 'channel.open' on channel {number}"),
+            ));
+        };
+        let awaiting_header = channel
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.properties.is_none());
+        if channel.state == ChannelState::Closing {
+            *self.channel_slot(number) = Some(channel);
+            return Ok(());
+        }
+        if !awaiting_header {
+            *self.channel_slot(number) = Some(channel);
+            return Err(AmqpError::connection(
+                code::UNEXPECTED_FRAME,
+                format!("unexpected content header frame on channel {number}"),
+            ));
+        }
+        let header = match parse_content_header(&frame.payload[..]) {
+            Ok((_, header)) => header,
+            Err(_) => {
+                *self.channel_slot(number) = Some(channel);
+                return Err(AmqpError::connection(
+                    code::FRAME_ERROR,
+                    "malformed content header",
+                ));
+            }
+        };
+        if header.class_id != 60 {
+            *self.channel_slot(number) = Some(channel);
+            return Err(AmqpError::connection(
+                code::FRAME_ERROR,
+                format!("content header for class {} is not basic", header.class_id),
+            ));
+        }
+        if let Some(pending) = channel.pending.as_mut() {
+            pending.properties = Some(properties_from_wire(&header.properties));
+            pending.body_size = header.body_size;
+        }
+        if header.body_size == 0 {
+            self.complete_publish(&mut channel).await;
+        }
+        *self.channel_slot(number) = Some(channel);
+        Ok(())
+    }
+
+    async fn on_content_body(&mut self, frame: RawFrame) -> AmqpResult<()> {
+        let number = frame.channel;
+        let Some(mut channel) = self.channel_slot(number).take() else {
+            return Err(AmqpError::connection(
+                code::CHANNEL_ERROR,
+                format!("expected 'channel.open' on channel {number}"),
+            ));
+        };
+        if channel.state == ChannelState::Closing {
+            *self.channel_slot(number) = Some(channel);
+            return Ok(());
+        }
+        let Some(pending) = channel.pending.as_mut().filter(|p| p.properties.is_some()) else {
+            *self.channel_slot(number) = Some(channel);
+            return Err(AmqpError::connection(
+                code::UNEXPECTED_FRAME,
+                format!("unexpected content body frame on channel {number}"),
+            ));
+        };
+        pending.body.push(frame.payload);
+        let received = pending.body.len() as u64;
+        let expected = pending.body_size;
+        if received > expected {
+            *self.channel_slot(number) = Some(channel);
+            return Err(AmqpError::connection(
+                code::FRAME_ERROR,
+                format!("content body of {received} bytes exceeds the declared {expected}"),
+            ));
+        }
+        if received == expected {
+            self.complete_publish(&mut channel).await;
+        }
+        *self.channel_slot(number) = Some(channel);
+        Ok(())
+    }
+
+    async fn complete_publish(&mut self, channel: &mut Channel) {
+        let Some(pending) = channel.pending.take() else {
+            return;
+        };
+        let ids = (60, 40);
+        if let Err(error) = basic::publish(&mut self.session, channel, pending).await {
+            match error.scope {
+                Scope::Channel => self.close_channel_with(channel, error.during(ids)).await,
+                Scope::Connection => self.fail(error.during(ids)).await,
+            }
+        }
+    }
+
+    /// Closes a channel because of a soft error: channel.close goes out, the channel's
+    /// consumers and unacknowledged messages are released now, and close-ok is awaited.
+    async fn close_channel_with(&mut self, channel: &mut Channel, error: AmqpError) {
+        tracing::debug!(channel = channel.id.number, %error, "closing channel");
+        self.release_channel(channel).await;
+        self.session.send_channel_close(channel.id.number, &error);
+        channel.state = ChannelState::Closing;
+    }
+
+    /// Gives back everything a channel holds in the core.
+    async fn release_channel(&mut self, channel: &mut Channel) {
+        for queue in channel.queues_touched() {
+            queue.channel_closed(channel.id).await;
+        }
+        channel.consumers.clear();
+        channel.unacked.clear();
+        channel.pending = None;
+        channel.held.clear();
+        channel.tx = None;
+    }
+
+    async fn close_all_channels(&mut self) {
+        let channels: Vec<Channel> = self.channels.iter_mut().filter_map(Option::take).collect();
+        for mut channel in channels {
+            self.release_channel(&mut channel).await;
+        }
+    }
+
+    /// Closes the connection because of a hard error (or a soft one outside any channel).
+    async fn fail(&mut self, error: AmqpError) {
+        if matches!(self.state, State::Closing | State::Closed) {
+            return;
+        }
+        tracing::info!(peer = ?self.session.peer, %error, "closing connection on error");
+        self.close_all_channels().await;
+        let before_tune = matches!(self.state, State::AwaitingHeader);
+        if before_tune {
+            self.state = State::Closed;
+            return;
+        }
+        self.session.send(
+            0,
+            AMQPClass::Connection(conn::AMQPMethod::Close(conn::Close {
+                reply_code: error.code,
+                reply_text: error.reply_text().into(),
+                class_id: error.class_id,
+                method_id: error.method_id,
+            })),
+        );
+        self.state = State::Closing;
+    }
+
+    /// Starts a server-initiated close with `code` (connection-forced at shutdown).
+    pub async fn close(&mut self, code: u16, text: &str) {
+        self.fail(AmqpError::connection(code, text)).await;
+    }
+
+    /// Writes a consumer event: a delivery, or a broker-side cancel.
+    pub fn on_event(&mut self, event: ConsumerEvent) {
+        match event {
+            ConsumerEvent::Deliver(delivery) => {
+                let number = delivery.channel.number;
+                let Some(Some(channel)) = self.channels.get_mut(usize::from(number)) else {
+                    return;
+                };
+                if channel.id != delivery.channel || channel.state != ChannelState::Open {
+                    return;
+                }
+                if !channel.flow_active {
+                    channel.held.push_back(delivery);
+                    return;
+                }
+                basic::deliver(&mut self.session, channel, delivery);
+            }
+            ConsumerEvent::Cancelled {
+                channel: id,
+                consumer_tag,
+            } => {
+                let Some(Some(channel)) = self.channels.get_mut(usize::from(id.number)) else {
+                    return;
+                };
+                if channel.id != id || channel.consumers.remove(&consumer_tag).is_none() {
+                    return;
+                }
+                if self.session.capabilities.consumer_cancel_notify {
+                    self.session.send(
+                        id.number,
+                        AMQPClass::Basic(basic_methods::AMQPMethod::Cancel(
+                            basic_methods::Cancel {
+                                consumer_tag: consumer_tag.as_ref().into(),
+                                nowait: true,
+                            },
+                        )),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Releases everything the connection holds: called once its socket is gone.
+    pub async fn cleanup(&mut self) {
+        self.close_all_channels().await;
+        if let Some(vhost) = self.session.vhost.clone() {
+            vhost.connection_closed(self.session.id).await;
+        }
+    }
+}
+
+/// Decodes a method frame's payload, telling unknown methods (540) from malformed ones (502).
+fn decode_method(payload: &[u8]) -> AmqpResult<AMQPClass> {
+    let Some((class, method)) = method_ids(payload) else {
+        return Err(AmqpError::connection(
+            code::FRAME_ERROR,
+            "method frame too short",
+        ));
+    };
+    if !is_known_method(class, method) {
+        return Err(AmqpError::connection(
+            code::NOT_IMPLEMENTED,
+            format!("unknown method: class {class}, method {method}"),
+        )
+        .during((class, method)));
+    }
+    match parse_class(payload) {
+        Ok(([], decoded)) => Ok(decoded),
+        Ok(_) | Err(_) => Err(AmqpError::connection(
+            code::SYNTAX_ERROR,
+            format!("malformed arguments for method: class {class}, method {method}"),
+        )
+        .during((class, method))),
+    }
+}
+
+/// PLAIN: `authzid NUL authcid NUL password`.
+fn plain_credentials(response: &[u8]) -> Option<(String, String)> {
+    let mut parts = response.split(|b| *b == 0);
+    let _authzid = parts.next()?;
+    let user = std::str::from_utf8(parts.next()?).ok()?.to_owned();
+    let pass = std::str::from_utf8(parts.next()?).ok()?.to_owned();
+    Some((user, pass))
+}
+
+/// AMQPLAIN: a field table without its length prefix, holding LOGIN and PASSWORD.
+fn amqplain_credentials(response: &[u8]) -> Option<(String, String)> {
+    let mut framed = BytesMut::with_capacity(response.len() + 4);
+    framed.put_u32(u32::try_from(response.len()).ok()?);
+    framed.extend_from_slice(response);
+    let (_, table) = parse_field_table(&framed[..]).ok()?;
+    let text = |key: &str| match table.inner().get(key)? {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    };
+    Some((text("LOGIN")?, text("PASSWORD")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_responses_are_split_on_nul() {
+        assert_eq!(
+            plain_credentials(b"\0guest\0secret"),
+            Some(("guest".into(), "secret".into()))
+        );
+        assert_eq!(plain_credentials(b"guest"), None);
+    }
+
+    #[test]
+    fn amqplain_responses_are_read_as_tables() {
+        let response = amq_protocol::auth::Credentials::new("bob".into(), "pw".into())
+            .sasl_auth_string(amq_protocol::auth::SASLMechanism::AMQPlain);
+        assert_eq!(
+            amqplain_credentials(response.as_bytes()),
+            Some(("bob".into(), "pw".into()))
+        );
+    }
+
+    #[test]
+    fn unknown_methods_are_not_implemented_and_garbage_is_a_syntax_error() {
+        let unknown = decode_method(&[0, 60, 0, 99]).expect_err("unknown");
+        assert_eq!(unknown.code, code::NOT_IMPLEMENTED);
+        let garbage = decode_method(&[0, 50, 0, 10, 0xff]).expect_err("malformed");
+        assert_eq!(garbage.code, code::SYNTAX_ERROR);
+    }
+}

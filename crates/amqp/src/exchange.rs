@@ -1,0 +1,93 @@
+//! The exchange class: declare, delete, bind and unbind (exchange-to-exchange), as core calls.
+
+use amq_protocol::protocol::AMQPClass;
+use amq_protocol::protocol::exchange::{AMQPMethod, BindOk, DeclareOk, DeleteOk, UnbindOk};
+use junction_core::{ExchangeSpec, Permission, ResourceKind};
+
+use crate::channel::Channel;
+use crate::error::AmqpResult;
+use crate::properties::table_from_wire;
+use crate::session::Session;
+
+/// Handles one exchange-class method.
+pub async fn handle(
+    session: &mut Session,
+    channel: &mut Channel,
+    method: AMQPMethod,
+) -> AmqpResult<()> {
+    let number = channel.id.number;
+    let vhost = session.vhost()?;
+    match method {
+        AMQPMethod::Declare(m) => {
+            let name = m.exchange.as_str();
+            if !m.passive {
+                session.authorize(ResourceKind::Exchange, name, Permission::Configure)?;
+            }
+            let spec = ExchangeSpec {
+                name: name.to_owned(),
+                kind: m.kind.as_str().to_owned(),
+                durable: m.durable,
+                auto_delete: m.auto_delete,
+                internal: m.internal,
+                arguments: table_from_wire(&m.arguments),
+            };
+            vhost.declare_exchange(spec, m.passive)?;
+            if !m.nowait {
+                session.send(
+                    number,
+                    AMQPClass::Exchange(AMQPMethod::DeclareOk(DeclareOk {})),
+                );
+            }
+        }
+        AMQPMethod::Delete(m) => {
+            let name = m.exchange.as_str();
+            session.authorize(ResourceKind::Exchange, name, Permission::Configure)?;
+            vhost.delete_exchange(name, m.if_unused)?;
+            if !m.nowait {
+                session.send(
+                    number,
+                    AMQPClass::Exchange(AMQPMethod::DeleteOk(DeleteOk {})),
+                );
+            }
+        }
+        AMQPMethod::Bind(m) => {
+            session.authorize(
+                ResourceKind::Exchange,
+                m.destination.as_str(),
+                Permission::Write,
+            )?;
+            session.authorize(ResourceKind::Exchange, m.source.as_str(), Permission::Read)?;
+            vhost.bind_exchange(
+                m.destination.as_str(),
+                m.source.as_str(),
+                m.routing_key.as_str(),
+                table_from_wire(&m.arguments),
+            )?;
+            if !m.nowait {
+                session.send(number, AMQPClass::Exchange(AMQPMethod::BindOk(BindOk {})));
+            }
+        }
+        AMQPMethod::Unbind(m) => {
+            session.authorize(
+                ResourceKind::Exchange,
+                m.destination.as_str(),
+                Permission::Write,
+            )?;
+            session.authorize(ResourceKind::Exchange, m.source.as_str(), Permission::Read)?;
+            vhost.unbind_exchange(
+                m.destination.as_str(),
+                m.source.as_str(),
+                m.routing_key.as_str(),
+                table_from_wire(&m.arguments),
+            )?;
+            if !m.nowait {
+                session.send(
+                    number,
+                    AMQPClass::Exchange(AMQPMethod::UnbindOk(UnbindOk {})),
+                );
+            }
+        }
+        other => return Err(crate::connection::server_only(&AMQPClass::Exchange(other))),
+    }
+    Ok(())
+}

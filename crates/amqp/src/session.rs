@@ -1,0 +1,154 @@
+//! What every handler of a connection shares: the broker, the logged-in principal and vhost,
+//! the outbox, negotiated limits, client capabilities and the permission cache.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use amq_protocol::protocol::{AMQPClass, channel as channel_methods};
+use junction_core::{
+    Broker, ConnectionId, ConsumerSink, Permission, Principal, ResourceKind, VirtualHost,
+};
+
+use crate::error::{AmqpError, AmqpResult, code};
+use crate::frame::Outbox;
+use crate::settings::Settings;
+
+/// Capabilities the client announced in its client-properties.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientCapabilities {
+    /// It understands a broker-sent basic.cancel.
+    pub consumer_cancel_notify: bool,
+    /// It wants connection.close (not a bare socket close) on failed authentication.
+    pub authentication_failure_close: bool,
+    /// It understands connection.blocked / unblocked.
+    pub connection_blocked: bool,
+}
+
+/// Connection-wide state shared by the handlers.
+pub struct Session {
+    /// The broker.
+    pub broker: Arc<Broker>,
+    /// Static settings of the listener.
+    pub settings: Arc<Settings>,
+    /// This connection's identity in the core.
+    pub id: ConnectionId,
+    /// The client's address.
+    pub peer: Option<SocketAddr>,
+    /// Frames waiting to be written.
+    pub out: Outbox,
+    /// Where queues send this connection's deliveries.
+    pub sink: ConsumerSink,
+    /// The logged-in user, after connection.start-ok.
+    pub principal: Option<Principal>,
+    /// The vhost, after connection.open.
+    pub vhost: Option<Arc<VirtualHost>>,
+    /// Negotiated maximum frame size.
+    pub frame_max: usize,
+    /// Negotiated highest channel number.
+    pub channel_max: u16,
+    /// Negotiated heartbeat interval in seconds (0 = off).
+    pub heartbeat: u16,
+    /// What the client supports.
+    pub capabilities: ClientCapabilities,
+    permissions: HashMap<(ResourceKind, Permission), HashMap<String, bool>>,
+}
+
+impl Session {
+    /// A session for a new connection.
+    pub fn new(
+        broker: Arc<Broker>,
+        settings: Arc<Settings>,
+        peer: Option<SocketAddr>,
+        sink: ConsumerSink,
+    ) -> Self {
+        let id = broker.next_connection_id();
+        Self {
+            broker,
+            settings,
+            id,
+            peer,
+            out: Outbox::new(),
+            sink,
+            principal: None,
+            vhost: None,
+            frame_max: crate::settings::FRAME_MIN_SIZE,
+            channel_max: 0,
+            heartbeat: 0,
+            capabilities: ClientCapabilities::default(),
+            permissions: HashMap::new(),
+        }
+    }
+
+    /// The vhost; only called once the connection is open.
+    pub fn vhost(&self) -> AmqpResult<Arc<VirtualHost>> {
+        self.vhost
+            .clone()
+            .ok_or_else(|| AmqpError::connection(code::COMMAND_INVALID, "connection not open"))
+    }
+
+    /// Refuses with 403 unless the user may do `permission` on the named resource. Answers are
+    /// cached for the life of the connection.
+    pub fn authorize(
+        &mut self,
+        kind: ResourceKind,
+        name: &str,
+        permission: Permission,
+    ) -> AmqpResult<()> {
+        let cache = self.permissions.entry((kind, permission)).or_default();
+        let allowed = match cache.get(name) {
+            Some(allowed) => *allowed,
+            None => {
+                let (Some(principal), Some(vhost)) = (&self.principal, &self.vhost) else {
+                    return Err(AmqpError::connection(
+                        code::COMMAND_INVALID,
+                        "connection not open",
+                    ));
+                };
+                let allowed = principal.check_resource(&vhost.name, kind, name, permission);
+                cache.insert(name.to_owned(), allowed);
+                allowed
+            }
+        };
+        if allowed {
+            return Ok(());
+        }
+        let shown = if kind == ResourceKind::Exchange && name.is_empty() {
+            "amq.default"
+        } else {
+            name
+        };
+        let user = self
+            .principal
+            .as_ref()
+            .map(|p| p.user.name.as_str())
+            .unwrap_or("");
+        let vhost = self.vhost.as_ref().map(|v| v.name.as_str()).unwrap_or("");
+        Err(AmqpError::channel(
+            code::ACCESS_REFUSED,
+            format!(
+                "{} access to {} '{shown}' in vhost '{vhost}' refused for user '{user}'",
+                permission.as_str(),
+                kind.as_str()
+            ),
+        ))
+    }
+
+    /// Writes a method frame.
+    pub fn send(&mut self, channel: u16, method: AMQPClass) {
+        self.out.method(channel, &method);
+    }
+
+    /// Writes channel.close for a soft error.
+    pub fn send_channel_close(&mut self, channel: u16, error: &AmqpError) {
+        self.send(
+            channel,
+            AMQPClass::Channel(channel_methods::AMQPMethod::Close(channel_methods::Close {
+                reply_code: error.code,
+                reply_text: error.reply_text().into(),
+                class_id: error.class_id,
+                method_id: error.method_id,
+            })),
+        );
+    }
+}

@@ -1,0 +1,34 @@
+//! Settings of the AMQP listener that come from the configuration.
+
+/// The smallest frame_max a peer may negotiate (AMQP 0-9-1 §4.2.3).
+pub const FRAME_MIN_SIZE: usize = 4096;
+
+/// What the AMQP adapter offers in connection.tune and server-properties.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Largest frame we accept and propose.
+    pub frame_max: u32,
+    /// Highest channel number we propose.
+    pub channel_max: u16,
+    /// Heartbeat interval we propose, in seconds (0 = off).
+    pub heartbeat: u16,
+    /// Product name reported in server-properties.
+    pub product: String,
+    /// Version reported in server-properties.
+    pub version: String,
+    /// Cluster name reported in server-properties.
+    pub cluster_name: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            frame_max: 131_072,
+            channel_max: 2047,
+            heartbeat: 60,
+            product: "Junction".to_owned(),
+            version: "0.1.0".to_owned(),
+            cluster_name: "junction".to_owned(),
+        }
+    }
+}

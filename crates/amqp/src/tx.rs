@@ -1,0 +1,63 @@
+//! The tx class: publishes and acknowledgements made in a transaction take effect on commit and
+//! are dropped on rollback.
+
+use amq_protocol::protocol::AMQPClass;
+use amq_protocol::protocol::tx::{AMQPMethod, CommitOk, RollbackOk, SelectOk};
+
+use crate::basic::{apply_settlements, route};
+use crate::channel::{Channel, Transaction};
+use crate::error::{AmqpError, AmqpResult, code};
+use crate::session::Session;
+
+/// Handles one tx-class method.
+pub async fn handle(
+    session: &mut Session,
+    channel: &mut Channel,
+    method: AMQPMethod,
+) -> AmqpResult<()> {
+    let number = channel.id.number;
+    match method {
+        AMQPMethod::Select(_) => {
+            if channel.confirm.is_some() {
+                return Err(AmqpError::channel(
+                    code::PRECONDITION_FAILED,
+                    "cannot switch from confirm to tx mode",
+                ));
+            }
+            if channel.tx.is_none() {
+                channel.tx = Some(Transaction::default());
+            }
+            session.send(number, AMQPClass::Tx(AMQPMethod::SelectOk(SelectOk {})));
+        }
+        AMQPMethod::Commit(_) => {
+            let tx = channel
+                .tx
+                .replace(Transaction::default())
+                .ok_or_else(not_transactional)?;
+            for (message, mandatory) in tx.publishes {
+                route(session, channel, &message, mandatory).await?;
+            }
+            for (_, delivery, requeue) in tx.settlements {
+                apply_settlements(channel, vec![delivery], requeue).await;
+            }
+            session.send(number, AMQPClass::Tx(AMQPMethod::CommitOk(CommitOk {})));
+        }
+        AMQPMethod::Rollback(_) => {
+            let tx = channel
+                .tx
+                .replace(Transaction::default())
+                .ok_or_else(not_transactional)?;
+            // Settlements rolled back leave their deliveries unacknowledged, as before.
+            for (tag, delivery, _) in tx.settlements {
+                channel.unacked.insert(tag, delivery);
+            }
+            session.send(number, AMQPClass::Tx(AMQPMethod::RollbackOk(RollbackOk {})));
+        }
+        other => return Err(crate::connection::server_only(&AMQPClass::Tx(other))),
+    }
+    Ok(())
+}
+
+fn not_transactional() -> AmqpError {
+    AmqpError::channel(code::PRECONDITION_FAILED, "channel is not transactional")
+}

@@ -1,0 +1,175 @@
+//! The configuration file: its shape, the embedded default, and how a user's file is layered
+//! over the default.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+/// The default configuration, embedded in the binary.
+pub const DEFAULT_CONFIG: &str = include_str!("../../../config/junction.toml");
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where durable state lives.
+    pub data_dir: PathBuf,
+    /// Listener addresses.
+    pub listeners: Listeners,
+    /// AMQP tuning.
+    pub amqp: AmqpConfig,
+    /// Authentication settings.
+    pub auth: AuthConfig,
+    /// Virtual hosts to create.
+    pub vhosts: Vec<VhostConfig>,
+    /// Users of the internal database.
+    pub users: Vec<UserConfig>,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Listener addresses, `host:port` or `off`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listeners {
+    /// AMQP 0-9-1.
+    pub amqp: String,
+    /// MQTT.
+    pub mqtt: String,
+    /// STOMP.
+    pub stomp: String,
+    /// HTTP.
+    pub http: String,
+    /// STOMP over WebSocket.
+    pub web_stomp: String,
+    /// MQTT over WebSocket.
+    pub web_mqtt: String,
+}
+
+/// AMQP tuning.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// Largest frame offered.
+    pub frame_max: u32,
+    /// Highest channel number offered.
+    pub channel_max: u16,
+    /// Heartbeat interval offered, in seconds.
+    pub heartbeat: u16,
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Users that may only connect from loopback.
+    pub loopback_users: Vec<String>,
+}
+
+/// A virtual host.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VhostConfig {
+    /// Its name.
+    pub name: String,
+}
+
+/// A user of the internal database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// The user name.
+    pub name: String,
+    /// A plain-text password.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// A RabbitMQ-style base64 salted SHA-256 hash.
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Permissions per vhost.
+    #[serde(default)]
+    pub permissions: Vec<PermissionConfig>,
+}
+
+/// One user's permissions in one vhost.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PermissionConfig {
+    /// The vhost.
+    pub vhost: String,
+    /// Configure pattern.
+    pub configure: String,
+    /// Write pattern.
+    pub write: String,
+    /// Read pattern.
+    pub read: String,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// An env-filter directive.
+    pub level: String,
+}
+
+/// Merges `overlay` into `base`: tables merge key by key, everything else is replaced.
+fn merge(base: &mut toml::Value, overlay: toml::Value) {
+    match (base, overlay) {
+        (toml::Value::Table(base), toml::Value::Table(overlay)) => {
+            for (key, value) in overlay {
+                match base.get_mut(&key) {
+                    Some(existing) => merge(existing, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, overlay) => *base = overlay,
+    }
+}
+
+/// Loads the embedded default, with the file at `path` (if any) layered over it.
+pub fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    let mut value: toml::Value =
+        toml::from_str(DEFAULT_CONFIG).context("the embedded default configuration is invalid")?;
+    if let Some(path) = path {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read configuration file {}", path.display()))?;
+        let overlay: toml::Value = toml::from_str(&text)
+            .with_context(|| format!("invalid configuration file {}", path.display()))?;
+        merge(&mut value, overlay);
+    }
+    let config: Config = value.try_into().context("invalid configuration")?;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_parses() {
+        let config = load(None).expect("default config");
+        assert_eq!(config.listeners.amqp, "0.0.0.0:5672");
+        assert_eq!(config.users[0].name, "guest");
+        assert_eq!(config.auth.loopback_users, vec!["guest".to_owned()]);
+    }
+
+    #[test]
+    fn a_user_file_overrides_only_what_it_names() {
+        let dir = std::env::temp_dir().join(format!("junction-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("junction.toml");
+        std::fs::write(&file, "[amqp]\nheartbeat = 5\n").expect("write");
+        let config = load(Some(&file)).expect("config");
+        assert_eq!(config.amqp.heartbeat, 5);
+        assert_eq!(config.amqp.frame_max, 131072);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

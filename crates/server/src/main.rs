@@ -1,0 +1,250 @@
+//! The `junction` binary: parses the command line, loads the configuration, registers the
+//! built-in and plugin extensions, starts the listeners, and shuts down cleanly on SIGINT or
+//! SIGTERM.
+
+mod config;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use junction_core::auth::{PasswordHash, UserRecord, VhostPermissions};
+use junction_core::{AuthChain, Broker, BrokerConfig, ExchangeTypeRegistry, InternalUsers};
+use junction_transport::{ListenAddr, accept_loop, bind_tcp};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Junction, a multi-protocol message broker.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file, layered over the embedded default.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Directory for durable state.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// AMQP 0-9-1 listener (host:port, port 0 = any free port, or off).
+    #[arg(long)]
+    amqp: Option<ListenAddr>,
+    /// MQTT listener.
+    #[arg(long)]
+    mqtt: Option<ListenAddr>,
+    /// STOMP listener.
+    #[arg(long)]
+    stomp: Option<ListenAddr>,
+    /// HTTP listener (management API, WebSocket).
+    #[arg(long)]
+    http: Option<ListenAddr>,
+    /// STOMP-over-WebSocket listener.
+    #[arg(long)]
+    web_stomp: Option<ListenAddr>,
+    /// MQTT-over-WebSocket listener.
+    #[arg(long)]
+    web_mqtt: Option<ListenAddr>,
+}
+
+/// How long connections get to close after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = config::load(cli.config.as_deref())?;
+    init_logging(&config.log.level);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run(cli, config))
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn listener_addr(flag: Option<ListenAddr>, configured: &str) -> anyhow::Result<ListenAddr> {
+    match flag {
+        Some(addr) => Ok(addr),
+        None => configured
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("invalid listener address in configuration: {e}")),
+    }
+}
+
+/// Builds the internal user database from the configuration.
+fn internal_users(config: &config::Config) -> anyhow::Result<InternalUsers> {
+    let users = InternalUsers::new();
+    for user in &config.users {
+        let password = match (&user.password, &user.password_hash) {
+            (_, Some(hash)) => PasswordHash::from_base64(hash)
+                .with_context(|| format!("user '{}': invalid password_hash", user.name))?,
+            (Some(plain), None) => PasswordHash::new(plain),
+            (None, None) => anyhow::bail!(
+                "user '{}' has neither password nor password_hash",
+                user.name
+            ),
+        };
+        let mut permissions = std::collections::HashMap::new();
+        for p in &user.permissions {
+            let compiled = VhostPermissions::new(&p.configure, &p.write, &p.read)
+                .with_context(|| format!("user '{}': invalid permission pattern", user.name))?;
+            permissions.insert(p.vhost.clone(), compiled);
+        }
+        users.put_user(
+            &user.name,
+            UserRecord {
+                password,
+                tags: user.tags.clone(),
+                permissions,
+            },
+        );
+    }
+    for name in &config.auth.loopback_users {
+        users.set_loopback_only(name);
+    }
+    Ok(users)
+}
+
+async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
+    let data_dir = cli
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| config.data_dir.clone());
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+
+    let registry = Arc::new(ExchangeTypeRegistry::with_builtins());
+    junction_plugin_random_exchange::register(&registry);
+    let mut auth = AuthChain::new();
+    auth.push(Arc::new(internal_users(&config)?));
+    let default_vhost = config
+        .vhosts
+        .first()
+        .map(|v| v.name.clone())
+        .unwrap_or_else(|| "/".to_owned());
+    let broker = Broker::new(BrokerConfig { default_vhost }, registry, auth);
+    for vhost in &config.vhosts {
+        broker.add_vhost(&vhost.name);
+    }
+
+    let amqp_settings = Arc::new(junction_amqp::Settings {
+        frame_max: config.amqp.frame_max.max(4096),
+        channel_max: config.amqp.channel_max,
+        heartbeat: config.amqp.heartbeat,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        ..Default::default()
+    });
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let listeners = &config.listeners;
+    let amqp = listener_addr(cli.amqp.clone(), &listeners.amqp)?;
+    // Parsed now so a typo fails at start-up; these protocols are not built yet.
+    for (flag, configured) in [
+        (cli.mqtt.clone(), &listeners.mqtt),
+        (cli.stomp.clone(), &listeners.stomp),
+        (cli.http.clone(), &listeners.http),
+        (cli.web_stomp.clone(), &listeners.web_stomp),
+        (cli.web_mqtt.clone(), &listeners.web_mqtt),
+    ] {
+        listener_addr(flag, configured)?;
+    }
+
+    let connections = tokio_util_tracker::Tracker::default();
+    if let ListenAddr::At(addr) = amqp {
+        let listener = bind_tcp(&addr).await?;
+        let bound = listener.local_addr().context("listener has no address")?;
+        println!("listening amqp {bound}");
+        let broker = broker.clone();
+        let shutdown = shutdown_rx.clone();
+        let tracker = connections.clone();
+        tasks.spawn(accept_loop(
+            listener,
+            shutdown_rx.clone(),
+            move |stream, peer| {
+                let broker = broker.clone();
+                let settings = amqp_settings.clone();
+                let shutdown = shutdown.clone();
+                let guard = tracker.enter();
+                async move {
+                    junction_amqp::serve(stream, Some(peer), broker, settings, shutdown).await;
+                    drop(guard);
+                }
+            },
+        ));
+    }
+    println!("ready");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    tracing::info!(data_dir = %data_dir.display(), "junction is ready");
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    if tokio::time::timeout(SHUTDOWN_GRACE, connections.idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}
+
+/// Counts live connections so shutdown can wait for them to close.
+mod tokio_util_tracker {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::sync::Notify;
+
+    #[derive(Clone, Default)]
+    pub struct Tracker(Arc<(AtomicUsize, Notify)>);
+
+    pub struct Guard(Tracker);
+
+    impl Tracker {
+        pub fn enter(&self) -> Guard {
+            self.0.0.fetch_add(1, Ordering::AcqRel);
+            Guard(self.clone())
+        }
+
+        pub async fn idle(&self) {
+            loop {
+                let notified = self.0.1.notified();
+                if self.0.0.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        }
+    }
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if (self.0).0.0.fetch_sub(1, Ordering::AcqRel) == 1 {
+                (self.0).0.1.notify_waiters();
+            }
+        }
+    }
+}

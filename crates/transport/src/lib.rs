@@ -1,0 +1,107 @@
+//! Listeners: they accept connections and hand each stream to a protocol's handler. They only
+//! move bytes; what the bytes mean is the protocol adapters' business.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// A listener address from the command line or configuration: `host:port`, or `off`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// Do not listen.
+    Off,
+    /// Listen on this `host:port` (port 0 picks a free port).
+    At(String),
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(ListenAddr::Off);
+        }
+        match s.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                Ok(ListenAddr::At(s.to_owned()))
+            }
+            _ => Err(format!("expected host:port or 'off', got '{s}'")),
+        }
+    }
+}
+
+/// Errors binding a listener.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    /// The address asked for.
+    pub addr: String,
+    /// Why it failed.
+    pub source: std::io::Error,
+}
+
+/// Binds a TCP listener.
+pub async fn bind_tcp(addr: &str) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr).await.map_err(|source| BindError {
+        addr: addr.to_owned(),
+        source,
+    })
+}
+
+/// Accepts connections until `shutdown` turns true, spawning `handle` for each. Accept errors
+/// (such as running out of file descriptors) back off instead of spinning.
+pub async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+    handle: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    backoff = Duration::from_millis(5);
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(handle(stream, peer));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed; backing off {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            },
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ListenAddr;
+
+    #[test]
+    fn listen_addresses_parse() {
+        assert_eq!("off".parse(), Ok(ListenAddr::Off));
+        assert_eq!(
+            "127.0.0.1:0".parse(),
+            Ok(ListenAddr::At("127.0.0.1:0".into()))
+        );
+        assert_eq!(
+            "[::1]:5672".parse(),
+            Ok(ListenAddr::At("[::1]:5672".into()))
+        );
+        assert!("5672".parse::<ListenAddr>().is_err());
+        assert!("localhost:x".parse::<ListenAddr>().is_err());
+    }
+}
