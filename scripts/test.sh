@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs everything the tests need on a fresh machine and runs them all:
+#   - Rust: unit tests, and end-to-end tests that drive the real binary with lapin;
+#   - Python: pika tests (the six tutorials and more), in a virtualenv at .venv;
+#   - Node: an amqplib smoke test, with packages from tests/interop/node/package-lock.json.
+# Usage: scripts/test.sh            (from anywhere; it works from the repository root)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "Python clients (.venv)"
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/pip install --quiet --disable-pip-version-check -r tests/interop/python/requirements.txt
+
+step "Node clients (tests/interop/node)"
+(cd tests/interop/node && npm ci --no-audit --no-fund --loglevel=error)
+
+step "Build"
+cargo build --locked --workspace --all-targets
+export JUNCTION_BIN="$root/target/debug/junction"
+
+step "Rust tests (unit + end-to-end with lapin)"
+cargo test --locked --workspace
+
+step "Python tests (pika)"
+.venv/bin/python -m pytest tests/interop/python -q
+
+step "Node tests (amqplib)"
+(cd tests/interop/node && npm test)
+
+step "All tests passed"
