@@ -31,6 +31,7 @@ pub async fn handle(
                     "immediate=true",
                 ));
             }
+            session.has_published = true;
             channel.pending = Some(PendingPublish {
                 exchange: m.exchange.as_str().to_owned(),
                 routing_key: m.routing_key.as_str().to_owned(),

@@ -37,6 +37,7 @@ pub async fn serve<S>(
 {
     let (mut reader, writer) = tokio::io::split(stream);
     let (events_tx, mut events) = mpsc::unbounded_channel();
+    let mut alarm = broker.alarm();
     let mut connection = Connection::new(broker, settings, peer, events_tx);
     let (out_tx, out_rx) = mpsc::unbounded_channel::<Bytes>();
     let writer_task = tokio::spawn(write_loop(writer, out_rx));
@@ -49,6 +50,8 @@ pub async fn serve<S>(
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heartbeat_sent = Instant::now();
     let mut shutting_down = *shutdown.borrow();
+    connection.set_alarm(alarm.borrow_and_update().clone());
+    let mut alarm_live = true;
 
     loop {
         if shutting_down && closing_since.is_none() {
@@ -70,8 +73,9 @@ pub async fn serve<S>(
         if buffer.capacity() - buffer.len() < 4096 {
             buffer.reserve(READ_CHUNK);
         }
+        let blocked = connection.is_blocked();
         tokio::select! {
-            read = reader.read_buf(&mut buffer) => {
+            read = reader.read_buf(&mut buffer), if !blocked => {
                 match read {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
@@ -116,6 +120,14 @@ pub async fn serve<S>(
                         connection.send_heartbeat();
                         last_heartbeat_sent = now;
                     }
+                }
+            }
+            changed = alarm.changed(), if alarm_live => {
+                if changed.is_ok() {
+                    connection.set_alarm(alarm.borrow_and_update().clone());
+                } else {
+                    alarm_live = false;
+                    connection.set_alarm(None);
                 }
             }
             changed = shutdown.changed(), if !shutting_down => {

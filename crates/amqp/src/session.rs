@@ -51,6 +51,8 @@ pub struct Session {
     pub heartbeat: u16,
     /// What the client supports.
     pub capabilities: ClientCapabilities,
+    /// Whether the client has published: publishers stop being read during a resource alarm.
+    pub has_published: bool,
     permissions: HashMap<(ResourceKind, Permission), HashMap<String, bool>>,
 }
 
@@ -76,6 +78,7 @@ impl Session {
             channel_max: 0,
             heartbeat: 0,
             capabilities: ClientCapabilities::default(),
+            has_published: false,
             permissions: HashMap::new(),
         }
     }

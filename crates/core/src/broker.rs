@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
+use tokio::sync::watch;
 
 use crate::auth::AuthChain;
 use crate::error::{CoreError, CoreResult, ErrorKind};
@@ -34,6 +35,7 @@ pub struct Broker {
     auth: AuthChain,
     next_connection: AtomicU64,
     config: BrokerConfig,
+    alarm: watch::Sender<Option<String>>,
 }
 
 impl Broker {
@@ -49,6 +51,7 @@ impl Broker {
             auth,
             next_connection: AtomicU64::new(1),
             config,
+            alarm: watch::Sender::new(None),
         });
         broker.add_vhost(&broker.config.default_vhost.clone());
         broker
@@ -89,6 +92,24 @@ impl Broker {
     /// The names of all vhosts.
     pub fn vhost_names(&self) -> Vec<String> {
         self.vhosts.iter().map(|v| v.key().clone()).collect()
+    }
+
+    /// Raises (`Some(reason)`) or clears (`None`) the resource alarm. While it is raised,
+    /// adapters stop reading from publishing connections (AMQP also sends
+    /// `connection.blocked`); consumers keep draining.
+    pub fn set_alarm(&self, reason: Option<String>) {
+        self.alarm.send_if_modified(|current| {
+            if *current == reason {
+                return false;
+            }
+            *current = reason;
+            true
+        });
+    }
+
+    /// Watches the resource alarm: `Some(reason)` while raised.
+    pub fn alarm(&self) -> watch::Receiver<Option<String>> {
+        self.alarm.subscribe()
     }
 
     /// A fresh connection identifier.

@@ -19,6 +19,8 @@ pub struct Config {
     pub listeners: Listeners,
     /// AMQP tuning.
     pub amqp: AmqpConfig,
+    /// Resource alarms.
+    pub alarms: AlarmsConfig,
     /// Authentication settings.
     pub auth: AuthConfig,
     /// Virtual hosts to create.
@@ -57,6 +59,18 @@ pub struct AmqpConfig {
     pub channel_max: u16,
     /// Heartbeat interval offered, in seconds.
     pub heartbeat: u16,
+}
+
+/// Resource alarms.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmsConfig {
+    /// Memory watermark as a fraction of total memory.
+    pub memory_high_watermark: f64,
+    /// Memory watermark in bytes (0 = use the fraction).
+    pub memory_high_watermark_bytes: u64,
+    /// How often memory is measured, in milliseconds.
+    pub check_interval_ms: u64,
 }
 
 /// Authentication settings.

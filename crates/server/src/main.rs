@@ -2,6 +2,7 @@
 //! built-in and plugin extensions, starts the listeners, and shuts down cleanly on SIGINT or
 //! SIGTERM.
 
+mod alarms;
 mod config;
 
 use std::path::PathBuf;
@@ -158,6 +159,11 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
         listener_addr(flag, configured)?;
     }
 
+    tokio::spawn(alarms::watch_memory(
+        broker.clone(),
+        config.alarms.clone(),
+        shutdown_rx.clone(),
+    ));
     let connections = tokio_util_tracker::Tracker::default();
     if let ListenAddr::At(addr) = amqp {
         let listener = bind_tcp(&addr).await?;
