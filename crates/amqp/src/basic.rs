@@ -5,13 +5,14 @@ use std::sync::Arc;
 
 use amq_protocol::protocol::AMQPClass;
 use amq_protocol::protocol::basic::{
-    AMQPMethod, CancelOk, ConsumeOk, Deliver, GetEmpty, GetOk, QosOk, RecoverOk, Return,
+    AMQPMethod, CancelOk, ConsumeOk, Deliver, GetEmpty, GetOk, Nack, QosOk, RecoverOk, Return,
 };
 use junction_core::{
     ConsumerSpec, Delivery, ErrorKind, Message, Permission, QueueHandle, ResourceKind,
 };
 
 use crate::channel::{BodyParts, Channel, ChannelConsumer, PendingPublish, Unacked, by_queue};
+use crate::direct_reply;
 use crate::error::{AmqpError, AmqpResult, code};
 use crate::properties::properties_to_wire;
 use crate::session::Session;
@@ -53,8 +54,12 @@ pub async fn handle(
         }
         AMQPMethod::Consume(m) => {
             let vhost = session.vhost()?;
-            session.authorize(ResourceKind::Queue, m.queue.as_str(), Permission::Read)?;
-            let queue = vhost.queue_for(m.queue.as_str(), session.id)?;
+            let queue = if m.queue.as_str() == direct_reply::PSEUDO_QUEUE {
+                direct_reply::reply_queue(session, channel, m.no_ack).await?
+            } else {
+                session.authorize(ResourceKind::Queue, m.queue.as_str(), Permission::Read)?;
+                vhost.queue_for(m.queue.as_str(), session.id)?
+            };
             let tag: Arc<str> = if m.consumer_tag.as_str().is_empty() {
                 generate_consumer_tag().into()
             } else {
@@ -240,7 +245,8 @@ pub async fn publish(
             ),
         ));
     }
-    let properties = pending.properties.unwrap_or_default();
+    let mut properties = pending.properties.unwrap_or_default();
+    direct_reply::rewrite_reply_to(channel, &mut properties)?;
     if let (Some(claimed), Some(principal)) = (&properties.user_id, &session.principal)
         && *claimed != principal.user.name
     {
@@ -299,11 +305,27 @@ pub async fn route(
         );
         write_content(session, number, message);
     }
+    let lost = !queues.is_empty() && delivered == 0;
     if let Some(seq) = channel.confirm.as_mut() {
         *seq += 1;
-        let owed = channel.confirms_owed.get_or_insert((0, 0));
-        owed.0 = *seq;
-        owed.1 += 1;
+        let seq = *seq;
+        if lost {
+            // Every queue it was routed to vanished before taking it: nack, after the acks
+            // owed for earlier messages.
+            crate::confirm::flush(session, channel);
+            session.send(
+                channel.id.number,
+                AMQPClass::Basic(AMQPMethod::Nack(Nack {
+                    delivery_tag: seq,
+                    multiple: false,
+                    requeue: false,
+                })),
+            );
+        } else {
+            let owed = channel.confirms_owed.get_or_insert((0, 0));
+            owed.0 = seq;
+            owed.1 += 1;
+        }
     }
     Ok(())
 }

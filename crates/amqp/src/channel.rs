@@ -143,6 +143,8 @@ pub struct Channel {
     pub flow_active: bool,
     /// Deliveries held back while flow is off.
     pub held: VecDeque<Delivery>,
+    /// The queue behind this channel's direct reply-to consumer, if it has one.
+    pub reply_queue: Option<String>,
 }
 
 impl Channel {
@@ -162,6 +164,7 @@ impl Channel {
             tx: None,
             flow_active: true,
             held: VecDeque::new(),
+            reply_queue: None,
         }
     }
 

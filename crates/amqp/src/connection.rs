@@ -270,6 +270,7 @@ impl Connection {
             "connection.blocked",
             "authentication_failure_close",
             "per_consumer_qos",
+            "direct_reply_to",
         ] {
             capabilities.insert(capability.into(), AMQPValue::Boolean(true));
         }

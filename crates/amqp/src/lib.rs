@@ -11,6 +11,7 @@ pub mod basic;
 pub mod channel;
 pub mod confirm;
 pub mod connection;
+pub mod direct_reply;
 pub mod error;
 pub mod exchange;
 pub mod frame;

@@ -6,6 +6,7 @@ use junction_core::vhost::generate_queue_name;
 use junction_core::{Permission, QueueSpec, ResourceKind};
 
 use crate::channel::Channel;
+use crate::direct_reply;
 use crate::error::AmqpResult;
 use crate::properties::table_from_wire;
 use crate::session::Session;
@@ -19,6 +20,17 @@ pub async fn handle(
     let number = channel.id.number;
     let vhost = session.vhost()?;
     match method {
+        AMQPMethod::Declare(m) if m.passive && m.queue.as_str() == direct_reply::PSEUDO_QUEUE => {
+            // The direct reply-to pseudo-queue always exists (as in RabbitMQ).
+            session.send(
+                number,
+                AMQPClass::Queue(AMQPMethod::DeclareOk(DeclareOk {
+                    queue: m.queue,
+                    message_count: 0,
+                    consumer_count: 0,
+                })),
+            );
+        }
         AMQPMethod::Declare(m) => {
             let mut name = m.queue.as_str().to_owned();
             let server_named = name.is_empty() && !m.passive;
