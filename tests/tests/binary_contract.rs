@@ -13,7 +13,12 @@ fn port_zero_binds_a_free_port_and_prints_it() {
     let addr = broker.amqp_addr();
     assert_ne!(addr.port(), 0);
     assert!(TcpStream::connect(addr).is_ok());
-    assert_eq!(broker.listeners.len(), 1, "only amqp is on: {:?}", broker.listeners);
+    assert_eq!(
+        broker.listeners.len(),
+        1,
+        "only amqp is on: {:?}",
+        broker.listeners
+    );
     assert!(broker.stop(), "clean exit on SIGTERM");
 }
 

@@ -4,8 +4,9 @@ Both are watched the same way: a background thread reads the child's stdout line
 by line, so a test can wait for a given line with a deadline (never a bare
 sleep), and the child never blocks on a full pipe.
 
-This module knows nothing about AMQP beyond the broker's command line and the
-``listening amqp HOST:PORT`` / ``ready`` lines it prints (DESIGN.md §6).
+This module knows nothing about AMQP beyond the broker's command line, the
+``listening amqp HOST:PORT`` / ``ready`` lines it prints (DESIGN.md §6), and
+the connection parameters a pika client needs to reach it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import pika
 
 #: Seconds the broker gets to print ``ready`` after it was started.
 STARTUP_TIMEOUT = 20.0
@@ -100,13 +103,20 @@ class JunctionBroker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         command = [
             str(self.binary),
-            "--data-dir", str(self.data_dir),
-            "--amqp", "127.0.0.1:0",
-            "--mqtt", "off",
-            "--stomp", "off",
-            "--http", "off",
-            "--web-stomp", "off",
-            "--web-mqtt", "off",
+            "--data-dir",
+            str(self.data_dir),
+            "--amqp",
+            "127.0.0.1:0",
+            "--mqtt",
+            "off",
+            "--stomp",
+            "off",
+            "--http",
+            "off",
+            "--web-stomp",
+            "off",
+            "--web-mqtt",
+            "off",
         ]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
@@ -140,7 +150,9 @@ class JunctionBroker:
                 break
         if self.port is None:
             self.stop()
-            raise RuntimeError(f"junction was ready without a 'listening amqp' line\n{self.diagnostics()}")
+            raise RuntimeError(
+                f"junction was ready without a 'listening amqp' line\n{self.diagnostics()}"
+            )
         return self
 
     @property
@@ -151,6 +163,21 @@ class JunctionBroker:
     def amqp_url(self) -> str:
         """The URL for pika's URLParameters and for the examples' ``AMQP_URL``."""
         return f"amqp://guest:guest@{self.host}:{self.port}/%2F"
+
+    def pika_parameters(self, **overrides) -> pika.ConnectionParameters:
+        """guest on vhost ``/``, failing fast instead of retrying; keywords override."""
+        settings = dict(
+            host=self.host,
+            port=self.port,
+            virtual_host="/",
+            credentials=pika.PlainCredentials("guest", "guest"),
+            connection_attempts=1,
+            socket_timeout=5,
+            stack_timeout=10,
+            blocked_connection_timeout=10,
+        )
+        settings.update(overrides)
+        return pika.ConnectionParameters(**settings)
 
     def stop(self, timeout: float = SHUTDOWN_TIMEOUT) -> int | None:
         """Stops the broker with SIGTERM (SIGKILL after ``timeout``); returns its exit code."""
