@@ -1,0 +1,224 @@
+//! The opening handshake: connection.start with our capabilities, start-ok with PLAIN or
+//! AMQPLAIN credentials checked by the auth chain, tune/tune-ok, and open with vhost access.
+
+use super::*;
+
+impl Connection {
+    pub(super) fn send_start(&mut self) {
+        let settings = &self.session.settings;
+        let mut capabilities = WireTable::default();
+        for capability in [
+            "publisher_confirms",
+            "exchange_exchange_bindings",
+            "basic.nack",
+            "consumer_cancel_notify",
+            "connection.blocked",
+            "authentication_failure_close",
+            "per_consumer_qos",
+            "direct_reply_to",
+        ] {
+            capabilities.insert(capability.into(), AMQPValue::Boolean(true));
+        }
+        let mut properties = WireTable::default();
+        properties.insert("product".into(), str_value(&settings.product));
+        properties.insert("version".into(), str_value(&settings.version));
+        properties.insert("platform".into(), str_value("Rust"));
+        properties.insert("cluster_name".into(), str_value(&settings.cluster_name));
+        properties.insert(
+            "information".into(),
+            str_value("Junction, a multi-protocol message broker"),
+        );
+        properties.insert("capabilities".into(), AMQPValue::FieldTable(capabilities));
+        self.session.send(
+            0,
+            AMQPClass::Connection(conn::AMQPMethod::Start(Start {
+                version_major: 0,
+                version_minor: 9,
+                server_properties: properties,
+                mechanisms: "PLAIN AMQPLAIN".into(),
+                locales: "en_US".into(),
+            })),
+        );
+        self.state = State::AwaitingStartOk;
+    }
+
+    pub(super) fn on_start_ok(&mut self, m: conn::StartOk) -> AmqpResult<()> {
+        if let Some(AMQPValue::FieldTable(caps)) = m.client_properties.inner().get("capabilities") {
+            let flag =
+                |name: &str| matches!(caps.inner().get(name), Some(AMQPValue::Boolean(true)));
+            self.session.capabilities.consumer_cancel_notify = flag("consumer_cancel_notify");
+            self.session.capabilities.authentication_failure_close =
+                flag("authentication_failure_close");
+            self.session.capabilities.connection_blocked = flag("connection.blocked");
+        }
+        let mechanism = m.mechanism.as_str();
+        let credentials = match mechanism {
+            "PLAIN" => plain_credentials(m.response.as_bytes()),
+            "AMQPLAIN" => amqplain_credentials(m.response.as_bytes()),
+            other => {
+                return Err(AmqpError::connection(
+                    code::ACCESS_REFUSED,
+                    format!("unsupported authentication mechanism '{other}'"),
+                ));
+            }
+        };
+        let Some((username, password)) = credentials else {
+            return Err(AmqpError::connection(
+                code::ACCESS_REFUSED,
+                format!("malformed {mechanism} response"),
+            ));
+        };
+        let request = LoginRequest {
+            username: &username,
+            password: &password,
+            peer: self.session.peer.map(|p| p.ip()),
+        };
+        match self.session.broker.auth().authenticate(&request) {
+            Ok(principal) => {
+                self.session.principal = Some(principal);
+            }
+            Err(reason) => {
+                tracing::warn!(user = %username, peer = ?self.session.peer, %reason, "login refused");
+                let error = AmqpError::connection(
+                    code::ACCESS_REFUSED,
+                    format!(
+                        "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+                    ),
+                );
+                if self.session.capabilities.authentication_failure_close {
+                    return Err(error);
+                }
+                // Clients without the capability expect the socket to close (AMQP 0-9-1 §2.2.4).
+                self.state = State::Closed;
+                return Ok(());
+            }
+        }
+        let settings = &self.session.settings;
+        self.session.send(
+            0,
+            AMQPClass::Connection(conn::AMQPMethod::Tune(Tune {
+                channel_max: settings.channel_max,
+                frame_max: settings.frame_max,
+                heartbeat: settings.heartbeat,
+            })),
+        );
+        self.state = State::AwaitingTuneOk;
+        Ok(())
+    }
+
+    pub(super) fn on_tune_ok(&mut self, m: conn::TuneOk) -> AmqpResult<()> {
+        let settings = self.session.settings.clone();
+        let frame_max = if m.frame_max == 0 {
+            settings.frame_max
+        } else {
+            m.frame_max
+        };
+        if frame_max > settings.frame_max {
+            return Err(AmqpError::connection(
+                code::NOT_ALLOWED,
+                format!("frame_max={frame_max} > {} max size", settings.frame_max),
+            ));
+        }
+        if (frame_max as usize) < FRAME_MIN_SIZE {
+            return Err(AmqpError::connection(
+                code::NOT_ALLOWED,
+                format!("frame_max={frame_max} < {FRAME_MIN_SIZE} min size"),
+            ));
+        }
+        let channel_max = if m.channel_max == 0 {
+            settings.channel_max
+        } else {
+            m.channel_max.min(settings.channel_max)
+        };
+        self.session.frame_max = frame_max as usize;
+        self.session.channel_max = channel_max;
+        self.session.heartbeat = m.heartbeat;
+        self.state = State::AwaitingOpen;
+        Ok(())
+    }
+
+    pub(super) fn on_open(&mut self, m: conn::Open) -> AmqpResult<()> {
+        let name = m.virtual_host.as_str();
+        let vhost = self.session.broker.vhost(name).map_err(|_| {
+            AmqpError::connection(code::NOT_ALLOWED, format!("vhost {name} not found"))
+        })?;
+        let Some(principal) = &self.session.principal else {
+            return Err(AmqpError::connection(
+                code::COMMAND_INVALID,
+                "not logged in",
+            ));
+        };
+        if !principal.check_vhost(name) {
+            return Err(AmqpError::connection(
+                code::NOT_ALLOWED,
+                format!(
+                    "access to vhost '{name}' refused for user '{}'",
+                    principal.user.name
+                ),
+            ));
+        }
+        self.session.vhost = Some(vhost);
+        self.session.send(
+            0,
+            AMQPClass::Connection(conn::AMQPMethod::OpenOk(OpenOk {})),
+        );
+        self.state = State::Open;
+        self.notify_blocked();
+        Ok(())
+    }
+}
+
+/// PLAIN: `authzid NUL authcid NUL password`.
+fn plain_credentials(response: &[u8]) -> Option<(String, String)> {
+    let mut parts = response.split(|b| *b == 0);
+    let _authzid = parts.next()?;
+    let user = std::str::from_utf8(parts.next()?).ok()?.to_owned();
+    let pass = std::str::from_utf8(parts.next()?).ok()?.to_owned();
+    Some((user, pass))
+}
+
+/// AMQPLAIN: a field table without its length prefix, holding LOGIN and PASSWORD.
+fn amqplain_credentials(response: &[u8]) -> Option<(String, String)> {
+    let mut framed = BytesMut::with_capacity(response.len() + 4);
+    framed.put_u32(u32::try_from(response.len()).ok()?);
+    framed.extend_from_slice(response);
+    let (_, table) = parse_field_table(&framed[..]).ok()?;
+    let text = |key: &str| match table.inner().get(key)? {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    };
+    Some((text("LOGIN")?, text("PASSWORD")?))
+}
+
+#[cfg(test)]
+mod credential_tests {
+    use super::*;
+
+    #[test]
+    fn plain_responses_are_split_on_nul() {
+        assert_eq!(
+            plain_credentials(b"\0guest\0secret"),
+            Some(("guest".into(), "secret".into()))
+        );
+        assert_eq!(plain_credentials(b"guest"), None);
+    }
+
+    #[test]
+    fn amqplain_responses_are_read_as_tables() {
+        let response = amq_protocol::auth::Credentials::new("bob".into(), "pw".into())
+            .sasl_auth_string(amq_protocol::auth::SASLMechanism::AMQPlain);
+        assert_eq!(
+            amqplain_credentials(response.as_bytes()),
+            Some(("bob".into(), "pw".into()))
+        );
+    }
+
+    #[test]
+    fn unknown_methods_are_not_implemented_and_garbage_is_a_syntax_error() {
+        let unknown = decode_method(&[0, 60, 0, 99]).expect_err("unknown");
+        assert_eq!(unknown.code, code::NOT_IMPLEMENTED);
+        let garbage = decode_method(&[0, 50, 0, 10, 0xff]).expect_err("malformed");
+        assert_eq!(garbage.code, code::SYNTAX_ERROR);
+    }
+}
