@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use junction_tests::{Broker, eventually, temp_dir};
-use lapin::{Connection, ConnectionProperties};
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
 use tokio::time::timeout;
 
 const STEP: Duration = Duration::from_secs(10);
@@ -30,6 +31,17 @@ async fn clients_are_told_they_are_blocked_above_the_memory_watermark() {
     .await
     .expect("in time")
     .expect("connect");
+    let channel = publisher.create_channel().await.expect("channel");
+    // As in RabbitMQ, a connection is told it is blocked the first time it publishes.
+    let _ = channel
+        .basic_publish(
+            "".into(),
+            "nowhere".into(),
+            BasicPublishOptions::default(),
+            b"first",
+            BasicProperties::default(),
+        )
+        .await;
     assert!(
         eventually(STEP, || publisher.status().blocked()),
         "connection.blocked was not received"

@@ -66,14 +66,18 @@ def broker(
 
 @pytest.fixture
 def start_broker(junction_bin: Path, tmp_path: Path) -> Iterator[Callable[..., JunctionBroker]]:
-    """Starts a private broker; pass ``data_dir`` to reuse one (a restart)."""
+    """Starts a private broker; pass ``data_dir`` to reuse one (a restart), ``extra_args``
+    for more command-line arguments (``["--config", path]``)."""
     started: list[JunctionBroker] = []
     counter = itertools.count(1)
 
-    def start(data_dir: Path | None = None) -> JunctionBroker:
+    def start(data_dir: Path | None = None, extra_args: list[str] | None = None) -> JunctionBroker:
         n = next(counter)
         private = JunctionBroker(
-            junction_bin, data_dir or tmp_path / f"data-{n}", tmp_path / f"junction-{n}.log"
+            junction_bin,
+            data_dir or tmp_path / f"data-{n}",
+            tmp_path / f"junction-{n}.log",
+            extra_args,
         ).start()
         started.append(private)
         _running_brokers.append(private)

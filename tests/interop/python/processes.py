@@ -89,8 +89,11 @@ class JunctionBroker:
     Only the AMQP listener is enabled; every other protocol is ``off``.
     """
 
-    def __init__(self, binary: Path, data_dir: Path, log_path: Path) -> None:
+    def __init__(
+        self, binary: Path, data_dir: Path, log_path: Path, extra_args: list[str] | None = None
+    ) -> None:
         self.binary = binary
+        self.extra_args = list(extra_args or [])
         self.data_dir = data_dir
         self.log_path = log_path
         self.host: str | None = None
@@ -117,6 +120,7 @@ class JunctionBroker:
             "off",
             "--web-mqtt",
             "off",
+            *self.extra_args,
         ]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(

@@ -163,7 +163,6 @@ impl Connection {
             AMQPClass::Connection(conn::AMQPMethod::OpenOk(OpenOk {})),
         );
         self.state = State::Open;
-        self.notify_blocked();
         Ok(())
     }
 }

@@ -154,8 +154,13 @@ impl Connection {
         self.alarm.is_some() && self.session.has_published && self.state == State::Open
     }
 
+    /// Sends connection.blocked to a publishing connection the first time it publishes during
+    /// an alarm (as RabbitMQ does), and connection.unblocked when the alarm clears.
     fn notify_blocked(&mut self) {
-        if self.state != State::Open || !self.session.capabilities.connection_blocked {
+        if self.state != State::Open
+            || !self.session.capabilities.connection_blocked
+            || !self.session.has_published
+        {
             return;
         }
         match (&self.alarm, self.blocked_sent) {
@@ -243,6 +248,7 @@ impl Connection {
             }
         }
         self.flush_confirms();
+        self.notify_blocked();
         if self.state == State::Closed {
             Next::Close
         } else {

@@ -79,17 +79,22 @@ async fn open_connection() -> Connection {
 async fn a_resource_alarm_blocks_and_unblocks_a_client_that_asked() {
     let mut connection = open_connection().await;
     connection.set_alarm(Some("low on memory".into()));
+    assert!(
+        connection.take_output().is_empty(),
+        "only publishers are told they are blocked"
+    );
+    assert!(
+        !connection.is_blocked(),
+        "not a publisher yet: keep reading"
+    );
+    connection.session.has_published = true;
+    connection.notify_blocked();
     let frames = decode_all(&connection.take_output());
     assert!(matches!(
         &frames[..],
         [AMQPFrame::Method(0, AMQPClass::Connection(conn::AMQPMethod::Blocked(b)))]
             if b.reason.as_str() == "low on memory"
     ));
-    assert!(
-        !connection.is_blocked(),
-        "not a publisher yet: keep reading"
-    );
-    connection.session.has_published = true;
     assert!(
         connection.is_blocked(),
         "a publisher is not read during an alarm"
