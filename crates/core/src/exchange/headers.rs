@@ -100,3 +100,95 @@ impl ExchangeType for HeadersExchange {
         Box::new(HeadersRouter { rules })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::message::Properties;
+
+    fn matches(binding: &[(&str, FieldValue)], headers: &[(&str, FieldValue)]) -> bool {
+        let arguments: FieldTable = binding
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        let target = BindingTarget::Exchange(std::sync::Arc::new(super::super::Exchange::new(
+            Default::default(),
+            std::sync::Arc::new(HeadersExchange),
+        )));
+        let router = HeadersExchange.compile(&[Binding {
+            routing_key: String::new(),
+            arguments,
+            target,
+        }]);
+        let table: FieldTable = headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        let message = Message::new(
+            "h",
+            "",
+            Properties {
+                headers: Some(table),
+                ..Default::default()
+            },
+            Bytes::new(),
+        );
+        let mut out = Vec::new();
+        router.route(&message, &mut out);
+        !out.is_empty()
+    }
+
+    #[test]
+    fn all_needs_every_header_and_any_needs_one() {
+        let s = FieldValue::string;
+        let headers = [("format", s("pdf")), ("type", s("report"))];
+        assert!(matches(
+            &[("format", s("pdf")), ("type", s("report"))],
+            &headers
+        ));
+        assert!(!matches(
+            &[("format", s("pdf")), ("type", s("log"))],
+            &headers
+        ));
+        assert!(matches(
+            &[
+                ("x-match", s("any")),
+                ("format", s("zip")),
+                ("type", s("report"))
+            ],
+            &headers
+        ));
+        assert!(!matches(
+            &[("x-match", s("any")), ("format", s("zip"))],
+            &headers
+        ));
+        assert!(matches(&[("format", FieldValue::Void)], &headers));
+    }
+
+    #[test]
+    fn x_headers_only_count_with_the_with_x_modes() {
+        let s = FieldValue::string;
+        let headers = [("x-origin", s("eu"))];
+        assert!(
+            matches(&[("x-origin", s("us"))], &headers),
+            "ignored in all"
+        );
+        assert!(!matches(
+            &[("x-match", s("all-with-x")), ("x-origin", s("us"))],
+            &headers
+        ));
+        assert!(matches(
+            &[("x-match", s("any-with-x")), ("x-origin", s("eu"))],
+            &headers
+        ));
+    }
+
+    #[test]
+    fn an_unknown_x_match_is_refused() {
+        let mut arguments = FieldTable::new();
+        arguments.insert("x-match", FieldValue::string("most"));
+        assert!(HeadersExchange.validate_binding("", &arguments).is_err());
+    }
+}

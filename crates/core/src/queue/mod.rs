@@ -19,6 +19,9 @@ use crate::message::Message;
 
 pub(crate) use actor::spawn;
 
+#[cfg(test)]
+mod tests;
+
 /// Identifies one client connection (of any protocol) for the life of the broker process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnectionId(pub u64);

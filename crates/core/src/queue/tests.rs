@@ -1,0 +1,203 @@
+//! Queue semantics, driven through a virtual host without any protocol.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::exchange::ExchangeTypeRegistry;
+use crate::message::{Message, Properties};
+use crate::vhost::VirtualHost;
+
+const OWNER: ConnectionId = ConnectionId(1);
+
+fn channel(number: u16) -> ChannelId {
+    ChannelId {
+        connection: OWNER,
+        number,
+        generation: 1,
+    }
+}
+
+async fn queue_with(vhost: &Arc<VirtualHost>, name: &str, auto_delete: bool) -> QueueHandle {
+    let spec = QueueSpec {
+        name: name.into(),
+        auto_delete,
+        ..Default::default()
+    };
+    vhost
+        .declare_queue(spec, false, false, OWNER)
+        .await
+        .expect("declare")
+        .handle
+}
+
+fn message(body: &'static str) -> Arc<Message> {
+    Arc::new(Message::new(
+        "",
+        "q",
+        Properties::default(),
+        Bytes::from_static(body.as_bytes()),
+    ))
+}
+
+fn consumer(tag: &str, number: u16, prefetch: u32, sink: &ConsumerSink) -> ConsumerSpec {
+    ConsumerSpec {
+        tag: tag.into(),
+        channel: channel(number),
+        no_ack: false,
+        exclusive: false,
+        prefetch,
+        channel_credit: None,
+        sink: sink.clone(),
+    }
+}
+
+async fn next_delivery(events: &mut mpsc::UnboundedReceiver<ConsumerEvent>) -> Delivery {
+    match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+        Ok(Some(ConsumerEvent::Deliver(d))) => d,
+        other => panic!("expected a delivery, got {other:?}"),
+    }
+}
+
+fn body(delivery: &Delivery) -> &[u8] {
+    &delivery.message.body
+}
+
+#[tokio::test]
+async fn prefetch_holds_back_deliveries_until_an_ack() {
+    let vhost = VirtualHost::new("/", Arc::new(ExchangeTypeRegistry::with_builtins()));
+    let queue = queue_with(&vhost, "q", false).await;
+    for body in ["a", "b", "c"] {
+        queue.publish(message(body)).await.expect("publish");
+    }
+    let (sink, mut events) = mpsc::unbounded_channel();
+    queue
+        .consume(consumer("c1", 1, 2, &sink))
+        .await
+        .expect("consume");
+    let first = next_delivery(&mut events).await;
+    let second = next_delivery(&mut events).await;
+    assert_eq!((body(&first), body(&second)), (&b"a"[..], &b"b"[..]));
+    assert_eq!(queue.stats().await.expect("stats").ready, 1);
+    assert!(events.try_recv().is_err(), "the third waits for credit");
+    queue.ack(channel(1), vec![first.seq]).await;
+    assert_eq!(body(&next_delivery(&mut events).await), b"c");
+}
+
+#[tokio::test]
+async fn rejected_messages_return_to_their_place_flagged_redelivered() {
+    let vhost = VirtualHost::new("/", Arc::new(ExchangeTypeRegistry::with_builtins()));
+    let queue = queue_with(&vhost, "q", false).await;
+    for body in ["a", "b", "c"] {
+        queue.publish(message(body)).await.expect("publish");
+    }
+    let a = queue.get(channel(1), false).await.expect("get").expect("a");
+    let b = queue.get(channel(1), false).await.expect("get").expect("b");
+    queue.reject(channel(1), vec![b.seq, a.seq], true).await;
+    let order: Vec<(Vec<u8>, bool)> = {
+        let mut out = Vec::new();
+        while let Some(got) = queue.get(channel(1), true).await.expect("get") {
+            out.push((got.message.body.to_vec(), got.redelivered));
+        }
+        out
+    };
+    assert_eq!(
+        order,
+        vec![
+            (b"a".to_vec(), true),
+            (b"b".to_vec(), true),
+            (b"c".to_vec(), false)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn unacked_messages_return_to_the_queue_when_the_channel_closes() {
+    let vhost = VirtualHost::new("/", Arc::new(ExchangeTypeRegistry::with_builtins()));
+    let queue = queue_with(&vhost, "q", false).await;
+    queue.publish(message("work")).await.expect("publish");
+    let (sink1, mut events1) = mpsc::unbounded_channel();
+    queue
+        .consume(consumer("c1", 1, 1, &sink1))
+        .await
+        .expect("consume");
+    let first = next_delivery(&mut events1).await;
+    assert!(!first.redelivered);
+    let (sink2, mut events2) = mpsc::unbounded_channel();
+    queue
+        .consume(consumer("c2", 2, 1, &sink2))
+        .await
+        .expect("consume");
+    queue.channel_closed(channel(1)).await;
+    let again = next_delivery(&mut events2).await;
+    assert_eq!(body(&again), b"work");
+    assert!(again.redelivered);
+}
+
+#[tokio::test]
+async fn consumers_take_turns() {
+    let vhost = VirtualHost::new("/", Arc::new(ExchangeTypeRegistry::with_builtins()));
+    let queue = queue_with(&vhost, "q", false).await;
+    let (sink, mut events) = mpsc::unbounded_channel();
+    queue
+        .consume(consumer("c1", 1, 0, &sink))
+        .await
+        .expect("consume");
+    queue
+        .consume(consumer("c2", 1, 0, &sink))
+        .await
+        .expect("consume");
+    for body in ["1", "2", "3", "4"] {
+        queue.publish(message(body)).await.expect("publish");
+    }
+    let mut tags = Vec::new();
+    for _ in 0..4 {
+        tags.push(next_delivery(&mut events).await.consumer_tag.to_string());
+    }
+    assert_eq!(tags, ["c1", "c2", "c1", "c2"]);
+}
+
+#[tokio::test]
+async fn an_auto_delete_queue_goes_with_its_last_consumer() {
+    let vhost = VirtualHost::new("/", Arc::new(ExchangeTypeRegistry::with_builtins()));
+    let queue = queue_with(&vhost, "temp", true).await;
+    let (sink, _events) = mpsc::unbounded_channel();
+    queue
+        .consume(consumer("c1", 1, 0, &sink))
+        .await
+        .expect("consume");
+    assert!(queue.cancel(channel(1), "c1".into()).await);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while vhost.queue("temp").is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "queue still there");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(queue.is_deleted());
+}
+
+#[tokio::test]
+async fn channel_credit_is_shared_across_queues() {
+    let vhost = VirtualHost::new("/", Arc::new(ExchangeTypeRegistry::with_builtins()));
+    let q1 = queue_with(&vhost, "q1", false).await;
+    let q2 = queue_with(&vhost, "q2", false).await;
+    let credit = Arc::new(ChannelCredit::new(1));
+    let (sink, mut events) = mpsc::unbounded_channel();
+    for (queue, tag) in [(&q1, "c1"), (&q2, "c2")] {
+        let mut spec = consumer(tag, 1, 0, &sink);
+        spec.channel_credit = Some(credit.clone());
+        queue.consume(spec).await.expect("consume");
+        queue.publish(message(tag)).await.expect("publish");
+    }
+    let first = next_delivery(&mut events).await;
+    let stats: u32 =
+        q1.stats().await.expect("stats").ready + q2.stats().await.expect("stats").ready;
+    assert_eq!(stats, 1, "one delivery in flight for the whole channel");
+    first.queue.ack(channel(1), vec![first.seq]).await;
+    q1.wake().await;
+    q2.wake().await;
+    let second = next_delivery(&mut events).await;
+    assert_ne!(first.consumer_tag, second.consumer_tag);
+}
