@@ -148,13 +148,15 @@ impl Broker {
     /// Waits for the process to exit, up to `timeout`; returns whether it exited successfully.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<bool> {
         let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
+        loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Some(status.success());
             }
+            if Instant::now() >= deadline {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        None
     }
 
     /// Lines the broker printed on stdout after `ready`.

@@ -6,7 +6,7 @@ use super::*;
 impl Connection {
     pub(super) async fn on_content_header(&mut self, frame: RawFrame) -> AmqpResult<()> {
         let number = frame.channel;
-        let Some(mut channel) = self.channel_slot(number).take() else {
+        let Some(mut channel) = self.take_channel(number) else {
             return Err(AmqpError::connection(
                 code::CHANNEL_ERROR,
                 format!("expected 'channel.open' on channel {number}"),
@@ -17,11 +17,11 @@ impl Connection {
             .as_ref()
             .is_some_and(|p| p.properties.is_none());
         if channel.state == ChannelState::Closing {
-            *self.channel_slot(number) = Some(channel);
+            self.put_channel(number, channel);
             return Ok(());
         }
         if !awaiting_header {
-            *self.channel_slot(number) = Some(channel);
+            self.put_channel(number, channel);
             return Err(AmqpError::connection(
                 code::UNEXPECTED_FRAME,
                 format!("unexpected content header frame on channel {number}"),
@@ -30,7 +30,7 @@ impl Connection {
         let header = match parse_content_header(&frame.payload[..]) {
             Ok((_, header)) => header,
             Err(_) => {
-                *self.channel_slot(number) = Some(channel);
+                self.put_channel(number, channel);
                 return Err(AmqpError::connection(
                     code::FRAME_ERROR,
                     "malformed content header",
@@ -38,7 +38,7 @@ impl Connection {
             }
         };
         if header.class_id != 60 {
-            *self.channel_slot(number) = Some(channel);
+            self.put_channel(number, channel);
             return Err(AmqpError::connection(
                 code::FRAME_ERROR,
                 format!("content header for class {} is not basic", header.class_id),
@@ -51,24 +51,24 @@ impl Connection {
         if header.body_size == 0 {
             self.complete_publish(&mut channel).await;
         }
-        *self.channel_slot(number) = Some(channel);
+        self.put_channel(number, channel);
         Ok(())
     }
 
     pub(super) async fn on_content_body(&mut self, frame: RawFrame) -> AmqpResult<()> {
         let number = frame.channel;
-        let Some(mut channel) = self.channel_slot(number).take() else {
+        let Some(mut channel) = self.take_channel(number) else {
             return Err(AmqpError::connection(
                 code::CHANNEL_ERROR,
                 format!("expected 'channel.open' on channel {number}"),
             ));
         };
         if channel.state == ChannelState::Closing {
-            *self.channel_slot(number) = Some(channel);
+            self.put_channel(number, channel);
             return Ok(());
         }
         let Some(pending) = channel.pending.as_mut().filter(|p| p.properties.is_some()) else {
-            *self.channel_slot(number) = Some(channel);
+            self.put_channel(number, channel);
             return Err(AmqpError::connection(
                 code::UNEXPECTED_FRAME,
                 format!("unexpected content body frame on channel {number}"),
@@ -78,7 +78,7 @@ impl Connection {
         let received = pending.body.len() as u64;
         let expected = pending.body_size;
         if received > expected {
-            *self.channel_slot(number) = Some(channel);
+            self.put_channel(number, channel);
             return Err(AmqpError::connection(
                 code::FRAME_ERROR,
                 format!("content body of {received} bytes exceeds the declared {expected}"),
@@ -87,7 +87,7 @@ impl Connection {
         if received == expected {
             self.complete_publish(&mut channel).await;
         }
-        *self.channel_slot(number) = Some(channel);
+        self.put_channel(number, channel);
         Ok(())
     }
 

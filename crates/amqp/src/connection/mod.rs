@@ -276,6 +276,15 @@ impl Connection {
         }
         match frame.kind {
             FRAME_HEARTBEAT => {
+                if !frame.payload.is_empty() {
+                    return Err(AmqpError::connection(
+                        code::FRAME_ERROR,
+                        format!(
+                            "heartbeat frame with a {}-byte payload",
+                            frame.payload.len()
+                        ),
+                    ));
+                }
                 if frame.channel != 0 {
                     return Err(AmqpError::connection(
                         code::FRAME_ERROR,
@@ -362,12 +371,21 @@ impl Connection {
         }
     }
 
-    fn channel_slot(&mut self, number: u16) -> &mut Option<Channel> {
+    /// Takes an open channel out of the table (to be put back with [`Self::put_channel`]).
+    /// A number that was never opened costs nothing: the table only grows on channel.open.
+    pub(super) fn take_channel(&mut self, number: u16) -> Option<Channel> {
+        self.channels
+            .get_mut(usize::from(number))
+            .and_then(Option::take)
+    }
+
+    /// Puts a channel in its slot; numbers are bounded by channel_max at channel.open.
+    pub(super) fn put_channel(&mut self, number: u16, channel: Channel) {
         let index = usize::from(number);
         if self.channels.len() <= index {
             self.channels.resize_with(index + 1, || None);
         }
-        &mut self.channels[index]
+        self.channels[index] = Some(channel);
     }
 
     async fn on_channel_method(&mut self, number: u16, method: AMQPClass) -> AmqpResult<()> {
@@ -390,7 +408,7 @@ impl Connection {
             return self.open_channel(number).map_err(|e| e.during(ids));
         }
         let channel_max = self.session.channel_max;
-        let Some(mut channel) = self.channel_slot(number).take() else {
+        let Some(mut channel) = self.take_channel(number) else {
             return Err(AmqpError::connection(
                 code::CHANNEL_ERROR,
                 format!("expected 'channel.open' on channel {number}"),
@@ -401,12 +419,12 @@ impl Connection {
         if channel.state == ChannelState::Closing {
             let keep = self.on_method_while_channel_closing(&channel, method);
             if keep {
-                *self.channel_slot(number) = Some(channel);
+                self.put_channel(number, channel);
             }
             return Ok(());
         }
         if channel.pending.is_some() {
-            *self.channel_slot(number) = Some(channel);
+            self.put_channel(number, channel);
             return Err(AmqpError::connection(
                 code::UNEXPECTED_FRAME,
                 format!(
@@ -424,12 +442,12 @@ impl Connection {
                 true
             }
             Err(error) => {
-                *self.channel_slot(number) = Some(channel);
+                self.put_channel(number, channel);
                 return Err(error.during(ids));
             }
         };
         if keep {
-            *self.channel_slot(number) = Some(channel);
+            self.put_channel(number, channel);
         }
         Ok(())
     }
@@ -530,7 +548,11 @@ impl Connection {
                 ),
             ));
         }
-        if self.channel_slot(number).is_some() {
+        if self
+            .channels
+            .get(usize::from(number))
+            .is_some_and(Option::is_some)
+        {
             return Err(AmqpError::connection(
                 code::CHANNEL_ERROR,
                 "second 'channel.open' seen",
@@ -542,7 +564,7 @@ impl Connection {
             number,
             generation: self.generation,
         };
-        *self.channel_slot(number) = Some(Channel::new(id));
+        self.put_channel(number, Channel::new(id));
         self.session.send(
             number,
             AMQPClass::Channel(channel_methods::AMQPMethod::OpenOk(ChannelOpenOk {})),

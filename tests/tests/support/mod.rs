@@ -1,0 +1,3 @@
+//! Helpers shared by end-to-end tests that speak a protocol by hand.
+
+pub mod raw_amqp;
