@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use junction_tests::{Broker, eventually, temp_dir};
+use junction_tests::{Broker, temp_dir};
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use tokio::time::timeout;
@@ -42,8 +42,13 @@ async fn clients_are_told_they_are_blocked_above_the_memory_watermark() {
             BasicProperties::default(),
         )
         .await;
+    // Poll without blocking the runtime thread: lapin's I/O runs on it.
+    let deadline = tokio::time::Instant::now() + STEP;
+    while !publisher.status().blocked() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(
-        eventually(STEP, || publisher.status().blocked()),
+        publisher.status().blocked(),
         "connection.blocked was not received"
     );
 

@@ -937,7 +937,6 @@ async fn acking_an_unknown_delivery_tag_closes_the_channel() {
 }
 
 #[tokio::test]
-#[ignore = "broker bug: ack multiple=true of a tag that is not outstanding settles the lower tags instead of failing with 406"]
 async fn ack_multiple_of_a_tag_that_is_not_outstanding_closes_the_channel() {
     let broker = Broker::start();
     let (connection, ch) = open(&broker).await;
@@ -1012,7 +1011,6 @@ async fn a_user_id_that_is_not_the_logged_in_user_is_refused() {
 }
 
 #[tokio::test]
-#[ignore = "broker bug: an expiration property that is not a non-negative integer is accepted; RabbitMQ closes the channel with 406"]
 async fn an_invalid_expiration_property_is_refused() {
     let broker = Broker::start();
     let (connection, ch) = open(&broker).await;
@@ -1069,7 +1067,6 @@ async fn per_consumer_qos_only_applies_to_consumers_created_after_it() {
 }
 
 #[tokio::test]
-#[ignore = "broker bug: there is no maximum message size; RabbitMQ refuses bodies over max_message_size (16 MiB by default) with 406"]
 async fn a_message_over_the_maximum_size_is_refused() {
     let broker = Broker::start();
     let (connection, ch) = open(&broker).await;

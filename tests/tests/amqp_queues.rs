@@ -211,7 +211,6 @@ async fn an_inequivalent_redeclare_is_a_precondition_failure() {
 }
 
 #[tokio::test]
-#[ignore = "broker bug: every declare argument is compared; RabbitMQ only compares the arguments it knows (x-message-ttl, x-expires, ...)"]
 async fn unknown_queue_arguments_are_not_compared_on_redeclare() {
     let broker = Broker::start();
     let (_connection, ch) = open(&broker).await;
@@ -249,7 +248,6 @@ async fn the_amq_prefix_is_reserved_for_queue_names() {
 }
 
 #[tokio::test]
-#[ignore = "broker bug: an existing amq.* queue may be redeclared by name; RabbitMQ checks the prefix on every non-passive declare"]
 async fn a_server_named_queue_cannot_be_redeclared_by_name() {
     let broker = Broker::start();
     let connection = connect(&broker).await;
@@ -364,7 +362,6 @@ async fn an_exclusive_queue_goes_when_its_connection_closes() {
 }
 
 #[tokio::test]
-#[ignore = "broker bug: exclusive queues are deleted after connection.close-ok is sent; RabbitMQ deletes them before it"]
 async fn an_exclusive_queue_is_gone_as_soon_as_its_connection_close_completes() {
     let broker = Broker::start();
     let observer = connect(&broker).await;
@@ -777,7 +774,6 @@ async fn an_empty_queue_name_without_a_previous_declare_is_not_found() {
 }
 
 #[tokio::test]
-#[ignore = "broker bug: an empty queue name does not stand for the channel's last declared queue (RabbitMQ's shortcut for bind, unbind, consume, get, purge and delete)"]
 async fn an_empty_queue_name_means_the_last_queue_declared_on_the_channel() {
     let broker = Broker::start();
     let (connection, ch) = open(&broker).await;

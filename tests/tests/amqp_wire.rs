@@ -203,7 +203,6 @@ async fn a_client_that_sends_heartbeats_is_kept() {
 }
 
 #[tokio::test]
-#[ignore = "broker bug: basic.qos with prefetch_size != 0 is accepted; RabbitMQ closes the connection with 540"]
 async fn a_prefetch_size_is_not_implemented() {
     let broker = Broker::start();
     let mut raw = Raw::open(&broker, 0).await;

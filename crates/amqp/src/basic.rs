@@ -57,8 +57,9 @@ pub async fn handle(
             let queue = if m.queue.as_str() == direct_reply::PSEUDO_QUEUE {
                 direct_reply::reply_queue(session, channel, m.no_ack).await?
             } else {
-                session.authorize(ResourceKind::Queue, m.queue.as_str(), Permission::Read)?;
-                vhost.queue_for(m.queue.as_str(), session.id)?
+                let name = channel.queue_name(m.queue.as_str())?;
+                session.authorize(ResourceKind::Queue, &name, Permission::Read)?;
+                vhost.queue_for(&name, session.id)?
             };
             let tag: Arc<str> = if m.consumer_tag.as_str().is_empty() {
                 generate_consumer_tag().into()
@@ -109,8 +110,9 @@ pub async fn handle(
         }
         AMQPMethod::Get(m) => {
             let vhost = session.vhost()?;
-            session.authorize(ResourceKind::Queue, m.queue.as_str(), Permission::Read)?;
-            let queue = vhost.queue_for(m.queue.as_str(), session.id)?;
+            let name = channel.queue_name(m.queue.as_str())?;
+            session.authorize(ResourceKind::Queue, &name, Permission::Read)?;
+            let queue = vhost.queue_for(&name, session.id)?;
             match queue.get(channel.id, m.no_ack).await? {
                 None => session.send(number, AMQPClass::Basic(AMQPMethod::GetEmpty(GetEmpty {}))),
                 Some(got) => {
@@ -246,6 +248,7 @@ pub async fn publish(
         ));
     }
     let mut properties = pending.properties.unwrap_or_default();
+    check_expiration(&properties)?;
     direct_reply::rewrite_reply_to(channel, &mut properties)?;
     if let (Some(claimed), Some(principal)) = (&properties.user_id, &session.principal)
         && *claimed != principal.user.name
@@ -362,5 +365,23 @@ pub fn deliver(session: &mut Session, channel: &mut Channel, delivery: Delivery)
                 seq: delivery.seq,
             },
         );
+    }
+}
+
+/// A per-message TTL must be a non-negative integer number of milliseconds (406 otherwise).
+fn check_expiration(properties: &junction_core::Properties) -> AmqpResult<()> {
+    let Some(expiration) = &properties.expiration else {
+        return Ok(());
+    };
+    match expiration.parse::<i64>() {
+        Ok(ms) if ms >= 0 => Ok(()),
+        Ok(_) => Err(AmqpError::channel(
+            code::PRECONDITION_FAILED,
+            format!("invalid expiration '{expiration}': negative"),
+        )),
+        Err(_) => Err(AmqpError::channel(
+            code::PRECONDITION_FAILED,
+            format!("invalid expiration '{expiration}': no_integer"),
+        )),
     }
 }

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
+use crate::error::{AmqpError, AmqpResult, code};
 use bytes::{Bytes, BytesMut};
 use junction_core::queue::MessageSeq;
 use junction_core::{ChannelCredit, ChannelId, Delivery, Message, Properties, QueueHandle};
@@ -145,6 +146,8 @@ pub struct Channel {
     pub held: VecDeque<Delivery>,
     /// The queue behind this channel's direct reply-to consumer, if it has one.
     pub reply_queue: Option<String>,
+    /// The last queue declared on this channel: an empty queue name stands for it.
+    pub last_queue: Option<String>,
 }
 
 impl Channel {
@@ -165,7 +168,18 @@ impl Channel {
             flow_active: true,
             held: VecDeque::new(),
             reply_queue: None,
+            last_queue: None,
         }
+    }
+
+    /// Expands RabbitMQ's shortcut: an empty queue name means the last queue declared here.
+    pub fn queue_name(&self, name: &str) -> AmqpResult<String> {
+        if !name.is_empty() {
+            return Ok(name.to_owned());
+        }
+        self.last_queue
+            .clone()
+            .ok_or_else(|| AmqpError::channel(code::NOT_FOUND, "no previously declared queue"))
     }
 
     /// Hands out the next delivery tag.
@@ -178,15 +192,16 @@ impl Channel {
     /// every tag up to it (all of them when `tag` is 0). None when a named tag is unknown.
     pub fn take_unacked(&mut self, tag: u64, multiple: bool) -> Option<Vec<(u64, Unacked)>> {
         if multiple {
+            // The named tag itself must be outstanding (0 means "all of them").
+            if tag != 0 && !self.unacked.contains_key(&tag) {
+                return None;
+            }
             let limit = if tag == 0 { u64::MAX } else { tag };
             let rest = match limit.checked_add(1) {
                 Some(after) => self.unacked.split_off(&after),
                 None => BTreeMap::new(),
             };
             let taken = std::mem::replace(&mut self.unacked, rest);
-            if taken.is_empty() && tag != 0 {
-                return None;
-            }
             Some(taken.into_iter().collect())
         } else {
             self.unacked.remove(&tag).map(|u| vec![(tag, u)])

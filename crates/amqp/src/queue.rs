@@ -10,6 +10,7 @@ use crate::direct_reply;
 use crate::error::AmqpResult;
 use crate::properties::table_from_wire;
 use crate::session::Session;
+use amq_protocol::types::ShortString;
 
 /// Handles one queue-class method.
 pub async fn handle(
@@ -50,6 +51,7 @@ pub async fn handle(
             let declared = vhost
                 .declare_queue(spec, m.passive, server_named, session.id)
                 .await?;
+            channel.last_queue = Some(declared.handle.name().to_owned());
             if !m.nowait {
                 session.send(
                     number,
@@ -62,16 +64,12 @@ pub async fn handle(
             }
         }
         AMQPMethod::Bind(m) => {
-            session.authorize(ResourceKind::Queue, m.queue.as_str(), Permission::Write)?;
-            session.authorize(
-                ResourceKind::Exchange,
-                m.exchange.as_str(),
-                Permission::Read,
-            )?;
+            let binding =
+                Binding::resolve(session, channel, &m.queue, &m.exchange, &m.routing_key)?;
             vhost.bind_queue(
-                m.queue.as_str(),
-                m.exchange.as_str(),
-                m.routing_key.as_str(),
+                &binding.queue,
+                &binding.exchange,
+                &binding.routing_key,
                 table_from_wire(&m.arguments),
                 session.id,
             )?;
@@ -80,24 +78,21 @@ pub async fn handle(
             }
         }
         AMQPMethod::Unbind(m) => {
-            session.authorize(ResourceKind::Queue, m.queue.as_str(), Permission::Write)?;
-            session.authorize(
-                ResourceKind::Exchange,
-                m.exchange.as_str(),
-                Permission::Read,
-            )?;
+            let binding =
+                Binding::resolve(session, channel, &m.queue, &m.exchange, &m.routing_key)?;
             vhost.unbind_queue(
-                m.queue.as_str(),
-                m.exchange.as_str(),
-                m.routing_key.as_str(),
+                &binding.queue,
+                &binding.exchange,
+                &binding.routing_key,
                 table_from_wire(&m.arguments),
                 session.id,
             )?;
             session.send(number, AMQPClass::Queue(AMQPMethod::UnbindOk(UnbindOk {})));
         }
         AMQPMethod::Purge(m) => {
-            session.authorize(ResourceKind::Queue, m.queue.as_str(), Permission::Read)?;
-            let queue = vhost.queue_for(m.queue.as_str(), session.id)?;
+            let name = channel.queue_name(m.queue.as_str())?;
+            session.authorize(ResourceKind::Queue, &name, Permission::Read)?;
+            let queue = vhost.queue_for(&name, session.id)?;
             let message_count = queue.purge().await?;
             if !m.nowait {
                 session.send(
@@ -107,9 +102,10 @@ pub async fn handle(
             }
         }
         AMQPMethod::Delete(m) => {
-            session.authorize(ResourceKind::Queue, m.queue.as_str(), Permission::Configure)?;
+            let name = channel.queue_name(m.queue.as_str())?;
+            session.authorize(ResourceKind::Queue, &name, Permission::Configure)?;
             let message_count = vhost
-                .delete_queue(m.queue.as_str(), m.if_unused, m.if_empty, session.id)
+                .delete_queue(&name, m.if_unused, m.if_empty, session.id)
                 .await?;
             if !m.nowait {
                 session.send(
@@ -121,4 +117,37 @@ pub async fn handle(
         other => return Err(crate::connection::server_only(&AMQPClass::Queue(other))),
     }
     Ok(())
+}
+
+/// A queue binding's names after RabbitMQ's shortcuts, checked against permissions: write on
+/// the queue, read on the exchange.
+struct Binding {
+    queue: String,
+    exchange: String,
+    routing_key: String,
+}
+
+impl Binding {
+    fn resolve(
+        session: &mut Session,
+        channel: &Channel,
+        queue: &ShortString,
+        exchange: &ShortString,
+        routing_key: &ShortString,
+    ) -> AmqpResult<Self> {
+        let name = channel.queue_name(queue.as_str())?;
+        // An empty queue name with an empty routing key binds with the queue's name as key.
+        let routing_key = if queue.as_str().is_empty() && routing_key.as_str().is_empty() {
+            name.clone()
+        } else {
+            routing_key.as_str().to_owned()
+        };
+        session.authorize(ResourceKind::Queue, &name, Permission::Write)?;
+        session.authorize(ResourceKind::Exchange, exchange.as_str(), Permission::Read)?;
+        Ok(Self {
+            queue: name,
+            exchange: exchange.as_str().to_owned(),
+            routing_key,
+        })
+    }
 }

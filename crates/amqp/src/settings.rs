@@ -12,6 +12,8 @@ pub struct Settings {
     pub channel_max: u16,
     /// Heartbeat interval we propose, in seconds (0 = off).
     pub heartbeat: u16,
+    /// Largest message body accepted, in bytes (RabbitMQ's `max_message_size`).
+    pub max_message_size: u64,
     /// Product name reported in server-properties.
     pub product: String,
     /// Version reported in server-properties.
@@ -26,6 +28,7 @@ impl Default for Settings {
             frame_max: 131_072,
             channel_max: 2047,
             heartbeat: 60,
+            max_message_size: 16 * 1024 * 1024,
             product: "Junction".to_owned(),
             version: "0.1.0".to_owned(),
             cluster_name: "junction".to_owned(),

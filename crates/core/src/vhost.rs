@@ -107,9 +107,21 @@ impl VirtualHost {
     /// Declares an exchange, or checks an existing one is equivalent. `passive` only checks
     /// that it exists.
     pub fn declare_exchange(&self, spec: ExchangeSpec, passive: bool) -> CoreResult<Arc<Exchange>> {
+        if spec.name.is_empty() {
+            return Err(CoreError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
         if passive {
             return self.exchange(&spec.name);
         }
+        // As RabbitMQ 4 does: an unknown type is refused first, as a precondition (406).
+        let kind = self.registry.get(&spec.kind).ok_or_else(|| {
+            CoreError::precondition(format!(
+                "invalid type '{}' for arg 'type' in exchange '{}' in vhost '{}'",
+                spec.kind, spec.name, self.name
+            ))
+        })?;
         if let Some(existing) = self.exchanges.get(&spec.name) {
             existing.check_equivalent(&spec, &self.name)?;
             return Ok(existing.value().clone());
@@ -120,12 +132,6 @@ impl VirtualHost {
                 spec.name
             )));
         }
-        let kind = self.registry.get(&spec.kind).ok_or_else(|| {
-            CoreError::new(
-                ErrorKind::CommandInvalid,
-                format!("unknown exchange type '{}'", spec.kind),
-            )
-        })?;
         kind.validate_arguments(&spec.arguments)?;
         match self.exchanges.entry(spec.name.clone()) {
             Entry::Occupied(existing) => {
@@ -185,10 +191,7 @@ impl VirtualHost {
         }
         if spec.name.is_empty() {
             spec.name = generate_queue_name();
-        } else if !server_named
-            && spec.name.starts_with("amq.")
-            && !self.queues.contains_key(&spec.name)
-        {
+        } else if !server_named && spec.name.starts_with("amq.") {
             return Err(CoreError::access_refused(format!(
                 "queue name '{}' contains reserved prefix 'amq.*'",
                 spec.name
@@ -438,6 +441,22 @@ impl VirtualHost {
     }
 }
 
+/// Queue arguments compared on redeclaration, as RabbitMQ compares them; others are free-form.
+const COMPARED_QUEUE_ARGUMENTS: [&str; 12] = [
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-expires",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-message-ttl",
+    "x-overflow",
+    "x-queue-mode",
+    "x-queue-type",
+    "x-single-active-consumer",
+    "x-dead-letter-strategy",
+];
+
 /// Checks that a redeclaration matches the existing queue (RabbitMQ's 406 rule).
 fn check_queue_equivalent(handle: &QueueHandle, spec: &QueueSpec, vhost: &str) -> CoreResult<()> {
     let current = handle.spec();
@@ -468,18 +487,15 @@ fn check_queue_equivalent(handle: &QueueHandle, spec: &QueueSpec, vhost: &str) -
             format!("'{}'", current.auto_delete),
         );
     }
-    for (key, value) in spec.arguments.iter() {
-        if current.arguments.get(key) != Some(value) {
-            return differs(
-                key,
-                format!("{value:?}"),
-                format!("{:?}", current.arguments.get(key)),
-            );
-        }
-    }
-    for (key, value) in current.arguments.iter() {
-        if spec.arguments.get(key).is_none() {
-            return differs(key, "none".to_owned(), format!("{value:?}"));
+    // Like RabbitMQ, only the arguments the broker gives a meaning to must match.
+    for key in COMPARED_QUEUE_ARGUMENTS {
+        let (received, existing) = (spec.arguments.get(key), current.arguments.get(key));
+        if received != existing {
+            let show = |v: Option<&crate::field::FieldValue>| match v {
+                Some(v) => format!("{v:?}"),
+                None => "none".to_owned(),
+            };
+            return differs(key, show(received), show(existing));
         }
     }
     Ok(())

@@ -59,6 +59,8 @@ pub struct AmqpConfig {
     pub channel_max: u16,
     /// Heartbeat interval offered, in seconds.
     pub heartbeat: u16,
+    /// Largest message body accepted, in bytes.
+    pub max_message_size: u64,
 }
 
 /// Resource alarms.

@@ -141,6 +141,7 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
         frame_max: config.amqp.frame_max.max(4096),
         channel_max: config.amqp.channel_max,
         heartbeat: config.amqp.heartbeat,
+        max_message_size: config.amqp.max_message_size,
         version: env!("CARGO_PKG_VERSION").to_owned(),
         ..Default::default()
     });
@@ -188,12 +189,14 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
             },
         ));
     }
+    // Signal handlers go in before `ready`, so a SIGTERM right after it is a clean stop.
+    let signals = Signals::install()?;
     println!("ready");
     use std::io::Write;
     let _ = std::io::stdout().flush();
     tracing::info!(data_dir = %data_dir.display(), "junction is ready");
 
-    wait_for_signal().await?;
+    signals.wait().await;
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
     while tasks.join_next().await.is_some() {}
@@ -207,15 +210,27 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+/// SIGTERM and SIGINT, installed once.
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
 }
 
 /// Counts live connections so shutdown can wait for them to close.

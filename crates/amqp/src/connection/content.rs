@@ -44,6 +44,20 @@ impl Connection {
                 format!("content header for class {} is not basic", header.class_id),
             ));
         }
+        let max = self.session.settings.max_message_size;
+        if header.body_size > max {
+            let error = AmqpError::channel(
+                code::PRECONDITION_FAILED,
+                format!(
+                    "message size {} is larger than configured max size {max}",
+                    header.body_size
+                ),
+            )
+            .during((60, 40));
+            self.close_channel_with(&mut channel, error).await;
+            self.put_channel(number, channel);
+            return Ok(());
+        }
         if let Some(pending) = channel.pending.as_mut() {
             pending.properties = Some(properties_from_wire(&header.properties));
             pending.body_size = header.body_size;

@@ -342,7 +342,9 @@ impl Connection {
             (State::AwaitingOpen, conn::AMQPMethod::Open(m)) => self.on_open(m),
             (_, conn::AMQPMethod::Close(m)) => {
                 tracing::debug!(code = m.reply_code, text = %m.reply_text, "client closed connection");
-                self.close_all_channels().await;
+                // Everything the connection held, exclusive queues included, is gone before
+                // close-ok, so a client that reconnects at once can reuse the names.
+                self.cleanup().await;
                 self.session.send(
                     0,
                     AMQPClass::Connection(conn::AMQPMethod::CloseOk(conn::CloseOk {})),
@@ -674,7 +676,7 @@ impl Connection {
     /// Releases everything the connection holds: called once its socket is gone.
     pub async fn cleanup(&mut self) {
         self.close_all_channels().await;
-        if let Some(vhost) = self.session.vhost.clone() {
+        if let Some(vhost) = self.session.vhost.take() {
             vhost.connection_closed(self.session.id).await;
         }
     }
@@ -692,6 +694,18 @@ fn decode_method(payload: &[u8]) -> AmqpResult<AMQPClass> {
         return Err(AmqpError::connection(
             code::NOT_IMPLEMENTED,
             format!("unknown method: class {class}, method {method}"),
+        )
+        .during((class, method)));
+    }
+    // amq-protocol drops basic.qos's prefetch-size; RabbitMQ refuses a non-zero one (540).
+    if (class, method) == (60, 10)
+        && let Some(size) = payload.get(4..8)
+        && size != [0, 0, 0, 0]
+    {
+        let size = u32::from_be_bytes([size[0], size[1], size[2], size[3]]);
+        return Err(AmqpError::connection(
+            code::NOT_IMPLEMENTED,
+            format!("prefetch_size!=0 ({size})"),
         )
         .during((class, method)));
     }
