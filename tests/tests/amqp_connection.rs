@@ -334,7 +334,7 @@ async fn read_is_checked_on_get_consume_and_the_exchange_of_a_binding() {
 }
 
 #[tokio::test]
-#[ignore = "broker bug: passive declares skip permission checks (RabbitMQ >= 4.2.6 needs any permission)"]
+#[ignore = "differs from RabbitMQ >= 4.2.6 only: passive declares skip permission checks (RabbitMQ >= 4.2.6 needs any permission)"]
 async fn a_passive_declare_needs_some_permission_on_the_queue() {
     let broker = broker_with_alice();
     let (_guest, guest_ch) = open(&broker).await;
