@@ -51,12 +51,7 @@ pub async fn handle(
             }
         }
         AMQPMethod::Bind(m) => {
-            session.authorize(
-                ResourceKind::Exchange,
-                m.destination.as_str(),
-                Permission::Write,
-            )?;
-            session.authorize(ResourceKind::Exchange, m.source.as_str(), Permission::Read)?;
+            authorize_binding(session, m.destination.as_str(), m.source.as_str())?;
             vhost.bind_exchange(
                 m.destination.as_str(),
                 m.source.as_str(),
@@ -68,12 +63,7 @@ pub async fn handle(
             }
         }
         AMQPMethod::Unbind(m) => {
-            session.authorize(
-                ResourceKind::Exchange,
-                m.destination.as_str(),
-                Permission::Write,
-            )?;
-            session.authorize(ResourceKind::Exchange, m.source.as_str(), Permission::Read)?;
+            authorize_binding(session, m.destination.as_str(), m.source.as_str())?;
             vhost.unbind_exchange(
                 m.destination.as_str(),
                 m.source.as_str(),
@@ -90,4 +80,10 @@ pub async fn handle(
         other => return Err(crate::connection::server_only(&AMQPClass::Exchange(other))),
     }
     Ok(())
+}
+
+/// An exchange-to-exchange binding needs write on the destination and read on the source.
+fn authorize_binding(session: &mut Session, destination: &str, source: &str) -> AmqpResult<()> {
+    session.authorize(ResourceKind::Exchange, destination, Permission::Write)?;
+    session.authorize(ResourceKind::Exchange, source, Permission::Read)
 }
