@@ -8,6 +8,7 @@ use dashmap::DashMap;
 use tokio::sync::watch;
 
 use crate::auth::AuthChain;
+use crate::definitions::DefinitionStore;
 use crate::error::{CoreError, CoreResult, ErrorKind};
 use crate::exchange::ExchangeTypeRegistry;
 use crate::queue::ConnectionId;
@@ -36,14 +37,27 @@ pub struct Broker {
     next_connection: AtomicU64,
     config: BrokerConfig,
     alarm: watch::Sender<Option<String>>,
+    store: Option<Arc<dyn DefinitionStore>>,
 }
 
 impl Broker {
-    /// Creates a broker with the given exchange types and auth chain, and its default vhost.
+    /// Creates a broker with the given exchange types and auth chain, and its default vhost,
+    /// keeping nothing on disk.
     pub fn new(
         config: BrokerConfig,
         exchange_types: Arc<ExchangeTypeRegistry>,
         auth: AuthChain,
+    ) -> Arc<Self> {
+        Self::with_store(config, exchange_types, auth, None)
+    }
+
+    /// Creates a broker whose vhosts record durable definitions in `store` and are restored
+    /// from it when they are added.
+    pub fn with_store(
+        config: BrokerConfig,
+        exchange_types: Arc<ExchangeTypeRegistry>,
+        auth: AuthChain,
+        store: Option<Arc<dyn DefinitionStore>>,
     ) -> Arc<Self> {
         let broker = Arc::new(Self {
             vhosts: DashMap::new(),
@@ -52,6 +66,7 @@ impl Broker {
             next_connection: AtomicU64::new(1),
             config,
             alarm: watch::Sender::new(None),
+            store,
         });
         broker.add_vhost(&broker.config.default_vhost.clone());
         broker
@@ -72,11 +87,23 @@ impl Broker {
         &self.auth
     }
 
-    /// Creates a vhost (or returns the existing one).
+    /// Creates a vhost (or returns the existing one), restoring its stored definitions.
     pub fn add_vhost(&self, name: &str) -> Arc<VirtualHost> {
         self.vhosts
             .entry(name.to_owned())
-            .or_insert_with(|| VirtualHost::new(name, self.exchange_types.clone()))
+            .or_insert_with(|| {
+                let vhost =
+                    VirtualHost::with_store(name, self.exchange_types.clone(), self.store.clone());
+                if let Some(store) = &self.store {
+                    match store.load(name) {
+                        Ok(definitions) => vhost.restore(definitions),
+                        Err(error) => {
+                            tracing::error!(vhost = name, %error, "could not load definitions");
+                        }
+                    }
+                }
+                vhost
+            })
             .value()
             .clone()
     }

@@ -5,9 +5,10 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 /// One value in a [`FieldTable`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FieldValue {
     /// A boolean.
     Bool(bool),
@@ -89,7 +90,7 @@ impl FieldValue {
 }
 
 /// A table of named [`FieldValue`]s, ordered by name so that equal tables compare equal.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FieldTable(pub BTreeMap<String, FieldValue>);
 
 impl FieldTable {

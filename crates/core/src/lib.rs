@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod broker;
+pub mod definitions;
 pub mod error;
 pub mod exchange;
 pub mod field;
@@ -24,6 +25,7 @@ pub use auth::{
     ResourceKind, User,
 };
 pub use broker::{Broker, BrokerConfig};
+pub use definitions::{BindingRecord, DefinitionStore, StoreFailure, VhostDefinitions};
 pub use error::{CoreError, ErrorKind};
 pub use exchange::{
     Binding, BindingTarget, Exchange, ExchangeSpec, ExchangeType, ExchangeTypeRegistry, Router,

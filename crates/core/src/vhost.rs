@@ -6,6 +6,7 @@ use std::sync::{Arc, Weak};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
+use crate::definitions::{BindingRecord, DefinitionStore, StoreFailure, VhostDefinitions};
 use crate::error::{CoreError, CoreResult, ErrorKind};
 use crate::exchange::{Binding, BindingTarget, Exchange, ExchangeSpec, ExchangeTypeRegistry};
 use crate::field::FieldTable;
@@ -32,6 +33,7 @@ pub struct VirtualHost {
     exchanges: DashMap<String, Arc<Exchange>>,
     queues: DashMap<String, QueueHandle>,
     registry: Arc<ExchangeTypeRegistry>,
+    store: Option<Arc<dyn DefinitionStore>>,
     me: Weak<VirtualHost>,
 }
 
@@ -51,13 +53,24 @@ pub struct DeclaredQueue {
 }
 
 impl VirtualHost {
-    /// Creates a vhost with the default exchange and the standard `amq.*` exchanges.
+    /// Creates a vhost with the default exchange and the standard `amq.*` exchanges, keeping
+    /// nothing on disk.
     pub fn new(name: impl Into<String>, registry: Arc<ExchangeTypeRegistry>) -> Arc<Self> {
+        Self::with_store(name, registry, None)
+    }
+
+    /// Creates a vhost that records its durable definitions in `store`.
+    pub fn with_store(
+        name: impl Into<String>,
+        registry: Arc<ExchangeTypeRegistry>,
+        store: Option<Arc<dyn DefinitionStore>>,
+    ) -> Arc<Self> {
         let vhost = Arc::new_cyclic(|me| Self {
             name: name.into(),
             exchanges: DashMap::new(),
             queues: DashMap::new(),
             registry,
+            store,
             me: me.clone(),
         });
         let builtin = |name: &str, kind: &str| ExchangeSpec {
@@ -139,6 +152,9 @@ impl VirtualHost {
                 Ok(existing.get().clone())
             }
             Entry::Vacant(slot) => {
+                if spec.durable {
+                    self.persist(|store| store.save_exchange(&self.name, &spec))?;
+                }
                 let exchange = Arc::new(Exchange::new(spec, kind));
                 slot.insert(exchange.clone());
                 Ok(exchange)
@@ -163,12 +179,16 @@ impl VirtualHost {
                 self.name
             )));
         }
+        if exchange.spec.durable {
+            self.persist(|store| store.delete_exchange(&self.name, name))?;
+        }
         self.exchanges.remove(name);
         let target = BindingTarget::Exchange(exchange.clone());
         self.unbind_everywhere(&target);
         // Drop its own outgoing bindings so exchange-to-exchange cycles do not keep it alive.
         for binding in exchange.bindings() {
             exchange.unbind(&binding);
+            self.forget_binding(&exchange, &binding);
         }
         Ok(())
     }
@@ -212,6 +232,9 @@ impl VirtualHost {
                 let vhost = self.me.upgrade().ok_or_else(|| {
                     CoreError::new(ErrorKind::NotAllowed, "vhost is being deleted")
                 })?;
+                if spec.durable && !spec.exclusive {
+                    self.persist(|store| store.save_queue(&self.name, &spec))?;
+                }
                 let owner = spec.exclusive.then_some(owner);
                 let handle = queue::spawn(spec, owner, &vhost, QUEUE_MAILBOX);
                 slot.insert(handle.clone());
@@ -287,20 +310,91 @@ impl VirtualHost {
         }
         self.queues
             .remove_if(handle.name(), |_, current| current.same(handle));
+        if handle.spec().durable && !handle.spec().exclusive {
+            self.persist_quietly(|store| store.delete_queue(&self.name, handle.name()));
+        }
         self.unbind_everywhere(&BindingTarget::Queue(handle.clone()));
     }
 
     /// Removes every binding to `target` and auto-deletes exchanges left without bindings.
     fn unbind_everywhere(&self, target: &BindingTarget) {
         for exchange in self.exchanges() {
-            if exchange.unbind_target(target) > 0 {
+            let removed = exchange.unbind_target(target);
+            for binding in &removed {
+                self.forget_binding(&exchange, binding);
+            }
+            if !removed.is_empty() {
                 self.maybe_auto_delete(&exchange);
             }
         }
     }
 
+    /// Runs a change against the store, if there is one; a failure fails the operation.
+    fn persist(
+        &self,
+        change: impl FnOnce(&dyn DefinitionStore) -> Result<(), StoreFailure>,
+    ) -> CoreResult<()> {
+        match &self.store {
+            Some(store) => change(store.as_ref()).map_err(|e| CoreError::internal(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs a removal against the store where the operation cannot be undone; logs failures.
+    fn persist_quietly(
+        &self,
+        change: impl FnOnce(&dyn DefinitionStore) -> Result<(), StoreFailure>,
+    ) {
+        if let Err(error) = self.persist(change) {
+            tracing::error!(vhost = %self.name, %error, "could not update stored definitions");
+        }
+    }
+
+    fn record(source: &Exchange, binding: &Binding) -> Option<BindingRecord> {
+        source.is_durable_binding(binding).then(|| BindingRecord {
+            source: source.name.clone(),
+            destination: binding.target.name().to_owned(),
+            destination_is_exchange: matches!(binding.target, BindingTarget::Exchange(_)),
+            routing_key: binding.routing_key.clone(),
+            arguments: binding.arguments.clone(),
+        })
+    }
+
+    /// Adds a binding, recording it when it is durable; undone if the store fails.
+    fn add_binding(&self, source: &Arc<Exchange>, binding: Binding) -> CoreResult<()> {
+        let record = Self::record(source, &binding);
+        if !source.bind(binding.clone())? {
+            return Ok(());
+        }
+        if let Some(record) = record
+            && let Err(error) = self.persist(|store| store.save_binding(&self.name, &record))
+        {
+            source.unbind(&binding);
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Removes a binding (and its record); auto-deletes the source if that was its last.
+    fn remove_binding(&self, source: &Arc<Exchange>, binding: &Binding) {
+        if source.unbind(binding) {
+            self.forget_binding(source, binding);
+            self.maybe_auto_delete(source);
+        }
+    }
+
+    /// Removes a binding's record, if it had one.
+    fn forget_binding(&self, source: &Exchange, binding: &Binding) {
+        if let Some(record) = Self::record(source, binding) {
+            self.persist_quietly(|store| store.delete_binding(&self.name, &record));
+        }
+    }
+
     fn maybe_auto_delete(&self, exchange: &Arc<Exchange>) {
         if exchange.spec.auto_delete && exchange.binding_count() == 0 {
+            if exchange.spec.durable {
+                self.persist_quietly(|store| store.delete_exchange(&self.name, &exchange.name));
+            }
             self.exchanges
                 .remove_if(&exchange.name, |_, current| Arc::ptr_eq(current, exchange));
             self.unbind_everywhere(&BindingTarget::Exchange(exchange.clone()));
@@ -327,12 +421,14 @@ impl VirtualHost {
     ) -> CoreResult<()> {
         let handle = self.queue_for(queue, owner)?;
         let source = self.bindable_source(exchange)?;
-        source.bind(Binding {
-            routing_key: routing_key.to_owned(),
-            arguments,
-            target: BindingTarget::Queue(handle),
-        })?;
-        Ok(())
+        self.add_binding(
+            &source,
+            Binding {
+                routing_key: routing_key.to_owned(),
+                arguments,
+                target: BindingTarget::Queue(handle),
+            },
+        )
     }
 
     /// Removes a queue binding. Removing a binding that does not exist is not an error.
@@ -346,14 +442,14 @@ impl VirtualHost {
     ) -> CoreResult<()> {
         let handle = self.queue_for(queue, owner)?;
         let source = self.bindable_source(exchange)?;
-        let removed = source.unbind(&Binding {
-            routing_key: routing_key.to_owned(),
-            arguments,
-            target: BindingTarget::Queue(handle),
-        });
-        if removed {
-            self.maybe_auto_delete(&source);
-        }
+        self.remove_binding(
+            &source,
+            &Binding {
+                routing_key: routing_key.to_owned(),
+                arguments,
+                target: BindingTarget::Queue(handle),
+            },
+        );
         Ok(())
     }
 
@@ -367,12 +463,14 @@ impl VirtualHost {
     ) -> CoreResult<()> {
         let target = self.bindable_source(destination)?;
         let source = self.bindable_source(source)?;
-        source.bind(Binding {
-            routing_key: routing_key.to_owned(),
-            arguments,
-            target: BindingTarget::Exchange(target),
-        })?;
-        Ok(())
+        self.add_binding(
+            &source,
+            Binding {
+                routing_key: routing_key.to_owned(),
+                arguments,
+                target: BindingTarget::Exchange(target),
+            },
+        )
     }
 
     /// Removes an exchange-to-exchange binding.
@@ -385,14 +483,14 @@ impl VirtualHost {
     ) -> CoreResult<()> {
         let target = self.bindable_source(destination)?;
         let source = self.bindable_source(source)?;
-        let removed = source.unbind(&Binding {
-            routing_key: routing_key.to_owned(),
-            arguments,
-            target: BindingTarget::Exchange(target),
-        });
-        if removed {
-            self.maybe_auto_delete(&source);
-        }
+        self.remove_binding(
+            &source,
+            &Binding {
+                routing_key: routing_key.to_owned(),
+                arguments,
+                target: BindingTarget::Exchange(target),
+            },
+        );
         Ok(())
     }
 
@@ -422,6 +520,56 @@ impl VirtualHost {
                         next.route(message, &mut targets);
                     }
                 }
+            }
+        }
+    }
+
+    /// Recreates the durable exchanges, queues and bindings a store kept. Runs at start-up,
+    /// before any client connects; records that no longer make sense are logged and skipped.
+    pub fn restore(&self, definitions: VhostDefinitions) {
+        let Some(vhost) = self.me.upgrade() else {
+            return;
+        };
+        for spec in definitions.exchanges {
+            let Some(kind) = self.registry.get(&spec.kind) else {
+                tracing::warn!(exchange = %spec.name, kind = %spec.kind, "stored exchange has an unknown type; skipped");
+                continue;
+            };
+            self.exchanges
+                .entry(spec.name.clone())
+                .or_insert_with(|| Arc::new(Exchange::new(spec, kind)));
+        }
+        for spec in definitions.queues {
+            self.queues
+                .entry(spec.name.clone())
+                .or_insert_with(|| queue::spawn(spec, None, &vhost, QUEUE_MAILBOX));
+        }
+        for record in definitions.bindings {
+            let (Some(source), Some(target)) = (
+                self.exchanges
+                    .get(&record.source)
+                    .map(|e| e.value().clone()),
+                if record.destination_is_exchange {
+                    self.exchanges
+                        .get(&record.destination)
+                        .map(|e| BindingTarget::Exchange(e.value().clone()))
+                } else {
+                    self.queue(&record.destination).map(BindingTarget::Queue)
+                },
+            ) else {
+                tracing::warn!(
+                    ?record,
+                    "stored binding refers to a missing resource; skipped"
+                );
+                continue;
+            };
+            let binding = Binding {
+                routing_key: record.routing_key,
+                arguments: record.arguments,
+                target,
+            };
+            if let Err(error) = source.bind(binding) {
+                tracing::warn!(%error, "stored binding is invalid; skipped");
             }
         }
     }

@@ -50,7 +50,17 @@ struct Cli {
 /// How long connections get to close after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match start() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("junction: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn start() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = config::load(cli.config.as_deref())?;
     init_logging(&config.log.level);
@@ -132,7 +142,13 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
         .first()
         .map(|v| v.name.clone())
         .unwrap_or_else(|| "/".to_owned());
-    let broker = Broker::new(BrokerConfig { default_vhost }, registry, auth);
+    let definitions = junction_store::Definitions::open(&data_dir)?;
+    let broker = Broker::with_store(
+        BrokerConfig { default_vhost },
+        registry,
+        auth,
+        Some(Arc::new(definitions)),
+    );
     for vhost in &config.vhosts {
         broker.add_vhost(&vhost.name);
     }

@@ -184,7 +184,7 @@ impl ExchangeTypeRegistry {
 }
 
 /// What a client asks for when it declares an exchange.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ExchangeSpec {
     /// The exchange name.
     pub name: String,
@@ -266,16 +266,26 @@ impl Exchange {
         removed
     }
 
-    /// Removes every binding whose target is `target`; returns how many were removed.
-    pub fn unbind_target(&self, target: &BindingTarget) -> usize {
+    /// Removes every binding whose target is `target`; returns the removed bindings.
+    pub fn unbind_target(&self, target: &BindingTarget) -> Vec<Binding> {
         let mut bindings = self.bindings.lock();
-        let before = bindings.len();
-        bindings.retain(|b| !b.target.same(target));
-        let removed = before - bindings.len();
-        if removed > 0 {
+        let (removed, kept): (Vec<Binding>, Vec<Binding>) =
+            bindings.drain(..).partition(|b| b.target.same(target));
+        *bindings = kept;
+        if !removed.is_empty() {
             self.recompile(&bindings);
         }
         removed
+    }
+
+    /// Whether messages routed through this binding's target survive a restart with it: the
+    /// target is a durable exchange, or a durable queue that is not exclusive.
+    pub fn is_durable_binding(&self, binding: &Binding) -> bool {
+        self.spec.durable
+            && match &binding.target {
+                BindingTarget::Queue(q) => q.spec().durable && !q.spec().exclusive,
+                BindingTarget::Exchange(e) => e.spec.durable,
+            }
     }
 
     /// The number of bindings with this exchange as their source.

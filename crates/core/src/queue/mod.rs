@@ -98,7 +98,7 @@ pub struct ConsumerSpec {
 }
 
 /// What a client asks for when it declares a queue.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct QueueSpec {
     /// The name (already generated when the client left it empty).
     pub name: String,

@@ -1,0 +1,259 @@
+//! The definitions store: a [`DefinitionStore`] on redb. Records are JSON (small, readable with
+//! any redb tool, and the format RabbitMQ's definitions export uses), keyed by vhost and name.
+
+use std::path::{Path, PathBuf};
+
+use junction_core::definitions::{BindingRecord, DefinitionStore, StoreFailure, VhostDefinitions};
+use junction_core::{ExchangeSpec, QueueSpec};
+use redb::{Database, DatabaseError, ReadableDatabase, TableDefinition};
+
+const EXCHANGES: TableDefinition<&str, &[u8]> = TableDefinition::new("exchanges");
+const QUEUES: TableDefinition<&str, &[u8]> = TableDefinition::new("queues");
+const BINDINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("bindings");
+
+/// The file name of the definitions database inside the data directory.
+pub const FILE_NAME: &str = "definitions.redb";
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Another process (another broker) has the data directory open.
+    #[error("data directory {0} is in use by another junction process")]
+    InUse(PathBuf),
+    /// The file could not be opened or is damaged.
+    #[error("cannot open {path}: {message}")]
+    Failed {
+        /// The database file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Durable definitions in `<data dir>/definitions.redb`.
+pub struct Definitions {
+    db: Database,
+}
+
+/// The key of a named resource: vhost and name, separated by a NUL (which no name contains).
+fn key(vhost: &str, name: &str) -> String {
+    format!("{vhost}\0{name}")
+}
+
+/// The key of a binding: every field that makes a binding distinct.
+fn binding_key(vhost: &str, record: &BindingRecord) -> Result<String, StoreFailure> {
+    let arguments = serde_json::to_string(&record.arguments).map_err(failure)?;
+    Ok(format!(
+        "{vhost}\0{}\0{}\0{}\0{}\0{arguments}",
+        record.source,
+        if record.destination_is_exchange {
+            "e"
+        } else {
+            "q"
+        },
+        record.destination,
+        record.routing_key
+    ))
+}
+
+fn failure(error: impl std::fmt::Display) -> StoreFailure {
+    StoreFailure(error.to_string())
+}
+
+impl Definitions {
+    /// Opens (or creates) the store in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self, OpenError> {
+        let path = data_dir.join(FILE_NAME);
+        let db = match Database::create(&path) {
+            Ok(db) => db,
+            Err(DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(OpenError::InUse(data_dir.to_path_buf()));
+            }
+            Err(error) => {
+                return Err(OpenError::Failed {
+                    path,
+                    message: error.to_string(),
+                });
+            }
+        };
+        let store = Self { db };
+        store.create_tables().map_err(|error| OpenError::Failed {
+            path: data_dir.join(FILE_NAME),
+            message: error.to_string(),
+        })?;
+        Ok(store)
+    }
+
+    fn create_tables(&self) -> Result<(), StoreFailure> {
+        let tx = self.db.begin_write().map_err(failure)?;
+        for table in [EXCHANGES, QUEUES, BINDINGS] {
+            tx.open_table(table).map_err(failure)?;
+        }
+        tx.commit().map_err(failure)
+    }
+
+    fn put(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: &impl serde::Serialize,
+    ) -> Result<(), StoreFailure> {
+        let bytes = serde_json::to_vec(value).map_err(failure)?;
+        let tx = self.db.begin_write().map_err(failure)?;
+        tx.open_table(table)
+            .map_err(failure)?
+            .insert(key, bytes.as_slice())
+            .map_err(failure)?;
+        tx.commit().map_err(failure)
+    }
+
+    fn remove(&self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<(), StoreFailure> {
+        let tx = self.db.begin_write().map_err(failure)?;
+        tx.open_table(table)
+            .map_err(failure)?
+            .remove(key)
+            .map_err(failure)?;
+        tx.commit().map_err(failure)
+    }
+
+    /// Every value stored under `vhost` in `table`, in key order.
+    fn values<T: serde::de::DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        vhost: &str,
+    ) -> Result<Vec<T>, StoreFailure> {
+        let tx = self.db.begin_read().map_err(failure)?;
+        let table = tx.open_table(table).map_err(failure)?;
+        let prefix = format!("{vhost}\0");
+        let mut values = Vec::new();
+        for entry in table.range(prefix.as_str()..).map_err(failure)? {
+            let (key, value) = entry.map_err(failure)?;
+            if !key.value().starts_with(&prefix) {
+                break;
+            }
+            match serde_json::from_slice(value.value()) {
+                Ok(parsed) => values.push(parsed),
+                Err(error) => {
+                    tracing::error!(key = %key.value().replace('\0', "/"), %error, "unreadable definition record skipped");
+                }
+            }
+        }
+        Ok(values)
+    }
+}
+
+impl DefinitionStore for Definitions {
+    fn save_exchange(&self, vhost: &str, spec: &ExchangeSpec) -> Result<(), StoreFailure> {
+        self.put(EXCHANGES, &key(vhost, &spec.name), spec)
+    }
+
+    fn delete_exchange(&self, vhost: &str, name: &str) -> Result<(), StoreFailure> {
+        self.remove(EXCHANGES, &key(vhost, name))
+    }
+
+    fn save_queue(&self, vhost: &str, spec: &QueueSpec) -> Result<(), StoreFailure> {
+        self.put(QUEUES, &key(vhost, &spec.name), spec)
+    }
+
+    fn delete_queue(&self, vhost: &str, name: &str) -> Result<(), StoreFailure> {
+        self.remove(QUEUES, &key(vhost, name))
+    }
+
+    fn save_binding(&self, vhost: &str, binding: &BindingRecord) -> Result<(), StoreFailure> {
+        self.put(BINDINGS, &binding_key(vhost, binding)?, binding)
+    }
+
+    fn delete_binding(&self, vhost: &str, binding: &BindingRecord) -> Result<(), StoreFailure> {
+        self.remove(BINDINGS, &binding_key(vhost, binding)?)
+    }
+
+    fn load(&self, vhost: &str) -> Result<VhostDefinitions, StoreFailure> {
+        Ok(VhostDefinitions {
+            exchanges: self.values(EXCHANGES, vhost)?,
+            queues: self.values(QUEUES, vhost)?,
+            bindings: self.values(BINDINGS, vhost)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use junction_core::{FieldTable, FieldValue};
+
+    use super::*;
+
+    fn dir(label: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "junction-store-test-{}-{label}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        dir
+    }
+
+    #[test]
+    fn definitions_survive_reopening_and_are_kept_per_vhost() {
+        let dir = dir("reopen");
+        let mut arguments = FieldTable::new();
+        arguments.insert("x-match", FieldValue::string("any"));
+        let binding = BindingRecord {
+            source: "events".into(),
+            destination: "audit".into(),
+            destination_is_exchange: false,
+            routing_key: "a.#".into(),
+            arguments,
+        };
+        {
+            let store = Definitions::open(&dir).expect("open");
+            let exchange = ExchangeSpec {
+                name: "events".into(),
+                kind: "topic".into(),
+                durable: true,
+                ..Default::default()
+            };
+            store.save_exchange("/", &exchange).expect("save");
+            store
+                .save_queue(
+                    "/",
+                    &QueueSpec {
+                        name: "audit".into(),
+                        durable: true,
+                        ..Default::default()
+                    },
+                )
+                .expect("save");
+            store.save_binding("/", &binding).expect("save");
+            store
+                .save_queue(
+                    "other",
+                    &QueueSpec {
+                        name: "elsewhere".into(),
+                        durable: true,
+                        ..Default::default()
+                    },
+                )
+                .expect("save");
+        }
+        let store = Definitions::open(&dir).expect("reopen");
+        let loaded = store.load("/").expect("load");
+        assert_eq!(loaded.exchanges.len(), 1);
+        assert_eq!(loaded.queues.len(), 1);
+        assert_eq!(loaded.queues[0].name, "audit");
+        assert_eq!(loaded.bindings, vec![binding.clone()]);
+        store.delete_binding("/", &binding).expect("delete");
+        store.delete_queue("/", "audit").expect("delete");
+        let loaded = store.load("/").expect("load");
+        assert!(loaded.queues.is_empty() && loaded.bindings.is_empty());
+        assert_eq!(store.load("other").expect("load").queues.len(), 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_directory_is_refused() {
+        let dir = dir("lock");
+        let _first = Definitions::open(&dir).expect("open");
+        assert!(matches!(Definitions::open(&dir), Err(OpenError::InUse(_))));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
