@@ -266,6 +266,7 @@ pub async fn publish(
         routing_key: pending.routing_key,
         properties,
         body: pending.body.finish(),
+        store_id: None,
     });
     if let Some(tx) = channel.tx.as_mut() {
         tx.publishes.push((message, pending.mandatory));

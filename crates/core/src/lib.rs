@@ -17,6 +17,7 @@ pub mod error;
 pub mod exchange;
 pub mod field;
 pub mod message;
+pub mod persistence;
 pub mod queue;
 pub mod vhost;
 
@@ -32,6 +33,7 @@ pub use exchange::{
 };
 pub use field::{FieldTable, FieldValue};
 pub use message::{Message, Properties};
+pub use persistence::{MessageStore, OnDurable, QueueKey};
 pub use queue::{
     ChannelCredit, ChannelId, ConnectionId, ConsumerEvent, ConsumerSink, ConsumerSpec, Delivery,
     GetResult, QueueHandle, QueueSpec, QueueStats,

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use crate::field::FieldTable;
 
 /// Protocol-neutral message properties, a superset of what AMQP, MQTT and STOMP carry.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Properties {
     /// MIME content type of the body.
     pub content_type: Option<String>,
@@ -56,6 +56,8 @@ pub struct Message {
     pub properties: Properties,
     /// Its body, shared and never copied by the core.
     pub body: Bytes,
+    /// Its identity in the message store, for persistent messages when the broker has one.
+    pub store_id: Option<u64>,
 }
 
 impl Message {
@@ -71,6 +73,7 @@ impl Message {
             routing_key: routing_key.into(),
             properties,
             body,
+            store_id: None,
         }
     }
 }

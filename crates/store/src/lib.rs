@@ -1,10 +1,13 @@
 //! Durable storage for Junction. Today: the definitions store, which keeps durable exchanges,
 //! queues and bindings in one redb file (`definitions.redb` in the data directory), each change
-//! committed atomically and durably. The persistent message log comes next.
+//! committed atomically and durably; and the persistent message log ([`MessageLog`]), an
+//! append-only segment log with checksummed records and group commit.
 //!
 //! Opening the same data directory from a second broker fails: redb locks its file, and
 //! [`Definitions::open`] reports that as [`OpenError::InUse`].
 
 mod definitions;
+mod log;
 
 pub use definitions::{Definitions, OpenError};
+pub use log::{LogError, MessageLog, RecoveryReport};
