@@ -164,7 +164,7 @@ enum Decoded {
     Publish {
         id: u64,
         queues: Vec<QueueKey>,
-        message: Message,
+        message: Box<Message>,
     },
     Remove {
         id: u64,
@@ -191,7 +191,7 @@ fn decode(payload: &[u8]) -> Option<Decoded> {
             Some(Decoded::Publish {
                 id,
                 queues,
-                message,
+                message: Box::new(message),
             })
         }
         REMOVE => {
@@ -292,7 +292,7 @@ fn replay(
             } => {
                 *max_id = (*max_id).max(id);
                 liveness.published(id, segment, queues.len());
-                state.insert(id, (message, queues));
+                state.insert(id, (*message, queues));
             }
             Decoded::Remove { id, queue } => {
                 liveness.removed(id);
