@@ -8,10 +8,12 @@ use amq_protocol::protocol::basic::{
     AMQPMethod, CancelOk, ConsumeOk, Deliver, GetEmpty, GetOk, Nack, QosOk, RecoverOk, Return,
 };
 use junction_core::{
-    ConsumerSpec, Delivery, ErrorKind, Message, Permission, QueueHandle, ResourceKind,
+    ConsumerSpec, Delivery, ErrorKind, Message, Permission, QueueHandle, QueueKey, ResourceKind,
 };
 
-use crate::channel::{BodyParts, Channel, ChannelConsumer, PendingPublish, Unacked, by_queue};
+use crate::channel::{
+    BodyParts, Channel, ChannelConsumer, Confirms, PendingPublish, Unacked, by_queue,
+};
 use crate::direct_reply;
 use crate::error::{AmqpError, AmqpResult, code};
 use crate::properties::properties_to_wire;
@@ -261,12 +263,16 @@ pub async fn publish(
             ),
         ));
     }
+    let store_id = match session.broker.message_store() {
+        Some(store) if properties.is_persistent() => Some(store.next_id()),
+        _ => None,
+    };
     let message = Arc::new(Message {
         exchange: pending.exchange,
         routing_key: pending.routing_key,
         properties,
         body: pending.body.finish(),
-        store_id: None,
+        store_id,
     });
     if let Some(tx) = channel.tx.as_mut() {
         tx.publishes.push((message, pending.mandatory));
@@ -290,6 +296,8 @@ pub async fn route(
     };
     let mut queues = Vec::new();
     vhost.route(&exchange, message, &mut queues);
+    let seq = channel.confirm.as_mut().map(Confirms::next_seq);
+    persist(session, channel, message, &queues, seq);
     let mut delivered = 0;
     for queue in &queues {
         if queue.publish(message.clone()).await.is_ok() {
@@ -309,29 +317,67 @@ pub async fn route(
         );
         write_content(session, number, message);
     }
-    let lost = !queues.is_empty() && delivered == 0;
-    if let Some(seq) = channel.confirm.as_mut() {
-        *seq += 1;
-        let seq = *seq;
-        if lost {
-            // Every queue it was routed to vanished before taking it: nack, after the acks
-            // owed for earlier messages.
-            crate::confirm::flush(session, channel);
-            session.send(
-                channel.id.number,
-                AMQPClass::Basic(AMQPMethod::Nack(Nack {
-                    delivery_tag: seq,
-                    multiple: false,
-                    requeue: false,
-                })),
-            );
-        } else {
-            let owed = channel.confirms_owed.get_or_insert((0, 0));
-            owed.0 = seq;
-            owed.1 += 1;
+    if let Some(seq) = seq
+        && !queues.is_empty()
+        && delivered == 0
+    {
+        // Every queue it was routed to vanished before taking it: nack it, after the acks
+        // owed for earlier messages.
+        if let Some(confirms) = channel.confirm.as_mut() {
+            confirms.waiting.remove(&seq);
         }
+        crate::confirm::flush(session, channel);
+        session.send(
+            channel.id.number,
+            AMQPClass::Basic(AMQPMethod::Nack(Nack {
+                delivery_tag: seq,
+                multiple: false,
+                requeue: false,
+            })),
+        );
     }
     Ok(())
+}
+
+/// Writes a persistent message routed to durable queues to the message store before any queue
+/// sees it. In confirm mode its confirm waits until the store reports it on disk.
+fn persist(
+    session: &Session,
+    channel: &mut Channel,
+    message: &Message,
+    queues: &[QueueHandle],
+    seq: Option<u64>,
+) {
+    let (Some(store), Some(id)) = (session.broker.message_store(), message.store_id) else {
+        return;
+    };
+    let durable: Vec<QueueKey> = queues
+        .iter()
+        .filter(|q| q.spec().durable && !q.spec().exclusive)
+        .map(|q| QueueKey {
+            vhost: session
+                .vhost
+                .as_ref()
+                .map(|v| v.name.clone())
+                .unwrap_or_default(),
+            queue: q.name().to_owned(),
+        })
+        .collect();
+    if durable.is_empty() {
+        return;
+    }
+    let on_durable: Option<junction_core::OnDurable> = match (seq, channel.confirm.as_mut()) {
+        (Some(seq), Some(confirms)) => {
+            confirms.waiting.insert(seq);
+            let notify = session.durable.clone();
+            let id = channel.id;
+            Some(Box::new(move || {
+                let _ = notify.send((id, seq));
+            }))
+        }
+        _ => None,
+    };
+    store.publish(id, &durable, message, on_durable);
 }
 
 /// Writes a content header and body frames for `message`.

@@ -2,7 +2,7 @@
 //! frames, consumers, unacknowledged deliveries by delivery tag, prefetch, confirm and
 //! transaction modes, and flow control.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::error::{AmqpError, AmqpResult, code};
@@ -106,6 +106,42 @@ pub struct Unacked {
     pub seq: MessageSeq,
 }
 
+/// Publisher-confirm bookkeeping. Transient messages are confirmable once enqueued; persistent
+/// ones routed to durable queues only once the store has them on disk. Acks go out with
+/// `multiple` up to the first sequence number still waiting for the disk, so one ack frame
+/// covers a whole batch and never confirms a message that is not yet safe.
+#[derive(Debug, Default)]
+pub struct Confirms {
+    /// The last sequence number handed out.
+    pub last: u64,
+    /// Everything up to this has been acked to the client.
+    pub acked_upto: u64,
+    /// Sequence numbers waiting for the store.
+    pub waiting: BTreeSet<u64>,
+}
+
+impl Confirms {
+    /// The sequence number of the next publish.
+    pub fn next_seq(&mut self) -> u64 {
+        self.last += 1;
+        self.last
+    }
+
+    /// The basic.ack to send now, if any: (delivery tag, multiple).
+    pub fn due(&mut self) -> Option<(u64, bool)> {
+        let limit = match self.waiting.first() {
+            Some(first) => first - 1,
+            None => self.last,
+        };
+        if limit <= self.acked_upto {
+            return None;
+        }
+        let multiple = limit - self.acked_upto > 1;
+        self.acked_upto = limit;
+        Some((limit, multiple))
+    }
+}
+
 /// Work deferred until tx.commit.
 #[derive(Debug, Default)]
 pub struct Transaction {
@@ -134,10 +170,8 @@ pub struct Channel {
     pub consumer_prefetch: u32,
     /// Channel-wide prefetch shared by all its consumers (basic.qos global=true).
     pub credit: Arc<ChannelCredit>,
-    /// Publisher confirms are on; the last sequence number used.
-    pub confirm: Option<u64>,
-    /// Confirms owed since the last flush: (highest sequence, how many).
-    pub confirms_owed: Option<(u64, u64)>,
+    /// Publisher confirms, once confirm.select was received.
+    pub confirm: Option<Confirms>,
     /// The transaction, in tx mode.
     pub tx: Option<Transaction>,
     /// Whether deliveries may flow (channel.flow).
@@ -163,7 +197,6 @@ impl Channel {
             consumer_prefetch: 0,
             credit: Arc::new(ChannelCredit::new(0)),
             confirm: None,
-            confirms_owed: None,
             tx: None,
             flow_active: true,
             held: VecDeque::new(),

@@ -5,7 +5,7 @@ use amq_protocol::protocol::AMQPClass;
 use amq_protocol::protocol::basic::{AMQPMethod as Basic, Ack};
 use amq_protocol::protocol::confirm::{AMQPMethod, SelectOk};
 
-use crate::channel::Channel;
+use crate::channel::{Channel, Confirms};
 use crate::error::{AmqpError, AmqpResult, code};
 use crate::session::Session;
 
@@ -20,7 +20,7 @@ pub fn handle(session: &mut Session, channel: &mut Channel, method: AMQPMethod) 
                 ));
             }
             if channel.confirm.is_none() {
-                channel.confirm = Some(0);
+                channel.confirm = Some(Confirms::default());
             }
             if !m.nowait {
                 session.send(
@@ -36,13 +36,21 @@ pub fn handle(session: &mut Session, channel: &mut Channel, method: AMQPMethod) 
 
 /// Sends the confirms a channel owes, as one basic.ack covering all of them.
 pub fn flush(session: &mut Session, channel: &mut Channel) {
-    if let Some((last, count)) = channel.confirms_owed.take() {
+    if let Some((delivery_tag, multiple)) = channel.confirm.as_mut().and_then(Confirms::due) {
         session.send(
             channel.id.number,
             AMQPClass::Basic(Basic::Ack(Ack {
-                delivery_tag: last,
-                multiple: count > 1,
+                delivery_tag,
+                multiple,
             })),
         );
     }
+}
+
+/// A persistent message is on disk: its confirm may go out.
+pub fn durable(session: &mut Session, channel: &mut Channel, seq: u64) {
+    if let Some(confirms) = channel.confirm.as_mut() {
+        confirms.waiting.remove(&seq);
+    }
+    flush(session, channel);
 }

@@ -37,8 +37,9 @@ pub async fn serve<S>(
 {
     let (mut reader, writer) = tokio::io::split(stream);
     let (events_tx, mut events) = mpsc::unbounded_channel();
+    let (durable_tx, mut durable) = mpsc::unbounded_channel();
     let mut alarm = broker.alarm();
-    let mut connection = Connection::new(broker, settings, peer, events_tx);
+    let mut connection = Connection::new(broker, settings, peer, events_tx, durable_tx);
     let (out_tx, out_rx) = mpsc::unbounded_channel::<Bytes>();
     let writer_task = tokio::spawn(write_loop(writer, out_rx));
 
@@ -96,6 +97,12 @@ pub async fn serve<S>(
                         Ok(event) => connection.on_event(event),
                         Err(_) => break,
                     }
+                }
+            }
+            Some((channel, seq)) = durable.recv() => {
+                connection.on_durable(channel, seq);
+                while let Ok((channel, seq)) = durable.try_recv() {
+                    connection.on_durable(channel, seq);
                 }
             }
             _ = tick.tick() => {

@@ -53,6 +53,8 @@ pub struct Session {
     pub capabilities: ClientCapabilities,
     /// Whether the client has published: publishers stop being read during a resource alarm.
     pub has_published: bool,
+    /// Where the message store reports persistent messages on disk: (channel, confirm seq).
+    pub durable: tokio::sync::mpsc::UnboundedSender<(junction_core::ChannelId, u64)>,
     permissions: HashMap<(ResourceKind, Permission), HashMap<String, bool>>,
 }
 
@@ -63,6 +65,7 @@ impl Session {
         settings: Arc<Settings>,
         peer: Option<SocketAddr>,
         sink: ConsumerSink,
+        durable: tokio::sync::mpsc::UnboundedSender<(junction_core::ChannelId, u64)>,
     ) -> Self {
         let id = broker.next_connection_id();
         Self {
@@ -79,6 +82,7 @@ impl Session {
             heartbeat: 0,
             capabilities: ClientCapabilities::default(),
             has_published: false,
+            durable,
             permissions: HashMap::new(),
         }
     }

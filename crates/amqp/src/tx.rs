@@ -34,11 +34,20 @@ pub async fn handle(
                 .tx
                 .replace(Transaction::default())
                 .ok_or_else(not_transactional)?;
+            let persistent = tx.publishes.iter().any(|(m, _)| m.store_id.is_some());
             for (message, mandatory) in tx.publishes {
                 route(session, channel, &message, mandatory).await?;
             }
             for (_, delivery, requeue) in tx.settlements {
                 apply_settlements(channel, vec![delivery], requeue).await;
+            }
+            if persistent && let Some(store) = session.broker.message_store() {
+                // commit-ok promises the transaction's persistent messages are on disk.
+                let (done, on_disk) = tokio::sync::oneshot::channel();
+                store.sync(Box::new(move || {
+                    let _ = done.send(());
+                }));
+                let _ = on_disk.await;
             }
             session.send(number, AMQPClass::Tx(AMQPMethod::CommitOk(CommitOk {})));
         }

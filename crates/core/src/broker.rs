@@ -8,9 +8,9 @@ use dashmap::DashMap;
 use tokio::sync::watch;
 
 use crate::auth::AuthChain;
-use crate::definitions::DefinitionStore;
 use crate::error::{CoreError, CoreResult, ErrorKind};
 use crate::exchange::ExchangeTypeRegistry;
+use crate::persistence::{MessageStore, Storage};
 use crate::queue::ConnectionId;
 use crate::vhost::VirtualHost;
 
@@ -37,7 +37,7 @@ pub struct Broker {
     next_connection: AtomicU64,
     config: BrokerConfig,
     alarm: watch::Sender<Option<String>>,
-    store: Option<Arc<dyn DefinitionStore>>,
+    storage: Storage,
 }
 
 impl Broker {
@@ -48,16 +48,16 @@ impl Broker {
         exchange_types: Arc<ExchangeTypeRegistry>,
         auth: AuthChain,
     ) -> Arc<Self> {
-        Self::with_store(config, exchange_types, auth, None)
+        Self::with_store(config, exchange_types, auth, Storage::default())
     }
 
-    /// Creates a broker whose vhosts record durable definitions in `store` and are restored
-    /// from it when they are added.
+    /// Creates a broker whose vhosts record durable definitions and persistent messages in
+    /// `storage`, and are restored from it when they are added.
     pub fn with_store(
         config: BrokerConfig,
         exchange_types: Arc<ExchangeTypeRegistry>,
         auth: AuthChain,
-        store: Option<Arc<dyn DefinitionStore>>,
+        storage: Storage,
     ) -> Arc<Self> {
         let broker = Arc::new(Self {
             vhosts: DashMap::new(),
@@ -66,7 +66,7 @@ impl Broker {
             next_connection: AtomicU64::new(1),
             config,
             alarm: watch::Sender::new(None),
-            store,
+            storage,
         });
         broker.add_vhost(&broker.config.default_vhost.clone());
         broker
@@ -82,6 +82,11 @@ impl Broker {
         &self.exchange_types
     }
 
+    /// The persistent message store, if the broker has one.
+    pub fn message_store(&self) -> Option<&Arc<dyn MessageStore>> {
+        self.storage.messages.as_ref()
+    }
+
     /// The auth backends.
     pub fn auth(&self) -> &AuthChain {
         &self.auth
@@ -92,9 +97,12 @@ impl Broker {
         self.vhosts
             .entry(name.to_owned())
             .or_insert_with(|| {
-                let vhost =
-                    VirtualHost::with_store(name, self.exchange_types.clone(), self.store.clone());
-                if let Some(store) = &self.store {
+                let vhost = VirtualHost::with_store(
+                    name,
+                    self.exchange_types.clone(),
+                    self.storage.clone(),
+                );
+                if let Some(store) = &self.storage.definitions {
                     match store.load(name) {
                         Ok(definitions) => vhost.restore(definitions),
                         Err(error) => {

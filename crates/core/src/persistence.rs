@@ -5,7 +5,19 @@
 //! Order is the contract: a store applies requests in the order they are made, so a removal
 //! can never overtake the publish it refers to, and completions run in request order.
 
+use std::sync::Arc;
+
+use crate::definitions::DefinitionStore;
 use crate::message::Message;
+
+/// The stores a broker writes to; either may be absent (an in-memory broker).
+#[derive(Clone, Default)]
+pub struct Storage {
+    /// Durable exchanges, queues and bindings.
+    pub definitions: Option<Arc<dyn DefinitionStore>>,
+    /// Persistent messages of durable queues.
+    pub messages: Option<Arc<dyn MessageStore>>,
+}
 
 /// Called once the request it was given with is on disk (after the covering fsync).
 pub type OnDurable = Box<dyn FnOnce() + Send>;

@@ -11,6 +11,7 @@ use crate::error::{CoreError, CoreResult, ErrorKind};
 use crate::exchange::{Binding, BindingTarget, Exchange, ExchangeSpec, ExchangeTypeRegistry};
 use crate::field::FieldTable;
 use crate::message::Message;
+use crate::persistence::{QueueKey, Storage};
 use crate::queue::{self, ConnectionId, QueueHandle, QueueSpec, QueueStats};
 
 /// The exchanges every virtual host has, with their types.
@@ -33,7 +34,7 @@ pub struct VirtualHost {
     exchanges: DashMap<String, Arc<Exchange>>,
     queues: DashMap<String, QueueHandle>,
     registry: Arc<ExchangeTypeRegistry>,
-    store: Option<Arc<dyn DefinitionStore>>,
+    storage: Storage,
     me: Weak<VirtualHost>,
 }
 
@@ -56,21 +57,21 @@ impl VirtualHost {
     /// Creates a vhost with the default exchange and the standard `amq.*` exchanges, keeping
     /// nothing on disk.
     pub fn new(name: impl Into<String>, registry: Arc<ExchangeTypeRegistry>) -> Arc<Self> {
-        Self::with_store(name, registry, None)
+        Self::with_store(name, registry, Storage::default())
     }
 
-    /// Creates a vhost that records its durable definitions in `store`.
+    /// Creates a vhost that records durable definitions and persistent messages in `storage`.
     pub fn with_store(
         name: impl Into<String>,
         registry: Arc<ExchangeTypeRegistry>,
-        store: Option<Arc<dyn DefinitionStore>>,
+        storage: Storage,
     ) -> Arc<Self> {
         let vhost = Arc::new_cyclic(|me| Self {
             name: name.into(),
             exchanges: DashMap::new(),
             queues: DashMap::new(),
             registry,
-            store,
+            storage,
             me: me.clone(),
         });
         let builtin = |name: &str, kind: &str| ExchangeSpec {
@@ -236,13 +237,38 @@ impl VirtualHost {
                     self.persist(|store| store.save_queue(&self.name, &spec))?;
                 }
                 let owner = spec.exclusive.then_some(owner);
-                let handle = queue::spawn(spec, owner, &vhost, QUEUE_MAILBOX);
+                let handle = self.spawn_queue(spec, owner, &vhost, Vec::new());
                 slot.insert(handle.clone());
                 handle
             }
         };
         let stats = handle.stats().await?;
         Ok(DeclaredQueue { handle, stats })
+    }
+
+    /// Starts a queue task; durable, non-exclusive queues keep persistent messages in the
+    /// message store.
+    fn spawn_queue(
+        &self,
+        spec: QueueSpec,
+        owner: Option<ConnectionId>,
+        vhost: &Arc<VirtualHost>,
+        recovered: Vec<Message>,
+    ) -> QueueHandle {
+        let store = (spec.durable && !spec.exclusive)
+            .then(|| self.storage.messages.clone())
+            .flatten();
+        queue::spawn(spec, owner, vhost, QUEUE_MAILBOX, store, recovered)
+    }
+
+    fn recovered_messages(&self, spec: &QueueSpec) -> Vec<Message> {
+        match &self.storage.messages {
+            Some(store) => store.take_recovered(&QueueKey {
+                vhost: self.name.clone(),
+                queue: spec.name.clone(),
+            }),
+            None => Vec::new(),
+        }
     }
 
     /// Refuses access to another connection's exclusive queue (405).
@@ -334,7 +360,7 @@ impl VirtualHost {
         &self,
         change: impl FnOnce(&dyn DefinitionStore) -> Result<(), StoreFailure>,
     ) -> CoreResult<()> {
-        match &self.store {
+        match &self.storage.definitions {
             Some(store) => change(store.as_ref()).map_err(|e| CoreError::internal(e.to_string())),
             None => Ok(()),
         }
@@ -540,9 +566,10 @@ impl VirtualHost {
                 .or_insert_with(|| Arc::new(Exchange::new(spec, kind)));
         }
         for spec in definitions.queues {
-            self.queues
-                .entry(spec.name.clone())
-                .or_insert_with(|| queue::spawn(spec, None, &vhost, QUEUE_MAILBOX));
+            self.queues.entry(spec.name.clone()).or_insert_with(|| {
+                let recovered = self.recovered_messages(&spec);
+                self.spawn_queue(spec, None, &vhost, recovered)
+            });
         }
         for record in definitions.bindings {
             let (Some(source), Some(target)) = (

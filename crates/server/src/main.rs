@@ -12,7 +12,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use junction_core::auth::{PasswordHash, UserRecord, VhostPermissions};
-use junction_core::{AuthChain, Broker, BrokerConfig, ExchangeTypeRegistry, InternalUsers};
+use junction_core::{
+    AuthChain, Broker, BrokerConfig, ExchangeTypeRegistry, InternalUsers, Storage,
+};
 use junction_transport::{ListenAddr, accept_loop, bind_tcp};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -143,12 +145,20 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
         .map(|v| v.name.clone())
         .unwrap_or_else(|| "/".to_owned());
     let definitions = junction_store::Definitions::open(&data_dir)?;
-    let broker = Broker::with_store(
-        BrokerConfig { default_vhost },
-        registry,
-        auth,
-        Some(Arc::new(definitions)),
+    let started = std::time::Instant::now();
+    let (messages, report) = junction_store::MessageLog::open(&data_dir)?;
+    tracing::info!(
+        messages = report.messages,
+        segments = report.segments,
+        truncated = report.truncated.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "message log recovered"
     );
+    let storage = Storage {
+        definitions: Some(Arc::new(definitions)),
+        messages: Some(Arc::new(messages)),
+    };
+    let broker = Broker::with_store(BrokerConfig { default_vhost }, registry, auth, storage);
     for vhost in &config.vhosts {
         broker.add_vhost(&vhost.name);
     }

@@ -63,12 +63,8 @@ def test_sigterm_closes_connections_with_connection_forced_and_exits_cleanly(sta
     assert broker.process.wait(timeout=10) == 0
 
 
-# Junction has no store yet (DESIGN.md §1-2, crates/store): a restart forgets
-# everything. strict=True makes this an XPASS failure once the store lands, as a
-# reminder to remove the mark.
-@pytest.mark.xfail(
-    strict=True, reason="no persistent store yet: definitions and messages are lost on restart"
-)
+# Durable definitions (redb) and persistent messages (the message log) survive a restart;
+# transient queues and messages do not, as in RabbitMQ.
 def test_durable_definitions_and_persistent_messages_survive_a_restart(start_broker):
     first = start_broker()
     with closing(pika.BlockingConnection(first.pika_parameters())) as connection:

@@ -125,20 +125,32 @@ fn str_value(s: &str) -> AMQPValue {
 }
 
 impl Connection {
-    /// A connection that has just been accepted.
+    /// A connection that has just been accepted. Queues deliver through `sink`; the message
+    /// store reports persistent messages on disk through `durable`.
     pub fn new(
         broker: Arc<Broker>,
         settings: Arc<Settings>,
         peer: Option<SocketAddr>,
         sink: ConsumerSink,
+        durable: tokio::sync::mpsc::UnboundedSender<(ChannelId, u64)>,
     ) -> Self {
         Self {
-            session: Session::new(broker, settings, peer, sink),
+            session: Session::new(broker, settings, peer, sink, durable),
             state: State::AwaitingHeader,
             channels: Vec::new(),
             generation: 0,
             alarm: None,
             blocked_sent: false,
+        }
+    }
+
+    /// A persistent message published on `channel` with confirm sequence `seq` is on disk.
+    pub fn on_durable(&mut self, channel: ChannelId, seq: u64) {
+        let Some(Some(open)) = self.channels.get_mut(usize::from(channel.number)) else {
+            return;
+        };
+        if open.id == channel && open.state == ChannelState::Open {
+            confirm::durable(&mut self.session, open, seq);
         }
     }
 
@@ -264,9 +276,7 @@ impl Connection {
 
     fn flush_confirms(&mut self) {
         for channel in self.channels.iter_mut().flatten() {
-            if channel.confirms_owed.is_some() {
-                confirm::flush(&mut self.session, channel);
-            }
+            confirm::flush(&mut self.session, channel);
         }
     }
 

@@ -14,6 +14,7 @@ use super::{
 };
 use crate::error::{CoreError, CoreResult};
 use crate::message::Message;
+use crate::persistence::{MessageStore, QueueKey};
 use crate::vhost::VirtualHost;
 
 /// How many commands the queue handles before it dispatches.
@@ -69,26 +70,50 @@ struct QueueActor {
     next_consumer: usize,
     next_seq: MessageSeq,
     had_consumers: bool,
+    /// The message store and this queue's key in it, for durable queues.
+    store: Option<(Arc<dyn MessageStore>, QueueKey)>,
 }
 
 /// Starts the task of a new queue and returns its handle.
+/// `store` is given for durable queues: persistent messages leaving the queue for good are
+/// removed from it. `recovered` are messages restored from it at start-up, oldest first; they
+/// are delivered flagged redelivered.
 pub(crate) fn spawn(
     spec: super::QueueSpec,
     owner: Option<super::ConnectionId>,
     vhost: &Arc<VirtualHost>,
     mailbox: usize,
+    store: Option<Arc<dyn MessageStore>>,
+    recovered: Vec<Message>,
 ) -> QueueHandle {
     let (tx, rx) = mpsc::channel(mailbox);
+    let store = store.map(|store| {
+        let key = QueueKey {
+            vhost: vhost.name.clone(),
+            queue: spec.name.clone(),
+        };
+        (store, key)
+    });
     let handle = QueueHandle::new(spec, owner, vhost.name.clone(), tx);
+    let ready: VecDeque<Ready> = recovered
+        .into_iter()
+        .enumerate()
+        .map(|(seq, message)| Ready {
+            seq: seq as MessageSeq,
+            message: Arc::new(message),
+            redelivered: true,
+        })
+        .collect();
     let actor = QueueActor {
         handle: handle.clone(),
         vhost: Arc::downgrade(vhost),
-        ready: VecDeque::new(),
+        next_seq: ready.len() as MessageSeq,
+        ready,
         unacked: HashMap::new(),
         consumers: Vec::new(),
         next_consumer: 0,
-        next_seq: 0,
         had_consumers: false,
+        store,
     };
     tokio::spawn(actor.run(rx));
     handle
@@ -142,7 +167,9 @@ impl QueueActor {
             }
             QueueCommand::Purge(reply) => {
                 let purged = self.ready.len() as u32;
-                self.ready.clear();
+                for entry in std::mem::take(&mut self.ready) {
+                    self.forget(&entry.message);
+                }
                 let _ = reply.send(purged);
             }
             QueueCommand::Stats(reply) => {
@@ -163,6 +190,7 @@ impl QueueActor {
                 let stop = outcome.is_ok();
                 if stop {
                     self.cancel_all_consumers();
+                    self.forget_everything();
                 }
                 let _ = reply.send(outcome);
                 if stop {
@@ -173,6 +201,13 @@ impl QueueActor {
         Flow::Continue
     }
 
+    /// A persistent message has left this queue for good: tell the store.
+    fn forget(&self, message: &Message) {
+        if let (Some((store, key)), Some(id)) = (&self.store, message.store_id) {
+            store.remove(key, id);
+        }
+    }
+
     fn enqueue(&mut self, message: Arc<Message>) {
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -181,6 +216,18 @@ impl QueueActor {
             message,
             redelivered: false,
         });
+    }
+
+    /// The queue is going away: every persistent message it holds leaves the store.
+    fn forget_everything(&mut self) {
+        for entry in std::mem::take(&mut self.ready) {
+            self.forget(&entry.message);
+        }
+        for (_, pending) in std::mem::take(&mut self.unacked) {
+            for unacked in pending.into_values() {
+                self.forget(&unacked.message);
+            }
+        }
     }
 
     fn stats(&self) -> QueueStats {
@@ -215,7 +262,9 @@ impl QueueActor {
 
     fn get(&mut self, channel: ChannelId, no_ack: bool) -> Option<GetResult> {
         let entry = self.ready.pop_front()?;
-        if !no_ack {
+        if no_ack {
+            self.forget(&entry.message);
+        } else {
             self.unacked.entry(channel).or_default().insert(
                 entry.seq,
                 Unacked {
@@ -239,6 +288,7 @@ impl QueueActor {
             return;
         };
         let mut back = Vec::new();
+        let mut gone = Vec::new();
         for seq in seqs {
             let Some(unacked) = pending.remove(seq) else {
                 continue;
@@ -250,10 +300,15 @@ impl QueueActor {
                     message: unacked.message,
                     redelivered: true,
                 });
+            } else {
+                gone.push(unacked.message);
             }
         }
         if pending.is_empty() {
             self.unacked.remove(&channel);
+        }
+        for message in gone {
+            self.forget(&message);
         }
         self.requeue(back);
     }
@@ -383,7 +438,9 @@ impl QueueActor {
             }
             return Err(entry);
         }
-        if !consumer.spec.no_ack {
+        if consumer.spec.no_ack {
+            self.forget(&entry.message);
+        } else {
             consumer.unacked += 1;
             let channel = consumer.spec.channel;
             let unacked = Unacked {
@@ -430,6 +487,7 @@ impl QueueActor {
 
     fn auto_delete(&mut self) {
         tracing::debug!(queue = self.handle.name(), "auto-deleting queue");
+        self.forget_everything();
         if let Some(vhost) = self.vhost.upgrade() {
             vhost.forget_queue(&self.handle);
         }
