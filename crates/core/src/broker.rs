@@ -37,6 +37,7 @@ pub struct Broker {
     next_connection: AtomicU64,
     config: BrokerConfig,
     alarm: watch::Sender<Option<String>>,
+    raised: parking_lot::Mutex<std::collections::BTreeMap<&'static str, String>>,
     storage: Storage,
 }
 
@@ -66,6 +67,7 @@ impl Broker {
             next_connection: AtomicU64::new(1),
             config,
             alarm: watch::Sender::new(None),
+            raised: parking_lot::Mutex::new(std::collections::BTreeMap::new()),
             storage,
         });
         broker.add_vhost(&broker.config.default_vhost.clone());
@@ -129,15 +131,23 @@ impl Broker {
         self.vhosts.iter().map(|v| v.key().clone()).collect()
     }
 
-    /// Raises (`Some(reason)`) or clears (`None`) the resource alarm. While it is raised,
-    /// adapters stop reading from publishing connections (AMQP also sends
-    /// `connection.blocked`); consumers keep draining.
-    pub fn set_alarm(&self, reason: Option<String>) {
+    /// Raises (`Some(reason)`) or clears (`None`) the alarm of one resource (`"memory"`,
+    /// `"disk"`). While any alarm is raised, adapters stop reading from publishing connections
+    /// (AMQP also sends `connection.blocked` with the reasons); consumers keep draining.
+    pub fn set_alarm(&self, resource: &'static str, reason: Option<String>) {
+        let combined = {
+            let mut raised = self.raised.lock();
+            match reason {
+                Some(reason) => raised.insert(resource, reason),
+                None => raised.remove(resource),
+            };
+            (!raised.is_empty()).then(|| raised.values().cloned().collect::<Vec<_>>().join(" and "))
+        };
         self.alarm.send_if_modified(|current| {
-            if *current == reason {
+            if *current == combined {
                 return false;
             }
-            *current = reason;
+            *current = combined;
             true
         });
     }

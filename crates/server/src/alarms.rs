@@ -1,6 +1,8 @@
-//! The memory alarm: measures the process's resident memory and raises the broker's resource
-//! alarm while it is above the configured watermark.
+//! Resource alarms: the process's resident memory against the memory watermark, and the free
+//! space of the data directory's file system against the disk limit. Either raises the
+//! broker's alarm for its resource while the condition holds.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,37 +35,79 @@ pub fn watermark(config: &AlarmsConfig) -> Option<u64> {
     Some((total as f64 * config.memory_high_watermark) as u64)
 }
 
-/// Watches memory until `shutdown` turns true.
-pub async fn watch_memory(
+/// Free bytes available to unprivileged users on the file system holding `path`.
+fn available_bytes(path: &Path) -> Option<u64> {
+    let stats = nix::sys::statvfs::statvfs(path).ok()?;
+    Some(u64::from(stats.blocks_available()).saturating_mul(stats.fragment_size()))
+}
+
+/// One resource alarm: raised and cleared with a log line on each change.
+struct Alarm {
+    resource: &'static str,
+    reason: &'static str,
+    raised: bool,
+}
+
+impl Alarm {
+    fn update(&mut self, broker: &Broker, over: bool, used: u64, limit: u64) {
+        if over == self.raised {
+            return;
+        }
+        self.raised = over;
+        if over {
+            tracing::warn!(
+                resource = self.resource,
+                used,
+                limit,
+                "alarm raised: blocking publishers"
+            );
+            broker.set_alarm(self.resource, Some(self.reason.to_owned()));
+        } else {
+            tracing::info!(resource = self.resource, used, limit, "alarm cleared");
+            broker.set_alarm(self.resource, None);
+        }
+    }
+}
+
+/// Watches memory and disk until `shutdown` turns true.
+pub async fn watch_resources(
     broker: Arc<Broker>,
     config: AlarmsConfig,
+    data_dir: PathBuf,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let Some(limit) = watermark(&config) else {
-        tracing::warn!("cannot determine total memory; the memory alarm is off");
-        return;
+    let memory_limit = watermark(&config);
+    match memory_limit {
+        Some(limit) => tracing::info!(limit_bytes = limit, "memory high watermark"),
+        None => tracing::warn!("cannot determine total memory; the memory alarm is off"),
+    }
+    tracing::info!(limit_bytes = config.disk_free_limit, "disk free limit");
+    let mut memory = Alarm {
+        resource: "memory",
+        reason: "low on memory",
+        raised: false,
     };
-    tracing::info!(limit_bytes = limit, "memory high watermark");
+    let mut disk = Alarm {
+        resource: "disk",
+        reason: "low on disk",
+        raised: false,
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(config.check_interval_ms.max(10)));
-    let mut raised = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let Some(used) = resident_bytes() else {
-            continue;
-        };
-        let over = used > limit;
-        if over != raised {
-            raised = over;
-            if over {
-                tracing::warn!(used, limit, "memory alarm raised: blocking publishers");
-                broker.set_alarm(Some("low on memory".to_owned()));
-            } else {
-                tracing::info!(used, limit, "memory alarm cleared");
-                broker.set_alarm(None);
-            }
+        if let (Some(limit), Some(used)) = (memory_limit, resident_bytes()) {
+            memory.update(&broker, used > limit, used, limit);
+        }
+        if let Some(free) = available_bytes(&data_dir) {
+            disk.update(
+                &broker,
+                free < config.disk_free_limit,
+                free,
+                config.disk_free_limit,
+            );
         }
     }
 }

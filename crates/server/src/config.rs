@@ -71,7 +71,9 @@ pub struct AlarmsConfig {
     pub memory_high_watermark: f64,
     /// Memory watermark in bytes (0 = use the fraction).
     pub memory_high_watermark_bytes: u64,
-    /// How often memory is measured, in milliseconds.
+    /// Publishers are blocked while the data directory's file system has fewer free bytes.
+    pub disk_free_limit: u64,
+    /// How often memory and disk are measured, in milliseconds.
     pub check_interval_ms: u64,
 }
 

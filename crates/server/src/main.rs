@@ -187,9 +187,10 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
         listener_addr(flag, configured)?;
     }
 
-    tokio::spawn(alarms::watch_memory(
+    tokio::spawn(alarms::watch_resources(
         broker.clone(),
         config.alarms.clone(),
+        data_dir.clone(),
         shutdown_rx.clone(),
     ));
     let connections = tokio_util_tracker::Tracker::default();
