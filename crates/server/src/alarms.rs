@@ -38,7 +38,11 @@ pub fn watermark(config: &AlarmsConfig) -> Option<u64> {
 /// Free bytes available to unprivileged users on the file system holding `path`.
 fn available_bytes(path: &Path) -> Option<u64> {
     let stats = nix::sys::statvfs::statvfs(path).ok()?;
-    Some(stats.blocks_available().saturating_mul(stats.fragment_size()))
+    Some(
+        stats
+            .blocks_available()
+            .saturating_mul(stats.fragment_size()),
+    )
 }
 
 /// One resource alarm: raised and cleared with a log line on each change.
