@@ -9,6 +9,7 @@ use amq_protocol::protocol::basic::{
 };
 use junction_core::{
     ConsumerSpec, Delivery, ErrorKind, Message, Permission, QueueHandle, QueueKey, ResourceKind,
+    StoredAt,
 };
 
 use crate::channel::{
@@ -297,10 +298,14 @@ pub async fn route(
     let mut queues = Vec::new();
     vhost.route(&exchange, message, &mut queues);
     let seq = channel.confirm.as_mut().map(Confirms::next_seq);
-    persist(session, channel, message, &queues, seq);
+    let stored = persist(session, channel, message, &queues, seq);
     let mut delivered = 0;
     for queue in &queues {
-        if queue.publish(message.clone()).await.is_ok() {
+        let accepted = match stored {
+            Some(at) if is_durable(queue) => queue.publish_stored(message.clone(), at).await,
+            _ => queue.publish(message.clone()).await,
+        };
+        if accepted.is_ok() {
             delivered += 1;
         }
     }
@@ -339,21 +344,27 @@ pub async fn route(
     Ok(())
 }
 
+/// Whether a queue keeps persistent messages in the message store.
+fn is_durable(queue: &QueueHandle) -> bool {
+    queue.spec().durable && !queue.spec().exclusive
+}
+
 /// Writes a persistent message routed to durable queues to the message store before any queue
-/// sees it. In confirm mode its confirm waits until the store reports it on disk.
+/// sees it, and returns where it lies. In confirm mode its confirm waits until the store
+/// reports it on disk.
 fn persist(
     session: &Session,
     channel: &mut Channel,
     message: &Message,
     queues: &[QueueHandle],
     seq: Option<u64>,
-) {
+) -> Option<StoredAt> {
     let (Some(store), Some(id)) = (session.broker.message_store(), message.store_id) else {
-        return;
+        return None;
     };
     let durable: Vec<QueueKey> = queues
         .iter()
-        .filter(|q| q.spec().durable && !q.spec().exclusive)
+        .filter(|q| is_durable(q))
         .map(|q| QueueKey {
             vhost: session
                 .vhost
@@ -364,7 +375,7 @@ fn persist(
         })
         .collect();
     if durable.is_empty() {
-        return;
+        return None;
     }
     let on_durable: Option<junction_core::OnDurable> = match (seq, channel.confirm.as_mut()) {
         (Some(seq), Some(confirms)) => {
@@ -377,7 +388,7 @@ fn persist(
         }
         _ => None,
     };
-    store.publish(id, &durable, message, on_durable);
+    store.publish(id, &durable, message, on_durable)
 }
 
 /// Writes a content header and body frames for `message`.

@@ -33,7 +33,7 @@ pub use exchange::{
 };
 pub use field::{FieldTable, FieldValue};
 pub use message::{Message, Properties};
-pub use persistence::{MessageStore, OnDurable, QueueKey, Storage};
+pub use persistence::{MessageStore, OnDurable, QueueKey, Recovered, Storage, StoredAt};
 pub use queue::{
     ChannelCredit, ChannelId, ConnectionId, ConsumerEvent, ConsumerSink, ConsumerSpec, Delivery,
     GetResult, QueueHandle, QueueSpec, QueueStats,

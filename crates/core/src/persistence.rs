@@ -11,12 +11,25 @@ use crate::definitions::DefinitionStore;
 use crate::message::Message;
 
 /// The stores a broker writes to; either may be absent (an in-memory broker).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Storage {
     /// Durable exchanges, queues and bindings.
     pub definitions: Option<Arc<dyn DefinitionStore>>,
     /// Persistent messages of durable queues.
     pub messages: Option<Arc<dyn MessageStore>>,
+    /// Bodies of a durable queue's ready persistent messages kept in memory, at most; beyond
+    /// it they stay in the message store and are read back when delivered.
+    pub max_loaded_bytes_per_queue: usize,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Self {
+            definitions: None,
+            messages: None,
+            max_loaded_bytes_per_queue: 64 * 1024 * 1024,
+        }
+    }
 }
 
 /// Called once the request it was given with is on disk (after the covering fsync).
@@ -31,26 +44,50 @@ pub struct QueueKey {
     pub queue: String,
 }
 
+/// Where a stored message lies in the store, so a queue can drop its body from memory and
+/// read it back when it is delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredAt {
+    /// The segment (file) number.
+    pub segment: u32,
+    /// The byte offset of the record in the segment.
+    pub offset: u32,
+}
+
+/// A message recovered at start-up: its identity and where to read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered {
+    /// The message's store id.
+    pub id: u64,
+    /// Where it lies.
+    pub at: StoredAt,
+}
+
 /// Where persistent messages are kept.
 pub trait MessageStore: Send + Sync + 'static {
     /// A fresh identity for a persistent message.
     fn next_id(&self) -> u64;
 
-    /// Writes a message routed to `queues`; `on_durable` runs once it is on disk.
+    /// Writes a message routed to `queues`; `on_durable` runs once it is on disk. Returns where
+    /// it will lie (None if the store has stopped).
     fn publish(
         &self,
         id: u64,
         queues: &[QueueKey],
         message: &Message,
         on_durable: Option<OnDurable>,
-    );
+    ) -> Option<StoredAt>;
 
-    /// Records that message `id` has left `queue` for good (acknowledged, dropped, purged).
-    fn remove(&self, queue: &QueueKey, id: u64);
+    /// Records that message `id`, stored at `at`, has left `queue` for good (acknowledged,
+    /// dropped, purged).
+    fn remove(&self, queue: &QueueKey, id: u64, at: StoredAt);
 
     /// Runs `on_durable` once everything requested so far is on disk.
     fn sync(&self, on_durable: OnDurable);
 
+    /// Reads a stored message back (None if it cannot be read).
+    fn read(&self, at: StoredAt) -> Option<Message>;
+
     /// Takes the messages recovered for a queue at start-up, oldest first (once).
-    fn take_recovered(&self, queue: &QueueKey) -> Vec<Message>;
+    fn take_recovered(&self, queue: &QueueKey) -> Vec<Recovered>;
 }

@@ -11,7 +11,7 @@ use crate::error::{CoreError, CoreResult, ErrorKind};
 use crate::exchange::{Binding, BindingTarget, Exchange, ExchangeSpec, ExchangeTypeRegistry};
 use crate::field::FieldTable;
 use crate::message::Message;
-use crate::persistence::{QueueKey, Storage};
+use crate::persistence::{QueueKey, Recovered, Storage};
 use crate::queue::{self, ConnectionId, QueueHandle, QueueSpec, QueueStats};
 
 /// The exchanges every virtual host has, with their types.
@@ -253,15 +253,23 @@ impl VirtualHost {
         spec: QueueSpec,
         owner: Option<ConnectionId>,
         vhost: &Arc<VirtualHost>,
-        recovered: Vec<Message>,
+        recovered: Vec<Recovered>,
     ) -> QueueHandle {
         let store = (spec.durable && !spec.exclusive)
             .then(|| self.storage.messages.clone())
             .flatten();
-        queue::spawn(spec, owner, vhost, QUEUE_MAILBOX, store, recovered)
+        queue::spawn(
+            spec,
+            owner,
+            vhost,
+            QUEUE_MAILBOX,
+            store,
+            recovered,
+            self.storage.max_loaded_bytes_per_queue,
+        )
     }
 
-    fn recovered_messages(&self, spec: &QueueSpec) -> Vec<Message> {
+    fn recovered_messages(&self, spec: &QueueSpec) -> Vec<Recovered> {
         match &self.storage.messages {
             Some(store) => store.take_recovered(&QueueKey {
                 vhost: self.name.clone(),

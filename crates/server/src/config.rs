@@ -21,6 +21,8 @@ pub struct Config {
     pub amqp: AmqpConfig,
     /// Resource alarms.
     pub alarms: AlarmsConfig,
+    /// Storage policy.
+    pub storage: StorageConfig,
     /// Authentication settings.
     pub auth: AuthConfig,
     /// Virtual hosts to create.
@@ -61,6 +63,14 @@ pub struct AmqpConfig {
     pub heartbeat: u16,
     /// Largest message body accepted, in bytes.
     pub max_message_size: u64,
+}
+
+/// Storage policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Ready persistent bodies a durable queue keeps in memory, in bytes.
+    pub max_loaded_bytes_per_queue: usize,
 }
 
 /// Resource alarms.

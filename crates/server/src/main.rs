@@ -157,6 +157,7 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
     let storage = Storage {
         definitions: Some(Arc::new(definitions)),
         messages: Some(Arc::new(messages)),
+        max_loaded_bytes_per_queue: config.storage.max_loaded_bytes_per_queue,
     };
     let broker = Broker::with_store(BrokerConfig { default_vhost }, registry, auth, storage);
     for vhost in &config.vhosts {

@@ -14,20 +14,50 @@ use super::{
 };
 use crate::error::{CoreError, CoreResult};
 use crate::message::Message;
-use crate::persistence::{MessageStore, QueueKey};
+use crate::persistence::{MessageStore, QueueKey, Recovered, StoredAt};
 use crate::vhost::VirtualHost;
 
 /// How many commands the queue handles before it dispatches.
 const BATCH: usize = 256;
 
+/// Where a persistent message of a durable queue lies in the message store.
+#[derive(Clone, Copy)]
+struct Stored {
+    id: u64,
+    at: StoredAt,
+}
+
+/// A message waiting for a consumer; its body may be paged out to the store.
 struct Ready {
     seq: MessageSeq,
-    message: Arc<Message>,
+    /// None while paged out (then `stored` says where to read it).
+    message: Option<Arc<Message>>,
+    stored: Option<Stored>,
     redelivered: bool,
+}
+
+/// A ready message with its body in memory, on its way to a consumer.
+struct Loaded {
+    seq: MessageSeq,
+    message: Arc<Message>,
+    stored: Option<Stored>,
+    redelivered: bool,
+}
+
+impl Loaded {
+    fn into_ready(self) -> Ready {
+        Ready {
+            seq: self.seq,
+            message: Some(self.message),
+            stored: self.stored,
+            redelivered: self.redelivered,
+        }
+    }
 }
 
 struct Unacked {
     message: Arc<Message>,
+    stored: Option<Stored>,
     /// The consumer it was delivered to (None for basic.get).
     consumer: Option<Arc<str>>,
     /// The channel-wide credit it holds, released when it is settled.
@@ -72,6 +102,10 @@ struct QueueActor {
     had_consumers: bool,
     /// The message store and this queue's key in it, for durable queues.
     store: Option<(Arc<dyn MessageStore>, QueueKey)>,
+    /// Bytes of ready bodies held in memory.
+    loaded_bytes: usize,
+    /// Above this, persistent bodies are paged out to the store.
+    max_loaded_bytes: usize,
 }
 
 /// Starts the task of a new queue and returns its handle.
@@ -84,7 +118,8 @@ pub(crate) fn spawn(
     vhost: &Arc<VirtualHost>,
     mailbox: usize,
     store: Option<Arc<dyn MessageStore>>,
-    recovered: Vec<Message>,
+    recovered: Vec<Recovered>,
+    max_loaded_bytes: usize,
 ) -> QueueHandle {
     let (tx, rx) = mpsc::channel(mailbox);
     let store = store.map(|store| {
@@ -98,9 +133,13 @@ pub(crate) fn spawn(
     let ready: VecDeque<Ready> = recovered
         .into_iter()
         .enumerate()
-        .map(|(seq, message)| Ready {
+        .map(|(seq, recovered)| Ready {
             seq: seq as MessageSeq,
-            message: Arc::new(message),
+            message: None,
+            stored: Some(Stored {
+                id: recovered.id,
+                at: recovered.at,
+            }),
             redelivered: true,
         })
         .collect();
@@ -114,6 +153,8 @@ pub(crate) fn spawn(
         next_consumer: 0,
         had_consumers: false,
         store,
+        loaded_bytes: 0,
+        max_loaded_bytes,
     };
     tokio::spawn(actor.run(rx));
     handle
@@ -151,7 +192,7 @@ impl QueueActor {
 
     fn handle_command(&mut self, command: QueueCommand) -> Flow {
         match command {
-            QueueCommand::Publish(message) => self.enqueue(message),
+            QueueCommand::Publish(message, at) => self.enqueue(message, at),
             QueueCommand::Consume(spec, reply) => {
                 let _ = reply.send(self.add_consumer(spec));
             }
@@ -168,8 +209,9 @@ impl QueueActor {
             QueueCommand::Purge(reply) => {
                 let purged = self.ready.len() as u32;
                 for entry in std::mem::take(&mut self.ready) {
-                    self.forget(&entry.message);
+                    self.forget(entry.stored);
                 }
+                self.loaded_bytes = 0;
                 let _ = reply.send(purged);
             }
             QueueCommand::Stats(reply) => {
@@ -202,30 +244,81 @@ impl QueueActor {
     }
 
     /// A persistent message has left this queue for good: tell the store.
-    fn forget(&self, message: &Message) {
-        if let (Some((store, key)), Some(id)) = (&self.store, message.store_id) {
-            store.remove(key, id);
+    fn forget(&self, stored: Option<Stored>) {
+        if let (Some((store, key)), Some(stored)) = (&self.store, stored) {
+            store.remove(key, stored.id, stored.at);
         }
     }
 
-    fn enqueue(&mut self, message: Arc<Message>) {
+    fn enqueue(&mut self, message: Arc<Message>, at: Option<StoredAt>) {
         let seq = self.next_seq;
         self.next_seq += 1;
+        let stored = match (&self.store, message.store_id, at) {
+            (Some(_), Some(id), Some(at)) => Some(Stored { id, at }),
+            _ => None,
+        };
+        let size = message.body.len();
+        let page_out = stored.is_some() && self.loaded_bytes + size > self.max_loaded_bytes;
+        let message = if page_out {
+            None
+        } else {
+            self.loaded_bytes += size;
+            Some(message)
+        };
         self.ready.push_back(Ready {
             seq,
             message,
+            stored,
             redelivered: false,
         });
+    }
+
+    /// Takes the first ready message, reading its body back from the store if it was paged
+    /// out. A message that cannot be read back is reported and dropped.
+    fn pop_ready(&mut self) -> Option<Loaded> {
+        loop {
+            let entry = self.ready.pop_front()?;
+            let message = match entry.message {
+                Some(message) => {
+                    self.loaded_bytes = self.loaded_bytes.saturating_sub(message.body.len());
+                    message
+                }
+                None => {
+                    let read = match (&self.store, entry.stored) {
+                        (Some((store, _)), Some(stored)) => store.read(stored.at),
+                        _ => None,
+                    };
+                    match read {
+                        Some(message) => Arc::new(message),
+                        None => {
+                            tracing::error!(
+                                queue = self.handle.name(),
+                                "a stored message could not be read back; dropped"
+                            );
+                            self.forget(entry.stored);
+                            continue;
+                        }
+                    }
+                }
+            };
+            return Some(Loaded {
+                seq: entry.seq,
+                message,
+                stored: entry.stored,
+                redelivered: entry.redelivered,
+            });
+        }
     }
 
     /// The queue is going away: every persistent message it holds leaves the store.
     fn forget_everything(&mut self) {
         for entry in std::mem::take(&mut self.ready) {
-            self.forget(&entry.message);
+            self.forget(entry.stored);
         }
+        self.loaded_bytes = 0;
         for (_, pending) in std::mem::take(&mut self.unacked) {
             for unacked in pending.into_values() {
-                self.forget(&unacked.message);
+                self.forget(unacked.stored);
             }
         }
     }
@@ -261,14 +354,15 @@ impl QueueActor {
     }
 
     fn get(&mut self, channel: ChannelId, no_ack: bool) -> Option<GetResult> {
-        let entry = self.ready.pop_front()?;
+        let entry = self.pop_ready()?;
         if no_ack {
-            self.forget(&entry.message);
+            self.forget(entry.stored);
         } else {
             self.unacked.entry(channel).or_default().insert(
                 entry.seq,
                 Unacked {
                     message: entry.message.clone(),
+                    stored: entry.stored,
                     consumer: None,
                     credit: None,
                 },
@@ -297,18 +391,19 @@ impl QueueActor {
             if requeue == Some(true) {
                 back.push(Ready {
                     seq: *seq,
-                    message: unacked.message,
+                    message: Some(unacked.message),
+                    stored: unacked.stored,
                     redelivered: true,
                 });
             } else {
-                gone.push(unacked.message);
+                gone.push(unacked.stored);
             }
         }
         if pending.is_empty() {
             self.unacked.remove(&channel);
         }
-        for message in gone {
-            self.forget(&message);
+        for stored in gone {
+            self.forget(stored);
         }
         self.requeue(back);
     }
@@ -322,7 +417,8 @@ impl QueueActor {
             unacked.release(&mut self.consumers, channel);
             back.push(Ready {
                 seq,
-                message: unacked.message,
+                message: Some(unacked.message),
+                stored: unacked.stored,
                 redelivered: true,
             });
         }
@@ -335,6 +431,11 @@ impl QueueActor {
             return;
         }
         back.sort_by_key(|r| r.seq);
+        self.loaded_bytes += back
+            .iter()
+            .filter_map(|r| r.message.as_ref())
+            .map(|m| m.body.len())
+            .sum::<usize>();
         let fits_in_front = match (self.ready.front(), back.last()) {
             (Some(first), Some(last)) => last.seq < first.seq,
             _ => true,
@@ -367,12 +468,13 @@ impl QueueActor {
             let Some(index) = self.next_consumer_with_room() else {
                 return;
             };
-            let Some(entry) = self.ready.pop_front() else {
+            let Some(entry) = self.pop_ready() else {
                 return;
             };
             self.next_consumer = index + 1;
             if let Err(entry) = self.deliver(index, entry) {
-                self.ready.push_front(entry);
+                self.loaded_bytes += entry.message.body.len();
+                self.ready.push_front(entry.into_ready());
                 self.drop_disconnected_consumers();
             }
         }
@@ -414,7 +516,7 @@ impl QueueActor {
         None
     }
 
-    fn deliver(&mut self, index: usize, entry: Ready) -> Result<(), Ready> {
+    fn deliver(&mut self, index: usize, entry: Loaded) -> Result<(), Loaded> {
         let consumer = &mut self.consumers[index];
         let delivery = Delivery {
             channel: consumer.spec.channel,
@@ -439,12 +541,13 @@ impl QueueActor {
             return Err(entry);
         }
         if consumer.spec.no_ack {
-            self.forget(&entry.message);
+            self.forget(entry.stored);
         } else {
             consumer.unacked += 1;
             let channel = consumer.spec.channel;
             let unacked = Unacked {
                 message: entry.message,
+                stored: entry.stored,
                 consumer: Some(consumer.spec.tag.clone()),
                 credit: consumer.spec.channel_credit.clone(),
             };

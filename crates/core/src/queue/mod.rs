@@ -16,6 +16,7 @@ pub use credit::ChannelCredit;
 use crate::error::{CoreError, CoreResult};
 use crate::field::FieldTable;
 use crate::message::Message;
+use crate::persistence::StoredAt;
 
 pub(crate) use actor::spawn;
 
@@ -137,7 +138,7 @@ pub struct GetResult {
 }
 
 pub(crate) enum QueueCommand {
-    Publish(Arc<Message>),
+    Publish(Arc<Message>, Option<StoredAt>),
     Consume(ConsumerSpec, oneshot::Sender<CoreResult<()>>),
     Cancel(ChannelId, Arc<str>, oneshot::Sender<bool>),
     Ack(ChannelId, Vec<MessageSeq>),
@@ -238,7 +239,13 @@ impl QueueHandle {
 
     /// Enqueues a message. Waits while the queue's mailbox is full (backpressure).
     pub async fn publish(&self, message: Arc<Message>) -> CoreResult<()> {
-        self.send(QueueCommand::Publish(message)).await
+        self.send(QueueCommand::Publish(message, None)).await
+    }
+
+    /// Enqueues a persistent message already written to the message store at `at`, so a
+    /// durable queue may page its body out and read it back later.
+    pub async fn publish_stored(&self, message: Arc<Message>, at: StoredAt) -> CoreResult<()> {
+        self.send(QueueCommand::Publish(message, Some(at))).await
     }
 
     /// Adds a consumer.

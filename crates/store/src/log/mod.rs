@@ -1,0 +1,233 @@
+//! The persistent message log: append-only segment files in `<data dir>/messages/`, each record
+//! framed by its length and a CRC32C ([`record`]), written by one thread that batches every
+//! waiting request into one write and one fsync (group commit) and then runs the completions in
+//! order ([`writer`]).
+//!
+//! Where each record lands is decided when it is sent, under one lock, so a publish knows its
+//! [`StoredAt`] at once: a queue can drop a body from memory and read it back later.
+//! Removal records name the segment of the publish they settle, so liveness is one counter per
+//! segment, never a per-message table; a segment whose counter reaches zero is deleted.
+//! Recovery ([`recovery`]) replays the segments, keeps every good record before a torn or
+//! corrupt tail (which it truncates and reports), and hands each durable queue the ids and
+//! locations of its surviving messages: no body is loaded at start-up.
+
+mod record;
+mod recovery;
+mod writer;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, mpsc};
+
+use junction_core::Message;
+use junction_core::persistence::{MessageStore, OnDurable, QueueKey, Recovered, StoredAt};
+
+pub use recovery::RecoveryReport;
+use writer::{Request, Writer};
+
+/// A segment is closed and a new one started once a record would take it beyond this size.
+const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest record accepted when reading back (a corrupt length beyond it ends the replay).
+const MAX_RECORD: usize = 512 * 1024 * 1024;
+
+/// Errors opening the log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// A file operation failed.
+    #[error("message log {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The failure.
+        source: std::io::Error,
+    },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
+    move |source| LogError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn segment_path(dir: &Path, number: u32) -> PathBuf {
+    dir.join(format!("{number:010}.seg"))
+}
+
+/// Where the next record goes, and the writer's queue; one lock keeps them in step.
+struct Tail {
+    requests: mpsc::Sender<Request>,
+    segment: u32,
+    offset: u64,
+}
+
+/// The message log. Cheap to share; all writing happens on its own thread.
+pub struct MessageLog {
+    dir: PathBuf,
+    tail: Mutex<Tail>,
+    next_id: AtomicU64,
+    recovered: Mutex<HashMap<QueueKey, Vec<Recovered>>>,
+}
+
+impl MessageLog {
+    /// Opens the log in `<data_dir>/messages`, recovering what it holds.
+    pub fn open(data_dir: &Path) -> Result<(Self, RecoveryReport), LogError> {
+        let dir = data_dir.join("messages");
+        std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        let recovered = recovery::recover(&dir)?;
+        let active = recovered.last_segment + 1;
+        let writer = Writer::start(dir.clone(), active, recovered.live, &recovered.segments)?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("junction-log".into())
+            .spawn(move || writer.run(rx))
+            .map_err(io_error(data_dir))?;
+        Ok((
+            Self {
+                dir,
+                tail: Mutex::new(Tail {
+                    requests: tx,
+                    segment: active,
+                    offset: 0,
+                }),
+                next_id: AtomicU64::new(recovered.max_id + 1),
+                recovered: Mutex::new(recovered.queues),
+            },
+            recovered.report,
+        ))
+    }
+
+    /// Places a framed record at the end of the log and queues it for writing.
+    fn append(
+        &self,
+        record: Vec<u8>,
+        publish_holders: usize,
+        removes: Option<u32>,
+        on_durable: Option<OnDurable>,
+    ) -> Option<StoredAt> {
+        let mut tail = match self.tail.lock() {
+            Ok(tail) => tail,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let len = record.len() as u64;
+        if tail.offset > 0 && tail.offset + len > SEGMENT_BYTES {
+            tail.segment += 1;
+            tail.offset = 0;
+            let segment = tail.segment;
+            tail.requests.send(Request::Roll(segment)).ok()?;
+        }
+        let at = StoredAt {
+            segment: tail.segment,
+            offset: u32::try_from(tail.offset).ok()?,
+        };
+        tail.offset += len;
+        let sent = tail.requests.send(Request::Write {
+            record,
+            publish_holders,
+            removes,
+            on_durable,
+        });
+        if sent.is_err() {
+            tracing::error!("the message log writer has stopped");
+            return None;
+        }
+        Some(at)
+    }
+}
+
+impl MessageStore for MessageLog {
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn publish(
+        &self,
+        id: u64,
+        queues: &[QueueKey],
+        message: &Message,
+        on_durable: Option<OnDurable>,
+    ) -> Option<StoredAt> {
+        self.append(
+            record::publish(id, queues, message),
+            queues.len(),
+            None,
+            on_durable,
+        )
+    }
+
+    fn remove(&self, queue: &QueueKey, id: u64, at: StoredAt) {
+        self.append(
+            record::remove(queue, id, at.segment),
+            0,
+            Some(at.segment),
+            None,
+        );
+    }
+
+    fn sync(&self, on_durable: OnDurable) {
+        let tail = match self.tail.lock() {
+            Ok(tail) => tail,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if tail.requests.send(Request::Sync(on_durable)).is_err() {
+            tracing::error!("the message log writer has stopped");
+        }
+    }
+
+    fn read(&self, at: StoredAt) -> Option<Message> {
+        if let Some(message) = self.read_record(at) {
+            return Some(message);
+        }
+        // A record placed a moment ago may not be written yet: wait for the writer to catch
+        // up once, then read again.
+        let (done, written) = mpsc::channel();
+        self.sync(Box::new(move || {
+            let _ = done.send(());
+        }));
+        written
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .ok()?;
+        self.read_record(at)
+    }
+
+    fn take_recovered(&self, queue: &QueueKey) -> Vec<Recovered> {
+        match self.recovered.lock() {
+            Ok(mut map) => map.remove(queue).unwrap_or_default(),
+            Err(poisoned) => poisoned.into_inner().remove(queue).unwrap_or_default(),
+        }
+    }
+}
+
+impl MessageLog {
+    /// Reads the publish record at `at` and returns its message, if it is whole and intact.
+    fn read_record(&self, at: StoredAt) -> Option<Message> {
+        let path = segment_path(&self.dir, at.segment);
+        let file = File::open(&path).ok()?;
+        let mut header = [0u8; record::HEADER];
+        file.read_exact_at(&mut header, u64::from(at.offset)).ok()?;
+        let len = record::announced_len(&header);
+        if len > MAX_RECORD {
+            return None;
+        }
+        let mut data = vec![0u8; record::HEADER + len];
+        file.read_exact_at(&mut data, u64::from(at.offset)).ok()?;
+        let payload = record::checked_payload(&data, MAX_RECORD)?;
+        record::message(payload)
+    }
+}
+
+/// Reads a whole file (recovery reads one segment at a time).
+fn read_file(path: &Path) -> Result<Vec<u8>, LogError> {
+    let mut data = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut data))
+        .map_err(io_error(path))?;
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,166 @@
+//! The message log against a real directory.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use junction_core::Properties;
+
+use super::*;
+
+fn dir(label: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("junction-log-test-{}-{label}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir
+}
+
+fn key(queue: &str) -> QueueKey {
+    QueueKey {
+        vhost: "/".into(),
+        queue: queue.into(),
+    }
+}
+
+fn message(body: &str) -> Message {
+    Message::new(
+        "",
+        "q",
+        Properties::default(),
+        Bytes::copy_from_slice(body.as_bytes()),
+    )
+}
+
+/// Publishes and waits for the fsync.
+fn publish_durably(log: &MessageLog, queues: &[QueueKey], body: &str) -> (u64, StoredAt) {
+    let id = log.next_id();
+    let (tx, rx) = std_mpsc::channel();
+    let at = log
+        .publish(
+            id,
+            queues,
+            &message(body),
+            Some(Box::new(move || {
+                let _ = tx.send(());
+            })),
+        )
+        .expect("placed");
+    rx.recv_timeout(Duration::from_secs(10)).expect("durable");
+    (id, at)
+}
+
+fn flush(log: &MessageLog) {
+    let (tx, rx) = std_mpsc::channel();
+    log.sync(Box::new(move || {
+        let _ = tx.send(());
+    }));
+    rx.recv_timeout(Duration::from_secs(10)).expect("synced");
+}
+
+/// Reads back what was recovered for a queue.
+fn bodies(log: &MessageLog, recovered: &[Recovered]) -> Vec<String> {
+    recovered
+        .iter()
+        .map(|r| {
+            let message = log.read(r.at).expect("readable");
+            assert_eq!(message.store_id, Some(r.id));
+            String::from_utf8_lossy(&message.body).into_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn messages_come_back_in_order_minus_the_removed_ones() {
+    let dir = dir("order");
+    {
+        let (log, _) = MessageLog::open(&dir).expect("open");
+        let (a, at) = publish_durably(&log, &[key("q1"), key("q2")], "a");
+        publish_durably(&log, &[key("q1")], "b");
+        publish_durably(&log, &[key("q1")], "c");
+        log.remove(&key("q1"), a, at);
+        flush(&log);
+    }
+    let (log, report) = MessageLog::open(&dir).expect("reopen");
+    let q1 = log.take_recovered(&key("q1"));
+    assert_eq!(bodies(&log, &q1), ["b", "c"]);
+    let q2 = log.take_recovered(&key("q2"));
+    assert_eq!(bodies(&log, &q2), ["a"]);
+    assert!(log.take_recovered(&key("q1")).is_empty(), "taken once");
+    assert_eq!(report.messages, 3);
+    assert!(log.next_id() > 3);
+}
+
+#[test]
+fn a_torn_tail_is_truncated_and_good_records_are_kept() {
+    let dir = dir("torn");
+    {
+        let (log, _) = MessageLog::open(&dir).expect("open");
+        publish_durably(&log, &[key("q")], "kept-1");
+        publish_durably(&log, &[key("q")], "kept-2");
+    }
+    let segment = segment_path(&dir.join("messages"), 1);
+    let mut file = OpenOptions::new()
+        .append(true)
+        .open(&segment)
+        .expect("segment");
+    file.write_all(&[0, 0, 0, 40, 1, 2, 3, 4, 9, 9])
+        .expect("torn write");
+    drop(file);
+    let (log, report) = MessageLog::open(&dir).expect("reopen");
+    let q = log.take_recovered(&key("q"));
+    assert_eq!(bodies(&log, &q), ["kept-1", "kept-2"]);
+    assert_eq!(report.truncated.len(), 1);
+    assert_eq!(report.truncated[0].1, 10);
+}
+
+#[test]
+fn a_flipped_byte_ends_the_replay_at_the_damaged_record() {
+    let dir = dir("flip");
+    {
+        let (log, _) = MessageLog::open(&dir).expect("open");
+        publish_durably(&log, &[key("q")], "first");
+        publish_durably(&log, &[key("q")], "second");
+    }
+    let segment = segment_path(&dir.join("messages"), 1);
+    let mut data = std::fs::read(&segment).expect("read");
+    let last = data.len() - 2;
+    data[last] ^= 0xff;
+    std::fs::write(&segment, &data).expect("write");
+    let (log, report) = MessageLog::open(&dir).expect("reopen");
+    let q = log.take_recovered(&key("q"));
+    assert_eq!(bodies(&log, &q), ["first"]);
+    assert_eq!(report.truncated.len(), 1);
+}
+
+#[test]
+fn fully_removed_segments_are_deleted_at_the_next_start() {
+    let dir = dir("gc");
+    {
+        let (log, _) = MessageLog::open(&dir).expect("open");
+        let (id, at) = publish_durably(&log, &[key("q")], "gone");
+        log.remove(&key("q"), id, at);
+        flush(&log);
+    }
+    let (_log, report) = MessageLog::open(&dir).expect("reopen");
+    assert_eq!(report.messages, 0);
+    assert!(
+        !segment_path(&dir.join("messages"), 1).exists(),
+        "empty segment deleted"
+    );
+}
+
+#[test]
+fn a_message_is_readable_from_where_publish_said_it_lies() {
+    let dir = dir("read");
+    let (log, _) = MessageLog::open(&dir).expect("open");
+    let (id, first) = publish_durably(&log, &[key("q")], "one");
+    let (_, second) = publish_durably(&log, &[key("q")], "two");
+    assert_ne!(first, second);
+    let message = log.read(first).expect("readable");
+    assert_eq!(message.store_id, Some(id));
+    assert_eq!(&message.body[..], b"one");
+    assert_eq!(&log.read(second).expect("readable").body[..], b"two");
+}
