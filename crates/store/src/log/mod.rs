@@ -63,6 +63,8 @@ struct Tail {
     requests: mpsc::Sender<Request>,
     segment: u32,
     offset: u64,
+    /// Roll to a new segment beyond this many bytes.
+    segment_bytes: u64,
 }
 
 /// The message log. Cheap to share; all writing happens on its own thread.
@@ -76,6 +78,15 @@ pub struct MessageLog {
 impl MessageLog {
     /// Opens the log in `<data_dir>/messages`, recovering what it holds.
     pub fn open(data_dir: &Path) -> Result<(Self, RecoveryReport), LogError> {
+        Self::open_with_segment_size(data_dir, SEGMENT_BYTES)
+    }
+
+    /// Opens the log with segments of about `segment_bytes` (small ones exercise rolling and
+    /// deletion in tests).
+    pub fn open_with_segment_size(
+        data_dir: &Path,
+        segment_bytes: u64,
+    ) -> Result<(Self, RecoveryReport), LogError> {
         let dir = data_dir.join("messages");
         std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
         let recovered = recovery::recover(&dir)?;
@@ -93,6 +104,7 @@ impl MessageLog {
                     requests: tx,
                     segment: active,
                     offset: 0,
+                    segment_bytes,
                 }),
                 next_id: AtomicU64::new(recovered.max_id + 1),
                 recovered: Mutex::new(recovered.queues),
@@ -114,7 +126,7 @@ impl MessageLog {
             Err(poisoned) => poisoned.into_inner(),
         };
         let len = record.len() as u64;
-        if tail.offset > 0 && tail.offset + len > SEGMENT_BYTES {
+        if tail.offset > 0 && tail.offset + len > tail.segment_bytes {
             tail.segment += 1;
             tail.offset = 0;
             let segment = tail.segment;

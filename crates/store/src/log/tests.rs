@@ -164,3 +164,52 @@ fn a_message_is_readable_from_where_publish_said_it_lies() {
     assert_eq!(&message.body[..], b"one");
     assert_eq!(&log.read(second).expect("readable").body[..], b"two");
 }
+
+fn segments(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("messages"))
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A segment holding removals of messages published in an older, still live segment must
+/// outlive it: deleting it would lose the removals and bring acknowledged messages back.
+#[test]
+fn removals_outlive_the_publishes_they_settle() {
+    let dir = dir("prefix");
+    {
+        let (log, _) = MessageLog::open_with_segment_size(&dir, 256).expect("open");
+        let _kept = publish_durably(&log, &[key("q")], "kept");
+        let (gone, gone_at) = publish_durably(&log, &[key("q")], "acked");
+        // Move on to later segments, record the removal of "acked" there, then move on again:
+        // those later segments end up with nothing live but hold that removal.
+        let filler = |log: &MessageLog| {
+            for _ in 0..4 {
+                let (id, at) = publish_durably(log, &[key("q")], "filler");
+                log.remove(&key("q"), id, at);
+            }
+        };
+        filler(&log);
+        log.remove(&key("q"), gone, gone_at);
+        filler(&log);
+        flush(&log);
+        assert!(
+            segments(&dir).len() > 1,
+            "the test needs several segments: {:?}",
+            segments(&dir)
+        );
+    }
+    // Twice: a start deletes dead segments after reading them, so a lost removal would only
+    // show at the start after.
+    for _ in 0..2 {
+        let (log, _) = MessageLog::open_with_segment_size(&dir, 256).expect("reopen");
+        let q = log.take_recovered(&key("q"));
+        assert_eq!(
+            bodies(&log, &q),
+            ["kept"],
+            "acknowledged messages stay gone"
+        );
+    }
+}

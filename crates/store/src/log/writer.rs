@@ -1,8 +1,10 @@
 //! The writer thread: takes every waiting request, writes them with one write and one fdatasync
 //! (group commit), runs the completions in request order, and deletes segments left without
-//! live messages.
+//! live messages, oldest first: a segment may hold removal records for messages in earlier
+//! segments, so it can only go once every earlier segment has gone (otherwise a removal would
+//! be lost and an acknowledged message would come back at the next start).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
@@ -34,6 +36,8 @@ pub struct Writer {
     active: u32,
     file: File,
     live: HashMap<u32, usize>,
+    /// Segments on disk, oldest first (the active one included).
+    on_disk: BTreeSet<u32>,
     buffer: Vec<u8>,
 }
 
@@ -51,18 +55,17 @@ impl Writer {
             .append(true)
             .open(&path)
             .map_err(io_error(&path))?;
+        let mut on_disk: BTreeSet<u32> = existing.iter().copied().collect();
+        on_disk.insert(active);
         let mut writer = Self {
             dir,
             active,
             file,
             live,
+            on_disk,
             buffer: Vec::new(),
         };
-        for &number in existing {
-            if writer.live.get(&number).copied().unwrap_or(0) == 0 {
-                writer.delete_segment(number);
-            }
-        }
+        writer.delete_dead_prefix();
         Ok(writer)
     }
 
@@ -70,12 +73,11 @@ impl Writer {
     pub fn run(mut self, requests: mpsc::Receiver<Request>) {
         while let Ok(first) = requests.recv() {
             let mut done: Vec<OnDurable> = Vec::new();
-            let mut emptied: Vec<u32> = Vec::new();
-            let mut outcome = self.take(first, &mut done, &mut emptied);
+            let mut outcome = self.take(first, &mut done);
             while outcome.is_ok()
                 && let Ok(more) = requests.try_recv()
             {
-                outcome = self.take(more, &mut done, &mut emptied);
+                outcome = self.take(more, &mut done);
             }
             if let Err(error) = outcome.and_then(|()| self.commit()) {
                 // Without a durable write nothing may be confirmed: stop, and let publishers
@@ -86,20 +88,11 @@ impl Writer {
             for callback in done {
                 callback();
             }
-            for segment in emptied {
-                if segment != self.active && self.live.get(&segment) == Some(&0) {
-                    self.delete_segment(segment);
-                }
-            }
+            self.delete_dead_prefix();
         }
     }
 
-    fn take(
-        &mut self,
-        request: Request,
-        done: &mut Vec<OnDurable>,
-        emptied: &mut Vec<u32>,
-    ) -> std::io::Result<()> {
+    fn take(&mut self, request: Request, done: &mut Vec<OnDurable>) -> std::io::Result<()> {
         match request {
             Request::Write {
                 record,
@@ -115,9 +108,6 @@ impl Writer {
                     && let Some(count) = self.live.get_mut(&segment)
                 {
                     *count = count.saturating_sub(1);
-                    if *count == 0 {
-                        emptied.push(segment);
-                    }
                 }
                 done.extend(on_durable);
             }
@@ -125,11 +115,8 @@ impl Writer {
                 self.commit()?;
                 let path = segment_path(&self.dir, next);
                 self.file = OpenOptions::new().create(true).append(true).open(path)?;
-                let previous = self.active;
                 self.active = next;
-                if self.live.get(&previous).copied().unwrap_or(0) == 0 {
-                    emptied.push(previous);
-                }
+                self.on_disk.insert(next);
             }
             Request::Sync(on_durable) => done.push(on_durable),
         }
@@ -144,6 +131,17 @@ impl Writer {
             self.file.sync_data()?;
         }
         Ok(())
+    }
+
+    /// Deletes the oldest segments while they hold nothing live (never the active one).
+    fn delete_dead_prefix(&mut self) {
+        while let Some(&oldest) = self.on_disk.first() {
+            if oldest == self.active || self.live.get(&oldest).copied().unwrap_or(0) > 0 {
+                return;
+            }
+            self.on_disk.remove(&oldest);
+            self.delete_segment(oldest);
+        }
     }
 
     fn delete_segment(&mut self, number: u32) {
