@@ -32,5 +32,7 @@ async fn main() -> anyhow::Result<()> {
         println!("Received {}", text(&delivery.data));
         Ok(())
     })
-    .await
+    .await?;
+    connection.close(200, "bye".into()).await?;
+    Ok(())
 }

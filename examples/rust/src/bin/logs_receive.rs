@@ -56,5 +56,7 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", text(&delivery.data));
         Ok(())
     })
-    .await
+    .await?;
+    connection.close(200, "bye".into()).await?;
+    Ok(())
 }

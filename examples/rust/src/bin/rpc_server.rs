@@ -63,5 +63,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     })
-    .await
+    .await?;
+    connection.close(200, "bye".into()).await?;
+    Ok(())
 }

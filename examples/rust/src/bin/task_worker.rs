@@ -41,5 +41,7 @@ async fn main() -> anyhow::Result<()> {
         delivery.ack(BasicAckOptions::default()).await?;
         Ok(())
     })
-    .await
+    .await?;
+    connection.close(200, "bye".into()).await?;
+    Ok(())
 }

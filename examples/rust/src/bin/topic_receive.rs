@@ -62,5 +62,7 @@ async fn main() -> anyhow::Result<()> {
         println!("{}:{}", delivery.routing_key, text(&delivery.data));
         Ok(())
     })
-    .await
+    .await?;
+    connection.close(200, "bye".into()).await?;
+    Ok(())
 }
