@@ -8,7 +8,7 @@ use amq_protocol::protocol::basic::{
     AMQPMethod, CancelOk, ConsumeOk, Deliver, GetEmpty, GetOk, Nack, QosOk, RecoverOk, Return,
 };
 use junction_core::{
-    ConsumerSpec, Delivery, ErrorKind, Message, Permission, QueueHandle, QueueKey, ResourceKind,
+    ConsumerSpec, Delivery, Exchange, Message, Permission, QueueHandle, QueueKey, ResourceKind,
     StoredAt,
 };
 
@@ -279,24 +279,20 @@ pub async fn publish(
         tx.publishes.push((message, pending.mandatory));
         return Ok(());
     }
-    route(session, channel, &message, pending.mandatory).await
+    route(session, channel, &exchange, &message, pending.mandatory).await
 }
 
 /// Routes a message to its queues; returns it when mandatory and unroutable; owes a confirm.
 pub async fn route(
     session: &mut Session,
     channel: &mut Channel,
+    exchange: &Exchange,
     message: &Arc<Message>,
     mandatory: bool,
 ) -> AmqpResult<()> {
     let vhost = session.vhost()?;
-    let exchange = match vhost.exchange(&message.exchange) {
-        Ok(exchange) => exchange,
-        Err(e) if e.kind == ErrorKind::NotFound => return Err(e.into()),
-        Err(e) => return Err(e.into()),
-    };
     let mut queues = Vec::new();
-    vhost.route(&exchange, message, &mut queues);
+    vhost.route(exchange, message, &mut queues);
     let seq = channel.confirm.as_mut().map(Confirms::next_seq);
     let stored = persist(session, channel, message, &queues, seq);
     let mut delivered = 0;

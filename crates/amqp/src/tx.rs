@@ -36,7 +36,9 @@ pub async fn handle(
                 .ok_or_else(not_transactional)?;
             let persistent = tx.publishes.iter().any(|(m, _)| m.store_id.is_some());
             for (message, mandatory) in tx.publishes {
-                route(session, channel, &message, mandatory).await?;
+                // The exchange is looked up at commit: it may have gone since the publish.
+                let exchange = session.vhost()?.exchange(&message.exchange)?;
+                route(session, channel, &exchange, &message, mandatory).await?;
             }
             for (_, delivery, requeue) in tx.settlements {
                 apply_settlements(channel, vec![delivery], requeue).await;

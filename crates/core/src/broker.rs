@@ -126,11 +126,6 @@ impl Broker {
             .ok_or_else(|| CoreError::new(ErrorKind::NotAllowed, format!("vhost {name} not found")))
     }
 
-    /// The names of all vhosts.
-    pub fn vhost_names(&self) -> Vec<String> {
-        self.vhosts.iter().map(|v| v.key().clone()).collect()
-    }
-
     /// Raises (`Some(reason)`) or clears (`None`) the alarm of one resource (`"memory"`,
     /// `"disk"`). While any alarm is raised, adapters stop reading from publishing connections
     /// (AMQP also sends `connection.blocked` with the reasons); consumers keep draining.

@@ -646,7 +646,7 @@ fn check_queue_equivalent(handle: &QueueHandle, spec: &QueueSpec, vhost: &str) -
     let differs = |field: &str, received: String, current: String| {
         Err(CoreError::precondition(format!(
             "inequivalent arg '{field}' for queue '{}' in vhost '{vhost}': received {received} but current is {current}",
-            current_name(handle)
+            handle.name()
         )))
     };
     if current.durable != spec.durable {
@@ -682,10 +682,6 @@ fn check_queue_equivalent(handle: &QueueHandle, spec: &QueueSpec, vhost: &str) -
         }
     }
     Ok(())
-}
-
-fn current_name(handle: &QueueHandle) -> &str {
-    handle.name()
 }
 
 /// A server-generated queue name in RabbitMQ's style: `amq.gen-` and 22 URL-safe characters.

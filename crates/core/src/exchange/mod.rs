@@ -52,11 +52,6 @@ impl BindingTarget {
             _ => false,
         }
     }
-
-    /// Whether this target is the exchange with `name`.
-    fn is_exchange(&self) -> bool {
-        matches!(self, BindingTarget::Exchange(_))
-    }
 }
 
 impl std::fmt::Debug for BindingTarget {
@@ -296,11 +291,6 @@ impl Exchange {
     /// A copy of the current bindings.
     pub fn bindings(&self) -> Vec<Binding> {
         self.bindings.lock().clone()
-    }
-
-    /// Whether any binding of this exchange targets another exchange.
-    pub fn has_exchange_targets(&self) -> bool {
-        self.bindings.lock().iter().any(|b| b.target.is_exchange())
     }
 
     fn recompile(&self, bindings: &[Binding]) {
