@@ -57,3 +57,15 @@ pub trait DefinitionStore: Send + Sync + 'static {
     /// Everything recorded for `vhost`.
     fn load(&self, vhost: &str) -> Result<VhostDefinitions, StoreFailure>;
 }
+
+/// Records that protocol adapters keep across restarts, such as MQTT's retained messages and
+/// persistent sessions: opaque bytes under a key in a named table. The core never reads them;
+/// the adapter that wrote them owns their format. Every call is a committed, durable change.
+pub trait AdapterStateStore: Send + Sync + 'static {
+    /// Stores `value` under `key` in `table`, replacing what was there.
+    fn put_state(&self, table: &str, key: &str, value: &[u8]) -> Result<(), StoreFailure>;
+    /// Forgets `key` in `table` (not an error if it is absent).
+    fn delete_state(&self, table: &str, key: &str) -> Result<(), StoreFailure>;
+    /// Every record of `table`, in key order.
+    fn load_state(&self, table: &str) -> Result<Vec<(String, Vec<u8>)>, StoreFailure>;
+}

@@ -26,7 +26,9 @@ pub use auth::{
     ResourceKind, User,
 };
 pub use broker::{Broker, BrokerConfig};
-pub use definitions::{BindingRecord, DefinitionStore, StoreFailure, VhostDefinitions};
+pub use definitions::{
+    AdapterStateStore, BindingRecord, DefinitionStore, StoreFailure, VhostDefinitions,
+};
 pub use error::{CoreError, ErrorKind};
 pub use exchange::{
     Binding, BindingTarget, Exchange, ExchangeSpec, ExchangeType, ExchangeTypeRegistry, Router,

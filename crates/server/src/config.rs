@@ -19,6 +19,8 @@ pub struct Config {
     pub listeners: Listeners,
     /// AMQP tuning.
     pub amqp: AmqpConfig,
+    /// MQTT settings.
+    pub mqtt: MqttConfig,
     /// Resource alarms.
     pub alarms: AlarmsConfig,
     /// Storage policy.
@@ -63,6 +65,24 @@ pub struct AmqpConfig {
     pub heartbeat: u16,
     /// Largest message body accepted, in bytes.
     pub max_message_size: u64,
+}
+
+/// MQTT settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// The topic exchange MQTT topics are routing keys on.
+    pub exchange: String,
+    /// Largest packet accepted, in bytes.
+    pub max_packet_size: usize,
+    /// Unacknowledged QoS 1 and 2 deliveries per session.
+    pub max_inflight: u32,
+    /// Whether clients without a user name may connect (as `anonymous_user`).
+    pub allow_anonymous: bool,
+    /// The user anonymous clients log in as.
+    pub anonymous_user: String,
+    /// That user's password.
+    pub anonymous_password: String,
 }
 
 /// Storage policy.

@@ -15,7 +15,9 @@ use junction_core::auth::{PasswordHash, UserRecord, VhostPermissions};
 use junction_core::{
     AuthChain, Broker, BrokerConfig, ExchangeTypeRegistry, InternalUsers, Storage,
 };
-use junction_transport::{ListenAddr, accept_loop, bind_tcp};
+use junction_transport::{
+    ListenAddr, WebSocketProtocol, WebSocketRoutes, accept_loop, bind_tcp, serve_websockets,
+};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -144,7 +146,8 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
         .first()
         .map(|v| v.name.clone())
         .unwrap_or_else(|| "/".to_owned());
-    let definitions = junction_store::Definitions::open(&data_dir)?;
+    let definitions = Arc::new(junction_store::Definitions::open(&data_dir)?);
+    let adapter_state: Arc<dyn junction_core::AdapterStateStore> = definitions.clone();
     let started = std::time::Instant::now();
     let (messages, report) = junction_store::MessageLog::open(&data_dir)?;
     tracing::info!(
@@ -155,7 +158,7 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
         "message log recovered"
     );
     let storage = Storage {
-        definitions: Some(Arc::new(definitions)),
+        definitions: Some(definitions),
         messages: Some(Arc::new(messages)),
         max_loaded_bytes_per_queue: config.storage.max_loaded_bytes_per_queue,
     };
@@ -173,17 +176,31 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
         ..Default::default()
     });
 
+    let mqtt = junction_mqtt::Mqtt::new(
+        broker.clone(),
+        junction_mqtt::Settings {
+            exchange: config.mqtt.exchange.clone(),
+            max_packet_size: config.mqtt.max_packet_size,
+            max_inflight: config.mqtt.max_inflight.max(1),
+            allow_anonymous: config.mqtt.allow_anonymous,
+            anonymous_user: config.mqtt.anonymous_user.clone(),
+            anonymous_password: config.mqtt.anonymous_password.clone(),
+            ..Default::default()
+        },
+        Some(adapter_state),
+    );
+
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let listeners = &config.listeners;
     let amqp = listener_addr(cli.amqp.clone(), &listeners.amqp)?;
-    // Parsed now so a typo fails at start-up; these protocols are not built yet.
+    let mqtt_addr = listener_addr(cli.mqtt.clone(), &listeners.mqtt)?;
+    let http_addr = listener_addr(cli.http.clone(), &listeners.http)?;
+    let web_mqtt_addr = listener_addr(cli.web_mqtt.clone(), &listeners.web_mqtt)?;
+    // Parsed now so a typo fails at start-up; STOMP is not built yet.
     for (flag, configured) in [
-        (cli.mqtt.clone(), &listeners.mqtt),
         (cli.stomp.clone(), &listeners.stomp),
-        (cli.http.clone(), &listeners.http),
         (cli.web_stomp.clone(), &listeners.web_stomp),
-        (cli.web_mqtt.clone(), &listeners.web_mqtt),
     ] {
         listener_addr(flag, configured)?;
     }
@@ -216,6 +233,70 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
                 }
             },
         ));
+    }
+    if let ListenAddr::At(addr) = mqtt_addr {
+        let listener = bind_tcp(&addr).await?;
+        let bound = listener.local_addr().context("listener has no address")?;
+        println!("listening mqtt {bound}");
+        let mqtt = mqtt.clone();
+        let shutdown = shutdown_rx.clone();
+        let tracker = connections.clone();
+        tasks.spawn(accept_loop(
+            listener,
+            shutdown_rx.clone(),
+            move |stream, peer| {
+                let guard = tracker.enter();
+                let serve =
+                    junction_mqtt::serve(stream, Some(peer), mqtt.clone(), shutdown.clone());
+                async move {
+                    serve.await;
+                    drop(guard);
+                }
+            },
+        ));
+    }
+    let mqtt_over_websocket = WebSocketProtocol {
+        names: vec!["mqtt"],
+        text_output: false,
+        handler: {
+            let mqtt = mqtt.clone();
+            let shutdown = shutdown_rx.clone();
+            let tracker = connections.clone();
+            Arc::new(move |stream, peer| {
+                let guard = tracker.enter();
+                let serve =
+                    junction_mqtt::serve(stream, Some(peer), mqtt.clone(), shutdown.clone());
+                Box::pin(async move {
+                    serve.await;
+                    drop(guard);
+                })
+            })
+        },
+    };
+    for (name, addr, routes) in [
+        (
+            "http",
+            http_addr,
+            WebSocketRoutes {
+                protocols: vec![mqtt_over_websocket.clone()],
+                fallback: None,
+            },
+        ),
+        (
+            "web-mqtt",
+            web_mqtt_addr,
+            WebSocketRoutes {
+                protocols: vec![mqtt_over_websocket],
+                fallback: Some(0),
+            },
+        ),
+    ] {
+        if let ListenAddr::At(addr) = addr {
+            let listener = bind_tcp(&addr).await?;
+            let bound = listener.local_addr().context("listener has no address")?;
+            println!("listening {name} {bound}");
+            tasks.spawn(serve_websockets(listener, shutdown_rx.clone(), routes));
+        }
     }
     // Signal handlers go in before `ready`, so a SIGTERM right after it is a clean stop.
     let signals = Signals::install()?;

@@ -3,13 +3,17 @@
 
 use std::path::{Path, PathBuf};
 
-use junction_core::definitions::{BindingRecord, DefinitionStore, StoreFailure, VhostDefinitions};
+use junction_core::definitions::{
+    AdapterStateStore, BindingRecord, DefinitionStore, StoreFailure, VhostDefinitions,
+};
 use junction_core::{ExchangeSpec, QueueSpec};
 use redb::{Database, DatabaseError, ReadableDatabase, TableDefinition};
 
 const EXCHANGES: TableDefinition<&str, &[u8]> = TableDefinition::new("exchanges");
 const QUEUES: TableDefinition<&str, &[u8]> = TableDefinition::new("queues");
 const BINDINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("bindings");
+/// Adapters' records ([`AdapterStateStore`]), keyed by table name and key.
+const ADAPTER_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("adapter_state");
 
 /// The file name of the definitions database inside the data directory.
 pub const FILE_NAME: &str = "definitions.redb";
@@ -86,7 +90,7 @@ impl Definitions {
 
     fn create_tables(&self) -> Result<(), StoreFailure> {
         let tx = self.db.begin_write().map_err(failure)?;
-        for table in [EXCHANGES, QUEUES, BINDINGS] {
+        for table in [EXCHANGES, QUEUES, BINDINGS, ADAPTER_STATE] {
             tx.open_table(table).map_err(failure)?;
         }
         tx.commit().map_err(failure)
@@ -99,10 +103,19 @@ impl Definitions {
         value: &impl serde::Serialize,
     ) -> Result<(), StoreFailure> {
         let bytes = serde_json::to_vec(value).map_err(failure)?;
+        self.put_bytes(table, key, &bytes)
+    }
+
+    fn put_bytes(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        bytes: &[u8],
+    ) -> Result<(), StoreFailure> {
         let tx = self.db.begin_write().map_err(failure)?;
         tx.open_table(table)
             .map_err(failure)?
-            .insert(key, bytes.as_slice())
+            .insert(key, bytes)
             .map_err(failure)?;
         tx.commit().map_err(failure)
     }
@@ -176,6 +189,31 @@ impl DefinitionStore for Definitions {
     }
 }
 
+impl AdapterStateStore for Definitions {
+    fn put_state(&self, table: &str, name: &str, value: &[u8]) -> Result<(), StoreFailure> {
+        self.put_bytes(ADAPTER_STATE, &key(table, name), value)
+    }
+
+    fn delete_state(&self, table: &str, name: &str) -> Result<(), StoreFailure> {
+        self.remove(ADAPTER_STATE, &key(table, name))
+    }
+
+    fn load_state(&self, table: &str) -> Result<Vec<(String, Vec<u8>)>, StoreFailure> {
+        let tx = self.db.begin_read().map_err(failure)?;
+        let records = tx.open_table(ADAPTER_STATE).map_err(failure)?;
+        let prefix = format!("{table}\0");
+        let mut values = Vec::new();
+        for entry in records.range(prefix.as_str()..).map_err(failure)? {
+            let (stored_key, value) = entry.map_err(failure)?;
+            let Some(name) = stored_key.value().strip_prefix(&prefix) else {
+                break;
+            };
+            values.push((name.to_owned(), value.value().to_vec()));
+        }
+        Ok(values)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use junction_core::{FieldTable, FieldValue};
@@ -246,6 +284,43 @@ mod tests {
         let loaded = store.load("/").expect("load");
         assert!(loaded.queues.is_empty() && loaded.bindings.is_empty());
         assert_eq!(store.load("other").expect("load").queues.len(), 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn adapter_state_is_kept_per_table_and_survives_reopening() {
+        let dir = dir("adapter-state");
+        {
+            let store = Definitions::open(&dir).expect("open");
+            store
+                .put_state("mqtt.retained", "/\0a/b", b"one")
+                .expect("put");
+            store
+                .put_state("mqtt.retained", "/\0a/c", b"two")
+                .expect("put");
+            store
+                .put_state("mqtt.sessions", "/\0dev", b"s")
+                .expect("put");
+            store
+                .put_state("mqtt.retained", "/\0a/c", b"three")
+                .expect("replace");
+        }
+        let store = Definitions::open(&dir).expect("reopen");
+        assert_eq!(
+            store.load_state("mqtt.retained").expect("load"),
+            vec![
+                ("/\0a/b".to_owned(), b"one".to_vec()),
+                ("/\0a/c".to_owned(), b"three".to_vec())
+            ]
+        );
+        store
+            .delete_state("mqtt.retained", "/\0a/b")
+            .expect("delete");
+        store
+            .delete_state("mqtt.retained", "absent")
+            .expect("delete absent");
+        assert_eq!(store.load_state("mqtt.retained").expect("load").len(), 1);
+        assert_eq!(store.load_state("mqtt.sessions").expect("load").len(), 1);
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -8,6 +8,12 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+mod websocket;
+
+pub use websocket::{
+    HandlerFuture, StreamHandler, WebSocketProtocol, WebSocketRoutes, serve_websockets,
+};
+
 /// A listener address from the command line or configuration: `host:port`, or `off`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenAddr {

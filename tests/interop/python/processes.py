@@ -86,7 +86,8 @@ def _stop(process: subprocess.Popen, timeout: float) -> int:
 class JunctionBroker:
     """One running broker process on an ephemeral AMQP port, with its own data dir.
 
-    Only the AMQP listener is enabled; every other protocol is ``off``.
+    AMQP, MQTT and the WebSocket listeners (``http``, ``web-mqtt``) listen on ephemeral
+    loopback ports; ``listeners`` maps each listener's name to its (host, port).
     """
 
     def __init__(
@@ -100,6 +101,7 @@ class JunctionBroker:
         self.port: int | None = None
         self.process: subprocess.Popen | None = None
         self.stdout: LineReader | None = None
+        self.listeners: dict[str, tuple[str, int]] = {}
 
     def start(self, timeout: float = STARTUP_TIMEOUT) -> JunctionBroker:
         """Starts the broker and waits for its ``ready`` line; returns self."""
@@ -111,15 +113,15 @@ class JunctionBroker:
             "--amqp",
             "127.0.0.1:0",
             "--mqtt",
-            "off",
+            "127.0.0.1:0",
             "--stomp",
             "off",
             "--http",
-            "off",
+            "127.0.0.1:0",
             "--web-stomp",
             "off",
             "--web-mqtt",
-            "off",
+            "127.0.0.1:0",
             *self.extra_args,
         ]
         with open(self.log_path, "ab") as log:
@@ -147,9 +149,11 @@ class JunctionBroker:
                     f"junction exited with code {code} before 'ready'\n{self.diagnostics()}"
                 )
             words = line.split()
-            if words[:2] == ["listening", "amqp"] and len(words) == 3:
+            if words[:1] == ["listening"] and len(words) == 3:
                 host, _, port = words[2].rpartition(":")
-                self.host, self.port = host.strip("[]"), int(port)
+                self.listeners[words[1]] = (host.strip("[]"), int(port))
+                if words[1] == "amqp":
+                    self.host, self.port = host.strip("[]"), int(port)
             elif line == "ready":
                 break
         if self.port is None:

@@ -1,0 +1,212 @@
+//! CONNECT: protocol checks, client id rules, authentication (a `vhost:user` name selects the
+//! vhost, as in RabbitMQ), takeover of a session held by another connection, and resumption
+//! or removal of a persistent session.
+
+use std::collections::HashMap;
+
+use junction_core::{ChannelId, LoginRequest, QueueSpec};
+
+use super::{Connection, Handled, Next, OwedAcks, Session, Violation};
+use crate::codec::{self, Connect, ConnectReturnCode, Packet};
+use crate::sessions::{SessionKey, SessionState};
+use crate::topic;
+
+impl Connection {
+    pub(super) async fn on_connect(&mut self, connect: Connect) -> Handled {
+        if connect.protocol_name != "MQTT" && connect.protocol_name != "MQIsdp" {
+            return Err(Violation(format!(
+                "unknown protocol name '{}'",
+                connect.protocol_name
+            )));
+        }
+        if connect.protocol_name != "MQTT" || connect.protocol_level != 4 {
+            return Ok(self.refuse(ConnectReturnCode::UnacceptableProtocolVersion));
+        }
+        if let Some(will) = &connect.will
+            && !topic::valid_topic_name(&will.topic)
+        {
+            return Err(Violation(format!("invalid will topic '{}'", will.topic)));
+        }
+        let client_id = if connect.client_id.is_empty() {
+            if !connect.clean_session {
+                return Ok(self.refuse(ConnectReturnCode::IdentifierRejected));
+            }
+            generate_client_id()
+        } else {
+            connect.client_id.clone()
+        };
+
+        let settings = &self.mqtt.settings;
+        let (login, password) = match (&connect.username, &connect.password) {
+            (Some(user), password) => {
+                let password = match password {
+                    None => String::new(),
+                    Some(bytes) => match std::str::from_utf8(bytes) {
+                        Ok(text) => text.to_owned(),
+                        Err(_) => return Ok(self.refuse(ConnectReturnCode::BadUserNameOrPassword)),
+                    },
+                };
+                (user.clone(), password)
+            }
+            (None, _) if settings.allow_anonymous => (
+                settings.anonymous_user.clone(),
+                settings.anonymous_password.clone(),
+            ),
+            (None, _) => {
+                tracing::info!(peer = ?self.peer, "MQTT login refused: no credentials and anonymous access is off");
+                return Ok(self.refuse(ConnectReturnCode::NotAuthorized));
+            }
+        };
+        let broker = self.mqtt.broker.clone();
+        let (vhost_name, user) = match login.split_once(':') {
+            Some((vhost, user)) if !vhost.is_empty() => (vhost.to_owned(), user.to_owned()),
+            _ => (broker.config().default_vhost.clone(), login.clone()),
+        };
+        let principal = match broker.auth().authenticate(&LoginRequest {
+            username: &user,
+            password: &password,
+            peer: self.peer.map(|p| p.ip()),
+        }) {
+            Ok(principal) => principal,
+            Err(reason) => {
+                tracing::info!(peer = ?self.peer, %reason, "MQTT login refused");
+                return Ok(self.refuse(ConnectReturnCode::BadUserNameOrPassword));
+            }
+        };
+        let vhost = match broker.vhost(&vhost_name) {
+            Ok(vhost) if principal.check_vhost(&vhost_name) => vhost,
+            _ => {
+                tracing::info!(
+                    user,
+                    vhost = vhost_name,
+                    "MQTT login refused: no access to the vhost"
+                );
+                return Ok(self.refuse(ConnectReturnCode::NotAuthorized));
+            }
+        };
+        let exchange = match vhost.exchange(&settings.exchange) {
+            Ok(exchange) => exchange,
+            Err(error) => {
+                tracing::error!(exchange = settings.exchange, %error, "the MQTT exchange is missing");
+                return Ok(self.refuse(ConnectReturnCode::ServerUnavailable));
+            }
+        };
+
+        let key = SessionKey {
+            vhost: vhost_name,
+            client_id,
+        };
+        let claim = self.mqtt.sessions.claim(key.clone(), self.id).await;
+        let (state, session_present) = if connect.clean_session {
+            self.mqtt.sessions.forget(&key);
+            if let Err(error) = vhost
+                .delete_queue(&key.queue_name(), false, false, self.id)
+                .await
+            {
+                tracing::warn!(client_id = %key.client_id, %error, "cannot delete the previous session's queue");
+            }
+            (SessionState::default(), false)
+        } else {
+            match self.mqtt.sessions.take_saved(&key) {
+                Some(state) => (state, true),
+                None => (SessionState::default(), false),
+            }
+        };
+        let resume = !state.subscriptions.is_empty();
+        let released: Vec<u16> = state.released.iter().copied().collect();
+        self.session = Some(Session {
+            vhost,
+            principal,
+            claim,
+            clean: connect.clean_session,
+            keep_alive: connect.keep_alive,
+            exchange,
+            channel: ChannelId {
+                connection: self.id,
+                number: 0,
+                generation: 0,
+            },
+            consumer_tag: format!("mqtt-{}", key.client_id).into(),
+            queue: None,
+            state,
+            inflight: HashMap::new(),
+            next_packet_id: 0,
+            will: connect.will,
+            acks: OwedAcks::default(),
+            queue_acks: Vec::new(),
+            may_publish: None,
+        });
+        codec::encode(
+            &Packet::ConnAck {
+                session_present,
+                code: ConnectReturnCode::Accepted,
+            },
+            &mut self.out,
+        );
+        tracing::debug!(client_id = %key.client_id, session_present, "MQTT client connected");
+        for id in released {
+            codec::encode(&Packet::PubRel(id), &mut self.out);
+        }
+        if resume && let Err(error) = self.session_queue().await {
+            tracing::error!(client_id = %key.client_id, %error, "cannot resume the session's queue");
+            return Ok(Next::Close { graceful: true });
+        }
+        Ok(Next::Continue)
+    }
+
+    /// Answers CONNECT with a refusal; the connection then closes.
+    fn refuse(&mut self, code: ConnectReturnCode) -> Next {
+        codec::encode(
+            &Packet::ConnAck {
+                session_present: false,
+                code,
+            },
+            &mut self.out,
+        );
+        Next::Close { graceful: true }
+    }
+
+    /// The session's queue, declared and consumed from on first need.
+    pub(super) async fn session_queue(
+        &mut self,
+    ) -> junction_core::error::CoreResult<junction_core::QueueHandle> {
+        let id = self.id;
+        let sink = self.sink.clone();
+        let prefetch = self.mqtt.settings.max_inflight;
+        let Some(session) = self.session.as_mut() else {
+            return Err(junction_core::CoreError::internal("no session"));
+        };
+        if let Some(queue) = &session.queue {
+            return Ok(queue.clone());
+        }
+        let spec = QueueSpec {
+            name: session.claim.key.queue_name(),
+            durable: !session.clean,
+            exclusive: session.clean,
+            auto_delete: false,
+            arguments: Default::default(),
+        };
+        let declared = session.vhost.declare_queue(spec, false, false, id).await?;
+        let queue = declared.handle;
+        queue
+            .consume(junction_core::ConsumerSpec {
+                tag: session.consumer_tag.clone(),
+                channel: session.channel,
+                no_ack: false,
+                exclusive: false,
+                prefetch,
+                channel_credit: None,
+                sink,
+            })
+            .await?;
+        session.queue = Some(queue.clone());
+        Ok(queue)
+    }
+}
+
+/// A client id for a client that sent none (allowed with a clean session).
+fn generate_client_id() -> String {
+    let bytes: [u8; 12] = rand::random();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("junction-{hex}")
+}

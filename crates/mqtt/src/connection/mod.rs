@@ -1,0 +1,330 @@
+//! One MQTT connection's state machine. It is fed decoded packets, consumer events and
+//! durability notices, calls the core, and leaves encoded packets in its output buffer; it does
+//! no I/O (the driver in `io.rs` moves the bytes and keeps the timers).
+//!
+//! - `connect.rs`: CONNECT, authentication, takeover, session resumption.
+//! - `publish.rs`: PUBLISH from the client (QoS 0/1/2, retain), routing, the will.
+//! - `subscribe.rs`: SUBSCRIBE and UNSUBSCRIBE, the session's queue and its bindings.
+//! - `deliver.rs`: deliveries to the client, packet identifiers and the client's acks.
+
+mod connect;
+mod deliver;
+mod publish;
+mod subscribe;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use junction_core::queue::MessageSeq;
+use junction_core::{
+    ChannelId, ConnectionId, ConsumerEvent, ConsumerSink, Exchange, Permission, Principal,
+    QueueHandle, ResourceKind, VirtualHost,
+};
+use tokio::sync::{mpsc, watch};
+
+use crate::codec::{self, DecodeError, LastWill, Packet};
+use crate::sessions::{Claim, SessionState};
+use crate::settings::Mqtt;
+
+/// What the driver does after handing the connection some input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Keep going.
+    Continue,
+    /// Close the socket. `graceful` is true only after DISCONNECT (no will is published).
+    Close {
+        /// The client said DISCONNECT.
+        graceful: bool,
+    },
+}
+
+/// A breach of the protocol: the connection closes (MQTT 3.1.1 has no error packet).
+#[derive(Debug)]
+pub(crate) struct Violation(pub(crate) String);
+
+impl From<DecodeError> for Violation {
+    fn from(error: DecodeError) -> Self {
+        Violation(error.to_string())
+    }
+}
+
+type Handled = Result<Next, Violation>;
+
+/// A delivery sent at QoS 1 or 2 and not yet acknowledged by the client.
+struct Inflight {
+    /// Its position in the session's queue (None for a retained message sent on subscribe).
+    seq: Option<MessageSeq>,
+    /// Sent at QoS 2: PUBREC is awaited (otherwise PUBACK).
+    exactly_once: bool,
+}
+
+/// Acknowledgements owed to the client, in the order of the PUBLISH packets they answer. One
+/// that must wait for its message to reach the disk holds back those behind it.
+#[derive(Default)]
+struct OwedAcks {
+    queue: VecDeque<(Packet, u64)>,
+    next_ticket: u64,
+    durable_upto: u64,
+}
+
+impl OwedAcks {
+    fn next_ticket(&mut self) -> u64 {
+        self.next_ticket += 1;
+        self.next_ticket
+    }
+
+    /// Moves every acknowledgement that may go now into `out`.
+    fn flush(&mut self, out: &mut BytesMut) {
+        while let Some((_, ticket)) = self.queue.front() {
+            if *ticket > self.durable_upto {
+                break;
+            }
+            if let Some((packet, _)) = self.queue.pop_front() {
+                codec::encode(&packet, out);
+            }
+        }
+    }
+}
+
+/// An open session: what CONNECT established.
+struct Session {
+    vhost: Arc<VirtualHost>,
+    principal: Principal,
+    claim: Claim,
+    clean: bool,
+    keep_alive: u16,
+    exchange: Arc<Exchange>,
+    channel: ChannelId,
+    consumer_tag: Arc<str>,
+    queue: Option<QueueHandle>,
+    state: SessionState,
+    inflight: HashMap<u16, Inflight>,
+    next_packet_id: u16,
+    will: Option<LastWill>,
+    acks: OwedAcks,
+    queue_acks: Vec<MessageSeq>,
+    may_publish: Option<bool>,
+}
+
+impl Session {
+    fn allowed(&self, kind: ResourceKind, name: &str, permission: Permission) -> bool {
+        self.principal
+            .check_resource(&self.vhost.name, kind, name, permission)
+    }
+}
+
+/// One MQTT connection.
+pub(crate) struct Connection {
+    mqtt: Arc<Mqtt>,
+    id: ConnectionId,
+    peer: Option<SocketAddr>,
+    out: BytesMut,
+    sink: ConsumerSink,
+    durable: mpsc::UnboundedSender<u64>,
+    session: Option<Session>,
+    has_published: bool,
+    alarm: bool,
+}
+
+impl Connection {
+    /// A connection that has not sent CONNECT yet.
+    pub(crate) fn new(
+        mqtt: Arc<Mqtt>,
+        peer: Option<SocketAddr>,
+        sink: ConsumerSink,
+        durable: mpsc::UnboundedSender<u64>,
+    ) -> Self {
+        let id = mqtt.broker.next_connection_id();
+        Self {
+            mqtt,
+            id,
+            peer,
+            out: BytesMut::new(),
+            sink,
+            durable,
+            session: None,
+            has_published: false,
+            alarm: false,
+        }
+    }
+
+    /// The negotiated keep-alive in seconds (0: none, or not connected yet).
+    pub(crate) fn keep_alive(&self) -> u16 {
+        self.session.as_ref().map_or(0, |s| s.keep_alive)
+    }
+
+    /// Whether CONNECT has been accepted.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.session.is_some()
+    }
+
+    /// Turns true when another connection takes this one's session over.
+    pub(crate) fn takeover_signal(&self) -> Option<watch::Receiver<bool>> {
+        self.session.as_ref().map(|s| s.claim.kicked.clone())
+    }
+
+    /// Records the broker's resource alarm.
+    pub(crate) fn set_alarm(&mut self, alarm: Option<String>) {
+        self.alarm = alarm.is_some();
+    }
+
+    /// Publishers are not read while a resource alarm is raised.
+    pub(crate) fn is_blocked(&self) -> bool {
+        self.alarm && self.has_published
+    }
+
+    /// Whether there are bytes to write.
+    pub(crate) fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Takes the bytes to write.
+    pub(crate) fn take_output(&mut self) -> bytes::Bytes {
+        self.out.split().freeze()
+    }
+
+    /// Handles every whole packet in `buffer`.
+    pub(crate) async fn on_bytes(&mut self, buffer: &mut BytesMut) -> Next {
+        loop {
+            let max = if self.session.is_some() {
+                self.mqtt.settings.max_packet_size
+            } else {
+                self.mqtt.settings.max_connect_size
+            };
+            let packet = match codec::decode(buffer, max) {
+                Ok(Some(packet)) => packet,
+                Ok(None) => return Next::Continue,
+                Err(error) => return self.violation(Violation::from(error)),
+            };
+            match self.on_packet(packet).await {
+                Ok(Next::Continue) => {}
+                Ok(close) => return close,
+                Err(violation) => return self.violation(violation),
+            }
+        }
+    }
+
+    fn violation(&self, violation: Violation) -> Next {
+        tracing::info!(peer = ?self.peer, reason = %violation.0, "closing MQTT connection: protocol error");
+        Next::Close { graceful: false }
+    }
+
+    async fn on_packet(&mut self, packet: Packet) -> Handled {
+        if self.session.is_none() {
+            return match packet {
+                Packet::Connect(connect) => self.on_connect(*connect).await,
+                other => Err(Violation(format!("expected CONNECT, got {}", name(&other)))),
+            };
+        }
+        match packet {
+            Packet::Connect(_) => Err(Violation("second CONNECT".into())),
+            Packet::Publish(publish) => self.on_publish(publish).await,
+            Packet::PubAck(id) => self.on_puback(id),
+            Packet::PubRec(id) => self.on_pubrec(id),
+            Packet::PubRel(id) => self.on_pubrel(id),
+            Packet::PubComp(id) => self.on_pubcomp(id),
+            Packet::Subscribe { packet_id, filters } => self.on_subscribe(packet_id, filters).await,
+            Packet::Unsubscribe { packet_id, filters } => {
+                self.on_unsubscribe(packet_id, filters).await
+            }
+            Packet::PingReq => {
+                codec::encode(&Packet::PingResp, &mut self.out);
+                Ok(Next::Continue)
+            }
+            Packet::Disconnect => Ok(Next::Close { graceful: true }),
+            other @ (Packet::ConnAck { .. }
+            | Packet::SubAck { .. }
+            | Packet::UnsubAck(_)
+            | Packet::PingResp) => Err(Violation(format!(
+                "{} is sent by servers only",
+                name(&other)
+            ))),
+        }
+    }
+
+    /// Handles a batch of consumer events; their queue acknowledgements are sent by
+    /// [`Connection::flush_queue_acks`].
+    pub(crate) fn on_event(&mut self, event: ConsumerEvent) {
+        match event {
+            ConsumerEvent::Deliver(delivery) => self.deliver(delivery),
+            ConsumerEvent::Cancelled { channel, .. } => {
+                if let Some(session) = self.session.as_mut()
+                    && session.channel == channel
+                {
+                    tracing::warn!(client_id = %session.claim.key.client_id, "the session's queue was deleted");
+                    session.queue = None;
+                }
+            }
+        }
+    }
+
+    /// Tells the session's queue which deliveries are settled.
+    pub(crate) async fn flush_queue_acks(&mut self) {
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        if session.queue_acks.is_empty() {
+            return;
+        }
+        let seqs = std::mem::take(&mut session.queue_acks);
+        if let Some(queue) = &session.queue {
+            queue.ack(session.channel, seqs).await;
+        }
+    }
+
+    /// The message store has everything up to `ticket` on disk.
+    pub(crate) fn on_durable(&mut self, ticket: u64) {
+        if let Some(session) = self.session.as_mut() {
+            session.acks.durable_upto = session.acks.durable_upto.max(ticket);
+            session.acks.flush(&mut self.out);
+        }
+    }
+
+    /// Ends the connection: publishes the will unless the client said DISCONNECT, returns
+    /// unacknowledged deliveries to the queue, and keeps or drops the session.
+    pub(crate) async fn finish(&mut self, graceful: bool) {
+        self.flush_queue_acks().await;
+        let Some(mut session) = self.session.take() else {
+            return;
+        };
+        if !graceful && let Some(will) = session.will.take() {
+            self.publish_will(&session, will).await;
+        }
+        if let Some(queue) = &session.queue {
+            queue
+                .cancel(session.channel, session.consumer_tag.clone())
+                .await;
+            queue.channel_closed(session.channel).await;
+        }
+        session.vhost.connection_closed(self.id).await;
+        let registry = &self.mqtt.sessions;
+        if !session.clean {
+            let mut state = std::mem::take(&mut session.state);
+            let sent: Vec<MessageSeq> = session.inflight.values().filter_map(|i| i.seq).collect();
+            state.outbound.retain(|seq, _| sent.contains(seq));
+            registry.save(session.claim.key.clone(), state);
+        }
+        registry.release(session.claim);
+    }
+}
+
+fn name(packet: &Packet) -> &'static str {
+    match packet {
+        Packet::Connect(_) => "CONNECT",
+        Packet::ConnAck { .. } => "CONNACK",
+        Packet::Publish(_) => "PUBLISH",
+        Packet::PubAck(_) => "PUBACK",
+        Packet::PubRec(_) => "PUBREC",
+        Packet::PubRel(_) => "PUBREL",
+        Packet::PubComp(_) => "PUBCOMP",
+        Packet::Subscribe { .. } => "SUBSCRIBE",
+        Packet::SubAck { .. } => "SUBACK",
+        Packet::Unsubscribe { .. } => "UNSUBSCRIBE",
+        Packet::UnsubAck(_) => "UNSUBACK",
+        Packet::PingReq => "PINGREQ",
+        Packet::PingResp => "PINGRESP",
+        Packet::Disconnect => "DISCONNECT",
+    }
+}

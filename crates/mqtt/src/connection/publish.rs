@@ -1,0 +1,188 @@
+//! PUBLISH from the client: topic checks, write permission (asked once per connection),
+//! QoS 2 duplicate suppression, retained messages, routing through the session's exchange, and
+//! the acknowledgements, which go out in order and only once a persistent message is on disk.
+//! The will is published through the same path.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use junction_core::{
+    FieldTable, FieldValue, Message, Permission, Properties, QueueHandle, QueueKey, ResourceKind,
+};
+use tokio::sync::mpsc;
+
+use super::{Connection, Handled, Next, Session, Violation};
+use crate::codec::{LastWill, Packet, Publish, QoS};
+use crate::settings::Mqtt;
+use crate::topic;
+
+/// The header that carries the QoS a message was published with, as in RabbitMQ.
+pub(super) const PUBLISH_QOS_HEADER: &str = "x-mqtt-publish-qos";
+
+impl Connection {
+    pub(super) async fn on_publish(&mut self, publish: Publish) -> Handled {
+        if !topic::valid_topic_name(&publish.topic) {
+            return Err(Violation(format!(
+                "invalid topic name '{}' in PUBLISH",
+                publish.topic
+            )));
+        }
+        let mqtt = self.mqtt.clone();
+        let durable = self.durable.clone();
+        let Some(session) = self.session.as_mut() else {
+            return Err(Violation("PUBLISH before CONNECT".into()));
+        };
+        let allowed = match session.may_publish {
+            Some(allowed) => allowed,
+            None => {
+                let allowed = session.allowed(
+                    ResourceKind::Exchange,
+                    &session.exchange.name,
+                    Permission::Write,
+                );
+                session.may_publish = Some(allowed);
+                allowed
+            }
+        };
+        if !allowed {
+            return Err(Violation(format!(
+                "user '{}' may not publish to exchange '{}'",
+                session.principal.user.name, session.exchange.name
+            )));
+        }
+        self.has_published = true;
+        if let (QoS::ExactlyOnce, Some(id)) = (publish.qos, publish.packet_id)
+            && !session.state.incoming.insert(id)
+        {
+            // A resent QoS 2 publication we already routed: acknowledge it again only.
+            session.acks.queue.push_back((Packet::PubRec(id), 0));
+            session.acks.flush(&mut self.out);
+            return Ok(Next::Continue);
+        }
+        if publish.retain {
+            mqtt.retained.set(
+                &session.vhost.name,
+                &publish.topic,
+                publish.qos,
+                publish.payload.clone(),
+            );
+        }
+        let wants_ack = publish.qos != QoS::AtMostOnce;
+        let ticket = wants_ack.then(|| session.acks.next_ticket());
+        let written = route(
+            &mqtt,
+            session,
+            &publish.topic,
+            publish.qos,
+            publish.payload,
+            ticket.map(|t| (t, durable)),
+        )
+        .await;
+        if let (Some(id), Some(ticket)) = (publish.packet_id, ticket) {
+            let ack = match publish.qos {
+                QoS::ExactlyOnce => Packet::PubRec(id),
+                _ => Packet::PubAck(id),
+            };
+            // Acks of messages not written to disk go as soon as those before them have.
+            let gate = if written { ticket } else { 0 };
+            session.acks.queue.push_back((ack, gate));
+            session.acks.flush(&mut self.out);
+        }
+        Ok(Next::Continue)
+    }
+
+    /// Publishes the will of a connection that ended without DISCONNECT.
+    pub(super) async fn publish_will(&self, session: &Session, will: LastWill) {
+        if !session.allowed(
+            ResourceKind::Exchange,
+            &session.exchange.name,
+            Permission::Write,
+        ) {
+            tracing::info!(client_id = %session.claim.key.client_id, "will not published: no write permission");
+            return;
+        }
+        tracing::debug!(client_id = %session.claim.key.client_id, topic = will.topic, "publishing will");
+        if will.retain {
+            self.mqtt.retained.set(
+                &session.vhost.name,
+                &will.topic,
+                will.qos,
+                will.payload.clone(),
+            );
+        }
+        route(
+            &self.mqtt,
+            session,
+            &will.topic,
+            will.qos,
+            will.payload,
+            None,
+        )
+        .await;
+    }
+}
+
+/// Routes one publication; QoS 1 and 2 messages are persistent. With `notify`, a message
+/// written to the message store reports its ticket there once on disk. Returns whether it was
+/// written (so its acknowledgement must wait).
+async fn route(
+    mqtt: &Mqtt,
+    session: &Session,
+    topic_name: &str,
+    qos: QoS,
+    payload: Bytes,
+    notify: Option<(u64, mpsc::UnboundedSender<u64>)>,
+) -> bool {
+    let mut headers = FieldTable::new();
+    headers.insert(PUBLISH_QOS_HEADER, FieldValue::I8(qos as i8));
+    let persistent = qos != QoS::AtMostOnce;
+    let store = mqtt.broker.message_store();
+    let mut message = Message::new(
+        session.exchange.name.clone(),
+        topic::topic_to_routing_key(topic_name),
+        Properties {
+            headers: Some(headers),
+            delivery_mode: Some(if persistent { 2 } else { 1 }),
+            ..Default::default()
+        },
+        payload,
+    );
+    let mut queues = Vec::new();
+    session
+        .vhost
+        .route(&session.exchange, &message, &mut queues);
+    let durable: Vec<QueueKey> = queues
+        .iter()
+        .filter(|q| is_durable(q))
+        .map(|q| QueueKey {
+            vhost: session.vhost.name.clone(),
+            queue: q.name().to_owned(),
+        })
+        .collect();
+    let mut stored = None;
+    if let Some(store) = store
+        && persistent
+        && !durable.is_empty()
+    {
+        let id = store.next_id();
+        message.store_id = Some(id);
+        let on_durable: Option<junction_core::OnDurable> = notify.map(|(ticket, tx)| {
+            Box::new(move || {
+                let _ = tx.send(ticket);
+            }) as junction_core::OnDurable
+        });
+        stored = store.publish(id, &durable, &message, on_durable);
+    }
+    let message = Arc::new(message);
+    for queue in &queues {
+        let _ = match stored {
+            Some(at) if is_durable(queue) => queue.publish_stored(message.clone(), at).await,
+            _ => queue.publish(message.clone()).await,
+        };
+    }
+    stored.is_some()
+}
+
+fn is_durable(queue: &QueueHandle) -> bool {
+    queue.spec().durable && !queue.spec().exclusive
+}

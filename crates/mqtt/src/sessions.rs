@@ -1,0 +1,202 @@
+//! Sessions: which connection holds each client id (so a second CONNECT with the same id takes
+//! the session over), and what a persistent session (`clean_session = 0`) keeps between
+//! connections.
+//!
+//! A persistent session's subscriptions are written to the adapter state store (table
+//! `mqtt.sessions`, JSON), and its queue is a durable queue, so both survive a restart. The
+//! packet-identifier state (deliveries in flight, QoS 2 exchanges half done) is kept in memory
+//! between connections of one broker run.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use junction_core::queue::MessageSeq;
+use junction_core::{AdapterStateStore, ConnectionId};
+use tokio::sync::watch;
+
+use crate::codec::QoS;
+
+const TABLE: &str = "mqtt.sessions";
+
+/// How long a new connection waits for the one it takes over from to finish closing.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
+
+/// A session's identity: vhost and client id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    /// The vhost.
+    pub vhost: String,
+    /// The client identifier.
+    pub client_id: String,
+}
+
+impl SessionKey {
+    fn store_key(&self) -> String {
+        format!("{}\0{}", self.vhost, self.client_id)
+    }
+
+    /// The name of the queue that holds the session's messages.
+    pub fn queue_name(&self) -> String {
+        format!("mqtt-subscription-{}", self.client_id)
+    }
+}
+
+/// What a session keeps between connections.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct SessionState {
+    /// Filters and the QoS granted for each.
+    pub subscriptions: BTreeMap<String, u8>,
+    /// Packet identifiers of deliveries not yet acknowledged, by queue position, so a
+    /// delivery resent on reconnect keeps its identifier.
+    #[serde(skip)]
+    pub outbound: HashMap<MessageSeq, u16>,
+    /// Packet identifiers whose PUBREL was sent and whose PUBCOMP has not arrived.
+    #[serde(skip)]
+    pub released: BTreeSet<u16>,
+    /// Identifiers of QoS 2 publications received whose PUBREL has not arrived: a PUBLISH
+    /// that repeats one of them is a duplicate and is not routed again.
+    #[serde(skip)]
+    pub incoming: BTreeSet<u16>,
+}
+
+impl SessionState {
+    /// The granted QoS of the subscriptions matching `topic`, highest first (None: none match).
+    pub fn granted_qos(&self, topic: &str) -> Option<QoS> {
+        self.subscriptions
+            .iter()
+            .filter(|(filter, _)| crate::topic::matches(filter, topic))
+            .filter_map(|(_, qos)| QoS::from_u8(*qos))
+            .max()
+    }
+}
+
+struct Live {
+    connection: ConnectionId,
+    kick: watch::Sender<bool>,
+    finished: watch::Receiver<bool>,
+}
+
+/// A connection's hold on a client id, given back with [`SessionRegistry::release`].
+pub struct Claim {
+    /// The session.
+    pub key: SessionKey,
+    connection: ConnectionId,
+    /// Turns true when another connection takes the session over.
+    pub kicked: watch::Receiver<bool>,
+    finished: watch::Sender<bool>,
+}
+
+/// Live sessions by client id, and saved state of persistent ones.
+pub struct SessionRegistry {
+    live: DashMap<SessionKey, Live>,
+    saved: DashMap<SessionKey, SessionState>,
+    store: Option<Arc<dyn AdapterStateStore>>,
+}
+
+impl SessionRegistry {
+    /// A registry holding the persistent sessions `store` kept.
+    pub fn new(store: Option<Arc<dyn AdapterStateStore>>) -> Self {
+        let saved = DashMap::new();
+        let records = match &store {
+            Some(store) => store.load_state(TABLE).unwrap_or_else(|error| {
+                tracing::error!(%error, "cannot load MQTT sessions");
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
+        for (key, bytes) in records {
+            let parsed = key.split_once('\0').map(|(vhost, client_id)| SessionKey {
+                vhost: vhost.to_owned(),
+                client_id: client_id.to_owned(),
+            });
+            match (parsed, serde_json::from_slice::<SessionState>(&bytes)) {
+                (Some(key), Ok(state)) => {
+                    saved.insert(key, state);
+                }
+                _ => {
+                    tracing::error!(key = %key.replace('\0', " "), "unreadable MQTT session skipped")
+                }
+            }
+        }
+        Self {
+            live: DashMap::new(),
+            saved,
+            store,
+        }
+    }
+
+    /// Takes the client id for `connection`. A connection that held it is told to close, and
+    /// this waits (a bounded time) until it has finished, so its unacknowledged deliveries are
+    /// back in the queue and its state is saved before the new connection starts.
+    pub async fn claim(&self, key: SessionKey, connection: ConnectionId) -> Claim {
+        let (kick, kicked) = watch::channel(false);
+        let (finished, finished_rx) = watch::channel(false);
+        let previous = self.live.insert(
+            key.clone(),
+            Live {
+                connection,
+                kick,
+                finished: finished_rx,
+            },
+        );
+        if let Some(mut previous) = previous {
+            tracing::info!(client_id = %key.client_id, "client id in use: taking the session over");
+            let _ = previous.kick.send(true);
+            let wait = async { previous.finished.wait_for(|done| *done).await.is_ok() };
+            if tokio::time::timeout(TAKEOVER_WAIT, wait).await.is_err() {
+                tracing::warn!(client_id = %key.client_id, "previous connection did not close in time");
+            }
+        }
+        Claim {
+            key,
+            connection,
+            kicked,
+            finished,
+        }
+    }
+
+    /// Gives the client id back (unless another connection has taken it since).
+    pub fn release(&self, claim: Claim) {
+        self.live
+            .remove_if(&claim.key, |_, live| live.connection == claim.connection);
+        let _ = claim.finished.send(true);
+    }
+
+    /// Takes the saved state of a persistent session (loaded from the store at start-up, or
+    /// left by the session's previous connection).
+    pub fn take_saved(&self, key: &SessionKey) -> Option<SessionState> {
+        self.saved.remove(key).map(|(_, state)| state)
+    }
+
+    /// Keeps `state` for the next connection of the session (in memory).
+    pub fn save(&self, key: SessionKey, state: SessionState) {
+        self.saved.insert(key, state);
+    }
+
+    /// Writes the session's subscriptions to the store.
+    pub fn persist(&self, key: &SessionKey, state: &SessionState) {
+        let Some(store) = &self.store else { return };
+        let written = serde_json::to_vec(state)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                store
+                    .put_state(TABLE, &key.store_key(), &bytes)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(error) = written {
+            tracing::error!(client_id = %key.client_id, %error, "cannot store session");
+        }
+    }
+
+    /// Forgets a session everywhere.
+    pub fn forget(&self, key: &SessionKey) {
+        self.saved.remove(key);
+        if let Some(store) = &self.store
+            && let Err(error) = store.delete_state(TABLE, &key.store_key())
+        {
+            tracing::error!(client_id = %key.client_id, %error, "cannot forget session");
+        }
+    }
+}
