@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything the tests need on a fresh machine and runs them all:
 #   - Rust: unit tests, and end-to-end tests that drive the real binary with lapin;
-#   - Python: pika tests (the six tutorials and more), in a virtualenv at .venv;
-#   - Node: an amqplib smoke test, with packages from tests/interop/node/package-lock.json.
+#   - Python: pika and paho-mqtt tests, in a virtualenv at .venv, and mosquitto_pub/sub
+#     (Debian's mosquitto-clients, installed with apt-get when missing);
+#   - Node: amqplib and MQTT.js tests, with packages from tests/interop/node/package-lock.json.
 # Usage: scripts/test.sh            (from anywhere; it works from the repository root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r tests/interop/python/requirements.txt
 
+step "mosquitto-clients (Debian)"
+if ! command -v mosquitto_pub >/dev/null || ! command -v mosquitto_sub >/dev/null; then
+  sudo_cmd=""
+  if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq mosquitto-clients >/dev/null
+fi
+
 step "Node clients (tests/interop/node)"
 (cd tests/interop/node && npm ci --no-audit --no-fund --loglevel=error)
 
@@ -26,10 +35,10 @@ export JUNCTION_BIN="$root/target/debug/junction"
 step "Rust tests (unit + end-to-end with lapin)"
 cargo test --locked --workspace
 
-step "Python tests (pika)"
+step "Python tests (pika, paho-mqtt, mosquitto clients)"
 .venv/bin/python -m pytest tests/interop/python -q
 
-step "Node tests (amqplib)"
+step "Node tests (amqplib, MQTT.js)"
 (cd tests/interop/node && npm test)
 
 step "All tests passed"

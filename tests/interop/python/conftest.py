@@ -28,6 +28,7 @@ import pika.exceptions
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
+from mqtt_clients import MqttClient
 from processes import ExampleProgram, JunctionBroker
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -148,6 +149,32 @@ def examples(broker: JunctionBroker) -> Iterator[Callable[..., ExampleProgram]]:
     yield start
     for program in started:
         program.stop()
+
+
+@pytest.fixture
+def mqtt(broker: JunctionBroker) -> Iterator[Callable[..., MqttClient]]:
+    """Makes paho clients for the shared broker (not yet connected):
+    ``mqtt(client_id, listener="mqtt", **options)``; ``listener`` names one of the broker's
+    listeners (``mqtt``, ``web-mqtt``, ``http``), or pass ``target=other_broker``. Every
+    client is stopped when the test ends."""
+    made: list[MqttClient] = []
+
+    def make(
+        client_id: str = "",
+        listener: str = "mqtt",
+        target: JunctionBroker | None = None,
+        **options,
+    ) -> MqttClient:
+        chosen = target or broker
+        if listener != "mqtt":
+            options.setdefault("transport", "websockets")
+        client = MqttClient(chosen.listeners[listener], client_id, **options)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
 
 
 # Brokers running right now, so a failing test's report can show their logs.
