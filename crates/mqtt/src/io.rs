@@ -109,6 +109,10 @@ pub async fn serve<S>(
                     }
                     continue;
                 }
+                if connection.is_blocked() {
+                    // Not reading is our choice, not the client's silence.
+                    last_packet = now;
+                }
                 let keep_alive = connection.keep_alive();
                 if keep_alive > 0 && now - last_packet > Duration::from_millis(u64::from(keep_alive) * 1500) {
                     tracing::info!(?peer, keep_alive, "MQTT keep-alive expired");

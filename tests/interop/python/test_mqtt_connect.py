@@ -1,0 +1,417 @@
+"""MQTT CONNECT end to end: the CONNACK return codes, client ids, credentials and vhosts,
+anonymous access, keep-alive and takeover.
+
+paho reports a refused CONNACK of MQTT 3.1.1 as an MQTT 5 reason code (4 "bad user name or
+password" arrives as 134, for example); ``refused(code)`` gives the value paho reports for a
+3.1.1 return code. What paho cannot send (an empty client id without a clean session, another
+protocol level) and what must not answer at all (a client that stays silent) is done with a
+raw socket and hand-built packets.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pika
+import pytest
+
+from mqtt_clients import WAIT, wait_until
+
+# ---------------------------------------------------------------------------------------------
+# Hand-built packets and a raw socket.
+
+
+def refused(code: int) -> int:
+    """The reason code paho reports for the MQTT 3.1.1 CONNACK return code ``code``."""
+    return paho.convert_connack_rc_to_reason_code(code).value
+
+
+def _length(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _string(text: str | bytes) -> bytes:
+    data = text.encode() if isinstance(text, str) else text
+    return struct.pack("!H", len(data)) + data
+
+
+def _packet(first: int, body: bytes) -> bytes:
+    return bytes([first]) + _length(len(body)) + body
+
+
+def connect_packet(
+    client_id: str,
+    *,
+    username: str | None = "guest",
+    password: str | None = "guest",
+    keep_alive: int = 60,
+    clean: bool = True,
+    protocol_name: bytes = b"MQTT",
+    level: int = 4,
+    v5_properties: bool = False,
+) -> bytes:
+    """A CONNECT; ``v5_properties`` adds the (empty) property block of an MQTT 5 CONNECT."""
+    flags = (0x02 if clean else 0) | (0x80 if username is not None else 0)
+    flags |= 0x40 if password is not None else 0
+    body = _string(protocol_name) + bytes([level, flags]) + struct.pack("!H", keep_alive)
+    if v5_properties:
+        body += b"\x00"
+    body += _string(client_id)
+    if username is not None:
+        body += _string(username)
+    if password is not None:
+        body += _string(password)
+    return _packet(0x10, body)
+
+
+class RawClient:
+    """A TCP socket speaking hand-built MQTT, reading whole packets with a deadline."""
+
+    def __init__(self, listener: tuple[str, int]) -> None:
+        self.sock = socket.create_connection(listener, timeout=WAIT)
+        self.buffer = b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self, deadline: float) -> bool:
+        """Reads more bytes; False at end of stream."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError("no packet from the broker within the deadline")
+        self.sock.settimeout(remaining)
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            raise AssertionError("no packet from the broker within the deadline") from None
+        except ConnectionResetError:
+            return False
+        self.buffer += data
+        return bool(data)
+
+    def read_packet(self, timeout: float = WAIT) -> tuple[int, bytes]:
+        """The next packet as (first byte, body)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if len(self.buffer) >= 2:
+                length, multiplier, at = 0, 1, 1
+                while at < len(self.buffer) and at <= 4:
+                    byte = self.buffer[at]
+                    length += (byte & 0x7F) * multiplier
+                    multiplier *= 128
+                    at += 1
+                    if not byte & 0x80:
+                        if len(self.buffer) >= at + length:
+                            first, body = self.buffer[0], self.buffer[at : at + length]
+                            self.buffer = self.buffer[at + length :]
+                            return first, body
+                        break
+            if not self._fill(deadline):
+                raise AssertionError(f"the broker closed the connection (unread: {self.buffer!r})")
+
+    def connect(self, client_id: str, **options) -> None:
+        self.send(connect_packet(client_id, **options))
+        assert self.read_packet() == (0x20, b"\x00\x00"), "CONNECT not accepted"
+
+    def wait_closed(self, timeout: float = 5.0) -> float:
+        """Waits until the broker closes the connection; returns when that was (monotonic)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"the broker did not close the connection within {timeout} s")
+            self.sock.settimeout(remaining)
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except ConnectionResetError:
+                return time.monotonic()
+            if not data:
+                return time.monotonic()
+            self.buffer += data
+
+
+@pytest.fixture
+def raw(broker):
+    """Opens raw TCP connections to the shared broker's MQTT listener (closed at the end)."""
+    opened: list[RawClient] = []
+
+    def open_raw(target=None) -> RawClient:
+        client = RawClient((target or broker).listeners["mqtt"])
+        opened.append(client)
+        return client
+
+    yield open_raw
+    for client in opened:
+        client.close()
+
+
+@pytest.fixture
+def amqp():
+    """Opens pika connections to a given broker; closes them when the test ends."""
+    opened: list[pika.BlockingConnection] = []
+
+    def open_connection(target, **overrides) -> pika.BlockingConnection:
+        conn = pika.BlockingConnection(target.pika_parameters(**overrides))
+        opened.append(conn)
+        return conn
+
+    yield open_connection
+    for conn in opened:
+        if conn.is_open:
+            conn.close()
+
+
+def write_config(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "junction-test.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def topic_for(names, role: str) -> str:
+    return names(role).replace("-", "/")
+
+
+def round_trip(subscriber, publisher, topic: str, payload: bytes) -> None:
+    """Subscribes, publishes at QoS 1 and asserts the subscriber gets exactly that."""
+    assert subscriber.subscribe((topic, 1)) == [1]
+    publisher.publish(topic, payload, qos=1)
+    message = subscriber.expect_message()
+    assert (message.topic, message.payload) == (topic, payload)
+
+
+# ---------------------------------------------------------------------------------------------
+# Return codes.
+
+
+@pytest.mark.parametrize(
+    "protocol_name, level",
+    [(b"MQIsdp", 3), (b"MQTT", 3), (b"MQTT", 5)],
+    ids=["MQIsdp-3", "MQTT-3", "MQTT-5"],
+)
+def test_an_unsupported_protocol_level_gets_connack_1_and_is_closed(
+    raw, names, protocol_name, level
+):
+    """MQTT 3.1 (MQIsdp level 3) and any level but 4 get CONNACK 1 (unacceptable protocol
+    version), after which the broker closes the connection [MQTT-3.1.2-2]."""
+    client = raw()
+    client.send(connect_packet(names("c"), protocol_name=protocol_name, level=level))
+    assert client.read_packet() == (0x20, b"\x00\x01")
+    client.wait_closed()
+
+
+def test_an_mqtt_5_connect_with_its_property_block_gets_connack_1(raw, names):
+    """A real MQTT 5 CONNECT (level 5 with the property block 3.1.1 does not have) is still
+    answered with CONNACK 1, not dropped: the level decides before the rest is parsed, so a
+    v5 client learns to fall back to 3.1.1 [MQTT-3.1.2-2]."""
+    client = raw()
+    client.send(connect_packet(names("c"), level=5, v5_properties=True))
+    assert client.read_packet() == (0x20, b"\x00\x01")
+    client.wait_closed()
+
+
+def test_an_empty_client_id_without_clean_session_gets_connack_2(raw):
+    """A client that sends no id must ask for a clean session; otherwise CONNACK 2
+    (identifier rejected) and the connection closes [MQTT-3.1.3-8]. (paho refuses to send
+    this, so it is a raw CONNECT.)"""
+    client = raw()
+    client.send(connect_packet("", clean=False))
+    assert client.read_packet() == (0x20, b"\x00\x02")
+    client.wait_closed()
+
+
+def test_a_wrong_password_gets_connack_4(mqtt, names):
+    """A known user with the wrong password is refused with CONNACK 4 (bad user name or
+    password)."""
+    client = mqtt(names("c"), password="not-the-password")
+    client.connect(expect=refused(4))
+    client.close()
+
+
+def test_an_unknown_user_gets_connack_4(mqtt, names):
+    """A user name the broker does not know is refused with CONNACK 4 as well."""
+    client = mqtt(names("c"), username=names("nobody"), password="guest")
+    client.connect(expect=refused(4))
+    client.close()
+
+
+def test_no_credentials_get_connack_5_when_anonymous_access_is_off(mqtt, names):
+    """With the default configuration (allow_anonymous = false) a CONNECT without a user
+    name gets CONNACK 5 (not authorised)."""
+    client = mqtt(names("c"), username=None, password=None)
+    client.connect(expect=refused(5))
+    client.close()
+
+
+def test_a_vhost_that_does_not_exist_gets_connack_5(mqtt, names):
+    """``vhost:user`` naming a vhost that does not exist: the user authenticates, but is not
+    authorised there, so CONNACK 5."""
+    client = mqtt(names("c"), username=f"{names('no-such-vhost')}:guest", password="guest")
+    client.connect(expect=refused(5))
+    client.close()
+
+
+# A vhost "devices" guest may use, and a vhost "locked" nobody has permissions on. Arrays of
+# tables replace the default's, so "/" and guest's permission there are repeated.
+VHOSTS_CONFIG = """
+[[vhosts]]
+name = "/"
+
+[[vhosts]]
+name = "devices"
+
+[[vhosts]]
+name = "locked"
+
+[[users]]
+name = "guest"
+password = "guest"
+tags = ["administrator"]
+permissions = [
+    { vhost = "/", configure = ".*", write = ".*", read = ".*" },
+    { vhost = "devices", configure = ".*", write = ".*", read = ".*" },
+]
+"""
+
+
+def test_a_vhost_the_user_may_not_access_gets_connack_5(start_broker, tmp_path, mqtt, names):
+    """``locked:guest`` names an existing vhost guest has no permissions on: CONNACK 5, while
+    the same user on a vhost it may use is accepted."""
+    private = start_broker(extra_args=["--config", write_config(tmp_path, VHOSTS_CONFIG)])
+    locked = mqtt(names("c"), target=private, username="locked:guest", password="guest")
+    locked.connect(expect=refused(5))
+    locked.close()
+    allowed = mqtt(names("c"), target=private, username="devices:guest", password="guest")
+    allowed.connect()
+
+
+def test_a_vhost_prefixed_user_name_publishes_into_that_vhost(
+    start_broker, tmp_path, mqtt, amqp, names
+):
+    """A user name ``devices:guest`` puts the session in vhost ``devices``: what it publishes
+    goes to that vhost's amq.topic (an AMQP consumer there gets it, routing key with ``/``
+    turned into ``.``) and not to the default vhost's."""
+    private = start_broker(extra_args=["--config", write_config(tmp_path, VHOSTS_CONFIG)])
+    topic = topic_for(names, "reading")
+    routing_key = topic.replace("/", ".")
+
+    def bound_queue(vhost: str):
+        channel = amqp(private, virtual_host=vhost).channel()
+        queue = channel.queue_declare("", exclusive=True).method.queue
+        channel.queue_bind(queue, "amq.topic", routing_key)
+        return channel, queue
+
+    devices_channel, devices_queue = bound_queue("devices")
+    default_channel, default_queue = bound_queue("/")
+
+    publisher = mqtt(names("pub"), target=private, username="devices:guest", password="guest")
+    publisher.connect()
+    publisher.publish(topic, b"21.5 C", qos=1)  # PUBACK: routing is done
+
+    got = []
+
+    def delivered() -> bool:
+        method, _, body = devices_channel.basic_get(devices_queue, auto_ack=True)
+        if method is not None:
+            got.append((method.routing_key, body))
+        return bool(got)
+
+    wait_until(delivered)
+    assert got == [(routing_key, b"21.5 C")]
+    # Routing happened before the PUBACK, so the default vhost's queue has had its chance.
+    assert default_channel.basic_get(default_queue, auto_ack=True)[0] is None
+
+
+def test_an_empty_client_id_with_clean_session_is_accepted_with_an_assigned_id(mqtt, names):
+    """An empty client id with a clean session is accepted; the broker assigns each such
+    client its own id, so two of them do not take each other over and both keep working."""
+    first = mqtt("")
+    second = mqtt("")
+    assert first.connect() is False
+    assert second.connect() is False
+    round_trip(first, second, topic_for(names, "t"), b"from the second")
+    round_trip(second, first, topic_for(names, "t"), b"from the first")
+    assert not first.disconnected.is_set() and not second.disconnected.is_set()
+
+
+# ---------------------------------------------------------------------------------------------
+# Anonymous access.
+
+
+def test_anonymous_clients_connect_when_allow_anonymous_is_on(start_broker, tmp_path, mqtt, names):
+    """With ``[mqtt] allow_anonymous = true`` a CONNECT without a user name logs in as the
+    anonymous user (guest) and can publish and subscribe; credentials that are given are still
+    checked (a wrong password is CONNACK 4)."""
+    config = write_config(tmp_path, "[mqtt]\nallow_anonymous = true\n")
+    private = start_broker(extra_args=["--config", config])
+    subscriber = mqtt(names("sub"), target=private, username=None, password=None)
+    publisher = mqtt(names("pub"), target=private, username=None, password=None)
+    subscriber.connect()
+    publisher.connect()
+    round_trip(subscriber, publisher, topic_for(names, "t"), b"anonymous")
+    wrong = mqtt(names("wrong"), target=private, password="not-the-password")
+    wrong.connect(expect=refused(4))
+    wrong.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Keep-alive.
+
+
+def test_a_client_that_pings_within_its_keep_alive_stays_connected(mqtt, names):
+    """A client with keep-alive 2 s that sends nothing but its PINGREQs is still connected
+    after more than twice that (the broker allows 1.5 times the interval between packets),
+    and still works."""
+    client = mqtt(names("c"))
+    client.connect(keepalive=2)
+    assert not client.disconnected.wait(5.0), "the broker closed a client that kept pinging"
+    round_trip(client, client, topic_for(names, "t"), b"still here")
+
+
+def test_a_silent_client_is_disconnected_after_one_and_a_half_keep_alives(raw, names):
+    """A client that sends CONNECT with keep-alive 1 s and then nothing is disconnected by the
+    broker once 1.5 s pass without a packet [MQTT-3.1.2-24]: not within the first second, but
+    well within five."""
+    client = raw()
+    client.connect(names("c"), keep_alive=1)
+    connected = time.monotonic()
+    client.sock.settimeout(1.0)
+    try:
+        data = client.sock.recv(1)
+    except TimeoutError:
+        pass  # still open after 1 s: as it should be
+    else:
+        raise AssertionError(f"the connection ended within 1 s of CONNACK (read {data!r})")
+    closed = client.wait_closed(timeout=5.0 - (time.monotonic() - connected))
+    assert closed - connected >= 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Takeover.
+
+
+def test_a_second_connection_with_the_same_client_id_takes_the_session_over(mqtt, names):
+    """A CONNECT with a client id that is already connected makes the broker close the first
+    connection [MQTT-3.1.4-2]; the new one is accepted and works."""
+    client_id = names("device")
+    first = mqtt(client_id)
+    first.paho.reconnect_delay_set(60, 120)  # paho would otherwise reconnect and take it back
+    first.connect()
+    second = mqtt(client_id)
+    second.connect()
+    first.wait_disconnected()
+    round_trip(second, second, topic_for(names, "t"), b"after the takeover")
+    assert not second.disconnected.is_set()
