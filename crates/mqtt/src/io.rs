@@ -18,8 +18,10 @@ use crate::settings::Mqtt;
 
 /// How long a client has to send CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Read buffer growth step.
-const READ_CHUNK: usize = 16 * 1024;
+/// The first read buffer: idle devices are most connections, so they start small.
+const READ_CHUNK_MIN: usize = 512;
+/// The largest read buffer growth step, reached by doubling when reads fill the buffer.
+const READ_CHUNK_MAX: usize = 64 * 1024;
 /// Consumer events handled before the connection writes and reads again.
 const EVENT_BATCH: usize = 512;
 
@@ -41,6 +43,7 @@ pub async fn serve<S>(
     let writer_task = tokio::spawn(write_loop(writer, out_rx));
 
     let mut buffer = BytesMut::new();
+    let mut read_chunk = READ_CHUNK_MIN;
     let started = Instant::now();
     let mut last_packet = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -62,15 +65,19 @@ pub async fn serve<S>(
         if takeover.is_none() {
             takeover = connection.takeover_signal();
         }
-        if buffer.capacity() - buffer.len() < 1024 {
-            buffer.reserve(READ_CHUNK);
+        if buffer.capacity() - buffer.len() < read_chunk / 2 {
+            buffer.reserve(read_chunk);
         }
+        let spare = buffer.capacity() - buffer.len();
         let blocked = connection.is_blocked();
         tokio::select! {
             read = reader.read_buf(&mut buffer), if !blocked => {
                 match read {
                     Ok(0) | Err(_) => break false,
-                    Ok(_) => {
+                    Ok(n) => {
+                        if n == spare {
+                            read_chunk = (read_chunk * 2).min(READ_CHUNK_MAX);
+                        }
                         last_packet = Instant::now();
                         let next = connection.on_bytes(&mut buffer).await;
                         connection.flush_queue_acks().await;

@@ -328,3 +328,6 @@ fn name(packet: &Packet) -> &'static str {
         Packet::Disconnect => "DISCONNECT",
     }
 }
+
+#[cfg(test)]
+mod tests;

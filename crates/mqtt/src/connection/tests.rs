@@ -1,0 +1,188 @@
+//! The MQTT connection state machine driven in memory: packets in, packets out, and the core
+//! observed directly (queue counts), without sockets.
+
+use bytes::Bytes;
+use junction_core::{AuthChain, Broker, BrokerConfig, ExchangeTypeRegistry, InternalUsers};
+
+use super::*;
+use crate::codec::{Connect, ConnectReturnCode, Publish, QoS};
+use crate::settings::Settings;
+
+fn broker() -> Arc<Broker> {
+    let users = InternalUsers::new();
+    users.add_user("guest", "guest", &[], &["/"]);
+    let mut auth = AuthChain::new();
+    auth.push(Arc::new(users));
+    let broker = Broker::new(
+        BrokerConfig::default(),
+        Arc::new(ExchangeTypeRegistry::with_builtins()),
+        auth,
+    );
+    broker.add_vhost("/");
+    broker
+}
+
+fn connection(mqtt: &Arc<Mqtt>) -> Connection {
+    let (sink, _events) = mpsc::unbounded_channel();
+    let (durable, _) = mpsc::unbounded_channel();
+    Connection::new(mqtt.clone(), None, sink, durable)
+}
+
+fn connect_packet(client_id: &str, username: Option<&str>) -> Packet {
+    Packet::Connect(Box::new(Connect {
+        protocol_name: "MQTT".into(),
+        protocol_level: 4,
+        clean_session: true,
+        keep_alive: 30,
+        client_id: client_id.into(),
+        will: None,
+        username: username.map(Into::into),
+        password: username.map(|_| Bytes::from_static(b"guest")),
+    }))
+}
+
+async fn feed(connection: &mut Connection, packets: &[Packet]) -> (Next, Vec<Packet>) {
+    let mut input = BytesMut::new();
+    for packet in packets {
+        codec::encode(packet, &mut input);
+    }
+    let next = connection.on_bytes(&mut input).await;
+    let mut output = BytesMut::from(&connection.take_output()[..]);
+    let mut replies = Vec::new();
+    while let Ok(Some(packet)) = codec::decode(&mut output, usize::MAX) {
+        replies.push(packet);
+    }
+    (next, replies)
+}
+
+fn publish(topic: &str, qos: QoS, id: Option<u16>) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: topic.into(),
+        packet_id: id,
+        payload: Bytes::from_static(b"reading"),
+    })
+}
+
+#[tokio::test]
+async fn a_client_without_credentials_is_refused_unless_anonymous_access_is_on() {
+    let mqtt = Mqtt::new(broker(), Settings::default(), None);
+    let (next, replies) = feed(&mut connection(&mqtt), &[connect_packet("dev", None)]).await;
+    assert_eq!(
+        replies,
+        vec![Packet::ConnAck {
+            session_present: false,
+            code: ConnectReturnCode::NotAuthorized
+        }]
+    );
+    assert_eq!(next, Next::Close { graceful: true });
+
+    let open = Settings {
+        allow_anonymous: true,
+        ..Settings::default()
+    };
+    let mqtt = Mqtt::new(broker(), open, None);
+    let (next, replies) = feed(&mut connection(&mqtt), &[connect_packet("dev", None)]).await;
+    assert_eq!(
+        replies,
+        vec![Packet::ConnAck {
+            session_present: false,
+            code: ConnectReturnCode::Accepted
+        }]
+    );
+    assert_eq!(next, Next::Continue);
+}
+
+#[tokio::test]
+async fn a_resent_qos2_publish_is_acknowledged_again_but_routed_once() {
+    let broker = broker();
+    let vhost = broker.vhost("/").expect("vhost");
+    let queue = vhost
+        .declare_queue(
+            junction_core::QueueSpec {
+                name: "readings".into(),
+                ..Default::default()
+            },
+            false,
+            false,
+            ConnectionId(0),
+        )
+        .await
+        .expect("declare")
+        .handle;
+    vhost
+        .bind_queue(
+            "readings",
+            "amq.topic",
+            "sensors.#",
+            Default::default(),
+            ConnectionId(0),
+        )
+        .expect("bind");
+    let mqtt = Mqtt::new(broker.clone(), Settings::default(), None);
+    let mut client = connection(&mqtt);
+    feed(&mut client, &[connect_packet("dev", Some("guest"))]).await;
+
+    let first = publish("sensors/a", QoS::ExactlyOnce, Some(7));
+    let (_, replies) = feed(&mut client, &[first.clone(), first]).await;
+    assert_eq!(replies, vec![Packet::PubRec(7), Packet::PubRec(7)]);
+    let (_, replies) = feed(&mut client, &[Packet::PubRel(7)]).await;
+    assert_eq!(replies, vec![Packet::PubComp(7)]);
+    assert_eq!(queue.stats().await.expect("stats").ready, 1);
+
+    // After PUBREL the identifier is free: the same id is a new message.
+    feed(
+        &mut client,
+        &[publish("sensors/a", QoS::ExactlyOnce, Some(7))],
+    )
+    .await;
+    assert_eq!(queue.stats().await.expect("stats").ready, 2);
+}
+
+#[tokio::test]
+async fn protocol_violations_close_the_connection() {
+    let mqtt = Mqtt::new(broker(), Settings::default(), None);
+    let connected = || async {
+        let mut client = connection(&mqtt);
+        feed(&mut client, &[connect_packet("dev", Some("guest"))]).await;
+        client
+    };
+    let abrupt = Next::Close { graceful: false };
+    for bad in [
+        connect_packet("dev", Some("guest")),
+        publish("a/+", QoS::AtMostOnce, None),
+        publish("a/#", QoS::AtLeastOnce, Some(1)),
+        Packet::PingResp,
+        Packet::SubAck {
+            packet_id: 1,
+            codes: vec![0],
+        },
+    ] {
+        let mut client = connected().await;
+        let (next, _) = feed(&mut client, &[bad.clone()]).await;
+        assert_eq!(next, abrupt, "{bad:?}");
+    }
+    // Anything before CONNECT.
+    let (next, _) = feed(&mut connection(&mqtt), &[Packet::PingReq]).await;
+    assert_eq!(next, abrupt);
+}
+
+#[test]
+fn owed_acks_leave_in_publish_order_once_their_messages_are_on_disk() {
+    let mut acks = OwedAcks::default();
+    let on_disk = acks.next_ticket();
+    acks.queue.push_back((Packet::PubAck(1), on_disk));
+    acks.queue.push_back((Packet::PubAck(2), 0));
+    let mut out = BytesMut::new();
+    acks.flush(&mut out);
+    assert!(out.is_empty(), "the second ack waits behind the first");
+    acks.durable_upto = on_disk;
+    acks.flush(&mut out);
+    let mut sent = Vec::new();
+    while let Ok(Some(packet)) = codec::decode(&mut out, 64) {
+        sent.push(packet);
+    }
+    assert_eq!(sent, vec![Packet::PubAck(1), Packet::PubAck(2)]);
+}
