@@ -161,7 +161,7 @@ async fn protocol_violations_close_the_connection() {
         },
     ] {
         let mut client = connected().await;
-        let (next, _) = feed(&mut client, &[bad.clone()]).await;
+        let (next, _) = feed(&mut client, std::slice::from_ref(&bad)).await;
         assert_eq!(next, abrupt, "{bad:?}");
     }
     // Anything before CONNECT.
