@@ -45,3 +45,36 @@ def test_a_blocked_publisher_is_not_read_while_a_consumer_is_served(start_broker
     assert first_seen <= 1
     assert reader.queue_declare("alarm-held", passive=True).method.message_count == 0
     consumer.close()
+
+
+def test_an_mqtt_publisher_is_not_read_during_an_alarm_while_subscribers_are_served(
+    start_broker, tmp_path
+):
+    """MQTT has no 'blocked' notice: as in RabbitMQ, a publishing MQTT connection is simply
+    not read while the alarm lasts, and a subscriber still receives what was routed."""
+    from mqtt_clients import MqttClient
+
+    config = tmp_path / "alarm.toml"
+    config.write_text("[alarms]\nmemory_high_watermark_bytes = 1\ncheck_interval_ms = 20\n")
+    broker = start_broker(extra_args=["--config", str(config)])
+    subscriber = MqttClient(broker.listeners["mqtt"], "alarm-sub")
+    publisher = MqttClient(broker.listeners["mqtt"], "alarm-pub")
+    try:
+        subscriber.connect()
+        subscriber.subscribe(("alarm/readings", 1))
+        publisher.connect()
+        # The first publication marks the connection as a publisher; it is read because the
+        # connection was not known to publish yet.
+        first = publisher.paho.publish("alarm/readings", "first", qos=1)
+        assert subscriber.expect_message().payload == b"first"
+        first.wait_for_publish(timeout=10)
+        assert first.is_published()
+        # From now on the publisher is not read: its PUBLISH is never acknowledged or routed.
+        held = publisher.paho.publish("alarm/readings", "held", qos=1)
+        subscriber.expect_no_message(within=1.5)
+        assert not held.is_published()
+        # The subscriber's connection is still served: PINGREQ/SUBSCRIBE are answered.
+        assert subscriber.subscribe(("alarm/other", 0)) == [0]
+    finally:
+        publisher.close()
+        subscriber.close()
