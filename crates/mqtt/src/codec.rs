@@ -317,6 +317,21 @@ fn parse(kind: u8, flags: u8, mut body: Bytes) -> Result<Packet, DecodeError> {
 fn parse_connect(body: &mut Bytes) -> Result<Connect, DecodeError> {
     let protocol_name = take_string(body)?;
     let protocol_level = take_u8(body)?;
+    if protocol_name != "MQTT" || protocol_level != 4 {
+        // Another version's CONNECT (MQTT 5 adds properties, 3.1 is "MQIsdp"): the rest is
+        // laid out differently, and the answer only needs the name and level (CONNACK 1).
+        body.clear();
+        return Ok(Connect {
+            protocol_name,
+            protocol_level,
+            clean_session: true,
+            keep_alive: 0,
+            client_id: String::new(),
+            will: None,
+            username: None,
+            password: None,
+        });
+    }
     let flags = take_u8(body)?;
     if flags & 1 != 0 {
         return Err(DecodeError::Malformed("CONNECT reserved flag"));
