@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use junction_core::Broker;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -41,7 +41,7 @@ pub async fn serve<S>(
     let mut alarm = broker.alarm();
     let mut connection = Connection::new(broker, settings, peer, events_tx, durable_tx);
     let (out_tx, out_rx) = mpsc::unbounded_channel::<Bytes>();
-    let writer_task = tokio::spawn(write_loop(writer, out_rx));
+    let writer_task = tokio::spawn(junction_transport::write_batches(writer, out_rx));
 
     let mut buffer = BytesMut::with_capacity(READ_CHUNK);
     let started = Instant::now();
@@ -145,26 +145,4 @@ pub async fn serve<S>(
     drop(out_tx);
     connection.cleanup().await;
     let _ = writer_task.await;
-}
-
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut writer: W,
-    mut output: mpsc::UnboundedReceiver<Bytes>,
-) {
-    let mut batch: Vec<Bytes> = Vec::new();
-    while let Some(first) = output.recv().await {
-        batch.push(first);
-        while let Ok(more) = output.try_recv() {
-            batch.push(more);
-        }
-        for chunk in batch.drain(..) {
-            if writer.write_all(&chunk).await.is_err() {
-                return;
-            }
-        }
-        if writer.flush().await.is_err() {
-            return;
-        }
-    }
-    let _ = writer.shutdown().await;
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -40,7 +40,7 @@ pub async fn serve<S>(
     let mut alarm = mqtt.broker.alarm();
     let mut connection = Connection::new(mqtt, peer, events_tx, durable_tx);
     let (out_tx, out_rx) = mpsc::unbounded_channel::<Bytes>();
-    let writer_task = tokio::spawn(write_loop(writer, out_rx));
+    let writer_task = tokio::spawn(junction_transport::write_batches(writer, out_rx));
 
     let mut buffer = BytesMut::new();
     let mut read_chunk = READ_CHUNK_MIN;
@@ -162,26 +162,4 @@ async fn wait_true(signal: &mut Option<watch::Receiver<bool>>) -> bool {
         }
         None => std::future::pending().await,
     }
-}
-
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut writer: W,
-    mut output: mpsc::UnboundedReceiver<Bytes>,
-) {
-    let mut batch: Vec<Bytes> = Vec::new();
-    while let Some(first) = output.recv().await {
-        batch.push(first);
-        while let Ok(more) = output.try_recv() {
-            batch.push(more);
-        }
-        for chunk in batch.drain(..) {
-            if writer.write_all(&chunk).await.is_err() {
-                return;
-            }
-        }
-        if writer.flush().await.is_err() {
-            return;
-        }
-    }
-    let _ = writer.shutdown().await;
 }

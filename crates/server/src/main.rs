@@ -4,6 +4,7 @@
 
 mod alarms;
 mod config;
+mod listeners;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,11 +16,9 @@ use junction_core::auth::{PasswordHash, UserRecord, VhostPermissions};
 use junction_core::{
     AuthChain, Broker, BrokerConfig, ExchangeTypeRegistry, InternalUsers, Storage,
 };
-use junction_transport::{
-    ListenAddr, WebSocketProtocol, WebSocketRoutes, accept_loop, bind_tcp, serve_websockets,
-};
+use junction_transport::{ListenAddr, WebSocketRoutes};
+use listeners::Listeners;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 /// Junction, a multi-protocol message broker.
 #[derive(Debug, Parser)]
@@ -191,7 +190,6 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
     );
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let mut tasks = JoinSet::new();
     let listeners = &config.listeners;
     let amqp = listener_addr(cli.amqp.clone(), &listeners.amqp)?;
     let mqtt_addr = listener_addr(cli.mqtt.clone(), &listeners.mqtt)?;
@@ -211,93 +209,40 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
         data_dir.clone(),
         shutdown_rx.clone(),
     ));
-    let connections = tokio_util_tracker::Tracker::default();
-    if let ListenAddr::At(addr) = amqp {
-        let listener = bind_tcp(&addr).await?;
-        let bound = listener.local_addr().context("listener has no address")?;
-        println!("listening amqp {bound}");
-        let broker = broker.clone();
-        let shutdown = shutdown_rx.clone();
-        let tracker = connections.clone();
-        tasks.spawn(accept_loop(
-            listener,
-            shutdown_rx.clone(),
-            move |stream, peer| {
-                let broker = broker.clone();
-                let settings = amqp_settings.clone();
-                let shutdown = shutdown.clone();
-                let guard = tracker.enter();
-                async move {
-                    junction_amqp::serve(stream, Some(peer), broker, settings, shutdown).await;
-                    drop(guard);
-                }
-            },
-        ));
-    }
-    if let ListenAddr::At(addr) = mqtt_addr {
-        let listener = bind_tcp(&addr).await?;
-        let bound = listener.local_addr().context("listener has no address")?;
-        println!("listening mqtt {bound}");
-        let mqtt = mqtt.clone();
-        let shutdown = shutdown_rx.clone();
-        let tracker = connections.clone();
-        tasks.spawn(accept_loop(
-            listener,
-            shutdown_rx.clone(),
-            move |stream, peer| {
-                let guard = tracker.enter();
-                let serve =
-                    junction_mqtt::serve(stream, Some(peer), mqtt.clone(), shutdown.clone());
-                async move {
-                    serve.await;
-                    drop(guard);
-                }
-            },
-        ));
-    }
-    let mqtt_over_websocket = WebSocketProtocol {
-        names: vec!["mqtt"],
-        text_output: false,
-        handler: {
-            let mqtt = mqtt.clone();
-            let shutdown = shutdown_rx.clone();
-            let tracker = connections.clone();
-            Arc::new(move |stream, peer| {
-                let guard = tracker.enter();
-                let serve =
-                    junction_mqtt::serve(stream, Some(peer), mqtt.clone(), shutdown.clone());
-                Box::pin(async move {
-                    serve.await;
-                    drop(guard);
-                })
-            })
-        },
+    let mut running = Listeners::new(shutdown_rx.clone());
+    running
+        .tcp("amqp", amqp, move |stream, peer, shutdown| {
+            junction_amqp::serve(
+                stream,
+                Some(peer),
+                broker.clone(),
+                amqp_settings.clone(),
+                shutdown,
+            )
+        })
+        .await?;
+    let over_tcp = mqtt.clone();
+    running
+        .tcp("mqtt", mqtt_addr, move |stream, peer, shutdown| {
+            junction_mqtt::serve(stream, Some(peer), over_tcp.clone(), shutdown)
+        })
+        .await?;
+    let mqtt_over_websocket =
+        running.websocket_protocol(vec!["mqtt"], false, move |stream, peer, shutdown| {
+            junction_mqtt::serve(stream, Some(peer), mqtt.clone(), shutdown)
+        });
+    let http_routes = WebSocketRoutes {
+        protocols: vec![mqtt_over_websocket.clone()],
+        fallback: None,
     };
-    for (name, addr, routes) in [
-        (
-            "http",
-            http_addr,
-            WebSocketRoutes {
-                protocols: vec![mqtt_over_websocket.clone()],
-                fallback: None,
-            },
-        ),
-        (
-            "web-mqtt",
-            web_mqtt_addr,
-            WebSocketRoutes {
-                protocols: vec![mqtt_over_websocket],
-                fallback: Some(0),
-            },
-        ),
-    ] {
-        if let ListenAddr::At(addr) = addr {
-            let listener = bind_tcp(&addr).await?;
-            let bound = listener.local_addr().context("listener has no address")?;
-            println!("listening {name} {bound}");
-            tasks.spawn(serve_websockets(listener, shutdown_rx.clone(), routes));
-        }
-    }
+    running.websocket("http", http_addr, http_routes).await?;
+    let web_mqtt_routes = WebSocketRoutes {
+        protocols: vec![mqtt_over_websocket],
+        fallback: Some(0),
+    };
+    running
+        .websocket("web-mqtt", web_mqtt_addr, web_mqtt_routes)
+        .await?;
     // Signal handlers go in before `ready`, so a SIGTERM right after it is a clean stop.
     let signals = Signals::install()?;
     println!("ready");
@@ -308,11 +253,7 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
     signals.wait().await;
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
-    while tasks.join_next().await.is_some() {}
-    if tokio::time::timeout(SHUTDOWN_GRACE, connections.idle())
-        .await
-        .is_err()
-    {
+    if !running.stopped(SHUTDOWN_GRACE).await {
         tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway");
     }
     tracing::info!("stopped");
@@ -338,44 +279,6 @@ impl Signals {
         tokio::select! {
             _ = self.terminate.recv() => {}
             _ = self.interrupt.recv() => {}
-        }
-    }
-}
-
-/// Counts live connections so shutdown can wait for them to close.
-mod tokio_util_tracker {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use tokio::sync::Notify;
-
-    #[derive(Clone, Default)]
-    pub struct Tracker(Arc<(AtomicUsize, Notify)>);
-
-    pub struct Guard(Tracker);
-
-    impl Tracker {
-        pub fn enter(&self) -> Guard {
-            self.0.0.fetch_add(1, Ordering::AcqRel);
-            Guard(self.clone())
-        }
-
-        pub async fn idle(&self) {
-            loop {
-                let notified = self.0.1.notified();
-                if self.0.0.load(Ordering::Acquire) == 0 {
-                    return;
-                }
-                notified.await;
-            }
-        }
-    }
-
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            if (self.0).0.0.fetch_sub(1, Ordering::AcqRel) == 1 {
-                (self.0).0.1.notify_waiters();
-            }
         }
     }
 }

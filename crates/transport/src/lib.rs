@@ -9,10 +9,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 mod websocket;
+mod writer;
 
 pub use websocket::{
     HandlerFuture, StreamHandler, WebSocketProtocol, WebSocketRoutes, serve_websockets,
 };
+pub use writer::write_batches;
 
 /// A listener address from the command line or configuration: `host:port`, or `off`.
 #[derive(Debug, Clone, PartialEq, Eq)]

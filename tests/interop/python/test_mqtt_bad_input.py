@@ -14,147 +14,25 @@ from __future__ import annotations
 import random
 import socket
 import struct
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from mqtt_clients import WAIT
-
-# ---------------------------------------------------------------------------------------------
-# Hand-built packets and a raw socket.
-
-
-def _length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _string(text: str | bytes) -> bytes:
-    data = text.encode() if isinstance(text, str) else text
-    return struct.pack("!H", len(data)) + data
-
-
-def packet(first: int, body: bytes = b"") -> bytes:
-    return bytes([first]) + _length(len(body)) + body
-
-
-def connect_packet(
-    client_id: str | bytes, *, flags: int = 0xC2, protocol_name: bytes = b"MQTT", tail: bytes = b""
-) -> bytes:
-    """A CONNECT from guest (user name and password flags, clean session, keep-alive 60);
-    ``tail`` replaces the user name and password when the flags say otherwise."""
-    body = _string(protocol_name) + bytes([4, flags]) + struct.pack("!H", 60) + _string(client_id)
-    body += tail if tail else _string("guest") + _string("guest")
-    return packet(0x10, body)
-
-
-def publish_packet(topic: str | bytes, payload: bytes = b"x", qos: int = 0, packet_id: int = 1):
-    body = _string(topic) + (struct.pack("!H", packet_id) if qos else b"") + payload
-    return packet(0x30 | (qos << 1), body)
-
+from mqtt_raw import (
+    connect_packet,
+    connected_publisher,
+    packet,
+    publish_packet,
+    remaining_length,
+    split_packets,
+    string,
+    subscribe_packet,
+    subscriber_on,
+)
 
 PID = b"\x00\x07"  # packet identifier 7
 SERVER_PACKET_TYPES = {2, 3, 4, 5, 6, 7, 9, 11, 13}
-
-
-def split_packets(data: bytes) -> list[tuple[int, bytes]]:
-    """Parses a stream the broker sent into (first byte, body) pairs; asserts it is whole."""
-    packets = []
-    at = 0
-    while at < len(data):
-        length, multiplier, cursor = 0, 1, at + 1
-        while True:
-            assert cursor < len(data) and cursor - at <= 4, f"bad length field in {data!r}"
-            byte = data[cursor]
-            length += (byte & 0x7F) * multiplier
-            multiplier *= 128
-            cursor += 1
-            if not byte & 0x80:
-                break
-        assert cursor + length <= len(data), f"truncated packet in {data!r}"
-        packets.append((data[at], data[cursor : cursor + length]))
-        at = cursor + length
-    return packets
-
-
-class RawClient:
-    """A TCP socket speaking hand-built MQTT."""
-
-    def __init__(self, listener: tuple[str, int]) -> None:
-        self.sock = socket.create_connection(listener, timeout=WAIT)
-        self.received = b""
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def send(self, data: bytes) -> None:
-        """Sends; a broker that already closed the connection is not an error here."""
-        try:
-            self.sock.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-
-    def read_packet(self, timeout: float = WAIT) -> tuple[int, bytes]:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                packets = split_packets(self.received)
-            except AssertionError:
-                packets = []
-            if packets:
-                first, body = packets[0]
-                self.received = self.received[len(packet(first, body)) :]
-                return first, body
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, "no packet from the broker within the deadline"
-            self.sock.settimeout(remaining)
-            data = self.sock.recv(65536)
-            assert data, f"the broker closed the connection (unread: {self.received!r})"
-            self.received += data
-
-    def connect(self, client_id: str) -> None:
-        self.send(connect_packet(client_id))
-        assert self.read_packet() == (0x20, b"\x00\x00"), "CONNECT not accepted"
-
-    def wait_closed(self, timeout: float = 5.0) -> bytes:
-        """Waits until the broker ends the connection (end of stream or reset); returns what
-        it sent meanwhile."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"the broker did not close the connection within {timeout} s")
-            self.sock.settimeout(remaining)
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            except ConnectionResetError:
-                return self.received
-            if not data:
-                return self.received
-            self.received += data
-
-
-@pytest.fixture
-def raw(broker):
-    """Opens raw TCP connections to an MQTT listener (the shared broker's unless given)."""
-    opened: list[RawClient] = []
-
-    def open_raw(target=None) -> RawClient:
-        client = RawClient((target or broker).listeners["mqtt"])
-        opened.append(client)
-        return client
-
-    yield open_raw
-    for client in opened:
-        client.close()
 
 
 @pytest.fixture
@@ -165,11 +43,8 @@ def bystanders(broker, mqtt, names):
     def connect_pair(target=None):
         chosen = target or broker
         topic = names("bystander").replace("-", "/")
-        subscriber = mqtt(names("sub"), target=chosen)
-        subscriber.connect()
-        assert subscriber.subscribe((topic, 1)) == [1]
-        publisher = mqtt(names("pub"), target=chosen)
-        publisher.connect()
+        subscriber = subscriber_on(mqtt, names, (topic, 1), target=chosen)
+        publisher = connected_publisher(mqtt, names, target=chosen)
 
         def still_fine() -> None:
             assert chosen.running, "the broker process died"
@@ -195,13 +70,13 @@ def write_config(tmp_path: Path, text: str) -> str:
 AFTER_CONNECT = {
     "second CONNECT": connect_packet("again"),
     "PUBREL with flags 0": packet(0x60, PID),
-    "SUBSCRIBE with flags 0": packet(0x80, PID + _string("a/b") + b"\x00"),
-    "UNSUBSCRIBE with flags 0": packet(0xA0, PID + _string("a/b")),
+    "SUBSCRIBE with flags 0": packet(0x80, PID + string("a/b") + b"\x00"),
+    "UNSUBSCRIBE with flags 0": packet(0xA0, PID + string("a/b")),
     "PINGREQ with flags 1": b"\xc1\x00",
     "PUBACK with flags 2": packet(0x42, PID),
     "DISCONNECT with flags 1": b"\xe1\x00",
-    "PUBLISH with QoS 3": packet(0x36, _string("a/b") + PID + b"x"),
-    "PUBLISH QoS 0 with DUP": packet(0x38, _string("a/b") + b"x"),
+    "PUBLISH with QoS 3": packet(0x36, string("a/b") + PID + b"x"),
+    "PUBLISH QoS 0 with DUP": packet(0x38, string("a/b") + b"x"),
     "PUBLISH topic invalid UTF-8": publish_packet(b"a/\xff\xfe"),
     "PUBLISH topic UTF-16 surrogate": publish_packet(b"a/\xed\xa0\x80"),
     "PUBLISH topic with U+0000": publish_packet(b"a/\x00/b"),
@@ -218,10 +93,10 @@ AFTER_CONNECT = {
     "UNSUBACK from a client": packet(0xB0, PID),
     "PINGRESP from a client": b"\xd0\x00",
     "SUBSCRIBE without filters": packet(0x82, PID),
-    "SUBSCRIBE with QoS 3": packet(0x82, PID + _string("a/b") + b"\x03"),
-    "SUBSCRIBE with reserved option bits": packet(0x82, PID + _string("a/b") + b"\x04"),
+    "SUBSCRIBE with QoS 3": packet(0x82, PID + string("a/b") + b"\x03"),
+    "SUBSCRIBE with reserved option bits": packet(0x82, PID + string("a/b") + b"\x04"),
     "SUBSCRIBE truncated inside a filter": packet(0x82, PID + b"\x00\x09a/"),
-    "SUBSCRIBE without its QoS byte": packet(0x82, PID + _string("a/b")),
+    "SUBSCRIBE without its QoS byte": packet(0x82, PID + string("a/b")),
     "UNSUBSCRIBE without filters": packet(0xA2, PID),
     "PUBACK with trailing bytes": packet(0x40, PID + b"\x00"),
     "PUBACK truncated": packet(0x40, b"\x00"),
@@ -250,25 +125,21 @@ def test_a_protocol_violation_after_connect_closes_only_that_connection(
 
 FIRST_PACKET = {
     "PUBLISH": publish_packet("a/b"),
-    "SUBSCRIBE": packet(0x82, PID + _string("a/b") + b"\x00"),
+    "SUBSCRIBE": packet(0x82, PID + string("a/b") + b"\x00"),
     "PINGREQ": b"\xc0\x00",
     "DISCONNECT": b"\xe0\x00",
     "HTTP request": b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
     "packet type 0": b"\x00\x00",
     "packet type 15": b"\xf0\x00",
     "CONNECT unknown protocol name": connect_packet("c", protocol_name=b"HTTP"),
-    "CONNECT reserved flag set": connect_packet("c", flags=0xC3),
-    "CONNECT password without user name": connect_packet("c", flags=0x42, tail=_string("x")),
-    "CONNECT will QoS 3": connect_packet(
-        "c", flags=0xDE, tail=_string("w") + _string("m") + _string("guest") + _string("guest")
-    ),
-    "CONNECT will retain without will": connect_packet("c", flags=0xE2),
-    "CONNECT will topic with #": connect_packet(
-        "c", flags=0xC6, tail=_string("w/#") + _string("m") + _string("guest") + _string("guest")
-    ),
+    "CONNECT reserved flag set": connect_packet("c", extra_flags=0x01),
+    "CONNECT password without user name": connect_packet("c", username=None, password="x"),
+    "CONNECT will QoS 3": connect_packet("c", will=("w", b"m", 3, False)),
+    "CONNECT will retain without will": connect_packet("c", extra_flags=0x20),
+    "CONNECT will topic with #": connect_packet("c", will=("w/#", b"m", 0, False)),
     "CONNECT client id invalid UTF-8": connect_packet(b"\xc3\x28"),
-    "CONNECT truncated": packet(0x10, _string("MQTT") + b"\x04\xc2\x00"),
-    "CONNECT over 64 KiB (header only)": b"\x10" + _length(70_000),
+    "CONNECT truncated": packet(0x10, string("MQTT") + b"\x04\xc2\x00"),
+    "CONNECT over 64 KiB (header only)": b"\x10" + remaining_length(70_000),
 }
 
 
@@ -325,7 +196,7 @@ def test_a_packet_larger_than_max_packet_size_closes_the_connection(
 
     header_only = raw(private)
     header_only.connect(names("header"))
-    header_only.send(b"\x30" + _length(2045))
+    header_only.send(b"\x30" + remaining_length(2045))
     assert header_only.wait_closed() == b""
 
     at_limit = raw(private)
@@ -380,8 +251,8 @@ def _fuzz_inputs(seed: int, count: int) -> list[tuple[bool, bytes]]:
         publish_packet("fuzz/a", b"hello"),
         publish_packet("fuzz/b", b"hello", qos=1),
         publish_packet("fuzz/c", b"hello", qos=2),
-        packet(0x82, PID + _string("fuzz/+") + b"\x01"),
-        packet(0xA2, PID + _string("fuzz/+")),
+        packet(0x82, PID + string("fuzz/+") + b"\x01"),
+        packet(0xA2, PID + string("fuzz/+")),
         packet(0x40, PID),
         packet(0x50, PID),
         packet(0x62, PID),
@@ -443,17 +314,15 @@ def test_an_invalid_filter_gets_suback_0x80_and_the_others_are_granted(
     second = names("two").replace("-", "/")
     client = raw()
     client.connect(names("c"))
-    filters = _string(first) + b"\x01" + _string(invalid) + b"\x00" + _string(second) + b"\x02"
-    client.send(packet(0x82, PID + filters))
+    client.send(subscribe_packet(7, (first, 1), (invalid, 0), (second, 2)))
     assert client.read_packet() == (0x90, PID + b"\x01\x80\x02")
 
-    publisher = mqtt(names("pub"))
-    publisher.connect()
+    publisher = connected_publisher(mqtt, names)
     publisher.publish(first, b"to the first")
     publisher.publish(second, b"to the second")
     received = sorted(client.read_packet() for _ in range(2))
     assert received == sorted(
-        [(0x30, _string(first) + b"to the first"), (0x30, _string(second) + b"to the second")]
+        [(0x30, string(first) + b"to the first"), (0x30, string(second) + b"to the second")]
     )
     client.send(b"\xc0\x00")  # PINGREQ: the connection is still open
     assert client.read_packet() == (0xD0, b"")

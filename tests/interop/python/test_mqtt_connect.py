@@ -10,8 +10,6 @@ raw socket and hand-built packets.
 
 from __future__ import annotations
 
-import socket
-import struct
 import time
 from pathlib import Path
 
@@ -19,144 +17,13 @@ import paho.mqtt.client as paho
 import pika
 import pytest
 
-from mqtt_clients import WAIT, wait_until
-
-# ---------------------------------------------------------------------------------------------
-# Hand-built packets and a raw socket.
+from mqtt_clients import wait_until
+from mqtt_raw import connect_packet
 
 
 def refused(code: int) -> int:
     """The reason code paho reports for the MQTT 3.1.1 CONNACK return code ``code``."""
     return paho.convert_connack_rc_to_reason_code(code).value
-
-
-def _length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _string(text: str | bytes) -> bytes:
-    data = text.encode() if isinstance(text, str) else text
-    return struct.pack("!H", len(data)) + data
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    return bytes([first]) + _length(len(body)) + body
-
-
-def connect_packet(
-    client_id: str,
-    *,
-    username: str | None = "guest",
-    password: str | None = "guest",
-    keep_alive: int = 60,
-    clean: bool = True,
-    protocol_name: bytes = b"MQTT",
-    level: int = 4,
-    v5_properties: bool = False,
-) -> bytes:
-    """A CONNECT; ``v5_properties`` adds the (empty) property block of an MQTT 5 CONNECT."""
-    flags = (0x02 if clean else 0) | (0x80 if username is not None else 0)
-    flags |= 0x40 if password is not None else 0
-    body = _string(protocol_name) + bytes([level, flags]) + struct.pack("!H", keep_alive)
-    if v5_properties:
-        body += b"\x00"
-    body += _string(client_id)
-    if username is not None:
-        body += _string(username)
-    if password is not None:
-        body += _string(password)
-    return _packet(0x10, body)
-
-
-class RawClient:
-    """A TCP socket speaking hand-built MQTT, reading whole packets with a deadline."""
-
-    def __init__(self, listener: tuple[str, int]) -> None:
-        self.sock = socket.create_connection(listener, timeout=WAIT)
-        self.buffer = b""
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def _fill(self, deadline: float) -> bool:
-        """Reads more bytes; False at end of stream."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError("no packet from the broker within the deadline")
-        self.sock.settimeout(remaining)
-        try:
-            data = self.sock.recv(65536)
-        except TimeoutError:
-            raise AssertionError("no packet from the broker within the deadline") from None
-        except ConnectionResetError:
-            return False
-        self.buffer += data
-        return bool(data)
-
-    def read_packet(self, timeout: float = WAIT) -> tuple[int, bytes]:
-        """The next packet as (first byte, body)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if len(self.buffer) >= 2:
-                length, multiplier, at = 0, 1, 1
-                while at < len(self.buffer) and at <= 4:
-                    byte = self.buffer[at]
-                    length += (byte & 0x7F) * multiplier
-                    multiplier *= 128
-                    at += 1
-                    if not byte & 0x80:
-                        if len(self.buffer) >= at + length:
-                            first, body = self.buffer[0], self.buffer[at : at + length]
-                            self.buffer = self.buffer[at + length :]
-                            return first, body
-                        break
-            if not self._fill(deadline):
-                raise AssertionError(f"the broker closed the connection (unread: {self.buffer!r})")
-
-    def connect(self, client_id: str, **options) -> None:
-        self.send(connect_packet(client_id, **options))
-        assert self.read_packet() == (0x20, b"\x00\x00"), "CONNECT not accepted"
-
-    def wait_closed(self, timeout: float = 5.0) -> float:
-        """Waits until the broker closes the connection; returns when that was (monotonic)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"the broker did not close the connection within {timeout} s")
-            self.sock.settimeout(remaining)
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            except ConnectionResetError:
-                return time.monotonic()
-            if not data:
-                return time.monotonic()
-            self.buffer += data
-
-
-@pytest.fixture
-def raw(broker):
-    """Opens raw TCP connections to the shared broker's MQTT listener (closed at the end)."""
-    opened: list[RawClient] = []
-
-    def open_raw(target=None) -> RawClient:
-        client = RawClient((target or broker).listeners["mqtt"])
-        opened.append(client)
-        return client
-
-    yield open_raw
-    for client in opened:
-        client.close()
 
 
 @pytest.fixture
@@ -228,7 +95,7 @@ def test_an_empty_client_id_without_clean_session_gets_connack_2(raw):
     (identifier rejected) and the connection closes [MQTT-3.1.3-8]. (paho refuses to send
     this, so it is a raw CONNECT.)"""
     client = raw()
-    client.send(connect_packet("", clean=False))
+    client.send(connect_packet("", clean_session=False))
     assert client.read_packet() == (0x20, b"\x00\x02")
     client.wait_closed()
 
@@ -386,7 +253,7 @@ def test_a_silent_client_is_disconnected_after_one_and_a_half_keep_alives(raw, n
     broker once 1.5 s pass without a packet [MQTT-3.1.2-24]: not within the first second, but
     well within five."""
     client = raw()
-    client.connect(names("c"), keep_alive=1)
+    client.connect(names("c"), keepalive=1)
     connected = time.monotonic()
     client.sock.settimeout(1.0)
     try:
@@ -395,8 +262,8 @@ def test_a_silent_client_is_disconnected_after_one_and_a_half_keep_alives(raw, n
         pass  # still open after 1 s: as it should be
     else:
         raise AssertionError(f"the connection ended within 1 s of CONNACK (read {data!r})")
-    closed = client.wait_closed(timeout=5.0 - (time.monotonic() - connected))
-    assert closed - connected >= 1.0
+    client.wait_closed(timeout=5.0 - (time.monotonic() - connected))
+    assert client.closed_at - connected >= 1.0
 
 
 # ---------------------------------------------------------------------------------------------

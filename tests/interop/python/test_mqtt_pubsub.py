@@ -17,22 +17,10 @@ import pika
 import pytest
 
 from mqtt_clients import WAIT
+from mqtt_raw import connected_publisher, messages_until, subscriber_on
 
 #: The SUBACK code for a refused filter.
 SUBSCRIPTION_FAILURE = 0x80
-
-
-def messages_until(client, marker_topic: str, timeout: float = WAIT) -> list:
-    """Every message ``client`` receives up to and including the first on ``marker_topic``."""
-    deadline = time.monotonic() + timeout
-    seen = []
-    while True:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"no message on {marker_topic} within {timeout} s; saw {seen}"
-        message = client.expect_message(timeout=remaining)
-        seen.append(message)
-        if message.topic == marker_topic:
-            return seen
 
 
 def amqp_get(channel, queue: str, timeout: float = WAIT):
@@ -53,11 +41,8 @@ def test_mqtt_publications_arrive_at_the_lower_of_published_and_granted_qos(
     """Publisher QoS x subscription QoS: each message is delivered once, at min(published,
     granted), in publication order."""
     topic = names("t").replace("-", "/")
-    subscriber = mqtt(names("sub"))
-    subscriber.connect()
-    assert subscriber.subscribe((topic, granted)) == [granted]
-    publisher = mqtt(names("pub"))
-    publisher.connect()
+    subscriber = subscriber_on(mqtt, names, (topic, granted))
+    publisher = connected_publisher(mqtt, names)
     for qos in (0, 1, 2):
         publisher.publish(topic, f"published at {qos}", qos=qos)
     received = [subscriber.expect_message() for _ in range(3)]
@@ -75,9 +60,7 @@ def test_amqp_publications_reach_mqtt_subscribers_at_the_qos_their_persistence_i
     receives it. Transient messages count as QoS 0, persistent ones as QoS 1, an
     x-mqtt-publish-qos header wins over both; the granted QoS caps each."""
     base = names("k1")
-    subscriber = mqtt(names("sub"))
-    subscriber.connect()
-    assert subscriber.subscribe((f"{base}/k2", granted)) == [granted]
+    subscriber = subscriber_on(mqtt, names, (f"{base}/k2", granted))
     sent = [
         (b"transient", pika.BasicProperties(delivery_mode=1), 0),
         (b"persistent", pika.BasicProperties(delivery_mode=2), 1),
@@ -111,8 +94,7 @@ def test_mqtt_publications_reach_an_amqp_queue_with_the_qos_header_and_the_body_
     base = names("x")
     queue = channel.queue_declare("", exclusive=True).method.queue
     channel.queue_bind(queue, "amq.topic", routing_key=f"{base}.*")
-    publisher = mqtt(names("pub"))
-    publisher.connect()
+    publisher = connected_publisher(mqtt, names)
     body = bytes(range(256)) + b"\x00 end"
     for qos in (0, 1, 2):
         publisher.publish(f"{base}/y", body + bytes([qos]), qos=qos)
@@ -149,11 +131,8 @@ def test_unsubscribe_stops_delivery_for_that_filter_only(mqtt, names):
     delivered, while the session's other filter still is."""
     dropped = names("dropped")
     kept = names("kept")
-    subscriber = mqtt(names("sub"))
-    subscriber.connect()
-    assert subscriber.subscribe((dropped, 1), (kept, 1)) == [1, 1]
-    publisher = mqtt(names("pub"))
-    publisher.connect()
+    subscriber = subscriber_on(mqtt, names, (dropped, 1), (kept, 1))
+    publisher = connected_publisher(mqtt, names)
     publisher.publish(dropped, "before", qos=1)
     assert subscriber.expect_message().payload == b"before"
 
@@ -178,8 +157,7 @@ def test_each_filter_of_one_subscribe_gets_its_own_suback_code(mqtt, names):
         (topics[0], 0), (topics[1], 1), (f"{topics[0]}/#/invalid", 1), (topics[2], 2)
     )
     assert codes == [0, 1, SUBSCRIPTION_FAILURE, 2]
-    publisher = mqtt(names("pub"))
-    publisher.connect()
+    publisher = connected_publisher(mqtt, names)
     for topic in topics:
         publisher.publish(topic, topic, qos=2)
     received = [subscriber.expect_message() for _ in topics]
@@ -192,17 +170,14 @@ def test_overlapping_filters_deliver_a_message_once_at_the_highest_granted_qos(m
     """`a/#` at QoS 1 and `a/+` at QoS 2 in one session: a QoS 2 message on `a/x` arrives
     once, at QoS 2; a QoS 1 message once, at QoS 1; one matching only `a/#` at QoS 1."""
     base = names("a")
-    subscriber = mqtt(names("sub"))
-    subscriber.connect()
-    assert subscriber.subscribe((f"{base}/#", 1), (f"{base}/+", 2)) == [1, 2]
-    publisher = mqtt(names("pub"))
-    publisher.connect()
+    subscriber = subscriber_on(mqtt, names, (f"{base}/#", 1), (f"{base}/+", 2))
+    publisher = connected_publisher(mqtt, names)
     publisher.publish(f"{base}/x", "qos2", qos=2)
     publisher.publish(f"{base}/x", "qos1", qos=1)
     publisher.publish(f"{base}/x/deeper", "only a/#", qos=2)
     # A QoS 2 marker: paho hands QoS 2 messages over in order, after every earlier one.
     publisher.publish(f"{base}/marker", "marker", qos=2)
-    received = messages_until(subscriber, f"{base}/marker")
+    received = messages_until(subscriber, topic=f"{base}/marker")
     assert sorted((m.topic, m.payload, m.qos) for m in received) == sorted([
         (f"{base}/x", b"qos2", 2),
         (f"{base}/x", b"qos1", 1),
@@ -230,15 +205,14 @@ def test_dollar_topics_are_matched_only_by_filters_that_do_not_start_with_a_wild
     explicit.connect()
     assert explicit.subscribe((f"${level}/#", 0)) == [0]
 
-    publisher = mqtt(names("pub"))
-    publisher.connect()
+    publisher = connected_publisher(mqtt, names)
     publisher.publish(dollar_topic, "system", qos=1)
     publisher.publish(marker_topic, "marker", qos=1)
 
     message = explicit.expect_message()
     assert (message.topic, message.payload) == (dollar_topic, b"system")
     for wildcard in (everything, plus):
-        seen = messages_until(wildcard, marker_topic)
+        seen = messages_until(wildcard, topic=marker_topic)
         assert all(not m.topic.startswith("$") for m in seen), [m.topic for m in seen]
     # The `$` message was queued before the marker, so it cannot come later; check a moment.
     for wildcard in (everything, plus):
@@ -256,11 +230,8 @@ def test_a_qos1_burst_larger_than_the_inflight_window_arrives_complete_and_in_or
     session) all arrive, in publication order, each once."""
     count = 200
     topic = names("burst")
-    subscriber = mqtt(names("sub"))
-    subscriber.connect()
-    assert subscriber.subscribe((topic, 1)) == [1]
-    publisher = mqtt(names("pub"))
-    publisher.connect()
+    subscriber = subscriber_on(mqtt, names, (topic, 1))
+    publisher = connected_publisher(mqtt, names)
     infos = [publisher.paho.publish(topic, f"{i}", qos=1) for i in range(count)]
     for info in infos:
         info.wait_for_publish(timeout=WAIT)
@@ -277,17 +248,14 @@ def test_a_qos2_burst_is_received_exactly_once(mqtt, names):
     count = 100
     topic = names("exactly")
     marker = names("marker")
-    subscriber = mqtt(names("sub"))
-    subscriber.connect()
-    assert subscriber.subscribe((topic, 2), (marker, 2)) == [2, 2]
-    publisher = mqtt(names("pub"))
-    publisher.connect()
+    subscriber = subscriber_on(mqtt, names, (topic, 2), (marker, 2))
+    publisher = connected_publisher(mqtt, names)
     infos = [publisher.paho.publish(topic, f"{i}", qos=2) for i in range(count)]
     for info in infos:
         info.wait_for_publish(timeout=WAIT)
         assert info.is_published()
     publisher.publish(marker, "end", qos=2)
-    received = messages_until(subscriber, marker)[:-1]
+    received = messages_until(subscriber, topic=marker)[:-1]
     assert len(received) == count
     assert sorted(int(m.payload) for m in received) == list(range(count))
     assert [int(m.payload) for m in received] == list(range(count)), "out of order"

@@ -3,153 +3,23 @@ client across disconnects and broker restarts, deliveries in flight are resent w
 their packet identifiers, a clean session throws the old one away, and a second connection
 with the same client id takes the session over.
 
-paho covers most of it; a bare socket client stands in where paho cannot: paho answers a
-QoS 2 PUBLISH with PUBREC at once (``manual_ack`` only holds back the PUBCOMP), so holding a
-QoS 2 delivery unacknowledged takes raw packets.
+paho covers most of it; a raw socket client (``mqtt_raw``) stands in where paho cannot: paho
+answers a QoS 2 PUBLISH with PUBREC at once (``manual_ack`` only holds back the PUBCOMP), so
+holding a QoS 2 delivery unacknowledged takes raw packets.
 """
 
 from __future__ import annotations
 
-import socket
-import time
-
 import pytest
 
-from mqtt_clients import WAIT
-
-# ---------------------------------------------------------------------------------------------
-# A bare MQTT 3.1.1 client: CONNECT, SUBSCRIBE, and the QoS 2 handshake packet by packet.
-
-CONNACK, PUBLISH, PUBREC, PUBREL, PUBCOMP, SUBACK = 2, 3, 5, 6, 7, 9
-
-
-def _string(text: str | bytes) -> bytes:
-    data = text.encode() if isinstance(text, str) else text
-    return len(data).to_bytes(2, "big") + data
-
-
-def _packet(first_byte: int, body: bytes) -> bytes:
-    length, encoded = len(body), bytearray()
-    while True:
-        digit, length = length % 128, length // 128
-        encoded.append(digit | (0x80 if length else 0))
-        if not length:
-            return bytes([first_byte]) + bytes(encoded) + body
-
-
-class RawMqtt:
-    """One MQTT connection on a plain socket; packets are read with a deadline."""
-
-    def __init__(self, listener: tuple[str, int]) -> None:
-        self.sock = socket.create_connection(listener, timeout=WAIT)
-        self.buffer = b""
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def connect(self, client_id: str, clean_session: bool) -> bool:
-        """CONNECT as guest; expects CONNACK 0 and returns session present."""
-        flags = 0xC0 | (0x02 if clean_session else 0)
-        variable = _string("MQTT") + bytes([4, flags]) + (60).to_bytes(2, "big")
-        self.send(_packet(0x10, variable + _string(client_id) + _string("guest") * 2))
-        kind, _, body = self.read_packet()
-        assert kind == CONNACK and body[1] == 0, f"CONNACK expected, got {kind} {body!r}"
-        return bool(body[0] & 1)
-
-    def subscribe(self, topic_filter: str, qos: int) -> None:
-        self.send(_packet(0x82, (1).to_bytes(2, "big") + _string(topic_filter) + bytes([qos])))
-        kind, _, body = self.read_packet()
-        assert (kind, body) == (SUBACK, b"\x00\x01" + bytes([qos])), (kind, body)
-
-    def publish_qos2(self, topic: str, payload: bytes, packet_id: int, dup: bool) -> None:
-        body = _string(topic) + packet_id.to_bytes(2, "big") + payload
-        self.send(_packet(0x34 | (0x08 if dup else 0), body))
-
-    def pubrel(self, packet_id: int) -> None:
-        self.send(_packet(0x62, packet_id.to_bytes(2, "big")))
-
-    def expect_ack(self, kind: int) -> int:
-        """The next packet, which must be of type ``kind`` (PUBREC, PUBCOMP); its id."""
-        received, _, body = self.read_packet()
-        assert received == kind, f"packet type {kind} expected, got {received}"
-        return int.from_bytes(body, "big")
-
-    def pubrec(self, packet_id: int) -> None:
-        self.send(_packet(0x50, packet_id.to_bytes(2, "big")))
-
-    def pubcomp(self, packet_id: int) -> None:
-        self.send(_packet(0x70, packet_id.to_bytes(2, "big")))
-
-    def _fill(self, needed: int, deadline: float) -> bool:
-        while len(self.buffer) < needed:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError("no packet from the broker within the deadline")
-            self.sock.settimeout(remaining)
-            try:
-                chunk = self.sock.recv(65536)
-            except socket.timeout:
-                continue
-            except ConnectionResetError:
-                chunk = b""
-            if not chunk:
-                return False
-            self.buffer += chunk
-        return True
-
-    def read_packet(self, timeout: float = WAIT) -> tuple[int, int, bytes]:
-        """(packet type, flags, body) of the next packet."""
-        deadline = time.monotonic() + timeout
-        length, multiplier, index = 0, 1, 1
-        while True:
-            assert self._fill(index + 1, deadline), "the broker closed the connection"
-            digit = self.buffer[index]
-            length += (digit & 0x7F) * multiplier
-            multiplier *= 128
-            index += 1
-            if not digit & 0x80:
-                break
-        assert self._fill(index + length, deadline), "the broker closed the connection"
-        first, body = self.buffer[0], self.buffer[index : index + length]
-        self.buffer = self.buffer[index + length :]
-        return first >> 4, first & 0x0F, body
-
-    def expect_publish(self) -> dict:
-        """The next packet, which must be a PUBLISH, decoded."""
-        kind, flags, body = self.read_packet()
-        assert kind == PUBLISH, f"PUBLISH expected, got packet type {kind}"
-        qos = (flags >> 1) & 3
-        size = int.from_bytes(body[:2], "big")
-        topic, rest = body[2 : 2 + size].decode(), body[2 + size :]
-        packet_id = None
-        if qos:
-            packet_id, rest = int.from_bytes(rest[:2], "big"), rest[2:]
-        return dict(
-            topic=topic, payload=rest, qos=qos, dup=bool(flags & 8), packet_id=packet_id
-        )
-
-    def expect_pubrel(self) -> int:
-        kind, flags, body = self.read_packet()
-        assert (kind, flags) == (PUBREL, 2), f"PUBREL expected, got packet type {kind}"
-        return int.from_bytes(body, "big")
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-@pytest.fixture
-def raw(broker):
-    """Opens bare MQTT connections to the shared broker; closes them when the test ends."""
-    opened: list[RawMqtt] = []
-
-    def open_raw() -> RawMqtt:
-        client = RawMqtt(broker.listeners["mqtt"])
-        opened.append(client)
-        return client
-
-    yield open_raw
-    for client in opened:
-        client.close()
+from mqtt_raw import (
+    PUBCOMP,
+    PUBREC,
+    PUBREL,
+    connected_publisher,
+    messages_until,
+    publish_packet,
+)
 
 
 @pytest.fixture
@@ -172,16 +42,13 @@ def persistent(mqtt, client_id: str, **options):
     return client
 
 
-def messages_until(client, payload: bytes, timeout: float = WAIT) -> list:
-    """Messages ``client`` receives up to and including the first with ``payload``."""
-    deadline = time.monotonic() + timeout
-    seen = []
-    while True:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"no message {payload!r} within {timeout} s; saw {seen}"
-        seen.append(client.expect_message(timeout=remaining))
-        if seen[-1].payload == payload:
-            return seen
+def new_session(mqtt, client_id: str, topic: str, qos: int, **options):
+    """A ``persistent`` client that starts ``client_id``'s session (CONNACK without session
+    present) and subscribes it to ``topic``, asserting ``qos`` is granted."""
+    device = persistent(mqtt, client_id, **options)
+    assert device.connect() is False
+    assert device.subscribe((topic, qos)) == [qos]
+    return device
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,13 +62,9 @@ def test_qos1_and_qos2_messages_published_while_offline_are_delivered_on_reconne
     QoS."""
     topic, client_id = names("cmd"), names("device")
     forget_sessions.append(client_id)
-    device = persistent(mqtt, client_id)
-    assert device.connect() is False
-    assert device.subscribe((topic, 2)) == [2]
-    device.disconnect()
+    new_session(mqtt, client_id, topic, 2).disconnect()
 
-    publisher = mqtt(names("pub"))
-    publisher.connect()
+    publisher = connected_publisher(mqtt, names)
     publisher.publish(topic, "at least once", qos=1)
     publisher.publish(topic, "exactly once", qos=2)
 
@@ -223,13 +86,9 @@ def test_qos0_messages_published_while_offline_wait_in_memory_for_a_persistent_s
     the broker runs: they arrive after reconnect, at QoS 0, in order."""
     topic, client_id = names("telemetry"), names("device")
     forget_sessions.append(client_id)
-    device = persistent(mqtt, client_id)
-    device.connect()
-    assert device.subscribe((topic, 1)) == [1]
-    device.disconnect()
+    new_session(mqtt, client_id, topic, 1).disconnect()
 
-    publisher = mqtt(names("pub"))
-    publisher.connect()
+    publisher = connected_publisher(mqtt, names)
     for i in range(3):
         publisher.publish(topic, f"reading {i}", qos=0)
     # QoS 0 has no acknowledgement: wait until the three are in the session's queue.
@@ -237,7 +96,7 @@ def test_qos0_messages_published_while_offline_wait_in_memory_for_a_persistent_s
 
     device = persistent(mqtt, client_id)
     assert device.connect() is True
-    received = messages_until(device, b"marker")
+    received = messages_until(device, payload=b"marker")
     assert [(m.payload, m.qos) for m in received] == [
         (b"reading 0", 0),
         (b"reading 1", 0),
@@ -253,12 +112,8 @@ def test_a_persistent_session_survives_a_broker_restart(mqtt, names, start_broke
     A publication after the restart is routed by the restored subscription."""
     first = start_broker()
     topic, client_id = names("cmd"), names("device")
-    device = persistent(mqtt, client_id, target=first)
-    device.connect()
-    assert device.subscribe((topic, 2)) == [2]
-    device.disconnect()
-    publisher = mqtt(names("pub"), target=first)
-    publisher.connect()
+    new_session(mqtt, client_id, topic, 2, target=first).disconnect()
+    publisher = connected_publisher(mqtt, names, target=first)
     publisher.publish(topic, "qos 1 before restart", qos=1)
     publisher.publish(topic, "qos 2 before restart", qos=2)
     publisher.publish(topic, "qos 0 before restart", qos=0)
@@ -266,14 +121,13 @@ def test_a_persistent_session_survives_a_broker_restart(mqtt, names, start_broke
     assert first.stop() == 0
 
     second = start_broker(data_dir=first.data_dir)
-    publisher = mqtt(names("pub"), target=second)
-    publisher.connect()
+    publisher = connected_publisher(mqtt, names, target=second)
     publisher.publish(topic, "qos 2 after restart", qos=2)
 
     device = persistent(mqtt, client_id, target=second)
     assert device.connect() is True
     # QoS 2 messages reach paho's callback in order, after anything queued before them.
-    received = messages_until(device, b"qos 2 after restart")
+    received = messages_until(device, payload=b"qos 2 after restart")
     assert sorted((m.payload, m.qos) for m in received) == [
         (b"qos 1 before restart", 1),
         (b"qos 2 after restart", 2),
@@ -288,34 +142,26 @@ def test_a_clean_session_discards_the_persistent_one(mqtt, names, forget_session
     clean_session=False connect starts afresh (session present false)."""
     topic, client_id = names("cmd"), names("device")
     forget_sessions.append(client_id)
-    device = persistent(mqtt, client_id)
-    device.connect()
-    assert device.subscribe((topic, 1)) == [1]
-    device.disconnect()
-    publisher = mqtt(names("pub"))
-    publisher.connect()
+    new_session(mqtt, client_id, topic, 1).disconnect()
+    publisher = connected_publisher(mqtt, names)
     publisher.publish(topic, "stale", qos=1)
 
-    clean = mqtt(client_id, clean_session=True)
-    assert clean.connect() is False
     marker = names("marker")
-    assert clean.subscribe((marker, 1)) == [1]
-    publisher.publish(topic, "old subscription", qos=1)
-    publisher.publish(marker, "marker", qos=1)
-    message = clean.expect_message()
-    assert (message.topic, message.payload) == (marker, b"marker")
-    clean.expect_no_message(0.3)
-    clean.disconnect()
 
-    again = persistent(mqtt, client_id)
-    assert again.connect() is False
-    assert again.subscribe((marker, 1)) == [1]
-    publisher.publish(topic, "old subscription", qos=1)
-    publisher.publish(marker, "second marker", qos=1)
-    message = again.expect_message()
-    assert (message.topic, message.payload) == (marker, b"second marker")
-    again.expect_no_message(0.3)
-    again.disconnect()
+    def starts_afresh(client, marker_payload: bytes) -> None:
+        """No session present, and of a publication on the old subscription's topic and a
+        marker on a new one, only the marker arrives."""
+        assert client.connect() is False
+        assert client.subscribe((marker, 1)) == [1]
+        publisher.publish(topic, "old subscription", qos=1)
+        publisher.publish(marker, marker_payload, qos=1)
+        message = client.expect_message()
+        assert (message.topic, message.payload) == (marker, marker_payload)
+        client.expect_no_message(0.3)
+        client.disconnect()
+
+    starts_afresh(mqtt(client_id, clean_session=True), b"marker")
+    starts_afresh(persistent(mqtt, client_id), b"second marker")
 
 
 def test_an_unacknowledged_qos1_delivery_is_resent_with_dup_and_the_same_packet_id(
@@ -326,11 +172,8 @@ def test_an_unacknowledged_qos1_delivery_is_resent_with_dup_and_the_same_packet_
     not sent a third time."""
     topic, client_id = names("cmd"), names("device")
     forget_sessions.append(client_id)
-    device = persistent(mqtt, client_id, manual_ack=True)
-    device.connect()
-    assert device.subscribe((topic, 1)) == [1]
-    publisher = mqtt(names("pub"))
-    publisher.connect()
+    device = new_session(mqtt, client_id, topic, 1, manual_ack=True)
+    publisher = connected_publisher(mqtt, names)
     publisher.publish(topic, "open valve", qos=1)
     first = device.expect_message()
     assert (first.payload, first.qos, first.dup) == (b"open valve", 1, False)
@@ -366,20 +209,19 @@ def test_an_unacknowledged_qos2_delivery_is_resent_with_dup_and_the_same_packet_
     device = raw()
     assert device.connect(client_id, clean_session=False) is False
     device.subscribe(topic, 2)
-    publisher = mqtt(names("pub"))
-    publisher.connect()
+    publisher = connected_publisher(mqtt, names)
     publisher.publish(topic, "close valve", qos=2)
     first = device.expect_publish()
-    assert (first["payload"], first["qos"], first["dup"]) == (b"close valve", 2, False)
+    assert (first.payload, first.qos, first.dup) == (b"close valve", 2, False)
     device.close()  # no PUBREC
 
     device = raw()
     assert device.connect(client_id, clean_session=False) is True
     again = device.expect_publish()
-    assert again == dict(first, dup=True)
-    device.pubrec(again["packet_id"])
-    assert device.expect_pubrel() == again["packet_id"]
-    device.pubcomp(again["packet_id"])
+    assert again == first._replace(dup=True)
+    device.send_ack(PUBREC, again.packet_id)
+    assert device.expect_ack(PUBREL) == again.packet_id
+    device.send_ack(PUBCOMP, again.packet_id)
     device.close()
 
 
@@ -394,21 +236,20 @@ def test_after_pubrec_a_qos2_delivery_is_not_resent_but_its_pubrel_is(
     device = raw()
     device.connect(client_id, clean_session=False)
     device.subscribe(topic, 2)
-    publisher = mqtt(names("pub"))
-    publisher.connect()
+    publisher = connected_publisher(mqtt, names)
     publisher.publish(topic, "once only", qos=2)
     delivery = device.expect_publish()
-    device.pubrec(delivery["packet_id"])
-    assert device.expect_pubrel() == delivery["packet_id"]
+    device.send_ack(PUBREC, delivery.packet_id)
+    assert device.expect_ack(PUBREL) == delivery.packet_id
     device.close()  # no PUBCOMP
 
     device = raw()
     assert device.connect(client_id, clean_session=False) is True
-    assert device.expect_pubrel() == delivery["packet_id"]
-    device.pubcomp(delivery["packet_id"])
+    assert device.expect_ack(PUBREL) == delivery.packet_id
+    device.send_ack(PUBCOMP, delivery.packet_id)
     publisher.publish(topic, "marker", qos=0)
     message = device.expect_publish()
-    assert (message["payload"], message["qos"]) == (b"marker", 0)
+    assert (message.payload, message.qos) == (b"marker", 0)
     device.close()
 
 
@@ -420,11 +261,8 @@ def test_a_second_connection_with_the_same_client_id_takes_the_session_over(
     delivers, and a delivery the first connection had not acknowledged is resent."""
     topic, client_id = names("cmd"), names("device")
     forget_sessions.append(client_id)
-    first = persistent(mqtt, client_id, manual_ack=True)
-    first.connect()
-    assert first.subscribe((topic, 1)) == [1]
-    publisher = mqtt(names("pub"))
-    publisher.connect()
+    first = new_session(mqtt, client_id, topic, 1, manual_ack=True)
+    publisher = connected_publisher(mqtt, names)
     publisher.publish(topic, "unacknowledged", qos=1)
     assert first.expect_message().payload == b"unacknowledged"
 
@@ -454,25 +292,25 @@ def test_a_qos2_publication_resent_by_the_client_is_routed_once(
 
     device = raw()
     device.connect(client_id, clean_session=False)
-    device.publish_qos2(topic, b"meter 42", 7, dup=False)
+    device.send(publish_packet(topic, b"meter 42", qos=2, packet_id=7))
     assert device.expect_ack(PUBREC) == 7
-    device.publish_qos2(topic, b"meter 42", 7, dup=True)
+    device.send(publish_packet(topic, b"meter 42", qos=2, packet_id=7, dup=True))
     assert device.expect_ack(PUBREC) == 7
     device.close()  # no PUBREL yet
 
     device = raw()
     assert device.connect(client_id, clean_session=False) is True
-    device.publish_qos2(topic, b"meter 42", 7, dup=True)
+    device.send(publish_packet(topic, b"meter 42", qos=2, packet_id=7, dup=True))
     assert device.expect_ack(PUBREC) == 7
-    device.pubrel(7)
+    device.send_ack(PUBREL, 7)
     assert device.expect_ack(PUBCOMP) == 7
     # The identifier is free again: a new publication with it is a new message.
-    device.publish_qos2(topic, b"meter 43", 7, dup=False)
+    device.send(publish_packet(topic, b"meter 43", qos=2, packet_id=7))
     assert device.expect_ack(PUBREC) == 7
-    device.pubrel(7)
+    device.send_ack(PUBREL, 7)
     assert device.expect_ack(PUBCOMP) == 7
     device.close()
 
-    received = messages_until(watcher, b"meter 43")
+    received = messages_until(watcher, payload=b"meter 43")
     assert [(m.payload, m.qos) for m in received] == [(b"meter 42", 2), (b"meter 43", 2)]
     watcher.expect_no_message(0.3)

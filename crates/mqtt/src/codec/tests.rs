@@ -161,11 +161,16 @@ fn malformed_input_is_named() {
 #[test]
 fn another_versions_connect_yields_its_name_and_level_only() {
     // An MQTT 5 CONNECT: a property length (0) after the keep-alive shifts what follows.
-    let v5 = [0x10, 0x0d, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 0, 0, 0];
+    let v5 = [
+        0x10, 0x0d, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 0, 0, 0,
+    ];
     let Ok(Some(Packet::Connect(connect))) = decode_bytes(&v5) else {
         panic!("an MQTT 5 CONNECT must decode far enough to be refused with CONNACK 1");
     };
-    assert_eq!((connect.protocol_name.as_str(), connect.protocol_level), ("MQTT", 5));
+    assert_eq!(
+        (connect.protocol_name.as_str(), connect.protocol_level),
+        ("MQTT", 5)
+    );
 }
 
 #[test]

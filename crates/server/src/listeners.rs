@@ -1,0 +1,162 @@
+//! Starting the listeners: each binds, prints its `listening <name> <addr>` line, and serves
+//! connections until shutdown, counted so shutdown can wait for them to close.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::Context;
+use junction_transport::{
+    ListenAddr, WebSocketProtocol, WebSocketRoutes, accept_loop, bind_tcp, serve_websockets,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+
+/// The running listeners, the shutdown signal they share and the count of open connections.
+pub struct Listeners {
+    tasks: JoinSet<()>,
+    shutdown: watch::Receiver<bool>,
+    connections: Tracker,
+}
+
+impl Listeners {
+    /// No listeners yet; `shutdown` turning true stops them all.
+    pub fn new(shutdown: watch::Receiver<bool>) -> Self {
+        Self {
+            tasks: JoinSet::new(),
+            shutdown,
+            connections: Tracker::default(),
+        }
+    }
+
+    async fn bind(name: &str, addr: &str) -> anyhow::Result<TcpListener> {
+        let listener = bind_tcp(addr).await?;
+        let bound = listener.local_addr().context("listener has no address")?;
+        println!("listening {name} {bound}");
+        Ok(listener)
+    }
+
+    /// Serves a protocol on TCP at `addr` (nothing when it is `off`). `serve` runs one
+    /// connection: stream, peer, shutdown signal.
+    pub async fn tcp<F, Fut>(
+        &mut self,
+        name: &str,
+        addr: ListenAddr,
+        serve: F,
+    ) -> anyhow::Result<()>
+    where
+        F: Fn(tokio::net::TcpStream, SocketAddr, watch::Receiver<bool>) -> Fut
+            + Send
+            + Sync
+            + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let ListenAddr::At(addr) = addr else {
+            return Ok(());
+        };
+        let listener = Self::bind(name, &addr).await?;
+        let shutdown = self.shutdown.clone();
+        let connections = self.connections.clone();
+        self.tasks.spawn(accept_loop(
+            listener,
+            self.shutdown.clone(),
+            move |stream, peer| {
+                let guard = connections.enter();
+                let connection = serve(stream, peer, shutdown.clone());
+                async move {
+                    connection.await;
+                    drop(guard);
+                }
+            },
+        ));
+        Ok(())
+    }
+
+    /// A protocol for WebSocket listeners, selected by the subprotocol `names`.
+    pub fn websocket_protocol<F, Fut>(
+        &self,
+        names: Vec<&'static str>,
+        text_output: bool,
+        serve: F,
+    ) -> WebSocketProtocol
+    where
+        F: Fn(tokio::io::DuplexStream, SocketAddr, watch::Receiver<bool>) -> Fut
+            + Send
+            + Sync
+            + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let shutdown = self.shutdown.clone();
+        let connections = self.connections.clone();
+        WebSocketProtocol {
+            names,
+            text_output,
+            handler: Arc::new(move |stream, peer| {
+                let guard = connections.enter();
+                let connection = serve(stream, peer, shutdown.clone());
+                Box::pin(async move {
+                    connection.await;
+                    drop(guard);
+                })
+            }),
+        }
+    }
+
+    /// Serves WebSocket upgrades at `/ws` on `addr` (nothing when it is `off`).
+    pub async fn websocket(
+        &mut self,
+        name: &str,
+        addr: ListenAddr,
+        routes: WebSocketRoutes,
+    ) -> anyhow::Result<()> {
+        let ListenAddr::At(addr) = addr else {
+            return Ok(());
+        };
+        let listener = Self::bind(name, &addr).await?;
+        self.tasks
+            .spawn(serve_websockets(listener, self.shutdown.clone(), routes));
+        Ok(())
+    }
+
+    /// Waits for the listeners to stop (after shutdown), then up to `grace` for connections
+    /// to close; false if some were still open.
+    pub async fn stopped(mut self, grace: std::time::Duration) -> bool {
+        while self.tasks.join_next().await.is_some() {}
+        tokio::time::timeout(grace, self.connections.idle())
+            .await
+            .is_ok()
+    }
+}
+
+/// Counts live connections so shutdown can wait for them to close.
+#[derive(Clone, Default)]
+struct Tracker(Arc<(AtomicUsize, Notify)>);
+
+struct Guard(Tracker);
+
+impl Tracker {
+    fn enter(&self) -> Guard {
+        self.0.0.fetch_add(1, Ordering::AcqRel);
+        Guard(self.clone())
+    }
+
+    async fn idle(&self) {
+        loop {
+            let notified = self.0.1.notified();
+            if self.0.0.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if (self.0).0.0.fetch_sub(1, Ordering::AcqRel) == 1 {
+            (self.0).0.1.notify_waiters();
+        }
+    }
+}
