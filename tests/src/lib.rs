@@ -40,6 +40,39 @@ pub fn temp_dir(label: &str) -> PathBuf {
     dir
 }
 
+/// Listener flags of a broker that speaks AMQP only.
+const AMQP_ONLY: &[&str] = &[
+    "--amqp",
+    "127.0.0.1:0",
+    "--mqtt",
+    "off",
+    "--stomp",
+    "off",
+    "--http",
+    "off",
+    "--web-stomp",
+    "off",
+    "--web-mqtt",
+    "off",
+];
+
+/// Listener flags of a broker that also speaks MQTT (over TCP, and over WebSocket on the HTTP
+/// and web-MQTT listeners).
+const WITH_MQTT: &[&str] = &[
+    "--amqp",
+    "127.0.0.1:0",
+    "--mqtt",
+    "127.0.0.1:0",
+    "--stomp",
+    "off",
+    "--http",
+    "127.0.0.1:0",
+    "--web-stomp",
+    "off",
+    "--web-mqtt",
+    "127.0.0.1:0",
+];
+
 /// A running broker process.
 pub struct Broker {
     child: Child,
@@ -64,6 +97,22 @@ impl Broker {
 
     /// Starts a broker on an existing data directory.
     pub fn start_in(data_dir: PathBuf, extra: &[&str]) -> Broker {
+        Self::launch(data_dir, AMQP_ONLY, extra)
+    }
+
+    /// Starts a broker with the AMQP, MQTT, HTTP and MQTT-over-WebSocket listeners, each on a
+    /// free loopback port (see [`Broker::mqtt_addr`], [`Broker::http_addr`],
+    /// [`Broker::web_mqtt_addr`]).
+    pub fn start_mqtt() -> Broker {
+        Self::start_mqtt_in(temp_dir("broker"), &[])
+    }
+
+    /// Like [`Broker::start_mqtt`], on an existing data directory and with extra arguments.
+    pub fn start_mqtt_in(data_dir: PathBuf, extra: &[&str]) -> Broker {
+        Self::launch(data_dir, WITH_MQTT, extra)
+    }
+
+    fn launch(data_dir: PathBuf, listeners: &[&str], extra: &[&str]) -> Broker {
         let bin = binary();
         assert!(
             bin.exists(),
@@ -73,9 +122,7 @@ impl Broker {
         let mut child = Command::new(&bin)
             .arg("--data-dir")
             .arg(&data_dir)
-            .args(["--amqp", "127.0.0.1:0"])
-            .args(["--mqtt", "off", "--stomp", "off", "--http", "off"])
-            .args(["--web-stomp", "off", "--web-mqtt", "off"])
+            .args(listeners)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -123,6 +170,30 @@ impl Broker {
     /// The AMQP listener's address.
     pub fn amqp_addr(&self) -> SocketAddr {
         self.listeners["amqp"]
+    }
+
+    /// The address of listener `name` (`amqp`, `mqtt`, `http`, `web-mqtt`); panics if the
+    /// broker did not open it.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        match self.listeners.get(name) {
+            Some(addr) => *addr,
+            None => panic!("the broker has no '{name}' listener (start it with start_mqtt)"),
+        }
+    }
+
+    /// The MQTT (TCP) listener's address.
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.listener("mqtt")
+    }
+
+    /// The HTTP listener's address (MQTT over WebSocket at `/ws`).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.listener("http")
+    }
+
+    /// The MQTT-over-WebSocket listener's address (path `/ws`).
+    pub fn web_mqtt_addr(&self) -> SocketAddr {
+        self.listener("web-mqtt")
     }
 
     /// An AMQP URI for guest on the default vhost.

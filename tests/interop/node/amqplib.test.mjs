@@ -1,7 +1,7 @@
 // Interop tests: amqplib (Node) against the real Junction binary.
 //
-// One broker is started for the whole file, on an ephemeral AMQP port with its
-// own data directory (the binary's contract is in DESIGN.md §6). Every test
+// One broker is started for the whole file (broker.mjs), on ephemeral ports
+// with its own data directory (the binary's contract is in DESIGN.md §6). Every test
 // names its queues and exchanges uniquely, so the tests do not see each
 // other's messages.
 //
@@ -10,89 +10,11 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
-import { createInterface } from 'node:readline';
-import { randomUUID } from 'node:crypto';
-import { fileURLToPath } from 'node:url';
 import amqp from 'amqplib';
-
-const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
-const JUNCTION_BIN = process.env.JUNCTION_BIN ?? path.join(REPO_ROOT, 'target', 'debug', 'junction');
-const STARTUP_TIMEOUT_MS = 20_000;
-const SHUTDOWN_TIMEOUT_MS = 10_000;
-const TEST_TIMEOUT_MS = 30_000;
-
-/** Rejects after `ms` with `what` in the message, unless `promise` settles first. */
-function withDeadline(promise, ms, what) {
-  let timer;
-  const deadline = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: no result within ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
-}
-
-/**
- * Starts the broker with only the AMQP listener, on port 0, and resolves with
- * `{ child, dataDir, port, stderr }` once it has printed `ready`.
- */
-async function startBroker() {
-  const dataDir = await mkdtemp(path.join(tmpdir(), 'junction-node-'));
-  const child = spawn(
-    JUNCTION_BIN,
-    ['--data-dir', dataDir, '--amqp', '127.0.0.1:0',
-      '--mqtt', 'off', '--stomp', 'off', '--http', 'off', '--web-stomp', 'off', '--web-mqtt', 'off'],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  const stderr = [];
-  child.stderr.setEncoding('utf8');
-  child.stderr.on('data', (chunk) => stderr.push(chunk));
-
-  const ready = new Promise((resolve, reject) => {
-    let port;
-    const lines = createInterface({ input: child.stdout });
-    lines.on('line', (line) => {
-      const words = line.trim().split(/\s+/);
-      if (words[0] === 'listening' && words[1] === 'amqp' && words.length === 3) {
-        port = Number(words[2].slice(words[2].lastIndexOf(':') + 1));
-      } else if (line.trim() === 'ready') {
-        if (port) resolve(port);
-        else reject(new Error('junction was ready without a "listening amqp" line'));
-      }
-    });
-    child.once('error', (err) => reject(new Error(`cannot start ${JUNCTION_BIN}: ${err.message}` +
-      ' (build it with `cargo build -p junction` or set JUNCTION_BIN)')));
-    child.once('exit', (code, sig) => reject(new Error(
-      `junction exited (${code ?? sig}) before "ready"; stderr:\n${stderr.join('')}`)));
-  });
-
-  try {
-    const port = await withDeadline(ready, STARTUP_TIMEOUT_MS, 'junction startup');
-    return { child, dataDir, port, stderr };
-  } catch (err) {
-    child.kill('SIGKILL');
-    await rm(dataDir, { recursive: true, force: true });
-    throw err;
-  }
-}
-
-/** SIGTERM, then SIGKILL if the broker has not exited within the shutdown timeout. */
-async function stopBroker({ child, dataDir }) {
-  if (child.exitCode === null && child.signalCode === null) {
-    const exited = once(child, 'exit');
-    child.kill('SIGTERM');
-    try {
-      await withDeadline(exited, SHUTDOWN_TIMEOUT_MS, 'junction shutdown');
-    } catch {
-      child.kill('SIGKILL');
-      await exited;
-    }
-  }
-  await rm(dataDir, { recursive: true, force: true });
-}
+import {
+  SHUTDOWN_TIMEOUT_MS, STARTUP_TIMEOUT_MS, TEST_TIMEOUT_MS,
+  startBroker, stopBroker, unique, withDeadline,
+} from './broker.mjs';
 
 let broker;
 let url;
@@ -103,11 +25,6 @@ async function connect() {
   const connection = await amqp.connect(url);
   connections.push(connection);
   return connection;
-}
-
-/** A name no other test (or run) uses. */
-function unique(role) {
-  return `node-${role}-${randomUUID().slice(0, 8)}`;
 }
 
 /**
