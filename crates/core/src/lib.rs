@@ -18,6 +18,7 @@ pub mod exchange;
 pub mod field;
 pub mod message;
 pub mod persistence;
+pub mod publish;
 pub mod queue;
 pub mod vhost;
 
@@ -36,6 +37,7 @@ pub use exchange::{
 pub use field::{FieldTable, FieldValue};
 pub use message::{Message, Properties};
 pub use persistence::{MessageStore, OnDurable, QueueKey, Recovered, Storage, StoredAt};
+pub use publish::Published;
 pub use queue::{
     ChannelCredit, ChannelId, ConnectionId, ConsumerEvent, ConsumerSink, ConsumerSpec, Delivery,
     GetResult, QueueHandle, QueueSpec, QueueStats,

@@ -194,6 +194,11 @@ impl VirtualHost {
         Ok(())
     }
 
+    /// The stores this vhost writes to.
+    pub(crate) fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
     /// Declares a queue, or checks that an existing one is equivalent and usable by `owner`.
     /// An empty name gets a server-generated `amq.gen-` name; so may an adapter that needs the
     /// name first (to check permissions), passing `server_named` so the reserved `amq.` prefix

@@ -21,6 +21,8 @@ pub struct Config {
     pub amqp: AmqpConfig,
     /// MQTT settings.
     pub mqtt: MqttConfig,
+    /// STOMP settings.
+    pub stomp: StompConfig,
     /// Resource alarms.
     pub alarms: AlarmsConfig,
     /// Storage policy.
@@ -78,6 +80,24 @@ pub struct MqttConfig {
     /// Unacknowledged QoS 1 and 2 deliveries per session.
     pub max_inflight: u32,
     /// Whether clients without a user name may connect (as `anonymous_user`).
+    pub allow_anonymous: bool,
+    /// The user anonymous clients log in as.
+    pub anonymous_user: String,
+    /// That user's password.
+    pub anonymous_password: String,
+}
+
+/// STOMP settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StompConfig {
+    /// Heart-beat interval offered in both directions, in milliseconds (0 = none).
+    pub heartbeat_ms: u32,
+    /// Largest frame body accepted, in bytes.
+    pub max_body_size: usize,
+    /// Largest header block accepted, in bytes.
+    pub max_header_size: usize,
+    /// Whether clients without a login may connect (as `anonymous_user`).
     pub allow_anonymous: bool,
     /// The user anonymous clients log in as.
     pub anonymous_user: String,

@@ -189,19 +189,27 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
         Some(adapter_state),
     );
 
+    let stomp_settings = Arc::new(junction_stomp::Settings {
+        limits: junction_stomp::codec::Limits {
+            max_header_bytes: config.stomp.max_header_size.max(1024),
+            max_body_bytes: config.stomp.max_body_size,
+            ..Default::default()
+        },
+        heartbeat_ms: config.stomp.heartbeat_ms,
+        allow_anonymous: config.stomp.allow_anonymous,
+        anonymous_user: config.stomp.anonymous_user.clone(),
+        anonymous_password: config.stomp.anonymous_password.clone(),
+        ..Default::default()
+    });
+
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let listeners = &config.listeners;
     let amqp = listener_addr(cli.amqp.clone(), &listeners.amqp)?;
     let mqtt_addr = listener_addr(cli.mqtt.clone(), &listeners.mqtt)?;
     let http_addr = listener_addr(cli.http.clone(), &listeners.http)?;
     let web_mqtt_addr = listener_addr(cli.web_mqtt.clone(), &listeners.web_mqtt)?;
-    // Parsed now so a typo fails at start-up; STOMP is not built yet.
-    for (flag, configured) in [
-        (cli.stomp.clone(), &listeners.stomp),
-        (cli.web_stomp.clone(), &listeners.web_stomp),
-    ] {
-        listener_addr(flag, configured)?;
-    }
+    let stomp_addr = listener_addr(cli.stomp.clone(), &listeners.stomp)?;
+    let web_stomp_addr = listener_addr(cli.web_stomp.clone(), &listeners.web_stomp)?;
 
     tokio::spawn(alarms::watch_resources(
         broker.clone(),
@@ -210,12 +218,13 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     ));
     let mut running = Listeners::new(shutdown_rx.clone());
+    let amqp_broker = broker.clone();
     running
         .tcp("amqp", amqp, move |stream, peer, shutdown| {
             junction_amqp::serve(
                 stream,
                 Some(peer),
-                broker.clone(),
+                amqp_broker.clone(),
                 amqp_settings.clone(),
                 shutdown,
             )
@@ -231,8 +240,35 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
         running.websocket_protocol(vec!["mqtt"], false, move |stream, peer, shutdown| {
             junction_mqtt::serve(stream, Some(peer), mqtt.clone(), shutdown)
         });
+    let stomp_broker = broker.clone();
+    let stomp_over_tcp = stomp_settings.clone();
+    running
+        .tcp("stomp", stomp_addr, move |stream, peer, shutdown| {
+            junction_stomp::serve(
+                stream,
+                Some(peer),
+                stomp_broker.clone(),
+                stomp_over_tcp.clone(),
+                shutdown,
+            )
+        })
+        .await?;
+    let stomp_broker = broker.clone();
+    let stomp_over_websocket = running.websocket_protocol(
+        vec!["v12.stomp", "v11.stomp", "v10.stomp"],
+        true,
+        move |stream, peer, shutdown| {
+            junction_stomp::serve(
+                stream,
+                Some(peer),
+                stomp_broker.clone(),
+                stomp_settings.clone(),
+                shutdown,
+            )
+        },
+    );
     let http_routes = WebSocketRoutes {
-        protocols: vec![mqtt_over_websocket.clone()],
+        protocols: vec![mqtt_over_websocket.clone(), stomp_over_websocket.clone()],
         fallback: None,
     };
     running.websocket("http", http_addr, http_routes).await?;
@@ -242,6 +278,13 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
     };
     running
         .websocket("web-mqtt", web_mqtt_addr, web_mqtt_routes)
+        .await?;
+    let web_stomp_routes = WebSocketRoutes {
+        protocols: vec![stomp_over_websocket],
+        fallback: Some(0),
+    };
+    running
+        .websocket("web-stomp", web_stomp_addr, web_stomp_routes)
         .await?;
     // Signal handlers go in before `ready`, so a SIGTERM right after it is a clean stop.
     let signals = Signals::install()?;

@@ -86,7 +86,8 @@ def _stop(process: subprocess.Popen, timeout: float) -> int:
 class JunctionBroker:
     """One running broker process on an ephemeral AMQP port, with its own data dir.
 
-    AMQP, MQTT and the WebSocket listeners (``http``, ``web-mqtt``) listen on ephemeral
+    AMQP, MQTT, STOMP and the WebSocket listeners (``http``, ``web-mqtt``, ``web-stomp``)
+    listen on ephemeral
     loopback ports; ``listeners`` maps each listener's name to its (host, port).
     """
 
@@ -115,11 +116,11 @@ class JunctionBroker:
             "--mqtt",
             "127.0.0.1:0",
             "--stomp",
-            "off",
+            "127.0.0.1:0",
             "--http",
             "127.0.0.1:0",
             "--web-stomp",
-            "off",
+            "127.0.0.1:0",
             "--web-mqtt",
             "127.0.0.1:0",
             *self.extra_args,

@@ -3,17 +3,12 @@
 //! the acknowledgements, which go out in order and only once a persistent message is on disk.
 //! The will is published through the same path.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
-use junction_core::{
-    FieldTable, FieldValue, Message, Permission, Properties, QueueHandle, QueueKey, ResourceKind,
-};
+use junction_core::{FieldTable, FieldValue, Message, Permission, Properties, ResourceKind};
 use tokio::sync::mpsc;
 
 use super::{Connection, Handled, Next, Session, Violation};
 use crate::codec::{LastWill, Packet, Publish, QoS};
-use crate::settings::Mqtt;
 use crate::topic;
 
 /// The header that carries the QoS a message was published with, as in RabbitMQ.
@@ -70,7 +65,6 @@ impl Connection {
         let wants_ack = publish.qos != QoS::AtMostOnce;
         let ticket = wants_ack.then(|| session.acks.next_ticket());
         let written = route(
-            &mqtt,
             session,
             &publish.topic,
             publish.qos,
@@ -110,15 +104,7 @@ impl Connection {
                 will.payload.clone(),
             );
         }
-        route(
-            &self.mqtt,
-            session,
-            &will.topic,
-            will.qos,
-            will.payload,
-            None,
-        )
-        .await;
+        route(session, &will.topic, will.qos, will.payload, None).await;
     }
 }
 
@@ -126,7 +112,6 @@ impl Connection {
 /// written to the message store reports its ticket there once on disk. Returns whether it was
 /// written (so its acknowledgement must wait).
 async fn route(
-    mqtt: &Mqtt,
     session: &Session,
     topic_name: &str,
     qos: QoS,
@@ -136,8 +121,7 @@ async fn route(
     let mut headers = FieldTable::new();
     headers.insert(PUBLISH_QOS_HEADER, FieldValue::I8(qos as i8));
     let persistent = qos != QoS::AtMostOnce;
-    let store = mqtt.broker.message_store();
-    let mut message = Message::new(
+    let message = Message::new(
         session.exchange.name.clone(),
         topic::topic_to_routing_key(topic_name),
         Properties {
@@ -147,42 +131,14 @@ async fn route(
         },
         payload,
     );
-    let mut queues = Vec::new();
+    let on_durable: Option<junction_core::OnDurable> = notify.map(|(ticket, tx)| {
+        Box::new(move || {
+            let _ = tx.send(ticket);
+        }) as junction_core::OnDurable
+    });
     session
         .vhost
-        .route(&session.exchange, &message, &mut queues);
-    let durable: Vec<QueueKey> = queues
-        .iter()
-        .filter(|q| is_durable(q))
-        .map(|q| QueueKey {
-            vhost: session.vhost.name.clone(),
-            queue: q.name().to_owned(),
-        })
-        .collect();
-    let mut stored = None;
-    if let Some(store) = store
-        && persistent
-        && !durable.is_empty()
-    {
-        let id = store.next_id();
-        message.store_id = Some(id);
-        let on_durable: Option<junction_core::OnDurable> = notify.map(|(ticket, tx)| {
-            Box::new(move || {
-                let _ = tx.send(ticket);
-            }) as junction_core::OnDurable
-        });
-        stored = store.publish(id, &durable, &message, on_durable);
-    }
-    let message = Arc::new(message);
-    for queue in &queues {
-        let _ = match stored {
-            Some(at) if is_durable(queue) => queue.publish_stored(message.clone(), at).await,
-            _ => queue.publish(message.clone()).await,
-        };
-    }
-    stored.is_some()
-}
-
-fn is_durable(queue: &QueueHandle) -> bool {
-    queue.spec().durable && !queue.spec().exclusive
+        .publish(&session.exchange, message, on_durable)
+        .await
+        .stored
 }

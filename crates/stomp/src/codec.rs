@@ -1,0 +1,340 @@
+//! The STOMP wire format: [`Frame`]s, a streaming decoder and an encoder. Pure: no I/O, no
+//! session state.
+//!
+//! [`Decoder::decode`] looks at the read buffer and either finds one whole frame (splitting it
+//! off), says more bytes are needed (`Ok(None)`), or names what is wrong. End-of-line bytes
+//! between frames are heart-beats and are skipped. A body ends at `content-length` bytes when
+//! the header is present (so it may contain NUL bytes), otherwise at the first NUL. Header
+//! values are unescaped as the negotiated version says (1.1: `\n`, `\c`, `\\`; 1.2 adds `\r`;
+//! 1.0 and CONNECT frames: none). Limits on the header block and the body are checked before
+//! the bytes are buffered whole, so an oversized frame is refused early.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// A STOMP protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Version {
+    /// STOMP 1.0.
+    V1_0,
+    /// STOMP 1.1.
+    V1_1,
+    /// STOMP 1.2.
+    V1_2,
+}
+
+impl Version {
+    /// The version's name in `accept-version` and `version` headers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Version::V1_0 => "1.0",
+            Version::V1_1 => "1.1",
+            Version::V1_2 => "1.2",
+        }
+    }
+
+    /// The highest version both sides support, from a client's `accept-version` header
+    /// (absent: 1.0).
+    pub fn negotiate(accept_version: Option<&str>) -> Option<Version> {
+        let Some(accepted) = accept_version else {
+            return Some(Version::V1_0);
+        };
+        accepted
+            .split(',')
+            .filter_map(|v| match v.trim() {
+                "1.0" => Some(Version::V1_0),
+                "1.1" => Some(Version::V1_1),
+                "1.2" => Some(Version::V1_2),
+                _ => None,
+            })
+            .max()
+    }
+}
+
+/// One STOMP frame: command, headers in order, body.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Frame {
+    /// The command (`SEND`, `MESSAGE`, ...).
+    pub command: String,
+    /// Headers in the order they came; a repeated header's first value is the one that counts.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Frame {
+    /// A frame with no headers and no body.
+    pub fn new(command: &str) -> Self {
+        Self {
+            command: command.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_owned(), value.into()));
+        self
+    }
+
+    /// The value of the first header called `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why a frame could not be decoded. The connection answers with an ERROR frame and closes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The header block or the body is larger than allowed.
+    #[error("frame too large: {0}")]
+    TooLarge(&'static str),
+    /// A header line has no colon, the command line is empty, or similar.
+    #[error("malformed frame: {0}")]
+    Malformed(&'static str),
+    /// An escape sequence the version does not define.
+    #[error("invalid header escape sequence")]
+    BadEscape,
+    /// Header text that is not UTF-8.
+    #[error("header is not valid UTF-8")]
+    BadUtf8,
+    /// `content-length` is not a number.
+    #[error("invalid content-length")]
+    BadContentLength,
+    /// The body announced by `content-length` is not followed by a NUL.
+    #[error("frame body not terminated by NUL")]
+    MissingNul,
+}
+
+/// Decoding limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The largest header block (command line and headers), in bytes.
+    pub max_header_bytes: usize,
+    /// The most headers in one frame.
+    pub max_headers: usize,
+    /// The largest body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 64 * 1024,
+            max_headers: 1000,
+            max_body_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Splits frames off a read buffer.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    /// The limits it enforces.
+    pub limits: Limits,
+    /// How header values are unescaped (None before CONNECT: no unescaping).
+    pub version: Option<Version>,
+}
+
+impl Decoder {
+    /// A decoder for a connection that has not negotiated a version yet.
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            version: None,
+        }
+    }
+
+    /// Finds one whole frame at the start of `buffer` (after any heart-beat EOLs), splits it
+    /// off and decodes it. `Ok(None)`: more bytes are needed.
+    pub fn decode(&self, buffer: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+        let leading = buffer
+            .iter()
+            .take_while(|b| **b == b'\n' || **b == b'\r')
+            .count();
+        buffer.advance(leading);
+        if buffer.is_empty() {
+            return Ok(None);
+        }
+        let Some(header_end) = find_blank_line(buffer) else {
+            if buffer.len() > self.limits.max_header_bytes {
+                return Err(DecodeError::TooLarge("header block"));
+            }
+            return Ok(None);
+        };
+        if header_end.start > self.limits.max_header_bytes {
+            return Err(DecodeError::TooLarge("header block"));
+        }
+        let head =
+            std::str::from_utf8(&buffer[..header_end.start]).map_err(|_| DecodeError::BadUtf8)?;
+        let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+        let command = lines.next().unwrap_or_default().to_owned();
+        if command.is_empty() {
+            return Err(DecodeError::Malformed("empty command line"));
+        }
+        let escaping = match command.as_str() {
+            "CONNECT" | "STOMP" | "CONNECTED" => None,
+            _ => self.version.filter(|v| *v != Version::V1_0),
+        };
+        let mut headers = Vec::new();
+        for line in lines {
+            if headers.len() == self.limits.max_headers {
+                return Err(DecodeError::TooLarge("too many headers"));
+            }
+            let Some((name, value)) = line.split_once(':') else {
+                return Err(DecodeError::Malformed("header line without ':'"));
+            };
+            let (name, value) = match escaping {
+                Some(version) => (unescape(name, version)?, unescape(value, version)?),
+                None => (name.to_owned(), value.to_owned()),
+            };
+            headers.push((name, value));
+        }
+        let body_start = header_end.end;
+        let content_length = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .map(|(_, v)| v.trim().parse::<usize>())
+            .transpose()
+            .map_err(|_| DecodeError::BadContentLength)?;
+        let body_end = match content_length {
+            Some(length) => {
+                if length > self.limits.max_body_bytes {
+                    return Err(DecodeError::TooLarge("body"));
+                }
+                let end = body_start + length;
+                match buffer.get(end) {
+                    None => return Ok(None),
+                    Some(0) => end,
+                    Some(_) => return Err(DecodeError::MissingNul),
+                }
+            }
+            None => match memchr::memchr(0, &buffer[body_start..]) {
+                Some(offset) => body_start + offset,
+                None => {
+                    if buffer.len() - body_start > self.limits.max_body_bytes {
+                        return Err(DecodeError::TooLarge("body"));
+                    }
+                    return Ok(None);
+                }
+            },
+        };
+        let mut frame_bytes = buffer.split_to(body_end + 1);
+        frame_bytes.advance(body_start);
+        frame_bytes.truncate(body_end - body_start);
+        Ok(Some(Frame {
+            command,
+            headers,
+            body: frame_bytes.freeze(),
+        }))
+    }
+}
+
+/// Where the header block ends: the blank line's start and the first body byte.
+struct HeaderEnd {
+    start: usize,
+    end: usize,
+}
+
+fn find_blank_line(buffer: &[u8]) -> Option<HeaderEnd> {
+    let mut from = 0;
+    while let Some(offset) = memchr::memchr(b'\n', &buffer[from..]) {
+        let newline = from + offset;
+        match buffer.get(newline + 1) {
+            Some(b'\n') => {
+                return Some(HeaderEnd {
+                    start: newline,
+                    end: newline + 2,
+                });
+            }
+            Some(b'\r') if buffer.get(newline + 2) == Some(&b'\n') => {
+                return Some(HeaderEnd {
+                    start: newline,
+                    end: newline + 3,
+                });
+            }
+            Some(b'\r') if newline + 2 >= buffer.len() => return None,
+            None => return None,
+            _ => from = newline + 1,
+        }
+    }
+    None
+}
+
+fn unescape(text: &str, version: Version) -> Result<String, DecodeError> {
+    if !text.contains('\\') {
+        return Ok(text.to_owned());
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('c') => out.push(':'),
+            Some('\\') => out.push('\\'),
+            Some('r') if version == Version::V1_2 => out.push('\r'),
+            _ => return Err(DecodeError::BadEscape),
+        }
+    }
+    Ok(out)
+}
+
+fn escape_into(out: &mut BytesMut, text: &str, version: Option<Version>) {
+    match version {
+        Some(Version::V1_1) | Some(Version::V1_2) => {
+            for c in text.chars() {
+                match c {
+                    '\n' => out.put_slice(b"\\n"),
+                    ':' => out.put_slice(b"\\c"),
+                    '\\' => out.put_slice(b"\\\\"),
+                    '\r' if version == Some(Version::V1_2) => out.put_slice(b"\\r"),
+                    other => {
+                        let mut utf8 = [0u8; 4];
+                        out.put_slice(other.encode_utf8(&mut utf8).as_bytes());
+                    }
+                }
+            }
+        }
+        // STOMP 1.0 has no escaping: a newline would end the header, so it is dropped.
+        _ => {
+            for piece in text.split(['\n', '\r']) {
+                out.put_slice(piece.as_bytes());
+            }
+        }
+    }
+}
+
+/// Appends `frame`'s encoding to `out`, escaping headers for `version` (None: no escaping,
+/// as for CONNECTED). A `content-length` header is added when the frame has a body and none.
+pub fn encode(frame: &Frame, version: Option<Version>, out: &mut BytesMut) {
+    out.reserve(frame.command.len() + frame.body.len() + 64);
+    out.put_slice(frame.command.as_bytes());
+    out.put_u8(b'\n');
+    let escaping = match frame.command.as_str() {
+        "CONNECTED" | "CONNECT" | "STOMP" => None,
+        _ => version,
+    };
+    for (name, value) in &frame.headers {
+        escape_into(out, name, escaping);
+        out.put_u8(b':');
+        escape_into(out, value, escaping);
+        out.put_u8(b'\n');
+    }
+    if !frame.body.is_empty() && frame.get("content-length").is_none() {
+        out.put_slice(b"content-length:");
+        out.put_slice(frame.body.len().to_string().as_bytes());
+        out.put_u8(b'\n');
+    }
+    out.put_u8(b'\n');
+    out.put_slice(&frame.body);
+    out.put_u8(0);
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,132 @@
+//! MESSAGE frames out and ACK/NACK in. In `client` mode an ACK settles every message of the
+//! subscription up to and including the one named (cumulative); in `client-individual` mode
+//! only that one. NACK requeues (RabbitMQ's default) unless it says `requeue:false`. STOMP 1.2
+//! names a message by the MESSAGE's `ack` header (sent back as `id`); 1.0 and 1.1 by its
+//! `message-id`.
+
+use junction_core::Delivery;
+
+use super::{AckMode, Connection, Handled, Refusal, Unacked};
+use crate::codec::{self, Frame, Version};
+use crate::destination::Destination;
+use crate::headers;
+
+impl Connection {
+    pub(super) fn deliver(&mut self, delivery: Delivery) {
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        let Some(subscription) = session.subscriptions.get(&delivery.consumer_tag) else {
+            if delivery.needs_ack {
+                self.queue_acks.push((delivery.queue, delivery.seq));
+            }
+            return;
+        };
+        session.next_message += 1;
+        let number = session.next_message;
+        let message = &delivery.message;
+        let destination = if subscription.destination.starts_with("/temp-queue/") {
+            subscription.destination.clone()
+        } else {
+            Destination::for_message(&message.exchange, &message.routing_key)
+        };
+        let mut frame = Frame::new("MESSAGE")
+            .header("subscription", delivery.consumer_tag.to_string())
+            .header("destination", destination)
+            .header("message-id", number.to_string());
+        if session.version == Version::V1_2 && subscription.ack != AckMode::Auto {
+            frame = frame.header("ack", number.to_string());
+        }
+        if delivery.redelivered {
+            frame = frame.header("redelivered", "true");
+        }
+        frame = headers::add_property_headers(frame, &message.properties);
+        frame.body = message.body.clone();
+        if frame.body.is_empty() {
+            frame = frame.header("content-length", "0");
+        }
+        codec::encode(&frame, Some(session.version), &mut self.out);
+        if delivery.needs_ack {
+            session.unacked.insert(
+                number,
+                Unacked {
+                    subscription: delivery.consumer_tag,
+                    queue: delivery.queue,
+                    seq: delivery.seq,
+                },
+            );
+        }
+    }
+
+    pub(super) async fn on_ack(&mut self, frame: &Frame, nack: bool) -> Handled {
+        let command = if nack { "NACK" } else { "ACK" };
+        let session = self.session_mut()?;
+        let (preferred, other) = match session.version {
+            Version::V1_2 => ("id", "message-id"),
+            _ => ("message-id", "id"),
+        };
+        let Some(text) = frame.get(preferred).or_else(|| frame.get(other)) else {
+            return Err(Refusal::missing_header(command, preferred));
+        };
+        if let Some(transaction) = frame.get("transaction") {
+            let Some(pending) = session.transactions.get_mut(transaction) else {
+                return Err(Refusal::new(
+                    "Invalid transaction",
+                    format!("transaction '{transaction}' was not begun"),
+                ));
+            };
+            pending.push(frame.clone());
+            return Ok(());
+        }
+        let Ok(number) = text.trim().parse::<u64>() else {
+            return Err(Refusal::new(
+                "Invalid message id",
+                format!("'{text}' names no message of this connection"),
+            ));
+        };
+        let Some(named) = session.unacked.get(&number) else {
+            tracing::debug!(number, "{command} for a message not awaiting one; ignored");
+            return Ok(());
+        };
+        let subscription = named.subscription.clone();
+        let cumulative = session
+            .subscriptions
+            .get(&subscription)
+            .is_some_and(|s| s.ack == AckMode::Client);
+        let numbers: Vec<u64> = if cumulative {
+            session
+                .unacked
+                .range(..=number)
+                .filter(|(_, u)| u.subscription == subscription)
+                .map(|(n, _)| *n)
+                .collect()
+        } else {
+            vec![number]
+        };
+        let mut settled: Vec<Unacked> = numbers
+            .iter()
+            .filter_map(|n| session.unacked.remove(n))
+            .collect();
+        let requeue = frame.get("requeue") != Some("false");
+        let channel = session.channel;
+        while let Some(first) = settled.first() {
+            let queue = first.queue.clone();
+            let (same, rest): (Vec<_>, Vec<_>) =
+                settled.into_iter().partition(|u| u.queue.same(&queue));
+            let seqs = same.into_iter().map(|u| u.seq).collect();
+            if nack {
+                queue.reject(channel, seqs, requeue).await;
+            } else {
+                queue.ack(channel, seqs).await;
+            }
+            settled = rest;
+        }
+        Ok(())
+    }
+}
+
+/// The frame without its `transaction` header, as it is replayed on COMMIT.
+pub(super) fn outside_transaction(mut frame: Frame) -> Frame {
+    frame.headers.retain(|(name, _)| name != "transaction");
+    frame
+}

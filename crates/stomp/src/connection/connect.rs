@@ -1,0 +1,121 @@
+//! CONNECT and STOMP: version negotiation, heart-beats, login/passcode through the `AuthChain`,
+//! and the `host` header naming the vhost. Many clients send the machine's host name there;
+//! a host that names no vhost falls back to the default vhost (logged), instead of refusing.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use junction_core::{ChannelId, LoginRequest};
+
+use super::{Connection, Handled, Refusal, Session};
+use crate::codec::{self, Frame, Version};
+
+impl Connection {
+    pub(super) async fn on_connect(&mut self, frame: Frame) -> Handled {
+        let Some(version) = Version::negotiate(frame.get("accept-version")) else {
+            return Err(Refusal::new(
+                "Supported protocol versions are 1.0,1.1,1.2",
+                format!(
+                    "the client accepts '{}' only",
+                    frame.get("accept-version").unwrap_or_default()
+                ),
+            ));
+        };
+        let settings = self.settings.clone();
+        let (login, passcode) = match (frame.get("login"), frame.get("passcode")) {
+            (Some(login), passcode) => (login.to_owned(), passcode.unwrap_or_default().to_owned()),
+            (None, _) if settings.allow_anonymous => (
+                settings.anonymous_user.clone(),
+                settings.anonymous_password.clone(),
+            ),
+            (None, _) => {
+                return Err(Refusal::new(
+                    "Bad CONNECT",
+                    "a login and passcode are required",
+                ));
+            }
+        };
+        let principal = self
+            .broker
+            .auth()
+            .authenticate(&LoginRequest {
+                username: &login,
+                password: &passcode,
+                peer: self.peer.map(|p| p.ip()),
+            })
+            .map_err(|reason| {
+                Refusal::new("Bad CONNECT", format!("Authentication failure: {reason}"))
+            })?;
+        let default_vhost = self.broker.config().default_vhost.clone();
+        let vhost_name = match frame.get("host") {
+            Some(host) if self.broker.vhost(host).is_ok() => host.to_owned(),
+            Some(host) => {
+                tracing::info!(host, vhost = %default_vhost, "STOMP host header names no vhost; using the default vhost");
+                default_vhost
+            }
+            None => default_vhost,
+        };
+        let vhost = self.broker.vhost(&vhost_name).map_err(Refusal::from)?;
+        if !principal.check_vhost(&vhost_name) {
+            return Err(Refusal::new(
+                "Bad CONNECT",
+                format!(
+                    "user '{}' has no access to vhost '{vhost_name}'",
+                    principal.user.name
+                ),
+            ));
+        }
+        let (client_sends, client_wants) = parse_heartbeat(frame.get("heart-beat"))
+            .ok_or_else(|| Refusal::new("Bad CONNECT", "invalid heart-beat header"))?;
+        let ours = u64::from(settings.heartbeat_ms);
+        let send_every = if ours == 0 || client_wants == 0 {
+            0
+        } else {
+            ours.max(client_wants)
+        };
+        let expect_every = if ours == 0 || client_sends == 0 {
+            0
+        } else {
+            ours.max(client_sends)
+        };
+        self.heartbeat = (send_every, expect_every);
+        self.decoder.version = Some(version);
+        let session_id = format!("session-{}", self.id.0);
+        self.session = Some(Session {
+            vhost,
+            principal,
+            version,
+            channel: ChannelId {
+                connection: self.id,
+                number: 0,
+                generation: 0,
+            },
+            subscriptions: HashMap::new(),
+            unacked: BTreeMap::new(),
+            next_message: 0,
+            transactions: HashMap::new(),
+            temp_queues: HashMap::new(),
+            permissions: HashMap::new(),
+            receipts: VecDeque::new(),
+            next_ticket: 0,
+            durable_upto: 0,
+        });
+        let mut connected = Frame::new("CONNECTED")
+            .header("version", version.as_str())
+            .header("server", settings.server.clone())
+            .header("session", session_id);
+        if version != Version::V1_0 {
+            connected = connected.header("heart-beat", format!("{ours},{ours}"));
+        }
+        codec::encode(&connected, Some(version), &mut self.out);
+        Ok(())
+    }
+}
+
+/// `cx,cy` from a heart-beat header (absent: `0,0`).
+fn parse_heartbeat(header: Option<&str>) -> Option<(u64, u64)> {
+    let Some(text) = header else {
+        return Some((0, 0));
+    };
+    let (sends, wants) = text.split_once(',')?;
+    Some((sends.trim().parse().ok()?, wants.trim().parse().ok()?))
+}

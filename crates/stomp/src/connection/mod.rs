@@ -1,0 +1,414 @@
+//! One STOMP connection's state machine. It is fed decoded frames, consumer events and
+//! durability notices, calls the core, and leaves encoded frames in its output buffer; it does
+//! no I/O (the driver in `io.rs` moves the bytes and keeps the heart-beat timers).
+//!
+//! - `connect.rs`: CONNECT/STOMP, version and heart-beat negotiation, authentication.
+//! - `send.rs`: SEND (destinations, properties, persistence, temporary reply queues).
+//! - `subscribe.rs`: SUBSCRIBE/UNSUBSCRIBE and the queues behind them.
+//! - `ack.rs`: MESSAGE frames out, ACK/NACK in (auto, client, client-individual).
+//! - `tx.rs`: BEGIN/COMMIT/ABORT.
+//!
+//! Every refusal is an ERROR frame with a `message` header and a readable body, after which the
+//! connection closes.
+
+mod ack;
+mod connect;
+mod send;
+mod subscribe;
+mod tx;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use junction_core::queue::MessageSeq;
+use junction_core::{
+    Broker, ChannelId, ConnectionId, ConsumerEvent, ConsumerSink, CoreError, Permission, Principal,
+    QueueHandle, ResourceKind, VirtualHost,
+};
+use tokio::sync::mpsc;
+
+use crate::codec::{self, Decoder, Frame, Version};
+use crate::settings::Settings;
+
+/// What the driver does after handing the connection some input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Keep going.
+    Continue,
+    /// Write what is pending, then close.
+    Close,
+}
+
+/// A refusal: the ERROR frame's `message` header and body.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    message: String,
+    detail: String,
+}
+
+impl Refusal {
+    pub(crate) fn new(message: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            detail: detail.into(),
+        }
+    }
+
+    fn missing_header(command: &str, header: &str) -> Self {
+        Self::new(
+            "Missing header",
+            format!("{command} frames need a '{header}' header."),
+        )
+    }
+}
+
+impl From<CoreError> for Refusal {
+    fn from(error: CoreError) -> Self {
+        use junction_core::ErrorKind;
+        let message = match error.kind {
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::AccessRefused => "access_refused",
+            ErrorKind::PreconditionFailed => "precondition_failed",
+            ErrorKind::ResourceLocked => "resource_locked",
+            _ => "internal_error",
+        };
+        Refusal::new(message, error.message)
+    }
+}
+
+type Handled = Result<(), Refusal>;
+
+/// How a subscription's messages are acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AckMode {
+    Auto,
+    Client,
+    ClientIndividual,
+}
+
+/// One SUBSCRIBE.
+struct Subscription {
+    queue: QueueHandle,
+    ack: AckMode,
+    destination: String,
+}
+
+/// A MESSAGE sent and not yet acknowledged.
+struct Unacked {
+    subscription: Arc<str>,
+    queue: QueueHandle,
+    seq: MessageSeq,
+}
+
+/// An open session: what CONNECT established.
+struct Session {
+    vhost: Arc<VirtualHost>,
+    principal: Principal,
+    version: Version,
+    channel: ChannelId,
+    subscriptions: HashMap<Arc<str>, Subscription>,
+    unacked: BTreeMap<u64, Unacked>,
+    next_message: u64,
+    transactions: HashMap<String, Vec<Frame>>,
+    temp_queues: HashMap<String, QueueHandle>,
+    permissions: HashMap<(ResourceKind, Permission, String), bool>,
+    receipts: VecDeque<(Frame, u64)>,
+    next_ticket: u64,
+    durable_upto: u64,
+}
+
+impl Session {
+    fn authorize(&mut self, kind: ResourceKind, name: &str, permission: Permission) -> Handled {
+        let key = (kind, permission, name.to_owned());
+        let allowed = match self.permissions.get(&key) {
+            Some(allowed) => *allowed,
+            None => {
+                let allowed =
+                    self.principal
+                        .check_resource(&self.vhost.name, kind, name, permission);
+                self.permissions.insert(key, allowed);
+                allowed
+            }
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(Refusal::new(
+                "access_refused",
+                format!(
+                    "access to {} '{name}' in vhost '{}' refused for user '{}'",
+                    kind.as_str(),
+                    self.vhost.name,
+                    self.principal.user.name
+                ),
+            ))
+        }
+    }
+
+    fn next_ticket(&mut self) -> u64 {
+        self.next_ticket += 1;
+        self.next_ticket
+    }
+
+    /// Moves every receipt that may go now into `out`.
+    fn flush_receipts(&mut self, out: &mut BytesMut) {
+        while let Some((_, ticket)) = self.receipts.front() {
+            if *ticket > self.durable_upto {
+                break;
+            }
+            if let Some((frame, _)) = self.receipts.pop_front() {
+                codec::encode(&frame, Some(self.version), out);
+            }
+        }
+    }
+}
+
+/// One STOMP connection.
+pub(crate) struct Connection {
+    broker: Arc<Broker>,
+    settings: Arc<Settings>,
+    id: ConnectionId,
+    peer: Option<SocketAddr>,
+    out: BytesMut,
+    decoder: Decoder,
+    sink: ConsumerSink,
+    durable: mpsc::UnboundedSender<u64>,
+    session: Option<Session>,
+    /// Negotiated heart-beats in milliseconds: (server sends, server expects).
+    pub(crate) heartbeat: (u64, u64),
+    has_published: bool,
+    alarm: bool,
+    /// Queue acknowledgements collected while handling events, sent once per batch.
+    queue_acks: Vec<(QueueHandle, MessageSeq)>,
+}
+
+impl Connection {
+    /// A connection that has not sent CONNECT yet.
+    pub(crate) fn new(
+        broker: Arc<Broker>,
+        settings: Arc<Settings>,
+        peer: Option<SocketAddr>,
+        sink: ConsumerSink,
+        durable: mpsc::UnboundedSender<u64>,
+    ) -> Self {
+        let id = broker.next_connection_id();
+        let decoder = Decoder::new(settings.limits);
+        Self {
+            broker,
+            settings,
+            id,
+            peer,
+            out: BytesMut::new(),
+            decoder,
+            sink,
+            durable,
+            session: None,
+            heartbeat: (0, 0),
+            has_published: false,
+            alarm: false,
+            queue_acks: Vec::new(),
+        }
+    }
+
+    /// Whether CONNECT has been accepted.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.session.is_some()
+    }
+
+    /// Records the broker's resource alarm.
+    pub(crate) fn set_alarm(&mut self, alarm: Option<String>) {
+        self.alarm = alarm.is_some();
+    }
+
+    /// Publishers are not read while a resource alarm is raised.
+    pub(crate) fn is_blocked(&self) -> bool {
+        self.alarm && self.has_published
+    }
+
+    /// Whether there are bytes to write.
+    pub(crate) fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Takes the bytes to write.
+    pub(crate) fn take_output(&mut self) -> Bytes {
+        self.out.split().freeze()
+    }
+
+    /// Queues a heart-beat (an end of line).
+    pub(crate) fn send_heartbeat(&mut self) {
+        self.out.extend_from_slice(b"\n");
+    }
+
+    /// Handles every whole frame in `buffer`.
+    pub(crate) async fn on_bytes(&mut self, buffer: &mut BytesMut) -> Next {
+        loop {
+            let frame = match self.decoder.decode(buffer) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Next::Continue,
+                Err(error) => {
+                    let message = match error {
+                        codec::DecodeError::TooLarge(_) => "Frame too large",
+                        _ => "Malformed frame",
+                    };
+                    self.refuse(None, Refusal::new(message, error.to_string()));
+                    return Next::Close;
+                }
+            };
+            let receipt = frame.get("receipt").map(str::to_owned);
+            match self.on_frame(frame).await {
+                Ok(Next::Continue) => {}
+                Ok(Next::Close) => return Next::Close,
+                Err(refusal) => {
+                    self.refuse(receipt, refusal);
+                    return Next::Close;
+                }
+            }
+        }
+    }
+
+    /// Sends an ERROR frame.
+    fn refuse(&mut self, receipt: Option<String>, refusal: Refusal) {
+        tracing::info!(peer = ?self.peer, message = %refusal.message, detail = %refusal.detail, "STOMP error; closing the connection");
+        let mut frame = Frame::new("ERROR")
+            .header("message", refusal.message)
+            .header("content-type", "text/plain");
+        if let Some(receipt) = receipt {
+            frame = frame.header("receipt-id", receipt);
+        }
+        frame.body = Bytes::from(refusal.detail.into_bytes());
+        let version = self.session.as_ref().map(|s| s.version);
+        codec::encode(&frame, version, &mut self.out);
+    }
+
+    async fn on_frame(&mut self, frame: Frame) -> Result<Next, Refusal> {
+        if self.session.is_none() {
+            return match frame.command.as_str() {
+                "CONNECT" | "STOMP" => self.on_connect(frame).await.map(|_| Next::Continue),
+                other => Err(Refusal::new(
+                    "Not connected",
+                    format!("expected CONNECT or STOMP, got '{other}'"),
+                )),
+            };
+        }
+        let receipt = frame.get("receipt").map(str::to_owned);
+        let mut ticket = 0;
+        match frame.command.as_str() {
+            "SEND" => {
+                self.has_published = true;
+                ticket = self.on_send(frame).await?;
+            }
+            "SUBSCRIBE" => self.on_subscribe(&frame).await?,
+            "UNSUBSCRIBE" => self.on_unsubscribe(&frame).await?,
+            "ACK" => self.on_ack(&frame, false).await?,
+            "NACK" => self.on_ack(&frame, true).await?,
+            "BEGIN" => self.on_begin(&frame)?,
+            "COMMIT" => ticket = self.on_commit(&frame).await?,
+            "ABORT" => self.on_abort(&frame)?,
+            "DISCONNECT" => {
+                if let Some(receipt) = receipt {
+                    self.owe_receipt(receipt, 0);
+                }
+                return Ok(Next::Close);
+            }
+            "CONNECT" | "STOMP" => {
+                return Err(Refusal::new(
+                    "Already connected",
+                    "a connection sends CONNECT once",
+                ));
+            }
+            other => {
+                return Err(Refusal::new(
+                    "Unknown command",
+                    format!("'{other}' is not a STOMP client command"),
+                ));
+            }
+        }
+        if let Some(receipt) = receipt {
+            self.owe_receipt(receipt, ticket);
+        }
+        Ok(Next::Continue)
+    }
+
+    /// Sends RECEIPT once everything up to `ticket` is on disk (0: as soon as those before).
+    fn owe_receipt(&mut self, receipt: String, ticket: u64) {
+        if let Some(session) = self.session.as_mut() {
+            let frame = Frame::new("RECEIPT").header("receipt-id", receipt);
+            session.receipts.push_back((frame, ticket));
+            session.flush_receipts(&mut self.out);
+        }
+    }
+
+    /// The message store has everything up to `ticket` on disk.
+    pub(crate) fn on_durable(&mut self, ticket: u64) {
+        if let Some(session) = self.session.as_mut() {
+            session.durable_upto = session.durable_upto.max(ticket);
+            session.flush_receipts(&mut self.out);
+        }
+    }
+
+    /// Handles one consumer event.
+    pub(crate) fn on_event(&mut self, event: ConsumerEvent) {
+        match event {
+            ConsumerEvent::Deliver(delivery) => self.deliver(delivery),
+            ConsumerEvent::Cancelled { consumer_tag, .. } => {
+                if let Some(session) = self.session.as_mut() {
+                    session.subscriptions.remove(&consumer_tag);
+                }
+            }
+        }
+    }
+
+    /// Tells queues which deliveries are settled (auto-acknowledged subscriptions).
+    pub(crate) async fn flush_queue_acks(&mut self) {
+        if self.queue_acks.is_empty() {
+            return;
+        }
+        let Some(channel) = self.session.as_ref().map(|s| s.channel) else {
+            return;
+        };
+        let mut acks = std::mem::take(&mut self.queue_acks);
+        while let Some((queue, _)) = acks.first() {
+            let queue = queue.clone();
+            let (same, rest): (Vec<_>, Vec<_>) =
+                acks.into_iter().partition(|(q, _)| q.same(&queue));
+            queue
+                .ack(channel, same.into_iter().map(|(_, seq)| seq).collect())
+                .await;
+            acks = rest;
+        }
+    }
+
+    /// Ends the connection: unacknowledged messages go back to their queues, exclusive and
+    /// temporary queues go away.
+    pub(crate) async fn finish(&mut self) {
+        self.flush_queue_acks().await;
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        let mut touched: Vec<QueueHandle> = Vec::new();
+        for (tag, subscription) in &session.subscriptions {
+            subscription
+                .queue
+                .cancel(session.channel, tag.clone())
+                .await;
+            if !touched.iter().any(|q| q.same(&subscription.queue)) {
+                touched.push(subscription.queue.clone());
+            }
+        }
+        for unacked in session.unacked.values() {
+            if !touched.iter().any(|q| q.same(&unacked.queue)) {
+                touched.push(unacked.queue.clone());
+            }
+        }
+        for queue in touched {
+            queue.channel_closed(session.channel).await;
+        }
+        session.vhost.connection_closed(self.id).await;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,152 @@
+//! SEND: the destination decides exchange and routing key; headers become properties; a
+//! `persistent:true` message reaching a durable queue is written to the message store and its
+//! RECEIPT waits for the disk. A `reply-to: /temp-queue/N` creates the connection's temporary
+//! queue N (once) and is rewritten to `/reply-queue/<its name>`, which any client can SEND to.
+
+use junction_core::{ConsumerSpec, Message, Permission, QueueSpec, ResourceKind};
+
+use super::{AckMode, Connection, Refusal, Subscription};
+use crate::codec::Frame;
+use crate::destination::Destination;
+use crate::headers;
+
+impl Connection {
+    /// Handles a SEND (or queues it in its transaction); returns the receipt's durability
+    /// ticket (0: none needed).
+    pub(super) async fn on_send(&mut self, frame: Frame) -> Result<u64, Refusal> {
+        let Some(destination) = frame.get("destination") else {
+            return Err(Refusal::missing_header("SEND", "destination"));
+        };
+        let destination = Destination::parse(destination)
+            .map_err(|e| Refusal::new("Invalid destination", e.to_string()))?;
+        if let Some(transaction) = frame.get("transaction") {
+            let transaction = transaction.to_owned();
+            let session = self.session_mut()?;
+            let Some(pending) = session.transactions.get_mut(&transaction) else {
+                return Err(Refusal::new(
+                    "Invalid transaction",
+                    format!("transaction '{transaction}' was not begun"),
+                ));
+            };
+            pending.push(frame);
+            return Ok(0);
+        }
+        self.publish(&destination, frame).await
+    }
+
+    /// Publishes a SEND frame to `destination`.
+    pub(super) async fn publish(
+        &mut self,
+        destination: &Destination,
+        frame: Frame,
+    ) -> Result<u64, Refusal> {
+        let Some((exchange_name, key)) = destination.publish_target() else {
+            return Err(Refusal::new(
+                "Invalid destination",
+                "a /temp-queue/ destination is for reply-to headers and subscriptions",
+            ));
+        };
+        if let Destination::Queue(name) = destination {
+            self.declare_named_queue(name).await?;
+        }
+        let mut properties = headers::properties_from_send(&frame);
+        if let Some(reply_to) = properties.reply_to.clone()
+            && let Ok(Destination::TempQueue(temp)) = Destination::parse(&reply_to)
+        {
+            let queue = self.temp_queue(&temp).await?;
+            properties.reply_to = Some(format!("/reply-queue/{queue}"));
+        }
+        let persistent = properties.is_persistent();
+        let durable = self.durable.clone();
+        let session = self.session_mut()?;
+        session.authorize(ResourceKind::Exchange, exchange_name, Permission::Write)?;
+        let exchange = session
+            .vhost
+            .exchange(exchange_name)
+            .map_err(Refusal::from)?;
+        let message = Message::new(exchange_name, key, properties, frame.body);
+        let ticket = if persistent { session.next_ticket() } else { 0 };
+        let on_durable: Option<junction_core::OnDurable> = (ticket != 0).then(|| {
+            Box::new(move || {
+                let _ = durable.send(ticket);
+            }) as junction_core::OnDurable
+        });
+        let vhost = session.vhost.clone();
+        let published = vhost.publish(&exchange, message, on_durable).await;
+        Ok(if published.stored { ticket } else { 0 })
+    }
+
+    /// Declares queue `name` for `/queue/` destinations (durable, as RabbitMQ does), unless it
+    /// exists already.
+    pub(super) async fn declare_named_queue(
+        &mut self,
+        name: &str,
+    ) -> Result<junction_core::QueueHandle, Refusal> {
+        let id = self.id;
+        let session = self.session_mut()?;
+        if let Some(queue) = session.vhost.queue(name) {
+            return Ok(queue);
+        }
+        session.authorize(ResourceKind::Queue, name, Permission::Configure)?;
+        let spec = QueueSpec {
+            name: name.to_owned(),
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            arguments: Default::default(),
+        };
+        let declared = session.vhost.declare_queue(spec, false, false, id).await?;
+        Ok(declared.handle)
+    }
+
+    /// The name of the connection's temporary queue `temp`, declared and subscribed to on
+    /// first use (its messages arrive with `subscription: /temp-queue/<temp>`).
+    pub(super) async fn temp_queue(&mut self, temp: &str) -> Result<String, Refusal> {
+        let id = self.id;
+        let sink = self.sink.clone();
+        let session = self.session_mut()?;
+        if let Some(queue) = session.temp_queues.get(temp) {
+            return Ok(queue.name().to_owned());
+        }
+        let spec = QueueSpec {
+            name: junction_core::vhost::generate_queue_name(),
+            durable: false,
+            exclusive: true,
+            auto_delete: true,
+            arguments: Default::default(),
+        };
+        let queue = session
+            .vhost
+            .declare_queue(spec, false, true, id)
+            .await?
+            .handle;
+        let tag: std::sync::Arc<str> = format!("/temp-queue/{temp}").into();
+        queue
+            .consume(ConsumerSpec {
+                tag: tag.clone(),
+                channel: session.channel,
+                no_ack: true,
+                exclusive: false,
+                prefetch: 0,
+                channel_credit: None,
+                sink,
+            })
+            .await?;
+        session.subscriptions.insert(
+            tag.clone(),
+            Subscription {
+                queue: queue.clone(),
+                ack: AckMode::Auto,
+                destination: tag.to_string(),
+            },
+        );
+        session.temp_queues.insert(temp.to_owned(), queue.clone());
+        Ok(queue.name().to_owned())
+    }
+
+    pub(super) fn session_mut(&mut self) -> Result<&mut super::Session, Refusal> {
+        self.session
+            .as_mut()
+            .ok_or_else(|| Refusal::new("Not connected", "CONNECT first"))
+    }
+}

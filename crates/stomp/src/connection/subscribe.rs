@@ -1,0 +1,183 @@
+//! SUBSCRIBE and UNSUBSCRIBE. A subscription is a consumer (tagged with the subscription id)
+//! on the queue its destination names: the queue itself for `/queue/` and `/amq/queue/`, a
+//! private queue bound to the exchange for `/topic/` and `/exchange/` (exclusive and
+//! auto-delete, or durable and named `stomp-subscription-<id>` with `durable:true`).
+
+use std::sync::Arc;
+
+use junction_core::{ConsumerSpec, FieldTable, Permission, QueueHandle, QueueSpec, ResourceKind};
+
+use super::{AckMode, Connection, Handled, Refusal, Subscription};
+use crate::codec::{Frame, Version};
+use crate::destination::Destination;
+
+impl Connection {
+    pub(super) async fn on_subscribe(&mut self, frame: &Frame) -> Handled {
+        let Some(destination_text) = frame.get("destination") else {
+            return Err(Refusal::missing_header("SUBSCRIBE", "destination"));
+        };
+        let destination = Destination::parse(destination_text)
+            .map_err(|e| Refusal::new("Invalid destination", e.to_string()))?;
+        let version = self.session_mut()?.version;
+        let id: Arc<str> = match (frame.get("id"), version) {
+            (Some(id), _) => id.into(),
+            (None, Version::V1_0) => destination_text.into(),
+            (None, _) => return Err(Refusal::missing_header("SUBSCRIBE", "id")),
+        };
+        let ack = match frame.get("ack").unwrap_or("auto") {
+            "auto" => AckMode::Auto,
+            "client" => AckMode::Client,
+            "client-individual" => AckMode::ClientIndividual,
+            other => {
+                return Err(Refusal::new(
+                    "Invalid ack mode",
+                    format!("'{other}' is not auto, client or client-individual"),
+                ));
+            }
+        };
+        let prefetch = match frame.get("prefetch-count") {
+            None => 0,
+            Some(text) => text.trim().parse::<u32>().map_err(|_| {
+                Refusal::new("Invalid prefetch-count", format!("'{text}' is not a count"))
+            })?,
+        };
+        let durable =
+            frame.get("durable") == Some("true") || frame.get("persistent") == Some("true");
+        if self.session_mut()?.subscriptions.contains_key(&id) {
+            return Err(Refusal::new(
+                "Duplicated subscription identifier",
+                format!("a subscription with id '{id}' already exists"),
+            ));
+        }
+        let queue = match &destination {
+            Destination::Queue(name) => self.declare_named_queue(name).await?,
+            Destination::AmqQueue(name) => {
+                let id = self.id;
+                self.session_mut()?
+                    .vhost
+                    .queue_for(name, id)
+                    .map_err(Refusal::from)?
+            }
+            Destination::Topic(key) => {
+                self.private_queue("amq.topic", key, durable.then_some(&*id))
+                    .await?
+            }
+            Destination::Exchange { exchange, key } => {
+                let exchange = exchange.clone();
+                self.private_queue(&exchange, key, durable.then_some(&*id))
+                    .await?
+            }
+            Destination::TempQueue(temp) => {
+                self.temp_queue(temp).await?;
+                return Ok(());
+            }
+            Destination::ReplyQueue(_) => {
+                return Err(Refusal::new(
+                    "Invalid destination",
+                    "a /reply-queue/ destination can only be sent to",
+                ));
+            }
+        };
+        let sink = self.sink.clone();
+        let session = self.session_mut()?;
+        session.authorize(ResourceKind::Queue, queue.name(), Permission::Read)?;
+        queue
+            .consume(ConsumerSpec {
+                tag: id.clone(),
+                channel: session.channel,
+                no_ack: ack == AckMode::Auto,
+                exclusive: false,
+                prefetch,
+                channel_credit: None,
+                sink,
+            })
+            .await?;
+        session.subscriptions.insert(
+            id,
+            Subscription {
+                queue,
+                ack,
+                destination: destination_text.to_owned(),
+            },
+        );
+        Ok(())
+    }
+
+    /// A queue of the connection's own bound to `exchange` with `key`; durable and named
+    /// after the subscription when `durable_id` is given.
+    async fn private_queue(
+        &mut self,
+        exchange: &str,
+        key: &str,
+        durable_id: Option<&str>,
+    ) -> Result<QueueHandle, Refusal> {
+        let id = self.id;
+        let session = self.session_mut()?;
+        session.vhost.exchange(exchange).map_err(Refusal::from)?;
+        let spec = match durable_id {
+            Some(subscription) => QueueSpec {
+                name: format!("stomp-subscription-{subscription}"),
+                durable: true,
+                exclusive: false,
+                auto_delete: false,
+                arguments: Default::default(),
+            },
+            None => {
+                let random: [u8; 12] = rand::random();
+                let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+                QueueSpec {
+                    name: format!("stomp-subscription-{hex}"),
+                    durable: false,
+                    exclusive: true,
+                    auto_delete: true,
+                    arguments: Default::default(),
+                }
+            }
+        };
+        session.authorize(ResourceKind::Queue, &spec.name, Permission::Configure)?;
+        session.authorize(ResourceKind::Queue, &spec.name, Permission::Write)?;
+        session.authorize(ResourceKind::Exchange, exchange, Permission::Read)?;
+        let queue = session
+            .vhost
+            .declare_queue(spec, false, false, id)
+            .await?
+            .handle;
+        session
+            .vhost
+            .bind_queue(queue.name(), exchange, key, FieldTable::new(), id)
+            .map_err(Refusal::from)?;
+        Ok(queue)
+    }
+
+    pub(super) async fn on_unsubscribe(&mut self, frame: &Frame) -> Handled {
+        let id = self.id;
+        let session = self.session_mut()?;
+        let Some(subscription_id) = frame.get("id").or_else(|| {
+            (session.version == super::Version::V1_0)
+                .then(|| frame.get("destination"))
+                .flatten()
+        }) else {
+            return Err(Refusal::missing_header("UNSUBSCRIBE", "id"));
+        };
+        let tag: Arc<str> = subscription_id.into();
+        let Some(subscription) = session.subscriptions.remove(&tag) else {
+            return Err(Refusal::new(
+                "Subscription not found",
+                format!("there is no subscription with id '{tag}'"),
+            ));
+        };
+        subscription
+            .queue
+            .cancel(session.channel, tag.clone())
+            .await;
+        let forget =
+            frame.get("durable") == Some("true") || frame.get("persistent") == Some("true");
+        if forget && subscription.queue.spec().durable {
+            session
+                .vhost
+                .delete_queue(subscription.queue.name(), false, false, id)
+                .await?;
+        }
+        Ok(())
+    }
+}

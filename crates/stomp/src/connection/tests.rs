@@ -1,0 +1,98 @@
+//! The STOMP connection state machine driven in memory, without sockets.
+
+use bytes::BytesMut;
+use junction_core::{AuthChain, Broker, BrokerConfig, ExchangeTypeRegistry, InternalUsers};
+
+use super::*;
+
+fn connection() -> Connection {
+    let users = InternalUsers::new();
+    users.add_user("guest", "guest", &[], &["/"]);
+    let mut auth = AuthChain::new();
+    auth.push(Arc::new(users));
+    let broker = Broker::new(
+        BrokerConfig::default(),
+        Arc::new(junction_core::ExchangeTypeRegistry::with_builtins()),
+        auth,
+    );
+    broker.add_vhost("/");
+    let _ = ExchangeTypeRegistry::empty;
+    let (sink, _events) = mpsc::unbounded_channel();
+    let (durable, _) = mpsc::unbounded_channel();
+    Connection::new(broker, Arc::new(Settings::default()), None, sink, durable)
+}
+
+async fn feed(connection: &mut Connection, input: &[u8]) -> (Next, Vec<Frame>) {
+    let next = connection.on_bytes(&mut BytesMut::from(input)).await;
+    let mut output = BytesMut::from(&connection.take_output()[..]);
+    let decoder = Decoder::new(Default::default());
+    let mut frames = Vec::new();
+    while let Ok(Some(frame)) = decoder.decode(&mut output) {
+        frames.push(frame);
+    }
+    (next, frames)
+}
+
+const CONNECT: &[u8] =
+    b"CONNECT\naccept-version:1.0,1.1,1.2\nhost:my-laptop\nlogin:guest\npasscode:guest\n\n\0";
+
+#[tokio::test]
+async fn connect_negotiates_the_highest_version_and_falls_back_to_the_default_vhost() {
+    let mut client = connection();
+    let (next, frames) = feed(&mut client, CONNECT).await;
+    assert_eq!(next, Next::Continue);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].command, "CONNECTED");
+    assert_eq!(frames[0].get("version"), Some("1.2"));
+    assert_eq!(frames[0].get("heart-beat"), Some("10000,10000"));
+}
+
+#[tokio::test]
+async fn refusals_are_error_frames_with_a_message_header() {
+    for (input, message) in [
+        (
+            &b"CONNECT\naccept-version:1.2\nlogin:guest\npasscode:wrong\n\n\0"[..],
+            "Bad CONNECT",
+        ),
+        (
+            &b"CONNECT\naccept-version:9.9\n\n\0"[..],
+            "Supported protocol versions are 1.0,1.1,1.2",
+        ),
+        (&b"SEND\ndestination:/queue/a\n\n\0"[..], "Not connected"),
+    ] {
+        let (next, frames) = feed(&mut connection(), input).await;
+        assert_eq!(next, Next::Close);
+        assert_eq!(frames[0].command, "ERROR");
+        assert_eq!(frames[0].get("message"), Some(message));
+        assert!(!frames[0].body.is_empty(), "a readable body explains it");
+    }
+    let mut client = connection();
+    feed(&mut client, CONNECT).await;
+    for (input, message) in [
+        (&b"SEND\nreceipt:r1\n\nx\0"[..], "Missing header"),
+        (
+            &b"SEND\ndestination:/nowhere/a\n\n\0"[..],
+            "Invalid destination",
+        ),
+        (&b"BOGUS\n\n\0"[..], "Unknown command"),
+    ] {
+        let mut client = connection();
+        feed(&mut client, CONNECT).await;
+        let (next, frames) = feed(&mut client, input).await;
+        assert_eq!(next, Next::Close, "{message}");
+        assert_eq!(frames[0].get("message"), Some(message));
+    }
+}
+
+#[tokio::test]
+async fn a_receipt_follows_a_send_and_a_disconnect() {
+    let mut client = connection();
+    feed(&mut client, CONNECT).await;
+    let (_, frames) = feed(
+        &mut client,
+        b"SEND\ndestination:/queue/stomp-unit\nreceipt:r1\n\nhello\0DISCONNECT\nreceipt:r2\n\n\0",
+    )
+    .await;
+    let receipts: Vec<_> = frames.iter().filter_map(|f| f.get("receipt-id")).collect();
+    assert_eq!(receipts, vec!["r1", "r2"]);
+}

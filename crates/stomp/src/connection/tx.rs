@@ -1,0 +1,67 @@
+//! BEGIN, COMMIT and ABORT: SENDs, ACKs and NACKs that name a transaction are held until
+//! COMMIT, which applies them in order, or ABORT, which drops them.
+
+use super::ack::outside_transaction;
+use super::{Connection, Handled, Refusal};
+use crate::codec::Frame;
+use crate::destination::Destination;
+
+impl Connection {
+    fn transaction_name(frame: &Frame) -> Result<String, Refusal> {
+        frame
+            .get("transaction")
+            .map(str::to_owned)
+            .ok_or_else(|| Refusal::missing_header(&frame.command, "transaction"))
+    }
+
+    pub(super) fn on_begin(&mut self, frame: &Frame) -> Handled {
+        let name = Self::transaction_name(frame)?;
+        let session = self.session_mut()?;
+        if session.transactions.contains_key(&name) {
+            return Err(Refusal::new(
+                "Invalid transaction",
+                format!("transaction '{name}' is already active"),
+            ));
+        }
+        session.transactions.insert(name, Vec::new());
+        Ok(())
+    }
+
+    /// Applies the transaction; returns the durability ticket its receipt waits for.
+    pub(super) async fn on_commit(&mut self, frame: &Frame) -> Result<u64, Refusal> {
+        let name = Self::transaction_name(frame)?;
+        let Some(frames) = self.session_mut()?.transactions.remove(&name) else {
+            return Err(Refusal::new(
+                "Invalid transaction",
+                format!("transaction '{name}' was not begun"),
+            ));
+        };
+        let mut ticket = 0;
+        for held in frames {
+            let held = outside_transaction(held);
+            match held.command.as_str() {
+                "SEND" => {
+                    let destination = held.get("destination").unwrap_or_default();
+                    let destination = Destination::parse(destination)
+                        .map_err(|e| Refusal::new("Invalid destination", e.to_string()))?;
+                    ticket = ticket.max(self.publish(&destination, held).await?);
+                }
+                "ACK" => self.on_ack(&held, false).await?,
+                "NACK" => self.on_ack(&held, true).await?,
+                _ => {}
+            }
+        }
+        Ok(ticket)
+    }
+
+    pub(super) fn on_abort(&mut self, frame: &Frame) -> Handled {
+        let name = Self::transaction_name(frame)?;
+        if self.session_mut()?.transactions.remove(&name).is_none() {
+            return Err(Refusal::new(
+                "Invalid transaction",
+                format!("transaction '{name}' was not begun"),
+            ));
+        }
+        Ok(())
+    }
+}

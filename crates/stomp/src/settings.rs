@@ -1,0 +1,34 @@
+//! The STOMP listener's settings (the `[stomp]` configuration section).
+
+use crate::codec::Limits;
+
+/// Settings of the STOMP adapter.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Frame size limits.
+    pub limits: Limits,
+    /// The heart-beat interval the server offers to send and asks to receive, in milliseconds
+    /// (0: none).
+    pub heartbeat_ms: u32,
+    /// Clients that send no `login` connect as `anonymous_user`; otherwise they are refused.
+    pub allow_anonymous: bool,
+    /// The user anonymous clients log in as.
+    pub anonymous_user: String,
+    /// That user's password.
+    pub anonymous_password: String,
+    /// The server name in CONNECTED frames.
+    pub server: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            heartbeat_ms: 10_000,
+            allow_anonymous: false,
+            anonymous_user: "guest".to_owned(),
+            anonymous_password: "guest".to_owned(),
+            server: format!("Junction/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
