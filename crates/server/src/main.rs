@@ -4,6 +4,7 @@
 
 mod alarms;
 mod config;
+mod demo;
 mod listeners;
 
 use std::path::PathBuf;
@@ -270,11 +271,13 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
     let http_routes = WebSocketRoutes {
         protocols: vec![mqtt_over_websocket.clone(), stomp_over_websocket.clone()],
         fallback: None,
+        files: demo::FILES.to_vec(),
     };
     running.websocket("http", http_addr, http_routes).await?;
     let web_mqtt_routes = WebSocketRoutes {
         protocols: vec![mqtt_over_websocket],
         fallback: Some(0),
+        files: Vec::new(),
     };
     running
         .websocket("web-mqtt", web_mqtt_addr, web_mqtt_routes)
@@ -282,6 +285,7 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
     let web_stomp_routes = WebSocketRoutes {
         protocols: vec![stomp_over_websocket],
         fallback: Some(0),
+        files: Vec::new(),
     };
     running
         .websocket("web-stomp", web_stomp_addr, web_stomp_routes)

@@ -12,7 +12,7 @@ mod websocket;
 mod writer;
 
 pub use websocket::{
-    HandlerFuture, StreamHandler, WebSocketProtocol, WebSocketRoutes, serve_websockets,
+    HandlerFuture, StaticFile, StreamHandler, WebSocketProtocol, WebSocketRoutes, serve_websockets,
 };
 pub use writer::write_batches;
 

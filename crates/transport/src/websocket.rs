@@ -46,6 +46,17 @@ pub struct WebSocketProtocol {
     pub handler: StreamHandler,
 }
 
+/// A static file served over HTTP (pages embedded in the binary).
+#[derive(Debug, Clone, Copy)]
+pub struct StaticFile {
+    /// The path it is served at (`/demo/`).
+    pub path: &'static str,
+    /// Its `Content-Type`.
+    pub content_type: &'static str,
+    /// Its bytes.
+    pub body: &'static [u8],
+}
+
 /// What one WebSocket listener serves.
 #[derive(Clone)]
 pub struct WebSocketRoutes {
@@ -53,6 +64,8 @@ pub struct WebSocketRoutes {
     pub protocols: Vec<WebSocketProtocol>,
     /// Index of the protocol assumed when the client offers none of the names above.
     pub fallback: Option<usize>,
+    /// Static files served beside `/ws`.
+    pub files: Vec<StaticFile>,
 }
 
 impl WebSocketRoutes {
@@ -74,16 +87,27 @@ impl WebSocketRoutes {
 }
 
 /// Serves HTTP on `listener` until `shutdown` turns true: WebSocket upgrades on `/ws` go to
-/// the protocol chosen by the client's subprotocol; other paths are 404 (the management API
-/// and pages are to come).
+/// the protocol chosen by the client's subprotocol, the static files are served at their
+/// paths, and other paths are 404 (the management API is to come).
 pub async fn serve_websockets(
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
     routes: WebSocketRoutes,
 ) {
-    let app = Router::new()
-        .route("/ws", get(upgrade))
-        .with_state(Arc::new(routes));
+    let mut app = Router::new().route("/ws", get(upgrade));
+    for file in &routes.files {
+        let file = *file;
+        app = app.route(
+            file.path,
+            get(move || async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, file.content_type)],
+                    file.body,
+                )
+            }),
+        );
+    }
+    let app = app.with_state(Arc::new(routes));
     let stop = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
