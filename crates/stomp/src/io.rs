@@ -26,6 +26,8 @@ const READ_CHUNK_MIN: usize = 1024;
 const READ_CHUNK_MAX: usize = 64 * 1024;
 /// Consumer events handled before the connection writes and reads again.
 const EVENT_BATCH: usize = 512;
+/// How long a closing connection waits for the disk to confirm what its receipts cover.
+const RECEIPT_WAIT: Duration = Duration::from_secs(5);
 /// How often timers are looked at.
 const TICK: Duration = Duration::from_millis(250);
 
@@ -85,6 +87,18 @@ pub async fn serve<S>(
                         let next = connection.on_bytes(&mut buffer).await;
                         connection.flush_queue_acks().await;
                         if next == Next::Close {
+                            if connection.has_output() {
+                                let _ = out_tx.send(connection.take_output());
+                            }
+                            // A DISCONNECT's receipt may wait behind persistent SENDs still
+                            // going to disk: wait (bounded) so every receipt owed is sent.
+                            let deadline = Instant::now() + RECEIPT_WAIT;
+                            while connection.has_pending_receipts() {
+                                match tokio::time::timeout_at(deadline, durable.recv()).await {
+                                    Ok(Some(ticket)) => connection.on_durable(ticket),
+                                    _ => break,
+                                }
+                            }
                             if connection.has_output() {
                                 let _ = out_tx.send(connection.take_output());
                             }

@@ -18,7 +18,7 @@ impl Connection {
         };
         let Some(subscription) = session.subscriptions.get(&delivery.consumer_tag) else {
             if delivery.needs_ack {
-                self.queue_acks.push((delivery.queue, delivery.seq));
+                self.queue_returns.push((delivery.queue, delivery.seq));
             }
             return;
         };

@@ -182,6 +182,8 @@ pub(crate) struct Connection {
     alarm: bool,
     /// Queue acknowledgements collected while handling events, sent once per batch.
     queue_acks: Vec<(QueueHandle, MessageSeq)>,
+    /// Deliveries that arrived for a subscription already gone: back to their queues.
+    queue_returns: Vec<(QueueHandle, MessageSeq)>,
 }
 
 impl Connection {
@@ -209,6 +211,7 @@ impl Connection {
             has_published: false,
             alarm: false,
             queue_acks: Vec::new(),
+            queue_returns: Vec::new(),
         }
     }
 
@@ -361,24 +364,36 @@ impl Connection {
         }
     }
 
-    /// Tells queues which deliveries are settled (auto-acknowledged subscriptions).
+    /// Tells queues which deliveries are settled (auto-acknowledged subscriptions) and which
+    /// go back (they arrived after their subscription ended).
     pub(crate) async fn flush_queue_acks(&mut self) {
-        if self.queue_acks.is_empty() {
-            return;
-        }
         let Some(channel) = self.session.as_ref().map(|s| s.channel) else {
             return;
         };
-        let mut acks = std::mem::take(&mut self.queue_acks);
-        while let Some((queue, _)) = acks.first() {
-            let queue = queue.clone();
-            let (same, rest): (Vec<_>, Vec<_>) =
-                acks.into_iter().partition(|(q, _)| q.same(&queue));
-            queue
-                .ack(channel, same.into_iter().map(|(_, seq)| seq).collect())
-                .await;
-            acks = rest;
+        for requeue in [None, Some(true)] {
+            let mut pending = match requeue {
+                None => std::mem::take(&mut self.queue_acks),
+                Some(_) => std::mem::take(&mut self.queue_returns),
+            };
+            while let Some((queue, _)) = pending.first() {
+                let queue = queue.clone();
+                let (same, rest): (Vec<_>, Vec<_>) =
+                    pending.into_iter().partition(|(q, _)| q.same(&queue));
+                let seqs = same.into_iter().map(|(_, seq)| seq).collect();
+                match requeue {
+                    None => queue.ack(channel, seqs).await,
+                    Some(requeue) => queue.reject(channel, seqs, requeue).await,
+                }
+                pending = rest;
+            }
         }
+    }
+
+    /// Whether RECEIPTs are still waiting for the disk.
+    pub(crate) fn has_pending_receipts(&self) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|s| !s.receipts.is_empty())
     }
 
     /// Ends the connection: unacknowledged messages go back to their queues, exclusive and
