@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs everything the tests need on a fresh machine and runs them all:
 #   - Rust: unit tests, and end-to-end tests that drive the real binary with lapin;
-#   - Python: pika and paho-mqtt tests, in a virtualenv at .venv, and mosquitto_pub/sub
-#     (Debian's mosquitto-clients, installed with apt-get when missing);
-#   - Node: amqplib and MQTT.js tests, with packages from tests/interop/node/package-lock.json.
+#   - Python: pika, paho-mqtt and stomp.py tests, in a virtualenv at .venv, and
+#     mosquitto_pub/sub (Debian's mosquitto-clients, installed with apt-get when missing);
+#   - Node: amqplib, MQTT.js and @stomp/stompjs tests, with packages from
+#     tests/interop/node/package-lock.json, and the browser demo driven by playwright-core in
+#     Debian's Chromium (installed with apt-get when missing).
 # Usage: scripts/test.sh            (from anywhere; it works from the repository root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,13 +19,18 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r tests/interop/python/requirements.txt
 
-step "mosquitto-clients (Debian)"
-if ! command -v mosquitto_pub >/dev/null || ! command -v mosquitto_sub >/dev/null; then
+step "Debian packages: mosquitto-clients, chromium"
+missing=()
+command -v mosquitto_pub >/dev/null && command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+if [ "${#missing[@]}" -gt 0 ]; then
   sudo_cmd=""
   if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
   $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq mosquitto-clients >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# The browser test must run here, not skip.
+export JUNCTION_REQUIRE_BROWSER=1
 
 step "Node clients (tests/interop/node)"
 (cd tests/interop/node && npm ci --no-audit --no-fund --loglevel=error)
@@ -35,10 +42,10 @@ export JUNCTION_BIN="$root/target/debug/junction"
 step "Rust tests (unit + end-to-end with lapin)"
 cargo test --locked --workspace
 
-step "Python tests (pika, paho-mqtt, mosquitto clients)"
+step "Python tests (pika, paho-mqtt, stomp.py, mosquitto clients)"
 .venv/bin/python -m pytest tests/interop/python -q
 
-step "Node tests (amqplib, MQTT.js)"
+step "Node tests (amqplib, MQTT.js, @stomp/stompjs, Chromium)"
 (cd tests/interop/node && npm test)
 
 step "All tests passed"
