@@ -35,19 +35,20 @@ export function unique(role) {
 }
 
 /**
- * Starts the broker with its AMQP, MQTT, HTTP and MQTT-over-WebSocket
- * listeners on 127.0.0.1, port 0 (STOMP off), and resolves once it has printed
- * `ready` with `{ child, dataDir, port, listeners, stderr }`: `port` is the
- * AMQP port, `listeners` maps each printed listener name (`amqp`, `mqtt`,
- * `http`, `web-mqtt`) to `{ host, port }`.
+ * Starts the broker with all its listeners (AMQP, MQTT, STOMP, HTTP, and MQTT
+ * and STOMP over WebSocket) on 127.0.0.1, port 0, and resolves once it has
+ * printed `ready` with `{ child, dataDir, port, listeners, stderr }`: `port`
+ * is the AMQP port, `listeners` maps each printed listener name (`amqp`,
+ * `mqtt`, `stomp`, `http`, `web-mqtt`, `web-stomp`) to `{ host, port }`.
+ * `args` are passed on after those (for example `['--config', file]`).
  */
-export async function startBroker() {
+export async function startBroker({ args = [] } = {}) {
   const dataDir = await mkdtemp(path.join(tmpdir(), 'junction-node-'));
   const child = spawn(
     JUNCTION_BIN,
     ['--data-dir', dataDir, '--amqp', '127.0.0.1:0',
-      '--mqtt', '127.0.0.1:0', '--stomp', 'off', '--http', '127.0.0.1:0',
-      '--web-stomp', 'off', '--web-mqtt', '127.0.0.1:0'],
+      '--mqtt', '127.0.0.1:0', '--stomp', '127.0.0.1:0', '--http', '127.0.0.1:0',
+      '--web-stomp', '127.0.0.1:0', '--web-mqtt', '127.0.0.1:0', ...args],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   const stderr = [];
