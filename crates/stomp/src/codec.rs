@@ -212,6 +212,9 @@ impl Decoder {
                 }
             }
             None => match memchr::memchr(0, &buffer[body_start..]) {
+                Some(offset) if offset > self.limits.max_body_bytes => {
+                    return Err(DecodeError::TooLarge("body"));
+                }
                 Some(offset) => body_start + offset,
                 None => {
                     if buffer.len() - body_start > self.limits.max_body_bytes {

@@ -145,6 +145,31 @@ async fn upgrade(
     ws.on_upgrade(move |socket| bridge(socket, peer, protocol))
 }
 
+/// The WebSocket message for `chunk`, and how many bytes at its end are kept for the next
+/// one. With `text_output`, valid UTF-8 goes as a text message; a character cut by the end of
+/// the chunk is kept back so the text stays whole; anything that is not UTF-8 goes as binary.
+fn encode_message(chunk: &[u8], text_output: bool) -> (Option<Message>, usize) {
+    if !text_output {
+        return (
+            Some(Message::Binary(axum::body::Bytes::copy_from_slice(chunk))),
+            0,
+        );
+    }
+    match std::str::from_utf8(chunk) {
+        Ok(text) => (Some(Message::Text(text.into())), 0),
+        Err(error) if error.error_len().is_none() => {
+            let valid = error.valid_up_to();
+            let text = std::str::from_utf8(&chunk[..valid]).unwrap_or_default();
+            let message = (!text.is_empty()).then(|| Message::Text(text.into()));
+            (message, chunk.len() - valid)
+        }
+        Err(_) => (
+            Some(Message::Binary(axum::body::Bytes::copy_from_slice(chunk))),
+            0,
+        ),
+    }
+}
+
 /// Runs the protocol's handler over a pipe and moves bytes between the pipe and the socket.
 async fn bridge(socket: WebSocket, peer: SocketAddr, protocol: WebSocketProtocol) {
     let (adapter_side, pipe) = tokio::io::duplex(PIPE_CAPACITY);
@@ -167,17 +192,19 @@ async fn bridge(socket: WebSocket, peer: SocketAddr, protocol: WebSocketProtocol
     };
     let outbound = async move {
         let mut buffer = vec![0u8; PIPE_CAPACITY];
+        // Bytes of a UTF-8 character cut by the end of the previous read (at most 3).
+        let mut carried = 0;
         loop {
-            let n = match pipe_reader.read(&mut buffer).await {
+            let n = match pipe_reader.read(&mut buffer[carried..]).await {
                 Ok(0) | Err(_) => break,
-                Ok(n) => n,
+                Ok(n) => carried + n,
             };
-            let chunk = &buffer[..n];
-            let message = match std::str::from_utf8(chunk) {
-                Ok(text) if protocol.text_output => Message::Text(text.into()),
-                _ => Message::Binary(axum::body::Bytes::copy_from_slice(chunk)),
-            };
-            if sink.send(message).await.is_err() {
+            let (message, rest) = encode_message(&buffer[..n], protocol.text_output);
+            buffer.copy_within(n - rest..n, 0);
+            carried = rest;
+            if let Some(message) = message
+                && sink.send(message).await.is_err()
+            {
                 break;
             }
         }
@@ -190,4 +217,27 @@ async fn bridge(socket: WebSocket, peer: SocketAddr, protocol: WebSocketProtocol
         _ = outbound => {}
     }
     let _ = handler.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_output_keeps_a_cut_character_for_the_next_message() {
+        let text = "é€".as_bytes();
+        let (message, kept) = encode_message(&text[..3], true);
+        assert!(matches!(message, Some(Message::Text(t)) if t.as_str() == "é"));
+        assert_eq!(kept, 1, "the first byte of '€' waits for the rest");
+        let (message, kept) = encode_message(&text[..1], true);
+        assert!(message.is_none());
+        assert_eq!(kept, 1);
+        let (message, _) = encode_message(&[0xff, 0x00], true);
+        assert!(
+            matches!(message, Some(Message::Binary(_))),
+            "not UTF-8: binary"
+        );
+        let (message, _) = encode_message(b"abc", false);
+        assert!(matches!(message, Some(Message::Binary(_))));
+    }
 }

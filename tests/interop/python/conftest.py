@@ -32,7 +32,7 @@ from mqtt_clients import MqttClient
 from processes import ExampleProgram, JunctionBroker
 
 # The raw-bytes MQTT fixtures (`raw`, `raw_ws`) live beside the raw client they make.
-pytest_plugins = ["mqtt_raw"]
+pytest_plugins = ["mqtt_raw", "stomp_clients"]
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES_DIR = REPO_ROOT / "examples" / "python"

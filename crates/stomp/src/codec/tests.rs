@@ -112,6 +112,11 @@ fn limits_and_malformations_are_named() {
         Err(DecodeError::TooLarge("body"))
     );
     assert_eq!(
+        small.decode(&mut BytesMut::from(&b"SEND\n\n0123456789\0"[..])),
+        Err(DecodeError::TooLarge("body")),
+        "a body over the limit is refused even when its NUL arrived in the same read"
+    );
+    assert_eq!(
         small.decode(&mut BytesMut::from(&b"SEND\nnocolon\n\n\0"[..])),
         Err(DecodeError::Malformed("header line without ':'"))
     );

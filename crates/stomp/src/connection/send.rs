@@ -3,6 +3,8 @@
 //! RECEIPT waits for the disk. A `reply-to: /temp-queue/N` creates the connection's temporary
 //! queue N (once) and is rewritten to `/reply-queue/<its name>`, which any client can SEND to.
 
+use std::sync::Arc;
+
 use junction_core::{ConsumerSpec, Message, Permission, QueueSpec, ResourceKind};
 
 use super::{AckMode, Connection, Refusal, Subscription};
@@ -53,7 +55,7 @@ impl Connection {
         if let Some(reply_to) = properties.reply_to.clone()
             && let Ok(Destination::TempQueue(temp)) = Destination::parse(&reply_to)
         {
-            let queue = self.temp_queue(&temp).await?;
+            let queue = self.temp_queue(&temp, None).await?;
             properties.reply_to = Some(format!("/reply-queue/{queue}"));
         }
         let persistent = properties.is_persistent();
@@ -99,28 +101,51 @@ impl Connection {
         Ok(declared.handle)
     }
 
-    /// The name of the connection's temporary queue `temp`, declared and subscribed to on
-    /// first use (its messages arrive with `subscription: /temp-queue/<temp>`).
-    pub(super) async fn temp_queue(&mut self, temp: &str) -> Result<String, Refusal> {
+    /// The name of the connection's temporary queue `temp`, declared and consumed from on
+    /// first use. Its messages arrive with `subscription: /temp-queue/<temp>`, or with the id
+    /// of an explicit SUBSCRIBE to the temporary queue (`subscription`), which replaces the
+    /// implicit consumer.
+    pub(super) async fn temp_queue(
+        &mut self,
+        temp: &str,
+        subscription: Option<Arc<str>>,
+    ) -> Result<String, Refusal> {
         let id = self.id;
         let sink = self.sink.clone();
         let session = self.session_mut()?;
-        if let Some(queue) = session.temp_queues.get(temp) {
+        let destination = format!("/temp-queue/{temp}");
+        let existing = session.temp_queues.get(temp).cloned();
+        if let Some(queue) = &existing
+            && subscription.is_none()
+        {
             return Ok(queue.name().to_owned());
         }
-        let spec = QueueSpec {
-            name: junction_core::vhost::generate_queue_name(),
-            durable: false,
-            exclusive: true,
-            auto_delete: true,
-            arguments: Default::default(),
+        let queue = match existing {
+            Some(queue) => queue,
+            None => {
+                let spec = QueueSpec {
+                    name: junction_core::vhost::generate_queue_name(),
+                    durable: false,
+                    exclusive: true,
+                    auto_delete: true,
+                    arguments: Default::default(),
+                };
+                let queue = session
+                    .vhost
+                    .declare_queue(spec, false, true, id)
+                    .await?
+                    .handle;
+                session.temp_queues.insert(temp.to_owned(), queue.clone());
+                queue
+            }
         };
-        let queue = session
-            .vhost
-            .declare_queue(spec, false, true, id)
-            .await?
-            .handle;
-        let tag: std::sync::Arc<str> = format!("/temp-queue/{temp}").into();
+        let tag: Arc<str> = subscription.unwrap_or_else(|| destination.as_str().into());
+        let replaced: Vec<Arc<str>> = session
+            .subscriptions
+            .iter()
+            .filter(|(t, s)| s.destination == destination && **t != tag)
+            .map(|(t, _)| t.clone())
+            .collect();
         queue
             .consume(ConsumerSpec {
                 tag: tag.clone(),
@@ -133,14 +158,19 @@ impl Connection {
             })
             .await?;
         session.subscriptions.insert(
-            tag.clone(),
+            tag,
             Subscription {
                 queue: queue.clone(),
                 ack: AckMode::Auto,
-                destination: tag.to_string(),
+                destination,
             },
         );
-        session.temp_queues.insert(temp.to_owned(), queue.clone());
+        // The new consumer is in place before the old one goes, so the auto-delete queue
+        // never loses its last consumer.
+        for old in replaced {
+            session.subscriptions.remove(&old);
+            queue.cancel(session.channel, old).await;
+        }
         Ok(queue.name().to_owned())
     }
 

@@ -68,7 +68,7 @@ impl Connection {
                     .await?
             }
             Destination::TempQueue(temp) => {
-                self.temp_queue(temp).await?;
+                self.temp_queue(temp, Some(id)).await?;
                 return Ok(());
             }
             Destination::ReplyQueue(_) => {

@@ -1,0 +1,319 @@
+"""STOMP refusals: every error is an ERROR frame with a ``message`` header and a readable
+body, after which the broker closes that connection, and nothing else.
+
+Pinned here: bad credentials, a destination of no known kind, an unknown command, a frame over
+the configured size limits, frames missing a required header, a frame before CONNECT,
+malformed frames (a header line without a colon, a bad content-length, an escape sequence the
+version does not define), and a seeded fuzz of random and mutated frames. After each, the
+broker is still running and a stomp.py client that connected beforehand still sends and
+receives.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from pathlib import Path
+
+import pytest
+
+from stomp_clients import GUEST, RawStomp, StompClient, frame_bytes
+
+
+@pytest.fixture
+def bystander(stomp_connected, names):
+    """A stomp.py client connected before the test misbehaves; the test ends by proving it
+    still works (and so the broker survived)."""
+    client = stomp_connected("1.2")
+    yield client
+    client.round_trip(names)
+
+
+def refused(client: RawStomp, message: str) -> bytes:
+    """The ERROR the client must get (its message header containing ``message``), then the
+    close; returns the ERROR's body."""
+    error = client.expect_error_and_close()
+    assert message in error["message"], error
+    return error.body
+
+
+def connected_raw(raw_stomp, version: str = "1.2") -> RawStomp:
+    client = raw_stomp()
+    client.connect(version)
+    return client
+
+
+# ---------------------------------------------------------------------------------------------
+# Refusals, one kind at a time.
+
+
+@pytest.mark.parametrize(
+    "login, passcode", [("guest", "nope"), ("ghost", "guest")], ids=["passcode", "user"]
+)
+def test_bad_credentials_are_an_error_that_closes_the_connection(
+    raw_stomp, bystander, login, passcode
+):
+    """CONNECT with a wrong passcode or an unknown user: ERROR 'Bad CONNECT' whose body says
+    authentication failed; no CONNECTED."""
+    client = raw_stomp()
+    client.send_frame(
+        "CONNECT", [("accept-version", "1.2"), ("login", login), ("passcode", passcode)]
+    )
+    body = refused(client, "Bad CONNECT")
+    assert b"Authentication failure" in body
+
+
+def test_an_invalid_heart_beat_header_is_a_bad_connect(raw_stomp, bystander):
+    """CONNECT with heart-beat:abc is refused: ERROR 'Bad CONNECT' saying so."""
+    client = raw_stomp()
+    client.send_frame("CONNECT", [("accept-version", "1.2"), *GUEST, ("heart-beat", "abc")])
+    assert b"heart-beat" in refused(client, "Bad CONNECT")
+
+
+@pytest.mark.parametrize("command", ["SEND", "SUBSCRIBE"])
+def test_a_destination_of_no_known_kind_is_an_error(raw_stomp, bystander, names, command):
+    """/nowhere/x is none of /queue/, /topic/, /exchange/, /amq/queue/, /temp-queue/,
+    /reply-queue/: ERROR 'Invalid destination' naming it. The ERROR carries the frame's receipt
+    as receipt-id."""
+    client = connected_raw(raw_stomp)
+    client.send_frame(
+        command, [("destination", "/nowhere/x"), ("id", "s1"), ("receipt", "failing")], b"x"
+    )
+    error = client.expect_error_and_close()
+    assert error["message"] == "Invalid destination"
+    assert error["receipt-id"] == "failing"
+    assert b"/nowhere/x" in error.body
+
+
+def test_sending_to_a_missing_exchange_is_an_error(raw_stomp, bystander, names):
+    """SEND /exchange/X/k for an exchange that does not exist: ERROR not_found."""
+    client = connected_raw(raw_stomp)
+    missing = names("exchange")
+    client.send_frame("SEND", [("destination", f"/exchange/{missing}/k")], b"x")
+    assert missing.encode() in refused(client, "not_found")
+
+
+def test_an_unknown_command_is_an_error(raw_stomp, bystander):
+    """A command STOMP does not define, after CONNECT: ERROR 'Unknown command' naming it."""
+    client = connected_raw(raw_stomp)
+    client.send_frame("PUBLISH", [("destination", "/queue/x")], b"x")
+    assert b"PUBLISH" in refused(client, "Unknown command")
+
+
+def test_a_frame_before_connect_is_an_error(raw_stomp, bystander, names):
+    """A SEND as the first frame: ERROR 'Not connected' (expected CONNECT or STOMP)."""
+    client = raw_stomp()
+    client.send_frame("SEND", [("destination", f"/queue/{names('q')}")], b"too early")
+    assert b"SEND" in refused(client, "Not connected")
+
+
+@pytest.mark.parametrize(
+    "version, command, headers, missing",
+    [
+        ("1.2", "SEND", [], "destination"),
+        ("1.2", "SUBSCRIBE", [("destination", "/queue/q")], "id"),
+        ("1.1", "SUBSCRIBE", [("destination", "/queue/q")], "id"),
+        ("1.2", "SUBSCRIBE", [("id", "s1")], "destination"),
+        ("1.2", "UNSUBSCRIBE", [], "id"),
+        ("1.2", "BEGIN", [], "transaction"),
+        ("1.2", "COMMIT", [], "transaction"),
+        ("1.2", "ABORT", [], "transaction"),
+        ("1.2", "ACK", [], "id"),
+        ("1.1", "NACK", [], "message-id"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_a_frame_missing_a_required_header_is_an_error(
+    raw_stomp, bystander, version, command, headers, missing
+):
+    """SEND without destination, SUBSCRIBE without id (1.1 and 1.2) or destination,
+    UNSUBSCRIBE without id, BEGIN/COMMIT/ABORT without transaction, ACK/NACK without the id
+    their version uses: ERROR 'Missing header' naming the header."""
+    client = connected_raw(raw_stomp, version)
+    client.send_frame(command, headers, b"", version=version)
+    body = refused(client, "Missing header")
+    assert f"'{missing}'".encode() in body
+
+
+@pytest.mark.parametrize(
+    "frames, message",
+    [
+        ([("COMMIT", [("transaction", "never-begun")])], "Invalid transaction"),
+        ([("SEND", [("destination", "/queue/q"), ("transaction", "never-begun")])],
+         "Invalid transaction"),
+        ([("BEGIN", [("transaction", "t")]), ("BEGIN", [("transaction", "t")])],
+         "Invalid transaction"),
+        ([("SUBSCRIBE", [("destination", "/topic/t"), ("id", "s"), ("ack", "sometimes")])],
+         "Invalid ack mode"),
+        ([("SUBSCRIBE", [("destination", "/topic/t"), ("id", "s"), ("prefetch-count", "many")])],
+         "Invalid prefetch-count"),
+        ([("SUBSCRIBE", [("destination", "/topic/t"), ("id", "s")]),
+          ("SUBSCRIBE", [("destination", "/topic/t"), ("id", "s")])],
+         "Duplicated subscription identifier"),
+        ([("UNSUBSCRIBE", [("id", "never-subscribed")])], "Subscription not found"),
+        ([("SEND", [("destination", "/temp-queue/t")])], "Invalid destination"),
+        ([("SUBSCRIBE", [("destination", "/reply-queue/r"), ("id", "s")])], "Invalid destination"),
+    ],
+    ids=[
+        "commit-unknown-tx",
+        "send-in-unknown-tx",
+        "begin-twice",
+        "bad-ack-mode",
+        "bad-prefetch",
+        "duplicate-subscription",
+        "unsubscribe-unknown",
+        "send-to-temp-queue",
+        "subscribe-reply-queue",
+    ],
+)
+def test_frames_that_make_no_sense_in_the_session_are_errors(
+    raw_stomp, bystander, frames, message
+):
+    """Transactions that were never begun or begun twice, an ack mode or prefetch-count that
+    is no such thing, a subscription id used twice or never, sending to /temp-queue/ or
+    subscribing to /reply-queue/: each an ERROR naming the problem."""
+    client = connected_raw(raw_stomp)
+    for command, headers in frames:
+        client.send_frame(command, headers, b"", version="1.2")
+    refused(client, message)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"SEND\ndestination:/queue/q\nno colon here\n\nx\x00",
+        b"SEND\ndestination:/queue/q\ncontent-length:lots\n\nx\x00",
+        b"SEND\ndestination:/queue/q\ncontent-length:1\n\nxyz\x00",
+        b"SEND\ndestination:/queue/q\nx-bad:tab\\there\n\nx\x00",
+        b"SEND\ndestination:/queue/q\nx-bad:\xff\xfe\n\nx\x00",
+    ],
+    ids=["no-colon", "content-length-nan", "no-nul-after-body", "bad-escape", "not-utf8"],
+)
+def test_malformed_frames_are_errors(raw_stomp, bystander, data):
+    """A header line without ':', a content-length that is no number or is followed by more
+    than the NUL, an escape sequence 1.2 does not define, header bytes that are not UTF-8:
+    ERROR 'Malformed frame'."""
+    client = connected_raw(raw_stomp)
+    client.send(data)
+    refused(client, "Malformed frame")
+
+
+SMALL_FRAMES = "[stomp]\nmax_body_size = 1024\nmax_header_size = 1024\n"
+
+
+def write_config(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "junction-stomp.toml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        frame_bytes("SEND", [("destination", "/queue/big")], b"x" * 2048, content_length=True),
+        frame_bytes("SEND", [("destination", "/queue/big")], b"x" * 2048),
+        frame_bytes("SEND", [("destination", "/queue/big"), ("x-big", "y" * 2048)], b"x"),
+    ],
+    ids=["body-with-content-length", "body-without-content-length", "headers"],
+)
+def test_a_frame_over_the_size_limit_is_an_error(start_broker, tmp_path, names, frame):
+    """With max_body_size and max_header_size 1024, a 2 KiB body (announced or not) or a 2 KiB
+    header block is refused with ERROR 'Frame too large'; the broker goes on serving others,
+    and a 1000-byte body is fine."""
+    private = start_broker(extra_args=["--config", write_config(tmp_path, SMALL_FRAMES)])
+    bystander = StompClient(private.listeners["stomp"], "1.2")
+    client = RawStomp(private.listeners["stomp"])
+    try:
+        bystander.connect()
+        client.connect("1.2")
+        client.send(frame)
+        refused(client, "Frame too large")
+        destination = f"/queue/{names('q')}"
+        bystander.subscribe(destination)
+        bystander.send(destination, "y" * 1000)
+        assert bystander.expect_message().body == "y" * 1000
+    finally:
+        client.close()
+        bystander.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Fuzz.
+
+
+def valid_frames(destination: str) -> list[bytes]:
+    """Frames a 1.2 session would accept, for the fuzzer to mutate."""
+    return [
+        frame_bytes("SEND", [("destination", destination), ("receipt", "r")], b"body"),
+        frame_bytes("SEND", [("destination", destination)], b"a\x00b", content_length=True),
+        frame_bytes("SUBSCRIBE", [("destination", destination), ("id", "s"), ("ack", "client")]),
+        frame_bytes("UNSUBSCRIBE", [("id", "s")]),
+        frame_bytes("BEGIN", [("transaction", "t")]),
+        frame_bytes("ACK", [("id", "1"), ("transaction", "t")]),
+        frame_bytes("NACK", [("id", "1")]),
+        frame_bytes("COMMIT", [("transaction", "t")]),
+        frame_bytes("ABORT", [("transaction", "t")]),
+        frame_bytes("DISCONNECT", [("receipt", "bye")]),
+        b"\n\r\n",
+    ]
+
+
+def mutate(rng: random.Random, data: bytes) -> bytes:
+    """One random change: flipped, inserted, deleted or duplicated bytes, a truncation, or a
+    special byte (NUL, ':', '\\\\', newline) somewhere."""
+    data = bytearray(data)
+    choice = rng.randrange(6)
+    at = rng.randrange(len(data) + 1)
+    if choice == 0 and data:
+        data[min(at, len(data) - 1)] ^= 1 << rng.randrange(8)
+    elif choice == 1:
+        data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 8)))
+    elif choice == 2:
+        del data[at : at + rng.randrange(1, 8)]
+    elif choice == 3:
+        data[at:at] = data[: rng.randrange(1, len(data) + 1)]
+    elif choice == 4:
+        data = data[:at]
+    else:
+        data[at:at] = rng.choice([b"\x00", b":", b"\\", b"\n", b"\r\n", b"\\c"])
+    return bytes(data)
+
+
+def fuzz_case(rng: random.Random, destination: str) -> tuple[bool, bytes]:
+    """(CONNECT first?, the bytes to send)."""
+    kind = rng.randrange(4)
+    if kind == 0:
+        return rng.random() < 0.5, bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300)))
+    frames = valid_frames(destination)
+    if kind == 1:
+        connect = frame_bytes("CONNECT", [("accept-version", "1.0,1.1,1.2"), *GUEST])
+        return False, mutate(rng, connect) + mutate(rng, rng.choice(frames))
+    picked = b"".join(rng.choice(frames) for _ in range(rng.randrange(1, 5)))
+    for _ in range(rng.randrange(1, 4)):
+        picked = mutate(rng, picked)
+    return True, picked
+
+
+def test_random_and_mutated_frames_never_kill_the_broker(broker, bystander, names):
+    """100 connections (seed 20240229) each send random bytes or mutated frames, before or
+    after a valid CONNECT, then half-close; whatever the broker answers, it keeps running and
+    the bystander keeps working."""
+    rng = random.Random(20240229)
+    destination = f"/queue/{names('fuzz')}"
+    for case in range(100):
+        connect_first, data = fuzz_case(rng, destination)
+        client = RawStomp(broker.listeners["stomp"])
+        try:
+            if connect_first:
+                client.connect(rng.choice(["1.0", "1.1", "1.2"]))
+            client.send(data)
+            try:
+                client.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # the broker closed it already
+            client.wait_closed(timeout=5)
+        except AssertionError as failure:
+            raise AssertionError(f"fuzz case {case}: {data!r}: {failure}") from None
+        finally:
+            client.close()
+        assert broker.running, f"the broker died on fuzz case {case}: {data!r}"

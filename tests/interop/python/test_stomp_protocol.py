@@ -1,0 +1,712 @@
+"""STOMP 1.0/1.1/1.2 as Junction speaks it, through stomp.py and a raw socket client.
+
+Pinned here: version negotiation (``accept-version``; none at all means 1.0; nothing in
+common is an ERROR and the connection closes), CONNECT and STOMP both opening a session,
+login/passcode checks, the ``host`` header choosing the vhost (a host that names no vhost
+means the default one), SEND/SUBSCRIBE/UNSUBSCRIBE, RECEIPTs, the headers of a MESSAGE, the
+three ack modes with ACK and NACK, ``prefetch-count``, transactions, heart-beats both ways,
+header escaping per version, ``content-length`` bodies with NUL bytes, and persistence across
+a restart.
+
+Every queue name comes from ``names``, so tests sharing the broker never see each other's
+messages. Negative checks ("nothing else arrives") are bounded and made after something
+later was already seen.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pika
+import pytest
+
+from stomp_clients import GUEST, WAIT, RawStomp, StompClient
+
+VERSIONS = ["1.0", "1.1", "1.2"]
+
+
+def write_config(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "junction-stomp.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def queue_depth(channel, queue: str) -> int:
+    """Messages ready in ``queue`` (pika's passive queue.declare)."""
+    return channel.queue_declare(queue, passive=True).method.message_count
+
+
+# ---------------------------------------------------------------------------------------------
+# Versions and CONNECT.
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_each_version_connects_with_its_stomp_py_connection_and_carries_messages(
+    stomp, names, version
+):
+    """stomp.py's Connection10/11/12 each get CONNECTED naming their version (1.1 and 1.2
+    also get the server's heart-beat offer) and can move a message through a queue."""
+    client = stomp(version)
+    connected = client.connect()
+    assert connected.headers["version"] == version
+    assert connected.headers["server"].startswith("Junction/")
+    assert connected.headers.get("session")
+    if version == "1.0":
+        assert "heart-beat" not in connected.headers
+    else:
+        assert connected.headers["heart-beat"] == "10000,10000"
+    client.round_trip(names)
+
+
+@pytest.mark.parametrize(
+    "accept_version, expected",
+    [(None, "1.0"), ("1.0", "1.0"), ("1.0,1.1", "1.1"), ("1.1,1.2", "1.2"), ("1.2,2.0", "1.2")],
+    ids=["absent", "1.0", "1.0,1.1", "1.1,1.2", "1.2,2.0"],
+)
+def test_the_highest_version_both_sides_accept_is_chosen(raw_stomp, accept_version, expected):
+    """A raw CONNECT's accept-version list is answered with the highest version Junction also
+    speaks; no accept-version header at all is a STOMP 1.0 client."""
+    client = raw_stomp()
+    headers = [("login", "guest"), ("passcode", "guest")]
+    if accept_version is not None:
+        headers.insert(0, ("accept-version", accept_version))
+    client.send_frame("CONNECT", headers)
+    connected = client.expect_frame("CONNECTED")
+    assert connected["version"] == expected
+
+
+def test_a_client_accepting_only_version_2_gets_an_error_and_is_disconnected(raw_stomp):
+    """accept-version 2.0 shares no version with Junction: an ERROR frame whose message header
+    names the supported versions, then the socket is closed."""
+    client = raw_stomp()
+    client.send_frame(
+        "CONNECT", [("accept-version", "2.0"), ("login", "guest"), ("passcode", "guest")]
+    )
+    error = client.expect_error_and_close()
+    assert "1.0,1.1,1.2" in error["message"]
+    assert b"2.0" in error.body
+
+
+@pytest.mark.parametrize("command", ["CONNECT", "STOMP"])
+def test_connect_and_stomp_commands_both_open_a_session(raw_stomp, names, command):
+    """CONNECT and its 1.2 alias STOMP are both answered with CONNECTED, after which the
+    connection takes SEND frames (a RECEIPT proves the SEND was handled)."""
+    client = raw_stomp()
+    connected = client.connect("1.2", command=command)
+    assert connected["version"] == "1.2"
+    client.send_frame(
+        "SEND",
+        [("destination", f"/queue/{names('q')}"), ("receipt", "sent")],
+        b"hello",
+        version="1.2",
+    )
+    assert client.expect_frame("RECEIPT")["receipt-id"] == "sent"
+
+
+def test_a_second_connect_on_a_connected_session_is_an_error(raw_stomp):
+    """A connection sends CONNECT once: another one is an ERROR and the connection closes."""
+    client = raw_stomp()
+    client.connect("1.2")
+    client.send_frame("CONNECT", [("accept-version", "1.2"), *GUEST])
+    client.expect_error_and_close()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_good_credentials_are_accepted(stomp, version):
+    """guest/guest, the configured user, is let in with every version."""
+    assert stomp(version).connect("guest", "guest").command == "CONNECTED"
+
+
+@pytest.mark.parametrize(
+    "login, passcode",
+    [("guest", "wrong"), ("nobody", "guest"), (None, None)],
+    ids=["bad-passcode", "unknown-user", "no-login"],
+)
+def test_bad_credentials_get_a_bad_connect_error_and_the_connection_closes(
+    stomp, login, passcode
+):
+    """A wrong passcode, an unknown user, or no login at all (allow_anonymous is off by
+    default) is refused: ERROR with message 'Bad CONNECT' and a body saying why, then the
+    broker closes the connection."""
+    client = stomp("1.2")
+    error = client.connect_refused(login, passcode)
+    assert error.headers["message"] == "Bad CONNECT"
+    assert error.body.strip()
+
+
+VHOSTS_CONFIG = """
+[[vhosts]]
+name = "/"
+
+[[vhosts]]
+name = "v2"
+
+[[users]]
+name = "guest"
+password = "guest"
+tags = ["administrator"]
+permissions = [
+    { vhost = "/", configure = ".*", write = ".*", read = ".*" },
+    { vhost = "v2", configure = ".*", write = ".*", read = ".*" },
+]
+"""
+
+
+def test_the_host_header_names_the_vhost(start_broker, tmp_path, stomp, names):
+    """With vhosts '/' and 'v2', a client whose host header is 'v2' works in v2: the same
+    /queue/ name is a different queue there, so messages sent in one vhost are only seen in
+    that one; pika on v2 sees the queue STOMP declared there."""
+    private = start_broker(extra_args=["--config", write_config(tmp_path, VHOSTS_CONFIG)])
+    queue = names("q")
+    in_v2 = stomp("1.2", target=private, vhost="v2")
+    in_root = stomp("1.2", target=private, vhost="/")
+    in_v2.connect()
+    in_root.connect()
+    in_v2.subscribe(f"/queue/{queue}")
+    in_root.subscribe(f"/queue/{queue}")
+    in_v2.send(f"/queue/{queue}", "for v2")
+    in_root.send(f"/queue/{queue}", "for /")
+    assert in_v2.expect_message().body == "for v2"
+    assert in_root.expect_message().body == "for /"
+    in_v2.expect_no_message(0.3)
+    in_root.expect_no_message(0.3)
+
+    connection = pika.BlockingConnection(private.pika_parameters(virtual_host="v2"))
+    try:
+        connection.channel().queue_declare(queue, passive=True)
+    finally:
+        connection.close()
+
+
+def test_a_host_header_that_names_no_vhost_means_the_default_vhost(
+    raw_stomp, names, channel
+):
+    """Clients often send the machine's name as host: Junction connects them to '/' instead
+    of refusing, so a message they send to /queue/N is in queue N of '/' (pika sees it)."""
+    queue = names("q")
+    client = raw_stomp()
+    client.connect("1.2", host=socket.gethostname())
+    client.send_frame(
+        "SEND", [("destination", f"/queue/{queue}"), ("receipt", "r")], b"via host", version="1.2"
+    )
+    client.expect_frame("RECEIPT")
+    method, _, body = channel.basic_get(queue, auto_ack=True)
+    assert method is not None and body == b"via host"
+
+
+# ---------------------------------------------------------------------------------------------
+# SEND, SUBSCRIBE, UNSUBSCRIBE, RECEIPT, MESSAGE.
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_unsubscribe_stops_deliveries_and_the_queue_keeps_what_follows(
+    stomp_connected, names, channel, version
+):
+    """SUBSCRIBE to /queue/N gets what is sent there; after UNSUBSCRIBE nothing more arrives
+    and later messages wait in the queue (pika fetches them)."""
+    queue = names("q")
+    client = stomp_connected(version)
+    subscription = client.subscribe(f"/queue/{queue}")
+    client.send(f"/queue/{queue}", "one")
+    message = client.expect_message()
+    assert (message.body, message.headers["subscription"]) == ("one", subscription)
+    client.unsubscribe(subscription)
+    client.send(f"/queue/{queue}", "two")
+    method, _, body = channel.basic_get(queue, auto_ack=True)
+    assert method is not None and body == b"two"
+    client.expect_no_message(0.3)
+
+
+def test_stomp_1_0_subscriptions_without_an_id_are_named_by_their_destination(raw_stomp, names):
+    """In STOMP 1.0 a SUBSCRIBE may leave out id: its MESSAGEs name the destination as their
+    subscription, and UNSUBSCRIBE by destination ends it."""
+    destination = f"/queue/{names('q')}"
+    client = raw_stomp()
+    client.connect("1.0")
+    client.send_frame("SUBSCRIBE", [("destination", destination), ("receipt", "s")])
+    client.expect_frame("RECEIPT")
+    client.send_frame("SEND", [("destination", destination)], b"1.0 style")
+    message = client.expect_frame("MESSAGE")
+    assert message["subscription"] == destination
+    assert message.body == b"1.0 style"
+    client.send_frame("UNSUBSCRIBE", [("destination", destination), ("receipt", "u")])
+    assert client.expect_frame("RECEIPT")["receipt-id"] == "u"
+
+
+def test_send_subscribe_unsubscribe_and_disconnect_each_get_their_receipt(raw_stomp, names):
+    """A receipt header on SEND, SUBSCRIBE, UNSUBSCRIBE and DISCONNECT is answered with a
+    RECEIPT carrying it as receipt-id, in order; after the DISCONNECT receipt the broker
+    closes the connection."""
+    destination = f"/queue/{names('q')}"
+    client = raw_stomp()
+    client.connect("1.2")
+    client.send_frame(
+        "SUBSCRIBE", [("destination", destination), ("id", "s1"), ("receipt", "r-sub")]
+    )
+    assert client.expect_frame("RECEIPT")["receipt-id"] == "r-sub"
+    client.send_frame("SEND", [("destination", destination), ("receipt", "r-send")], b"x")
+    frames = [client.read_frame(), client.read_frame()]
+    assert sorted(f.command for f in frames) == ["MESSAGE", "RECEIPT"]
+    assert [f["receipt-id"] for f in frames if f.command == "RECEIPT"] == ["r-send"]
+    client.send_frame("UNSUBSCRIBE", [("id", "s1"), ("receipt", "r-unsub")])
+    assert client.expect_frame("RECEIPT")["receipt-id"] == "r-unsub"
+    client.send_frame("DISCONNECT", [("receipt", "r-bye")])
+    assert client.expect_frame("RECEIPT")["receipt-id"] == "r-bye"
+    assert client.wait_closed().strip(b"\n") == b""
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("ack", ["auto", "client", "client-individual"])
+def test_messages_carry_subscription_message_id_destination_and_in_1_2_an_ack_id(
+    stomp_connected, names, version, ack
+):
+    """Every MESSAGE has subscription, message-id and destination headers; a 1.2 client on a
+    client or client-individual subscription also gets the ack header it must ACK with
+    (auto subscriptions and older versions get none)."""
+    destination = f"/queue/{names('q')}"
+    client = stomp_connected(version)
+    subscription = client.subscribe(destination, ack=ack)
+    client.send(destination, "headers")
+    message = client.expect_message()
+    assert message.headers["subscription"] == subscription
+    assert message.headers["destination"] == destination
+    assert message.headers["message-id"]
+    if version == "1.2" and ack != "auto":
+        assert message.headers["ack"]
+    else:
+        assert "ack" not in message.headers
+
+
+# ---------------------------------------------------------------------------------------------
+# Acknowledgements.
+
+
+def send_numbered(client: StompClient, destination: str, count: int) -> None:
+    for n in range(1, count + 1):
+        client.send(destination, f"m{n}")
+
+
+def test_auto_ack_settles_messages_as_they_are_delivered(stomp_connected, names, channel):
+    """On an auto subscription delivered messages are gone from the queue: after the client
+    disconnects, the queue is empty."""
+    queue = names("q")
+    client = stomp_connected("1.2")
+    client.subscribe(f"/queue/{queue}")
+    send_numbered(client, f"/queue/{queue}", 3)
+    assert [m.body for m in client.expect_messages(3)] == ["m1", "m2", "m3"]
+    client.disconnect()
+    assert queue_depth(channel, queue) == 0
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_client_ack_is_cumulative(stomp_connected, names, version):
+    """In client mode an ACK settles the named message and every earlier one of the
+    subscription: acking m2 of m1..m3 and disconnecting leaves only m3, which the next
+    subscriber gets marked redelivered."""
+    destination = f"/queue/{names('q')}"
+    client = stomp_connected(version)
+    client.subscribe(destination, ack="client")
+    send_numbered(client, destination, 3)
+    received = client.expect_messages(3)
+    assert [m.body for m in received] == ["m1", "m2", "m3"]
+    client.ack(received[1])
+    client.disconnect()
+
+    again = stomp_connected(version)
+    again.subscribe(destination, ack="client")
+    message = again.expect_message()
+    assert message.body == "m3"
+    assert message.headers.get("redelivered") == "true"
+    again.expect_no_message(0.3)
+
+
+def test_a_cumulative_ack_stays_within_its_subscription(stomp_connected, names):
+    """Two client-mode subscriptions on one connection: acking the later message of one
+    settles nothing of the other, whose earlier message comes back to the next subscriber."""
+    first, second = f"/queue/{names('a')}", f"/queue/{names('b')}"
+    client = stomp_connected("1.2")
+    client.subscribe(first, id="first", ack="client")
+    client.subscribe(second, id="second", ack="client")
+    client.send(second, "earlier, other subscription")
+    assert client.expect_message().headers["subscription"] == "second"
+    client.send(first, "later")
+    later = client.expect_message()
+    assert later.headers["subscription"] == "first"
+    client.ack(later)
+    client.disconnect()
+
+    again = stomp_connected("1.2")
+    again.subscribe(second, ack="client")
+    assert again.expect_message().body == "earlier, other subscription"
+    again.subscribe(first, ack="client")
+    again.expect_no_message(0.3)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_client_individual_ack_settles_only_the_named_message(stomp_connected, names, version):
+    """In client-individual mode an ACK settles that message alone: acking m2 of m1..m3 and
+    disconnecting leaves m1 and m3 for the next subscriber."""
+    destination = f"/queue/{names('q')}"
+    client = stomp_connected(version)
+    client.subscribe(destination, ack="client-individual")
+    send_numbered(client, destination, 3)
+    received = client.expect_messages(3)
+    client.ack(received[1])
+    client.disconnect()
+
+    again = stomp_connected(version)
+    again.subscribe(destination, ack="client-individual")
+    assert sorted(m.body for m in again.expect_messages(2)) == ["m1", "m3"]
+    again.expect_no_message(0.3)
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.2"])
+def test_nack_requeues_and_the_message_comes_back_redelivered(stomp_connected, names, version):
+    """NACK puts the message back in its queue (RabbitMQ's default): it is delivered again,
+    with redelivered:true, and an ACK then settles it for good."""
+    queue = names("q")
+    client = stomp_connected(version)
+    client.subscribe(f"/queue/{queue}", ack="client-individual")
+    client.send(f"/queue/{queue}", "try again")
+    first = client.expect_message()
+    assert "redelivered" not in first.headers
+    client.nack(first)
+    second = client.expect_message()
+    assert second.body == "try again"
+    assert second.headers["redelivered"] == "true"
+    client.ack(second)
+    client.expect_no_message(0.3)
+
+
+def test_nack_with_requeue_false_drops_the_message(stomp_connected, names, channel):
+    """NACK with requeue:false discards the message instead of redelivering it."""
+    queue = names("q")
+    client = stomp_connected("1.2")
+    client.subscribe(f"/queue/{queue}", ack="client-individual")
+    client.send(f"/queue/{queue}", "drop me")
+    message = client.expect_message()
+    client.conn.nack(message.headers["ack"], receipt="nacked", requeue="false")
+    client.wait_receipt("nacked")
+    client.send(f"/queue/{queue}", "after")
+    assert client.expect_message().body == "after"
+    client.expect_no_message(0.3)
+
+
+def test_prefetch_count_limits_unacknowledged_deliveries(stomp_connected, names):
+    """prefetch-count:2 on a client-individual subscription: of 5 messages only 2 arrive
+    until one is acked, then exactly one more."""
+    destination = f"/queue/{names('q')}"
+    client = stomp_connected("1.2")
+    client.subscribe(destination, ack="client-individual", prefetch_count="2")
+    send_numbered(client, destination, 5)
+    first_two = client.expect_messages(2)
+    assert [m.body for m in first_two] == ["m1", "m2"]
+    client.expect_no_message(0.5)
+    client.ack(first_two[0])
+    assert client.expect_message().body == "m3"
+    client.expect_no_message(0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Transactions.
+
+
+def test_sends_in_a_transaction_are_delivered_only_on_commit(stomp_connected, names):
+    """SENDs naming a transaction are held: a SEND outside it overtakes them, and COMMIT
+    delivers them, in order."""
+    destination = f"/queue/{names('q')}"
+    client = stomp_connected("1.2")
+    client.subscribe(destination)
+    tx = client.begin("tx-commit")
+    client.send(destination, "held 1", transaction=tx)
+    client.send(destination, "held 2", transaction=tx)
+    client.send(destination, "outside")
+    assert client.expect_message().body == "outside"
+    client.expect_no_message(0.3)
+    client.commit(tx)
+    assert [m.body for m in client.expect_messages(2)] == ["held 1", "held 2"]
+
+
+def test_abort_drops_the_transactions_sends(stomp_connected, names):
+    """ABORT discards the transaction's SENDs: only a later message arrives."""
+    destination = f"/queue/{names('q')}"
+    client = stomp_connected("1.2")
+    client.subscribe(destination)
+    tx = client.begin("tx-abort")
+    client.send(destination, "never", transaction=tx)
+    client.abort(tx)
+    client.send(destination, "after abort")
+    assert client.expect_message().body == "after abort"
+    client.expect_no_message(0.3)
+
+
+@pytest.mark.parametrize("outcome", ["commit", "abort"])
+def test_acks_in_a_transaction_take_effect_only_on_commit(stomp_connected, names, outcome):
+    """With prefetch-count:1 the next message comes only when the first is settled: an ACK
+    in a transaction releases it on COMMIT, not before, and never after ABORT (a plain ACK
+    still can)."""
+    destination = f"/queue/{names('q')}"
+    client = stomp_connected("1.2")
+    client.subscribe(destination, ack="client-individual", prefetch_count="1")
+    send_numbered(client, destination, 2)
+    first = client.expect_message()
+    assert first.body == "m1"
+    tx = client.begin(f"tx-{outcome}")
+    client.ack(first, transaction=tx)
+    client.expect_no_message(0.5)
+    if outcome == "commit":
+        client.commit(tx)
+    else:
+        client.abort(tx)
+        client.expect_no_message(0.5)
+        client.ack(first)
+    assert client.expect_message().body == "m2"
+
+
+# ---------------------------------------------------------------------------------------------
+# Heart-beats.
+
+FAST_HEARTBEATS = "[stomp]\nheartbeat_ms = 500\n"
+
+
+def test_a_client_exchanging_heartbeats_stays_connected(start_broker, tmp_path, stomp, names):
+    """Broker and stomp.py both at 500 ms: heart-beats flow from the broker, the broker is
+    content with the client's, and after more than 3 s the connection still carries
+    messages."""
+    private = start_broker(extra_args=["--config", write_config(tmp_path, FAST_HEARTBEATS)])
+    client = stomp("1.2", target=private, heartbeats=(500, 500))
+    connected = client.connect()
+    assert connected.headers["heart-beat"] == "500,500"
+    started = time.monotonic()
+    client.wait_heartbeats(6, timeout=WAIT)
+    assert time.monotonic() - started > 2.5
+    deadline = started + 3.5
+    while time.monotonic() < deadline:
+        assert not client.disconnected.wait(0.1), "the broker dropped a heart-beating client"
+    client.round_trip(names)
+
+
+def test_a_client_that_promised_heartbeats_and_went_silent_is_disconnected(
+    start_broker, tmp_path
+):
+    """A raw client offering heart-beats every 500 ms (and wanting none) that then sends
+    nothing is closed once twice the interval has passed without a byte: after about 1 s,
+    within a few seconds."""
+    private = start_broker(extra_args=["--config", write_config(tmp_path, FAST_HEARTBEATS)])
+    client = RawStomp(private.listeners["stomp"])
+    try:
+        client.connect("1.2", heart_beat="500,0")
+        connected_at = time.monotonic()
+        client.wait_closed(timeout=5)
+        assert client.closed_at is not None
+        assert 0.8 <= client.closed_at - connected_at <= 4
+    finally:
+        client.close()
+
+
+def test_the_broker_sends_eol_heartbeats_when_asked(start_broker, tmp_path):
+    """A raw client that wants heart-beats every 500 ms (and sends none) gets end-of-line
+    bytes from the otherwise idle broker, several within 3 s, and stays connected."""
+    private = start_broker(extra_args=["--config", write_config(tmp_path, FAST_HEARTBEATS)])
+    client = RawStomp(private.listeners["stomp"])
+    try:
+        connected = client.connect("1.2", heart_beat="0,500")
+        assert connected["heart-beat"] == "500,500"
+        client.wait_heartbeats(4, timeout=3.5)
+        client.send_frame("DISCONNECT", [("receipt", "bye")])
+        assert client.expect_frame("RECEIPT")["receipt-id"] == "bye"
+    finally:
+        client.close()
+
+
+def test_no_heartbeats_are_sent_to_a_client_that_wants_none(raw_stomp):
+    """heart-beat 0,0 (or none): the idle broker sends nothing at all."""
+    client = raw_stomp()
+    client.connect("1.2", heart_beat="0,0")
+    with pytest.raises(AssertionError, match="no frame"):
+        client.read_frame(timeout=1.0)
+    assert client.heartbeats == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Header escaping and bodies.
+
+AWKWARD = {"x-colon": "a:b:c", "x-newline": "line1\nline2", "x-backslash": "C:\\temp\\x"}
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.2"])
+def test_escaped_header_values_round_trip_through_a_queue(stomp_connected, names, version):
+    """Header values with ':' , '\\n' and '\\\\' (and '\\r' in 1.2) are escaped by the
+    sender, unescaped by the broker, stored, escaped again on the MESSAGE and arrive
+    unchanged."""
+    destination = f"/queue/{names('q')}"
+    headers = dict(AWKWARD)
+    if version == "1.2":
+        headers["x-return"] = "cr\rhere"
+    client = stomp_connected(version)
+    client.subscribe(destination)
+    client.conn.send(destination, "escaped", headers={**headers, "receipt": "sent"})
+    client.wait_receipt("sent")
+    message = client.expect_message()
+    assert {name: message.headers.get(name) for name in headers} == headers
+
+
+def test_messages_are_escaped_on_the_wire_for_a_1_2_subscriber(stomp_connected, raw_stomp, names):
+    """What a raw 1.2 subscriber reads: ':' as \\c, newline as \\n, backslash as \\\\."""
+    destination = f"/queue/{names('q')}"
+    subscriber = raw_stomp()
+    subscriber.connect("1.2")
+    subscriber.send_frame(
+        "SUBSCRIBE", [("destination", destination), ("id", "s"), ("receipt", "s")]
+    )
+    subscriber.expect_frame("RECEIPT")
+    sender = stomp_connected("1.2")
+    sender.conn.send(destination, "escaped", headers={**AWKWARD, "receipt": "sent"})
+    sender.wait_receipt("sent")
+    message = subscriber.expect_frame("MESSAGE")
+    assert message["x-colon"] == "a\\cb\\cc"
+    assert message["x-newline"] == "line1\\nline2"
+    assert message["x-backslash"] == "C\\c\\\\temp\\\\x"
+
+
+def test_stomp_1_0_headers_are_not_escaped(raw_stomp, stomp_connected, names):
+    """In 1.0 a header value is everything after the first colon, backslashes included: a
+    1.0 sender's 'a\\cb' and '12:30' reach a 1.0 subscriber byte for byte, and a 1.2
+    subscriber reads them as the same text (escaped for it, then unescaped by stomp.py)."""
+    destination = f"/topic/{names('k')}"
+    modern = stomp_connected("1.2")
+    modern.subscribe(destination)
+    old = raw_stomp()
+    old.connect("1.0")
+    old.send_frame("SUBSCRIBE", [("destination", destination), ("id", "s"), ("receipt", "s")])
+    old.expect_frame("RECEIPT")
+    old.send(
+        b"SEND\ndestination:" + destination.encode()
+        + b"\nx-path:a\\cb\nx-time:12:30\nreceipt:sent\n\nold\x00"
+    )
+    frames = [old.read_frame(), old.read_frame()]
+    assert sorted(f.command for f in frames) == ["MESSAGE", "RECEIPT"], frames
+    message = next(f for f in frames if f.command == "MESSAGE")
+    assert message["x-path"] == "a\\cb"
+    assert message["x-time"] == "12:30"
+    seen = modern.expect_message()
+    assert (seen.headers["x-path"], seen.headers["x-time"]) == ("a\\cb", "12:30")
+
+
+def test_a_newline_in_a_header_value_is_dropped_for_a_1_0_subscriber(
+    raw_stomp, stomp_connected, names
+):
+    """STOMP 1.0 cannot carry a newline in a header: a 1.2 sender's 'line1\\nline2' reaches a
+    1.0 subscriber as 'line1line2' (the frame stays well formed)."""
+    destination = f"/queue/{names('q')}"
+    old = raw_stomp()
+    old.connect("1.0")
+    old.send_frame("SUBSCRIBE", [("destination", destination), ("id", "s"), ("receipt", "s")])
+    old.expect_frame("RECEIPT")
+    sender = stomp_connected("1.2")
+    sender.conn.send(destination, "nl", headers={"x-newline": "line1\nline2", "receipt": "r"})
+    sender.wait_receipt("r")
+    message = old.expect_frame("MESSAGE")
+    assert message["x-newline"] == "line1line2"
+    assert message.body == b"nl"
+
+
+def test_content_length_bodies_may_contain_nul_bytes(raw_stomp, names, channel):
+    """With content-length a body is exactly that many bytes, NULs included: a raw SEND of
+    b'a\\0b\\0\\0c' reaches a raw subscriber whole (its MESSAGE has content-length 6), and
+    AMQP consumers get the same bytes."""
+    queue = names("q")
+    body = b"a\x00b\x00\x00c"
+    subscriber = raw_stomp()
+    subscriber.connect("1.2")
+    subscriber.send_frame(
+        "SUBSCRIBE", [("destination", f"/queue/{queue}"), ("id", "s"), ("receipt", "s")]
+    )
+    subscriber.expect_frame("RECEIPT")
+    sender = raw_stomp()
+    sender.connect("1.2")
+    sender.send_frame(
+        "SEND", [("destination", f"/queue/{queue}"), ("receipt", "r")], body, content_length=True
+    )
+    sender.expect_frame("RECEIPT")
+    message = subscriber.expect_frame("MESSAGE")
+    assert message.body == body
+    assert message["content-length"] == "6"
+
+    subscriber.send_frame("UNSUBSCRIBE", [("id", "s"), ("receipt", "u")])
+    subscriber.expect_frame("RECEIPT")
+    sender.send_frame(
+        "SEND", [("destination", f"/queue/{queue}"), ("receipt", "r2")], body, content_length=True
+    )
+    sender.expect_frame("RECEIPT")
+    method, _, fetched = channel.basic_get(queue, auto_ack=True)
+    assert method is not None and fetched == body
+
+
+def test_a_one_mebibyte_binary_body_round_trips(stomp, names):
+    """1 MiB of every byte value (NULs included; stomp.py sends content-length) goes through a
+    queue unchanged: the broker reads it across many socket reads and writes it back whole."""
+    destination = f"/queue/{names('q')}"
+    client = stomp("1.2", auto_decode=False)
+    client.connect()
+    client.subscribe(destination)
+    body = bytes(range(256)) * 4096
+    client.send(destination, body)
+    message = client.expect_message()
+    assert message.body == body
+    assert message.headers["content-length"] == str(len(body))
+
+
+def test_frames_may_use_crlf_line_endings(raw_stomp, names):
+    """STOMP 1.2 allows CRLF at the end of the command and header lines (and after the NUL):
+    such SUBSCRIBE and SEND frames work."""
+    destination = f"/queue/{names('q')}".encode()
+    client = raw_stomp()
+    client.connect("1.2")
+    client.send(
+        b"SUBSCRIBE\r\ndestination:" + destination + b"\r\nid:s\r\nreceipt:r\r\n\r\n\x00\r\n"
+    )
+    assert client.expect_frame("RECEIPT")["receipt-id"] == "r"
+    client.send(b"SEND\r\ndestination:" + destination + b"\r\n\r\ncrlf\x00\r\n")
+    message = client.expect_frame("MESSAGE")
+    assert (message["subscription"], message.body) == ("s", b"crlf")
+
+
+# ---------------------------------------------------------------------------------------------
+# Persistence.
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
+def test_a_persistent_send_to_a_queue_survives_a_restart_and_a_transient_one_does_not(
+    start_broker, names, stop
+):
+    """persistent:true SENDs to a /queue/ (durable) are on disk when their RECEIPT comes: after
+    SIGTERM, or SIGKILL right after the RECEIPT, and a restart on the same data directory the
+    persistent message is delivered and the transient one is gone."""
+    first = start_broker()
+    queue = names("q")
+    sender = StompClient(first.listeners["stomp"], "1.2")
+    try:
+        sender.connect()
+        sender.send(f"/queue/{queue}", "transient")
+        sender.send(f"/queue/{queue}", "persistent", persistent="true")
+        if stop == "sigkill":
+            first.process.kill()
+            first.process.wait()
+    finally:
+        sender.close()
+    first.stop()
+
+    second = start_broker(data_dir=first.data_dir)
+    receiver = StompClient(second.listeners["stomp"], "1.2")
+    try:
+        receiver.connect()
+        receiver.subscribe(f"/queue/{queue}")
+        message = receiver.expect_message()
+        assert message.body == "persistent"
+        assert message.headers["persistent"] == "true"
+        receiver.expect_no_message(0.5)
+    finally:
+        receiver.close()
