@@ -289,6 +289,11 @@ fn unescape(text: &str, version: Version) -> Result<String, DecodeError> {
 }
 
 fn escape_into(out: &mut BytesMut, text: &str, version: Option<Version>) {
+    // Most values need no escaping: copy them whole.
+    if !text.as_bytes().iter().any(|b| matches!(b, b'\n' | b'\r' | b':' | b'\\')) {
+        out.put_slice(text.as_bytes());
+        return;
+    }
     match version {
         Some(Version::V1_1) | Some(Version::V1_2) => {
             for c in text.chars() {
