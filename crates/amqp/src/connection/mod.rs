@@ -65,7 +65,8 @@ pub enum Next {
 pub struct Connection {
     session: Session,
     state: State,
-    channels: Vec<Option<Channel>>,
+    /// Boxed: a channel is taken out and put back on every frame, so it moves as a pointer.
+    channels: Vec<Option<Box<Channel>>>,
     generation: u32,
     /// The resource alarm as last seen, and whether connection.blocked was sent for it.
     alarm: Option<String>,
@@ -385,14 +386,14 @@ impl Connection {
 
     /// Takes an open channel out of the table (to be put back with [`Self::put_channel`]).
     /// A number that was never opened costs nothing: the table only grows on channel.open.
-    pub(super) fn take_channel(&mut self, number: u16) -> Option<Channel> {
+    pub(super) fn take_channel(&mut self, number: u16) -> Option<Box<Channel>> {
         self.channels
             .get_mut(usize::from(number))
             .and_then(Option::take)
     }
 
     /// Puts a channel in its slot; numbers are bounded by channel_max at channel.open.
-    pub(super) fn put_channel(&mut self, number: u16, channel: Channel) {
+    pub(super) fn put_channel(&mut self, number: u16, channel: Box<Channel>) {
         let index = usize::from(number);
         if self.channels.len() <= index {
             self.channels.resize_with(index + 1, || None);
@@ -576,7 +577,7 @@ impl Connection {
             number,
             generation: self.generation,
         };
-        self.put_channel(number, Channel::new(id));
+        self.put_channel(number, Box::new(Channel::new(id)));
         self.session.send(
             number,
             AMQPClass::Channel(channel_methods::AMQPMethod::OpenOk(ChannelOpenOk {})),
@@ -606,7 +607,8 @@ impl Connection {
     }
 
     async fn close_all_channels(&mut self) {
-        let channels: Vec<Channel> = self.channels.iter_mut().filter_map(Option::take).collect();
+        let channels: Vec<Box<Channel>> =
+            self.channels.iter_mut().filter_map(Option::take).collect();
         for mut channel in channels {
             self.release_channel(&mut channel).await;
         }
