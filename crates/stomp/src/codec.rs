@@ -290,7 +290,11 @@ fn unescape(text: &str, version: Version) -> Result<String, DecodeError> {
 
 fn escape_into(out: &mut BytesMut, text: &str, version: Option<Version>) {
     // Most values need no escaping: copy them whole.
-    if !text.as_bytes().iter().any(|b| matches!(b, b'\n' | b'\r' | b':' | b'\\')) {
+    if !text
+        .as_bytes()
+        .iter()
+        .any(|b| matches!(b, b'\n' | b'\r' | b':' | b'\\'))
+    {
         out.put_slice(text.as_bytes());
         return;
     }
