@@ -82,7 +82,7 @@ pub async fn handle(
                 exclusive: m.exclusive,
                 prefetch: channel.consumer_prefetch,
                 channel_credit: Some(channel.credit.clone()),
-                sink: session.sink.clone(),
+                sink: session.sink.sender(),
             };
             queue.consume(spec).await?;
             channel
@@ -349,7 +349,7 @@ fn is_durable(queue: &QueueHandle) -> bool {
 /// sees it, and returns where it lies. In confirm mode its confirm waits until the store
 /// reports it on disk.
 fn persist(
-    session: &Session,
+    session: &mut Session,
     channel: &mut Channel,
     message: &Message,
     queues: &[QueueHandle],
@@ -376,7 +376,7 @@ fn persist(
     let on_durable: Option<junction_core::OnDurable> = match (seq, channel.confirm.as_mut()) {
         (Some(seq), Some(confirms)) => {
             confirms.waiting.insert(seq);
-            let notify = session.durable.clone();
+            let notify = session.durable.sender();
             let id = channel.id;
             Some(Box::new(move || {
                 let _ = notify.send((id, seq));

@@ -143,6 +143,16 @@ impl Outbox {
         self.buffer.split().freeze()
     }
 
+    /// Gives the buffers' memory back when nothing waits (a quiet connection holds none).
+    pub fn release(&mut self) {
+        if self.buffer.is_empty() && self.buffer.capacity() > 0 {
+            self.buffer = BytesMut::new();
+        }
+        if self.scratch.capacity() > 0 {
+            self.scratch = Vec::new();
+        }
+    }
+
     /// Appends raw bytes (the protocol header).
     pub fn raw(&mut self, bytes: &[u8]) {
         self.buffer.extend_from_slice(bytes);

@@ -1,17 +1,24 @@
-//! The driver that runs a [`Connection`] over a byte stream: one task reads, handles frames and
-//! consumer events, and hands encoded output to a writer task in batches. Output is written
-//! once per wake-up, never per frame. Heartbeats are sent when the connection has been quiet and
-//! missed ones close it.
+//! The driver that runs a [`Connection`] over a byte stream. One task per connection reads,
+//! handles frames and consumer events, and writes the output as the socket takes it: output
+//! is written once per wake-up, never per frame. Heartbeats are sent when they are due and
+//! missed ones close the connection.
+//!
+//! An idle connection holds little: the task's future points to the boxed [`Driver`], the
+//! buffers are freed while it is quiet, its channels exist once used, and one timer is set to
+//! the next deadline instead of ticking.
 
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use junction_core::Broker;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::sync::{mpsc, watch};
-use tokio::time::{Instant, MissedTickBehavior};
+use junction_core::{Broker, ChannelId, ConsumerEvent};
+use junction_transport::Conduit;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
 
 use crate::connection::{Connection, Next, State};
 use crate::error::code;
@@ -19,10 +26,14 @@ use crate::settings::Settings;
 
 /// How long a client has to finish the handshake, and to answer a server's connection.close.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Read buffer growth step.
-const READ_CHUNK: usize = 64 * 1024;
 /// Consumer events handled before the connection writes and reads again.
 const EVENT_BATCH: usize = 512;
+/// Output waiting beyond this stops reading and taking deliveries until the socket drains.
+const OUTPUT_BACKLOG: usize = 1024 * 1024;
+/// How long the last output may take to write when the connection closes.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The timer's deadline when nothing is due (no heartbeats).
+const NOTHING_DUE: Duration = Duration::from_secs(3600);
 
 /// Serves one AMQP connection until it closes. `shutdown` turning true closes it with
 /// connection-forced.
@@ -31,118 +42,287 @@ pub async fn serve<S>(
     peer: Option<SocketAddr>,
     broker: Arc<Broker>,
     settings: Arc<Settings>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let (mut reader, writer) = tokio::io::split(stream);
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    let (durable_tx, mut durable) = mpsc::unbounded_channel();
-    let mut alarm = broker.alarm();
-    let mut connection = Connection::new(broker, settings, peer, events_tx, durable_tx);
-    let (out_tx, out_rx) = mpsc::unbounded_channel::<Bytes>();
-    let writer_task = tokio::spawn(junction_transport::write_batches(writer, out_rx));
+    let mut driver = Box::new(Driver::new(stream, peer, broker, settings, shutdown));
+    driver.run().await;
+    Box::pin(driver.finish()).await;
+}
 
-    let mut buffer = BytesMut::with_capacity(READ_CHUNK);
-    let started = Instant::now();
-    let mut last_read = Instant::now();
-    let mut closing_since: Option<Instant> = None;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last_heartbeat_sent = Instant::now();
-    let mut shutting_down = *shutdown.borrow();
-    connection.set_alarm(alarm.borrow_and_update().clone());
-    let mut alarm_live = true;
+/// What woke the connection.
+enum Wake {
+    /// Bytes arrived.
+    Input,
+    /// The peer closed the stream, or reading or writing failed.
+    Gone,
+    /// A consumer event.
+    Event(ConsumerEvent),
+    /// A persistent message published with confirms is on disk.
+    Durable(ChannelId, u64),
+    /// The timer's deadline passed.
+    Timer,
+    /// The broker is shutting down or the resource alarm changed.
+    Control(Control),
+}
 
-    loop {
-        if shutting_down && closing_since.is_none() {
-            connection
-                .close(
+/// Broker-wide signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Control {
+    Shutdown,
+    AlarmChanged,
+}
+
+type ControlFuture = Pin<Box<dyn Future<Output = Control> + Send>>;
+
+/// One connection's state between wake-ups.
+struct Driver<S> {
+    conduit: Conduit<S>,
+    connection: Connection,
+    peer: Option<SocketAddr>,
+    shutdown: watch::Receiver<bool>,
+    alarm: watch::Receiver<Option<String>>,
+    control: ControlFuture,
+    shutting_down: bool,
+    timer: Pin<Box<Sleep>>,
+    started: Instant,
+    last_read: Instant,
+    last_heartbeat_sent: Instant,
+    closing_since: Option<Instant>,
+    /// Input and consumer events take turns first, so neither starves the other.
+    input_first: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
+    fn new(
+        stream: S,
+        peer: Option<SocketAddr>,
+        broker: Arc<Broker>,
+        settings: Arc<Settings>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let mut alarm = broker.alarm();
+        let mut connection = Connection::new(broker, settings, peer);
+        connection.set_alarm(alarm.borrow_and_update().clone());
+        let started = Instant::now();
+        Self {
+            conduit: Conduit::new(stream),
+            connection,
+            peer,
+            control: control_future(&shutdown, &alarm),
+            shutdown,
+            alarm,
+            shutting_down: false,
+            timer: Box::pin(tokio::time::sleep_until(started + HANDSHAKE_TIMEOUT)),
+            started,
+            last_read: started,
+            last_heartbeat_sent: started,
+            closing_since: None,
+            input_first: true,
+        }
+    }
+
+    /// Runs until the connection is closed or gone.
+    async fn run(&mut self) {
+        loop {
+            if self.shutting_down && self.closing_since.is_none() {
+                Box::pin(self.connection.close(
                     code::CONNECTION_FORCED,
                     "broker forced connection closure with reason 'shutdown'",
-                )
+                ))
                 .await;
-        }
-        if connection.has_output() && out_tx.send(connection.take_output()).is_err() {
-            break;
-        }
-        match connection.state() {
-            State::Closed => break,
-            State::Closing if closing_since.is_none() => closing_since = Some(Instant::now()),
-            _ => {}
-        }
-        if buffer.capacity() - buffer.len() < 4096 {
-            buffer.reserve(READ_CHUNK);
-        }
-        let blocked = connection.is_blocked();
-        tokio::select! {
-            read = reader.read_buf(&mut buffer), if !blocked => {
-                match read {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        last_read = Instant::now();
-                        if connection.on_bytes(&mut buffer).await == Next::Close {
-                            if connection.has_output() {
-                                let _ = out_tx.send(connection.take_output());
-                            }
-                            break;
+            }
+            match self.connection.state() {
+                State::Closed => return,
+                State::Closing if self.closing_since.is_none() => {
+                    let now = Instant::now();
+                    self.closing_since = Some(now);
+                    self.timer.as_mut().reset(now + HANDSHAKE_TIMEOUT);
+                }
+                _ => {}
+            }
+            if self.conduit.is_quiet() && !self.connection.has_output() {
+                self.connection.release_output();
+            }
+            let wake = poll_fn(|cx| self.poll_wake(cx)).await;
+            match wake {
+                Wake::Gone => return,
+                Wake::Input => {
+                    self.last_read = Instant::now();
+                    let heartbeat = self.connection.heartbeat();
+                    let next = Box::pin(self.connection.on_bytes(self.conduit.input())).await;
+                    if next == Next::Close {
+                        return;
+                    }
+                    if self.connection.heartbeat() != heartbeat {
+                        self.reset_timer();
+                    }
+                }
+                Wake::Event(event) => {
+                    self.connection.on_event(event);
+                    for _ in 0..EVENT_BATCH {
+                        match self.connection.events().try_recv() {
+                            Some(event) => self.connection.on_event(event),
+                            None => break,
                         }
                     }
                 }
-            }
-            Some(event) = events.recv() => {
-                connection.on_event(event);
-                for _ in 0..EVENT_BATCH {
-                    match events.try_recv() {
-                        Ok(event) => connection.on_event(event),
-                        Err(_) => break,
+                Wake::Durable(channel, seq) => {
+                    self.connection.on_durable(channel, seq);
+                    while let Some((channel, seq)) = self.connection.durable_notices().try_recv() {
+                        self.connection.on_durable(channel, seq);
                     }
                 }
-            }
-            Some((channel, seq)) = durable.recv() => {
-                connection.on_durable(channel, seq);
-                while let Ok((channel, seq)) = durable.try_recv() {
-                    connection.on_durable(channel, seq);
-                }
-            }
-            _ = tick.tick() => {
-                let now = Instant::now();
-                if let Some(since) = closing_since && now - since > HANDSHAKE_TIMEOUT {
-                    break;
-                }
-                if !matches!(connection.state(), State::Open | State::Closing)
-                    && now - started > HANDSHAKE_TIMEOUT
-                {
-                    tracing::info!(?peer, "handshake timed out");
-                    break;
-                }
-                let heartbeat = u64::from(connection.heartbeat());
-                if heartbeat > 0 {
-                    let interval = Duration::from_secs(heartbeat);
-                    if now - last_read > interval * 2 {
-                        tracing::info!(?peer, "missed heartbeats from client, timeout: {heartbeat}s");
-                        break;
-                    }
-                    if now - last_heartbeat_sent >= interval / 2 {
-                        connection.send_heartbeat();
-                        last_heartbeat_sent = now;
+                Wake::Timer => {
+                    if self.on_timer() {
+                        return;
                     }
                 }
-            }
-            changed = alarm.changed(), if alarm_live => {
-                if changed.is_ok() {
-                    connection.set_alarm(alarm.borrow_and_update().clone());
-                } else {
-                    alarm_live = false;
-                    connection.set_alarm(None);
+                Wake::Control(Control::Shutdown) => self.shutting_down = true,
+                Wake::Control(Control::AlarmChanged) => {
+                    self.connection
+                        .set_alarm(self.alarm.borrow_and_update().clone());
+                    self.control = control_future(&self.shutdown, &self.alarm);
                 }
-            }
-            changed = shutdown.changed(), if !shutting_down => {
-                shutting_down = changed.is_err() || *shutdown.borrow();
             }
         }
     }
-    drop(out_tx);
-    connection.cleanup().await;
-    let _ = writer_task.await;
+
+    /// Writes what it can, then waits for the first thing to handle.
+    fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
+        loop {
+            if !self.conduit.is_writing() {
+                if !self.connection.has_output() {
+                    break;
+                }
+                self.conduit.send(self.connection.take_output());
+            }
+            match self.conduit.poll_drain(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(Wake::Gone),
+                Poll::Pending => break,
+            }
+        }
+        if !self.shutting_down
+            && let Poll::Ready(control) = self.control.as_mut().poll(cx)
+        {
+            return Poll::Ready(Wake::Control(control));
+        }
+        if let Poll::Ready(Some((channel, seq))) = self.connection.durable_notices().poll_recv(cx) {
+            return Poll::Ready(Wake::Durable(channel, seq));
+        }
+        if self.connection.output_len() <= OUTPUT_BACKLOG {
+            self.input_first = !self.input_first;
+            let wake = if self.input_first {
+                self.poll_input(cx).or_else(|| self.poll_event(cx))
+            } else {
+                self.poll_event(cx).or_else(|| self.poll_input(cx))
+            };
+            if let Some(wake) = wake {
+                return Poll::Ready(wake);
+            }
+        }
+        if self.timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Wake::Timer);
+        }
+        Poll::Pending
+    }
+
+    fn poll_input(&mut self, cx: &mut Context<'_>) -> Option<Wake> {
+        if self.connection.is_blocked() {
+            return None;
+        }
+        match self.conduit.poll_fill(cx) {
+            Poll::Ready(Ok(0) | Err(_)) => Some(Wake::Gone),
+            Poll::Ready(Ok(_)) => Some(Wake::Input),
+            Poll::Pending => None,
+        }
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Option<Wake> {
+        match self.connection.events().poll_recv(cx) {
+            Poll::Ready(Some(event)) => Some(Wake::Event(event)),
+            _ => None,
+        }
+    }
+
+    /// Checks what was due: the handshake, the reply to our connection.close, heartbeats to
+    /// send and heartbeats missed. True when the connection must end.
+    fn on_timer(&mut self) -> bool {
+        let now = Instant::now();
+        if let Some(since) = self.closing_since
+            && now - since >= HANDSHAKE_TIMEOUT
+        {
+            return true;
+        }
+        if !matches!(self.connection.state(), State::Open | State::Closing)
+            && now - self.started >= HANDSHAKE_TIMEOUT
+        {
+            tracing::info!(peer = ?self.peer, "handshake timed out");
+            return true;
+        }
+        let heartbeat = u64::from(self.connection.heartbeat());
+        if heartbeat > 0 {
+            let interval = Duration::from_secs(heartbeat);
+            if now - self.last_read > interval * 2 {
+                tracing::info!(peer = ?self.peer, "missed heartbeats from client, timeout: {heartbeat}s");
+                return true;
+            }
+            if now - self.last_heartbeat_sent >= interval / 2 {
+                self.connection.send_heartbeat();
+                self.last_heartbeat_sent = now;
+            }
+        }
+        self.reset_timer();
+        false
+    }
+
+    /// Sets the timer to the earliest deadline: the handshake's or the close's end, the next
+    /// heartbeat to send, or when the client's heartbeats count as missed.
+    fn reset_timer(&mut self) {
+        let mut deadline = Instant::now() + NOTHING_DUE;
+        if let Some(since) = self.closing_since {
+            deadline = deadline.min(since + HANDSHAKE_TIMEOUT);
+        }
+        if !matches!(self.connection.state(), State::Open | State::Closing) {
+            deadline = deadline.min(self.started + HANDSHAKE_TIMEOUT);
+        }
+        let heartbeat = u64::from(self.connection.heartbeat());
+        if heartbeat > 0 {
+            let interval = Duration::from_secs(heartbeat);
+            deadline = deadline
+                .min(self.last_heartbeat_sent + interval / 2)
+                // Just past the limit, which is checked with "more than".
+                .min(self.last_read + interval * 2 + Duration::from_millis(1));
+        }
+        self.timer.as_mut().reset(deadline);
+    }
+
+    /// Writes the last output and lets the connection's queues and consumers go.
+    async fn finish(&mut self) {
+        let last = self.connection.take_output();
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.conduit.close(last)).await;
+        Box::pin(self.connection.cleanup()).await;
+    }
+}
+
+/// Resolves when the broker shuts down (or its shutdown signal is gone) or the alarm changes.
+fn control_future(
+    shutdown: &watch::Receiver<bool>,
+    alarm: &watch::Receiver<Option<String>>,
+) -> ControlFuture {
+    let mut shutdown = shutdown.clone();
+    let mut alarm = alarm.clone();
+    Box::pin(async move {
+        let alarm_changed = async move {
+            if alarm.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = shutdown.wait_for(|shutting_down| *shutting_down) => Control::Shutdown,
+            () = alarm_changed => Control::AlarmChanged,
+        }
+    })
 }

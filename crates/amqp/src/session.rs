@@ -7,12 +7,13 @@ use std::sync::Arc;
 
 use amq_protocol::protocol::{AMQPClass, channel as channel_methods};
 use junction_core::{
-    Broker, ConnectionId, ConsumerSink, Permission, Principal, ResourceKind, VirtualHost,
+    Broker, ConnectionId, ConsumerEvent, Permission, Principal, ResourceKind, VirtualHost,
 };
 
 use crate::error::{AmqpError, AmqpResult, code};
 use crate::frame::Outbox;
 use crate::settings::Settings;
+use junction_transport::LazyChannel;
 
 /// Capabilities the client announced in its client-properties.
 #[derive(Debug, Clone, Copy, Default)]
@@ -37,8 +38,8 @@ pub struct Session {
     pub peer: Option<SocketAddr>,
     /// Frames waiting to be written.
     pub out: Outbox,
-    /// Where queues send this connection's deliveries.
-    pub sink: ConsumerSink,
+    /// Where queues send this connection's deliveries (made by the first consumer).
+    pub sink: LazyChannel<ConsumerEvent>,
     /// The logged-in user, after connection.start-ok.
     pub principal: Option<Principal>,
     /// The vhost, after connection.open.
@@ -53,20 +54,15 @@ pub struct Session {
     pub capabilities: ClientCapabilities,
     /// Whether the client has published: publishers stop being read during a resource alarm.
     pub has_published: bool,
-    /// Where the message store reports persistent messages on disk: (channel, confirm seq).
-    pub durable: tokio::sync::mpsc::UnboundedSender<(junction_core::ChannelId, u64)>,
+    /// Where the message store reports persistent messages on disk: (channel, confirm seq);
+    /// made by the first confirmed persistent publish.
+    pub durable: LazyChannel<(junction_core::ChannelId, u64)>,
     permissions: HashMap<(ResourceKind, Permission), HashMap<String, bool>>,
 }
 
 impl Session {
     /// A session for a new connection.
-    pub fn new(
-        broker: Arc<Broker>,
-        settings: Arc<Settings>,
-        peer: Option<SocketAddr>,
-        sink: ConsumerSink,
-        durable: tokio::sync::mpsc::UnboundedSender<(junction_core::ChannelId, u64)>,
-    ) -> Self {
+    pub fn new(broker: Arc<Broker>, settings: Arc<Settings>, peer: Option<SocketAddr>) -> Self {
         let id = broker.next_connection_id();
         Self {
             broker,
@@ -74,7 +70,7 @@ impl Session {
             id,
             peer,
             out: Outbox::new(),
-            sink,
+            sink: LazyChannel::default(),
             principal: None,
             vhost: None,
             frame_max: crate::settings::FRAME_MIN_SIZE,
@@ -82,7 +78,7 @@ impl Session {
             heartbeat: 0,
             capabilities: ClientCapabilities::default(),
             has_published: false,
-            durable,
+            durable: LazyChannel::default(),
             permissions: HashMap::new(),
         }
     }

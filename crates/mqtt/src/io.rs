@@ -1,165 +1,314 @@
 //! The driver that runs an MQTT [`Connection`] over a byte stream (TCP, or a WebSocket the
-//! transport turned into one): one task reads and handles packets, consumer events and
-//! durability notices, and hands encoded output to a writer task once per wake-up. It enforces
+//! transport turned into one). One task per connection reads and handles packets, consumer
+//! events and durability notices, and writes the output as the socket takes it. It enforces
 //! the keep-alive (1.5 times the client's interval), the time allowed for CONNECT, takeover by
 //! another connection, resource alarms (publishers are not read) and shutdown.
+//!
+//! Idle devices are most connections, so a quiet one holds little: the task's future is a
+//! pointer to the boxed [`Driver`], buffers are freed between packets, channels exist once
+//! used, one timer is set to the next deadline instead of ticking, and takeover and shutdown
+//! arrive through one small [`Signal`](crate::signal::Signal) rather than watch channels.
 
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::sync::{mpsc, watch};
-use tokio::time::{Instant, MissedTickBehavior};
+use junction_core::ConsumerEvent;
+use junction_transport::Conduit;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
 
 use crate::connection::{Connection, Next};
 use crate::settings::Mqtt;
+use crate::signal::Close;
 
 /// How long a client has to send CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The first read buffer: idle devices are most connections, so they start small.
-const READ_CHUNK_MIN: usize = 512;
-/// The largest read buffer growth step, reached by doubling when reads fill the buffer.
-const READ_CHUNK_MAX: usize = 64 * 1024;
 /// Consumer events handled before the connection writes and reads again.
 const EVENT_BATCH: usize = 512;
+/// Output waiting beyond this stops reading and taking deliveries until the socket drains.
+const OUTPUT_BACKLOG: usize = 256 * 1024;
+/// How long the last output may take to write when the connection closes.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The timer's deadline when nothing is due (no keep-alive).
+const NOTHING_DUE: Duration = Duration::from_secs(3600);
 
-/// Serves one MQTT connection until it closes. `shutdown` turning true closes it.
-pub async fn serve<S>(
-    stream: S,
-    peer: Option<SocketAddr>,
-    mqtt: Arc<Mqtt>,
-    mut shutdown: watch::Receiver<bool>,
-) where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+/// Serves one MQTT connection until it closes. [`Mqtt::close_connections_on`] closes it when
+/// the broker shuts down.
+pub async fn serve<S>(stream: S, peer: Option<SocketAddr>, mqtt: Arc<Mqtt>)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let (mut reader, writer) = tokio::io::split(stream);
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    let (durable_tx, mut durable) = mpsc::unbounded_channel();
-    let mut alarm = mqtt.broker.alarm();
-    let mut connection = Connection::new(mqtt, peer, events_tx, durable_tx);
-    let (out_tx, out_rx) = mpsc::unbounded_channel::<Bytes>();
-    let writer_task = tokio::spawn(junction_transport::write_batches(writer, out_rx));
-
-    let mut buffer = BytesMut::new();
-    let mut read_chunk = READ_CHUNK_MIN;
-    let started = Instant::now();
-    let mut last_packet = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut takeover: Option<watch::Receiver<bool>> = None;
-    connection.set_alarm(alarm.borrow_and_update().clone());
-    let mut alarm_live = true;
-    let mut shutting_down = *shutdown.borrow();
-
-    let graceful = loop {
-        if connection.has_output() && out_tx.send(connection.take_output()).is_err() {
-            break false;
-        }
-        if shutting_down {
-            // MQTT 3.1.1 has no server-side DISCONNECT: the socket is closed. A shutdown is
-            // not the client's failure, so its will is not published.
-            break true;
-        }
-        if takeover.is_none() {
-            takeover = connection.takeover_signal();
-        }
-        if buffer.capacity() - buffer.len() < read_chunk / 2 {
-            buffer.reserve(read_chunk);
-        }
-        let spare = buffer.capacity() - buffer.len();
-        let blocked = connection.is_blocked();
-        tokio::select! {
-            read = reader.read_buf(&mut buffer), if !blocked => {
-                match read {
-                    Ok(0) | Err(_) => break false,
-                    Ok(n) => {
-                        if n == spare {
-                            read_chunk = (read_chunk * 2).min(READ_CHUNK_MAX);
-                        }
-                        last_packet = Instant::now();
-                        let next = connection.on_bytes(&mut buffer).await;
-                        connection.flush_queue_acks().await;
-                        if let Next::Close { graceful } = next {
-                            if connection.has_output() {
-                                let _ = out_tx.send(connection.take_output());
-                            }
-                            break graceful;
-                        }
-                    }
-                }
-            }
-            Some(event) = events.recv() => {
-                connection.on_event(event);
-                for _ in 0..EVENT_BATCH {
-                    match events.try_recv() {
-                        Ok(event) => connection.on_event(event),
-                        Err(_) => break,
-                    }
-                }
-                connection.flush_queue_acks().await;
-            }
-            Some(ticket) = durable.recv() => {
-                let mut latest = ticket;
-                while let Ok(ticket) = durable.try_recv() {
-                    latest = latest.max(ticket);
-                }
-                connection.on_durable(latest);
-            }
-            _ = tick.tick() => {
-                let now = Instant::now();
-                if !connection.is_connected() {
-                    if now - started > CONNECT_TIMEOUT {
-                        tracing::info!(?peer, "no CONNECT in time");
-                        break true;
-                    }
-                    continue;
-                }
-                if connection.is_blocked() {
-                    // Not reading is our choice, not the client's silence.
-                    last_packet = now;
-                }
-                let keep_alive = connection.keep_alive();
-                if keep_alive > 0 && now - last_packet > Duration::from_millis(u64::from(keep_alive) * 1500) {
-                    tracing::info!(?peer, keep_alive, "MQTT keep-alive expired");
-                    break false;
-                }
-            }
-            kicked = wait_true(&mut takeover) => {
-                if kicked {
-                    tracing::info!(?peer, "session taken over by a new connection");
-                    break false;
-                }
-            }
-            changed = alarm.changed(), if alarm_live => {
-                if changed.is_ok() {
-                    connection.set_alarm(alarm.borrow_and_update().clone());
-                } else {
-                    alarm_live = false;
-                    connection.set_alarm(None);
-                }
-            }
-            changed = shutdown.changed(), if !shutting_down => {
-                shutting_down = changed.is_err() || *shutdown.borrow();
-            }
-        }
-    };
-    drop(out_tx);
-    let _ = writer_task.await;
-    connection.finish(graceful).await;
+    let mut driver = Box::new(Driver::new(stream, peer, mqtt));
+    let graceful = driver.run().await;
+    Box::pin(driver.finish(graceful)).await;
 }
 
-/// Resolves with true when the signal turns true; never when there is none (or it is gone).
-async fn wait_true(signal: &mut Option<watch::Receiver<bool>>) -> bool {
-    match signal {
-        Some(receiver) => {
-            let kicked = receiver.wait_for(|kicked| *kicked).await.is_ok();
-            if !kicked {
-                std::future::pending::<()>().await;
-            }
-            true
+/// What woke the connection.
+enum Wake {
+    /// Bytes arrived.
+    Input,
+    /// The peer closed the stream, or reading or writing failed.
+    Gone,
+    /// A consumer event.
+    Event(ConsumerEvent),
+    /// The message store has acknowledged messages up to this ticket on disk.
+    Durable(u64),
+    /// The timer's deadline passed.
+    Timer,
+    /// The connection must close: the broker is shutting down or the session was taken over.
+    Close(Close),
+    /// The resource alarm that blocks this publisher changed.
+    AlarmChanged,
+}
+
+type AlarmWait = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// One connection's state between wake-ups.
+struct Driver<S> {
+    conduit: Conduit<S>,
+    connection: Connection,
+    peer: Option<SocketAddr>,
+    alarm: watch::Receiver<Option<String>>,
+    /// Waits for the alarm to change while it blocks this connection (only then).
+    alarm_wait: Option<AlarmWait>,
+    timer: Pin<Box<Sleep>>,
+    started: Instant,
+    last_packet: Instant,
+    /// Input and consumer events take turns first, so neither starves the other.
+    input_first: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
+    fn new(stream: S, peer: Option<SocketAddr>, mqtt: Arc<Mqtt>) -> Self {
+        let mut alarm = mqtt.broker.alarm();
+        let mut connection = Connection::new(mqtt, peer);
+        connection.set_alarm(alarm.borrow_and_update().clone());
+        let started = Instant::now();
+        Self {
+            conduit: Conduit::new(stream),
+            connection,
+            peer,
+            alarm,
+            alarm_wait: None,
+            timer: Box::pin(tokio::time::sleep_until(started + CONNECT_TIMEOUT)),
+            started,
+            last_packet: started,
+            input_first: true,
         }
-        None => std::future::pending().await,
     }
+
+    /// Runs until the connection ends; true when it ended gracefully (DISCONNECT, or a
+    /// broker shutdown: neither publishes the will).
+    async fn run(&mut self) -> bool {
+        loop {
+            let wake = poll_fn(|cx| self.poll_wake(cx)).await;
+            let ended = match wake {
+                Wake::Gone => Some(false),
+                Wake::Input => {
+                    self.last_packet = Instant::now();
+                    let was_connected = self.connection.is_connected();
+                    self.refresh_alarm();
+                    let ended = self.handle_input().await;
+                    if !was_connected && self.connection.is_connected() {
+                        self.reset_keep_alive_timer();
+                    }
+                    ended
+                }
+                Wake::Event(event) => {
+                    self.connection.on_event(event);
+                    for _ in 0..EVENT_BATCH {
+                        match self.connection.events.try_recv() {
+                            Some(event) => self.connection.on_event(event),
+                            None => break,
+                        }
+                    }
+                    self.flush_queue_acks().await;
+                    None
+                }
+                Wake::Durable(ticket) => {
+                    let mut latest = ticket;
+                    while let Some(ticket) = self.connection.durable.try_recv() {
+                        latest = latest.max(ticket);
+                    }
+                    self.connection.on_durable(latest);
+                    None
+                }
+                Wake::Timer => self.on_timer(),
+                Wake::Close(Close::Shutdown) => {
+                    // MQTT 3.1.1 has no server-side DISCONNECT: the socket is closed. A
+                    // shutdown is not the client's failure, so its will is not published.
+                    Some(true)
+                }
+                Wake::Close(Close::Kicked) => {
+                    tracing::info!(peer = ?self.peer, "session taken over by a new connection");
+                    Some(false)
+                }
+                Wake::AlarmChanged => {
+                    self.alarm_wait = None;
+                    self.refresh_alarm();
+                    // Input held back while blocked is handled now.
+                    if self.connection.is_blocked() || self.conduit.input().is_empty() {
+                        None
+                    } else {
+                        self.handle_input().await
+                    }
+                }
+            };
+            if let Some(graceful) = ended {
+                return graceful;
+            }
+            if self.connection.is_blocked() && self.alarm_wait.is_none() {
+                let mut alarm = self.alarm.clone();
+                self.alarm_wait = Some(Box::pin(async move {
+                    if alarm.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }));
+            }
+            if self.conduit.is_quiet() && !self.connection.has_output() {
+                self.connection.release_output();
+            }
+        }
+    }
+
+    /// Writes what it can, then waits for the first thing to handle.
+    fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
+        loop {
+            if !self.conduit.is_writing() {
+                if !self.connection.has_output() {
+                    break;
+                }
+                self.conduit.send(self.connection.take_output());
+            }
+            match self.conduit.poll_drain(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(Wake::Gone),
+                Poll::Pending => break,
+            }
+        }
+        if let Poll::Ready(close) = self.connection.signal.poll_close(cx) {
+            return Poll::Ready(Wake::Close(close));
+        }
+        if let Some(wait) = &mut self.alarm_wait
+            && wait.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Wake::AlarmChanged);
+        }
+        if let Poll::Ready(Some(ticket)) = self.connection.durable.poll_recv(cx) {
+            return Poll::Ready(Wake::Durable(ticket));
+        }
+        let backlogged = self.connection.output_len() > OUTPUT_BACKLOG;
+        if !backlogged {
+            self.input_first = !self.input_first;
+            let wake = if self.input_first {
+                self.poll_input(cx).or_else(|| self.poll_event(cx))
+            } else {
+                self.poll_event(cx).or_else(|| self.poll_input(cx))
+            };
+            if let Some(wake) = wake {
+                return Poll::Ready(wake);
+            }
+        }
+        if self.timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Wake::Timer);
+        }
+        Poll::Pending
+    }
+
+    fn poll_input(&mut self, cx: &mut Context<'_>) -> Option<Wake> {
+        if self.connection.is_blocked() {
+            return None;
+        }
+        match self.conduit.poll_fill(cx) {
+            Poll::Ready(Ok(0) | Err(_)) => Some(Wake::Gone),
+            Poll::Ready(Ok(_)) => Some(Wake::Input),
+            Poll::Pending => None,
+        }
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Option<Wake> {
+        match self.connection.events.poll_recv(cx) {
+            Poll::Ready(Some(event)) => Some(Wake::Event(event)),
+            _ => None,
+        }
+    }
+
+    /// Handles the whole packets read; `Some(graceful)` when the connection must close.
+    async fn handle_input(&mut self) -> Option<bool> {
+        if self.connection.is_blocked() {
+            // A publisher during a resource alarm: what it sent waits in the buffer.
+            return None;
+        }
+        // Boxed: handling a packet can go deep into the core, and the connection's task
+        // should not carry that much state while it waits.
+        let next = Box::pin(self.connection.on_bytes(self.conduit.input())).await;
+        self.flush_queue_acks().await;
+        match next {
+            Next::Continue => None,
+            Next::Close { graceful } => Some(graceful),
+        }
+    }
+
+    async fn flush_queue_acks(&mut self) {
+        if self.connection.has_queue_acks() {
+            Box::pin(self.connection.flush_queue_acks()).await;
+        }
+    }
+
+    /// Checks the deadline that passed: CONNECT in time, then the keep-alive.
+    fn on_timer(&mut self) -> Option<bool> {
+        let now = Instant::now();
+        if !self.connection.is_connected() {
+            if now - self.started >= CONNECT_TIMEOUT {
+                tracing::info!(peer = ?self.peer, "no CONNECT in time");
+                return Some(true);
+            }
+            self.timer.as_mut().reset(self.started + CONNECT_TIMEOUT);
+            return None;
+        }
+        if self.connection.is_blocked() {
+            // Not reading is our choice, not the client's silence.
+            self.last_packet = now;
+        }
+        let keep_alive = self.connection.keep_alive();
+        if keep_alive > 0 && now - self.last_packet >= keep_alive_limit(keep_alive) {
+            tracing::info!(peer = ?self.peer, keep_alive, "MQTT keep-alive expired");
+            return Some(false);
+        }
+        self.reset_keep_alive_timer();
+        None
+    }
+
+    /// Sets the timer to when the keep-alive expires if nothing arrives before.
+    fn reset_keep_alive_timer(&mut self) {
+        let deadline = match self.connection.keep_alive() {
+            0 => Instant::now() + NOTHING_DUE,
+            keep_alive => self.last_packet + keep_alive_limit(keep_alive),
+        };
+        self.timer.as_mut().reset(deadline);
+    }
+
+    fn refresh_alarm(&mut self) {
+        if self.alarm.has_changed().unwrap_or(false) {
+            self.connection
+                .set_alarm(self.alarm.borrow_and_update().clone());
+        }
+    }
+
+    /// Writes the last output and ends the session (the will, the queue, the registry).
+    async fn finish(&mut self, graceful: bool) {
+        let last = self.connection.take_output();
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.conduit.close(last)).await;
+        Box::pin(self.connection.finish(graceful)).await;
+    }
+}
+
+/// 1.5 times the keep-alive, as MQTT 3.1.1 allows the client.
+fn keep_alive_limit(keep_alive: u16) -> Duration {
+    Duration::from_millis(u64::from(keep_alive) * 1500)
 }

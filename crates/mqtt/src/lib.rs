@@ -19,6 +19,7 @@ mod io;
 pub mod retained;
 pub mod sessions;
 mod settings;
+mod signal;
 pub mod topic;
 
 pub use io::serve;

@@ -11,12 +11,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::codec::QoS;
+use crate::signal::Signal;
 use dashmap::DashMap;
 use junction_core::queue::MessageSeq;
 use junction_core::{AdapterStateStore, ConnectionId};
-use tokio::sync::watch;
-
-use crate::codec::QoS;
 
 const TABLE: &str = "mqtt.sessions";
 
@@ -74,8 +73,7 @@ impl SessionState {
 
 struct Live {
     connection: ConnectionId,
-    kick: watch::Sender<bool>,
-    finished: watch::Receiver<bool>,
+    signal: Arc<Signal>,
 }
 
 /// A connection's hold on a client id, given back with [`SessionRegistry::release`].
@@ -83,15 +81,17 @@ pub struct Claim {
     /// The session.
     pub key: SessionKey,
     connection: ConnectionId,
-    /// Turns true when another connection takes the session over.
-    pub kicked: watch::Receiver<bool>,
-    finished: watch::Sender<bool>,
+    /// Kicked when another connection takes the session over; finished on release.
+    signal: Arc<Signal>,
 }
 
 /// Live sessions by client id, and saved state of persistent ones.
 pub struct SessionRegistry {
     live: DashMap<SessionKey, Live>,
     saved: DashMap<SessionKey, SessionState>,
+    /// Sessions with a record in the store: only they cost a write to forget (a clean
+    /// session's CONNECT must not write to disk).
+    stored: DashMap<SessionKey, ()>,
     store: Option<Arc<dyn AdapterStateStore>>,
 }
 
@@ -99,6 +99,7 @@ impl SessionRegistry {
     /// A registry holding the persistent sessions `store` kept.
     pub fn new(store: Option<Arc<dyn AdapterStateStore>>) -> Self {
         let saved = DashMap::new();
+        let stored = DashMap::new();
         let records = match &store {
             Some(store) => store.load_state(TABLE).unwrap_or_else(|error| {
                 tracing::error!(%error, "cannot load MQTT sessions");
@@ -113,6 +114,7 @@ impl SessionRegistry {
             });
             match (parsed, serde_json::from_slice::<SessionState>(&bytes)) {
                 (Some(key), Ok(state)) => {
+                    stored.insert(key.clone(), ());
                     saved.insert(key, state);
                 }
                 _ => {
@@ -123,6 +125,7 @@ impl SessionRegistry {
         Self {
             live: DashMap::new(),
             saved,
+            stored,
             store,
         }
     }
@@ -130,21 +133,23 @@ impl SessionRegistry {
     /// Takes the client id for `connection`. A connection that held it is told to close, and
     /// this waits (a bounded time) until it has finished, so its unacknowledged deliveries are
     /// back in the queue and its state is saved before the new connection starts.
-    pub async fn claim(&self, key: SessionKey, connection: ConnectionId) -> Claim {
-        let (kick, kicked) = watch::channel(false);
-        let (finished, finished_rx) = watch::channel(false);
+    pub(crate) async fn claim(
+        &self,
+        key: SessionKey,
+        connection: ConnectionId,
+        signal: Arc<Signal>,
+    ) -> Claim {
         let previous = self.live.insert(
             key.clone(),
             Live {
                 connection,
-                kick,
-                finished: finished_rx,
+                signal: signal.clone(),
             },
         );
-        if let Some(mut previous) = previous {
+        if let Some(previous) = previous {
             tracing::info!(client_id = %key.client_id, "client id in use: taking the session over");
-            let _ = previous.kick.send(true);
-            let wait = async { previous.finished.wait_for(|done| *done).await.is_ok() };
+            previous.signal.kick();
+            let wait = previous.signal.finished();
             if tokio::time::timeout(TAKEOVER_WAIT, wait).await.is_err() {
                 tracing::warn!(client_id = %key.client_id, "previous connection did not close in time");
             }
@@ -152,16 +157,15 @@ impl SessionRegistry {
         Claim {
             key,
             connection,
-            kicked,
-            finished,
+            signal,
         }
     }
 
     /// Gives the client id back (unless another connection has taken it since).
-    pub fn release(&self, claim: Claim) {
+    pub(crate) fn release(&self, claim: Claim) {
         self.live
             .remove_if(&claim.key, |_, live| live.connection == claim.connection);
-        let _ = claim.finished.send(true);
+        claim.signal.finish();
     }
 
     /// Takes the saved state of a persistent session (loaded from the store at start-up, or
@@ -185,15 +189,21 @@ impl SessionRegistry {
                     .put_state(TABLE, &key.store_key(), &bytes)
                     .map_err(|e| e.to_string())
             });
-        if let Err(error) = written {
-            tracing::error!(client_id = %key.client_id, %error, "cannot store session");
+        match written {
+            Ok(()) => {
+                self.stored.insert(key.clone(), ());
+            }
+            Err(error) => {
+                tracing::error!(client_id = %key.client_id, %error, "cannot store session")
+            }
         }
     }
 
     /// Forgets a session everywhere.
     pub fn forget(&self, key: &SessionKey) {
         self.saved.remove(key);
-        if let Some(store) = &self.store
+        if self.stored.remove(key).is_some()
+            && let Some(store) = &self.store
             && let Err(error) = store.delete_state(TABLE, &key.store_key())
         {
             tracing::error!(client_id = %key.client_id, %error, "cannot forget session");

@@ -2,10 +2,13 @@
 
 use std::sync::Arc;
 
+use tokio::sync::watch;
+
 use junction_core::{AdapterStateStore, Broker};
 
 use crate::retained::RetainedStore;
 use crate::sessions::SessionRegistry;
+use crate::signal::Connections;
 
 /// Settings of the MQTT adapter (the `[mqtt]` configuration section).
 #[derive(Debug, Clone)]
@@ -53,6 +56,8 @@ pub struct Mqtt {
     pub retained: RetainedStore,
     /// Live and saved sessions.
     pub sessions: SessionRegistry,
+    /// Every open connection's close signal.
+    pub(crate) connections: Connections,
 }
 
 impl Mqtt {
@@ -68,6 +73,14 @@ impl Mqtt {
             settings,
             retained: RetainedStore::load(store.clone()),
             sessions: SessionRegistry::new(store),
+            connections: Connections::default(),
         })
+    }
+
+    /// Closes every MQTT connection, and any opened later, once `shutdown` turns true (or its
+    /// sender is gone). Run it as a task beside the listeners; wills are not published.
+    pub async fn close_connections_on(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let _ = shutdown.wait_for(|shutting_down| *shutting_down).await;
+        self.connections.shut_down();
     }
 }

@@ -231,15 +231,16 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
             )
         })
         .await?;
+    tokio::spawn(mqtt.clone().close_connections_on(shutdown_rx.clone()));
     let over_tcp = mqtt.clone();
     running
-        .tcp("mqtt", mqtt_addr, move |stream, peer, shutdown| {
-            junction_mqtt::serve(stream, Some(peer), over_tcp.clone(), shutdown)
+        .tcp("mqtt", mqtt_addr, move |stream, peer, _shutdown| {
+            junction_mqtt::serve(stream, Some(peer), over_tcp.clone())
         })
         .await?;
     let mqtt_over_websocket =
-        running.websocket_protocol(vec!["mqtt"], false, move |stream, peer, shutdown| {
-            junction_mqtt::serve(stream, Some(peer), mqtt.clone(), shutdown)
+        running.websocket_protocol(vec!["mqtt"], false, move |stream, peer, _shutdown| {
+            junction_mqtt::serve(stream, Some(peer), mqtt.clone())
         });
     let stomp_broker = broker.clone();
     let stomp_over_tcp = stomp_settings.clone();

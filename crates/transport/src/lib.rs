@@ -8,8 +8,13 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+mod conduit;
+mod lazy_channel;
 mod websocket;
 mod writer;
+
+pub use conduit::Conduit;
+pub use lazy_channel::LazyChannel;
 
 pub use websocket::{
     HandlerFuture, StaticFile, StreamHandler, WebSocketProtocol, WebSocketRoutes, serve_websockets,

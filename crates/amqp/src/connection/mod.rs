@@ -15,7 +15,8 @@ use amq_protocol::protocol::{AMQPClass, basic as basic_methods, parse_class};
 use amq_protocol::types::parsing::parse_field_table;
 use amq_protocol::types::{AMQPValue, FieldTable as WireTable, LongString};
 use bytes::{BufMut, Bytes, BytesMut};
-use junction_core::{Broker, ChannelId, ConsumerEvent, ConsumerSink, LoginRequest};
+use junction_core::{Broker, ChannelId, ConsumerEvent, LoginRequest};
+use junction_transport::LazyChannel;
 
 use crate::channel::{Channel, ChannelState};
 use crate::error::{AmqpError, AmqpResult, Scope, code};
@@ -126,17 +127,12 @@ fn str_value(s: &str) -> AMQPValue {
 }
 
 impl Connection {
-    /// A connection that has just been accepted. Queues deliver through `sink`; the message
-    /// store reports persistent messages on disk through `durable`.
-    pub fn new(
-        broker: Arc<Broker>,
-        settings: Arc<Settings>,
-        peer: Option<SocketAddr>,
-        sink: ConsumerSink,
-        durable: tokio::sync::mpsc::UnboundedSender<(ChannelId, u64)>,
-    ) -> Self {
+    /// A connection that has just been accepted. Queues deliver through
+    /// [`Connection::events`]; the message store reports persistent messages on disk through
+    /// [`Connection::durable_notices`].
+    pub fn new(broker: Arc<Broker>, settings: Arc<Settings>, peer: Option<SocketAddr>) -> Self {
         Self {
-            session: Session::new(broker, settings, peer, sink, durable),
+            session: Session::new(broker, settings, peer),
             state: State::AwaitingHeader,
             channels: Vec::new(),
             generation: 0,
@@ -206,6 +202,26 @@ impl Connection {
     /// The negotiated heartbeat interval in seconds (0 = off).
     pub fn heartbeat(&self) -> u16 {
         self.session.heartbeat
+    }
+
+    /// Deliveries and cancellations from queues, for this connection's consumers.
+    pub fn events(&mut self) -> &mut LazyChannel<ConsumerEvent> {
+        &mut self.session.sink
+    }
+
+    /// Notices that persistent messages are on disk: (channel, confirm sequence).
+    pub fn durable_notices(&mut self) -> &mut LazyChannel<(ChannelId, u64)> {
+        &mut self.session.durable
+    }
+
+    /// How many bytes wait to be taken.
+    pub fn output_len(&self) -> usize {
+        self.session.out.len()
+    }
+
+    /// Gives the output buffers' memory back when nothing waits.
+    pub fn release_output(&mut self) {
+        self.session.out.release();
     }
 
     /// Takes the bytes waiting to be written.

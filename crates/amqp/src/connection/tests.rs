@@ -39,10 +39,7 @@ async fn open_connection() -> Connection {
         Arc::new(ExchangeTypeRegistry::with_builtins()),
         auth,
     );
-    let (sink, _events) = tokio::sync::mpsc::unbounded_channel();
-    let (durable, _) = tokio::sync::mpsc::unbounded_channel();
-    let mut connection =
-        Connection::new(broker, Arc::new(Settings::default()), None, sink, durable);
+    let mut connection = Connection::new(broker, Arc::new(Settings::default()), None);
     let mut input = BytesMut::from(&PROTOCOL_HEADER[..]);
     let mut capabilities = WireTable::default();
     capabilities.insert("connection.blocked".into(), AMQPValue::Boolean(true));

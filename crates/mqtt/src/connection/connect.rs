@@ -96,7 +96,11 @@ impl Connection {
             vhost: vhost_name,
             client_id,
         };
-        let claim = self.mqtt.sessions.claim(key.clone(), self.id).await;
+        let claim = self
+            .mqtt
+            .sessions
+            .claim(key.clone(), self.id, self.signal.clone())
+            .await;
         let (state, session_present) = if connect.clean_session {
             self.mqtt.sessions.forget(&key);
             if let Err(error) = vhost
@@ -171,7 +175,7 @@ impl Connection {
         &mut self,
     ) -> junction_core::error::CoreResult<junction_core::QueueHandle> {
         let id = self.id;
-        let sink = self.sink.clone();
+        let sink = self.events.sender();
         let prefetch = self.mqtt.settings.max_inflight;
         let Some(session) = self.session.as_mut() else {
             return Err(junction_core::CoreError::internal("no session"));

@@ -19,14 +19,15 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use junction_core::queue::MessageSeq;
 use junction_core::{
-    ChannelId, ConnectionId, ConsumerEvent, ConsumerSink, Exchange, Permission, Principal,
-    QueueHandle, ResourceKind, VirtualHost,
+    ChannelId, ConnectionId, ConsumerEvent, Exchange, Permission, Principal, QueueHandle,
+    ResourceKind, VirtualHost,
 };
-use tokio::sync::{mpsc, watch};
+use junction_transport::LazyChannel;
 
 use crate::codec::{self, DecodeError, LastWill, Packet};
 use crate::sessions::{Claim, SessionState};
 use crate::settings::Mqtt;
+use crate::signal::Signal;
 
 /// What the driver does after handing the connection some input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,8 +122,13 @@ pub(crate) struct Connection {
     id: ConnectionId,
     peer: Option<SocketAddr>,
     out: BytesMut,
-    sink: ConsumerSink,
-    durable: mpsc::UnboundedSender<u64>,
+    /// Deliveries from the session's queue (made when the session first needs its queue).
+    pub(crate) events: LazyChannel<ConsumerEvent>,
+    /// Tickets of acknowledgements whose messages are on disk (made on the first QoS 1/2
+    /// PUBLISH).
+    pub(crate) durable: LazyChannel<u64>,
+    /// Raised when the connection must close (takeover, shutdown).
+    pub(crate) signal: Arc<Signal>,
     session: Option<Session>,
     has_published: bool,
     alarm: bool,
@@ -130,20 +136,17 @@ pub(crate) struct Connection {
 
 impl Connection {
     /// A connection that has not sent CONNECT yet.
-    pub(crate) fn new(
-        mqtt: Arc<Mqtt>,
-        peer: Option<SocketAddr>,
-        sink: ConsumerSink,
-        durable: mpsc::UnboundedSender<u64>,
-    ) -> Self {
+    pub(crate) fn new(mqtt: Arc<Mqtt>, peer: Option<SocketAddr>) -> Self {
         let id = mqtt.broker.next_connection_id();
+        let signal = mqtt.connections.open(id);
         Self {
+            signal,
             mqtt,
             id,
             peer,
             out: BytesMut::new(),
-            sink,
-            durable,
+            events: LazyChannel::default(),
+            durable: LazyChannel::default(),
             session: None,
             has_published: false,
             alarm: false,
@@ -158,11 +161,6 @@ impl Connection {
     /// Whether CONNECT has been accepted.
     pub(crate) fn is_connected(&self) -> bool {
         self.session.is_some()
-    }
-
-    /// Turns true when another connection takes this one's session over.
-    pub(crate) fn takeover_signal(&self) -> Option<watch::Receiver<bool>> {
-        self.session.as_ref().map(|s| s.claim.kicked.clone())
     }
 
     /// Records the broker's resource alarm.
@@ -180,9 +178,28 @@ impl Connection {
         !self.out.is_empty()
     }
 
+    /// How many bytes are waiting to be taken.
+    pub(crate) fn output_len(&self) -> usize {
+        self.out.len()
+    }
+
     /// Takes the bytes to write.
     pub(crate) fn take_output(&mut self) -> bytes::Bytes {
         self.out.split().freeze()
+    }
+
+    /// Gives the output buffer's memory back (a quiet connection should hold none).
+    pub(crate) fn release_output(&mut self) {
+        if self.out.is_empty() && self.out.capacity() > 0 {
+            self.out = BytesMut::new();
+        }
+    }
+
+    /// Whether settled deliveries wait to be told to the queue.
+    pub(crate) fn has_queue_acks(&self) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|session| !session.queue_acks.is_empty())
     }
 
     /// Handles every whole packet in `buffer`.
@@ -285,6 +302,7 @@ impl Connection {
     /// Ends the connection: publishes the will unless the client said DISCONNECT, returns
     /// unacknowledged deliveries to the queue, and keeps or drops the session.
     pub(crate) async fn finish(&mut self, graceful: bool) {
+        self.mqtt.connections.closed(self.id);
         self.flush_queue_acks().await;
         let Some(mut session) = self.session.take() else {
             return;

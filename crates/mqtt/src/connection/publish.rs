@@ -23,7 +23,7 @@ impl Connection {
             )));
         }
         let mqtt = self.mqtt.clone();
-        let durable = self.durable.clone();
+        let durable = (publish.qos != QoS::AtMostOnce).then(|| self.durable.sender());
         let Some(session) = self.session.as_mut() else {
             return Err(Violation("PUBLISH before CONNECT".into()));
         };
@@ -69,7 +69,7 @@ impl Connection {
             &publish.topic,
             publish.qos,
             publish.payload,
-            ticket.map(|t| (t, durable)),
+            ticket.zip(durable),
         )
         .await;
         if let (Some(id), Some(ticket)) = (publish.packet_id, ticket) {

@@ -23,9 +23,7 @@ fn broker() -> Arc<Broker> {
 }
 
 fn connection(mqtt: &Arc<Mqtt>) -> Connection {
-    let (sink, _events) = mpsc::unbounded_channel();
-    let (durable, _) = mpsc::unbounded_channel();
-    Connection::new(mqtt.clone(), None, sink, durable)
+    Connection::new(mqtt.clone(), None)
 }
 
 fn connect_packet(client_id: &str, username: Option<&str>) -> Packet {

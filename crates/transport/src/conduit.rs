@@ -1,0 +1,186 @@
+//! A connection's byte stream with its read and write buffers, driven from the connection's
+//! own task: one task per connection reads, handles and writes, so an idle connection costs
+//! one small task and no buffers, and a busy one pays no cross-task hand-off per batch.
+//!
+//! Reading grows its buffer while reads fill it (busy connections read up to 64 KiB at once)
+//! and gives it back when the connection goes quiet; writing takes the protocol's whole output
+//! buffer as one frozen chunk (no copy) and writes it as the socket accepts it.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+/// The smallest read: quiet connections (most of them, for IoT devices) read this much.
+const READ_CHUNK_MIN: usize = 512;
+/// The largest read, reached by doubling while reads fill the buffer.
+const READ_CHUNK_MAX: usize = 64 * 1024;
+
+/// A byte stream, its unconsumed input and its unwritten output.
+pub struct Conduit<S> {
+    stream: S,
+    input: BytesMut,
+    output: Bytes,
+    read_chunk: usize,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conduit<S> {
+    /// Wraps a stream; no buffer is allocated until bytes arrive.
+    pub fn new(stream: S) -> Self {
+        Self {
+            stream,
+            input: BytesMut::new(),
+            output: Bytes::new(),
+            read_chunk: READ_CHUNK_MIN,
+        }
+    }
+
+    /// The bytes read and not consumed yet; the protocol's decoder takes whole frames off the
+    /// front and leaves a partial one.
+    pub fn input(&mut self) -> &mut BytesMut {
+        &mut self.input
+    }
+
+    /// Whether output is waiting for the socket.
+    pub fn is_writing(&self) -> bool {
+        !self.output.is_empty()
+    }
+
+    /// Whether the connection is quiet: no read buffer held, nothing being written.
+    pub fn is_quiet(&self) -> bool {
+        self.input.capacity() == 0 && self.output.is_empty()
+    }
+
+    /// Reads what the socket has. `Ready(Ok(0))` is the end of the stream. When nothing is
+    /// there and the connection has been quiet, the read buffer is freed; the next bytes are
+    /// read onto the stack and copied into a buffer of their size.
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.input.capacity() == 0 {
+            let mut scratch = [0u8; READ_CHUNK_MIN];
+            let mut buf = ReadBuf::new(&mut scratch);
+            ready!(Pin::new(&mut self.stream).poll_read(cx, &mut buf))?;
+            let filled = buf.filled();
+            if filled.len() == READ_CHUNK_MIN {
+                self.read_chunk = (READ_CHUNK_MIN * 2).min(READ_CHUNK_MAX);
+            }
+            self.input.extend_from_slice(filled);
+            return Poll::Ready(Ok(filled.len()));
+        }
+        if self.input.capacity() - self.input.len() < self.read_chunk / 2 {
+            self.input.reserve(self.read_chunk);
+        }
+        let spare = self.input.capacity() - self.input.len();
+        match tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.input) {
+            Poll::Ready(Ok(n)) => {
+                if n == spare {
+                    self.read_chunk = (self.read_chunk * 2).min(READ_CHUNK_MAX);
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => {
+                if self.input.is_empty() && self.read_chunk == READ_CHUNK_MIN {
+                    self.input = BytesMut::new();
+                }
+                Poll::Pending
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+        }
+    }
+
+    /// Takes `chunk` as the next output; only while nothing is being written (see
+    /// [`Conduit::is_writing`]), so output keeps its order.
+    pub fn send(&mut self, chunk: Bytes) {
+        debug_assert!(self.output.is_empty(), "send while writing");
+        self.output = chunk;
+    }
+
+    /// Writes output until it is all written (`Ready(Ok)`) or the socket would block.
+    pub fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.output.is_empty() {
+            let n = ready!(Pin::new(&mut self.stream).poll_write(cx, &self.output))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.output.advance(n);
+        }
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    /// Writes what is left of the output, then `last`, and shuts the write side down (the
+    /// peer sees the end of the stream). Errors end it quietly: the connection is closing.
+    pub async fn close(&mut self, last: Bytes) {
+        let output = std::mem::take(&mut self.output);
+        if self.stream.write_all(&output).await.is_ok()
+            && self.stream.write_all(&last).await.is_ok()
+        {
+            let _ = self.stream.shutdown().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn reads_grow_while_full_and_the_buffer_goes_when_quiet() {
+        let (near, mut far) = tokio::io::duplex(256 * 1024);
+        let mut conduit = Conduit::new(near);
+        assert!(conduit.is_quiet());
+
+        far.write_all(&[7u8; 100]).await.unwrap();
+        let n = poll_fn(|cx| conduit.poll_fill(cx)).await.unwrap();
+        assert_eq!(n, 100);
+        assert_eq!(&conduit.input()[..], &[7u8; 100][..]);
+        conduit.input().clear();
+
+        // Nothing to read: the quiet connection's buffer is freed.
+        let pending = poll_fn(|cx| Poll::Ready(conduit.poll_fill(cx).is_pending())).await;
+        assert!(pending);
+        assert!(conduit.is_quiet());
+
+        // A big burst: reads double up to the maximum and everything arrives in order.
+        let burst: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        far.write_all(&burst).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < burst.len() {
+            let n = poll_fn(|cx| conduit.poll_fill(cx)).await.unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&conduit.input().split());
+        }
+        assert_eq!(got, burst);
+        assert!(conduit.read_chunk > READ_CHUNK_MIN);
+
+        drop(far);
+        assert_eq!(poll_fn(|cx| conduit.poll_fill(cx)).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn output_is_written_in_order_when_the_socket_accepts_it() {
+        let (near, mut far) = tokio::io::duplex(1024);
+        let mut conduit = Conduit::new(near);
+        let first: Vec<u8> = (0..5000u32).map(|i| (i % 13) as u8).collect();
+        conduit.send(Bytes::from(first.clone()));
+        // The pipe holds 1 KiB: the write stops part way.
+        let blocked = poll_fn(|cx| Poll::Ready(conduit.poll_drain(cx).is_pending())).await;
+        assert!(blocked);
+        assert!(conduit.is_writing());
+
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            far.read_to_end(&mut all).await.unwrap();
+            all
+        });
+        poll_fn(|cx| conduit.poll_drain(cx)).await.unwrap();
+        assert!(!conduit.is_writing());
+        conduit.close(Bytes::from_static(b"bye")).await;
+        drop(conduit);
+        let mut expected = first;
+        expected.extend_from_slice(b"bye");
+        assert_eq!(reader.await.unwrap(), expected);
+    }
+}
