@@ -37,18 +37,22 @@ const NOTHING_DUE: Duration = Duration::from_secs(3600);
 
 /// Serves one AMQP connection until it closes. `shutdown` turning true closes it with
 /// connection-forced.
-pub async fn serve<S>(
+pub fn serve<S>(
     stream: S,
     peer: Option<SocketAddr>,
     broker: Arc<Broker>,
     settings: Arc<Settings>,
     shutdown: watch::Receiver<bool>,
-) where
+) -> impl Future<Output = ()> + Send + 'static
+where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    // Made before the future, so the task holds only the pointer, not the arguments.
     let mut driver = Box::new(Driver::new(stream, peer, broker, settings, shutdown));
-    driver.run().await;
-    Box::pin(driver.finish()).await;
+    async move {
+        driver.run().await;
+        Box::pin(driver.finish()).await;
+    }
 }
 
 /// What woke the connection.
@@ -142,9 +146,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 }
                 _ => {}
             }
-            if self.conduit.is_quiet() && !self.connection.has_output() {
-                self.connection.release_output();
-            }
             let wake = poll_fn(|cx| self.poll_wake(cx)).await;
             match wake {
                 Wake::Gone => return,
@@ -225,6 +226,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         }
         if self.timer.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Wake::Timer);
+        }
+        // Going to sleep: a quiet connection keeps no output buffer either.
+        if self.conduit.is_quiet() && !self.connection.has_output() {
+            self.connection.release_output();
         }
         Poll::Pending
     }

@@ -39,13 +39,20 @@ const NOTHING_DUE: Duration = Duration::from_secs(3600);
 
 /// Serves one MQTT connection until it closes. [`Mqtt::close_connections_on`] closes it when
 /// the broker shuts down.
-pub async fn serve<S>(stream: S, peer: Option<SocketAddr>, mqtt: Arc<Mqtt>)
+pub fn serve<S>(
+    stream: S,
+    peer: Option<SocketAddr>,
+    mqtt: Arc<Mqtt>,
+) -> impl Future<Output = ()> + Send + 'static
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    // Made before the future, so the task holds only the pointer, not the arguments.
     let mut driver = Box::new(Driver::new(stream, peer, mqtt));
-    let graceful = driver.run().await;
-    Box::pin(driver.finish(graceful)).await;
+    async move {
+        let graceful = driver.run().await;
+        Box::pin(driver.finish(graceful)).await;
+    }
 }
 
 /// What woke the connection.
@@ -66,13 +73,24 @@ enum Wake {
     AlarmChanged,
 }
 
+/// What is left to do after a wake-up's immediate work.
+enum Step {
+    /// Nothing: wait for the next wake-up.
+    Wait,
+    /// Handle the packets read.
+    HandleInput,
+    /// Tell the session's queue which deliveries are settled.
+    FlushQueueAcks,
+    /// Close; true when gracefully (no will).
+    End(bool),
+}
+
 type AlarmWait = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// One connection's state between wake-ups.
 struct Driver<S> {
     conduit: Conduit<S>,
     connection: Connection,
-    peer: Option<SocketAddr>,
     alarm: watch::Receiver<Option<String>>,
     /// Waits for the alarm to change while it blocks this connection (only then).
     alarm_wait: Option<AlarmWait>,
@@ -92,7 +110,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         Self {
             conduit: Conduit::new(stream),
             connection,
-            peer,
             alarm,
             alarm_wait: None,
             timer: Box::pin(tokio::time::sleep_until(started + CONNECT_TIMEOUT)),
@@ -106,57 +123,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     /// broker shutdown: neither publishes the will).
     async fn run(&mut self) -> bool {
         loop {
-            let wake = poll_fn(|cx| self.poll_wake(cx)).await;
-            let ended = match wake {
-                Wake::Gone => Some(false),
-                Wake::Input => {
-                    self.last_packet = Instant::now();
+            // The wake-up is handled in a block of its own: nothing of it (a consumer event is
+            // 64 bytes) stays in the task's state across the awaits below.
+            let step = {
+                let wake = poll_fn(|cx| self.poll_wake(cx)).await;
+                self.on_wake(wake)
+            };
+            let ended = match step {
+                Step::Wait => None,
+                Step::End(graceful) => Some(graceful),
+                Step::FlushQueueAcks => {
+                    self.flush_queue_acks().await;
+                    None
+                }
+                Step::HandleInput => {
                     let was_connected = self.connection.is_connected();
-                    self.refresh_alarm();
                     let ended = self.handle_input().await;
                     if !was_connected && self.connection.is_connected() {
                         self.reset_keep_alive_timer();
                     }
                     ended
-                }
-                Wake::Event(event) => {
-                    self.connection.on_event(event);
-                    for _ in 0..EVENT_BATCH {
-                        match self.connection.events.try_recv() {
-                            Some(event) => self.connection.on_event(event),
-                            None => break,
-                        }
-                    }
-                    self.flush_queue_acks().await;
-                    None
-                }
-                Wake::Durable(ticket) => {
-                    let mut latest = ticket;
-                    while let Some(ticket) = self.connection.durable.try_recv() {
-                        latest = latest.max(ticket);
-                    }
-                    self.connection.on_durable(latest);
-                    None
-                }
-                Wake::Timer => self.on_timer(),
-                Wake::Close(Close::Shutdown) => {
-                    // MQTT 3.1.1 has no server-side DISCONNECT: the socket is closed. A
-                    // shutdown is not the client's failure, so its will is not published.
-                    Some(true)
-                }
-                Wake::Close(Close::Kicked) => {
-                    tracing::info!(peer = ?self.peer, "session taken over by a new connection");
-                    Some(false)
-                }
-                Wake::AlarmChanged => {
-                    self.alarm_wait = None;
-                    self.refresh_alarm();
-                    // Input held back while blocked is handled now.
-                    if self.connection.is_blocked() || self.conduit.input().is_empty() {
-                        None
-                    } else {
-                        self.handle_input().await
-                    }
                 }
             };
             if let Some(graceful) = ended {
@@ -170,8 +156,58 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                     }
                 }));
             }
-            if self.conduit.is_quiet() && !self.connection.has_output() {
-                self.connection.release_output();
+        }
+    }
+
+    /// Does what a wake-up needs that does not wait, and says what is left to do.
+    fn on_wake(&mut self, wake: Wake) -> Step {
+        match wake {
+            Wake::Gone => Step::End(false),
+            Wake::Input => {
+                self.last_packet = Instant::now();
+                self.refresh_alarm();
+                Step::HandleInput
+            }
+            Wake::Event(event) => {
+                self.connection.on_event(event);
+                for _ in 0..EVENT_BATCH {
+                    match self.connection.events.try_recv() {
+                        Some(event) => self.connection.on_event(event),
+                        None => break,
+                    }
+                }
+                Step::FlushQueueAcks
+            }
+            Wake::Durable(ticket) => {
+                let mut latest = ticket;
+                while let Some(ticket) = self.connection.durable.try_recv() {
+                    latest = latest.max(ticket);
+                }
+                self.connection.on_durable(latest);
+                Step::Wait
+            }
+            Wake::Timer => match self.on_timer() {
+                Some(graceful) => Step::End(graceful),
+                None => Step::Wait,
+            },
+            Wake::Close(Close::Shutdown) => {
+                // MQTT 3.1.1 has no server-side DISCONNECT: the socket is closed. A shutdown
+                // is not the client's failure, so its will is not published.
+                Step::End(true)
+            }
+            Wake::Close(Close::Kicked) => {
+                tracing::info!(peer = ?self.connection.peer(), "session taken over by a new connection");
+                Step::End(false)
+            }
+            Wake::AlarmChanged => {
+                self.alarm_wait = None;
+                self.refresh_alarm();
+                // Input held back while blocked is handled now.
+                if self.connection.is_blocked() || self.conduit.input().is_empty() {
+                    Step::Wait
+                } else {
+                    Step::HandleInput
+                }
             }
         }
     }
@@ -216,6 +252,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         }
         if self.timer.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Wake::Timer);
+        }
+        // Going to sleep: a quiet connection keeps no output buffer either.
+        if self.conduit.is_quiet() && !self.connection.has_output() {
+            self.connection.release_output();
         }
         Poll::Pending
     }
@@ -265,7 +305,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         let now = Instant::now();
         if !self.connection.is_connected() {
             if now - self.started >= CONNECT_TIMEOUT {
-                tracing::info!(peer = ?self.peer, "no CONNECT in time");
+                tracing::info!(peer = ?self.connection.peer(), "no CONNECT in time");
                 return Some(true);
             }
             self.timer.as_mut().reset(self.started + CONNECT_TIMEOUT);
@@ -277,7 +317,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         }
         let keep_alive = self.connection.keep_alive();
         if keep_alive > 0 && now - self.last_packet >= keep_alive_limit(keep_alive) {
-            tracing::info!(peer = ?self.peer, keep_alive, "MQTT keep-alive expired");
+            tracing::info!(peer = ?self.connection.peer(), keep_alive, "MQTT keep-alive expired");
             return Some(false);
         }
         self.reset_keep_alive_timer();

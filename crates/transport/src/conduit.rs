@@ -53,11 +53,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conduit<S> {
         self.input.capacity() == 0 && self.output.is_empty()
     }
 
-    /// Reads what the socket has. `Ready(Ok(0))` is the end of the stream. When nothing is
-    /// there and the connection has been quiet, the read buffer is freed; the next bytes are
-    /// read onto the stack and copied into a buffer of their size.
+    /// Reads what the socket has. `Ready(Ok(0))` is the end of the stream. Reads double while
+    /// they fill the buffer and halve each time the socket is found drained; at the smallest
+    /// size, with nothing left unconsumed, no buffer is held: the next bytes are read onto the
+    /// stack and copied into a buffer of their size.
     pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.input.capacity() == 0 {
+        if self.input.is_empty() && self.read_chunk == READ_CHUNK_MIN {
+            // Quiet: no buffer is held while waiting, none is made until bytes arrive.
+            if self.input.capacity() > 0 {
+                self.input = BytesMut::new();
+            }
             let mut scratch = [0u8; READ_CHUNK_MIN];
             let mut buf = ReadBuf::new(&mut scratch);
             ready!(Pin::new(&mut self.stream).poll_read(cx, &mut buf))?;
@@ -80,12 +85,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conduit<S> {
                 Poll::Ready(Ok(n))
             }
             Poll::Pending => {
-                if self.input.is_empty() && self.read_chunk == READ_CHUNK_MIN {
-                    self.input = BytesMut::new();
+                // The socket is drained: reads shrink back, and a quiet connection ends up
+                // holding no buffer.
+                if self.input.is_empty() {
+                    self.read_chunk = (self.read_chunk / 2).max(READ_CHUNK_MIN);
                 }
                 Poll::Pending
             }
-            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            other => other,
         }
     }
 
@@ -105,6 +112,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conduit<S> {
             }
             self.output.advance(n);
         }
+        // An empty chunk still holds its buffer.
+        self.output = Bytes::new();
         Pin::new(&mut self.stream).poll_flush(cx)
     }
 

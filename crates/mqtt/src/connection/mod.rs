@@ -153,6 +153,11 @@ impl Connection {
         }
     }
 
+    /// The client's address.
+    pub(crate) fn peer(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
     /// The negotiated keep-alive in seconds (0: none, or not connected yet).
     pub(crate) fn keep_alive(&self) -> u16 {
         self.session.as_ref().map_or(0, |s| s.keep_alive)
