@@ -711,7 +711,6 @@ async fn redeclaring_with_a_different_exclusive_flag_is_locked() {
 }
 
 #[tokio::test]
-#[ignore = "not yet (queue arguments are issue 6): x-message-ttl is not validated; RabbitMQ refuses a negative or non-integer TTL with 406"]
 async fn an_invalid_message_ttl_argument_is_refused() {
     let broker = Broker::start();
     let connection = connect(&broker).await;

@@ -17,7 +17,7 @@ use crate::channel::{
 };
 use crate::direct_reply;
 use crate::error::{AmqpError, AmqpResult, code};
-use crate::properties::properties_to_wire;
+use crate::properties::{properties_to_wire, table_from_wire};
 use crate::session::Session;
 
 /// Handles one basic-class method (content, if any, arrives in later frames).
@@ -64,6 +64,14 @@ pub async fn handle(
                 session.authorize(ResourceKind::Queue, &name, Permission::Read)?;
                 vhost.queue_for(&name, session.id)?
             };
+            let priority =
+                junction_core::queue::arguments::consumer_priority(&table_from_wire(&m.arguments))
+                    .map_err(|error| {
+                        AmqpError::channel(
+                            code::PRECONDITION_FAILED,
+                            error.message(queue.name(), &vhost.name),
+                        )
+                    })?;
             let tag: Arc<str> = if m.consumer_tag.as_str().is_empty() {
                 generate_consumer_tag().into()
             } else {
@@ -83,6 +91,7 @@ pub async fn handle(
                 prefetch: channel.consumer_prefetch,
                 channel_credit: Some(channel.credit.clone()),
                 sink: session.sink.sender(),
+                priority,
             };
             queue.consume(spec).await?;
             channel
@@ -291,8 +300,11 @@ pub async fn route(
     mandatory: bool,
 ) -> AmqpResult<()> {
     let vhost = session.vhost()?;
-    let mut queues = Vec::new();
-    vhost.route(exchange, message, &mut queues);
+    let mut routed = Vec::new();
+    vhost.route(exchange, message, &mut routed);
+    // Full queues that refuse publishes (x-overflow reject-publish) say so now.
+    let admitted = junction_core::queue::admit(routed, message).await;
+    let queues = admitted.queues;
     let seq = channel.confirm.as_mut().map(Confirms::next_seq);
     let stored = persist(session, channel, message, &queues, seq);
     let mut delivered = 0;
@@ -305,7 +317,7 @@ pub async fn route(
             delivered += 1;
         }
     }
-    if delivered == 0 && mandatory {
+    if delivered == 0 && mandatory && !admitted.refused {
         let number = channel.id.number;
         session.send(
             number,
@@ -319,13 +331,13 @@ pub async fn route(
         write_content(session, number, message);
     }
     if let Some(seq) = seq
-        && !queues.is_empty()
-        && delivered == 0
+        && (admitted.refused || (!queues.is_empty() && delivered == 0))
     {
-        // Every queue it was routed to vanished before taking it: nack it, after the acks
-        // owed for earlier messages.
+        // A full queue refused it, or every queue it was routed to vanished before taking
+        // it: nack it, after the acks owed for earlier messages.
         if let Some(confirms) = channel.confirm.as_mut() {
             confirms.waiting.remove(&seq);
+            confirms.nacked.insert(seq);
         }
         crate::confirm::flush(session, channel);
         session.send(

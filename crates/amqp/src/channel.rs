@@ -118,6 +118,9 @@ pub struct Confirms {
     pub acked_upto: u64,
     /// Sequence numbers waiting for the store.
     pub waiting: BTreeSet<u64>,
+    /// Sequence numbers answered with basic.nack that no ack has passed yet: an ack with
+    /// `multiple` must not cover them.
+    pub nacked: BTreeSet<u64>,
 }
 
 impl Confirms {
@@ -127,18 +130,29 @@ impl Confirms {
         self.last
     }
 
-    /// The basic.ack to send now, if any: (delivery tag, multiple).
+    /// The next basic.ack to send, if any: (delivery tag, multiple). Call until None: a
+    /// nacked sequence number splits the acks owed into two.
     pub fn due(&mut self) -> Option<(u64, bool)> {
-        let limit = match self.waiting.first() {
-            Some(first) => first - 1,
-            None => self.last,
-        };
-        if limit <= self.acked_upto {
-            return None;
+        loop {
+            let barrier = match (self.waiting.first(), self.nacked.first()) {
+                (Some(&w), Some(&n)) => Some(w.min(n)),
+                (w, n) => w.or(n).copied(),
+            };
+            let limit = barrier.map_or(self.last, |barrier| barrier - 1);
+            if limit > self.acked_upto {
+                let multiple = limit - self.acked_upto > 1;
+                self.acked_upto = limit;
+                return Some((limit, multiple));
+            }
+            // A nack next in line was answered already: step over it.
+            match self.nacked.first() {
+                Some(&nacked) if nacked == self.acked_upto + 1 => {
+                    self.nacked.remove(&nacked);
+                    self.acked_upto = nacked;
+                }
+                _ => return None,
+            }
         }
-        let multiple = limit - self.acked_upto > 1;
-        self.acked_upto = limit;
-        Some((limit, multiple))
     }
 }
 
@@ -268,4 +282,37 @@ pub fn by_queue(deliveries: Vec<Unacked>) -> Vec<(QueueHandle, Vec<MessageSeq>)>
         }
     }
     groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Confirms;
+
+    fn drain(confirms: &mut Confirms) -> Vec<(u64, bool)> {
+        std::iter::from_fn(|| confirms.due()).collect()
+    }
+
+    #[test]
+    fn acks_never_cover_a_nacked_message() {
+        let mut confirms = Confirms::default();
+        for _ in 0..5 {
+            confirms.next_seq();
+        }
+        confirms.nacked.insert(3);
+        assert_eq!(drain(&mut confirms), vec![(2, true), (5, true)]);
+        assert!(confirms.nacked.is_empty());
+    }
+
+    #[test]
+    fn a_nack_behind_a_message_waiting_for_the_disk_is_stepped_over_later() {
+        let mut confirms = Confirms::default();
+        for _ in 0..4 {
+            confirms.next_seq();
+        }
+        confirms.waiting.insert(2);
+        confirms.nacked.insert(3);
+        assert_eq!(drain(&mut confirms), vec![(1, false)]);
+        confirms.waiting.remove(&2);
+        assert_eq!(drain(&mut confirms), vec![(2, false), (4, false)]);
+    }
 }

@@ -34,9 +34,10 @@ pub fn handle(session: &mut Session, channel: &mut Channel, method: AMQPMethod) 
     }
 }
 
-/// Sends the confirms a channel owes, as one basic.ack covering all of them.
+/// Sends the confirms a channel owes, as one basic.ack covering all of them (two around a
+/// nack).
 pub fn flush(session: &mut Session, channel: &mut Channel) {
-    if let Some((delivery_tag, multiple)) = channel.confirm.as_mut().and_then(Confirms::due) {
+    while let Some((delivery_tag, multiple)) = channel.confirm.as_mut().and_then(Confirms::due) {
         session.send(
             channel.id.number,
             AMQPClass::Basic(Basic::Ack(Ack {

@@ -19,6 +19,8 @@ pub struct Published {
     /// Whether it was written to the message store (then `on_durable` runs once it is on
     /// disk; otherwise `on_durable` was dropped unrun).
     pub stored: bool,
+    /// Whether a full queue refused it (`x-overflow` reject-publish).
+    pub refused: bool,
 }
 
 /// Whether a queue keeps persistent messages in the message store.
@@ -33,11 +35,43 @@ impl VirtualHost {
     pub async fn publish(
         &self,
         exchange: &Exchange,
-        mut message: Message,
+        message: Message,
         on_durable: Option<OnDurable>,
     ) -> Published {
         let mut queues = Vec::new();
         self.route(exchange, &message, &mut queues);
+        self.deliver(queues, message, on_durable).await
+    }
+
+    /// Republishes a dead letter (made by the queue that let it die) through the exchange it
+    /// names. A missing exchange drops it, as in RabbitMQ; so does a queue it already died in
+    /// without a rejection since (a cycle).
+    pub(crate) async fn publish_dead_letter(&self, message: Message) {
+        let Ok(exchange) = self.exchange(&message.exchange) else {
+            tracing::debug!(exchange = %message.exchange, "dead-letter exchange missing; message dropped");
+            return;
+        };
+        let mut queues = Vec::new();
+        self.route(&exchange, &message, &mut queues);
+        queues.retain(|queue| !crate::queue::is_dead_letter_cycle(&message, queue.name()));
+        self.deliver(queues, message, None).await;
+    }
+
+    /// Hands `message` to those of `queues` that take it, writing it to the message store
+    /// first when it is persistent and one of them is durable.
+    async fn deliver(
+        &self,
+        queues: Vec<QueueHandle>,
+        mut message: Message,
+        on_durable: Option<OnDurable>,
+    ) -> Published {
+        let (queues, refused) = if queues.iter().any(QueueHandle::refuses_when_full) {
+            let probe = Arc::new(message.clone());
+            let admitted = crate::queue::admit(queues, &probe).await;
+            (admitted.queues, admitted.refused)
+        } else {
+            (queues, false)
+        };
         let mut stored = None;
         if let Some(store) = &self.storage().messages
             && message.properties.is_persistent()
@@ -70,6 +104,7 @@ impl VirtualHost {
         Published {
             queues: taken,
             stored: stored.is_some(),
+            refused,
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::exchange::{Binding, BindingTarget, Exchange, ExchangeSpec, ExchangeTy
 use crate::field::FieldTable;
 use crate::message::Message;
 use crate::persistence::{QueueKey, Recovered, Storage};
-use crate::queue::{self, ConnectionId, QueueHandle, QueueSpec, QueueStats};
+use crate::queue::{self, ConnectionId, QueueArguments, QueueHandle, QueueSpec, QueueStats};
 
 /// The exchanges every virtual host has, with their types.
 const STANDARD_EXCHANGES: [(&str, &str); 6] = [
@@ -223,6 +223,12 @@ impl VirtualHost {
                 spec.name
             )));
         }
+        if let Err(error) = QueueArguments::parse(&spec.arguments) {
+            return Err(CoreError::precondition(
+                error.message(&spec.name, &self.name),
+            ));
+        }
+        let mut redeclared = false;
         let handle = match self.queues.entry(spec.name.clone()) {
             Entry::Occupied(existing) => {
                 let handle = existing.get().clone();
@@ -232,6 +238,7 @@ impl VirtualHost {
                     return Err(self.locked(&handle));
                 }
                 check_queue_equivalent(&handle, &spec, &self.name)?;
+                redeclared = true;
                 handle
             }
             Entry::Vacant(slot) => {
@@ -247,6 +254,10 @@ impl VirtualHost {
                 handle
             }
         };
+        if redeclared && handle.arguments().expires.is_some() {
+            // A redeclaration counts as use (`x-expires`).
+            handle.touch().await;
+        }
         let stats = handle.stats().await?;
         Ok(DeclaredQueue { handle, stats })
     }
@@ -535,7 +546,34 @@ impl VirtualHost {
 
     /// Resolves the queues `message` goes to when published to `exchange`, following
     /// exchange-to-exchange bindings (each exchange once) and delivering to each queue once.
+    /// A message no queue took goes to the exchange's alternate exchange
+    /// (`alternate-exchange` argument), and on through theirs, each once.
     pub fn route(&self, exchange: &Exchange, message: &Message, queues: &mut Vec<QueueHandle>) {
+        self.route_through(exchange, message, queues);
+        if !queues.is_empty() {
+            return;
+        }
+        let mut tried: Vec<Arc<Exchange>> = Vec::new();
+        let mut next = alternate_exchange(exchange).map(str::to_owned);
+        while let Some(name) = next {
+            let Ok(alternate) = self.exchange(&name) else {
+                tracing::warn!(exchange = %exchange.name, alternate = name, "alternate exchange missing; message unroutable");
+                return;
+            };
+            if alternate.name == exchange.name || tried.iter().any(|e| Arc::ptr_eq(e, &alternate)) {
+                return;
+            }
+            self.route_through(&alternate, message, queues);
+            if !queues.is_empty() {
+                return;
+            }
+            next = alternate_exchange(&alternate).map(str::to_owned);
+            tried.push(alternate);
+        }
+    }
+
+    /// Routes through `exchange` and the exchanges bound to it.
+    fn route_through(&self, exchange: &Exchange, message: &Message, queues: &mut Vec<QueueHandle>) {
         if exchange.name.is_empty() {
             if let Some(queue) = self.queues.get(message.routing_key.as_str()) {
                 queues.push(queue.value().clone());
@@ -627,6 +665,15 @@ impl VirtualHost {
             self.forget_queue(&handle);
         }
     }
+}
+
+/// The exchange's alternate exchange, named by its `alternate-exchange` argument.
+fn alternate_exchange(exchange: &Exchange) -> Option<&str> {
+    exchange
+        .spec
+        .arguments
+        .get("alternate-exchange")
+        .and_then(crate::field::FieldValue::as_str)
 }
 
 /// Queue arguments compared on redeclaration, as RabbitMQ compares them; others are free-form.

@@ -2,15 +2,25 @@
 //! consumers and their credit, and is the only place that decides who gets which message.
 //! Commands arrive through a bounded mailbox and are handled in batches; after each batch the
 //! queue dispatches as many ready messages as its consumers have credit for.
+//!
+//! RabbitMQ's queue arguments live here too: message TTL (`x-message-ttl`, `expiration`),
+//! queue expiry (`x-expires`), length limits (`x-max-length`, `x-max-length-bytes`, with
+//! `x-overflow` drop-head; the refusing modes are decided by publishers, see `admission`),
+//! dead-lettering, priorities (`x-max-priority`), single active consumer and consumer
+//! priorities. One timer wakes the task for the earliest expiry.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
+use super::dead_letter::{DeadLetterTarget, DeadLetters, Reason, dead_lettered};
+use super::ready::{Ready, ReadyList, Stored};
 use super::{
     ChannelCredit, ChannelId, ConsumerEvent, ConsumerSpec, Delivery, GetResult, MessageSeq,
-    QueueCommand, QueueHandle, QueueStats,
+    Overflow, QueueCommand, QueueHandle, QueueStats,
 };
 use crate::error::{CoreError, CoreResult};
 use crate::message::Message;
@@ -20,28 +30,15 @@ use crate::vhost::VirtualHost;
 /// How many commands the queue handles before it dispatches.
 const BATCH: usize = 256;
 
-/// Where a persistent message of a durable queue lies in the message store.
-#[derive(Clone, Copy)]
-struct Stored {
-    id: u64,
-    at: StoredAt,
-}
-
-/// A message waiting for a consumer; its body may be paged out to the store.
-struct Ready {
-    seq: MessageSeq,
-    /// None while paged out (then `stored` says where to read it).
-    message: Option<Arc<Message>>,
-    stored: Option<Stored>,
-    redelivered: bool,
-}
-
 /// A ready message with its body in memory, on its way to a consumer.
 struct Loaded {
     seq: MessageSeq,
     message: Arc<Message>,
     stored: Option<Stored>,
     redelivered: bool,
+    size: usize,
+    level: u8,
+    expires_at: Option<Instant>,
 }
 
 impl Loaded {
@@ -51,6 +48,9 @@ impl Loaded {
             message: Some(self.message),
             stored: self.stored,
             redelivered: self.redelivered,
+            size: self.size,
+            level: self.level,
+            expires_at: self.expires_at,
         }
     }
 }
@@ -58,6 +58,8 @@ impl Loaded {
 struct Unacked {
     message: Arc<Message>,
     stored: Option<Stored>,
+    level: u8,
+    expires_at: Option<Instant>,
     /// The consumer it was delivered to (None for basic.get).
     consumer: Option<Arc<str>>,
     /// The channel-wide credit it holds, released when it is settled.
@@ -65,6 +67,19 @@ struct Unacked {
 }
 
 impl Unacked {
+    /// The delivery back in the ready list (requeued, flagged redelivered).
+    fn into_ready(self, seq: MessageSeq) -> Ready {
+        Ready {
+            seq,
+            size: self.message.body.len(),
+            message: Some(self.message),
+            stored: self.stored,
+            redelivered: true,
+            level: self.level,
+            expires_at: self.expires_at,
+        }
+    }
+
     /// Frees the per-consumer and per-channel credit this delivery holds.
     fn release(&self, consumers: &mut [Consumer], channel: ChannelId) {
         if let Some(tag) = &self.consumer
@@ -94,7 +109,7 @@ impl Consumer {
 struct QueueActor {
     handle: QueueHandle,
     vhost: Weak<VirtualHost>,
-    ready: VecDeque<Ready>,
+    ready: ReadyList,
     unacked: HashMap<ChannelId, HashMap<MessageSeq, Unacked>>,
     consumers: Vec<Consumer>,
     next_consumer: usize,
@@ -106,6 +121,15 @@ struct QueueActor {
     loaded_bytes: usize,
     /// Above this, persistent bodies are paged out to the store.
     max_loaded_bytes: usize,
+    /// Where dead letters go (`x-dead-letter-exchange`), and the task republishing them.
+    dead_letter_target: Option<DeadLetterTarget>,
+    dead_letters: DeadLetters,
+    /// The time the current batch started: expiry is judged against it, so a message with a
+    /// TTL of 0 still reaches a consumer that can take it in the same batch.
+    now: Instant,
+    /// When the queue was last used (consumed from, read with basic.get, redeclared), for
+    /// `x-expires`.
+    last_used: Instant,
 }
 
 /// Starts the task of a new queue and returns its handle.
@@ -129,11 +153,31 @@ pub(crate) fn spawn(
         };
         (store, key)
     });
-    let handle = QueueHandle::new(spec, owner, vhost.name.clone(), tx);
-    let ready: VecDeque<Ready> = recovered
-        .into_iter()
-        .enumerate()
-        .map(|(seq, recovered)| Ready {
+    let arguments = match super::QueueArguments::parse(&spec.arguments) {
+        Ok(arguments) => arguments,
+        Err(error) => {
+            // Declarations are checked before a queue exists; a stored queue with arguments
+            // a newer check refuses keeps running without them.
+            tracing::warn!(queue = %spec.name, reason = %error.message(&spec.name, &vhost.name), "queue arguments ignored");
+            super::QueueArguments::default()
+        }
+    };
+    let dead_letter_target =
+        arguments
+            .dead_letter_exchange
+            .as_ref()
+            .map(|exchange| DeadLetterTarget {
+                exchange: exchange.clone(),
+                routing_key: arguments.dead_letter_routing_key.clone(),
+            });
+    let handle = QueueHandle::new(spec, arguments, owner, vhost.name.clone(), tx);
+    let now = Instant::now();
+    let mut ready = ReadyList::new(handle.arguments().max_priority, handle.0.admission.clone());
+    let count = recovered.len();
+    for (seq, recovered) in recovered.into_iter().enumerate() {
+        // Recovered messages wait at the lowest priority (their bodies stay on disk) and
+        // their TTL counts again from the restart.
+        ready.restore(Ready {
             seq: seq as MessageSeq,
             message: None,
             stored: Some(Stored {
@@ -141,12 +185,15 @@ pub(crate) fn spawn(
                 at: recovered.at,
             }),
             redelivered: true,
-        })
-        .collect();
+            size: 0,
+            level: 0,
+            expires_at: handle.arguments().message_ttl.map(|ttl| now + ttl),
+        });
+    }
     let actor = QueueActor {
         handle: handle.clone(),
         vhost: Arc::downgrade(vhost),
-        next_seq: ready.len() as MessageSeq,
+        next_seq: count as MessageSeq,
         ready,
         unacked: HashMap::new(),
         consumers: Vec::new(),
@@ -155,6 +202,10 @@ pub(crate) fn spawn(
         store,
         loaded_bytes: 0,
         max_loaded_bytes,
+        dead_letter_target,
+        dead_letters: DeadLetters::new(),
+        now,
+        last_used: now,
     };
     tokio::spawn(actor.run(rx));
     handle
@@ -168,7 +219,27 @@ enum Flow {
 
 impl QueueActor {
     async fn run(mut self, mut rx: mpsc::Receiver<QueueCommand>) {
-        while let Some(command) = rx.recv().await {
+        loop {
+            let command = match self.next_deadline() {
+                Some(deadline) => tokio::select! {
+                    command = rx.recv() => command,
+                    () = tokio::time::sleep_until(deadline) => {
+                        self.now = Instant::now();
+                        if self.has_expired() {
+                            self.expire_queue();
+                            break;
+                        }
+                        self.expire_heads();
+                        self.dispatch();
+                        continue;
+                    }
+                },
+                None => rx.recv().await,
+            };
+            let Some(command) = command else {
+                break;
+            };
+            self.now = Instant::now();
             let mut flow = self.handle_command(command);
             let mut handled = 1;
             while matches!(flow, Flow::Continue) && handled < BATCH {
@@ -182,6 +253,7 @@ impl QueueActor {
                 break;
             }
             self.dispatch();
+            self.expire_heads();
             if self.should_auto_delete() {
                 self.auto_delete();
                 break;
@@ -193,6 +265,10 @@ impl QueueActor {
     fn handle_command(&mut self, command: QueueCommand) -> Flow {
         match command {
             QueueCommand::Publish(message, at) => self.enqueue(message, at),
+            QueueCommand::DeadLetterRefused(message) => {
+                self.dead_letter(&message, Reason::MaxLen);
+            }
+            QueueCommand::Touch => self.last_used = self.now,
             QueueCommand::Consume(spec, reply) => {
                 let _ = reply.send(self.add_consumer(spec));
             }
@@ -208,7 +284,7 @@ impl QueueActor {
             }
             QueueCommand::Purge(reply) => {
                 let purged = self.ready.len() as u32;
-                for entry in std::mem::take(&mut self.ready) {
+                for entry in self.ready.take_all() {
                     self.forget(entry.stored);
                 }
                 self.loaded_bytes = 0;
@@ -219,6 +295,7 @@ impl QueueActor {
             }
             QueueCommand::ChannelClosed(channel) => {
                 self.consumers.retain(|c| c.spec.channel != channel);
+                self.note_consumers_changed();
                 self.requeue_channel(channel);
             }
             QueueCommand::Recover(channel) => self.requeue_channel(channel),
@@ -250,6 +327,30 @@ impl QueueActor {
         }
     }
 
+    /// Republishes a dead message to the dead-letter exchange, if the queue has one.
+    fn dead_letter(&mut self, message: &Message, reason: Reason) {
+        if let Some(target) = &self.dead_letter_target {
+            let copy = dead_lettered(message, self.handle.name(), reason, target);
+            self.dead_letters.send(&self.vhost, copy);
+        }
+    }
+
+    /// When a message published now expires: the queue's TTL or the message's own
+    /// `expiration`, whichever is shorter.
+    fn expiry_of(&self, message: &Message) -> Option<Instant> {
+        let own = message
+            .properties
+            .expiration
+            .as_deref()
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .map(Duration::from_millis);
+        let ttl = match (self.handle.arguments().message_ttl, own) {
+            (Some(queue), Some(own)) => Some(queue.min(own)),
+            (queue, own) => queue.or(own),
+        };
+        ttl.map(|ttl| self.now + ttl)
+    }
+
     fn enqueue(&mut self, message: Arc<Message>, at: Option<StoredAt>) {
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -258,6 +359,8 @@ impl QueueActor {
             _ => None,
         };
         let size = message.body.len();
+        let level = self.ready.level_for(message.properties.priority);
+        let expires_at = self.expiry_of(&message);
         let page_out = stored.is_some() && self.loaded_bytes + size > self.max_loaded_bytes;
         let message = if page_out {
             None
@@ -270,49 +373,143 @@ impl QueueActor {
             message,
             stored,
             redelivered: false,
+            size,
+            level,
+            expires_at,
         });
+        self.enforce_length_limit();
     }
 
-    /// Takes the first ready message, reading its body back from the store if it was paged
-    /// out. A message that cannot be read back is reported and dropped.
+    /// Drops (dead-letters) the oldest messages while the queue is over its length limit, for
+    /// `x-overflow` = drop-head (the refusing modes never let it get there by publishing).
+    fn enforce_length_limit(&mut self) {
+        let arguments = self.handle.arguments();
+        if arguments.overflow != Overflow::DropHead || !arguments.has_length_limit() {
+            return;
+        }
+        let (max_length, max_bytes) = (arguments.max_length, arguments.max_length_bytes);
+        loop {
+            let over = max_length.is_some_and(|max| self.ready.len() as u64 > max)
+                || max_bytes.is_some_and(|max| self.ready.bytes() as u64 > max);
+            if !over {
+                return;
+            }
+            let Some(entry) = self.ready.pop_oldest() else {
+                return;
+            };
+            self.let_die(entry, Reason::MaxLen);
+        }
+    }
+
+    /// A ready message dies (expiry, length limit): dead-lettered if the queue says where,
+    /// then gone from the store.
+    fn let_die(&mut self, entry: Ready, reason: Reason) {
+        let message = match entry.message {
+            Some(message) => {
+                self.loaded_bytes = self.loaded_bytes.saturating_sub(message.body.len());
+                Some(message)
+            }
+            None if self.dead_letter_target.is_some() => self.read_back(entry.stored),
+            None => None,
+        };
+        if let Some(message) = message {
+            self.dead_letter(&message, reason);
+        }
+        self.forget(entry.stored);
+    }
+
+    fn read_back(&self, stored: Option<Stored>) -> Option<Arc<Message>> {
+        match (&self.store, stored) {
+            (Some((store, _)), Some(stored)) => store.read(stored.at).map(Arc::new),
+            _ => None,
+        }
+    }
+
+    /// Lets the expired messages at the heads die.
+    fn expire_heads(&mut self) {
+        if self
+            .ready
+            .next_expiry()
+            .is_none_or(|expiry| expiry >= self.now)
+        {
+            return;
+        }
+        for entry in self.ready.take_expired(self.now) {
+            self.let_die(entry, Reason::Expired);
+        }
+    }
+
+    /// The earliest time the queue must wake by itself: a message expiring at a head, or the
+    /// queue expiring unused.
+    fn next_deadline(&self) -> Option<Instant> {
+        let queue_expiry = self.queue_expiry();
+        match (self.ready.next_expiry(), queue_expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// When the queue expires (`x-expires`), while it has no consumers.
+    fn queue_expiry(&self) -> Option<Instant> {
+        let expires = self.handle.arguments().expires?;
+        self.consumers.is_empty().then(|| self.last_used + expires)
+    }
+
+    fn has_expired(&self) -> bool {
+        self.queue_expiry().is_some_and(|at| at <= self.now)
+    }
+
+    /// Deletes the queue after `x-expires` unused, as if a client had deleted it.
+    fn expire_queue(&mut self) {
+        tracing::debug!(queue = self.handle.name(), "queue expired unused");
+        self.forget_everything();
+        if let Some(vhost) = self.vhost.upgrade() {
+            vhost.forget_queue(&self.handle);
+        }
+    }
+
+    /// Takes the first ready message that has not expired, reading its body back from the
+    /// store if it was paged out. Expired ones die on the way; a message that cannot be read
+    /// back is reported and dropped.
     fn pop_ready(&mut self) -> Option<Loaded> {
         loop {
             let entry = self.ready.pop_front()?;
+            if entry.expires_at.is_some_and(|at| at < self.now) {
+                self.let_die(entry, Reason::Expired);
+                continue;
+            }
             let message = match entry.message {
                 Some(message) => {
                     self.loaded_bytes = self.loaded_bytes.saturating_sub(message.body.len());
                     message
                 }
-                None => {
-                    let read = match (&self.store, entry.stored) {
-                        (Some((store, _)), Some(stored)) => store.read(stored.at),
-                        _ => None,
-                    };
-                    match read {
-                        Some(message) => Arc::new(message),
-                        None => {
-                            tracing::error!(
-                                queue = self.handle.name(),
-                                "a stored message could not be read back; dropped"
-                            );
-                            self.forget(entry.stored);
-                            continue;
-                        }
+                None => match self.read_back(entry.stored) {
+                    Some(message) => message,
+                    None => {
+                        tracing::error!(
+                            queue = self.handle.name(),
+                            "a stored message could not be read back; dropped"
+                        );
+                        self.forget(entry.stored);
+                        continue;
                     }
-                }
+                },
             };
             return Some(Loaded {
                 seq: entry.seq,
+                size: message.body.len(),
                 message,
                 stored: entry.stored,
                 redelivered: entry.redelivered,
+                level: entry.level,
+                expires_at: entry.expires_at,
             });
         }
     }
 
     /// The queue is going away: every persistent message it holds leaves the store.
     fn forget_everything(&mut self) {
-        for entry in std::mem::take(&mut self.ready) {
+        for entry in self.ready.take_all() {
             self.forget(entry.stored);
         }
         self.loaded_bytes = 0;
@@ -342,7 +539,15 @@ impl QueueActor {
             )));
         }
         self.had_consumers = true;
-        self.consumers.push(Consumer { spec, unacked: 0 });
+        // Highest priority first; registration order within a priority (the first one is
+        // the single active consumer when the queue has one).
+        let position = self
+            .consumers
+            .iter()
+            .position(|c| c.spec.priority < spec.priority)
+            .unwrap_or(self.consumers.len());
+        self.consumers
+            .insert(position, Consumer { spec, unacked: 0 });
         Ok(())
     }
 
@@ -350,10 +555,22 @@ impl QueueActor {
         let before = self.consumers.len();
         self.consumers
             .retain(|c| !(c.spec.channel == channel && &*c.spec.tag == tag));
-        before != self.consumers.len()
+        let removed = before != self.consumers.len();
+        if removed {
+            self.note_consumers_changed();
+        }
+        removed
+    }
+
+    /// The queue's last consumer leaving starts its `x-expires` clock.
+    fn note_consumers_changed(&mut self) {
+        if self.consumers.is_empty() {
+            self.last_used = self.now;
+        }
     }
 
     fn get(&mut self, channel: ChannelId, no_ack: bool) -> Option<GetResult> {
+        self.last_used = self.now;
         let entry = self.pop_ready()?;
         if no_ack {
             self.forget(entry.stored);
@@ -363,6 +580,8 @@ impl QueueActor {
                 Unacked {
                     message: entry.message.clone(),
                     stored: entry.stored,
+                    level: entry.level,
+                    expires_at: entry.expires_at,
                     consumer: None,
                     credit: None,
                 },
@@ -376,7 +595,8 @@ impl QueueActor {
         })
     }
 
-    /// Acknowledges (`requeue` = None) or rejects the given deliveries of `channel`.
+    /// Acknowledges (`requeue` = None) or rejects the given deliveries of `channel`; rejected
+    /// ones not requeued are dead-lettered when the queue says where.
     fn settle(&mut self, channel: ChannelId, seqs: &[MessageSeq], requeue: Option<bool>) {
         let Some(pending) = self.unacked.get_mut(&channel) else {
             return;
@@ -389,21 +609,19 @@ impl QueueActor {
             };
             unacked.release(&mut self.consumers, channel);
             if requeue == Some(true) {
-                back.push(Ready {
-                    seq: *seq,
-                    message: Some(unacked.message),
-                    stored: unacked.stored,
-                    redelivered: true,
-                });
+                back.push(unacked.into_ready(*seq));
             } else {
-                gone.push(unacked.stored);
+                gone.push(unacked);
             }
         }
         if pending.is_empty() {
             self.unacked.remove(&channel);
         }
-        for stored in gone {
-            self.forget(stored);
+        for unacked in gone {
+            if requeue == Some(false) {
+                self.dead_letter(&unacked.message, Reason::Rejected);
+            }
+            self.forget(unacked.stored);
         }
         self.requeue(back);
     }
@@ -415,60 +633,35 @@ impl QueueActor {
         let mut back = Vec::with_capacity(pending.len());
         for (seq, unacked) in pending {
             unacked.release(&mut self.consumers, channel);
-            back.push(Ready {
-                seq,
-                message: Some(unacked.message),
-                stored: unacked.stored,
-                redelivered: true,
-            });
+            back.push(unacked.into_ready(seq));
         }
         self.requeue(back);
     }
 
     /// Puts messages back in the ready list at their original positions.
-    fn requeue(&mut self, mut back: Vec<Ready>) {
+    fn requeue(&mut self, back: Vec<Ready>) {
         if back.is_empty() {
             return;
         }
-        back.sort_by_key(|r| r.seq);
         self.loaded_bytes += back
             .iter()
             .filter_map(|r| r.message.as_ref())
             .map(|m| m.body.len())
             .sum::<usize>();
-        let fits_in_front = match (self.ready.front(), back.last()) {
-            (Some(first), Some(last)) => last.seq < first.seq,
-            _ => true,
-        };
-        if fits_in_front {
-            for entry in back.into_iter().rev() {
-                self.ready.push_front(entry);
-            }
-            return;
-        }
-        let mut merged = VecDeque::with_capacity(self.ready.len() + back.len());
-        let mut old = std::mem::take(&mut self.ready).into_iter().peekable();
-        let mut new = back.into_iter().peekable();
-        loop {
-            let take_new = match (old.peek(), new.peek()) {
-                (Some(o), Some(n)) => n.seq < o.seq,
-                (None, Some(_)) => true,
-                (Some(_), None) => false,
-                (None, None) => break,
-            };
-            let next = if take_new { new.next() } else { old.next() };
-            merged.extend(next);
-        }
-        self.ready = merged;
+        self.ready.requeue(back);
+        self.enforce_length_limit();
     }
 
-    /// Hands ready messages to consumers with credit, round-robin.
+    /// Hands ready messages to consumers with credit: the highest priority first,
+    /// round-robin among equals; only the first consumer with a single active consumer.
     fn dispatch(&mut self) {
         while !self.ready.is_empty() && !self.consumers.is_empty() {
             let Some(index) = self.next_consumer_with_room() else {
                 return;
             };
             let Some(entry) = self.pop_ready() else {
+                // What was ready had expired: the credit taken goes back.
+                self.give_back_credit(index);
                 return;
             };
             self.next_consumer = index + 1;
@@ -477,6 +670,15 @@ impl QueueActor {
                 self.ready.push_front(entry.into_ready());
                 self.drop_disconnected_consumers();
             }
+        }
+    }
+
+    fn give_back_credit(&self, index: usize) {
+        let consumer = &self.consumers[index];
+        if !consumer.spec.no_ack
+            && let Some(credit) = &consumer.spec.channel_credit
+        {
+            credit.release();
         }
     }
 
@@ -490,30 +692,55 @@ impl QueueActor {
             }
             !closed
         });
+        self.note_consumers_changed();
         for channel in gone {
             self.requeue_channel(channel);
         }
     }
 
+    /// The consumer to deliver to next, its channel credit taken: among the consumers of the
+    /// highest priority that have room, the next in turn.
     fn next_consumer_with_room(&mut self) -> Option<usize> {
-        let count = self.consumers.len();
-        for offset in 0..count {
-            let index = (self.next_consumer + offset) % count;
-            let consumer = &self.consumers[index];
-            if !consumer.has_room() {
-                continue;
+        let count = if self.handle.arguments().single_active_consumer {
+            self.consumers.len().min(1)
+        } else {
+            self.consumers.len()
+        };
+        let mut start = 0;
+        while start < count {
+            let priority = self.consumers[start].spec.priority;
+            let end = start
+                + self.consumers[start..count]
+                    .iter()
+                    .take_while(|c| c.spec.priority == priority)
+                    .count();
+            let group = end - start;
+            let first = if (start..end).contains(&self.next_consumer) {
+                self.next_consumer - start
+            } else {
+                0
+            };
+            for offset in 0..group {
+                let index = start + (first + offset) % group;
+                if self.take_room(index) {
+                    return Some(index);
+                }
             }
-            let credit_ok = consumer.spec.no_ack
+            start = end;
+        }
+        None
+    }
+
+    /// Whether consumer `index` may take a delivery now (taking its channel credit if so).
+    fn take_room(&self, index: usize) -> bool {
+        let consumer = &self.consumers[index];
+        consumer.has_room()
+            && (consumer.spec.no_ack
                 || consumer
                     .spec
                     .channel_credit
                     .as_ref()
-                    .is_none_or(|credit| credit.try_acquire());
-            if credit_ok {
-                return Some(index);
-            }
-        }
-        None
+                    .is_none_or(|credit| credit.try_acquire()))
     }
 
     fn deliver(&mut self, index: usize, entry: Loaded) -> Result<(), Loaded> {
@@ -548,6 +775,8 @@ impl QueueActor {
             let unacked = Unacked {
                 message: entry.message,
                 stored: entry.stored,
+                level: entry.level,
+                expires_at: entry.expires_at,
                 consumer: Some(consumer.spec.tag.clone()),
                 credit: consumer.spec.channel_credit.clone(),
             };

@@ -4,14 +4,21 @@
 //! publishers feel backpressure.
 
 mod actor;
+mod admission;
+pub mod arguments;
 mod credit;
+mod dead_letter;
+mod ready;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
+pub use admission::{Admitted, admit};
+pub use arguments::{Overflow, QueueArguments};
 pub use credit::ChannelCredit;
+pub(crate) use dead_letter::is_cycle as is_dead_letter_cycle;
 
 use crate::error::{CoreError, CoreResult};
 use crate::field::FieldTable;
@@ -96,6 +103,8 @@ pub struct ConsumerSpec {
     pub channel_credit: Option<Arc<ChannelCredit>>,
     /// Where deliveries go.
     pub sink: ConsumerSink,
+    /// Its priority (`x-priority`): consumers of a higher priority receive first.
+    pub priority: i64,
 }
 
 /// What a client asks for when it declares a queue.
@@ -139,6 +148,10 @@ pub struct GetResult {
 
 pub(crate) enum QueueCommand {
     Publish(Arc<Message>, Option<StoredAt>),
+    /// A message the queue refused (`x-overflow` reject-publish-dlx): dead-letter it.
+    DeadLetterRefused(Arc<Message>),
+    /// The queue was redeclared: it counts as used (`x-expires`).
+    Touch,
     Consume(ConsumerSpec, oneshot::Sender<CoreResult<()>>),
     Cancel(ChannelId, Arc<str>, oneshot::Sender<bool>),
     Ack(ChannelId, Vec<MessageSeq>),
@@ -158,6 +171,10 @@ pub(crate) enum QueueCommand {
 
 pub(crate) struct QueueShared {
     pub(crate) spec: QueueSpec,
+    /// Its arguments, parsed.
+    pub(crate) arguments: QueueArguments,
+    /// The length count publishers check, for queues that refuse publishes when full.
+    pub(crate) admission: Option<Arc<admission::Admission>>,
     pub(crate) owner: Option<ConnectionId>,
     pub(crate) vhost: String,
     tx: mpsc::Sender<QueueCommand>,
@@ -177,12 +194,15 @@ impl std::fmt::Debug for QueueHandle {
 impl QueueHandle {
     pub(crate) fn new(
         spec: QueueSpec,
+        arguments: QueueArguments,
         owner: Option<ConnectionId>,
         vhost: String,
         tx: mpsc::Sender<QueueCommand>,
     ) -> Self {
         Self(Arc::new(QueueShared {
             spec,
+            admission: admission::Admission::for_arguments(&arguments).map(Arc::new),
+            arguments,
             owner,
             vhost,
             tx,
@@ -198,6 +218,16 @@ impl QueueHandle {
     /// What the queue was declared with.
     pub fn spec(&self) -> &QueueSpec {
         &self.0.spec
+    }
+
+    /// Its arguments, parsed.
+    pub fn arguments(&self) -> &QueueArguments {
+        &self.0.arguments
+    }
+
+    /// Whether a full queue refuses publishes (publishers must [`admit`] first).
+    pub fn refuses_when_full(&self) -> bool {
+        self.0.admission.is_some()
     }
 
     /// The connection owning this exclusive queue.
@@ -246,6 +276,16 @@ impl QueueHandle {
     /// durable queue may page its body out and read it back later.
     pub async fn publish_stored(&self, message: Arc<Message>, at: StoredAt) -> CoreResult<()> {
         self.send(QueueCommand::Publish(message, Some(at))).await
+    }
+
+    /// Dead-letters a message this queue refused because it was full.
+    pub(crate) async fn dead_letter_refused(&self, message: Arc<Message>) {
+        let _ = self.send(QueueCommand::DeadLetterRefused(message)).await;
+    }
+
+    /// Tells the queue it was redeclared (it counts as used, for `x-expires`).
+    pub(crate) async fn touch(&self) {
+        let _ = self.send(QueueCommand::Touch).await;
     }
 
     /// Adds a consumer.

@@ -52,6 +52,7 @@ fn consumer(tag: &str, number: u16, prefetch: u32, sink: &ConsumerSink) -> Consu
         prefetch,
         channel_credit: None,
         sink: sink.clone(),
+        priority: 0,
     }
 }
 

@@ -201,6 +201,7 @@ impl Connection {
                 prefetch,
                 channel_credit: None,
                 sink,
+                priority: 0,
             })
             .await?;
         session.queue = Some(queue.clone());

@@ -155,6 +155,7 @@ impl Connection {
                 prefetch: 0,
                 channel_credit: None,
                 sink,
+                priority: 0,
             })
             .await?;
         session.subscriptions.insert(

@@ -90,6 +90,7 @@ impl Connection {
                 prefetch,
                 channel_credit: None,
                 sink,
+                priority: 0,
             })
             .await?;
         session.subscriptions.insert(

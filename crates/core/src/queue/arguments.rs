@@ -1,0 +1,315 @@
+//! The queue arguments RabbitMQ gives a meaning to, read once when a queue is declared and
+//! checked as RabbitMQ checks them: a bad value refuses the declaration with
+//! `PRECONDITION_FAILED - invalid arg 'x-...' for queue '...' in vhost '...': {reason,value}`.
+//! Arguments nobody gives a meaning to are kept and ignored, as RabbitMQ does.
+
+use std::time::Duration;
+
+use crate::field::{FieldTable, FieldValue};
+
+/// What a queue does when a publish would take it over its length limit (`x-overflow`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Overflow {
+    /// Drop (or dead-letter) the oldest messages to make room (the default).
+    #[default]
+    DropHead,
+    /// Refuse the new message: publishers with confirms get a nack.
+    RejectPublish,
+    /// Refuse the new message and dead-letter it.
+    RejectPublishDlx,
+}
+
+/// The queue types `x-queue-type` may name. Only classic queues exist in Junction.
+const QUEUE_TYPES_WE_LACK: [&str; 2] = ["quorum", "stream"];
+
+/// A queue's arguments, parsed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueArguments {
+    /// `x-message-ttl`: how long a message may wait in the queue.
+    pub message_ttl: Option<Duration>,
+    /// `x-expires`: the queue is deleted after this long unused.
+    pub expires: Option<Duration>,
+    /// `x-max-length`: at most this many ready messages.
+    pub max_length: Option<u64>,
+    /// `x-max-length-bytes`: at most this many bytes of ready message bodies.
+    pub max_length_bytes: Option<u64>,
+    /// `x-overflow`: what a full queue does.
+    pub overflow: Overflow,
+    /// `x-dead-letter-exchange`: where dead messages are republished ("" is the default
+    /// exchange).
+    pub dead_letter_exchange: Option<String>,
+    /// `x-dead-letter-routing-key`: the key they are republished with (else their own).
+    pub dead_letter_routing_key: Option<String>,
+    /// `x-max-priority`: the highest message priority the queue orders by.
+    pub max_priority: Option<u8>,
+    /// `x-single-active-consumer`: one consumer receives at a time.
+    pub single_active_consumer: bool,
+}
+
+/// A refused argument: its name and RabbitMQ's reason, such as `{value_negative,-1}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArgumentError {
+    /// The argument's name.
+    pub argument: &'static str,
+    /// Why, in RabbitMQ's words.
+    pub reason: String,
+}
+
+impl ArgumentError {
+    fn new(argument: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            argument,
+            reason: reason.into(),
+        }
+    }
+
+    /// RabbitMQ's text for a declaration it refuses.
+    pub fn message(&self, queue: &str, vhost: &str) -> String {
+        format!(
+            "invalid arg '{}' for queue '{queue}' in vhost '{vhost}': {}",
+            self.argument, self.reason
+        )
+    }
+}
+
+impl QueueArguments {
+    /// Reads and checks the arguments of a queue declaration.
+    pub fn parse(arguments: &FieldTable) -> Result<Self, ArgumentError> {
+        let mut parsed = QueueArguments::default();
+        if let Some(value) = arguments.get("x-message-ttl") {
+            let ms = non_negative("x-message-ttl", value)?;
+            parsed.message_ttl = Some(Duration::from_millis(ms));
+        }
+        if let Some(value) = arguments.get("x-expires") {
+            let ms = non_negative("x-expires", value)?;
+            if ms == 0 {
+                return Err(ArgumentError::new("x-expires", "{value_zero,0}"));
+            }
+            parsed.expires = Some(Duration::from_millis(ms));
+        }
+        if let Some(value) = arguments.get("x-max-length") {
+            parsed.max_length = Some(non_negative("x-max-length", value)?);
+        }
+        if let Some(value) = arguments.get("x-max-length-bytes") {
+            parsed.max_length_bytes = Some(non_negative("x-max-length-bytes", value)?);
+        }
+        if let Some(value) = arguments.get("x-overflow") {
+            parsed.overflow = match string("x-overflow", value)? {
+                "drop-head" => Overflow::DropHead,
+                "reject-publish" => Overflow::RejectPublish,
+                "reject-publish-dlx" => Overflow::RejectPublishDlx,
+                other => {
+                    return Err(ArgumentError::new(
+                        "x-overflow",
+                        format!("{{invalid_overflow,<<\"{other}\">>}}"),
+                    ));
+                }
+            };
+        }
+        if let Some(value) = arguments.get("x-dead-letter-exchange") {
+            parsed.dead_letter_exchange = Some(string("x-dead-letter-exchange", value)?.into());
+        }
+        if let Some(value) = arguments.get("x-dead-letter-routing-key") {
+            let key = string("x-dead-letter-routing-key", value)?;
+            if parsed.dead_letter_exchange.is_none() {
+                return Err(ArgumentError::new(
+                    "x-dead-letter-routing-key",
+                    "{routing_key_but_no_dlx_defined}",
+                ));
+            }
+            parsed.dead_letter_routing_key = Some(key.into());
+        }
+        if let Some(value) = arguments.get("x-max-priority") {
+            let priority = non_negative("x-max-priority", value)?;
+            let priority = u8::try_from(priority).map_err(|_| {
+                ArgumentError::new(
+                    "x-max-priority",
+                    format!("{{max_value_exceeded,{priority}}}"),
+                )
+            })?;
+            parsed.max_priority = Some(priority);
+        }
+        if let Some(value) = arguments.get("x-single-active-consumer") {
+            parsed.single_active_consumer = value.as_bool().ok_or_else(|| {
+                ArgumentError::new(
+                    "x-single-active-consumer",
+                    format!("{{unacceptable_type,{}}}", type_name(value)),
+                )
+            })?;
+        }
+        if let Some(value) = arguments.get("x-queue-type") {
+            let kind = string("x-queue-type", value)?;
+            if QUEUE_TYPES_WE_LACK.contains(&kind) {
+                return Err(ArgumentError::new(
+                    "x-queue-type",
+                    format!(
+                        "{{unsupported_queue_type,<<\"{kind}\">>}}: Junction has classic queues only"
+                    ),
+                ));
+            }
+            if kind != "classic" {
+                return Err(ArgumentError::new(
+                    "x-queue-type",
+                    format!("{{unsupported_type,<<\"{kind}\">>}}"),
+                ));
+            }
+        }
+        Ok(parsed)
+    }
+
+    /// Whether the queue has a length limit.
+    pub fn has_length_limit(&self) -> bool {
+        self.max_length.is_some() || self.max_length_bytes.is_some()
+    }
+}
+
+/// A consumer's priority (`x-priority` in basic.consume's arguments; 0 when absent).
+pub fn consumer_priority(arguments: &FieldTable) -> Result<i64, ArgumentError> {
+    match arguments.get("x-priority") {
+        None => Ok(0),
+        Some(value) => value.as_i64().ok_or_else(|| {
+            ArgumentError::new(
+                "x-priority",
+                format!("{{unacceptable_type,{}}}", type_name(value)),
+            )
+        }),
+    }
+}
+
+fn non_negative(argument: &'static str, value: &FieldValue) -> Result<u64, ArgumentError> {
+    let Some(number) = integer(value) else {
+        return Err(ArgumentError::new(
+            argument,
+            format!("{{unacceptable_type,{}}}", type_name(value)),
+        ));
+    };
+    u64::try_from(number)
+        .map_err(|_| ArgumentError::new(argument, format!("{{value_negative,{number}}}")))
+}
+
+/// Integers of any width (not timestamps: RabbitMQ refuses those for numeric arguments).
+fn integer(value: &FieldValue) -> Option<i64> {
+    match value {
+        FieldValue::Timestamp(_) => None,
+        other => other.as_i64(),
+    }
+}
+
+fn string<'a>(argument: &'static str, value: &'a FieldValue) -> Result<&'a str, ArgumentError> {
+    value.as_str().ok_or_else(|| {
+        ArgumentError::new(
+            argument,
+            format!("{{unacceptable_type,{}}}", type_name(value)),
+        )
+    })
+}
+
+/// RabbitMQ's name for a field's type, as its errors print it.
+fn type_name(value: &FieldValue) -> &'static str {
+    match value {
+        FieldValue::Bool(_) => "bool",
+        FieldValue::I8(_) => "byte",
+        FieldValue::U8(_) => "unsignedbyte",
+        FieldValue::I16(_) => "short",
+        FieldValue::U16(_) => "unsignedshort",
+        FieldValue::I32(_) => "signedint",
+        FieldValue::U32(_) => "unsignedint",
+        FieldValue::I64(_) => "long",
+        FieldValue::F32(_) => "float",
+        FieldValue::F64(_) => "double",
+        FieldValue::Decimal { .. } => "decimal",
+        FieldValue::String(_) => "longstr",
+        FieldValue::Array(_) => "array",
+        FieldValue::Timestamp(_) => "timestamp",
+        FieldValue::Table(_) => "table",
+        FieldValue::Bytes(_) => "binary",
+        FieldValue::Void => "void",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(entries: &[(&str, FieldValue)]) -> FieldTable {
+        entries
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect()
+    }
+
+    fn refused(entries: &[(&str, FieldValue)]) -> String {
+        match QueueArguments::parse(&table(entries)) {
+            Ok(parsed) => panic!("accepted {parsed:?}"),
+            Err(error) => error.message("q", "/"),
+        }
+    }
+
+    #[test]
+    fn celery_style_arguments_are_read() {
+        let parsed = QueueArguments::parse(&table(&[
+            ("x-message-ttl", FieldValue::I32(300_000)),
+            ("x-expires", FieldValue::I64(10_000)),
+            ("x-max-length", FieldValue::U16(5)),
+            ("x-overflow", FieldValue::string("reject-publish-dlx")),
+            ("x-dead-letter-exchange", FieldValue::string("dlx")),
+            ("x-dead-letter-routing-key", FieldValue::string("dead")),
+            ("x-max-priority", FieldValue::U8(10)),
+            ("x-single-active-consumer", FieldValue::Bool(true)),
+            ("x-queue-type", FieldValue::string("classic")),
+            ("x-unknown", FieldValue::string("kept, ignored")),
+        ]))
+        .expect("valid");
+        assert_eq!(parsed.message_ttl, Some(Duration::from_secs(300)));
+        assert_eq!(parsed.expires, Some(Duration::from_secs(10)));
+        assert_eq!(parsed.max_length, Some(5));
+        assert_eq!(parsed.overflow, Overflow::RejectPublishDlx);
+        assert_eq!(parsed.dead_letter_exchange.as_deref(), Some("dlx"));
+        assert_eq!(parsed.dead_letter_routing_key.as_deref(), Some("dead"));
+        assert_eq!(parsed.max_priority, Some(10));
+        assert!(parsed.single_active_consumer);
+        assert!(parsed.has_length_limit());
+    }
+
+    #[test]
+    fn bad_values_are_refused_in_rabbitmq_words() {
+        assert_eq!(
+            refused(&[("x-message-ttl", FieldValue::I32(-1))]),
+            "invalid arg 'x-message-ttl' for queue 'q' in vhost '/': {value_negative,-1}"
+        );
+        assert_eq!(
+            refused(&[("x-message-ttl", FieldValue::string("soon"))]),
+            "invalid arg 'x-message-ttl' for queue 'q' in vhost '/': {unacceptable_type,longstr}"
+        );
+        assert_eq!(
+            refused(&[("x-expires", FieldValue::I32(0))]),
+            "invalid arg 'x-expires' for queue 'q' in vhost '/': {value_zero,0}"
+        );
+        assert!(
+            refused(&[("x-overflow", FieldValue::string("explode"))]).contains("invalid_overflow")
+        );
+        assert!(
+            refused(&[("x-dead-letter-routing-key", FieldValue::string("k"))])
+                .contains("routing_key_but_no_dlx_defined")
+        );
+        assert!(
+            refused(&[("x-max-priority", FieldValue::I32(256))]).contains("max_value_exceeded")
+        );
+        assert!(refused(&[("x-queue-type", FieldValue::string("quorum"))]).contains("quorum"));
+        assert!(refused(&[("x-queue-type", FieldValue::string("stream"))]).contains("stream"));
+        assert!(
+            refused(&[("x-single-active-consumer", FieldValue::string("yes"))])
+                .contains("unacceptable_type,longstr")
+        );
+    }
+
+    #[test]
+    fn consumer_priorities_are_integers() {
+        assert_eq!(consumer_priority(&FieldTable::default()), Ok(0));
+        assert_eq!(
+            consumer_priority(&table(&[("x-priority", FieldValue::I32(-5))])),
+            Ok(-5)
+        );
+        assert!(consumer_priority(&table(&[("x-priority", FieldValue::string("high"))])).is_err());
+    }
+}

@@ -1,0 +1,321 @@
+//! Dead-lettering: a message rejected without requeue, expired, or pushed out of a full queue
+//! is republished to the queue's dead-letter exchange (`x-dead-letter-exchange`), with the
+//! `x-death` header RabbitMQ writes. Republishing goes through one task per queue, so dead
+//! letters keep their order, and never blocks the queue that dead-letters.
+
+use std::sync::Weak;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+
+use crate::field::{FieldTable, FieldValue};
+use crate::message::Message;
+use crate::vhost::VirtualHost;
+
+/// Why a message was dead-lettered, as `x-death` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reason {
+    /// basic.reject or basic.nack without requeue.
+    Rejected,
+    /// Its TTL passed.
+    Expired,
+    /// The queue's length limit pushed it out (or refused it, with `reject-publish-dlx`).
+    MaxLen,
+}
+
+impl Reason {
+    fn name(self) -> &'static str {
+        match self {
+            Reason::Rejected => "rejected",
+            Reason::Expired => "expired",
+            Reason::MaxLen => "maxlen",
+        }
+    }
+}
+
+/// Where a queue's dead letters go.
+#[derive(Debug, Clone)]
+pub(crate) struct DeadLetterTarget {
+    /// The exchange ("" is the default exchange).
+    pub(crate) exchange: String,
+    /// The routing key; None keeps the message's own.
+    pub(crate) routing_key: Option<String>,
+}
+
+/// The copy of `message` that `queue` republishes to `target`: the new `x-death` entry first
+/// (or the existing one for this queue and reason, its count raised, moved first), the
+/// `x-first-death-*` headers on its first death, and a per-message TTL moved to
+/// `original-expiration` so the copy does not expire again.
+pub(crate) fn dead_lettered(
+    message: &Message,
+    queue: &str,
+    reason: Reason,
+    target: &DeadLetterTarget,
+) -> Message {
+    let mut properties = message.properties.clone();
+    let original_expiration = properties.expiration.take();
+    let mut headers = properties.headers.take().unwrap_or_default();
+
+    let mut deaths = match headers.0.remove("x-death") {
+        Some(FieldValue::Array(deaths)) => deaths,
+        _ => Vec::new(),
+    };
+    let same = deaths.iter().position(|death| {
+        matches!(death, FieldValue::Table(entry)
+            if entry.get("queue").and_then(FieldValue::as_str) == Some(queue)
+                && entry.get("reason").and_then(FieldValue::as_str) == Some(reason.name()))
+    });
+    let entry = match same {
+        Some(index) => {
+            let mut entry = match deaths.remove(index) {
+                FieldValue::Table(entry) => entry,
+                _ => FieldTable::default(),
+            };
+            let count = entry.get("count").and_then(FieldValue::as_i64).unwrap_or(0);
+            entry.insert("count", FieldValue::I64(count + 1));
+            entry.insert("time", FieldValue::Timestamp(now_seconds()));
+            entry
+        }
+        None => {
+            let mut entry = FieldTable::default();
+            entry.insert("count", FieldValue::I64(1));
+            entry.insert("reason", FieldValue::string(reason.name()));
+            entry.insert("queue", FieldValue::string(queue));
+            entry.insert("time", FieldValue::Timestamp(now_seconds()));
+            entry.insert("exchange", FieldValue::string(message.exchange.clone()));
+            entry.insert(
+                "routing-keys",
+                FieldValue::Array(routing_keys(message).map(FieldValue::string).collect()),
+            );
+            if let Some(expiration) = &original_expiration {
+                entry.insert(
+                    "original-expiration",
+                    FieldValue::string(expiration.clone()),
+                );
+            }
+            entry
+        }
+    };
+    deaths.insert(0, FieldValue::Table(entry));
+    headers.insert("x-death", FieldValue::Array(deaths));
+    if headers.get("x-first-death-reason").is_none() {
+        headers.insert("x-first-death-reason", FieldValue::string(reason.name()));
+        headers.insert("x-first-death-queue", FieldValue::string(queue));
+        headers.insert(
+            "x-first-death-exchange",
+            FieldValue::string(message.exchange.clone()),
+        );
+    }
+    properties.headers = Some(headers);
+
+    let routing_key = target
+        .routing_key
+        .clone()
+        .unwrap_or_else(|| message.routing_key.clone());
+    Message::new(
+        target.exchange.clone(),
+        routing_key,
+        properties,
+        message.body.clone(),
+    )
+}
+
+/// Whether delivering a dead letter to `queue` would go round a cycle: the message died in
+/// that queue before and no consumer rejected it since (RabbitMQ drops such a message,
+/// otherwise an expiring message would circle for ever).
+pub(crate) fn is_cycle(message: &Message, queue: &str) -> bool {
+    let Some(FieldValue::Array(deaths)) = message
+        .properties
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get("x-death"))
+    else {
+        return false;
+    };
+    let mut seen_queue = false;
+    for death in deaths {
+        let FieldValue::Table(entry) = death else {
+            continue;
+        };
+        if entry.get("reason").and_then(FieldValue::as_str) == Some(Reason::Rejected.name()) {
+            return false;
+        }
+        if entry.get("queue").and_then(FieldValue::as_str) == Some(queue) {
+            seen_queue = true;
+        }
+    }
+    seen_queue
+}
+
+/// The routing keys a message was published with: its own and its `CC` header's (not `BCC`).
+fn routing_keys(message: &Message) -> impl Iterator<Item = String> + '_ {
+    let cc = message
+        .properties
+        .headers
+        .as_ref()
+        .and_then(|headers| match headers.get("CC") {
+            Some(FieldValue::Array(keys)) => Some(keys),
+            _ => None,
+        })
+        .into_iter()
+        .flatten()
+        .filter_map(|key| key.as_str().map(str::to_owned));
+    std::iter::once(message.routing_key.clone()).chain(cc)
+}
+
+fn now_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A queue's dead-letter publisher: a task made on the first dead letter that republishes
+/// them in order through the vhost.
+pub(crate) struct DeadLetters {
+    sender: Option<mpsc::UnboundedSender<Message>>,
+}
+
+impl DeadLetters {
+    pub(crate) fn new() -> Self {
+        Self { sender: None }
+    }
+
+    /// Republishes `message` (already made with [`dead_lettered`]).
+    pub(crate) fn send(&mut self, vhost: &Weak<VirtualHost>, message: Message) {
+        let sender = self.sender.get_or_insert_with(|| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            tokio::spawn(republish(vhost.clone(), receiver));
+            sender
+        });
+        let _ = sender.send(message);
+    }
+}
+
+async fn republish(vhost: Weak<VirtualHost>, mut letters: mpsc::UnboundedReceiver<Message>) {
+    while let Some(message) = letters.recv().await {
+        let Some(vhost) = vhost.upgrade() else {
+            return;
+        };
+        vhost.publish_dead_letter(message).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Properties;
+    use bytes::Bytes;
+
+    fn death(message: &Message, index: usize) -> FieldTable {
+        match message.properties.headers.as_ref().unwrap().get("x-death") {
+            Some(FieldValue::Array(deaths)) => match &deaths[index] {
+                FieldValue::Table(entry) => entry.clone(),
+                other => panic!("not a table: {other:?}"),
+            },
+            other => panic!("no x-death: {other:?}"),
+        }
+    }
+
+    fn original() -> Message {
+        let properties = Properties {
+            expiration: Some("5000".into()),
+            ..Default::default()
+        };
+        Message::new("orders", "new", properties, Bytes::from_static(b"body"))
+    }
+
+    #[test]
+    fn the_first_death_is_recorded_as_rabbitmq_writes_it() {
+        let target = DeadLetterTarget {
+            exchange: "dlx".into(),
+            routing_key: None,
+        };
+        let dead = dead_lettered(&original(), "work", Reason::Expired, &target);
+        assert_eq!(dead.exchange, "dlx");
+        assert_eq!(dead.routing_key, "new");
+        assert_eq!(dead.properties.expiration, None);
+        assert_eq!(&dead.body[..], b"body");
+        let entry = death(&dead, 0);
+        assert_eq!(entry.get("count"), Some(&FieldValue::I64(1)));
+        assert_eq!(
+            entry.get("reason").and_then(FieldValue::as_str),
+            Some("expired")
+        );
+        assert_eq!(
+            entry.get("queue").and_then(FieldValue::as_str),
+            Some("work")
+        );
+        assert_eq!(
+            entry.get("exchange").and_then(FieldValue::as_str),
+            Some("orders")
+        );
+        assert_eq!(
+            entry.get("routing-keys"),
+            Some(&FieldValue::Array(vec![FieldValue::string("new")]))
+        );
+        assert_eq!(
+            entry
+                .get("original-expiration")
+                .and_then(FieldValue::as_str),
+            Some("5000")
+        );
+        assert!(matches!(entry.get("time"), Some(FieldValue::Timestamp(_))));
+        let headers = dead.properties.headers.as_ref().unwrap();
+        assert_eq!(
+            headers
+                .get("x-first-death-reason")
+                .and_then(FieldValue::as_str),
+            Some("expired")
+        );
+        assert_eq!(
+            headers
+                .get("x-first-death-queue")
+                .and_then(FieldValue::as_str),
+            Some("work")
+        );
+    }
+
+    #[test]
+    fn dying_again_for_the_same_reason_in_the_same_queue_counts_up() {
+        let target = DeadLetterTarget {
+            exchange: "".into(),
+            routing_key: Some("retry".into()),
+        };
+        let once = dead_lettered(&original(), "work", Reason::Rejected, &target);
+        assert_eq!(once.routing_key, "retry");
+        let elsewhere = dead_lettered(&once, "retry", Reason::Expired, &target);
+        let twice = dead_lettered(&elsewhere, "work", Reason::Rejected, &target);
+        assert_eq!(death(&twice, 0).get("count"), Some(&FieldValue::I64(2)));
+        assert_eq!(
+            death(&twice, 0).get("queue").and_then(FieldValue::as_str),
+            Some("work")
+        );
+        assert_eq!(
+            death(&twice, 1).get("queue").and_then(FieldValue::as_str),
+            Some("retry")
+        );
+        // The first death stays the first.
+        let headers = twice.properties.headers.as_ref().unwrap();
+        assert_eq!(
+            headers
+                .get("x-first-death-reason")
+                .and_then(FieldValue::as_str),
+            Some("rejected")
+        );
+    }
+
+    #[test]
+    fn a_cycle_without_rejection_is_detected() {
+        let target = DeadLetterTarget {
+            exchange: "".into(),
+            routing_key: Some("work".into()),
+        };
+        let expired = dead_lettered(&original(), "work", Reason::Expired, &target);
+        assert!(is_cycle(&expired, "work"));
+        assert!(!is_cycle(&expired, "other"));
+        let rejected = dead_lettered(&original(), "work", Reason::Rejected, &target);
+        assert!(!is_cycle(&rejected, "work"));
+        assert!(!is_cycle(&original(), "work"));
+    }
+}
