@@ -214,18 +214,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
 
     /// Writes what it can, then waits for the first thing to handle.
     fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
-        loop {
-            if !self.conduit.is_writing() {
-                if !self.connection.has_output() {
-                    break;
-                }
-                self.conduit.send(self.connection.take_output());
-            }
-            match self.conduit.poll_drain(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(_)) => return Poll::Ready(Wake::Gone),
-                Poll::Pending => break,
-            }
+        let connection = &mut self.connection;
+        let output = || connection.has_output().then(|| connection.take_output());
+        if self.conduit.write_from(cx, output).is_err() {
+            return Poll::Ready(Wake::Gone);
         }
         if let Poll::Ready(close) = self.connection.signal.poll_close(cx) {
             return Poll::Ready(Wake::Close(close));

@@ -103,6 +103,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conduit<S> {
         self.output = chunk;
     }
 
+    /// Writes the output, taking each next chunk from `next` (the protocol's output buffer)
+    /// once the previous one is written, until there is none or the socket would block. An
+    /// error means the connection is gone.
+    pub fn write_from(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut next: impl FnMut() -> Option<Bytes>,
+    ) -> io::Result<()> {
+        loop {
+            if !self.is_writing() {
+                match next() {
+                    Some(chunk) => self.send(chunk),
+                    None => return Ok(()),
+                }
+            }
+            match self.poll_drain(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(error)) => return Err(error),
+                Poll::Pending => return Ok(()),
+            }
+        }
+    }
+
     /// Writes output until it is all written (`Ready(Ok)`) or the socket would block.
     pub fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.output.is_empty() {
