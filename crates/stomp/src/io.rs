@@ -1,164 +1,363 @@
 //! The driver that runs a STOMP [`Connection`] over a byte stream (TCP, or a WebSocket the
-//! transport turned into one): one task reads and handles frames, consumer events and
-//! durability notices, and hands encoded output to a writer task once per wake-up. It sends
-//! heart-beats when the connection has been quiet, closes connections whose client stopped
-//! sending them (twice the negotiated interval), allows 10 s for CONNECT, stops reading
-//! publishers during a resource alarm, and closes every connection at shutdown.
+//! transport turned into one). One task per connection reads and handles frames, consumer
+//! events and durability notices, and writes the output as the socket takes it, once per
+//! wake-up. It sends heart-beats when the connection has been quiet, closes connections whose
+//! client stopped sending them (twice the negotiated interval), allows 10 s for CONNECT, stops
+//! reading publishers during a resource alarm, and closes every connection at shutdown.
+//!
+//! The shape is the AMQP and MQTT drivers': the task's future points to the boxed [`Driver`],
+//! buffers are freed while quiet, channels are made on first use, one timer is set to the next
+//! deadline.
 
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use junction_core::Broker;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::sync::{mpsc, watch};
-use tokio::time::{Instant, MissedTickBehavior};
+use junction_core::{Broker, ConsumerEvent};
+use junction_transport::Conduit;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
 
 use crate::connection::{Connection, Next};
 use crate::settings::Settings;
 
 /// How long a client has to send CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The first read buffer; it doubles when reads fill it.
-const READ_CHUNK_MIN: usize = 1024;
-/// The largest read buffer growth step.
-const READ_CHUNK_MAX: usize = 64 * 1024;
 /// Consumer events handled before the connection writes and reads again.
 const EVENT_BATCH: usize = 512;
 /// How long a closing connection waits for the disk to confirm what its receipts cover.
 const RECEIPT_WAIT: Duration = Duration::from_secs(5);
-/// How often timers are looked at.
-const TICK: Duration = Duration::from_millis(250);
+/// Output waiting beyond this stops reading and taking deliveries until the socket drains.
+const OUTPUT_BACKLOG: usize = 1024 * 1024;
+/// How long the last output may take to write when the connection closes.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The timer's deadline when nothing is due (no heart-beats).
+const NOTHING_DUE: Duration = Duration::from_secs(3600);
 
 /// Serves one STOMP connection until it closes. `shutdown` turning true closes it.
-pub async fn serve<S>(
+pub fn serve<S>(
     stream: S,
     peer: Option<SocketAddr>,
     broker: Arc<Broker>,
     settings: Arc<Settings>,
-    mut shutdown: watch::Receiver<bool>,
-) where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    shutdown: watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let (mut reader, writer) = tokio::io::split(stream);
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    let (durable_tx, mut durable) = mpsc::unbounded_channel();
-    let mut alarm = broker.alarm();
-    let mut connection = Connection::new(broker, settings, peer, events_tx, durable_tx);
-    let (out_tx, out_rx) = mpsc::unbounded_channel::<Bytes>();
-    let writer_task = tokio::spawn(junction_transport::write_batches(writer, out_rx));
+    // Made before the future, so the task holds only the pointer, not the arguments.
+    let mut driver = Box::new(Driver::new(stream, peer, broker, settings, shutdown));
+    async move {
+        driver.run().await;
+        Box::pin(driver.finish()).await;
+    }
+}
 
-    let mut buffer = BytesMut::new();
-    let mut read_chunk = READ_CHUNK_MIN;
-    let started = Instant::now();
-    let mut last_read = Instant::now();
-    let mut last_write = Instant::now();
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    connection.set_alarm(alarm.borrow_and_update().clone());
-    let mut alarm_live = true;
-    let mut shutting_down = *shutdown.borrow();
+/// What woke the connection.
+enum Wake {
+    /// Bytes arrived.
+    Input,
+    /// The peer closed the stream, or reading or writing failed.
+    Gone,
+    /// A consumer event.
+    Event(ConsumerEvent),
+    /// The message store has everything up to this receipt ticket on disk.
+    Durable(u64),
+    /// The timer's deadline passed.
+    Timer,
+    /// The broker is shutting down or the resource alarm changed.
+    Control(Control),
+}
 
-    loop {
-        if connection.has_output() {
-            last_write = Instant::now();
-            if out_tx.send(connection.take_output()).is_err() {
-                break;
-            }
+/// Broker-wide signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Control {
+    Shutdown,
+    AlarmChanged,
+}
+
+/// What is left to do after a wake-up's immediate work.
+enum Step {
+    Wait,
+    HandleInput,
+    FlushQueueAcks,
+    End,
+}
+
+type ControlFuture = Pin<Box<dyn Future<Output = Control> + Send>>;
+
+/// One connection's state between wake-ups.
+struct Driver<S> {
+    conduit: Conduit<S>,
+    connection: Connection,
+    shutdown: watch::Receiver<bool>,
+    alarm: watch::Receiver<Option<String>>,
+    control: ControlFuture,
+    timer: Pin<Box<Sleep>>,
+    started: Instant,
+    last_read: Instant,
+    last_write: Instant,
+    /// Input and consumer events take turns first, so neither starves the other.
+    input_first: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
+    fn new(
+        stream: S,
+        peer: Option<SocketAddr>,
+        broker: Arc<Broker>,
+        settings: Arc<Settings>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let mut alarm = broker.alarm();
+        let mut connection = Connection::new(broker, settings, peer);
+        connection.set_alarm(alarm.borrow_and_update().clone());
+        let started = Instant::now();
+        Self {
+            conduit: Conduit::new(stream),
+            connection,
+            control: control_future(&shutdown, &alarm),
+            shutdown,
+            alarm,
+            timer: Box::pin(tokio::time::sleep_until(started + CONNECT_TIMEOUT)),
+            started,
+            last_read: started,
+            last_write: started,
+            input_first: true,
         }
-        if shutting_down {
-            break;
-        }
-        if buffer.capacity() - buffer.len() < read_chunk / 2 {
-            buffer.reserve(read_chunk);
-        }
-        let spare = buffer.capacity() - buffer.len();
-        let blocked = connection.is_blocked();
-        tokio::select! {
-            read = reader.read_buf(&mut buffer), if !blocked => {
-                match read {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if n == spare {
-                            read_chunk = (read_chunk * 2).min(READ_CHUNK_MAX);
-                        }
-                        last_read = Instant::now();
-                        let next = connection.on_bytes(&mut buffer).await;
-                        connection.flush_queue_acks().await;
-                        if next == Next::Close {
-                            if connection.has_output() {
-                                let _ = out_tx.send(connection.take_output());
-                            }
-                            // A DISCONNECT's receipt may wait behind persistent SENDs still
-                            // going to disk: wait (bounded) so every receipt owed is sent.
-                            let deadline = Instant::now() + RECEIPT_WAIT;
-                            while connection.has_pending_receipts() {
-                                match tokio::time::timeout_at(deadline, durable.recv()).await {
-                                    Ok(Some(ticket)) => connection.on_durable(ticket),
-                                    _ => break,
-                                }
-                            }
-                            if connection.has_output() {
-                                let _ = out_tx.send(connection.take_output());
-                            }
-                            break;
-                        }
+    }
+
+    /// Runs until the connection ends.
+    async fn run(&mut self) {
+        loop {
+            // Handled in a block of its own: nothing of the wake-up stays in the task's
+            // state across the awaits below.
+            let step = {
+                let wake = poll_fn(|cx| self.poll_wake(cx)).await;
+                self.on_wake(wake)
+            };
+            match step {
+                Step::Wait => {}
+                Step::End => return,
+                Step::FlushQueueAcks => self.flush_queue_acks().await,
+                Step::HandleInput => {
+                    let was_connected = self.connection.is_connected();
+                    let next = Box::pin(self.connection.on_bytes(self.conduit.input())).await;
+                    self.flush_queue_acks().await;
+                    if next == Next::Close {
+                        self.wait_for_receipts().await;
+                        return;
+                    }
+                    if !was_connected && self.connection.is_connected() {
+                        self.reset_timer();
                     }
                 }
-            }
-            Some(event) = events.recv() => {
-                connection.on_event(event);
-                for _ in 0..EVENT_BATCH {
-                    match events.try_recv() {
-                        Ok(event) => connection.on_event(event),
-                        Err(_) => break,
-                    }
-                }
-                connection.flush_queue_acks().await;
-            }
-            Some(ticket) = durable.recv() => {
-                let mut latest = ticket;
-                while let Ok(ticket) = durable.try_recv() {
-                    latest = latest.max(ticket);
-                }
-                connection.on_durable(latest);
-            }
-            _ = tick.tick() => {
-                let now = Instant::now();
-                if !connection.is_connected() {
-                    if now - started > CONNECT_TIMEOUT {
-                        tracing::info!(?peer, "no CONNECT in time");
-                        break;
-                    }
-                    continue;
-                }
-                if blocked {
-                    last_read = now;
-                }
-                let (send_every, expect_every) = connection.heartbeat;
-                if expect_every > 0 && now - last_read > Duration::from_millis(expect_every * 2) {
-                    tracing::info!(?peer, expect_every, "STOMP heart-beats missed; closing");
-                    break;
-                }
-                if send_every > 0 && now - last_write >= Duration::from_millis(send_every) {
-                    connection.send_heartbeat();
-                }
-            }
-            changed = alarm.changed(), if alarm_live => {
-                if changed.is_ok() {
-                    connection.set_alarm(alarm.borrow_and_update().clone());
-                } else {
-                    alarm_live = false;
-                    connection.set_alarm(None);
-                }
-            }
-            changed = shutdown.changed(), if !shutting_down => {
-                shutting_down = changed.is_err() || *shutdown.borrow();
             }
         }
     }
-    drop(out_tx);
-    let _ = writer_task.await;
-    connection.finish().await;
+
+    /// Does what a wake-up needs that does not wait, and says what is left to do.
+    fn on_wake(&mut self, wake: Wake) -> Step {
+        match wake {
+            Wake::Gone => Step::End,
+            Wake::Input => {
+                self.last_read = Instant::now();
+                Step::HandleInput
+            }
+            Wake::Event(event) => {
+                self.connection.on_event(event);
+                for _ in 0..EVENT_BATCH {
+                    match self.connection.events.try_recv() {
+                        Some(event) => self.connection.on_event(event),
+                        None => break,
+                    }
+                }
+                Step::FlushQueueAcks
+            }
+            Wake::Durable(ticket) => {
+                let mut latest = ticket;
+                while let Some(ticket) = self.connection.durable.try_recv() {
+                    latest = latest.max(ticket);
+                }
+                self.connection.on_durable(latest);
+                Step::Wait
+            }
+            Wake::Timer => {
+                if self.on_timer() {
+                    Step::End
+                } else {
+                    Step::Wait
+                }
+            }
+            Wake::Control(Control::Shutdown) => Step::End,
+            Wake::Control(Control::AlarmChanged) => {
+                self.connection
+                    .set_alarm(self.alarm.borrow_and_update().clone());
+                self.control = control_future(&self.shutdown, &self.alarm);
+                Step::Wait
+            }
+        }
+    }
+
+    /// Writes what it can, then waits for the first thing to handle.
+    fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
+        let connection = &mut self.connection;
+        let mut wrote = false;
+        let output = || {
+            let chunk = connection.has_output().then(|| connection.take_output());
+            wrote |= chunk.is_some();
+            chunk
+        };
+        if self.conduit.write_from(cx, output).is_err() {
+            return Poll::Ready(Wake::Gone);
+        }
+        if wrote {
+            self.last_write = Instant::now();
+        }
+        if let Poll::Ready(control) = self.control.as_mut().poll(cx) {
+            return Poll::Ready(Wake::Control(control));
+        }
+        if let Poll::Ready(Some(ticket)) = self.connection.durable.poll_recv(cx) {
+            return Poll::Ready(Wake::Durable(ticket));
+        }
+        if self.connection.output_len() <= OUTPUT_BACKLOG {
+            self.input_first = !self.input_first;
+            let wake = if self.input_first {
+                self.poll_input(cx).or_else(|| self.poll_event(cx))
+            } else {
+                self.poll_event(cx).or_else(|| self.poll_input(cx))
+            };
+            if let Some(wake) = wake {
+                return Poll::Ready(wake);
+            }
+        }
+        if self.timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Wake::Timer);
+        }
+        // Going to sleep: a quiet connection keeps no output buffer either.
+        if self.conduit.is_quiet() && !self.connection.has_output() {
+            self.connection.release_output();
+        }
+        Poll::Pending
+    }
+
+    fn poll_input(&mut self, cx: &mut Context<'_>) -> Option<Wake> {
+        if self.connection.is_blocked() {
+            return None;
+        }
+        match self.conduit.poll_fill(cx) {
+            Poll::Ready(Ok(0) | Err(_)) => Some(Wake::Gone),
+            Poll::Ready(Ok(_)) => Some(Wake::Input),
+            Poll::Pending => None,
+        }
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Option<Wake> {
+        match self.connection.events.poll_recv(cx) {
+            Poll::Ready(Some(event)) => Some(Wake::Event(event)),
+            _ => None,
+        }
+    }
+
+    async fn flush_queue_acks(&mut self) {
+        Box::pin(self.connection.flush_queue_acks()).await;
+    }
+
+    /// A DISCONNECT's receipt may wait behind persistent SENDs still going to disk: wait
+    /// (bounded) so every receipt owed is sent.
+    async fn wait_for_receipts(&mut self) {
+        let deadline = Instant::now() + RECEIPT_WAIT;
+        while self.connection.has_pending_receipts() {
+            let notice = poll_fn(|cx| self.connection.durable.poll_recv(cx));
+            match tokio::time::timeout_at(deadline, notice).await {
+                Ok(Some(ticket)) => self.connection.on_durable(ticket),
+                _ => break,
+            }
+        }
+    }
+
+    /// Checks what was due: CONNECT in time, heart-beats missed, heart-beats to send. True
+    /// when the connection must end.
+    fn on_timer(&mut self) -> bool {
+        let now = Instant::now();
+        if !self.connection.is_connected() {
+            if now - self.started >= CONNECT_TIMEOUT {
+                tracing::info!(peer = ?self.connection.peer(), "no CONNECT in time");
+                return true;
+            }
+            self.reset_timer();
+            return false;
+        }
+        if self.connection.is_blocked() {
+            // Not reading is our choice, not the client's silence.
+            self.last_read = now;
+        }
+        let (send_every, expect_every) = self.connection.heartbeat;
+        if expect_every > 0 && now - self.last_read > Duration::from_millis(expect_every * 2) {
+            tracing::info!(peer = ?self.connection.peer(), expect_every, "STOMP heart-beats missed; closing");
+            return true;
+        }
+        if send_every > 0 && now - self.last_write >= Duration::from_millis(send_every) {
+            self.connection.send_heartbeat();
+            // Written on the next poll; the next one is due an interval from now.
+            self.last_write = now;
+        }
+        self.reset_timer();
+        false
+    }
+
+    /// Sets the timer to the earliest deadline: CONNECT's, the next heart-beat to send, or
+    /// when the client's heart-beats count as missed.
+    fn reset_timer(&mut self) {
+        let deadline = if !self.connection.is_connected() {
+            self.started + CONNECT_TIMEOUT
+        } else {
+            let (send_every, expect_every) = self.connection.heartbeat;
+            let mut deadline = Instant::now() + NOTHING_DUE;
+            if send_every > 0 {
+                deadline = deadline.min(self.last_write + Duration::from_millis(send_every));
+            }
+            if expect_every > 0 {
+                // Just past the limit, which is checked with "more than".
+                deadline = deadline.min(
+                    self.last_read
+                        + Duration::from_millis(expect_every * 2)
+                        + Duration::from_millis(1),
+                );
+            }
+            deadline
+        };
+        self.timer.as_mut().reset(deadline);
+    }
+
+    /// Writes the last output and ends the connection's subscriptions.
+    async fn finish(&mut self) {
+        let last = self.connection.take_output();
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.conduit.close(last)).await;
+        Box::pin(self.connection.finish()).await;
+    }
+}
+
+/// Resolves when the broker shuts down (or its shutdown signal is gone) or the alarm changes.
+fn control_future(
+    shutdown: &watch::Receiver<bool>,
+    alarm: &watch::Receiver<Option<String>>,
+) -> ControlFuture {
+    let mut shutdown = shutdown.clone();
+    let mut alarm = alarm.clone();
+    Box::pin(async move {
+        let alarm_changed = async move {
+            if alarm.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = shutdown.wait_for(|shutting_down| *shutting_down) => Control::Shutdown,
+            () = alarm_changed => Control::AlarmChanged,
+        }
+    })
 }

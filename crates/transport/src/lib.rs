@@ -11,7 +11,6 @@ use tokio::sync::watch;
 mod conduit;
 mod lazy_channel;
 mod websocket;
-mod writer;
 
 pub use conduit::Conduit;
 pub use lazy_channel::LazyChannel;
@@ -19,7 +18,6 @@ pub use lazy_channel::LazyChannel;
 pub use websocket::{
     HandlerFuture, StaticFile, StreamHandler, WebSocketProtocol, WebSocketRoutes, serve_websockets,
 };
-pub use writer::write_batches;
 
 /// A listener address from the command line or configuration: `host:port`, or `off`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -24,10 +24,10 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use junction_core::queue::MessageSeq;
 use junction_core::{
-    Broker, ChannelId, ConnectionId, ConsumerEvent, ConsumerSink, CoreError, Permission, Principal,
-    QueueHandle, ResourceKind, VirtualHost,
+    Broker, ChannelId, ConnectionId, ConsumerEvent, CoreError, Permission, Principal, QueueHandle,
+    ResourceKind, VirtualHost,
 };
-use tokio::sync::mpsc;
+use junction_transport::LazyChannel;
 
 use crate::codec::{self, Decoder, Frame, Version};
 use crate::settings::Settings;
@@ -173,8 +173,10 @@ pub(crate) struct Connection {
     peer: Option<SocketAddr>,
     out: BytesMut,
     decoder: Decoder,
-    sink: ConsumerSink,
-    durable: mpsc::UnboundedSender<u64>,
+    /// Deliveries from the queues of this connection's subscriptions (made by the first).
+    pub(crate) events: LazyChannel<ConsumerEvent>,
+    /// Tickets of receipts whose messages are on disk (made by the first persistent SEND).
+    pub(crate) durable: LazyChannel<u64>,
     session: Option<Session>,
     /// Negotiated heart-beats in milliseconds: (server sends, server expects).
     pub(crate) heartbeat: (u64, u64),
@@ -192,8 +194,6 @@ impl Connection {
         broker: Arc<Broker>,
         settings: Arc<Settings>,
         peer: Option<SocketAddr>,
-        sink: ConsumerSink,
-        durable: mpsc::UnboundedSender<u64>,
     ) -> Self {
         let id = broker.next_connection_id();
         let decoder = Decoder::new(settings.limits);
@@ -204,8 +204,8 @@ impl Connection {
             peer,
             out: BytesMut::new(),
             decoder,
-            sink,
-            durable,
+            events: LazyChannel::default(),
+            durable: LazyChannel::default(),
             session: None,
             heartbeat: (0, 0),
             has_published: false,
@@ -238,6 +238,23 @@ impl Connection {
     /// Takes the bytes to write.
     pub(crate) fn take_output(&mut self) -> Bytes {
         self.out.split().freeze()
+    }
+
+    /// How many bytes wait to be taken.
+    pub(crate) fn output_len(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Gives the output buffer's memory back (a quiet connection should hold none).
+    pub(crate) fn release_output(&mut self) {
+        if self.out.is_empty() && self.out.capacity() > 0 {
+            self.out = BytesMut::new();
+        }
+    }
+
+    /// The client's address.
+    pub(crate) fn peer(&self) -> Option<SocketAddr> {
+        self.peer
     }
 
     /// Queues a heart-beat (an end of line).

@@ -59,7 +59,7 @@ impl Connection {
             properties.reply_to = Some(format!("/reply-queue/{queue}"));
         }
         let persistent = properties.is_persistent();
-        let durable = self.durable.clone();
+        let durable = properties.is_persistent().then(|| self.durable.sender());
         let session = self.session_mut()?;
         session.authorize(ResourceKind::Exchange, exchange_name, Permission::Write)?;
         let exchange = session
@@ -68,11 +68,12 @@ impl Connection {
             .map_err(Refusal::from)?;
         let message = Message::new(exchange_name, key, properties, frame.body);
         let ticket = if persistent { session.next_ticket() } else { 0 };
-        let on_durable: Option<junction_core::OnDurable> = (ticket != 0).then(|| {
-            Box::new(move || {
-                let _ = durable.send(ticket);
-            }) as junction_core::OnDurable
-        });
+        let on_durable: Option<junction_core::OnDurable> =
+            durable.filter(|_| ticket != 0).map(|durable| {
+                Box::new(move || {
+                    let _ = durable.send(ticket);
+                }) as junction_core::OnDurable
+            });
         let vhost = session.vhost.clone();
         let published = vhost.publish(&exchange, message, on_durable).await;
         Ok(if published.stored { ticket } else { 0 })
@@ -111,7 +112,7 @@ impl Connection {
         subscription: Option<Arc<str>>,
     ) -> Result<String, Refusal> {
         let id = self.id;
-        let sink = self.sink.clone();
+        let sink = self.events.sender();
         let session = self.session_mut()?;
         let destination = format!("/temp-queue/{temp}");
         let existing = session.temp_queues.get(temp).cloned();

@@ -78,7 +78,7 @@ impl Connection {
                 ));
             }
         };
-        let sink = self.sink.clone();
+        let sink = self.events.sender();
         let session = self.session_mut()?;
         session.authorize(ResourceKind::Queue, queue.name(), Permission::Read)?;
         queue

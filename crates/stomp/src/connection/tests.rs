@@ -17,9 +17,7 @@ fn connection() -> Connection {
     );
     broker.add_vhost("/");
     let _ = ExchangeTypeRegistry::empty;
-    let (sink, _events) = mpsc::unbounded_channel();
-    let (durable, _) = mpsc::unbounded_channel();
-    Connection::new(broker, Arc::new(Settings::default()), None, sink, durable)
+    Connection::new(broker, Arc::new(Settings::default()), None)
 }
 
 async fn feed(connection: &mut Connection, input: &[u8]) -> (Next, Vec<Frame>) {
