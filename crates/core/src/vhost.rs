@@ -212,6 +212,10 @@ impl VirtualHost {
     ) -> CoreResult<DeclaredQueue> {
         if passive {
             let handle = self.queue_for(&spec.name, owner)?;
+            if handle.arguments().expires.is_some() {
+                // Any declaration counts as use (`x-expires`), passive ones too.
+                handle.touch().await;
+            }
             let stats = handle.stats().await?;
             return Ok(DeclaredQueue { handle, stats });
         }
@@ -546,34 +550,9 @@ impl VirtualHost {
 
     /// Resolves the queues `message` goes to when published to `exchange`, following
     /// exchange-to-exchange bindings (each exchange once) and delivering to each queue once.
-    /// A message no queue took goes to the exchange's alternate exchange
-    /// (`alternate-exchange` argument), and on through theirs, each once.
+    /// An exchange whose bindings take the message nowhere hands it to its alternate exchange
+    /// (`alternate-exchange` argument), as in RabbitMQ: each exchange reached uses its own.
     pub fn route(&self, exchange: &Exchange, message: &Message, queues: &mut Vec<QueueHandle>) {
-        self.route_through(exchange, message, queues);
-        if !queues.is_empty() {
-            return;
-        }
-        let mut tried: Vec<Arc<Exchange>> = Vec::new();
-        let mut next = alternate_exchange(exchange).map(str::to_owned);
-        while let Some(name) = next {
-            let Ok(alternate) = self.exchange(&name) else {
-                tracing::warn!(exchange = %exchange.name, alternate = name, "alternate exchange missing; message unroutable");
-                return;
-            };
-            if alternate.name == exchange.name || tried.iter().any(|e| Arc::ptr_eq(e, &alternate)) {
-                return;
-            }
-            self.route_through(&alternate, message, queues);
-            if !queues.is_empty() {
-                return;
-            }
-            next = alternate_exchange(&alternate).map(str::to_owned);
-            tried.push(alternate);
-        }
-    }
-
-    /// Routes through `exchange` and the exchanges bound to it.
-    fn route_through(&self, exchange: &Exchange, message: &Message, queues: &mut Vec<QueueHandle>) {
         if exchange.name.is_empty() {
             if let Some(queue) = self.queues.get(message.routing_key.as_str()) {
                 queues.push(queue.value().clone());
@@ -581,8 +560,8 @@ impl VirtualHost {
             return;
         }
         let mut targets = Vec::new();
-        exchange.route(message, &mut targets);
         let mut visited: Vec<*const Exchange> = vec![exchange as *const Exchange];
+        self.route_one(exchange, message, &mut targets);
         while let Some(target) = targets.pop() {
             match target {
                 BindingTarget::Queue(queue) => {
@@ -594,8 +573,25 @@ impl VirtualHost {
                     let ptr = Arc::as_ptr(&next);
                     if !visited.contains(&ptr) {
                         visited.push(ptr);
-                        next.route(message, &mut targets);
+                        self.route_one(&next, message, &mut targets);
                     }
+                }
+            }
+        }
+    }
+
+    /// One exchange's targets for `message`; its alternate exchange when it has none.
+    fn route_one(&self, exchange: &Exchange, message: &Message, targets: &mut Vec<BindingTarget>) {
+        let before = targets.len();
+        exchange.route(message, targets);
+        if targets.len() > before {
+            return;
+        }
+        if let Some(name) = alternate_exchange(exchange) {
+            match self.exchange(name) {
+                Ok(alternate) => targets.push(BindingTarget::Exchange(alternate)),
+                Err(_) => {
+                    tracing::debug!(exchange = %exchange.name, alternate = name, "alternate exchange missing")
                 }
             }
         }

@@ -20,9 +20,11 @@ def _count(channel, queue: str) -> int:
 
 
 def _exists(connect, queue: str) -> bool:
+    """Whether ``queue`` exists, asked with queue.purge: a declaration, even a passive one,
+    counts as use and would keep an ``x-expires`` queue alive (as in RabbitMQ)."""
     channel = connect().channel()
     try:
-        channel.queue_declare(queue, passive=True)
+        channel.queue_purge(queue)
         return True
     except pika.exceptions.ChannelClosedByBroker as error:
         assert error.reply_code == 404
@@ -387,3 +389,66 @@ def test_direct_reply_to_answers_without_a_reply_queue(connect, names):
     while not replies and time.monotonic() < deadline:
         client.connection.process_data_events(time_limit=0.05)
     assert replies == [("c-1", b"pong")]
+
+
+# --- edge cases RabbitMQ defines -----------------------------------------------------
+
+
+def test_a_zero_length_queue_still_hands_messages_to_a_waiting_consumer(connect, names):
+    queue = names("zero")
+    publisher = connect().channel()
+    publisher.queue_declare(queue, arguments={"x-max-length": 0})
+    consumer = Consumer(connect().channel(), queue, auto_ack=True)
+
+    for body in (b"a", b"b", b"c"):
+        publisher.basic_publish("", queue, body)
+
+    assert [consumer.expect().body for _ in range(3)] == [b"a", b"b", b"c"]
+
+
+def test_reject_publish_refuses_a_message_that_would_pass_the_byte_limit(channel, names):
+    queue = names("bytes")
+    channel.queue_declare(
+        queue, arguments={"x-max-length-bytes": 10, "x-overflow": "reject-publish"}
+    )
+    channel.confirm_delivery()
+    channel.basic_publish("", queue, b"123456789")
+    with pytest.raises(pika.exceptions.NackError):
+        channel.basic_publish("", queue, b"123456789")
+    channel.basic_publish("", queue, b"1")
+    assert _count(channel, queue) == 2
+
+
+def test_each_exchange_reached_uses_its_own_alternate(channel, names):
+    front, inner, alternate = names("front"), names("inner"), names("alternate")
+    caught = names("caught")
+    channel.exchange_declare(alternate, "fanout")
+    channel.queue_declare(caught)
+    channel.queue_bind(caught, alternate)
+    channel.exchange_declare(inner, "direct", arguments={"alternate-exchange": alternate})
+    channel.exchange_declare(front, "fanout")
+    channel.exchange_bind(destination=inner, source=front)
+
+    # front routes it to inner, which routes it nowhere: inner's alternate takes it.
+    channel.basic_publish(front, "unknown", b"via inner")
+
+    [delivery] = receive(channel, caught, 1)
+    assert delivery.body == b"via inner"
+
+
+def test_a_higher_priority_consumer_does_not_take_over_the_active_one(connect, names):
+    queue = names("sac")
+    publisher = connect().channel()
+    publisher.queue_declare(queue, arguments={"x-single-active-consumer": True})
+    active = Consumer(connect().channel(), queue, auto_ack=True)
+    newcomer_channel = connect().channel()
+    newcomer = []
+    newcomer_channel.basic_consume(
+        queue, lambda ch, m, p, b: newcomer.append(b), auto_ack=True, arguments={"x-priority": 10}
+    )
+
+    publisher.basic_publish("", queue, b"still mine")
+
+    assert active.expect().body == b"still mine"
+    newcomer_channel.connection.process_data_events(time_limit=0.2)
+    assert newcomer == []

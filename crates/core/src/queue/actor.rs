@@ -130,6 +130,12 @@ struct QueueActor {
     /// When the queue was last used (consumed from, read with basic.get, redeclared), for
     /// `x-expires`.
     last_used: Instant,
+    /// Messages recovered from the store at start-up have sequence numbers below this; their
+    /// own `expiration` counts from `started` (their bodies are read only when delivered).
+    recovered: MessageSeq,
+    started: Instant,
+    /// Where round-robin resumes in each priority group, when consumers' priorities differ.
+    group_cursors: HashMap<i64, usize>,
 }
 
 /// Starts the task of a new queue and returns its handle.
@@ -206,6 +212,9 @@ pub(crate) fn spawn(
         dead_letters: DeadLetters::new(),
         now,
         last_used: now,
+        recovered: count as MessageSeq,
+        started: now,
+        group_cursors: HashMap::new(),
     };
     tokio::spawn(actor.run(rx));
     handle
@@ -231,6 +240,7 @@ impl QueueActor {
                         }
                         self.expire_heads();
                         self.dispatch();
+                        self.enforce_length_limit();
                         continue;
                     }
                 },
@@ -253,10 +263,20 @@ impl QueueActor {
                 break;
             }
             self.dispatch();
+            self.enforce_length_limit();
             self.expire_heads();
             if self.should_auto_delete() {
                 self.auto_delete();
                 break;
+            }
+        }
+        // Publishes still in the mailbox will never be enqueued: their store records go.
+        rx.close();
+        while let Ok(command) = rx.try_recv() {
+            if let QueueCommand::Publish(message, Some(at)) = command
+                && let Some(id) = message.store_id
+            {
+                self.forget(Some(Stored { id, at }));
             }
         }
         tracing::debug!(queue = self.handle.name(), "queue task stopped");
@@ -294,8 +314,11 @@ impl QueueActor {
                 let _ = reply.send(self.stats());
             }
             QueueCommand::ChannelClosed(channel) => {
+                let before = self.consumers.len();
                 self.consumers.retain(|c| c.spec.channel != channel);
-                self.note_consumers_changed();
+                if self.consumers.len() != before {
+                    self.note_consumers_changed();
+                }
                 self.requeue_channel(channel);
             }
             QueueCommand::Recover(channel) => self.requeue_channel(channel),
@@ -377,11 +400,19 @@ impl QueueActor {
             level,
             expires_at,
         });
-        self.enforce_length_limit();
+        // With no consumer able to take it now, the limit applies at once (RabbitMQ judges
+        // each publish as it arrives); otherwise after dispatch.
+        if self.handle.arguments().has_length_limit()
+            && !self.consumers.iter().any(Consumer::has_room)
+        {
+            self.enforce_length_limit();
+        }
     }
 
-    /// Drops (dead-letters) the oldest messages while the queue is over its length limit, for
-    /// `x-overflow` = drop-head (the refusing modes never let it get there by publishing).
+    /// Drops (dead-letters) messages from the head while the queue is over its length limit,
+    /// for `x-overflow` = drop-head (the refusing modes never let it get there by
+    /// publishing). Runs after dispatch, as RabbitMQ delivers to a consumer with room before
+    /// it counts a message against the limit.
     fn enforce_length_limit(&mut self) {
         let arguments = self.handle.arguments();
         if arguments.overflow != Overflow::DropHead || !arguments.has_length_limit() {
@@ -394,7 +425,7 @@ impl QueueActor {
             if !over {
                 return;
             }
-            let Some(entry) = self.ready.pop_oldest() else {
+            let Some(entry) = self.ready.pop_front() else {
                 return;
             };
             self.let_die(entry, Reason::MaxLen);
@@ -430,7 +461,7 @@ impl QueueActor {
         if self
             .ready
             .next_expiry()
-            .is_none_or(|expiry| expiry >= self.now)
+            .is_none_or(|expiry| expiry > self.now)
         {
             return;
         }
@@ -484,6 +515,11 @@ impl QueueActor {
                     message
                 }
                 None => match self.read_back(entry.stored) {
+                    Some(message) if self.recovered_and_expired(entry.seq, &message) => {
+                        self.dead_letter(&message, Reason::Expired);
+                        self.forget(entry.stored);
+                        continue;
+                    }
                     Some(message) => message,
                     None => {
                         tracing::error!(
@@ -507,6 +543,18 @@ impl QueueActor {
         }
     }
 
+    /// Whether a message recovered at start-up has passed its own `expiration` (counted from
+    /// the restart: the store keeps no publish time).
+    fn recovered_and_expired(&self, seq: MessageSeq, message: &Message) -> bool {
+        seq < self.recovered
+            && message
+                .properties
+                .expiration
+                .as_deref()
+                .and_then(|ms| ms.parse::<u64>().ok())
+                .is_some_and(|ms| self.started + Duration::from_millis(ms) < self.now)
+    }
+
     /// The queue is going away: every persistent message it holds leaves the store.
     fn forget_everything(&mut self) {
         for entry in self.ready.take_all() {
@@ -515,6 +563,10 @@ impl QueueActor {
         self.loaded_bytes = 0;
         for (_, pending) in std::mem::take(&mut self.unacked) {
             for unacked in pending.into_values() {
+                // The channel-wide credit it holds is free again: no ack will reach us now.
+                if let Some(credit) = &unacked.credit {
+                    credit.release();
+                }
                 self.forget(unacked.stored);
             }
         }
@@ -539,13 +591,17 @@ impl QueueActor {
             )));
         }
         self.had_consumers = true;
-        // Highest priority first; registration order within a priority (the first one is
-        // the single active consumer when the queue has one).
-        let position = self
-            .consumers
-            .iter()
-            .position(|c| c.spec.priority < spec.priority)
-            .unwrap_or(self.consumers.len());
+        // Highest priority first, registration order within a priority. A single active
+        // consumer queue keeps registration order only: the active one (the first) stays
+        // active until it goes, whatever the priority of those after it.
+        let position = if self.handle.arguments().single_active_consumer {
+            self.consumers.len()
+        } else {
+            self.consumers
+                .iter()
+                .position(|c| c.spec.priority < spec.priority)
+                .unwrap_or(self.consumers.len())
+        };
         self.consumers
             .insert(position, Consumer { spec, unacked: 0 });
         Ok(())
@@ -649,7 +705,6 @@ impl QueueActor {
             .map(|m| m.body.len())
             .sum::<usize>();
         self.ready.requeue(back);
-        self.enforce_length_limit();
     }
 
     /// Hands ready messages to consumers with credit: the highest priority first,
@@ -706,6 +761,19 @@ impl QueueActor {
         } else {
             self.consumers.len()
         };
+        let mixed =
+            count > 1 && self.consumers[0].spec.priority != self.consumers[count - 1].spec.priority;
+        if !mixed {
+            for offset in 0..count {
+                let index = (self.next_consumer + offset) % count;
+                if self.take_room(index) {
+                    return Some(index);
+                }
+            }
+            return None;
+        }
+        // Consumers are sorted by priority, highest first: try each group in turn, each
+        // resuming its own round-robin where it left off.
         let mut start = 0;
         while start < count {
             let priority = self.consumers[start].spec.priority;
@@ -715,15 +783,12 @@ impl QueueActor {
                     .take_while(|c| c.spec.priority == priority)
                     .count();
             let group = end - start;
-            let first = if (start..end).contains(&self.next_consumer) {
-                self.next_consumer - start
-            } else {
-                0
-            };
+            let first = self.group_cursors.get(&priority).copied().unwrap_or(0);
             for offset in 0..group {
-                let index = start + (first + offset) % group;
-                if self.take_room(index) {
-                    return Some(index);
+                let member = (first + offset) % group;
+                if self.take_room(start + member) {
+                    self.group_cursors.insert(priority, member + 1);
+                    return Some(start + member);
                 }
             }
             start = end;

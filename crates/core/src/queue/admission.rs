@@ -37,8 +37,8 @@ impl Admission {
         })
     }
 
-    /// Reserves room for a message of `size` bytes; false when the queue is full (as in
-    /// RabbitMQ, a queue under its byte limit takes one more message whatever its size).
+    /// Reserves room for a message of `size` bytes; false when the queue is full: as in
+    /// RabbitMQ, when taking it would put the queue over either limit.
     fn reserve(&self, size: u64) -> bool {
         let length_ok = match self.max_length {
             Some(max) => self
@@ -59,7 +59,7 @@ impl Admission {
             Some(max) => self
                 .bytes
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
-                    (b < max).then_some(b + size)
+                    b.checked_add(size).filter(|total| *total <= max)
                 })
                 .is_ok(),
             None => {
@@ -170,12 +170,13 @@ mod tests {
     }
 
     #[test]
-    fn under_the_byte_limit_one_more_message_fits() {
+    fn a_message_that_would_go_over_the_byte_limit_is_refused() {
         let admission = limited(None, Some(100));
         assert!(admission.reserve(60));
-        assert!(admission.reserve(60));
+        assert!(!admission.reserve(60));
+        assert!(admission.reserve(40));
         assert!(!admission.reserve(1));
         admission.leave(60);
-        assert!(admission.reserve(1));
+        assert!(admission.reserve(60));
     }
 }

@@ -77,11 +77,11 @@ impl QueueArguments {
     pub fn parse(arguments: &FieldTable) -> Result<Self, ArgumentError> {
         let mut parsed = QueueArguments::default();
         if let Some(value) = arguments.get("x-message-ttl") {
-            let ms = non_negative("x-message-ttl", value)?;
+            let ms = at_most_u32("x-message-ttl", non_negative("x-message-ttl", value)?)?;
             parsed.message_ttl = Some(Duration::from_millis(ms));
         }
         if let Some(value) = arguments.get("x-expires") {
-            let ms = non_negative("x-expires", value)?;
+            let ms = at_most_u32("x-expires", non_negative("x-expires", value)?)?;
             if ms == 0 {
                 return Err(ArgumentError::new("x-expires", "{value_zero,0}"));
             }
@@ -167,7 +167,7 @@ impl QueueArguments {
 pub fn consumer_priority(arguments: &FieldTable) -> Result<i64, ArgumentError> {
     match arguments.get("x-priority") {
         None => Ok(0),
-        Some(value) => value.as_i64().ok_or_else(|| {
+        Some(value) => integer(value).ok_or_else(|| {
             ArgumentError::new(
                 "x-priority",
                 format!("{{unacceptable_type,{}}}", type_name(value)),
@@ -185,6 +185,17 @@ fn non_negative(argument: &'static str, value: &FieldValue) -> Result<u64, Argum
     };
     u64::try_from(number)
         .map_err(|_| ArgumentError::new(argument, format!("{{value_negative,{number}}}")))
+}
+
+/// RabbitMQ's limit for durations in milliseconds (2^32 - 1).
+fn at_most_u32(argument: &'static str, ms: u64) -> Result<u64, ArgumentError> {
+    if ms > u64::from(u32::MAX) {
+        return Err(ArgumentError::new(
+            argument,
+            format!("{{value_too_large,{ms}}}"),
+        ));
+    }
+    Ok(ms)
 }
 
 /// Integers of any width (not timestamps: RabbitMQ refuses those for numeric arguments).
@@ -294,6 +305,9 @@ mod tests {
         );
         assert!(
             refused(&[("x-max-priority", FieldValue::I32(256))]).contains("max_value_exceeded")
+        );
+        assert!(
+            refused(&[("x-message-ttl", FieldValue::I64(1 << 32))]).contains("value_too_large")
         );
         assert!(refused(&[("x-queue-type", FieldValue::string("quorum"))]).contains("quorum"));
         assert!(refused(&[("x-queue-type", FieldValue::string("stream"))]).contains("stream"));

@@ -72,7 +72,7 @@ pub(crate) fn dead_lettered(
                 _ => FieldTable::default(),
             };
             let count = entry.get("count").and_then(FieldValue::as_i64).unwrap_or(0);
-            entry.insert("count", FieldValue::I64(count + 1));
+            entry.insert("count", FieldValue::I64(count.saturating_add(1)));
             entry.insert("time", FieldValue::Timestamp(now_seconds()));
             entry
         }
@@ -122,7 +122,8 @@ pub(crate) fn dead_lettered(
 
 /// Whether delivering a dead letter to `queue` would go round a cycle: the message died in
 /// that queue before and no consumer rejected it since (RabbitMQ drops such a message,
-/// otherwise an expiring message would circle for ever).
+/// otherwise an expiring message would circle for ever). Only the deaths since the last one
+/// in `queue` count (the newest come first).
 pub(crate) fn is_cycle(message: &Message, queue: &str) -> bool {
     let Some(FieldValue::Array(deaths)) = message
         .properties
@@ -132,7 +133,6 @@ pub(crate) fn is_cycle(message: &Message, queue: &str) -> bool {
     else {
         return false;
     };
-    let mut seen_queue = false;
     for death in deaths {
         let FieldValue::Table(entry) = death else {
             continue;
@@ -141,10 +141,10 @@ pub(crate) fn is_cycle(message: &Message, queue: &str) -> bool {
             return false;
         }
         if entry.get("queue").and_then(FieldValue::as_str) == Some(queue) {
-            seen_queue = true;
+            return true;
         }
     }
-    seen_queue
+    false
 }
 
 /// The routing keys a message was published with: its own and its `CC` header's (not `BCC`).
@@ -317,5 +317,21 @@ mod tests {
         let rejected = dead_lettered(&original(), "work", Reason::Rejected, &target);
         assert!(!is_cycle(&rejected, "work"));
         assert!(!is_cycle(&original(), "work"));
+    }
+
+    #[test]
+    fn an_old_rejection_does_not_excuse_a_new_cycle() {
+        // work rejects once, the copy expires in retry and comes back, then expires in work:
+        // going to retry again is a cycle although a rejection lies further back.
+        let target = DeadLetterTarget {
+            exchange: "".into(),
+            routing_key: None,
+        };
+        let rejected = dead_lettered(&original(), "work", Reason::Rejected, &target);
+        let expired_in_retry = dead_lettered(&rejected, "retry", Reason::Expired, &target);
+        let expired_in_work = dead_lettered(&expired_in_retry, "work", Reason::Expired, &target);
+        assert!(is_cycle(&expired_in_work, "retry"));
+        assert!(is_cycle(&expired_in_work, "work"));
+        assert!(!is_cycle(&expired_in_retry, "work"));
     }
 }

@@ -107,14 +107,6 @@ impl ReadyList {
         Some(entry)
     }
 
-    /// Takes the oldest message of the lowest non-empty level: what a full queue drops first
-    /// (RabbitMQ drops from the head; with priorities, the least important head).
-    pub(super) fn pop_oldest(&mut self) -> Option<Ready> {
-        let entry = self.levels.iter_mut().find_map(VecDeque::pop_front)?;
-        self.count_out(&entry);
-        Some(entry)
-    }
-
     /// The earliest expiry among the heads of the levels.
     pub(super) fn next_expiry(&self) -> Option<Instant> {
         self.levels
@@ -123,14 +115,14 @@ impl ReadyList {
             .min()
     }
 
-    /// Takes the heads that expired before `now`, oldest level first.
+    /// Takes the heads that expired by `now`, lowest level first.
     pub(super) fn take_expired(&mut self, now: Instant) -> Vec<Ready> {
         let mut expired = Vec::new();
         for level in &mut self.levels {
             while level
                 .front()
                 .and_then(|entry| entry.expires_at)
-                .is_some_and(|at| at < now)
+                .is_some_and(|at| at <= now)
             {
                 if let Some(entry) = level.pop_front() {
                     expired.push(entry);
@@ -272,16 +264,6 @@ mod tests {
     }
 
     #[test]
-    fn the_oldest_of_the_least_important_is_dropped_first() {
-        let mut list = ReadyList::new(Some(2), None);
-        list.push_back(entry(0, 2, None));
-        list.push_back(entry(1, 1, None));
-        list.push_back(entry(2, 1, None));
-        assert_eq!(list.pop_oldest().map(|e| e.seq), Some(1));
-        assert_eq!(list.len(), 2);
-    }
-
-    #[test]
     fn expired_heads_are_taken_and_the_next_expiry_is_known() {
         let start = Instant::now();
         let mut list = ReadyList::new(None, None);
@@ -289,7 +271,7 @@ mod tests {
         list.push_back(entry(1, 0, Some(start + Duration::from_millis(20))));
         list.push_back(entry(2, 0, None));
         assert_eq!(list.next_expiry(), Some(start + Duration::from_millis(10)));
-        let expired = list.take_expired(start + Duration::from_millis(15));
+        let expired = list.take_expired(start + Duration::from_millis(10));
         assert_eq!(expired.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![0]);
         assert_eq!(list.next_expiry(), Some(start + Duration::from_millis(20)));
         assert_eq!(list.take_expired(start + Duration::from_secs(1)).len(), 1);
