@@ -211,6 +211,50 @@ async fn an_inequivalent_redeclare_is_a_precondition_failure() {
 }
 
 #[tokio::test]
+async fn integer_arguments_of_any_width_are_equivalent_on_redeclare() {
+    // amqplib sends small numbers as a byte; pika, kombu and lapin users often as an int.
+    let broker = Broker::start();
+    let connection = connect(&broker).await;
+    let ch = channel(&connection).await;
+    let priority = |value: AMQPValue| {
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-max-priority".into(), value);
+        arguments
+    };
+    declare_with(
+        &ch,
+        "q-widths",
+        QueueDeclareOptions::default(),
+        priority(AMQPValue::ShortShortInt(10)),
+    )
+    .await
+    .expect("declare with a byte");
+    declare_with(
+        &ch,
+        "q-widths",
+        QueueDeclareOptions::default(),
+        priority(AMQPValue::LongInt(10)),
+    )
+    .await
+    .expect("redeclare with an int of the same value");
+
+    let refused = declare_with(
+        &ch,
+        "q-widths",
+        QueueDeclareOptions::default(),
+        priority(AMQPValue::LongInt(5)),
+    )
+    .await
+    .expect_err("a different value is refused");
+    assert_eq!(reply_code(&refused), Some(code::PRECONDITION_FAILED));
+    let text = format!("{refused:?}");
+    assert!(
+        text.contains("received the value '5' of type 'signedint' but current is the value '10' of type 'byte'"),
+        "RabbitMQ's wording: {text}"
+    );
+}
+
+#[tokio::test]
 async fn unknown_queue_arguments_are_not_compared_on_redeclare() {
     let broker = Broker::start();
     let (_connection, ch) = open(&broker).await;

@@ -721,12 +721,12 @@ fn check_queue_equivalent(handle: &QueueHandle, spec: &QueueSpec, vhost: &str) -
     // Like RabbitMQ, only the arguments the broker gives a meaning to must match.
     for key in COMPARED_QUEUE_ARGUMENTS {
         let (received, existing) = (spec.arguments.get(key), current.arguments.get(key));
-        if received != existing {
-            let show = |v: Option<&crate::field::FieldValue>| match v {
-                Some(v) => format!("{v:?}"),
-                None => "none".to_owned(),
-            };
-            return differs(key, show(received), show(existing));
+        if !queue::arguments::equivalent(received, existing) {
+            return differs(
+                key,
+                queue::arguments::describe(received),
+                queue::arguments::describe(existing),
+            );
         }
     }
     Ok(())

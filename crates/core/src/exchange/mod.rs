@@ -312,15 +312,26 @@ impl Exchange {
         } else {
             None
         };
-        match field {
-            Some(field) => Err(CoreError::precondition(format!(
+        if let Some(field) = field {
+            return Err(CoreError::precondition(format!(
                 "inequivalent arg '{field}' for exchange '{}' in vhost '{vhost}': received {} but current is {}",
                 self.name,
                 describe(field, spec),
                 describe(field, mine)
-            ))),
-            None => Ok(()),
+            )));
         }
+        // The one exchange argument RabbitMQ compares.
+        let key = "alternate-exchange";
+        let (received, current) = (spec.arguments.get(key), mine.arguments.get(key));
+        if !crate::queue::arguments::equivalent(received, current) {
+            return Err(CoreError::precondition(format!(
+                "inequivalent arg '{key}' for exchange '{}' in vhost '{vhost}': received {} but current is {}",
+                self.name,
+                crate::queue::arguments::describe(received),
+                crate::queue::arguments::describe(current)
+            )));
+        }
+        Ok(())
     }
 }
 

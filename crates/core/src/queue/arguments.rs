@@ -215,6 +215,38 @@ fn string<'a>(argument: &'static str, value: &'a FieldValue) -> Result<&'a str, 
     })
 }
 
+/// Whether two argument values are the same as RabbitMQ compares them on redeclaration:
+/// integers of any width are one type (clients encode small numbers differently).
+pub fn equivalent(a: Option<&FieldValue>, b: Option<&FieldValue>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => match (integer(a), integer(b)) {
+            (Some(x), Some(y)) => x == y,
+            _ => a == b,
+        },
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// A value as RabbitMQ's inequivalence errors show it: `the value '10' of type 'signedint'`,
+/// or `none`.
+pub fn describe(value: Option<&FieldValue>) -> String {
+    let Some(value) = value else {
+        return "none".to_owned();
+    };
+    let shown = match value {
+        FieldValue::String(_) => value.as_str().unwrap_or("").to_owned(),
+        FieldValue::Bool(b) => b.to_string(),
+        FieldValue::F32(f) => f.to_string(),
+        FieldValue::F64(f) => f.to_string(),
+        other => match integer(other) {
+            Some(n) => n.to_string(),
+            None => format!("{other:?}"),
+        },
+    };
+    format!("the value '{shown}' of type '{}'", type_name(value))
+}
+
 /// RabbitMQ's name for a field's type, as its errors print it.
 fn type_name(value: &FieldValue) -> &'static str {
     match value {
@@ -315,6 +347,22 @@ mod tests {
             refused(&[("x-single-active-consumer", FieldValue::string("yes"))])
                 .contains("unacceptable_type,longstr")
         );
+    }
+
+    #[test]
+    fn integers_of_any_width_are_equivalent_and_differences_read_as_in_rabbitmq() {
+        let byte = FieldValue::I8(10);
+        let int = FieldValue::I32(10);
+        assert!(equivalent(Some(&byte), Some(&int)));
+        assert!(!equivalent(Some(&int), Some(&FieldValue::I32(20))));
+        assert!(!equivalent(Some(&int), None));
+        assert!(!equivalent(Some(&FieldValue::string("10")), Some(&int)));
+        assert_eq!(describe(Some(&int)), "the value '10' of type 'signedint'");
+        assert_eq!(
+            describe(Some(&FieldValue::string("drop-head"))),
+            "the value 'drop-head' of type 'longstr'"
+        );
+        assert_eq!(describe(None), "none");
     }
 
     #[test]

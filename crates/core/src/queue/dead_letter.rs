@@ -98,6 +98,13 @@ pub(crate) fn dead_lettered(
     };
     deaths.insert(0, FieldValue::Table(entry));
     headers.insert("x-death", FieldValue::Array(deaths));
+    // RabbitMQ 3.13 and later also say where it died last.
+    headers.insert("x-last-death-reason", FieldValue::string(reason.name()));
+    headers.insert("x-last-death-queue", FieldValue::string(queue));
+    headers.insert(
+        "x-last-death-exchange",
+        FieldValue::string(message.exchange.clone()),
+    );
     if headers.get("x-first-death-reason").is_none() {
         headers.insert("x-first-death-reason", FieldValue::string(reason.name()));
         headers.insert("x-first-death-queue", FieldValue::string(queue));
