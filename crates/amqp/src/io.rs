@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use junction_core::{Broker, ChannelId, ConsumerEvent};
-use junction_transport::Conduit;
+use junction_transport::{Arrival, BrokerSignal, BrokerSignals, Conduit, Turns, broker_signals};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
@@ -68,17 +68,8 @@ enum Wake {
     /// The timer's deadline passed.
     Timer,
     /// The broker is shutting down or the resource alarm changed.
-    Control(Control),
+    Control(BrokerSignal),
 }
-
-/// Broker-wide signals.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Control {
-    Shutdown,
-    AlarmChanged,
-}
-
-type ControlFuture = Pin<Box<dyn Future<Output = Control> + Send>>;
 
 /// One connection's state between wake-ups.
 struct Driver<S> {
@@ -87,15 +78,14 @@ struct Driver<S> {
     peer: Option<SocketAddr>,
     shutdown: watch::Receiver<bool>,
     alarm: watch::Receiver<Option<String>>,
-    control: ControlFuture,
+    control: BrokerSignals,
     shutting_down: bool,
     timer: Pin<Box<Sleep>>,
     started: Instant,
     last_read: Instant,
     last_heartbeat_sent: Instant,
     closing_since: Option<Instant>,
-    /// Input and consumer events take turns first, so neither starves the other.
-    input_first: bool,
+    turns: Turns,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
@@ -114,7 +104,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             conduit: Conduit::new(stream),
             connection,
             peer,
-            control: control_future(&shutdown, &alarm),
+            control: broker_signals(&shutdown, &alarm),
             shutdown,
             alarm,
             shutting_down: false,
@@ -123,7 +113,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             last_read: started,
             last_heartbeat_sent: started,
             closing_since: None,
-            input_first: true,
+            turns: Turns::default(),
         }
     }
 
@@ -180,11 +170,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                         return;
                     }
                 }
-                Wake::Control(Control::Shutdown) => self.shutting_down = true,
-                Wake::Control(Control::AlarmChanged) => {
+                Wake::Control(BrokerSignal::Shutdown) => self.shutting_down = true,
+                Wake::Control(BrokerSignal::AlarmChanged) => {
                     self.connection
                         .set_alarm(self.alarm.borrow_and_update().clone());
-                    self.control = control_future(&self.shutdown, &self.alarm);
+                    self.control = broker_signals(&self.shutdown, &self.alarm);
                 }
             }
         }
@@ -206,14 +196,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             return Poll::Ready(Wake::Durable(channel, seq));
         }
         if self.connection.output_len() <= OUTPUT_BACKLOG {
-            self.input_first = !self.input_first;
-            let wake = if self.input_first {
-                self.poll_input(cx).or_else(|| self.poll_event(cx))
-            } else {
-                self.poll_event(cx).or_else(|| self.poll_input(cx))
-            };
-            if let Some(wake) = wake {
-                return Poll::Ready(wake);
+            let read = !self.connection.is_blocked();
+            let events = self.connection.events();
+            match self.turns.poll(cx, &mut self.conduit, read, events) {
+                Some(Arrival::Input) => return Poll::Ready(Wake::Input),
+                Some(Arrival::Gone) => return Poll::Ready(Wake::Gone),
+                Some(Arrival::Event(event)) => return Poll::Ready(Wake::Event(event)),
+                None => {}
             }
         }
         if self.timer.as_mut().poll(cx).is_ready() {
@@ -224,24 +213,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             self.connection.release_output();
         }
         Poll::Pending
-    }
-
-    fn poll_input(&mut self, cx: &mut Context<'_>) -> Option<Wake> {
-        if self.connection.is_blocked() {
-            return None;
-        }
-        match self.conduit.poll_fill(cx) {
-            Poll::Ready(Ok(0) | Err(_)) => Some(Wake::Gone),
-            Poll::Ready(Ok(_)) => Some(Wake::Input),
-            Poll::Pending => None,
-        }
-    }
-
-    fn poll_event(&mut self, cx: &mut Context<'_>) -> Option<Wake> {
-        match self.connection.events().poll_recv(cx) {
-            Poll::Ready(Some(event)) => Some(Wake::Event(event)),
-            _ => None,
-        }
     }
 
     /// Checks what was due: the handshake, the reply to our connection.close, heartbeats to
@@ -302,24 +273,4 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.conduit.close(last)).await;
         Box::pin(self.connection.cleanup()).await;
     }
-}
-
-/// Resolves when the broker shuts down (or its shutdown signal is gone) or the alarm changes.
-fn control_future(
-    shutdown: &watch::Receiver<bool>,
-    alarm: &watch::Receiver<Option<String>>,
-) -> ControlFuture {
-    let mut shutdown = shutdown.clone();
-    let mut alarm = alarm.clone();
-    Box::pin(async move {
-        let alarm_changed = async move {
-            if alarm.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        };
-        tokio::select! {
-            _ = shutdown.wait_for(|shutting_down| *shutting_down) => Control::Shutdown,
-            () = alarm_changed => Control::AlarmChanged,
-        }
-    })
 }

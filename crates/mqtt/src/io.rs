@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use junction_core::ConsumerEvent;
-use junction_transport::Conduit;
+use junction_transport::{Arrival, Conduit, Turns};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
@@ -97,8 +97,7 @@ struct Driver<S> {
     timer: Pin<Box<Sleep>>,
     started: Instant,
     last_packet: Instant,
-    /// Input and consumer events take turns first, so neither starves the other.
-    input_first: bool,
+    turns: Turns,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
@@ -115,7 +114,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             timer: Box::pin(tokio::time::sleep_until(started + CONNECT_TIMEOUT)),
             started,
             last_packet: started,
-            input_first: true,
+            turns: Turns::default(),
         }
     }
 
@@ -232,14 +231,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         }
         let backlogged = self.connection.output_len() > OUTPUT_BACKLOG;
         if !backlogged {
-            self.input_first = !self.input_first;
-            let wake = if self.input_first {
-                self.poll_input(cx).or_else(|| self.poll_event(cx))
-            } else {
-                self.poll_event(cx).or_else(|| self.poll_input(cx))
-            };
-            if let Some(wake) = wake {
-                return Poll::Ready(wake);
+            let read = !self.connection.is_blocked();
+            let events = &mut self.connection.events;
+            match self.turns.poll(cx, &mut self.conduit, read, events) {
+                Some(Arrival::Input) => return Poll::Ready(Wake::Input),
+                Some(Arrival::Gone) => return Poll::Ready(Wake::Gone),
+                Some(Arrival::Event(event)) => return Poll::Ready(Wake::Event(event)),
+                None => {}
             }
         }
         if self.timer.as_mut().poll(cx).is_ready() {
@@ -250,24 +248,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             self.connection.release_output();
         }
         Poll::Pending
-    }
-
-    fn poll_input(&mut self, cx: &mut Context<'_>) -> Option<Wake> {
-        if self.connection.is_blocked() {
-            return None;
-        }
-        match self.conduit.poll_fill(cx) {
-            Poll::Ready(Ok(0) | Err(_)) => Some(Wake::Gone),
-            Poll::Ready(Ok(_)) => Some(Wake::Input),
-            Poll::Pending => None,
-        }
-    }
-
-    fn poll_event(&mut self, cx: &mut Context<'_>) -> Option<Wake> {
-        match self.connection.events.poll_recv(cx) {
-            Poll::Ready(Some(event)) => Some(Wake::Event(event)),
-            _ => None,
-        }
     }
 
     /// Handles the whole packets read; `Some(graceful)` when the connection must close.

@@ -9,10 +9,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 mod conduit;
+mod driver;
 mod lazy_channel;
 mod websocket;
 
 pub use conduit::Conduit;
+pub use driver::{Arrival, BrokerSignal, BrokerSignals, Turns, broker_signals};
 pub use lazy_channel::LazyChannel;
 
 pub use websocket::{
