@@ -65,13 +65,8 @@ impl VirtualHost {
         mut message: Message,
         on_durable: Option<OnDurable>,
     ) -> Published {
-        let (queues, refused) = if queues.iter().any(QueueHandle::refuses_when_full) {
-            let probe = Arc::new(message.clone());
-            let admitted = crate::queue::admit(queues, &probe).await;
-            (admitted.queues, admitted.refused)
-        } else {
-            (queues, false)
-        };
+        let admitted = crate::queue::admit(queues, &message).await;
+        let (queues, refused) = (admitted.queues, admitted.refused);
         let mut stored = None;
         if let Some(store) = &self.storage().messages
             && message.properties.is_persistent()

@@ -106,7 +106,7 @@ pub struct Admitted {
 /// Asks each of `queues` whether it takes `message` now. Queues without a refusing length
 /// limit always do; a full `reject-publish-dlx` queue dead-letters the message instead.
 /// Callers hand the message to the admitted queues (and only those) right after.
-pub async fn admit(queues: Vec<QueueHandle>, message: &Arc<Message>) -> Admitted {
+pub async fn admit(queues: Vec<QueueHandle>, message: &Message) -> Admitted {
     if queues.iter().all(|queue| queue.0.admission.is_none()) {
         return Admitted {
             queues,
@@ -120,7 +120,7 @@ pub async fn admit(queues: Vec<QueueHandle>, message: &Arc<Message>) -> Admitted
             Some(admission) if !admission.reserve(size) => {
                 admitted.refused = true;
                 if admission.dead_letter {
-                    queue.dead_letter_refused(message.clone()).await;
+                    queue.dead_letter_refused(Arc::new(message.clone())).await;
                 }
             }
             _ => admitted.queues.push(queue),

@@ -225,11 +225,6 @@ impl QueueHandle {
         &self.0.arguments
     }
 
-    /// Whether a full queue refuses publishes (publishers must [`admit`] first).
-    pub fn refuses_when_full(&self) -> bool {
-        self.0.admission.is_some()
-    }
-
     /// The connection owning this exclusive queue.
     pub fn owner(&self) -> Option<ConnectionId> {
         self.0.owner
