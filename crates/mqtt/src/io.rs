@@ -4,21 +4,27 @@
 //! the keep-alive (1.5 times the client's interval), the time allowed for CONNECT, takeover by
 //! another connection, resource alarms (publishers are not read) and shutdown.
 //!
-//! Idle devices are most connections, so a quiet one holds little: the task's future is a
-//! pointer to the boxed [`Driver`], buffers are freed between packets, channels exist once
-//! used, one timer is set to the next deadline instead of ticking, and takeover and shutdown
-//! arrive through one small [`Signal`](crate::signal::Signal) rather than watch channels.
+//! Idle devices are most connections, so a quiet one holds little: buffers are freed between
+//! packets, channels exist once used, one timer is set to the next deadline instead of
+//! ticking, and takeover and shutdown arrive through one small
+//! [`Signal`](crate::signal::Signal) rather than watch channels. A connected TCP connection
+//! with nothing to do leaves its task altogether: it parks in the [`ParkingLot`] as its bare
+//! [`Connection`] and comes back in a new task when bytes arrive, its keep-alive runs out, or
+//! anything it waits on (deliveries, disk notices, takeover, shutdown) wakes it.
 
 use std::future::{Future, poll_fn};
-use std::net::SocketAddr;
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream as StdTcpStream};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use junction_core::ConsumerEvent;
-use junction_transport::{Arrival, Conduit, Turns};
+use junction_transport::{Arrival, Conduit, Detach, ParkingLot, Resume, Spot, Turns};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
@@ -26,6 +32,8 @@ use crate::connection::{Connection, Next};
 use crate::settings::Mqtt;
 use crate::signal::Close;
 
+/// The most a resumed connection reads before its socket is back in the runtime.
+const RESUME_READ: usize = 512;
 /// How long a client has to send CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Consumer events handled before the connection writes and reads again.
@@ -45,20 +53,77 @@ pub fn serve<S>(
     mqtt: Arc<Mqtt>,
 ) -> impl Future<Output = ()> + Send + 'static
 where
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    S: AsyncRead + AsyncWrite + Detach + Send + Unpin + 'static,
 {
     // Made before the future, so the task holds only the pointer, not the arguments.
-    let mut driver = Box::new(Driver::new(stream, peer, mqtt));
-    async move {
-        let graceful = driver.run().await;
-        Box::pin(driver.finish(graceful)).await;
+    let connection = Box::new(Connection::new(mqtt, peer));
+    drive(Box::new(Driver::new(stream, connection)))
+}
+
+/// Runs the connection until it closes or parks.
+async fn drive<S>(mut driver: Box<Driver<S>>)
+where
+    S: AsyncRead + AsyncWrite + Detach + Send + Unpin + 'static,
+{
+    match driver.run().await {
+        Ended::Closed(graceful) => Box::pin(driver.finish(graceful)).await,
+        Ended::Parking(lot, spot) => {
+            if let Err(mut connection) = (*driver).park(&lot, &spot) {
+                Box::pin(connection.finish(false)).await;
+            }
+        }
     }
+}
+
+/// A parked connection comes back over its socket, in a new task.
+impl Resume for Connection {
+    fn resume(self: Box<Self>, socket: StdTcpStream, runtime: &Handle) {
+        runtime.spawn(async move {
+            // What woke the connection is usually bytes: they are read now, before anything
+            // else (the keep-alive timer) is looked at, and before the runtime's reactor
+            // would report them.
+            let mut scratch = [0u8; RESUME_READ];
+            let first = match (&socket).read(&mut scratch) {
+                Ok(0) => Some(Wake::Gone),
+                Ok(n) => Some(Wake::Input(n)),
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => None,
+                Err(_) => Some(Wake::Gone),
+            };
+            match TcpStream::from_std(socket) {
+                Ok(stream) => {
+                    let mut driver = Box::new(Driver::new(stream, self));
+                    if let Some(Wake::Input(n)) = first {
+                        driver.conduit.input().extend_from_slice(&scratch[..n]);
+                        // A full read may have left more: the reactor must report it before
+                        // the connection parks again.
+                        driver.settled = n < RESUME_READ;
+                    }
+                    driver.first = first;
+                    drive(driver).await
+                }
+                Err(error) => {
+                    let mut connection = self;
+                    tracing::warn!(peer = ?connection.peer(), %error, "cannot resume a parked MQTT connection");
+                    Box::pin(connection.finish(false)).await;
+                }
+            }
+        });
+    }
+}
+
+/// How [`Driver::run`] ended.
+enum Ended {
+    /// The connection closes; true when gracefully (DISCONNECT, or a broker shutdown: neither
+    /// publishes the will).
+    Closed(bool),
+    /// The connection is quiet and has a spot reserved in the lot.
+    Parking(ParkingLot, Arc<Spot>),
 }
 
 /// What woke the connection.
 enum Wake {
-    /// Bytes arrived.
-    Input,
+    /// Bytes arrived (how many).
+    Input(usize),
     /// The peer closed the stream, or reading or writing failed.
     Gone,
     /// A consumer event.
@@ -71,6 +136,8 @@ enum Wake {
     Close(Close),
     /// The resource alarm that blocks this publisher changed.
     AlarmChanged,
+    /// Nothing to do and nothing held: the connection may park.
+    Quiet,
 }
 
 /// What is left to do after a wake-up's immediate work.
@@ -90,42 +157,71 @@ type AlarmWait = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// One connection's state between wake-ups.
 struct Driver<S> {
     conduit: Conduit<S>,
-    connection: Connection,
+    connection: Box<Connection>,
     alarm: watch::Receiver<Option<String>>,
     /// Waits for the alarm to change while it blocks this connection (only then).
     alarm_wait: Option<AlarmWait>,
     timer: Pin<Box<Sleep>>,
-    started: Instant,
-    last_packet: Instant,
+    /// Where the connection parks when quiet (TCP only).
+    lot: Option<ParkingLot>,
+    /// False while bytes may wait on the socket that the runtime's reactor has not reported
+    /// yet (a resumed connection whose first read filled its buffer): it does not park
+    /// until they are read.
+    settled: bool,
+    /// What a resumed connection handles before anything else.
+    first: Option<Wake>,
     turns: Turns,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
-    fn new(stream: S, peer: Option<SocketAddr>, mqtt: Arc<Mqtt>) -> Self {
+impl<S: AsyncRead + AsyncWrite + Detach + Unpin> Driver<S> {
+    /// A driver for a new connection, or one back from the parking lot.
+    fn new(stream: S, mut connection: Box<Connection>) -> Self {
+        let mqtt = connection.mqtt();
         let mut alarm = mqtt.broker.alarm();
-        let mut connection = Connection::new(mqtt, peer);
         connection.set_alarm(alarm.borrow_and_update().clone());
-        let started = Instant::now();
-        Self {
+        let lot = if stream.can_detach() {
+            mqtt.parking_lot().cloned()
+        } else {
+            None
+        };
+        let mut driver = Self {
             conduit: Conduit::new(stream),
             connection,
             alarm,
             alarm_wait: None,
-            timer: Box::pin(tokio::time::sleep_until(started + CONNECT_TIMEOUT)),
-            started,
-            last_packet: started,
+            timer: Box::pin(tokio::time::sleep_until(Instant::now() + CONNECT_TIMEOUT)),
+            lot,
+            settled: true,
+            first: None,
             turns: Turns::default(),
+        };
+        if driver.connection.is_connected() {
+            driver.reset_keep_alive_timer();
         }
+        driver
     }
 
-    /// Runs until the connection ends; true when it ended gracefully (DISCONNECT, or a
-    /// broker shutdown: neither publishes the will).
-    async fn run(&mut self) -> bool {
+    /// Runs until the connection ends or parks.
+    async fn run(&mut self) -> Ended {
         loop {
             // The wake-up is handled in a block of its own: nothing of it (a consumer event is
             // 64 bytes) stays in the task's state across the awaits below.
             let step = {
-                let wake = poll_fn(|cx| self.poll_wake(cx)).await;
+                let polled = match self.first.take() {
+                    Some(wake) => wake,
+                    None => {
+                        let wake = poll_fn(|cx| self.poll_wake(cx, true)).await;
+                        self.settled = true;
+                        wake
+                    }
+                };
+                let wake = match polled {
+                    Wake::Quiet => match self.prepare_to_park() {
+                        Ok(parking) => return parking,
+                        Err(wake) => wake,
+                    },
+                    wake => wake,
+                };
                 self.on_wake(wake)
             };
             let ended = match step {
@@ -145,7 +241,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 }
             };
             if let Some(graceful) = ended {
-                return graceful;
+                return Ended::Closed(graceful);
             }
             if self.connection.is_blocked() && self.alarm_wait.is_none() {
                 let mut alarm = self.alarm.clone();
@@ -162,8 +258,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     fn on_wake(&mut self, wake: Wake) -> Step {
         match wake {
             Wake::Gone => Step::End(false),
-            Wake::Input => {
-                self.last_packet = Instant::now();
+            Wake::Quiet => Step::Wait,
+            Wake::Input(_) => {
+                self.connection.last_packet = Instant::now();
                 self.refresh_alarm();
                 Step::HandleInput
             }
@@ -211,8 +308,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         }
     }
 
-    /// Writes what it can, then waits for the first thing to handle.
-    fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
+    /// Reserves a spot in the lot and polls everything the connection waits on once more,
+    /// with the spot's waker: if nothing is ready, whatever happens next resumes the parked
+    /// connection; if something is, the spot is given back and that is handled here.
+    fn prepare_to_park(&mut self) -> Result<Ended, Wake> {
+        let Some(lot) = self.lot.clone() else {
+            return Err(Wake::Quiet);
+        };
+        let deadline = self.keep_alive_deadline().map(Instant::into_std);
+        let spot = lot.reserve(deadline);
+        let waker = spot.waker();
+        match self.poll_wake(&mut Context::from_waker(&waker), false) {
+            Poll::Pending => Ok(Ended::Parking(lot, spot)),
+            Poll::Ready(wake) => {
+                lot.cancel(&spot);
+                Err(wake)
+            }
+        }
+    }
+
+    /// Leaves the task: the socket and the bare connection go to the lot. The connection is
+    /// handed back if its socket cannot leave the runtime (it is then gone).
+    fn park(self, lot: &ParkingLot, spot: &Arc<Spot>) -> Result<(), Box<Connection>> {
+        let Driver {
+            conduit,
+            connection,
+            ..
+        } = self;
+        match conduit.into_stream().detach() {
+            Ok(socket) => {
+                lot.park(spot, socket, connection);
+                Ok(())
+            }
+            Err(error) => {
+                lot.cancel(spot);
+                tracing::info!(peer = ?connection.peer(), %error, "MQTT connection lost while parking");
+                Err(connection)
+            }
+        }
+    }
+
+    /// Writes what it can, then waits for the first thing to handle. With `may_park`, a
+    /// connection with nothing to do and nothing held says [`Wake::Quiet`] instead of waiting.
+    fn poll_wake(&mut self, cx: &mut Context<'_>, may_park: bool) -> Poll<Wake> {
         let connection = &mut self.connection;
         let output = || connection.has_output().then(|| connection.take_output());
         if self.conduit.write_from(cx, output).is_err() {
@@ -234,7 +372,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             let read = !self.connection.is_blocked();
             let events = &mut self.connection.events;
             match self.turns.poll(cx, &mut self.conduit, read, events) {
-                Some(Arrival::Input) => return Poll::Ready(Wake::Input),
+                Some(Arrival::Input) => return Poll::Ready(Wake::Input(0)),
                 Some(Arrival::Gone) => return Poll::Ready(Wake::Gone),
                 Some(Arrival::Event(event)) => return Poll::Ready(Wake::Event(event)),
                 None => {}
@@ -246,6 +384,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         // Going to sleep: a quiet connection keeps no output buffer either.
         if self.conduit.is_quiet() && !self.connection.has_output() {
             self.connection.release_output();
+            if may_park
+                && self.settled
+                && self.lot.is_some()
+                && self.alarm_wait.is_none()
+                && self.connection.is_idle()
+            {
+                return Poll::Ready(Wake::Quiet);
+            }
         }
         Poll::Pending
     }
@@ -276,19 +422,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     fn on_timer(&mut self) -> Option<bool> {
         let now = Instant::now();
         if !self.connection.is_connected() {
-            if now - self.started >= CONNECT_TIMEOUT {
-                tracing::info!(peer = ?self.connection.peer(), "no CONNECT in time");
-                return Some(true);
-            }
-            self.timer.as_mut().reset(self.started + CONNECT_TIMEOUT);
-            return None;
+            // The timer was set when the connection started; only CONNECT resets it.
+            tracing::info!(peer = ?self.connection.peer(), "no CONNECT in time");
+            return Some(true);
         }
         if self.connection.is_blocked() {
             // Not reading is our choice, not the client's silence.
-            self.last_packet = now;
+            self.connection.last_packet = now;
         }
         let keep_alive = self.connection.keep_alive();
-        if keep_alive > 0 && now - self.last_packet >= keep_alive_limit(keep_alive) {
+        if keep_alive > 0 && now - self.connection.last_packet >= keep_alive_limit(keep_alive) {
             tracing::info!(peer = ?self.connection.peer(), keep_alive, "MQTT keep-alive expired");
             return Some(false);
         }
@@ -298,11 +441,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
 
     /// Sets the timer to when the keep-alive expires if nothing arrives before.
     fn reset_keep_alive_timer(&mut self) {
-        let deadline = match self.connection.keep_alive() {
-            0 => Instant::now() + NOTHING_DUE,
-            keep_alive => self.last_packet + keep_alive_limit(keep_alive),
-        };
+        let deadline = self
+            .keep_alive_deadline()
+            .unwrap_or_else(|| Instant::now() + NOTHING_DUE);
         self.timer.as_mut().reset(deadline);
+    }
+
+    /// When the keep-alive expires if nothing arrives before (None: no keep-alive).
+    fn keep_alive_deadline(&self) -> Option<Instant> {
+        match self.connection.keep_alive() {
+            0 => None,
+            keep_alive => Some(self.connection.last_packet + keep_alive_limit(keep_alive)),
+        }
     }
 
     fn refresh_alarm(&mut self) {

@@ -61,6 +61,14 @@ pub struct SessionState {
 }
 
 impl SessionState {
+    /// Whether there is nothing to keep: no subscriptions, no packet identifiers in use.
+    pub fn is_empty(&self) -> bool {
+        self.subscriptions.is_empty()
+            && self.outbound.is_empty()
+            && self.released.is_empty()
+            && self.incoming.is_empty()
+    }
+
     /// The granted QoS of the subscriptions matching `topic`, highest first (None: none match).
     pub fn granted_qos(&self, topic: &str) -> Option<QoS> {
         self.subscriptions
@@ -78,8 +86,8 @@ struct Live {
 
 /// A connection's hold on a client id, given back with [`SessionRegistry::release`].
 pub struct Claim {
-    /// The session.
-    pub key: SessionKey,
+    /// The session (shared with the registry's record of it).
+    pub key: Arc<SessionKey>,
     connection: ConnectionId,
     /// Kicked when another connection takes the session over; finished on release.
     signal: Arc<Signal>,
@@ -87,7 +95,7 @@ pub struct Claim {
 
 /// Live sessions by client id, and saved state of persistent ones.
 pub struct SessionRegistry {
-    live: DashMap<SessionKey, Live>,
+    live: DashMap<Arc<SessionKey>, Live>,
     saved: DashMap<SessionKey, SessionState>,
     /// Sessions with a record in the store: only they cost a write to forget (a clean
     /// session's CONNECT must not write to disk).
@@ -139,6 +147,7 @@ impl SessionRegistry {
         connection: ConnectionId,
         signal: Arc<Signal>,
     ) -> Claim {
+        let key = Arc::new(key);
         let previous = self.live.insert(
             key.clone(),
             Live {
@@ -164,7 +173,7 @@ impl SessionRegistry {
     /// Gives the client id back (unless another connection has taken it since).
     pub(crate) fn release(&self, claim: Claim) {
         self.live
-            .remove_if(&claim.key, |_, live| live.connection == claim.connection);
+            .remove_if(&*claim.key, |_, live| live.connection == claim.connection);
         claim.signal.finish();
     }
 

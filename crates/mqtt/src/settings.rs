@@ -1,10 +1,12 @@
 //! The MQTT listener's settings and the state every MQTT connection of a broker shares.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::watch;
 
-use junction_core::{AdapterStateStore, Broker};
+use dashmap::DashMap;
+use junction_core::{AdapterStateStore, Broker, Principal};
+use junction_transport::ParkingLot;
 
 use crate::retained::RetainedStore;
 use crate::sessions::SessionRegistry;
@@ -58,6 +60,10 @@ pub struct Mqtt {
     pub sessions: SessionRegistry,
     /// Every open connection's close signal.
     pub(crate) connections: Connections,
+    /// Where idle TCP connections wait without a task (made on first use).
+    parking: OnceLock<Option<ParkingLot>>,
+    /// The principal each user's connections share, by user name.
+    principals: DashMap<String, Arc<Principal>>,
 }
 
 impl Mqtt {
@@ -74,7 +80,37 @@ impl Mqtt {
             retained: RetainedStore::load(store.clone()),
             sessions: SessionRegistry::new(store),
             connections: Connections::default(),
+            parking: OnceLock::new(),
+            principals: DashMap::new(),
         })
+    }
+
+    /// The principal to keep for a connection that logged in as `principal`: the one other
+    /// connections of the same user already share, unless the user or its backend changed.
+    /// Thousands of devices often log in as one user; each keeps a pointer, not a copy.
+    pub(crate) fn share_principal(&self, principal: Principal) -> Arc<Principal> {
+        let mut entry = self
+            .principals
+            .entry(principal.user.name.clone())
+            .or_insert_with(|| Arc::new(principal.clone()));
+        if !entry.same_as(&principal) {
+            *entry = Arc::new(principal);
+        }
+        entry.clone()
+    }
+
+    /// The parking lot for idle connections; None if it cannot be made (connections then
+    /// keep their tasks). Called from a connection's task, so a runtime is there.
+    pub(crate) fn parking_lot(&self) -> Option<&ParkingLot> {
+        self.parking
+            .get_or_init(|| match ParkingLot::new() {
+                Ok(lot) => Some(lot),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot make the parking lot: idle MQTT connections keep their tasks");
+                    None
+                }
+            })
+            .as_ref()
     }
 
     /// Closes every MQTT connection, and any opened later, once `shutdown` turns true (or its

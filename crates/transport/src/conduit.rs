@@ -37,6 +37,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conduit<S> {
         }
     }
 
+    /// The stream itself, once the conduit is quiet (see [`Conduit::is_quiet`]): what was
+    /// buffered is dropped.
+    pub fn into_stream(self) -> S {
+        self.stream
+    }
+
     /// The bytes read and not consumed yet; the protocol's decoder takes whole frames off the
     /// front and leaves a partial one.
     pub fn input(&mut self) -> &mut BytesMut {

@@ -11,11 +11,13 @@ use tokio::sync::watch;
 mod conduit;
 mod driver;
 mod lazy_channel;
+mod park;
 mod websocket;
 
 pub use conduit::Conduit;
 pub use driver::{Arrival, BrokerSignal, BrokerSignals, Turns, broker_signals};
 pub use lazy_channel::LazyChannel;
+pub use park::{Detach, ParkingLot, Resume, Spot};
 
 pub use websocket::{
     HandlerFuture, StaticFile, StreamHandler, WebSocketProtocol, WebSocketRoutes, serve_websockets,

@@ -125,6 +125,12 @@ impl std::fmt::Debug for Principal {
 }
 
 impl Principal {
+    /// Whether `other` is the same user (name and tags) answered for by the same backend:
+    /// one may stand for the other (connections of one user can share one principal).
+    pub fn same_as(&self, other: &Principal) -> bool {
+        self.user == other.user && Arc::ptr_eq(&self.backend, &other.backend)
+    }
+
     /// Whether the user may use `vhost`.
     pub fn check_vhost(&self, vhost: &str) -> bool {
         self.backend.check_vhost(&self.user, vhost)

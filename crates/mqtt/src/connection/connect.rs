@@ -2,11 +2,9 @@
 //! vhost, as in RabbitMQ), takeover of a session held by another connection, and resumption
 //! or removal of a persistent session.
 
-use std::collections::HashMap;
-
 use junction_core::{ChannelId, LoginRequest, QueueSpec};
 
-use super::{Connection, Handled, Next, OwedAcks, Session, Violation};
+use super::{Connection, Flow, Handled, Next, Session, Violation};
 use crate::codec::{self, Connect, ConnectReturnCode, Packet};
 use crate::sessions::{SessionKey, SessionState};
 use crate::topic;
@@ -120,7 +118,7 @@ impl Connection {
         let released: Vec<u16> = state.released.iter().copied().collect();
         self.session = Some(Session {
             vhost,
-            principal,
+            principal: self.mqtt.share_principal(principal),
             claim,
             clean: connect.clean_session,
             keep_alive: connect.keep_alive,
@@ -130,14 +128,14 @@ impl Connection {
                 number: 0,
                 generation: 0,
             },
-            consumer_tag: format!("mqtt-{}", key.client_id).into(),
             queue: None,
-            state,
-            inflight: HashMap::new(),
-            next_packet_id: 0,
-            will: connect.will,
-            acks: OwedAcks::default(),
-            queue_acks: Vec::new(),
+            flow: (!state.is_empty()).then(|| {
+                Box::new(Flow {
+                    state,
+                    ..Flow::default()
+                })
+            }),
+            will: connect.will.map(Box::new),
             may_publish: None,
         });
         codec::encode(
@@ -194,7 +192,7 @@ impl Connection {
         let queue = declared.handle;
         queue
             .consume(junction_core::ConsumerSpec {
-                tag: session.consumer_tag.clone(),
+                tag: session.consumer_tag(),
                 channel: session.channel,
                 no_ack: false,
                 exclusive: false,

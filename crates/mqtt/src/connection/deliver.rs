@@ -24,9 +24,9 @@ impl Connection {
             return;
         }
         let topic = topic::routing_key_to_topic(&delivery.message.routing_key);
-        let Some(granted) = session.state.granted_qos(&topic) else {
+        let Some(granted) = session.flow().state.granted_qos(&topic) else {
             if delivery.needs_ack {
-                session.queue_acks.push(delivery.seq);
+                session.flow().queue_acks.push(delivery.seq);
             }
             return;
         };
@@ -35,26 +35,26 @@ impl Connection {
         if qos == QoS::AtMostOnce {
             codec::encode_publish_parts(&mut self.out, &topic, body, qos, None, false, false);
             if delivery.needs_ack {
-                session.queue_acks.push(delivery.seq);
+                session.flow().queue_acks.push(delivery.seq);
             }
             return;
         }
         let resent = delivery
             .redelivered
-            .then(|| session.state.outbound.get(&delivery.seq).copied())
+            .then(|| session.flow().state.outbound.get(&delivery.seq).copied())
             .flatten();
         let id = match resent {
             Some(id) => id,
             None => session.allocate_packet_id(),
         };
-        session.inflight.insert(
+        session.flow().inflight.insert(
             id,
             Inflight {
                 seq: delivery.needs_ack.then_some(delivery.seq),
                 exactly_once: qos == QoS::ExactlyOnce,
             },
         );
-        session.state.outbound.insert(delivery.seq, id);
+        session.flow().state.outbound.insert(delivery.seq, id);
         codec::encode_publish_parts(
             &mut self.out,
             &topic,
@@ -73,7 +73,7 @@ impl Connection {
         };
         let id = (qos != QoS::AtMostOnce).then(|| {
             let id = session.allocate_packet_id();
-            session.inflight.insert(
+            session.flow().inflight.insert(
                 id,
                 Inflight {
                     seq: None,
@@ -88,6 +88,7 @@ impl Connection {
     pub(super) fn on_puback(&mut self, id: u16) -> Handled {
         if let Some(session) = self.session.as_mut()
             && session
+                .flow()
                 .inflight
                 .get(&id)
                 .is_some_and(|inflight| !inflight.exactly_once)
@@ -100,12 +101,13 @@ impl Connection {
     pub(super) fn on_pubrec(&mut self, id: u16) -> Handled {
         if let Some(session) = self.session.as_mut() {
             if session
+                .flow()
                 .inflight
                 .get(&id)
                 .is_some_and(|inflight| inflight.exactly_once)
             {
                 session.settle(id);
-                session.state.released.insert(id);
+                session.flow().state.released.insert(id);
             }
             codec::encode(&Packet::PubRel(id), &mut self.out);
         }
@@ -114,7 +116,7 @@ impl Connection {
 
     pub(super) fn on_pubcomp(&mut self, id: u16) -> Handled {
         if let Some(session) = self.session.as_mut() {
-            session.state.released.remove(&id);
+            session.flow().state.released.remove(&id);
         }
         Ok(Next::Continue)
     }
@@ -122,9 +124,13 @@ impl Connection {
     /// PUBREL for a QoS 2 publication from the client: the exchange is complete.
     pub(super) fn on_pubrel(&mut self, id: u16) -> Handled {
         if let Some(session) = self.session.as_mut() {
-            session.state.incoming.remove(&id);
-            session.acks.queue.push_back((Packet::PubComp(id), 0));
-            session.acks.flush(&mut self.out);
+            session.flow().state.incoming.remove(&id);
+            session
+                .flow()
+                .acks
+                .queue
+                .push_back((Packet::PubComp(id), 0));
+            session.flow().acks.flush(&mut self.out);
         }
         Ok(Next::Continue)
     }
@@ -133,27 +139,29 @@ impl Connection {
 impl Session {
     /// The client has the delivery with packet identifier `id`: the queue may forget it.
     fn settle(&mut self, id: u16) {
-        if let Some(inflight) = self.inflight.remove(&id)
+        let flow = self.flow();
+        if let Some(inflight) = flow.inflight.remove(&id)
             && let Some(seq) = inflight.seq
         {
-            self.state.outbound.remove(&seq);
-            self.queue_acks.push(seq);
+            flow.state.outbound.remove(&seq);
+            flow.queue_acks.push(seq);
         }
     }
 
     /// A packet identifier not in use by any delivery or QoS 2 exchange of the session.
     fn allocate_packet_id(&mut self) -> u16 {
+        let flow = self.flow();
         for _ in 0..u16::MAX {
-            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
-            let id = self.next_packet_id;
-            let in_use = self.inflight.contains_key(&id)
-                || self.state.released.contains(&id)
-                || self.state.outbound.values().any(|&used| used == id);
+            flow.next_packet_id = flow.next_packet_id.checked_add(1).unwrap_or(1);
+            let id = flow.next_packet_id;
+            let in_use = flow.inflight.contains_key(&id)
+                || flow.state.released.contains(&id)
+                || flow.state.outbound.values().any(|&used| used == id);
             if !in_use {
                 return id;
             }
         }
-        self.next_packet_id
+        flow.next_packet_id
     }
 }
 

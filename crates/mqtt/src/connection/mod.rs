@@ -25,7 +25,7 @@ use junction_core::{
 use junction_transport::LazyChannel;
 
 use crate::codec::{self, DecodeError, LastWill, Packet};
-use crate::sessions::{Claim, SessionState};
+use crate::sessions::{Claim, SessionKey, SessionState};
 use crate::settings::Mqtt;
 use crate::signal::Signal;
 
@@ -89,27 +89,44 @@ impl OwedAcks {
     }
 }
 
-/// An open session: what CONNECT established.
+/// An open session: what CONNECT established. Kept small: an idle device's connection is
+/// mostly this, parked.
 struct Session {
     vhost: Arc<VirtualHost>,
-    principal: Principal,
+    principal: Arc<Principal>,
     claim: Claim,
     clean: bool,
     keep_alive: u16,
     exchange: Arc<Exchange>,
     channel: ChannelId,
-    consumer_tag: Arc<str>,
     queue: Option<QueueHandle>,
-    state: SessionState,
-    inflight: HashMap<u16, Inflight>,
-    next_packet_id: u16,
-    will: Option<LastWill>,
-    acks: OwedAcks,
-    queue_acks: Vec<MessageSeq>,
+    /// Made on first use: a device that only pings never has one.
+    flow: Option<Box<Flow>>,
+    will: Option<Box<LastWill>>,
     may_publish: Option<bool>,
 }
 
+/// What a session tracks once it subscribes or exchanges packets with identifiers.
+#[derive(Default)]
+struct Flow {
+    state: SessionState,
+    inflight: HashMap<u16, Inflight>,
+    next_packet_id: u16,
+    acks: OwedAcks,
+    queue_acks: Vec<MessageSeq>,
+}
+
 impl Session {
+    /// The session's flow state, made now if it has none.
+    fn flow(&mut self) -> &mut Flow {
+        self.flow.get_or_insert_with(Box::default)
+    }
+
+    /// The consumer tag of the session's subscription to its queue.
+    fn consumer_tag(&self) -> Arc<str> {
+        format!("mqtt-{}", self.claim.key.client_id).into()
+    }
+
     fn allowed(&self, kind: ResourceKind, name: &str, permission: Permission) -> bool {
         self.principal
             .check_resource(&self.vhost.name, kind, name, permission)
@@ -132,6 +149,8 @@ pub(crate) struct Connection {
     session: Option<Session>,
     has_published: bool,
     alarm: bool,
+    /// When the last bytes arrived from the client (the keep-alive counts from it).
+    pub(crate) last_packet: tokio::time::Instant,
 }
 
 impl Connection {
@@ -150,7 +169,19 @@ impl Connection {
             session: None,
             has_published: false,
             alarm: false,
+            last_packet: tokio::time::Instant::now(),
         }
+    }
+
+    /// The adapter's shared state.
+    pub(crate) fn mqtt(&self) -> Arc<Mqtt> {
+        self.mqtt.clone()
+    }
+
+    /// Whether the connection has nothing to do until the client or its queue says something:
+    /// connected, not held back by an alarm, no output and no acknowledgements to pass on.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.is_connected() && !self.is_blocked() && !self.has_output() && !self.has_queue_acks()
     }
 
     /// The client's address.
@@ -204,7 +235,8 @@ impl Connection {
     pub(crate) fn has_queue_acks(&self) -> bool {
         self.session
             .as_ref()
-            .is_some_and(|session| !session.queue_acks.is_empty())
+            .and_then(|session| session.flow.as_ref())
+            .is_some_and(|flow| !flow.queue_acks.is_empty())
     }
 
     /// Handles every whole packet in `buffer`.
@@ -287,10 +319,13 @@ impl Connection {
         let Some(session) = self.session.as_mut() else {
             return;
         };
-        if session.queue_acks.is_empty() {
+        let Some(flow) = session.flow.as_mut() else {
+            return;
+        };
+        if flow.queue_acks.is_empty() {
             return;
         }
-        let seqs = std::mem::take(&mut session.queue_acks);
+        let seqs = std::mem::take(&mut flow.queue_acks);
         if let Some(queue) = &session.queue {
             queue.ack(session.channel, seqs).await;
         }
@@ -298,9 +333,9 @@ impl Connection {
 
     /// The message store has everything up to `ticket` on disk.
     pub(crate) fn on_durable(&mut self, ticket: u64) {
-        if let Some(session) = self.session.as_mut() {
-            session.acks.durable_upto = session.acks.durable_upto.max(ticket);
-            session.acks.flush(&mut self.out);
+        if let Some(flow) = self.session.as_mut().and_then(|s| s.flow.as_mut()) {
+            flow.acks.durable_upto = flow.acks.durable_upto.max(ticket);
+            flow.acks.flush(&mut self.out);
         }
     }
 
@@ -313,21 +348,25 @@ impl Connection {
             return;
         };
         if !graceful && let Some(will) = session.will.take() {
-            self.publish_will(&session, will).await;
+            self.publish_will(&session, *will).await;
         }
         if let Some(queue) = &session.queue {
-            queue
-                .cancel(session.channel, session.consumer_tag.clone())
-                .await;
+            queue.cancel(session.channel, session.consumer_tag()).await;
             queue.channel_closed(session.channel).await;
         }
         session.vhost.connection_closed(self.id).await;
         let registry = &self.mqtt.sessions;
         if !session.clean {
-            let mut state = std::mem::take(&mut session.state);
-            let sent: Vec<MessageSeq> = session.inflight.values().filter_map(|i| i.seq).collect();
+            let (mut state, sent) = match session.flow.take() {
+                Some(mut flow) => {
+                    let sent: Vec<MessageSeq> =
+                        flow.inflight.values().filter_map(|i| i.seq).collect();
+                    (std::mem::take(&mut flow.state), sent)
+                }
+                None => (SessionState::default(), Vec::new()),
+            };
             state.outbound.retain(|seq, _| sent.contains(seq));
-            registry.save(session.claim.key.clone(), state);
+            registry.save(SessionKey::clone(&session.claim.key), state);
         }
         registry.release(session.claim);
     }

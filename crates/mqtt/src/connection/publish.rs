@@ -47,11 +47,11 @@ impl Connection {
         }
         self.has_published = true;
         if let (QoS::ExactlyOnce, Some(id)) = (publish.qos, publish.packet_id)
-            && !session.state.incoming.insert(id)
+            && !session.flow().state.incoming.insert(id)
         {
             // A resent QoS 2 publication we already routed: acknowledge it again only.
-            session.acks.queue.push_back((Packet::PubRec(id), 0));
-            session.acks.flush(&mut self.out);
+            session.flow().acks.queue.push_back((Packet::PubRec(id), 0));
+            session.flow().acks.flush(&mut self.out);
             return Ok(Next::Continue);
         }
         if publish.retain {
@@ -63,7 +63,7 @@ impl Connection {
             );
         }
         let wants_ack = publish.qos != QoS::AtMostOnce;
-        let ticket = wants_ack.then(|| session.acks.next_ticket());
+        let ticket = wants_ack.then(|| session.flow().acks.next_ticket());
         let written = route(
             session,
             &publish.topic,
@@ -79,8 +79,8 @@ impl Connection {
             };
             // Acks of messages not written to disk go as soon as those before them have.
             let gate = if written { ticket } else { 0 };
-            session.acks.queue.push_back((ack, gate));
-            session.acks.flush(&mut self.out);
+            session.flow().acks.queue.push_back((ack, gate));
+            session.flow().acks.flush(&mut self.out);
         }
         Ok(Next::Continue)
     }

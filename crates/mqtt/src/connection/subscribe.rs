@@ -36,10 +36,10 @@ impl Connection {
         let Some(session) = self.session.as_mut() else {
             return Err(Violation("SUBSCRIBE before CONNECT".into()));
         };
-        if !session.clean {
-            self.mqtt
-                .sessions
-                .persist(&session.claim.key, &session.state);
+        if !session.clean
+            && let Some(flow) = &session.flow
+        {
+            self.mqtt.sessions.persist(&session.claim.key, &flow.state);
         }
         codec::encode(&Packet::SubAck { packet_id, codes }, &mut self.out);
         let vhost = session.vhost.name.clone();
@@ -93,6 +93,7 @@ impl Connection {
             )
             .map_err(|e| e.to_string())?;
         session
+            .flow()
             .state
             .subscriptions
             .insert(filter.to_owned(), qos as u8);
@@ -105,7 +106,7 @@ impl Connection {
             return Err(Violation("UNSUBSCRIBE before CONNECT".into()));
         };
         for filter in filters {
-            if session.state.subscriptions.remove(&filter).is_none() {
+            if session.flow().state.subscriptions.remove(&filter).is_none() {
                 continue;
             }
             // Two filters can map to one binding key only if they are equal, so the binding
@@ -122,10 +123,10 @@ impl Connection {
                 tracing::warn!(filter, %error, "cannot remove the subscription's binding");
             }
         }
-        if !session.clean {
-            self.mqtt
-                .sessions
-                .persist(&session.claim.key, &session.state);
+        if !session.clean
+            && let Some(flow) = &session.flow
+        {
+            self.mqtt.sessions.persist(&session.claim.key, &flow.state);
         }
         codec::encode(&Packet::UnsubAck(packet_id), &mut self.out);
         Ok(Next::Continue)

@@ -1,0 +1,442 @@
+//! Parking idle connections out of the runtime.
+//!
+//! Most connections of an IoT broker are idle: a device sends a PINGREQ every minute and
+//! nothing else. While a connection runs as a task, the runtime keeps a task (its header and
+//! future), a reactor registration and a timer entry for it, more than the connection's own
+//! state. A [`ParkingLot`] keeps an idle connection as just that state: its socket moves out of
+//! the runtime's reactor into the lot's own epoll instance (kernel memory only), which one
+//! thread waits on; its keep-alive deadline is checked by one sweep a second for the whole
+//! lot, and its task ends.
+//!
+//! A parked connection comes back ([`Resume::resume`], in a new task) when its socket turns
+//! readable, its deadline passes, or anything it waits on wakes it: the connection registers
+//! the [`Spot`]'s waker with its channels and signals before parking (see
+//! [`ParkingLot::reserve`]), so a delivery, a takeover or the broker's shutdown resumes it
+//! like bytes from the peer do.
+
+use std::io;
+use std::net::TcpStream as StdTcpStream;
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Wake, Waker};
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use tokio::runtime::Handle;
+
+/// How often parked connections' deadlines are checked.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Readiness events taken from the lot's epoll instance at once.
+const EVENT_BATCH: usize = 1024;
+
+/// A connection's stream, as far as parking goes: a TCP stream can leave the runtime's
+/// reactor; other streams (the pipe a WebSocket is bridged through) cannot park.
+pub trait Detach: Sized {
+    /// Whether [`Detach::detach`] can succeed at all.
+    fn can_detach(&self) -> bool;
+
+    /// The socket, out of the runtime's reactor. An error means the stream is gone.
+    fn detach(self) -> io::Result<StdTcpStream>;
+}
+
+impl Detach for tokio::net::TcpStream {
+    fn can_detach(&self) -> bool {
+        true
+    }
+
+    fn detach(self) -> io::Result<StdTcpStream> {
+        self.into_std()
+    }
+}
+
+impl Detach for tokio::io::DuplexStream {
+    fn can_detach(&self) -> bool {
+        false
+    }
+
+    fn detach(self) -> io::Result<StdTcpStream> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "an in-process pipe cannot park",
+        ))
+    }
+}
+
+/// A parked connection's state, which knows how to run again.
+pub trait Resume: Send + 'static {
+    /// Runs the connection again, in a new task on `runtime`, over its socket (still a
+    /// standard, non-blocking socket: convert it inside the task).
+    fn resume(self: Box<Self>, socket: StdTcpStream, runtime: &Handle);
+}
+
+/// Where idle connections wait without a task. Cheap to clone.
+#[derive(Clone)]
+pub struct ParkingLot {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    registry: mio::Registry,
+    runtime: Handle,
+    spots: Mutex<Slab<Arc<Spot>>>,
+}
+
+/// One connection's place in the lot, from [`ParkingLot::reserve`] until it leaves. It is
+/// also the waker that makes the connection leave.
+pub struct Spot {
+    lot: Weak<Shared>,
+    key: usize,
+    deadline: Option<Instant>,
+    state: Mutex<SpotState>,
+}
+
+enum SpotState {
+    /// Reserved; the connection is still in its task. `woken` records a wake-up that came
+    /// before it parked.
+    Arriving { woken: bool },
+    /// The connection waits here.
+    Parked {
+        socket: StdTcpStream,
+        connection: Box<dyn Resume>,
+    },
+    /// Gone: resumed or cancelled. Late wake-ups are ignored.
+    Left,
+}
+
+impl ParkingLot {
+    /// A lot with its own epoll instance, and the thread that waits on it. Must be called
+    /// from within a Tokio runtime: parked connections resume on it.
+    pub fn new() -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let registry = poll.registry().try_clone()?;
+        let runtime = Handle::try_current().map_err(io::Error::other)?;
+        let shared = Arc::new(Shared {
+            registry,
+            runtime,
+            spots: Mutex::new(Slab::new()),
+        });
+        let weak = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name("parking-lot".into())
+            .spawn(move || watch(poll, weak))?;
+        Ok(Self { shared })
+    }
+
+    /// Reserves a spot for a connection about to park, which must be resumed by `deadline`
+    /// at the latest. The connection then polls everything it waits on with the spot's
+    /// [`Waker`] and, if nothing is ready, hands itself over with [`ParkingLot::park`];
+    /// otherwise it gives the spot back with [`ParkingLot::cancel`].
+    pub fn reserve(&self, deadline: Option<Instant>) -> Arc<Spot> {
+        let mut spots = self.shared.lock_spots();
+        let entry = spots.vacant_entry();
+        let spot = Arc::new(Spot {
+            lot: Arc::downgrade(&self.shared),
+            key: entry.key(),
+            deadline,
+            state: Mutex::new(SpotState::Arriving { woken: false }),
+        });
+        entry.insert(spot.clone());
+        spot
+    }
+
+    /// Gives a reserved spot back: the connection stays in its task.
+    pub fn cancel(&self, spot: &Spot) {
+        *spot.lock_state() = SpotState::Left;
+        self.shared.remove(spot.key);
+    }
+
+    /// Parks `connection` with its socket in `spot`. If the spot was woken since it was
+    /// reserved, or the socket cannot be watched, the connection resumes at once instead.
+    pub fn park(&self, spot: &Arc<Spot>, socket: StdTcpStream, connection: Box<dyn Resume>) {
+        let fd = socket.as_raw_fd();
+        let registered =
+            self.shared
+                .registry
+                .register(&mut SourceFd(&fd), Token(spot.key), Interest::READABLE);
+        if let Err(error) = registered {
+            tracing::warn!(%error, "cannot park a connection: it keeps its task");
+            self.cancel(spot);
+            connection.resume(socket, &self.shared.runtime);
+            return;
+        }
+        let mut state = spot.lock_state();
+        match *state {
+            SpotState::Arriving { woken: false } => {
+                *state = SpotState::Parked { socket, connection };
+            }
+            _ => {
+                *state = SpotState::Left;
+                drop(state);
+                let _ = self.shared.registry.deregister(&mut SourceFd(&fd));
+                self.shared.remove(spot.key);
+                connection.resume(socket, &self.shared.runtime);
+            }
+        }
+    }
+
+    /// How many connections are parked or about to park.
+    pub fn len(&self) -> usize {
+        self.shared.lock_spots().len()
+    }
+
+    /// Whether no connection is parked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::fmt::Debug for ParkingLot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParkingLot")
+            .field("spots", &self.len())
+            .finish()
+    }
+}
+
+impl Shared {
+    fn lock_spots(&self) -> MutexGuard<'_, Slab<Arc<Spot>>> {
+        self.spots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn remove(&self, key: usize) -> Option<Arc<Spot>> {
+        self.lock_spots().try_remove(key)
+    }
+
+    fn spot(&self, key: usize) -> Option<Arc<Spot>> {
+        self.lock_spots().get(key).cloned()
+    }
+
+    /// Wakes every parked connection whose deadline has passed.
+    fn sweep(&self, now: Instant) {
+        let due: Vec<Arc<Spot>> = self
+            .lock_spots()
+            .iter()
+            .filter(|(_, spot)| spot.deadline.is_some_and(|deadline| deadline <= now))
+            .map(|(_, spot)| spot.clone())
+            .collect();
+        for spot in due {
+            spot.leave();
+        }
+    }
+}
+
+impl Spot {
+    fn lock_state(&self) -> MutexGuard<'_, SpotState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The waker that makes the connection leave the spot.
+    pub fn waker(self: &Arc<Self>) -> Waker {
+        Waker::from(self.clone())
+    }
+
+    /// Resumes the parked connection (or notes the wake-up if it is still arriving).
+    fn leave(&self) {
+        let (socket, connection) = {
+            let mut state = self.lock_state();
+            match std::mem::replace(&mut *state, SpotState::Left) {
+                SpotState::Arriving { .. } => {
+                    *state = SpotState::Arriving { woken: true };
+                    return;
+                }
+                SpotState::Left => return,
+                SpotState::Parked { socket, connection } => (socket, connection),
+            }
+        };
+        let Some(shared) = self.lot.upgrade() else {
+            return;
+        };
+        let _ = shared
+            .registry
+            .deregister(&mut SourceFd(&socket.as_raw_fd()));
+        shared.remove(self.key);
+        connection.resume(socket, &shared.runtime);
+    }
+}
+
+impl Wake for Spot {
+    fn wake(self: Arc<Self>) {
+        self.leave();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.leave();
+    }
+}
+
+/// The lot's thread: resumes connections whose sockets turned readable, and sweeps deadlines
+/// once a second. It ends when the lot is gone.
+fn watch(mut poll: Poll, shared: Weak<Shared>) {
+    let mut events = Events::with_capacity(EVENT_BATCH);
+    let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
+    loop {
+        let timeout = next_sweep.saturating_duration_since(Instant::now());
+        if let Err(error) = poll.poll(&mut events, Some(timeout))
+            && error.kind() != io::ErrorKind::Interrupted
+        {
+            tracing::error!(%error, "the parking lot cannot wait for its sockets");
+            return;
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        for event in events.iter() {
+            if let Some(spot) = shared.spot(event.token().0) {
+                spot.leave();
+            }
+        }
+        let now = Instant::now();
+        if now >= next_sweep {
+            shared.sweep(now);
+            next_sweep = now + SWEEP_INTERVAL;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::task::Context;
+    use tokio::sync::mpsc;
+
+    /// A parked "connection" that reports how it came back.
+    struct Probe {
+        name: &'static str,
+        resumed: mpsc::UnboundedSender<(&'static str, StdTcpStream)>,
+    }
+
+    impl Resume for Probe {
+        fn resume(self: Box<Self>, socket: StdTcpStream, runtime: &Handle) {
+            let resumed = self.resumed.clone();
+            let name = self.name;
+            runtime.spawn(async move {
+                let _ = resumed.send((name, socket));
+            });
+        }
+    }
+
+    fn socket_pair() -> (StdTcpStream, StdTcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = StdTcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        (server, client)
+    }
+
+    #[tokio::test]
+    async fn a_parked_connection_resumes_on_input_on_a_wake_and_at_its_deadline() {
+        let lot = ParkingLot::new().unwrap();
+        let (tx, mut resumed) = mpsc::unbounded_channel();
+
+        // Input from the peer.
+        let (server, mut client) = socket_pair();
+        let spot = lot.reserve(None);
+        lot.park(
+            &spot,
+            server,
+            Box::new(Probe {
+                name: "input",
+                resumed: tx.clone(),
+            }),
+        );
+        assert_eq!(lot.len(), 1);
+        client.write_all(b"ping").unwrap();
+        let (name, _) = resumed.recv().await.unwrap();
+        assert_eq!(name, "input");
+        assert!(lot.is_empty());
+
+        // A waker registered before parking (a delivery, a takeover).
+        let (server, _client) = socket_pair();
+        let spot = lot.reserve(None);
+        let waker = spot.waker();
+        lot.park(
+            &spot,
+            server,
+            Box::new(Probe {
+                name: "woken",
+                resumed: tx.clone(),
+            }),
+        );
+        waker.wake_by_ref();
+        assert_eq!(resumed.recv().await.unwrap().0, "woken");
+        // A late wake-up of a spot that was left does nothing.
+        waker.wake();
+        assert!(resumed.try_recv().is_err());
+
+        // The keep-alive deadline.
+        let (server, _client) = socket_pair();
+        let spot = lot.reserve(Some(Instant::now() + Duration::from_millis(100)));
+        lot.park(
+            &spot,
+            server,
+            Box::new(Probe {
+                name: "deadline",
+                resumed: tx.clone(),
+            }),
+        );
+        assert_eq!(resumed.recv().await.unwrap().0, "deadline");
+        assert!(lot.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_wake_before_parking_resumes_at_once_and_cancel_frees_the_spot() {
+        let lot = ParkingLot::new().unwrap();
+        let (tx, mut resumed) = mpsc::unbounded_channel();
+
+        let (server, _client) = socket_pair();
+        let spot = lot.reserve(None);
+        let waker = spot.waker();
+        // The connection polled its sources with this waker and one fired at once.
+        let cx = Context::from_waker(&waker);
+        cx.waker().wake_by_ref();
+        lot.park(
+            &spot,
+            server,
+            Box::new(Probe {
+                name: "early",
+                resumed: tx.clone(),
+            }),
+        );
+        assert_eq!(resumed.recv().await.unwrap().0, "early");
+        assert!(lot.is_empty());
+
+        let spot = lot.reserve(None);
+        assert_eq!(lot.len(), 1);
+        lot.cancel(&spot);
+        assert!(lot.is_empty());
+        spot.waker().wake();
+        assert!(resumed.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn input_already_waiting_when_parking_resumes_at_once() {
+        let lot = ParkingLot::new().unwrap();
+        let (tx, mut resumed) = mpsc::unbounded_channel();
+        let (server, mut client) = socket_pair();
+        client.write_all(b"early bytes").unwrap();
+        // Let the bytes reach the server's socket.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut peek = [0u8; 1];
+        while server.peek(&mut peek).is_err() {
+            assert!(Instant::now() < deadline, "the bytes never arrived");
+            tokio::task::yield_now().await;
+        }
+        let spot = lot.reserve(None);
+        lot.park(
+            &spot,
+            server,
+            Box::new(Probe {
+                name: "waiting",
+                resumed: tx,
+            }),
+        );
+        assert_eq!(resumed.recv().await.unwrap().0, "waiting");
+    }
+}
