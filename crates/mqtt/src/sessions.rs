@@ -16,6 +16,7 @@ use crate::signal::Signal;
 use dashmap::DashMap;
 use junction_core::queue::MessageSeq;
 use junction_core::{AdapterStateStore, ConnectionId};
+use tokio::sync::Notify;
 
 const TABLE: &str = "mqtt.sessions";
 
@@ -25,8 +26,8 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
 /// A session's identity: vhost and client id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SessionKey {
-    /// The vhost.
-    pub vhost: String,
+    /// The vhost (its name is shared by every session on it).
+    pub vhost: Arc<str>,
     /// The client identifier.
     pub client_id: String,
 }
@@ -88,9 +89,6 @@ struct Live {
 pub struct Claim {
     /// The session (shared with the registry's record of it).
     pub key: Arc<SessionKey>,
-    connection: ConnectionId,
-    /// Kicked when another connection takes the session over; finished on release.
-    signal: Arc<Signal>,
 }
 
 /// Live sessions by client id, and saved state of persistent ones.
@@ -101,6 +99,8 @@ pub struct SessionRegistry {
     /// session's CONNECT must not write to disk).
     stored: DashMap<SessionKey, ()>,
     store: Option<Arc<dyn AdapterStateStore>>,
+    /// Told whenever a claim is released (a takeover waits for its predecessor's).
+    released: Notify,
 }
 
 impl SessionRegistry {
@@ -117,7 +117,7 @@ impl SessionRegistry {
         };
         for (key, bytes) in records {
             let parsed = key.split_once('\0').map(|(vhost, client_id)| SessionKey {
-                vhost: vhost.to_owned(),
+                vhost: vhost.into(),
                 client_id: client_id.to_owned(),
             });
             match (parsed, serde_json::from_slice::<SessionState>(&bytes)) {
@@ -135,6 +135,7 @@ impl SessionRegistry {
             saved,
             stored,
             store,
+            released: Notify::new(),
         }
     }
 
@@ -158,23 +159,35 @@ impl SessionRegistry {
         if let Some(previous) = previous {
             tracing::info!(client_id = %key.client_id, "client id in use: taking the session over");
             previous.signal.kick();
-            let wait = previous.signal.finished();
+            let wait = self.finished(&previous.signal);
             if tokio::time::timeout(TAKEOVER_WAIT, wait).await.is_err() {
                 tracing::warn!(client_id = %key.client_id, "previous connection did not close in time");
             }
         }
-        Claim {
-            key,
-            connection,
-            signal,
-        }
+        Claim { key }
     }
 
-    /// Gives the client id back (unless another connection has taken it since).
-    pub(crate) fn release(&self, claim: Claim) {
+    /// Gives the client id back (unless another connection has taken it since); `connection`
+    /// and `signal` are the claimant's, as given to [`SessionRegistry::claim`].
+    pub(crate) fn release(&self, claim: Claim, connection: ConnectionId, signal: &Signal) {
         self.live
-            .remove_if(&*claim.key, |_, live| live.connection == claim.connection);
-        claim.signal.finish();
+            .remove_if(&*claim.key, |_, live| live.connection == connection);
+        signal.finish();
+        self.released.notify_waiters();
+    }
+
+    /// Resolves once the connection with `signal` has released its claim. (Takeovers are
+    /// rare: one notice for the registry wakes every waiting claimant, each checks its own.)
+    async fn finished(&self, signal: &Signal) {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if signal.is_finished() {
+                return;
+            }
+            released.await;
+        }
     }
 
     /// Takes the saved state of a persistent session (loaded from the store at start-up, or
@@ -217,5 +230,55 @@ impl SessionRegistry {
         {
             tracing::error!(client_id = %key.client_id, %error, "cannot forget session");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(client_id: &str) -> SessionKey {
+        SessionKey {
+            vhost: "/".into(),
+            client_id: client_id.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_takeover_kicks_the_holder_and_waits_until_it_has_released() {
+        let registry = Arc::new(SessionRegistry::new(None));
+        let first_signal = Arc::new(Signal::default());
+        let first = registry
+            .claim(key("device"), ConnectionId(1), first_signal.clone())
+            .await;
+
+        let taker = {
+            let registry = registry.clone();
+            tokio::spawn(async move {
+                let signal = Arc::new(Signal::default());
+                registry.claim(key("device"), ConnectionId(2), signal).await
+            })
+        };
+        // The holder is told to close; the taker waits for it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while first_signal.close().is_none() {
+            assert!(tokio::time::Instant::now() < deadline, "never kicked");
+            tokio::task::yield_now().await;
+        }
+        assert!(!taker.is_finished());
+        registry.release(first, ConnectionId(1), &first_signal);
+        let second = tokio::time::timeout(Duration::from_secs(5), taker)
+            .await
+            .expect("the takeover ends once the holder released")
+            .unwrap();
+        assert_eq!(second.key.client_id, "device");
+        // The old holder's release did not remove the new holder's record.
+        assert_eq!(
+            registry
+                .live
+                .get(&key("device"))
+                .map(|live| live.connection),
+            Some(ConnectionId(2))
+        );
     }
 }

@@ -64,6 +64,8 @@ pub struct Mqtt {
     parking: OnceLock<Option<ParkingLot>>,
     /// The principal each user's connections share, by user name.
     principals: DashMap<String, Arc<Principal>>,
+    /// Vhost names, shared by the sessions on each vhost.
+    vhost_names: DashMap<String, Arc<str>>,
 }
 
 impl Mqtt {
@@ -82,7 +84,19 @@ impl Mqtt {
             connections: Connections::default(),
             parking: OnceLock::new(),
             principals: DashMap::new(),
+            vhost_names: DashMap::new(),
         })
+    }
+
+    /// The vhost name `name` as one shared string.
+    pub(crate) fn share_vhost_name(&self, name: &str) -> Arc<str> {
+        if let Some(shared) = self.vhost_names.get(name) {
+            return shared.clone();
+        }
+        self.vhost_names
+            .entry(name.to_owned())
+            .or_insert_with(|| name.into())
+            .clone()
     }
 
     /// The principal to keep for a connection that logged in as `principal`: the one other

@@ -1,6 +1,6 @@
 //! Telling a connection to close, cheaply: a takeover by another connection of the same
-//! client id, or the broker shutting down. Each connection has one small [`Signal`] (two
-//! atomics and a waker slot) that its driver polls with everything else, instead of a watch
+//! client id, or the broker shutting down. Each connection has one small [`Signal`] (an
+//! atomic and a waker slot) that its driver polls with everything else, instead of a watch
 //! channel per purpose and a future waiting on each; [`Connections`] finds them all at
 //! shutdown.
 
@@ -11,7 +11,6 @@ use std::task::{Context, Poll};
 use dashmap::DashMap;
 use futures_util::task::AtomicWaker;
 use junction_core::ConnectionId;
-use tokio::sync::Notify;
 
 /// Why a connection must close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,13 +23,13 @@ pub(crate) enum Close {
 
 const KICKED: u8 = 1;
 const SHUTDOWN: u8 = 2;
+const FINISHED: u8 = 4;
 
-/// One connection's close signal, and the notice that it has finished closing.
+/// One connection's close signal, and whether it has finished closing.
 #[derive(Default)]
 pub(crate) struct Signal {
     raised: AtomicU8,
     waker: AtomicWaker,
-    finished: Notify,
 }
 
 impl Signal {
@@ -56,7 +55,8 @@ impl Signal {
         }
     }
 
-    fn close(&self) -> Option<Close> {
+    /// Why the connection must close, if it must.
+    pub(crate) fn close(&self) -> Option<Close> {
         let raised = self.raised.load(Ordering::Acquire);
         if raised & SHUTDOWN != 0 {
             Some(Close::Shutdown)
@@ -67,14 +67,14 @@ impl Signal {
         }
     }
 
-    /// Records that the connection has finished closing (wakes [`Signal::finished`]).
+    /// Records that the connection has finished closing (its session is released).
     pub(crate) fn finish(&self) {
-        self.finished.notify_one();
+        self.raised.fetch_or(FINISHED, Ordering::AcqRel);
     }
 
-    /// Resolves once [`Signal::finish`] has been called (before or after this).
-    pub(crate) async fn finished(&self) {
-        self.finished.notified().await;
+    /// Whether [`Signal::finish`] has been called.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.raised.load(Ordering::Acquire) & FINISHED != 0
     }
 }
 
@@ -133,16 +133,15 @@ mod tests {
         assert_eq!(poll_fn(|cx| late.poll_close(cx)).await, Close::Shutdown);
     }
 
-    #[tokio::test]
-    async fn finished_is_seen_whether_it_came_before_or_after_the_wait() {
-        let signal = Arc::new(Signal::default());
+    #[test]
+    fn finishing_is_not_a_reason_to_close() {
+        let signal = Signal::default();
+        assert!(!signal.is_finished());
         signal.finish();
-        signal.finished().await;
-
-        let waiting = signal.clone();
-        let task = tokio::spawn(async move { waiting.finished().await });
-        tokio::task::yield_now().await;
-        signal.finish();
-        task.await.unwrap();
+        assert!(signal.is_finished());
+        assert_eq!(signal.close(), None);
+        signal.kick();
+        assert_eq!(signal.close(), Some(Close::Kicked));
+        assert!(signal.is_finished());
     }
 }

@@ -78,6 +78,8 @@ pub struct ParkingLot {
 }
 
 struct Shared {
+    /// Deadlines count whole seconds from here.
+    epoch: Instant,
     registry: mio::Registry,
     runtime: Handle,
     spots: Mutex<Slab<Arc<Spot>>>,
@@ -87,8 +89,10 @@ struct Shared {
 /// also the waker that makes the connection leave.
 pub struct Spot {
     lot: Weak<Shared>,
-    key: usize,
-    deadline: Option<Instant>,
+    key: u32,
+    /// The deadline in whole seconds from the lot's epoch, rounded up; 0 for none. (Spots
+    /// are many: they are kept small.)
+    deadline: u32,
     state: Mutex<SpotState>,
 }
 
@@ -113,6 +117,7 @@ impl ParkingLot {
         let registry = poll.registry().try_clone()?;
         let runtime = Handle::try_current().map_err(io::Error::other)?;
         let shared = Arc::new(Shared {
+            epoch: Instant::now(),
             registry,
             runtime,
             spots: Mutex::new(Slab::new()),
@@ -129,11 +134,13 @@ impl ParkingLot {
     /// [`Waker`] and, if nothing is ready, hands itself over with [`ParkingLot::park`];
     /// otherwise it gives the spot back with [`ParkingLot::cancel`].
     pub fn reserve(&self, deadline: Option<Instant>) -> Arc<Spot> {
+        let deadline = deadline.map_or(0, |deadline| self.shared.tick_after(deadline));
         let mut spots = self.shared.lock_spots();
         let entry = spots.vacant_entry();
         let spot = Arc::new(Spot {
             lot: Arc::downgrade(&self.shared),
-            key: entry.key(),
+            // More than 4 billion spots cannot be: each is a socket.
+            key: u32::try_from(entry.key()).unwrap_or(u32::MAX),
             deadline,
             state: Mutex::new(SpotState::Arriving { woken: false }),
         });
@@ -151,10 +158,11 @@ impl ParkingLot {
     /// reserved, or the socket cannot be watched, the connection resumes at once instead.
     pub fn park(&self, spot: &Arc<Spot>, socket: StdTcpStream, connection: Box<dyn Resume>) {
         let fd = socket.as_raw_fd();
-        let registered =
-            self.shared
-                .registry
-                .register(&mut SourceFd(&fd), Token(spot.key), Interest::READABLE);
+        let registered = self.shared.registry.register(
+            &mut SourceFd(&fd),
+            Token(spot.key as usize),
+            Interest::READABLE,
+        );
         if let Err(error) = registered {
             tracing::warn!(%error, "cannot park a connection: it keeps its task");
             self.cancel(spot);
@@ -202,8 +210,20 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn remove(&self, key: usize) -> Option<Arc<Spot>> {
-        self.lock_spots().try_remove(key)
+    fn remove(&self, key: u32) -> Option<Arc<Spot>> {
+        self.lock_spots().try_remove(key as usize)
+    }
+
+    /// The first whole second from the epoch at or after `deadline` (at least 1).
+    fn tick_after(&self, deadline: Instant) -> u32 {
+        let since = deadline.saturating_duration_since(self.epoch);
+        let seconds = since.as_secs() + u64::from(since.subsec_nanos() > 0);
+        u32::try_from(seconds.max(1)).unwrap_or(u32::MAX)
+    }
+
+    /// The whole seconds from the epoch to `now`.
+    fn tick_at(&self, now: Instant) -> u32 {
+        u32::try_from(now.saturating_duration_since(self.epoch).as_secs()).unwrap_or(u32::MAX)
     }
 
     fn spot(&self, key: usize) -> Option<Arc<Spot>> {
@@ -212,10 +232,11 @@ impl Shared {
 
     /// Wakes every parked connection whose deadline has passed.
     fn sweep(&self, now: Instant) {
+        let now = self.tick_at(now);
         let due: Vec<Arc<Spot>> = self
             .lock_spots()
             .iter()
-            .filter(|(_, spot)| spot.deadline.is_some_and(|deadline| deadline <= now))
+            .filter(|(_, spot)| spot.deadline != 0 && spot.deadline <= now)
             .map(|(_, spot)| spot.clone())
             .collect();
         for spot in due {

@@ -2,7 +2,7 @@
 //! vhost, as in RabbitMQ), takeover of a session held by another connection, and resumption
 //! or removal of a persistent session.
 
-use junction_core::{ChannelId, LoginRequest, QueueSpec};
+use junction_core::{LoginRequest, QueueSpec};
 
 use super::{Connection, Flow, Handled, Next, Session, Violation};
 use crate::codec::{self, Connect, ConnectReturnCode, Packet};
@@ -91,7 +91,7 @@ impl Connection {
         };
 
         let key = SessionKey {
-            vhost: vhost_name,
+            vhost: self.mqtt.share_vhost_name(&vhost_name),
             client_id,
         };
         let claim = self
@@ -123,11 +123,6 @@ impl Connection {
             clean: connect.clean_session,
             keep_alive: connect.keep_alive,
             exchange,
-            channel: ChannelId {
-                connection: self.id,
-                number: 0,
-                generation: 0,
-            },
             queue: None,
             flow: (!state.is_empty()).then(|| {
                 Box::new(Flow {
@@ -193,7 +188,7 @@ impl Connection {
         queue
             .consume(junction_core::ConsumerSpec {
                 tag: session.consumer_tag(),
-                channel: session.channel,
+                channel: super::session_channel(id),
                 no_ack: false,
                 exclusive: false,
                 prefetch,

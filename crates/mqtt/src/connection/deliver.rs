@@ -11,7 +11,7 @@
 use junction_core::Delivery;
 
 use super::publish::PUBLISH_QOS_HEADER;
-use super::{Connection, Handled, Inflight, Next, Session};
+use super::{Connection, Handled, Inflight, Next, Session, session_channel};
 use crate::codec::{self, Packet, QoS};
 use crate::topic;
 
@@ -20,7 +20,7 @@ impl Connection {
         let Some(session) = self.session.as_mut() else {
             return;
         };
-        if delivery.channel != session.channel {
+        if delivery.channel != session_channel(self.id) {
             return;
         }
         let topic = topic::routing_key_to_topic(&delivery.message.routing_key);

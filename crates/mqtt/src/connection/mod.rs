@@ -98,7 +98,6 @@ struct Session {
     clean: bool,
     keep_alive: u16,
     exchange: Arc<Exchange>,
-    channel: ChannelId,
     queue: Option<QueueHandle>,
     /// Made on first use: a device that only pings never has one.
     flow: Option<Box<Flow>>,
@@ -114,6 +113,15 @@ struct Flow {
     next_packet_id: u16,
     acks: OwedAcks,
     queue_acks: Vec<MessageSeq>,
+}
+
+/// The one channel an MQTT connection's session consumes from its queue on.
+fn session_channel(connection: ConnectionId) -> ChannelId {
+    ChannelId {
+        connection,
+        number: 0,
+        generation: 0,
+    }
 }
 
 impl Session {
@@ -305,7 +313,7 @@ impl Connection {
             ConsumerEvent::Deliver(delivery) => self.deliver(delivery),
             ConsumerEvent::Cancelled { channel, .. } => {
                 if let Some(session) = self.session.as_mut()
-                    && session.channel == channel
+                    && session_channel(self.id) == channel
                 {
                     tracing::warn!(client_id = %session.claim.key.client_id, "the session's queue was deleted");
                     session.queue = None;
@@ -327,7 +335,7 @@ impl Connection {
         }
         let seqs = std::mem::take(&mut flow.queue_acks);
         if let Some(queue) = &session.queue {
-            queue.ack(session.channel, seqs).await;
+            queue.ack(session_channel(self.id), seqs).await;
         }
     }
 
@@ -351,8 +359,10 @@ impl Connection {
             self.publish_will(&session, *will).await;
         }
         if let Some(queue) = &session.queue {
-            queue.cancel(session.channel, session.consumer_tag()).await;
-            queue.channel_closed(session.channel).await;
+            queue
+                .cancel(session_channel(self.id), session.consumer_tag())
+                .await;
+            queue.channel_closed(session_channel(self.id)).await;
         }
         session.vhost.connection_closed(self.id).await;
         let registry = &self.mqtt.sessions;
@@ -368,7 +378,7 @@ impl Connection {
             state.outbound.retain(|seq, _| sent.contains(seq));
             registry.save(SessionKey::clone(&session.claim.key), state);
         }
-        registry.release(session.claim);
+        registry.release(session.claim, self.id, &self.signal);
     }
 }
 
