@@ -32,6 +32,10 @@ use crate::connection::{Connection, Next};
 use crate::settings::Mqtt;
 use crate::signal::Close;
 
+/// A connection resumed this soon after parking is busy: it lingers before parking again.
+const BUSY: Duration = Duration::from_millis(100);
+/// How long a lingering connection must be quiet before it parks.
+const LINGER: Duration = Duration::from_secs(1);
 /// The most a resumed connection reads before its socket is back in the runtime.
 const RESUME_READ: usize = 512;
 /// How long a client has to send CONNECT.
@@ -77,7 +81,7 @@ where
 
 /// A parked connection comes back over its socket, in a new task.
 impl Resume for Connection {
-    fn resume(self: Box<Self>, socket: StdTcpStream, runtime: &Handle) {
+    fn resume(self: Box<Self>, socket: StdTcpStream, runtime: &Handle, parked_for: Duration) {
         // What woke the connection is usually bytes: they are read now, before anything else
         // (the keep-alive timer) is looked at, and before the runtime's reactor would report
         // them. The driver is made here, so the task holds no more than it would otherwise.
@@ -99,6 +103,11 @@ impl Resume for Connection {
                     driver.settled = n < RESUME_READ;
                 }
                 driver.first = first;
+                if parked_for < BUSY {
+                    // Back at once: a busy connection (a publisher between bursts) stays in
+                    // its task until it has been quiet a while.
+                    driver.lingering_since = Some(Instant::now());
+                }
                 runtime.spawn(drive(driver));
             }
             Err(error) => {
@@ -169,6 +178,9 @@ struct Driver<S> {
     settled: bool,
     /// What a resumed connection handles before anything else.
     first: Option<Wake>,
+    /// For a busy connection: when it last had something to do (it parks once that is
+    /// [`LINGER`] ago). None: it parks as soon as it is quiet.
+    lingering_since: Option<Instant>,
     turns: Turns,
 }
 
@@ -192,6 +204,7 @@ impl<S: AsyncRead + AsyncWrite + Detach + Unpin> Driver<S> {
             lot,
             settled: true,
             first: None,
+            lingering_since: None,
             turns: Turns::default(),
         };
         if driver.connection.is_connected() {
@@ -255,6 +268,11 @@ impl<S: AsyncRead + AsyncWrite + Detach + Unpin> Driver<S> {
 
     /// Does what a wake-up needs that does not wait, and says what is left to do.
     fn on_wake(&mut self, wake: Wake) -> Step {
+        if let Some(since) = &mut self.lingering_since
+            && matches!(wake, Wake::Input(_) | Wake::Event(_) | Wake::Durable(_))
+        {
+            *since = Instant::now();
+        }
         match wake {
             Wake::Gone => Step::End(false),
             Wake::Quiet => Step::Wait,
@@ -389,7 +407,20 @@ impl<S: AsyncRead + AsyncWrite + Detach + Unpin> Driver<S> {
                 && self.alarm_wait.is_none()
                 && self.connection.is_idle()
             {
-                return Poll::Ready(Wake::Quiet);
+                let Some(since) = self.lingering_since else {
+                    return Poll::Ready(Wake::Quiet);
+                };
+                let until = since + LINGER;
+                if Instant::now() >= until {
+                    self.lingering_since = None;
+                    return Poll::Ready(Wake::Quiet);
+                }
+                if self.timer.deadline() > until {
+                    self.timer.as_mut().reset(until);
+                    if self.timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Wake::Timer);
+                    }
+                }
             }
         }
         Poll::Pending

@@ -24,6 +24,8 @@ pub struct Settings {
     pub max_connect_size: usize,
     /// Unacknowledged QoS 1 and 2 deliveries per session, at most.
     pub max_inflight: u32,
+    /// Whether an idle TCP connection leaves its task for the parking lot.
+    pub park_idle_connections: bool,
     /// Clients that send no user name log in as `anonymous_user`; otherwise they are refused.
     pub allow_anonymous: bool,
     /// The user anonymous clients log in as.
@@ -39,6 +41,7 @@ impl Default for Settings {
             max_packet_size: 16 * 1024 * 1024,
             max_connect_size: 64 * 1024,
             max_inflight: 32,
+            park_idle_connections: true,
             allow_anonymous: false,
             anonymous_user: "guest".to_owned(),
             anonymous_password: "guest".to_owned(),
@@ -113,9 +116,12 @@ impl Mqtt {
         entry.clone()
     }
 
-    /// The parking lot for idle connections; None if it cannot be made (connections then
-    /// keep their tasks). Called from a connection's task, so a runtime is there.
+    /// The parking lot for idle connections; None if parking is off or the lot cannot be
+    /// made (connections then keep their tasks). Called from a connection's task, so a runtime is there.
     pub(crate) fn parking_lot(&self) -> Option<&ParkingLot> {
+        if !self.settings.park_idle_connections {
+            return None;
+        }
         self.parking
             .get_or_init(|| match ParkingLot::new() {
                 Ok(lot) => Some(lot),

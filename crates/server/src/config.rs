@@ -79,6 +79,8 @@ pub struct MqttConfig {
     pub max_packet_size: usize,
     /// Unacknowledged QoS 1 and 2 deliveries per session.
     pub max_inflight: u32,
+    /// Whether idle TCP connections leave their tasks for the parking lot.
+    pub park_idle_connections: bool,
     /// Whether clients without a user name may connect (as `anonymous_user`).
     pub allow_anonymous: bool,
     /// The user anonymous clients log in as.

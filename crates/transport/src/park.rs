@@ -66,9 +66,10 @@ impl Detach for tokio::io::DuplexStream {
 
 /// A parked connection's state, which knows how to run again.
 pub trait Resume: Send + 'static {
-    /// Runs the connection again, in a new task on `runtime`, over its socket (still a
-    /// standard, non-blocking socket: convert it inside the task).
-    fn resume(self: Box<Self>, socket: StdTcpStream, runtime: &Handle);
+    /// Runs the connection again, in a new task on `runtime`, over its socket (a standard,
+    /// non-blocking socket). `parked_for` is how long it waited (zero if it never did): a
+    /// connection that comes back at once is busy and had better not park again soon.
+    fn resume(self: Box<Self>, socket: StdTcpStream, runtime: &Handle, parked_for: Duration);
 }
 
 /// Where idle connections wait without a task. Cheap to clone.
@@ -104,6 +105,8 @@ enum SpotState {
     Parked {
         socket: StdTcpStream,
         connection: Box<dyn Resume>,
+        /// When it parked, in milliseconds from the lot's epoch (wrapping).
+        since: u32,
     },
     /// Gone: resumed or cancelled. Late wake-ups are ignored.
     Left,
@@ -166,20 +169,25 @@ impl ParkingLot {
         if let Err(error) = registered {
             tracing::warn!(%error, "cannot park a connection: it keeps its task");
             self.cancel(spot);
-            connection.resume(socket, &self.shared.runtime);
+            connection.resume(socket, &self.shared.runtime, Duration::ZERO);
             return;
         }
         let mut state = spot.lock_state();
         match *state {
             SpotState::Arriving { woken: false } => {
-                *state = SpotState::Parked { socket, connection };
+                let since = self.shared.millis_at(Instant::now());
+                *state = SpotState::Parked {
+                    socket,
+                    connection,
+                    since,
+                };
             }
             _ => {
                 *state = SpotState::Left;
                 drop(state);
                 let _ = self.shared.registry.deregister(&mut SourceFd(&fd));
                 self.shared.remove(spot.key);
-                connection.resume(socket, &self.shared.runtime);
+                connection.resume(socket, &self.shared.runtime, Duration::ZERO);
             }
         }
     }
@@ -221,6 +229,11 @@ impl Shared {
         u32::try_from(seconds.max(1)).unwrap_or(u32::MAX)
     }
 
+    /// The milliseconds from the epoch to `now`, wrapping (for short intervals).
+    fn millis_at(&self, now: Instant) -> u32 {
+        now.saturating_duration_since(self.epoch).as_millis() as u32
+    }
+
     /// The whole seconds from the epoch to `now`.
     fn tick_at(&self, now: Instant) -> u32 {
         u32::try_from(now.saturating_duration_since(self.epoch).as_secs()).unwrap_or(u32::MAX)
@@ -259,7 +272,7 @@ impl Spot {
 
     /// Resumes the parked connection (or notes the wake-up if it is still arriving).
     fn leave(&self) {
-        let (socket, connection) = {
+        let (socket, connection, since) = {
             let mut state = self.lock_state();
             match std::mem::replace(&mut *state, SpotState::Left) {
                 SpotState::Arriving { .. } => {
@@ -267,7 +280,11 @@ impl Spot {
                     return;
                 }
                 SpotState::Left => return,
-                SpotState::Parked { socket, connection } => (socket, connection),
+                SpotState::Parked {
+                    socket,
+                    connection,
+                    since,
+                } => (socket, connection, since),
             }
         };
         let Some(shared) = self.lot.upgrade() else {
@@ -277,7 +294,9 @@ impl Spot {
             .registry
             .deregister(&mut SourceFd(&socket.as_raw_fd()));
         shared.remove(self.key);
-        connection.resume(socket, &shared.runtime);
+        let now = shared.millis_at(Instant::now());
+        let parked_for = Duration::from_millis(u64::from(now.wrapping_sub(since)));
+        connection.resume(socket, &shared.runtime, parked_for);
     }
 }
 
@@ -334,7 +353,7 @@ mod tests {
     }
 
     impl Resume for Probe {
-        fn resume(self: Box<Self>, socket: StdTcpStream, runtime: &Handle) {
+        fn resume(self: Box<Self>, socket: StdTcpStream, runtime: &Handle, _: Duration) {
             let resumed = self.resumed.clone();
             let name = self.name;
             runtime.spawn(async move {
