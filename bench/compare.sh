@@ -22,7 +22,9 @@
 #   SCENARIOS      space-separated subset of: amqp-idle mqtt-idle amqp-transient amqp-ack
 #                  amqp-persistent amqp-fanout amqp-latency mqtt-qos0 mqtt-qos1 stomp relay
 #                  relay-unbatched
-#   AMQP_IDLE [1000] / MQTT_IDLE [2000]   idle connections in the memory scenarios
+#   AMQP_IDLE [1000] / MQTT_IDLE [10000]   idle connections in the memory scenarios (MQTT
+#                  idle connections are cheap: with fewer, the freed memory of the connect
+#                  burst weighs on the per-connection figure)
 #   IDLE_HOLD [5]  seconds the idle connections are held (memory is sampled 2 s in)
 #   CONFIRM_WINDOW [512]   outstanding publisher confirms in the persistent scenario
 #   LATENCY_RATE   msg/s of the latency scenario [half RabbitMQ's median in amqp-transient]
@@ -35,7 +37,7 @@ DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
 DRAIN=${DRAIN:-10}
 AMQP_IDLE=${AMQP_IDLE:-1000}
-MQTT_IDLE=${MQTT_IDLE:-2000}
+MQTT_IDLE=${MQTT_IDLE:-10000}
 IDLE_HOLD=${IDLE_HOLD:-5}
 CONFIRM_WINDOW=${CONFIRM_WINDOW:-512}
 LATENCY_RATE=${LATENCY_RATE:-}
