@@ -268,6 +268,8 @@ idle_round() {
   sleep 1
   local before after client rc=0 connected=""
   before=$(rss_kib "$pid")
+  # The log exists before the client starts: the loop below reads it at once.
+  : > "$log"
   if [ "$protocol" = amqp ]; then
     "$python" bench/amqp_idle.py --port "$port" --connections "$connections" \
       --hold "$IDLE_HOLD" > "$log" 2>&1 &
@@ -278,7 +280,7 @@ idle_round() {
   client=$!
   # Sample once every connection is up and has settled for 2 s.
   while kill -0 "$client" 2>/dev/null; do
-    connected=$(sed -n 's/^all connected: [0-9]* in \([0-9.]*\) s.*/\1/p' "$log")
+    connected=$(sed -n 's/^all connected: [0-9]* in \([0-9.]*\) s.*/\1/p' "$log" || true)
     [ -n "$connected" ] && break
     sleep 0.1
   done
