@@ -2,7 +2,8 @@
 //! TCP and over WebSocket (both listeners that serve `/ws`), crossing to AMQP and back through
 //! `amq.topic` with lapin, and a persistent session (`clean_session = false`) that finds the
 //! QoS 1 messages published while it was offline after the broker restarted, cleanly or after
-//! SIGKILL.
+//! SIGKILL; and connections that went quiet (and parked) waking for a delivery, a takeover and
+//! shutdown, with parking on and off.
 //!
 //! Each client's event loop runs in its own task and hands every event to the test through a
 //! channel; the test awaits those events with deadlines (nothing blocks the runtime, nothing
@@ -185,6 +186,18 @@ impl Client {
             _ => None,
         })
         .await
+    }
+
+    /// Waits until the broker closes the connection (no DISCONNECT from us).
+    async fn closed_by_the_broker(mut self, what: &str) {
+        let deadline = Instant::now() + STEP;
+        loop {
+            match timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(_)) | None) => return,
+                Err(_) => panic!("{what}: still open after {STEP:?}"),
+            }
+        }
     }
 
     /// Sends DISCONNECT and waits until the broker has closed the connection.
@@ -530,4 +543,64 @@ async fn persistent_session_gets_offline_messages_after_a_clean_restart() {
 #[tokio::test]
 async fn persistent_session_gets_offline_messages_after_sigkill() {
     offline_messages_survive_a_restart("restart-kill", "KILL").await;
+}
+
+/// Longer than a busy connection lingers in its task before it parks (1 s): the connections
+/// below are parked when the next thing happens (with parking on).
+const QUIET_SPELL: Duration = Duration::from_millis(1500);
+
+/// A subscriber that has been quiet gets a publication, is closed when another connection
+/// takes its client id over, and the taker, quiet too, is closed when the broker stops, which
+/// it does cleanly and at once.
+async fn quiet_connections_wake_up(mut broker: Broker) {
+    let way = Way::tcp(&broker);
+    let topic = format!("{}/quiet", unique("park"));
+    let device_id = unique("device");
+    let mut device = Client::connect(&way, &device_id, true).await;
+    device.subscribe(&topic, QoS::AtLeastOnce).await;
+    let mut publisher = Client::connect(&way, &unique("pub"), true).await;
+
+    tokio::time::sleep(QUIET_SPELL).await;
+    publisher
+        .publish(&topic, QoS::AtLeastOnce, false, b"wake up")
+        .await;
+    let got = device
+        .next_publish("the delivery to the quiet subscriber")
+        .await;
+    assert_eq!(text(&got.payload), "wake up");
+
+    tokio::time::sleep(QUIET_SPELL).await;
+    let successor = Client::connect(&way, &device_id, true).await;
+    device
+        .closed_by_the_broker("the connection whose session was taken over")
+        .await;
+
+    tokio::time::sleep(QUIET_SPELL).await;
+    broker.signal("TERM");
+    successor
+        .closed_by_the_broker("a quiet connection when the broker stops")
+        .await;
+    publisher
+        .closed_by_the_broker("another quiet connection when the broker stops")
+        .await;
+    let exited = tokio::task::spawn_blocking(move || broker.wait_exit(STEP))
+        .await
+        .expect("wait for exit");
+    assert_eq!(exited, Some(true), "a clean exit on SIGTERM");
+}
+
+#[tokio::test]
+async fn quiet_connections_wake_for_a_delivery_a_takeover_and_shutdown() {
+    quiet_connections_wake_up(Broker::start_mqtt()).await;
+}
+
+#[tokio::test]
+async fn with_parking_off_quiet_connections_behave_the_same() {
+    let dir = junction_tests::temp_dir("no-parking");
+    let config = dir.join("junction.toml");
+    std::fs::write(&config, "[mqtt]\npark_idle_connections = false\n").expect("write config");
+    let config = config.to_string_lossy().into_owned();
+    let data = junction_tests::temp_dir("no-parking-data");
+    let broker = Broker::start_mqtt_in(data, &["--config", &config]);
+    quiet_connections_wake_up(broker).await;
 }

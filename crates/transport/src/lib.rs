@@ -1,5 +1,9 @@
 //! Listeners: they accept connections and hand each stream to a protocol's handler. They only
 //! move bytes; what the bytes mean is the protocol adapters' business.
+//!
+//! Also the connection I/O pieces the adapters' drivers share: [`Conduit`] (a stream and its
+//! buffers), [`LazyChannel`], [`Turns`] and [`broker_signals`], and the [`ParkingLot`] where
+//! idle connections wait without a task.
 
 use std::future::Future;
 use std::net::SocketAddr;
