@@ -82,41 +82,56 @@ where
 /// A parked connection comes back over its socket, in a new task.
 impl Resume for Connection {
     fn resume(self: Box<Self>, socket: StdTcpStream, runtime: &Handle, parked_for: Duration) {
-        // What woke the connection is usually bytes: they are read now, before anything else
-        // (the keep-alive timer) is looked at, and before the runtime's reactor would report
-        // them. The driver is made here, so the task holds no more than it would otherwise.
-        let mut scratch = [0u8; RESUME_READ];
-        let first = match (&socket).read(&mut scratch) {
-            Ok(0) => Some(Wake::Gone),
-            Ok(n) => Some(Wake::Input(n)),
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => None,
-            Err(_) => Some(Wake::Gone),
-        };
-        let _runtime = runtime.enter();
-        match TcpStream::from_std(socket) {
-            Ok(stream) => {
-                let mut driver = Box::new(Driver::new(stream, self));
-                if let Some(Wake::Input(n)) = first {
-                    driver.conduit.input().extend_from_slice(&scratch[..n]);
-                    // A full read may have left more: the reactor must report it before the
-                    // connection parks again.
-                    driver.settled = n < RESUME_READ;
-                }
-                driver.first = first;
-                if parked_for < BUSY {
-                    // Back at once: a busy connection (a publisher between bursts) stays in
-                    // its task until it has been quiet a while.
-                    driver.lingering_since = Some(Instant::now());
-                }
-                runtime.spawn(drive(driver));
-            }
-            Err(error) => {
-                let mut connection = self;
-                tracing::warn!(peer = ?connection.peer(), %error, "cannot resume a parked MQTT connection");
-                runtime.spawn(async move { Box::pin(connection.finish(false)).await });
-            }
-        }
+        // Whoever woke the connection (a queue, another connection's takeover, shutdown)
+        // only spawns: the socket work happens in the connection's new task.
+        runtime.spawn(resume(self, socket, parked_for));
     }
+}
+
+/// A parked connection's new task.
+async fn resume(connection: Box<Connection>, socket: StdTcpStream, parked_for: Duration) {
+    match resumed_driver(connection, socket, parked_for) {
+        Ok(driver) => drive(driver).await,
+        Err(mut connection) => Box::pin(connection.finish(false)).await,
+    }
+}
+
+/// The driver of a resumed connection. What woke it is usually bytes: they are read now,
+/// before anything else (the keep-alive timer) is looked at, and before the runtime's reactor
+/// would report them. (A function of its own, so the read buffer is not part of the task.)
+fn resumed_driver(
+    connection: Box<Connection>,
+    socket: StdTcpStream,
+    parked_for: Duration,
+) -> Result<Box<Driver<TcpStream>>, Box<Connection>> {
+    let mut scratch = [0u8; RESUME_READ];
+    let first = match (&socket).read(&mut scratch) {
+        Ok(0) => Some(Wake::Gone),
+        Ok(n) => Some(Wake::Input(n)),
+        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => None,
+        Err(_) => Some(Wake::Gone),
+    };
+    let stream = match TcpStream::from_std(socket) {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::warn!(peer = ?connection.peer(), %error, "cannot resume a parked MQTT connection");
+            return Err(connection);
+        }
+    };
+    let mut driver = Box::new(Driver::new(stream, connection));
+    if let Some(Wake::Input(n)) = first {
+        driver.conduit.input().extend_from_slice(&scratch[..n]);
+        // A full read may have left more: the reactor must report it before the connection
+        // parks again.
+        driver.settled = n < RESUME_READ;
+    }
+    driver.first = first;
+    if parked_for < BUSY {
+        // Back at once: a busy connection (a publisher between bursts) stays in its task
+        // until it has been quiet a while.
+        driver.lingering_since = Some(Instant::now());
+    }
+    Ok(driver)
 }
 
 /// How [`Driver::run`] ended.
@@ -208,7 +223,9 @@ impl<S: AsyncRead + AsyncWrite + Detach + Unpin> Driver<S> {
             turns: Turns::default(),
         };
         if driver.connection.is_connected() {
+            // Back from the lot: the alarm may have been raised while it was parked.
             driver.reset_keep_alive_timer();
+            driver.await_alarm_if_blocked();
         }
         driver
     }
@@ -255,14 +272,7 @@ impl<S: AsyncRead + AsyncWrite + Detach + Unpin> Driver<S> {
             if let Some(graceful) = ended {
                 return Ended::Closed(graceful);
             }
-            if self.connection.is_blocked() && self.alarm_wait.is_none() {
-                let mut alarm = self.alarm.clone();
-                self.alarm_wait = Some(Box::pin(async move {
-                    if alarm.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                }));
-            }
+            self.await_alarm_if_blocked();
         }
     }
 
@@ -322,6 +332,19 @@ impl<S: AsyncRead + AsyncWrite + Detach + Unpin> Driver<S> {
                     Step::HandleInput
                 }
             }
+        }
+    }
+
+    /// While the alarm blocks this connection, waits for it to change (the future exists only
+    /// then).
+    fn await_alarm_if_blocked(&mut self) {
+        if self.connection.is_blocked() && self.alarm_wait.is_none() {
+            let mut alarm = self.alarm.clone();
+            self.alarm_wait = Some(Box::pin(async move {
+                if alarm.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }));
         }
     }
 
@@ -403,7 +426,7 @@ impl<S: AsyncRead + AsyncWrite + Detach + Unpin> Driver<S> {
             self.connection.release_output();
             if may_park
                 && self.settled
-                && self.lot.is_some()
+                && self.lot.as_ref().is_some_and(ParkingLot::is_working)
                 && self.alarm_wait.is_none()
                 && self.connection.is_idle()
             {

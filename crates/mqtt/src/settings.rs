@@ -139,4 +139,12 @@ impl Mqtt {
         let _ = shutdown.wait_for(|shutting_down| *shutting_down).await;
         self.connections.shut_down();
     }
+
+    /// Resolves once every MQTT connection has finished closing after the broker began to
+    /// shut down (see [`Mqtt::close_connections_on`]): wills published or not, deliveries
+    /// back in their queues, sessions saved. Parked connections have no task for the
+    /// listeners to wait on, so the binary waits for this too.
+    pub async fn connections_closed(&self) {
+        self.connections.all_closed().await;
+    }
 }

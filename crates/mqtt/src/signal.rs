@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use dashmap::DashMap;
 use futures_util::task::AtomicWaker;
 use junction_core::ConnectionId;
+use tokio::sync::Notify;
 
 /// Why a connection must close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +84,8 @@ impl Signal {
 pub(crate) struct Connections {
     open: DashMap<ConnectionId, Arc<Signal>>,
     closing: AtomicBool,
+    /// Told when the last connection has closed during shutdown.
+    emptied: Notify,
 }
 
 impl Connections {
@@ -96,9 +99,26 @@ impl Connections {
         signal
     }
 
-    /// Forgets a closed connection.
+    /// Forgets a closed connection (once it has finished closing).
     pub(crate) fn closed(&self, id: ConnectionId) {
         self.open.remove(&id);
+        if self.closing.load(Ordering::Acquire) && self.open.is_empty() {
+            self.emptied.notify_waiters();
+        }
+    }
+
+    /// Resolves once every connection has finished closing, after [`Connections::shut_down`].
+    /// (Parked connections have no task the listeners could wait for.)
+    pub(crate) async fn all_closed(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            tokio::pin!(emptied);
+            emptied.as_mut().enable();
+            if self.open.is_empty() {
+                return;
+            }
+            emptied.await;
+        }
     }
 
     /// Tells every connection, and every one opened from now on, to close.
@@ -131,6 +151,16 @@ mod tests {
         assert_eq!(poll_fn(|cx| signal.poll_close(cx)).await, Close::Shutdown);
         let late = connections.open(ConnectionId(2));
         assert_eq!(poll_fn(|cx| late.poll_close(cx)).await, Close::Shutdown);
+
+        // Shutdown waits until both have finished closing.
+        let connections = Arc::new(connections);
+        let waiting = connections.clone();
+        let all_closed = tokio::spawn(async move { waiting.all_closed().await });
+        connections.closed(ConnectionId(1));
+        tokio::task::yield_now().await;
+        assert!(!all_closed.is_finished());
+        connections.closed(ConnectionId(2));
+        all_closed.await.unwrap();
     }
 
     #[test]

@@ -233,6 +233,7 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
         })
         .await?;
     tokio::spawn(mqtt.clone().close_connections_on(shutdown_rx.clone()));
+    let mqtt_at_shutdown = mqtt.clone();
     let over_tcp = mqtt.clone();
     running
         .tcp("mqtt", mqtt_addr, move |stream, peer, _shutdown| {
@@ -302,7 +303,13 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
     signals.wait().await;
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
-    if !running.stopped(SHUTDOWN_GRACE).await {
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    let listeners_closed = running.stopped(SHUTDOWN_GRACE).await;
+    // Parked MQTT connections have no task the listeners could wait for.
+    let mqtt_closed = tokio::time::timeout_at(deadline, mqtt_at_shutdown.connections_closed())
+        .await
+        .is_ok();
+    if !(listeners_closed && mqtt_closed) {
         tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway");
     }
     tracing::info!("stopped");

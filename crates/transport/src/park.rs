@@ -17,6 +17,7 @@
 use std::io;
 use std::net::TcpStream as StdTcpStream;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Wake, Waker};
 use std::time::{Duration, Instant};
@@ -81,6 +82,11 @@ pub struct ParkingLot {
 struct Shared {
     /// Deadlines count whole seconds from here.
     epoch: Instant,
+    /// Told apart from earlier spots with the same key, in the epoll token's upper half, so
+    /// a stale event for a key that was left and taken again is ignored.
+    next_generation: AtomicU32,
+    /// Set if the lot's thread stopped: nothing parks any more.
+    failed: AtomicBool,
     registry: mio::Registry,
     runtime: Handle,
     spots: Mutex<Slab<Arc<Spot>>>,
@@ -91,6 +97,7 @@ struct Shared {
 pub struct Spot {
     lot: Weak<Shared>,
     key: u32,
+    generation: u32,
     /// The deadline in whole seconds from the lot's epoch, rounded up; 0 for none. (Spots
     /// are many: they are kept small.)
     deadline: u32,
@@ -121,6 +128,8 @@ impl ParkingLot {
         let runtime = Handle::try_current().map_err(io::Error::other)?;
         let shared = Arc::new(Shared {
             epoch: Instant::now(),
+            next_generation: AtomicU32::new(0),
+            failed: AtomicBool::new(false),
             registry,
             runtime,
             spots: Mutex::new(Slab::new()),
@@ -144,6 +153,7 @@ impl ParkingLot {
             lot: Arc::downgrade(&self.shared),
             // More than 4 billion spots cannot be: each is a socket.
             key: u32::try_from(entry.key()).unwrap_or(u32::MAX),
+            generation: self.shared.next_generation.fetch_add(1, Ordering::Relaxed),
             deadline,
             state: Mutex::new(SpotState::Arriving { woken: false }),
         });
@@ -160,12 +170,16 @@ impl ParkingLot {
     /// Parks `connection` with its socket in `spot`. If the spot was woken since it was
     /// reserved, or the socket cannot be watched, the connection resumes at once instead.
     pub fn park(&self, spot: &Arc<Spot>, socket: StdTcpStream, connection: Box<dyn Resume>) {
+        if !self.is_working() {
+            self.cancel(spot);
+            connection.resume(socket, &self.shared.runtime, Duration::ZERO);
+            return;
+        }
         let fd = socket.as_raw_fd();
-        let registered = self.shared.registry.register(
-            &mut SourceFd(&fd),
-            Token(spot.key as usize),
-            Interest::READABLE,
-        );
+        let registered =
+            self.shared
+                .registry
+                .register(&mut SourceFd(&fd), spot.token(), Interest::READABLE);
         if let Err(error) = registered {
             tracing::warn!(%error, "cannot park a connection: it keeps its task");
             self.cancel(spot);
@@ -190,6 +204,11 @@ impl ParkingLot {
                 connection.resume(socket, &self.shared.runtime, Duration::ZERO);
             }
         }
+    }
+
+    /// Whether connections may park (false once the lot's thread has stopped on an error).
+    pub fn is_working(&self) -> bool {
+        !self.shared.failed.load(Ordering::Acquire)
     }
 
     /// How many connections are parked or about to park.
@@ -239,8 +258,24 @@ impl Shared {
         u32::try_from(now.saturating_duration_since(self.epoch).as_secs()).unwrap_or(u32::MAX)
     }
 
-    fn spot(&self, key: usize) -> Option<Arc<Spot>> {
-        self.lock_spots().get(key).cloned()
+    /// The spot an epoll event's token names, unless it has been left since.
+    fn spot(&self, token: Token) -> Option<Arc<Spot>> {
+        let key = token.0 & 0xffff_ffff;
+        let generation = (token.0 >> 32) as u32;
+        self.lock_spots()
+            .get(key)
+            .filter(|spot| spot.generation == generation)
+            .cloned()
+    }
+
+    /// The lot's thread has stopped: nothing parks any more, and every parked connection
+    /// resumes (to its task, for good).
+    fn fail(&self) {
+        self.failed.store(true, Ordering::Release);
+        let all: Vec<Arc<Spot>> = self.lock_spots().iter().map(|(_, s)| s.clone()).collect();
+        for spot in all {
+            spot.leave();
+        }
     }
 
     /// Wakes every parked connection whose deadline has passed.
@@ -259,6 +294,11 @@ impl Shared {
 }
 
 impl Spot {
+    /// The epoll token: the key, and the generation in the upper half.
+    fn token(&self) -> Token {
+        Token((self.generation as usize) << 32 | self.key as usize)
+    }
+
     fn lock_state(&self) -> MutexGuard<'_, SpotState> {
         self.state
             .lock()
@@ -317,17 +357,19 @@ fn watch(mut poll: Poll, shared: Weak<Shared>) {
     let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
     loop {
         let timeout = next_sweep.saturating_duration_since(Instant::now());
-        if let Err(error) = poll.poll(&mut events, Some(timeout))
-            && error.kind() != io::ErrorKind::Interrupted
-        {
-            tracing::error!(%error, "the parking lot cannot wait for its sockets");
-            return;
-        }
+        let polled = poll.poll(&mut events, Some(timeout));
         let Some(shared) = shared.upgrade() else {
             return;
         };
+        if let Err(error) = polled
+            && error.kind() != io::ErrorKind::Interrupted
+        {
+            tracing::error!(%error, "the parking lot cannot wait for its sockets: idle connections keep their tasks from now on");
+            shared.fail();
+            return;
+        }
         for event in events.iter() {
-            if let Some(spot) = shared.spot(event.token().0) {
+            if let Some(spot) = shared.spot(event.token()) {
                 spot.leave();
             }
         }
@@ -453,6 +495,19 @@ mod tests {
         assert!(lot.is_empty());
         spot.waker().wake();
         assert!(resumed.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn an_event_for_a_spot_that_was_left_does_not_reach_its_successor() {
+        let lot = ParkingLot::new().unwrap();
+        let first = lot.reserve(None);
+        let stale = first.token();
+        lot.cancel(&first);
+        let second = lot.reserve(None);
+        assert_eq!(second.key, first.key, "the key is taken again");
+        assert!(lot.shared.spot(stale).is_none());
+        assert!(lot.shared.spot(second.token()).is_some());
+        lot.cancel(&second);
     }
 
     #[tokio::test]

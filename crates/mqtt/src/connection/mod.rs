@@ -350,7 +350,12 @@ impl Connection {
     /// Ends the connection: publishes the will unless the client said DISCONNECT, returns
     /// unacknowledged deliveries to the queue, and keeps or drops the session.
     pub(crate) async fn finish(&mut self, graceful: bool) {
+        self.end_session(graceful).await;
+        // Last: shutdown waits until every connection is out of the registry.
         self.mqtt.connections.closed(self.id);
+    }
+
+    async fn end_session(&mut self, graceful: bool) {
         self.flush_queue_acks().await;
         let Some(mut session) = self.session.take() else {
             return;
