@@ -201,18 +201,12 @@ impl Client {
     }
 
     /// Sends DISCONNECT and waits until the broker has closed the connection.
-    async fn disconnect(mut self) {
+    async fn disconnect(self) {
         within("disconnect request", self.client.disconnect())
             .await
             .expect("disconnect request");
-        let deadline = Instant::now() + STEP;
-        loop {
-            match timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(Ok(_))) => continue,
-                Ok(Some(Err(_)) | None) => return,
-                Err(_) => panic!("the broker did not close the connection after DISCONNECT"),
-            }
-        }
+        self.closed_by_the_broker("the connection after DISCONNECT")
+            .await;
     }
 }
 

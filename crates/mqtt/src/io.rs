@@ -105,12 +105,7 @@ fn resumed_driver(
     parked_for: Duration,
 ) -> Result<Box<Driver<TcpStream>>, Box<Connection>> {
     let mut scratch = [0u8; RESUME_READ];
-    let first = match (&socket).read(&mut scratch) {
-        Ok(0) => Some(Wake::Gone),
-        Ok(n) => Some(Wake::Input(n)),
-        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => None,
-        Err(_) => Some(Wake::Gone),
-    };
+    let read = (&socket).read(&mut scratch);
     let stream = match TcpStream::from_std(socket) {
         Ok(stream) => stream,
         Err(error) => {
@@ -119,13 +114,18 @@ fn resumed_driver(
         }
     };
     let mut driver = Box::new(Driver::new(stream, connection));
-    if let Some(Wake::Input(n)) = first {
-        driver.conduit.input().extend_from_slice(&scratch[..n]);
-        // A full read may have left more: the reactor must report it before the connection
-        // parks again.
-        driver.settled = n < RESUME_READ;
-    }
-    driver.first = first;
+    driver.first = match read {
+        Ok(0) => Some(Wake::Gone),
+        Ok(n) => {
+            driver.conduit.input().extend_from_slice(&scratch[..n]);
+            // A full read may have left more: the reactor must report it before the
+            // connection parks again.
+            driver.settled = n < RESUME_READ;
+            Some(Wake::Input)
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => None,
+        Err(_) => Some(Wake::Gone),
+    };
     if parked_for < BUSY {
         // Back at once: a busy connection (a publisher between bursts) stays in its task
         // until it has been quiet a while.
@@ -145,8 +145,8 @@ enum Ended {
 
 /// What woke the connection.
 enum Wake {
-    /// Bytes arrived (how many).
-    Input(usize),
+    /// Bytes arrived.
+    Input,
     /// The peer closed the stream, or reading or writing failed.
     Gone,
     /// A consumer event.
@@ -279,14 +279,14 @@ impl<S: AsyncRead + AsyncWrite + Detach + Unpin> Driver<S> {
     /// Does what a wake-up needs that does not wait, and says what is left to do.
     fn on_wake(&mut self, wake: Wake) -> Step {
         if let Some(since) = &mut self.lingering_since
-            && matches!(wake, Wake::Input(_) | Wake::Event(_) | Wake::Durable(_))
+            && matches!(wake, Wake::Input | Wake::Event(_) | Wake::Durable(_))
         {
             *since = Instant::now();
         }
         match wake {
             Wake::Gone => Step::End(false),
             Wake::Quiet => Step::Wait,
-            Wake::Input(_) => {
+            Wake::Input => {
                 self.connection.last_packet = Instant::now();
                 self.refresh_alarm();
                 Step::HandleInput
@@ -412,7 +412,7 @@ impl<S: AsyncRead + AsyncWrite + Detach + Unpin> Driver<S> {
             let read = !self.connection.is_blocked();
             let events = &mut self.connection.events;
             match self.turns.poll(cx, &mut self.conduit, read, events) {
-                Some(Arrival::Input) => return Poll::Ready(Wake::Input(0)),
+                Some(Arrival::Input) => return Poll::Ready(Wake::Input),
                 Some(Arrival::Gone) => return Poll::Ready(Wake::Gone),
                 Some(Arrival::Event(event)) => return Poll::Ready(Wake::Event(event)),
                 None => {}

@@ -385,13 +385,24 @@ fn watch(mut poll: Poll, shared: Weak<Shared>) {
 mod tests {
     use super::*;
     use std::io::Write;
-    use std::task::Context;
     use tokio::sync::mpsc;
 
     /// A parked "connection" that reports how it came back.
     struct Probe {
         name: &'static str,
         resumed: mpsc::UnboundedSender<(&'static str, StdTcpStream)>,
+    }
+
+    impl Probe {
+        fn boxed(
+            name: &'static str,
+            resumed: &mpsc::UnboundedSender<(&'static str, StdTcpStream)>,
+        ) -> Box<Probe> {
+            Box::new(Probe {
+                name,
+                resumed: resumed.clone(),
+            })
+        }
     }
 
     impl Resume for Probe {
@@ -420,14 +431,7 @@ mod tests {
         // Input from the peer.
         let (server, mut client) = socket_pair();
         let spot = lot.reserve(None);
-        lot.park(
-            &spot,
-            server,
-            Box::new(Probe {
-                name: "input",
-                resumed: tx.clone(),
-            }),
-        );
+        lot.park(&spot, server, Probe::boxed("input", &tx));
         assert_eq!(lot.len(), 1);
         client.write_all(b"ping").unwrap();
         let (name, _) = resumed.recv().await.unwrap();
@@ -438,14 +442,7 @@ mod tests {
         let (server, _client) = socket_pair();
         let spot = lot.reserve(None);
         let waker = spot.waker();
-        lot.park(
-            &spot,
-            server,
-            Box::new(Probe {
-                name: "woken",
-                resumed: tx.clone(),
-            }),
-        );
+        lot.park(&spot, server, Probe::boxed("woken", &tx));
         waker.wake_by_ref();
         assert_eq!(resumed.recv().await.unwrap().0, "woken");
         // A late wake-up of a spot that was left does nothing.
@@ -455,14 +452,7 @@ mod tests {
         // The keep-alive deadline.
         let (server, _client) = socket_pair();
         let spot = lot.reserve(Some(Instant::now() + Duration::from_millis(100)));
-        lot.park(
-            &spot,
-            server,
-            Box::new(Probe {
-                name: "deadline",
-                resumed: tx.clone(),
-            }),
-        );
+        lot.park(&spot, server, Probe::boxed("deadline", &tx));
         assert_eq!(resumed.recv().await.unwrap().0, "deadline");
         assert!(lot.is_empty());
     }
@@ -476,16 +466,8 @@ mod tests {
         let spot = lot.reserve(None);
         let waker = spot.waker();
         // The connection polled its sources with this waker and one fired at once.
-        let cx = Context::from_waker(&waker);
-        cx.waker().wake_by_ref();
-        lot.park(
-            &spot,
-            server,
-            Box::new(Probe {
-                name: "early",
-                resumed: tx.clone(),
-            }),
-        );
+        waker.wake_by_ref();
+        lot.park(&spot, server, Probe::boxed("early", &tx));
         assert_eq!(resumed.recv().await.unwrap().0, "early");
         assert!(lot.is_empty());
 
@@ -524,14 +506,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let spot = lot.reserve(None);
-        lot.park(
-            &spot,
-            server,
-            Box::new(Probe {
-                name: "waiting",
-                resumed: tx,
-            }),
-        );
+        lot.park(&spot, server, Probe::boxed("waiting", &tx));
         assert_eq!(resumed.recv().await.unwrap().0, "waiting");
     }
 }
