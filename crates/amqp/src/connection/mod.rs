@@ -15,6 +15,7 @@ use amq_protocol::protocol::{AMQPClass, basic as basic_methods, parse_class};
 use amq_protocol::types::parsing::parse_field_table;
 use amq_protocol::types::{AMQPValue, FieldTable as WireTable, LongString};
 use bytes::{BufMut, Bytes, BytesMut};
+use junction_core::field::MAX_DEPTH;
 use junction_core::{Broker, ChannelId, ConsumerEvent, LoginRequest};
 use junction_transport::LazyChannel;
 
@@ -24,6 +25,7 @@ use crate::frame::{
     FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, PROTOCOL_HEADER, RawFrame, method_ids,
     take_frame,
 };
+use crate::nesting::{self, NestingError};
 use crate::properties::properties_from_wire;
 use crate::session::Session;
 use crate::settings::{FRAME_MIN_SIZE, Settings};
@@ -737,12 +739,26 @@ fn decode_method(payload: &[u8]) -> AmqpResult<AMQPClass> {
         )
         .during((class, method)));
     }
-    match parse_class(payload) {
-        Ok(([], decoded)) => Ok(decoded),
-        Ok(_) | Err(_) => Err(AmqpError::connection(
+    let malformed = || {
+        AmqpError::connection(
             code::SYNTAX_ERROR,
             format!("malformed arguments for method: class {class}, method {method}"),
         )
-        .during((class, method))),
+        .during((class, method))
+    };
+    // amq-protocol parses field tables recursively: measure their depth first, iteratively.
+    match nesting::check_method(payload, MAX_DEPTH) {
+        Ok(()) => {}
+        Err(NestingError::Malformed) => return Err(malformed()),
+        Err(too_deep @ NestingError::TooDeep { .. }) => {
+            return Err(
+                AmqpError::connection(code::SYNTAX_ERROR, too_deep.to_string())
+                    .during((class, method)),
+            );
+        }
+    }
+    match parse_class(payload) {
+        Ok(([], decoded)) => Ok(decoded),
+        Ok(_) | Err(_) => Err(malformed()),
     }
 }

@@ -57,7 +57,7 @@ async fn open_connection() -> Connection {
     input.extend_from_slice(&method(
         0,
         AMQPClass::Connection(conn::AMQPMethod::TuneOk(conn::TuneOk {
-            channel_max: 0,
+            channel_max: 2047,
             frame_max: 131_072,
             heartbeat: 0,
         })),
