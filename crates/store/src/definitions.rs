@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use junction_core::definitions::{
     AdapterStateStore, BindingRecord, DefinitionStore, StoreFailure, VhostDefinitions,
 };
-use junction_core::{ExchangeSpec, QueueSpec};
+use junction_core::field::MAX_DEPTH;
+use junction_core::{ExchangeSpec, FieldTable, QueueSpec};
 use redb::{Database, DatabaseError, ReadableDatabase, TableDefinition};
 
 const EXCHANGES: TableDefinition<&str, &[u8]> = TableDefinition::new("exchanges");
@@ -62,6 +63,19 @@ fn binding_key(vhost: &str, record: &BindingRecord) -> Result<String, StoreFailu
 
 fn failure(error: impl std::fmt::Display) -> StoreFailure {
     StoreFailure(error.to_string())
+}
+
+/// Refuses arguments nested deeper than the broker accepts: the adapters never let them in,
+/// and a record deeper than that might not read back (serde_json stops at 128 levels), so the
+/// definition would vanish at the next start instead of failing now.
+fn readable(arguments: &FieldTable) -> Result<(), StoreFailure> {
+    let depth = arguments.depth();
+    if depth > MAX_DEPTH {
+        return Err(StoreFailure(format!(
+            "arguments nested {depth} levels deep, more than the {MAX_DEPTH} allowed"
+        )));
+    }
+    Ok(())
 }
 
 impl Definitions {
@@ -157,6 +171,7 @@ impl Definitions {
 
 impl DefinitionStore for Definitions {
     fn save_exchange(&self, vhost: &str, spec: &ExchangeSpec) -> Result<(), StoreFailure> {
+        readable(&spec.arguments)?;
         self.put(EXCHANGES, &key(vhost, &spec.name), spec)
     }
 
@@ -165,6 +180,7 @@ impl DefinitionStore for Definitions {
     }
 
     fn save_queue(&self, vhost: &str, spec: &QueueSpec) -> Result<(), StoreFailure> {
+        readable(&spec.arguments)?;
         self.put(QUEUES, &key(vhost, &spec.name), spec)
     }
 
@@ -173,6 +189,7 @@ impl DefinitionStore for Definitions {
     }
 
     fn save_binding(&self, vhost: &str, binding: &BindingRecord) -> Result<(), StoreFailure> {
+        readable(&binding.arguments)?;
         self.put(BINDINGS, &binding_key(vhost, binding)?, binding)
     }
 
@@ -321,6 +338,66 @@ mod tests {
             .expect("delete absent");
         assert_eq!(store.load_state("mqtt.retained").expect("load").len(), 1);
         assert_eq!(store.load_state("mqtt.sessions").expect("load").len(), 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Arguments nesting tables and arrays, alternating, `depth` levels deep.
+    fn nested_arguments(depth: usize) -> FieldTable {
+        let mut value = FieldValue::string("leaf");
+        for level in (2..=depth).rev() {
+            value = if level % 2 == 0 {
+                FieldValue::Table(FieldTable::from_iter([("k".to_owned(), value)]))
+            } else {
+                FieldValue::Array(vec![FieldValue::Bool(true), value])
+            };
+        }
+        FieldTable::from_iter([("x-deep".to_owned(), value)])
+    }
+
+    #[test]
+    fn definitions_at_the_maximum_depth_read_back_and_deeper_ones_are_refused() {
+        let dir = dir("deep");
+        let arguments = nested_arguments(MAX_DEPTH);
+        assert_eq!(arguments.depth(), MAX_DEPTH);
+        let exchange = ExchangeSpec {
+            name: "deep-x".into(),
+            kind: "headers".into(),
+            durable: true,
+            arguments: arguments.clone(),
+            ..Default::default()
+        };
+        let queue = QueueSpec {
+            name: "deep-q".into(),
+            durable: true,
+            arguments: arguments.clone(),
+            ..Default::default()
+        };
+        let binding = BindingRecord {
+            source: "deep-x".into(),
+            destination: "deep-q".into(),
+            destination_is_exchange: false,
+            routing_key: String::new(),
+            arguments: arguments.clone(),
+        };
+        {
+            let store = Definitions::open(&dir).expect("open");
+            store.save_exchange("/", &exchange).expect("save exchange");
+            store.save_queue("/", &queue).expect("save queue");
+            store.save_binding("/", &binding).expect("save binding");
+            let deeper = QueueSpec {
+                name: "deeper".into(),
+                durable: true,
+                arguments: nested_arguments(MAX_DEPTH + 1),
+                ..Default::default()
+            };
+            assert!(store.save_queue("/", &deeper).is_err());
+        }
+        let store = Definitions::open(&dir).expect("reopen");
+        let loaded = store.load("/").expect("load");
+        assert_eq!(loaded.exchanges, vec![exchange]);
+        assert_eq!(loaded.queues.len(), 1);
+        assert_eq!(loaded.queues[0].arguments, arguments);
+        assert_eq!(loaded.bindings, vec![binding]);
         let _ = std::fs::remove_dir_all(dir);
     }
 
