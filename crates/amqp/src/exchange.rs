@@ -1,8 +1,9 @@
-//! The exchange class: declare, delete, bind and unbind (exchange-to-exchange), as core calls.
+//! The exchange class: declare, delete, bind and unbind (exchange-to-exchange), as core calls,
+//! each after the permission checks RabbitMQ's channel makes for it.
 
 use amq_protocol::protocol::AMQPClass;
 use amq_protocol::protocol::exchange::{AMQPMethod, BindOk, DeclareOk, DeleteOk, UnbindOk};
-use junction_core::{ExchangeSpec, Permission, ResourceKind};
+use junction_core::{ExchangeSpec, FieldTable, FieldValue, Permission, ResourceKind};
 
 use crate::channel::Channel;
 use crate::error::AmqpResult;
@@ -20,8 +21,17 @@ pub async fn handle(
     match method {
         AMQPMethod::Declare(m) => {
             let name = m.exchange.as_str();
-            if !m.passive {
+            let arguments = table_from_wire(&m.arguments);
+            if m.passive {
+                // The default exchange is refused by the core (403), as RabbitMQ does first.
+                if !name.is_empty() {
+                    crate::queue::authorize_any(session, ResourceKind::Exchange, name)?;
+                }
+            } else {
                 session.authorize(ResourceKind::Exchange, name, Permission::Configure)?;
+                if vhost.exchange(name).is_err() {
+                    authorize_alternate(session, name, &arguments)?;
+                }
             }
             let spec = ExchangeSpec {
                 name: name.to_owned(),
@@ -29,7 +39,7 @@ pub async fn handle(
                 durable: m.durable,
                 auto_delete: m.auto_delete,
                 internal: m.internal,
-                arguments: table_from_wire(&m.arguments),
+                arguments,
             };
             vhost.declare_exchange(spec, m.passive)?;
             if !m.nowait {
@@ -86,4 +96,22 @@ pub async fn handle(
 fn authorize_binding(session: &mut Session, destination: &str, source: &str) -> AmqpResult<()> {
     session.authorize(ResourceKind::Exchange, destination, Permission::Write)?;
     session.authorize(ResourceKind::Exchange, source, Permission::Read)
+}
+
+/// A new exchange with an `alternate-exchange` passes what it cannot route to that exchange on
+/// the publisher's behalf, so RabbitMQ asks read on the exchange declared and write on the
+/// alternate at declaration.
+fn authorize_alternate(
+    session: &mut Session,
+    exchange: &str,
+    arguments: &FieldTable,
+) -> AmqpResult<()> {
+    let Some(alternate) = arguments
+        .get("alternate-exchange")
+        .and_then(FieldValue::as_str)
+    else {
+        return Ok(());
+    };
+    session.authorize(ResourceKind::Exchange, exchange, Permission::Read)?;
+    session.authorize(ResourceKind::Exchange, alternate, Permission::Write)
 }

@@ -1,9 +1,10 @@
-//! The queue class: declare, bind, unbind, purge and delete, as core calls.
+//! The queue class: declare, bind, unbind, purge and delete, as core calls, each after the
+//! permission checks RabbitMQ's channel makes for it.
 
 use amq_protocol::protocol::AMQPClass;
 use amq_protocol::protocol::queue::{AMQPMethod, BindOk, DeclareOk, DeleteOk, PurgeOk, UnbindOk};
 use junction_core::vhost::generate_queue_name;
-use junction_core::{Permission, QueueSpec, ResourceKind};
+use junction_core::{FieldTable, FieldValue, Permission, QueueSpec, ResourceKind};
 
 use crate::channel::Channel;
 use crate::direct_reply;
@@ -38,15 +39,21 @@ pub async fn handle(
             if server_named {
                 name = generate_queue_name();
             }
-            if !m.passive {
+            let arguments = table_from_wire(&m.arguments);
+            if m.passive {
+                authorize_any(session, ResourceKind::Queue, &name)?;
+            } else {
                 session.authorize(ResourceKind::Queue, &name, Permission::Configure)?;
+                if vhost.queue(&name).is_none() {
+                    authorize_dead_lettering(session, &name, &arguments)?;
+                }
             }
             let spec = QueueSpec {
                 name,
                 durable: m.durable,
                 exclusive: m.exclusive,
                 auto_delete: m.auto_delete,
-                arguments: table_from_wire(&m.arguments),
+                arguments,
             };
             let declared = vhost
                 .declare_queue(spec, m.passive, server_named, session.id)
@@ -117,6 +124,41 @@ pub async fn handle(
         other => return Err(crate::connection::server_only(&AMQPClass::Queue(other))),
     }
     Ok(())
+}
+
+/// A passive declaration changes nothing but tells whether the resource exists (and a
+/// queue's counts): as in RabbitMQ (4.2.6 on), any one permission on it is enough, and
+/// without one it is refused, so names cannot be probed. Configure is asked last, so a
+/// refusal reads as a regular declaration's.
+pub(crate) fn authorize_any(
+    session: &mut Session,
+    kind: ResourceKind,
+    name: &str,
+) -> AmqpResult<()> {
+    for permission in [Permission::Read, Permission::Write] {
+        if session.authorize(kind, name, permission).is_ok() {
+            return Ok(());
+        }
+    }
+    session.authorize(kind, name, Permission::Configure)
+}
+
+/// A new queue with `x-dead-letter-exchange` sends messages to that exchange on the user's
+/// behalf, so RabbitMQ asks read on the queue and write on the exchange at declaration
+/// (a value that is not a string is refused by the argument checks).
+fn authorize_dead_lettering(
+    session: &mut Session,
+    queue: &str,
+    arguments: &FieldTable,
+) -> AmqpResult<()> {
+    let Some(exchange) = arguments
+        .get("x-dead-letter-exchange")
+        .and_then(FieldValue::as_str)
+    else {
+        return Ok(());
+    };
+    session.authorize(ResourceKind::Queue, queue, Permission::Read)?;
+    session.authorize(ResourceKind::Exchange, exchange, Permission::Write)
 }
 
 /// A queue binding's names after RabbitMQ's shortcuts, checked against permissions: write on

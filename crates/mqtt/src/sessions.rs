@@ -196,6 +196,12 @@ impl SessionRegistry {
         self.saved.remove(key).map(|(_, state)| state)
     }
 
+    /// Whether anything is kept for the session (subscriptions or packet identifiers): it
+    /// exists then even without a queue.
+    pub fn has_saved(&self, key: &SessionKey) -> bool {
+        self.saved.get(key).is_some_and(|state| !state.is_empty())
+    }
+
     /// Keeps `state` for the next connection of the session (in memory).
     pub fn save(&self, key: SessionKey, state: SessionState) {
         self.saved.insert(key, state);

@@ -1,8 +1,11 @@
 //! CONNECT: protocol checks, client id rules, authentication (a `vhost:user` name selects the
 //! vhost, as in RabbitMQ), takeover of a session held by another connection, and resumption
-//! or removal of a persistent session.
+//! or removal of a persistent session, each with the permission RabbitMQ asks for: configure
+//! on the session's queue to remove it, read to resume it.
 
-use junction_core::{LoginRequest, QueueSpec};
+use junction_core::{
+    CoreError, ErrorKind, LoginRequest, Permission, Principal, QueueSpec, ResourceKind, VirtualHost,
+};
 
 use super::{Connection, Flow, Handled, Next, Session, Violation};
 use crate::codec::{self, Connect, ConnectReturnCode, Packet};
@@ -94,11 +97,25 @@ impl Connection {
             vhost: self.mqtt.share_vhost_name(&vhost_name),
             client_id,
         };
+        // Asked before the claim, so a user who may not touch the session does not kick the
+        // connection holding it, and again after it (the holder may have made the queue
+        // while closing), before anything is deleted or resumed.
+        if let Err(reason) = self.may_take_session(&principal, &vhost, &key, connect.clean_session)
+        {
+            tracing::info!(user, client_id = %key.client_id, %reason, "MQTT login refused");
+            return Ok(self.refuse(ConnectReturnCode::NotAuthorized));
+        }
         let claim = self
             .mqtt
             .sessions
             .claim(key.clone(), self.id, self.signal.clone())
             .await;
+        if let Err(reason) = self.may_take_session(&principal, &vhost, &key, connect.clean_session)
+        {
+            tracing::info!(user, client_id = %key.client_id, %reason, "MQTT login refused");
+            self.mqtt.sessions.release(claim, self.id, &self.signal);
+            return Ok(self.refuse(ConnectReturnCode::NotAuthorized));
+        }
         let (state, session_present) = if connect.clean_session {
             self.mqtt.sessions.forget(&key);
             if let Err(error) = vhost
@@ -133,6 +150,16 @@ impl Connection {
             will: connect.will.map(Box::new),
             may_publish: None,
         });
+        // The queue is resumed before the CONNACK, so a refusal can still be its return code
+        // (the session's state is saved again when the connection ends).
+        if resume && let Err(error) = self.session_queue().await {
+            tracing::warn!(client_id = %key.client_id, %error, "cannot resume the session's queue");
+            let code = match error.kind {
+                ErrorKind::AccessRefused => ConnectReturnCode::NotAuthorized,
+                _ => ConnectReturnCode::ServerUnavailable,
+            };
+            return Ok(self.refuse(code));
+        }
         codec::encode(
             &Packet::ConnAck {
                 session_present,
@@ -144,11 +171,40 @@ impl Connection {
         for id in released {
             codec::encode(&Packet::PubRel(id), &mut self.out);
         }
-        if resume && let Err(error) = self.session_queue().await {
-            tracing::error!(client_id = %key.client_id, %error, "cannot resume the session's queue");
-            return Ok(Next::Close { graceful: true });
-        }
         Ok(Next::Continue)
+    }
+
+    /// Whether `principal` may take the session `key` as RabbitMQ's MQTT plugin decides, once
+    /// the session exists (its queue, or state kept for it): a clean session deletes it, which
+    /// needs configure on its queue; resuming one consumes from its queue, which needs read.
+    /// A session that does not exist needs nothing here (its queue is declared, with the
+    /// configure check, when first needed). The answer is not cached: a takeover is rare.
+    fn may_take_session(
+        &self,
+        principal: &Principal,
+        vhost: &VirtualHost,
+        key: &SessionKey,
+        clean: bool,
+    ) -> Result<(), String> {
+        let queue = key.queue_name();
+        if vhost.queue(&queue).is_none() && !self.mqtt.sessions.has_saved(key) {
+            return Ok(());
+        }
+        let permission = if clean {
+            Permission::Configure
+        } else {
+            Permission::Read
+        };
+        if principal.check_resource(&vhost.name, ResourceKind::Queue, &queue, permission) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} access to queue '{queue}' in vhost '{}' refused for user '{}'",
+                permission.as_str(),
+                vhost.name,
+                principal.user.name
+            ))
+        }
     }
 
     /// Answers CONNECT with a refusal; the connection then closes.
@@ -171,13 +227,29 @@ impl Connection {
         let sink = self.events.sender();
         let prefetch = self.mqtt.settings.max_inflight;
         let Some(session) = self.session.as_mut() else {
-            return Err(junction_core::CoreError::internal("no session"));
+            return Err(CoreError::internal("no session"));
         };
         if let Some(queue) = &session.queue {
             return Ok(queue.clone());
         }
+        // As RabbitMQ: declaring the queue needs configure (only when it is made), consuming
+        // from it needs read.
+        let name = session.claim.key.queue_name();
+        let missing = session.vhost.queue(&name).is_none();
+        for permission in [Permission::Configure, Permission::Read] {
+            if (permission == Permission::Read || missing)
+                && !session.allowed(ResourceKind::Queue, &name, permission)
+            {
+                return Err(CoreError::access_refused(format!(
+                    "{} access to queue '{name}' in vhost '{}' refused for user '{}'",
+                    permission.as_str(),
+                    session.vhost.name,
+                    session.principal.user.name
+                )));
+            }
+        }
         let spec = QueueSpec {
-            name: session.claim.key.queue_name(),
+            name,
             durable: !session.clean,
             exclusive: session.clean,
             auto_delete: false,

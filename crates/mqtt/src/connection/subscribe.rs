@@ -2,11 +2,13 @@
 //! queue to the MQTT exchange, so a message matching several filters is queued (and
 //! delivered) once; the session remembers the QoS granted per filter. A filter that is invalid
 //! or not permitted gets the failure code 0x80 in the SUBACK, and the others are still granted.
-//! Retained messages matching a new subscription follow its SUBACK.
+//! Retained messages matching a new subscription follow its SUBACK. Permissions are RabbitMQ's
+//! MQTT plugin's: adding or removing a binding needs write on the queue and read on the
+//! exchange; the queue itself needs configure when it is declared and read to consume.
 
 use junction_core::{FieldTable, Permission, ResourceKind};
 
-use super::{Connection, Handled, Next, Violation};
+use super::{Connection, Handled, Next, Session, Violation};
 use crate::codec::{self, Packet, QoS};
 use crate::topic;
 
@@ -62,22 +64,9 @@ impl Connection {
             let Some(session) = self.session.as_ref() else {
                 return Err("no session".into());
             };
-            let queue = session.claim.key.queue_name();
-            let permitted = session.allowed(ResourceKind::Queue, &queue, Permission::Configure)
-                && session.allowed(ResourceKind::Queue, &queue, Permission::Write)
-                && session.allowed(ResourceKind::Queue, &queue, Permission::Read)
-                && session.allowed(
-                    ResourceKind::Exchange,
-                    &session.exchange.name,
-                    Permission::Read,
-                );
-            if !permitted {
-                return Err(format!(
-                    "user '{}' may not subscribe through queue '{queue}'",
-                    session.principal.user.name
-                ));
-            }
+            session.may_bind()?;
         }
+        // Declares the queue (configure, when it is made) and consumes from it (read).
         let queue = self.session_queue().await.map_err(|e| e.to_string())?;
         let Some(session) = self.session.as_mut() else {
             return Err("no session".into());
@@ -105,7 +94,16 @@ impl Connection {
         let Some(session) = self.session.as_mut() else {
             return Err(Violation("UNSUBSCRIBE before CONNECT".into()));
         };
+        // Removing a binding needs what adding it did (MQTT 3.1.1's UNSUBACK has no failure
+        // code: a refused filter stays subscribed).
+        let permitted = session.may_bind();
         for filter in filters {
+            if let Err(reason) = &permitted {
+                if session.flow().state.subscriptions.contains_key(&filter) {
+                    tracing::info!(filter, %reason, "unsubscription refused");
+                }
+                continue;
+            }
             if session.flow().state.subscriptions.remove(&filter).is_none() {
                 continue;
             }
@@ -130,5 +128,33 @@ impl Connection {
         }
         codec::encode(&Packet::UnsubAck(packet_id), &mut self.out);
         Ok(Next::Continue)
+    }
+}
+
+impl Session {
+    /// Whether the session may bind its queue to (or unbind it from) its exchange: write on
+    /// the queue and read on the exchange, as `queue.bind` needs.
+    fn may_bind(&self) -> Result<(), String> {
+        let queue = self.claim.key.queue_name();
+        let checks = [
+            (ResourceKind::Queue, queue.as_str(), Permission::Write),
+            (
+                ResourceKind::Exchange,
+                &*self.exchange.name,
+                Permission::Read,
+            ),
+        ];
+        for (kind, name, permission) in checks {
+            if !self.allowed(kind, name, permission) {
+                return Err(format!(
+                    "{} access to {} '{name}' in vhost '{}' refused for user '{}'",
+                    permission.as_str(),
+                    kind.as_str(),
+                    self.vhost.name,
+                    self.principal.user.name
+                ));
+            }
+        }
+        Ok(())
     }
 }

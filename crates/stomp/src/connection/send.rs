@@ -2,6 +2,9 @@
 //! `persistent:true` message reaching a durable queue is written to the message store and its
 //! RECEIPT waits for the disk. A `reply-to: /temp-queue/N` creates the connection's temporary
 //! queue N (once) and is rewritten to `/reply-queue/<its name>`, which any client can SEND to.
+//! Permissions are RabbitMQ's STOMP plugin's: write on the exchange (never an internal one),
+//! configure on a `/queue/` destination's queue and on a temporary queue (read too, which the
+//! connection consumes from).
 
 use std::sync::Arc;
 
@@ -66,6 +69,17 @@ impl Connection {
             .vhost
             .exchange(exchange_name)
             .map_err(Refusal::from)?;
+        if exchange.spec.internal {
+            // As AMQP's basic.publish (403): an internal exchange takes messages only from
+            // other exchanges.
+            return Err(Refusal::new(
+                "access_refused",
+                format!(
+                    "cannot publish to internal exchange '{}' in vhost '{}'",
+                    exchange.name, session.vhost.name
+                ),
+            ));
+        }
         let message = Message::new(exchange_name, key, properties, frame.body);
         let ticket = if persistent { session.next_ticket() } else { 0 };
         let on_durable: Option<junction_core::OnDurable> =
@@ -80,17 +94,18 @@ impl Connection {
     }
 
     /// Declares queue `name` for `/queue/` destinations (durable, as RabbitMQ does), unless it
-    /// exists already.
+    /// exists already. As in RabbitMQ, a `/queue/` destination is a declaration and needs
+    /// configure on the queue even when it exists (`/amq/queue/` is the one that does not).
     pub(super) async fn declare_named_queue(
         &mut self,
         name: &str,
     ) -> Result<junction_core::QueueHandle, Refusal> {
         let id = self.id;
         let session = self.session_mut()?;
+        session.authorize(ResourceKind::Queue, name, Permission::Configure)?;
         if let Some(queue) = session.vhost.queue(name) {
             return Ok(queue);
         }
-        session.authorize(ResourceKind::Queue, name, Permission::Configure)?;
         let spec = QueueSpec {
             name: name.to_owned(),
             durable: true,
@@ -124,8 +139,16 @@ impl Connection {
         let queue = match existing {
             Some(queue) => queue,
             None => {
+                // RabbitMQ's name for it, so permission patterns written for RabbitMQ match;
+                // declaring it needs configure, consuming from it read.
+                let name = format!(
+                    "stomp.gen-{}",
+                    junction_core::vhost::generate_queue_name().trim_start_matches("amq.gen-")
+                );
+                session.authorize(ResourceKind::Queue, &name, Permission::Configure)?;
+                session.authorize(ResourceKind::Queue, &name, Permission::Read)?;
                 let spec = QueueSpec {
-                    name: junction_core::vhost::generate_queue_name(),
+                    name,
                     durable: false,
                     exclusive: true,
                     auto_delete: true,
@@ -133,7 +156,7 @@ impl Connection {
                 };
                 let queue = session
                     .vhost
-                    .declare_queue(spec, false, true, id)
+                    .declare_queue(spec, false, false, id)
                     .await?
                     .handle;
                 session.temp_queues.insert(temp.to_owned(), queue.clone());

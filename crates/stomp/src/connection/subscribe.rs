@@ -2,6 +2,9 @@
 //! on the queue its destination names: the queue itself for `/queue/` and `/amq/queue/`, a
 //! private queue bound to the exchange for `/topic/` and `/exchange/` (exclusive and
 //! auto-delete, or durable and named `stomp-subscription-<id>` with `durable:true`).
+//! Permissions are RabbitMQ's: configure on a queue the subscription declares, write on it
+//! and read on the exchange to bind it, read on the queue to consume; UNSUBSCRIBE with
+//! `durable:true` deletes only the subscription's own durable queue, with configure on it.
 
 use std::sync::Arc;
 
@@ -161,19 +164,31 @@ impl Connection {
             return Err(Refusal::missing_header("UNSUBSCRIBE", "id"));
         };
         let tag: Arc<str> = subscription_id.into();
-        let Some(subscription) = session.subscriptions.remove(&tag) else {
+        let Some(subscription) = session.subscriptions.get(&tag) else {
             return Err(Refusal::new(
                 "Subscription not found",
                 format!("there is no subscription with id '{tag}'"),
             ));
         };
+        // `durable:true` ends a durable subscription: its own queue goes, never a queue the
+        // destination names (`/queue/`, `/amq/queue/`), and only with configure on it, as
+        // RabbitMQ does. The queue is the subscription's, never one the frame names.
+        let asked = frame.get("durable") == Some("true") || frame.get("persistent") == Some("true");
+        let forget = asked
+            && subscription.queue.spec().durable
+            && has_private_queue(&subscription.destination);
+        if forget {
+            let name = subscription.queue.name().to_owned();
+            session.authorize(ResourceKind::Queue, &name, Permission::Configure)?;
+        }
+        let Some(subscription) = session.subscriptions.remove(&tag) else {
+            return Ok(());
+        };
         subscription
             .queue
             .cancel(session.channel, tag.clone())
             .await;
-        let forget =
-            frame.get("durable") == Some("true") || frame.get("persistent") == Some("true");
-        if forget && subscription.queue.spec().durable {
+        if forget {
             session
                 .vhost
                 .delete_queue(subscription.queue.name(), false, false, id)
@@ -181,4 +196,13 @@ impl Connection {
         }
         Ok(())
     }
+}
+
+/// Whether a subscription to `destination` reads from a queue made for it (`/topic/`,
+/// `/exchange/`) rather than from a queue the destination names.
+fn has_private_queue(destination: &str) -> bool {
+    matches!(
+        Destination::parse(destination),
+        Ok(Destination::Topic(_) | Destination::Exchange { .. })
+    )
 }
