@@ -5,6 +5,8 @@
 //! keep coming. MQTT, STOMP and WebSocket are covered in
 //! `tests/interop/python/test_robust_alarms.py`.
 
+// Shared helpers, of which these tests use a few.
+#[allow(dead_code)]
 mod support;
 
 use std::time::{Duration, Instant};
