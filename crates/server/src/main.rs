@@ -6,6 +6,7 @@ mod alarms;
 mod config;
 mod demo;
 mod listeners;
+mod logging;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -80,6 +81,7 @@ fn init_logging(level: &str) {
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
+        .fmt_fields(logging::EscapedFields)
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

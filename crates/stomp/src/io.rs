@@ -185,10 +185,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             }
             Wake::Control(BrokerSignal::Shutdown) => Step::End,
             Wake::Control(BrokerSignal::AlarmChanged) => {
+                let was_blocked = self.connection.is_blocked();
                 self.connection
                     .set_alarm(self.alarm.borrow_and_update().clone());
                 self.control = broker_signals(&self.shutdown, &self.alarm);
-                Step::Wait
+                if !was_blocked || self.connection.is_blocked() {
+                    return Step::Wait;
+                }
+                // Heart-beats are expected again from now: the time not read was ours.
+                self.last_read = Instant::now();
+                self.reset_timer();
+                // A SEND held back while blocked is handled now.
+                if self.conduit.input().is_empty() {
+                    Step::Wait
+                } else {
+                    Step::HandleInput
+                }
             }
         }
     }

@@ -124,6 +124,9 @@ fn is_known_method(class: u16, method: u16) -> bool {
     }
 }
 
+/// Class and method ids of basic.publish.
+const BASIC_PUBLISH: (u16, u16) = (60, 40);
+
 fn str_value(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))
 }
@@ -163,6 +166,24 @@ impl Connection {
     /// Whether the socket should not be read now: a publisher during a resource alarm.
     pub fn is_blocked(&self) -> bool {
         self.alarm.is_some() && self.session.has_published && self.state == State::Open
+    }
+
+    /// Whether the next frame in `buffer` is a basic.publish that a resource alarm holds back.
+    /// It stays in the buffer, unhandled, and the connection counts as a publisher from now
+    /// on, so the driver stops reading it: the alarm blocks a connection's first publish as
+    /// well as later ones.
+    fn holds_publish(&mut self, buffer: &[u8]) -> bool {
+        /// Frame type, channel and payload size come before a method frame's class and method.
+        const METHOD_IDS_AT: usize = 7;
+        let held = self.alarm.is_some()
+            && self.state == State::Open
+            && buffer.first() == Some(&FRAME_METHOD)
+            && buffer
+                .get(METHOD_IDS_AT..)
+                .and_then(method_ids)
+                .is_some_and(|ids| ids == BASIC_PUBLISH);
+        self.session.has_published |= held;
+        held
     }
 
     /// Sends connection.blocked to a publishing connection the first time it publishes during
@@ -262,6 +283,9 @@ impl Connection {
         loop {
             if self.state == State::Closed {
                 return Next::Close;
+            }
+            if self.holds_publish(buffer) {
+                break;
             }
             let frame = match take_frame(buffer, self.session.frame_max) {
                 Ok(Some(frame)) => frame,

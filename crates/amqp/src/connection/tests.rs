@@ -111,6 +111,43 @@ async fn a_resource_alarm_blocks_and_unblocks_a_client_that_asked() {
 }
 
 #[tokio::test]
+async fn a_first_publish_during_an_alarm_waits_unread_until_it_clears() {
+    let mut connection = open_connection().await;
+    let mut input = method(
+        1,
+        AMQPClass::Channel(channel_methods::AMQPMethod::Open(channel_methods::Open {})),
+    );
+    connection.on_bytes(&mut input).await;
+    connection.take_output();
+    connection.set_alarm(Some("low on memory".into()));
+    let mut input = method(
+        1,
+        AMQPClass::Basic(basic_methods::AMQPMethod::Publish(basic_methods::Publish {
+            exchange: "".into(),
+            routing_key: "nowhere".into(),
+            mandatory: false,
+            immediate: false,
+        })),
+    );
+    let held = input.len();
+    assert_eq!(connection.on_bytes(&mut input).await, Next::Continue);
+    assert_eq!(input.len(), held, "the publish is left in the buffer");
+    assert!(connection.is_blocked(), "the connection is a publisher now");
+    let frames = decode_all(&connection.take_output());
+    assert!(matches!(
+        &frames[..],
+        [AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(conn::AMQPMethod::Blocked(_))
+        )]
+    ));
+    connection.set_alarm(None);
+    connection.take_output();
+    assert_eq!(connection.on_bytes(&mut input).await, Next::Continue);
+    assert!(input.is_empty(), "handled once the alarm clears");
+}
+
+#[tokio::test]
 async fn a_method_before_channel_open_is_a_channel_error() {
     let mut connection = open_connection().await;
     let mut input = method(

@@ -53,6 +53,9 @@ impl From<DecodeError> for Violation {
 
 type Handled = Result<Next, Violation>;
 
+/// The packet type of PUBLISH, in the high nibble of a packet's first byte.
+const PUBLISH_TYPE: u8 = 3;
+
 /// A delivery sent at QoS 1 or 2 and not yet acknowledged by the client.
 struct Inflight {
     /// Its position in the session's queue (None for a retained message sent on subscribe).
@@ -217,6 +220,20 @@ impl Connection {
         self.alarm && self.has_published
     }
 
+    /// Whether the next packet in `buffer` is a PUBLISH that a resource alarm holds back. It
+    /// stays in the buffer, unhandled, and the connection counts as a publisher from now on,
+    /// so the driver stops reading it: the alarm blocks a connection's first publication as
+    /// well as later ones, and a stream of fresh connections cannot queue one message each.
+    fn holds_publish(&mut self, buffer: &[u8]) -> bool {
+        let held = self.alarm
+            && self.session.is_some()
+            && buffer
+                .first()
+                .is_some_and(|first| first >> 4 == PUBLISH_TYPE);
+        self.has_published |= held;
+        held
+    }
+
     /// Whether there are bytes to write.
     pub(crate) fn has_output(&self) -> bool {
         !self.out.is_empty()
@@ -250,6 +267,9 @@ impl Connection {
     /// Handles every whole packet in `buffer`.
     pub(crate) async fn on_bytes(&mut self, buffer: &mut BytesMut) -> Next {
         loop {
+            if self.holds_publish(buffer) {
+                return Next::Continue;
+            }
             let max = if self.session.is_some() {
                 self.mqtt.settings.max_packet_size
             } else {

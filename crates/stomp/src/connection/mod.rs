@@ -230,6 +230,16 @@ impl Connection {
         self.alarm && self.has_published
     }
 
+    /// Whether the next frame in `buffer` is a SEND that a resource alarm holds back. It
+    /// stays in the buffer, unhandled, and the connection counts as a publisher from now on,
+    /// so the driver stops reading it: the alarm blocks a connection's first SEND as well as
+    /// later ones, and a stream of fresh connections cannot queue one message each.
+    fn holds_send(&mut self, buffer: &[u8]) -> bool {
+        let held = self.alarm && self.session.is_some() && next_command_is_send(buffer);
+        self.has_published |= held;
+        held
+    }
+
     /// Whether there are bytes to write.
     pub(crate) fn has_output(&self) -> bool {
         !self.out.is_empty()
@@ -265,6 +275,9 @@ impl Connection {
     /// Handles every whole frame in `buffer`.
     pub(crate) async fn on_bytes(&mut self, buffer: &mut BytesMut) -> Next {
         loop {
+            if self.holds_send(buffer) {
+                return Next::Continue;
+            }
             let frame = match self.decoder.decode(buffer) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Next::Continue,
@@ -440,6 +453,16 @@ impl Connection {
         }
         session.vhost.connection_closed(self.id).await;
     }
+}
+
+/// Whether the first frame in `buffer`, after any heart-beat EOLs, is a SEND. Its command
+/// line is enough: the frame need not be whole.
+fn next_command_is_send(buffer: &[u8]) -> bool {
+    let Some(start) = buffer.iter().position(|b| *b != b'\n' && *b != b'\r') else {
+        return false;
+    };
+    let command = &buffer[start..];
+    command.starts_with(b"SEND") && matches!(command.get(4), None | Some(b'\n' | b'\r'))
 }
 
 #[cfg(test)]

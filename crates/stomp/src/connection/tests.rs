@@ -94,3 +94,31 @@ async fn a_receipt_follows_a_send_and_a_disconnect() {
     let receipts: Vec<_> = frames.iter().filter_map(|f| f.get("receipt-id")).collect();
     assert_eq!(receipts, vec!["r1", "r2"]);
 }
+
+#[tokio::test]
+async fn a_first_send_during_an_alarm_waits_unread_until_it_clears() {
+    let mut client = connection();
+    feed(&mut client, CONNECT).await;
+    client.set_alarm(Some("low on memory".into()));
+    let send = b"\nSEND\ndestination:/queue/stomp-held\nreceipt:r1\n\nhello\0";
+    let mut input = BytesMut::from(&send[..]);
+    assert_eq!(client.on_bytes(&mut input).await, Next::Continue);
+    assert_eq!(&input[..], &send[..], "the SEND is left in the buffer");
+    assert!(client.is_blocked(), "the connection is a publisher now");
+    assert!(!client.has_output(), "no receipt while held");
+    client.set_alarm(None);
+    assert_eq!(client.on_bytes(&mut input).await, Next::Continue);
+    assert!(input.is_empty(), "handled once the alarm clears");
+    assert!(client.has_output(), "its receipt follows");
+}
+
+#[test]
+fn only_a_send_command_line_counts_as_a_send() {
+    assert!(next_command_is_send(b"SEND\n"));
+    assert!(next_command_is_send(b"\r\n\nSEND\r\ndestination:/queue/a"));
+    assert!(next_command_is_send(b"SEND"));
+    assert!(!next_command_is_send(b"SENDX\n"));
+    assert!(!next_command_is_send(b"SUBSCRIBE\n"));
+    assert!(!next_command_is_send(b"\n\n"));
+    assert!(!next_command_is_send(b"SE"));
+}
