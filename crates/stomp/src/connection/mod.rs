@@ -196,7 +196,8 @@ impl Connection {
         peer: Option<SocketAddr>,
     ) -> Self {
         let id = broker.next_connection_id();
-        let decoder = Decoder::new(settings.limits);
+        // A stranger's frame is small: the configured limits apply once CONNECT is accepted.
+        let decoder = Decoder::new(settings.limits.pre_login());
         Self {
             broker,
             settings,

@@ -122,3 +122,26 @@ fn only_a_send_command_line_counts_as_a_send() {
     assert!(!next_command_is_send(b"\n\n"));
     assert!(!next_command_is_send(b"SE"));
 }
+
+#[tokio::test]
+async fn a_stranger_frame_is_small_and_the_configured_limits_apply_after_connect() {
+    // Before login: a CONNECT announcing a 16 MiB body is refused from its header alone.
+    let (next, frames) = feed(
+        &mut connection(),
+        b"CONNECT\naccept-version:1.2\nlogin:guest\npasscode:guest\ncontent-length:16777216\n\n",
+    )
+    .await;
+    assert_eq!(next, Next::Close);
+    assert_eq!(frames[0].command, "ERROR");
+    assert_eq!(frames[0].get("message"), Some("Frame too large"));
+
+    // After login the configured body limit (16 MiB by default) applies: 8 KiB is fine.
+    let mut client = connection();
+    feed(&mut client, CONNECT).await;
+    let mut send = b"SEND\ndestination:/queue/stomp-unit-big\nreceipt:r1\n\n".to_vec();
+    send.extend_from_slice(&[b'x'; 8 * 1024]);
+    send.push(0);
+    let (next, frames) = feed(&mut client, &send).await;
+    assert_eq!(next, Next::Continue);
+    assert_eq!(frames[0].get("receipt-id"), Some("r1"));
+}
