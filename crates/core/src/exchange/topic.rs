@@ -3,10 +3,10 @@
 //! it once, in time linear in the routing key's words whatever the `#`s, and a bind or unbind
 //! copies only the nodes on its pattern's path.
 //!
-//! Keys have at most [`MAX_TOPIC_WORDS`] words: a longer binding key is refused (406 in AMQP), and
+//! Keys have at most [`MAX_TOPIC_WORDS`](super::MAX_TOPIC_WORDS) words: a longer binding key is refused (406 in AMQP), and
 //! a longer routing key matches no binding (adapters refuse such keys before they get here).
 
-use super::trie::{MAX_TOPIC_WORDS, TopicTrie, check_topic_words};
+use super::trie::{TopicTrie, check_topic_words};
 use super::{Binding, BindingTarget, ExchangeType, Router};
 use crate::error::{CoreError, CoreResult};
 use crate::field::FieldTable;
@@ -75,6 +75,7 @@ impl ExchangeType for TopicExchange {
 
 #[cfg(test)]
 mod tests {
+    use super::super::MAX_TOPIC_WORDS;
     use super::*;
 
     #[test]
