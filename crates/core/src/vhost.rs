@@ -1,6 +1,7 @@
 //! A virtual host: a namespace of exchanges and queues with their bindings. Declarations,
 //! deletions and bindings go through here; so does routing a published message to its queues.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 
 use dashmap::DashMap;
@@ -561,11 +562,12 @@ impl VirtualHost {
         }
         let mut targets = Vec::new();
         let mut visited: Vec<*const Exchange> = vec![exchange as *const Exchange];
+        let mut seen = SeenQueues::default();
         self.route_one(exchange, message, &mut targets);
         while let Some(target) = targets.pop() {
             match target {
                 BindingTarget::Queue(queue) => {
-                    if !queues.iter().any(|q| q.same(&queue)) {
+                    if seen.is_new(queues, &queue) {
                         queues.push(queue);
                     }
                 }
@@ -618,6 +620,8 @@ impl VirtualHost {
                 self.spawn_queue(spec, None, &vhost, recovered)
             });
         }
+        // Grouped by source so that each exchange builds its router once, not once per binding.
+        let mut by_source: HashMap<String, (Arc<Exchange>, Vec<Binding>)> = HashMap::new();
         for record in definitions.bindings {
             let (Some(source), Some(target)) = (
                 self.exchanges
@@ -637,13 +641,19 @@ impl VirtualHost {
                 );
                 continue;
             };
-            let binding = Binding {
-                routing_key: record.routing_key,
-                arguments: record.arguments,
-                target,
-            };
-            if let Err(error) = source.bind(binding) {
-                tracing::warn!(%error, "stored binding is invalid; skipped");
+            by_source
+                .entry(record.source)
+                .or_insert_with(|| (source, Vec::new()))
+                .1
+                .push(Binding {
+                    routing_key: record.routing_key,
+                    arguments: record.arguments,
+                    target,
+                });
+        }
+        for (source, bindings) in by_source.into_values() {
+            for (binding, error) in source.bind_all(bindings) {
+                tracing::warn!(exchange = %source.name, target = ?binding.target, %error, "stored binding is invalid; skipped");
             }
         }
     }
@@ -660,6 +670,30 @@ impl VirtualHost {
             let _ = handle.delete(false, false).await;
             self.forget_queue(&handle);
         }
+    }
+}
+
+/// The queues a message is already routed to, so each gets it once. A short list is scanned;
+/// past [`SeenQueues::SCAN`] queues (a `#` binding may reach thousands) a set takes over, so
+/// routing stays linear in the number of targets.
+#[derive(Default)]
+struct SeenQueues {
+    set: HashSet<BindingTarget>,
+}
+
+impl SeenQueues {
+    const SCAN: usize = 16;
+
+    /// Whether `queue` is not among `queues` (the routed list this tracks).
+    fn is_new(&mut self, queues: &[QueueHandle], queue: &QueueHandle) -> bool {
+        if queues.len() < Self::SCAN {
+            return !queues.iter().any(|q| q.same(queue));
+        }
+        if self.set.is_empty() {
+            self.set
+                .extend(queues.iter().cloned().map(BindingTarget::Queue));
+        }
+        self.set.insert(BindingTarget::Queue(queue.clone()))
     }
 }
 
