@@ -20,7 +20,7 @@ use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use tokio::time::timeout;
 
@@ -32,6 +32,10 @@ const FILLER_BYTES: usize = 4 * 1024 * 1024;
 const BODY_BYTES: usize = 64 * 1024;
 /// More messages than fit on the disk.
 const MAX_MESSAGES: u64 = 1000;
+/// Durable declarations tried on the full disk (each with 2 KiB of arguments).
+const DECLARES_WHILE_FULL: usize = 3000;
+/// AMQP's internal-error reply code, for a definitions write that failed.
+const INTERNAL_ERROR: u16 = 541;
 /// Bounds every single wait; only a hang reaches it.
 const STEP: Duration = Duration::from_secs(20);
 
@@ -199,6 +203,14 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// The AMQP reply code carried by a lapin error, if it is a protocol error.
+fn reply_code(error: &lapin::Error) -> Option<u16> {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(e) => Some(e.get_id()),
+        _ => None,
+    }
+}
+
 async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output {
     match timeout(STEP, future).await {
         Ok(output) => output,
@@ -307,60 +319,110 @@ fn amqp_publishers_get_nacks_on_a_full_disk_and_confirms_again_once_space_is_fre
     let broker = Junction::start(&disk.dir, "[alarms]\ndisk_free_limit = 0\n");
     let url = broker.amqp_url();
     let rt = runtime();
-    let (acked, nacked, declared_while_full, deleted_while_full) = rt.block_on(async {
-        let (_connection, ch) = channel(&url).await;
-        declare_durable(&ch, "disk-amqp").await.expect("declare");
-        declare_durable(&ch, "victim").await.expect("declare");
-        within("confirm.select", ch.confirm_select(ConfirmSelectOptions::default()))
-            .await
-            .expect("confirm.select");
-        let mut acked = BTreeSet::new();
-        let mut nacked = BTreeSet::new();
-        for n in 0..MAX_MESSAGES {
-            let confirm = within(
-                "basic.publish",
-                ch.basic_publish(
-                    "".into(),
-                    "disk-amqp".into(),
-                    BasicPublishOptions::default(),
-                    &body(n),
-                    persistent(),
-                ),
+    let (acked, nacked, declared_while_full, refused_declare, deleted_while_full) =
+        rt.block_on(async {
+            let (_connection, ch) = channel(&url).await;
+            declare_durable(&ch, "disk-amqp").await.expect("declare");
+            declare_durable(&ch, "victim").await.expect("declare");
+            within(
+                "confirm.select",
+                ch.confirm_select(ConfirmSelectOptions::default()),
             )
             .await
-            .expect("publish");
-            match within("the confirm of a persistent publish", confirm).await {
-                Ok(Confirmation::Ack(_)) => {
-                    acked.insert(n);
+            .expect("confirm.select");
+            let mut acked = BTreeSet::new();
+            let mut nacked = BTreeSet::new();
+            for n in 0..MAX_MESSAGES {
+                let confirm = within(
+                    "basic.publish",
+                    ch.basic_publish(
+                        "".into(),
+                        "disk-amqp".into(),
+                        BasicPublishOptions::default(),
+                        &body(n),
+                        persistent(),
+                    ),
+                )
+                .await
+                .expect("publish");
+                match within("the confirm of a persistent publish", confirm).await {
+                    Ok(Confirmation::Ack(_)) => {
+                        acked.insert(n);
+                    }
+                    Ok(Confirmation::Nack(_)) => {
+                        nacked.insert(n);
+                        if nacked.len() >= 5 {
+                            break;
+                        }
+                    }
+                    other => panic!("unexpected confirmation {other:?}"),
                 }
-                Ok(Confirmation::Nack(_)) => {
-                    nacked.insert(n);
-                    if nacked.len() >= 5 {
+            }
+            assert!(
+                !nacked.is_empty(),
+                "the disk never filled: {} confirms",
+                acked.len()
+            );
+            // Definitions while the disk is full: each change is committed (declare-ok) or
+            // refused with 541, never acknowledged and lost. Declarations with large arguments
+            // use up the definitions file's free pages until a commit needs the disk.
+            let (_c, ch) = channel(&url).await;
+            let mut declared_while_full = Vec::new();
+            let mut refused_declare = None;
+            for i in 0..DECLARES_WHILE_FULL {
+                let name = format!("declared-while-full-{i:04}");
+                let mut arguments = FieldTable::default();
+                arguments.insert(
+                    "x-padding".into(),
+                    AMQPValue::LongString(vec![b'p'; 2048].into()),
+                );
+                let declared = within(
+                    "queue.declare",
+                    ch.queue_declare(
+                        name.as_str().into(),
+                        QueueDeclareOptions {
+                            durable: true,
+                            ..Default::default()
+                        },
+                        arguments,
+                    ),
+                )
+                .await;
+                match declared {
+                    Ok(_) => declared_while_full.push(name),
+                    Err(error) => {
+                        assert_eq!(
+                            reply_code(&error),
+                            Some(INTERNAL_ERROR),
+                            "a failed definitions write: {error}"
+                        );
+                        refused_declare = Some(name);
                         break;
                     }
                 }
-                other => panic!("unexpected confirmation {other:?}"),
             }
-        }
-        assert!(
-            !nacked.is_empty(),
-            "the disk never filled: {} confirms",
-            acked.len()
-        );
-        // Definitions while the disk is full: either committed or refused, never both.
-        let (_c, ch) = channel(&url).await;
-        let declared_while_full = declare_durable(&ch, "declared-while-full").await.is_ok();
-        let (_c, ch) = channel(&url).await;
-        let deleted_while_full = within(
-            "queue.delete",
-            ch.queue_delete("victim".into(), QueueDeleteOptions::default()),
-        )
-        .await
-        .is_ok();
-        (acked, nacked, declared_while_full, deleted_while_full)
-    });
+            eprintln!(
+                "amqp: {} durable declarations committed on the full disk, then {:?} refused",
+                declared_while_full.len(),
+                refused_declare
+            );
+            let (_c, ch) = channel(&url).await;
+            let deleted_while_full = within(
+                "queue.delete",
+                ch.queue_delete("victim".into(), QueueDeleteOptions::default()),
+            )
+            .await
+            .is_ok();
+            (
+                acked,
+                nacked,
+                declared_while_full,
+                refused_declare,
+                deleted_while_full,
+            )
+        });
     eprintln!(
-        "amqp: {} confirmed, {} nacked before the disk was freed; declare while full ok: {declared_while_full}, delete while full ok: {deleted_while_full}",
+        "amqp: {} confirmed, {} nacked before the disk was freed; delete while full ok: {deleted_while_full}",
         acked.len(),
         nacked.len()
     );
@@ -369,9 +431,12 @@ fn amqp_publishers_get_nacks_on_a_full_disk_and_confirms_again_once_space_is_fre
     let (acked, nacked) = rt.block_on(async move {
         let (mut acked, mut nacked) = (acked, nacked);
         let (_connection, ch) = channel(&url).await;
-        within("confirm.select", ch.confirm_select(ConfirmSelectOptions::default()))
-            .await
-            .expect("confirm.select");
+        within(
+            "confirm.select",
+            ch.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await
+        .expect("confirm.select");
         let deadline = Instant::now() + STEP;
         let mut n = MAX_MESSAGES;
         let mut confirmed_again = 0;
@@ -417,11 +482,18 @@ fn amqp_publishers_get_nacks_on_a_full_disk_and_confirms_again_once_space_is_fre
     let url = broker.amqp_url();
     rt.block_on(async {
         assert!(queue_exists(&url, "declared-after").await);
-        assert_eq!(
-            queue_exists(&url, "declared-while-full").await,
-            declared_while_full,
-            "declare-ok is given exactly when the declaration is stored"
-        );
+        for name in &declared_while_full {
+            assert!(
+                queue_exists(&url, name).await,
+                "{name} got declare-ok but is gone after the restart"
+            );
+        }
+        if let Some(name) = &refused_declare {
+            assert!(
+                !queue_exists(&url, name).await,
+                "{name} was refused but exists after the restart"
+            );
+        }
         assert_eq!(
             queue_exists(&url, "victim").await,
             !deleted_while_full,
@@ -684,7 +756,10 @@ fn stomp_senders_get_an_error_on_a_full_disk_and_receipts_again_once_space_is_fr
     let mut n = MAX_MESSAGES;
     let mut acked_again = 0;
     while acked_again < 3 {
-        assert!(Instant::now() < deadline, "no RECEIPT after space was freed");
+        assert!(
+            Instant::now() < deadline,
+            "no RECEIPT after space was freed"
+        );
         n += 1;
         let Some(mut client) = StompClient::connect(broker.stomp) else {
             continue;
@@ -721,9 +796,12 @@ fn the_disk_alarm_blocks_publishers_before_the_disk_is_full() {
     let (published, confirms) = runtime().block_on(async {
         let (connection, ch) = channel(&url).await;
         declare_durable(&ch, "disk-alarm").await.expect("declare");
-        within("confirm.select", ch.confirm_select(ConfirmSelectOptions::default()))
-            .await
-            .expect("confirm.select");
+        within(
+            "confirm.select",
+            ch.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await
+        .expect("confirm.select");
         let mut outstanding = std::collections::VecDeque::new();
         let mut confirms = Vec::new();
         let mut published = 0;
@@ -773,11 +851,12 @@ fn the_disk_alarm_blocks_publishers_before_the_disk_is_full() {
     eprintln!(
         "disk alarm: blocked after {published} publishes of {BODY_BYTES} bytes with {free} bytes still free (limit {limit})"
     );
-    assert!(free > 0, "the disk filled up before publishers were blocked");
     assert!(
-        confirms
-            .iter()
-            .all(|c| matches!(c, Confirmation::Ack(_))),
+        free > 0,
+        "the disk filled up before publishers were blocked"
+    );
+    assert!(
+        confirms.iter().all(|c| matches!(c, Confirmation::Ack(_))),
         "a message was nacked: the disk filled before the alarm"
     );
     broker.stop();
