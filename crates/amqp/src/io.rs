@@ -65,7 +65,7 @@ enum Wake {
     /// A consumer event.
     Event(ConsumerEvent),
     /// A persistent message published with confirms is on disk.
-    Durable(ChannelId, u64),
+    Durable(ChannelId, u64, junction_core::persistence::Durability),
     /// The timer's deadline passed.
     Timer,
     /// The broker is shutting down or the resource alarm changed.
@@ -155,10 +155,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                         }
                     }
                 }
-                Wake::Durable(channel, seq) => {
-                    self.connection.on_durable(channel, seq);
-                    while let Some((channel, seq)) = self.connection.durable_notices().try_recv() {
-                        self.connection.on_durable(channel, seq);
+                Wake::Durable(channel, seq, durability) => {
+                    self.connection.on_durable(channel, seq, durability);
+                    while let Some((channel, seq, durability)) =
+                        self.connection.durable_notices().try_recv()
+                    {
+                        self.connection.on_durable(channel, seq, durability);
                     }
                 }
                 Wake::Timer => {
@@ -211,8 +213,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         {
             return Poll::Ready(Wake::Control(control));
         }
-        if let Poll::Ready(Some((channel, seq))) = self.connection.durable_notices().poll_recv(cx) {
-            return Poll::Ready(Wake::Durable(channel, seq));
+        if let Poll::Ready(Some((channel, seq, durability))) =
+            self.connection.durable_notices().poll_recv(cx)
+        {
+            return Poll::Ready(Wake::Durable(channel, seq, durability));
         }
         if self.connection.output_len() <= OUTPUT_BACKLOG {
             let read = !self.connection.is_blocked();

@@ -348,10 +348,21 @@ impl VirtualHost {
             Err(e) if e.kind == ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(e),
         };
+        // The record goes first: delete-ok promises the queue will not come back at the next
+        // start, and a store that cannot write fails the delete with nothing changed.
+        let durable = handle.spec().durable && !handle.spec().exclusive;
+        if durable {
+            self.persist(|store| store.delete_queue(&self.name, handle.name()))?;
+        }
         let count = match handle.delete(if_unused, if_empty).await {
             Ok(count) => count,
             Err(e) if e.kind == ErrorKind::NotFound => 0,
-            Err(e) => return Err(e),
+            Err(e) => {
+                if durable {
+                    self.persist_quietly(|store| store.save_queue(&self.name, handle.spec()));
+                }
+                return Err(e);
+            }
         };
         self.forget_queue(&handle);
         Ok(count)
@@ -430,12 +441,16 @@ impl VirtualHost {
         Ok(())
     }
 
-    /// Removes a binding (and its record); auto-deletes the source if that was its last.
-    fn remove_binding(&self, source: &Arc<Exchange>, binding: &Binding) {
+    /// Removes a binding (its record first: a store that cannot write fails the unbind with
+    /// nothing changed); auto-deletes the source if that was its last.
+    fn remove_binding(&self, source: &Arc<Exchange>, binding: &Binding) -> CoreResult<()> {
+        if let Some(record) = Self::record(source, binding) {
+            self.persist(|store| store.delete_binding(&self.name, &record))?;
+        }
         if source.unbind(binding) {
-            self.forget_binding(source, binding);
             self.maybe_auto_delete(source);
         }
+        Ok(())
     }
 
     /// Removes a binding's record, if it had one.
@@ -504,8 +519,7 @@ impl VirtualHost {
                 arguments,
                 target: BindingTarget::Queue(handle),
             },
-        );
-        Ok(())
+        )
     }
 
     /// Binds exchange `destination` to exchange `source`.
@@ -545,8 +559,7 @@ impl VirtualHost {
                 arguments,
                 target: BindingTarget::Exchange(target),
             },
-        );
-        Ok(())
+        )
     }
 
     /// Resolves the queues `message` goes to when published to `exchange`, following

@@ -306,8 +306,11 @@ impl<S: AsyncRead + AsyncWrite + Detach + Unpin> Driver<S> {
                 while let Some(ticket) = self.connection.durable.try_recv() {
                     latest = latest.max(ticket);
                 }
-                self.connection.on_durable(latest);
-                Step::Wait
+                if self.connection.on_durable(latest) {
+                    Step::End(false)
+                } else {
+                    Step::Wait
+                }
             }
             Wake::Timer => match self.on_timer() {
                 Some(graceful) => Step::End(graceful),

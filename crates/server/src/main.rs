@@ -197,15 +197,22 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "message log recovered"
     );
+    let messages = Arc::new(messages);
     let storage = Storage {
         definitions: Some(definitions),
-        messages: Some(Arc::new(messages)),
+        messages: Some(messages.clone()),
         max_loaded_bytes_per_queue: config.storage.max_loaded_bytes_per_queue,
     };
     let broker = Broker::with_store(BrokerConfig { default_vhost }, registry, auth, storage);
     for vhost in &config.vhosts {
         broker.add_vhost(&vhost.name);
     }
+    let disk_alarm = Arc::new(alarms::DiskAlarm::new(
+        broker.clone(),
+        config.alarms.disk_free_limit,
+    ));
+    let watched = disk_alarm.clone();
+    messages.watch_space(Box::new(move |free| watched.update(free)));
 
     let amqp_settings = Arc::new(junction_amqp::Settings {
         frame_max: config.amqp.frame_max.max(4096),
@@ -263,6 +270,7 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
         broker.clone(),
         config.alarms.clone(),
         data_dir.clone(),
+        disk_alarm,
         shutdown_rx.clone(),
     ));
     let mut running = Listeners::new(shutdown_rx.clone());

@@ -173,8 +173,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 while let Some(ticket) = self.connection.durable.try_recv() {
                     latest = latest.max(ticket);
                 }
-                self.connection.on_durable(latest);
-                Step::Wait
+                match self.connection.on_durable(latest) {
+                    Next::Close => Step::End,
+                    Next::Continue => Step::Wait,
+                }
             }
             Wake::Timer => {
                 if self.on_timer() {
@@ -257,7 +259,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         while self.connection.has_pending_receipts() {
             let notice = poll_fn(|cx| self.connection.durable.poll_recv(cx));
             match tokio::time::timeout_at(deadline, notice).await {
-                Ok(Some(ticket)) => self.connection.on_durable(ticket),
+                Ok(Some(ticket)) => {
+                    if self.connection.on_durable(ticket) == Next::Close {
+                        break;
+                    }
+                }
                 _ => break,
             }
         }

@@ -1,7 +1,14 @@
 //! The definitions store: a [`DefinitionStore`] on redb. Records are JSON (small, readable with
 //! any redb tool, and the format RabbitMQ's definitions export uses), keyed by vhost and name.
+//!
+//! A failed write (a full disk) fails the operation that needed it, and redb then refuses
+//! every later transaction until the database is reopened; so after a failure the store
+//! closes the database and opens it again on the next operation, which works again as soon as
+//! the disk has room. redb commits atomically, so a failed transaction leaves the last
+//! committed state.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use junction_core::definitions::{
     AdapterStateStore, BindingRecord, DefinitionStore, StoreFailure, VhostDefinitions,
@@ -37,7 +44,9 @@ pub enum OpenError {
 
 /// Durable definitions in `<data dir>/definitions.redb`.
 pub struct Definitions {
-    db: Database,
+    path: PathBuf,
+    /// None after a failure until it is reopened.
+    db: Mutex<Option<Database>>,
 }
 
 /// The key of a named resource: vhost and name, separated by a NUL (which no name contains).
@@ -94,20 +103,51 @@ impl Definitions {
                 });
             }
         };
-        let store = Self { db };
+        let store = Self {
+            path: path.clone(),
+            db: Mutex::new(Some(db)),
+        };
         store.create_tables().map_err(|error| OpenError::Failed {
-            path: data_dir.join(FILE_NAME),
+            path,
             message: error.to_string(),
         })?;
         Ok(store)
     }
 
-    fn create_tables(&self) -> Result<(), StoreFailure> {
-        let tx = self.db.begin_write().map_err(failure)?;
-        for table in [EXCHANGES, QUEUES, BINDINGS, ADAPTER_STATE] {
-            tx.open_table(table).map_err(failure)?;
+    /// Runs `operation` on the database, reopening it first if an earlier operation failed;
+    /// a failure closes it so that the next operation reopens it.
+    fn with_db<T>(
+        &self,
+        operation: impl FnOnce(&Database) -> Result<T, StoreFailure>,
+    ) -> Result<T, StoreFailure> {
+        let mut slot: MutexGuard<'_, Option<Database>> = match self.db.lock() {
+            Ok(slot) => slot,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if slot.is_none() {
+            let db = Database::create(&self.path).map_err(failure)?;
+            tracing::info!(file = %self.path.display(), "definitions store reopened");
+            *slot = Some(db);
         }
-        tx.commit().map_err(failure)
+        let Some(db) = slot.as_ref() else {
+            return Err(StoreFailure("definitions store is closed".into()));
+        };
+        let outcome = operation(db);
+        if let Err(error) = &outcome {
+            tracing::error!(%error, "definitions store operation failed; it reopens on the next one");
+            *slot = None;
+        }
+        outcome
+    }
+
+    fn create_tables(&self) -> Result<(), StoreFailure> {
+        self.with_db(|db| {
+            let tx = db.begin_write().map_err(failure)?;
+            for table in [EXCHANGES, QUEUES, BINDINGS, ADAPTER_STATE] {
+                tx.open_table(table).map_err(failure)?;
+            }
+            tx.commit().map_err(failure)
+        })
     }
 
     fn put(
@@ -126,21 +166,25 @@ impl Definitions {
         key: &str,
         bytes: &[u8],
     ) -> Result<(), StoreFailure> {
-        let tx = self.db.begin_write().map_err(failure)?;
-        tx.open_table(table)
-            .map_err(failure)?
-            .insert(key, bytes)
-            .map_err(failure)?;
-        tx.commit().map_err(failure)
+        self.with_db(|db| {
+            let tx = db.begin_write().map_err(failure)?;
+            tx.open_table(table)
+                .map_err(failure)?
+                .insert(key, bytes)
+                .map_err(failure)?;
+            tx.commit().map_err(failure)
+        })
     }
 
     fn remove(&self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<(), StoreFailure> {
-        let tx = self.db.begin_write().map_err(failure)?;
-        tx.open_table(table)
-            .map_err(failure)?
-            .remove(key)
-            .map_err(failure)?;
-        tx.commit().map_err(failure)
+        self.with_db(|db| {
+            let tx = db.begin_write().map_err(failure)?;
+            tx.open_table(table)
+                .map_err(failure)?
+                .remove(key)
+                .map_err(failure)?;
+            tx.commit().map_err(failure)
+        })
     }
 
     /// Every value stored under `vhost` in `table`, in key order.
@@ -149,23 +193,25 @@ impl Definitions {
         table: TableDefinition<&str, &[u8]>,
         vhost: &str,
     ) -> Result<Vec<T>, StoreFailure> {
-        let tx = self.db.begin_read().map_err(failure)?;
-        let table = tx.open_table(table).map_err(failure)?;
-        let prefix = format!("{vhost}\0");
-        let mut values = Vec::new();
-        for entry in table.range(prefix.as_str()..).map_err(failure)? {
-            let (key, value) = entry.map_err(failure)?;
-            if !key.value().starts_with(&prefix) {
-                break;
-            }
-            match serde_json::from_slice(value.value()) {
-                Ok(parsed) => values.push(parsed),
-                Err(error) => {
-                    tracing::error!(key = %key.value().replace('\0', "/"), %error, "unreadable definition record skipped");
+        self.with_db(|db| {
+            let tx = db.begin_read().map_err(failure)?;
+            let table = tx.open_table(table).map_err(failure)?;
+            let prefix = format!("{vhost}\0");
+            let mut values = Vec::new();
+            for entry in table.range(prefix.as_str()..).map_err(failure)? {
+                let (key, value) = entry.map_err(failure)?;
+                if !key.value().starts_with(&prefix) {
+                    break;
+                }
+                match serde_json::from_slice(value.value()) {
+                    Ok(parsed) => values.push(parsed),
+                    Err(error) => {
+                        tracing::error!(key = %key.value().replace('\0', "/"), %error, "unreadable definition record skipped");
+                    }
                 }
             }
-        }
-        Ok(values)
+            Ok(values)
+        })
     }
 }
 
@@ -216,18 +262,20 @@ impl AdapterStateStore for Definitions {
     }
 
     fn load_state(&self, table: &str) -> Result<Vec<(String, Vec<u8>)>, StoreFailure> {
-        let tx = self.db.begin_read().map_err(failure)?;
-        let records = tx.open_table(ADAPTER_STATE).map_err(failure)?;
-        let prefix = format!("{table}\0");
-        let mut values = Vec::new();
-        for entry in records.range(prefix.as_str()..).map_err(failure)? {
-            let (stored_key, value) = entry.map_err(failure)?;
-            let Some(name) = stored_key.value().strip_prefix(&prefix) else {
-                break;
-            };
-            values.push((name.to_owned(), value.value().to_vec()));
-        }
-        Ok(values)
+        self.with_db(|db| {
+            let tx = db.begin_read().map_err(failure)?;
+            let records = tx.open_table(ADAPTER_STATE).map_err(failure)?;
+            let prefix = format!("{table}\0");
+            let mut values = Vec::new();
+            for entry in records.range(prefix.as_str()..).map_err(failure)? {
+                let (stored_key, value) = entry.map_err(failure)?;
+                let Some(name) = stored_key.value().strip_prefix(&prefix) else {
+                    break;
+                };
+                values.push((name.to_owned(), value.value().to_vec()));
+            }
+            Ok(values)
+        })
     }
 }
 

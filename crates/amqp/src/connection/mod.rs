@@ -16,6 +16,7 @@ use amq_protocol::types::parsing::parse_field_table;
 use amq_protocol::types::{AMQPValue, FieldTable as WireTable, LongString};
 use bytes::{BufMut, Bytes, BytesMut};
 use junction_core::field::MAX_DEPTH;
+use junction_core::persistence::Durability;
 use junction_core::{Broker, ChannelId, ConsumerEvent, LoginRequest};
 use junction_transport::LazyChannel;
 
@@ -146,13 +147,14 @@ impl Connection {
         }
     }
 
-    /// A persistent message published on `channel` with confirm sequence `seq` is on disk.
-    pub fn on_durable(&mut self, channel: ChannelId, seq: u64) {
+    /// A persistent message published on `channel` with confirm sequence `seq` is on disk, or
+    /// failed to get there (then it is nacked).
+    pub fn on_durable(&mut self, channel: ChannelId, seq: u64, durability: Durability) {
         let Some(Some(open)) = self.channels.get_mut(usize::from(channel.number)) else {
             return;
         };
         if open.id == channel && open.state == ChannelState::Open {
-            confirm::durable(&mut self.session, open, seq);
+            confirm::durable(&mut self.session, open, seq, durability);
         }
     }
 
@@ -233,7 +235,7 @@ impl Connection {
     }
 
     /// Notices that persistent messages are on disk: (channel, confirm sequence).
-    pub fn durable_notices(&mut self) -> &mut LazyChannel<(ChannelId, u64)> {
+    pub fn durable_notices(&mut self) -> &mut LazyChannel<(ChannelId, u64, Durability)> {
         &mut self.session.durable
     }
 

@@ -64,6 +64,14 @@ struct Inflight {
     exactly_once: bool,
 }
 
+/// The durability ticket that reports a failed write of a QoS 1/2 publication (tickets count
+/// up from 1 and never reach it; the driver keeps the highest ticket it hears, so a failure
+/// outranks every success).
+pub(crate) const STORE_FAILED: u64 = u64::MAX;
+
+/// Why a connection closes when the message store cannot write its publication.
+const NOT_STORED: &str = "the message store could not write a QoS 1/2 publication";
+
 /// Acknowledgements owed to the client, in the order of the PUBLISH packets they answer. One
 /// that must wait for its message to reach the disk holds back those behind it.
 #[derive(Default)]
@@ -359,12 +367,22 @@ impl Connection {
         }
     }
 
-    /// The message store has everything up to `ticket` on disk.
-    pub(crate) fn on_durable(&mut self, ticket: u64) {
-        if let Some(flow) = self.session.as_mut().and_then(|s| s.flow.as_mut()) {
-            flow.acks.durable_upto = flow.acks.durable_upto.max(ticket);
-            flow.acks.flush(&mut self.out);
+    /// The message store has everything up to `ticket` on disk, or ([`STORE_FAILED`]) could
+    /// not write a QoS 1/2 publication. Then no acknowledgement owed from here on is sent and
+    /// the connection must close (returns true): MQTT 3.1.1 has no negative acknowledgement,
+    /// and the client resends what was not acknowledged.
+    pub(crate) fn on_durable(&mut self, ticket: u64) -> bool {
+        let Some(flow) = self.session.as_mut().and_then(|s| s.flow.as_mut()) else {
+            return false;
+        };
+        if ticket == STORE_FAILED {
+            flow.acks.queue.clear();
+            tracing::warn!(peer = ?self.peer, "{NOT_STORED}; closing the connection");
+            return true;
         }
+        flow.acks.durable_upto = flow.acks.durable_upto.max(ticket);
+        flow.acks.flush(&mut self.out);
+        false
     }
 
     /// Ends the connection: publishes the will unless the client said DISCONNECT, returns

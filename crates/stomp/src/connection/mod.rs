@@ -48,6 +48,19 @@ pub(crate) struct Refusal {
     detail: String,
 }
 
+/// The durability ticket that reports a failed write of a persistent SEND (tickets count up
+/// from 1 and never reach it; the driver keeps the highest ticket it hears, so a failure
+/// outranks every success).
+pub(crate) const STORE_FAILED: u64 = u64::MAX;
+
+/// The refusal for a persistent SEND the message store could not write (a full disk).
+pub(crate) fn not_stored() -> Refusal {
+    Refusal::new(
+        "Message not stored",
+        "the broker could not write a persistent message to disk; it was not delivered",
+    )
+}
+
 impl Refusal {
     pub(crate) fn new(message: impl Into<String>, detail: impl Into<String>) -> Self {
         Self {
@@ -375,12 +388,26 @@ impl Connection {
         }
     }
 
-    /// The message store has everything up to `ticket` on disk.
-    pub(crate) fn on_durable(&mut self, ticket: u64) {
-        if let Some(session) = self.session.as_mut() {
-            session.durable_upto = session.durable_upto.max(ticket);
-            session.flush_receipts(&mut self.out);
+    /// The message store has everything up to `ticket` on disk, or ([`STORE_FAILED`]) could
+    /// not write a persistent SEND: then no receipt owed from here on is sent; an ERROR frame
+    /// (naming the first receipt owed) goes instead and the connection closes.
+    pub(crate) fn on_durable(&mut self, ticket: u64) -> Next {
+        let Some(session) = self.session.as_mut() else {
+            return Next::Continue;
+        };
+        if ticket == STORE_FAILED {
+            // Receipts still owed wait for this or an earlier SEND: none of them goes.
+            let receipt = session
+                .receipts
+                .front()
+                .and_then(|(frame, _)| frame.get("receipt-id").map(str::to_owned));
+            session.receipts.clear();
+            self.refuse(receipt, not_stored());
+            return Next::Close;
         }
+        session.durable_upto = session.durable_upto.max(ticket);
+        session.flush_receipts(&mut self.out);
+        Next::Continue
     }
 
     /// Handles one consumer event.
