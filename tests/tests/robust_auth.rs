@@ -7,6 +7,8 @@
 //! stays bounded however many names a client asks about.
 
 mod common;
+// A few of the hand-made AMQP frames are used here.
+#[allow(dead_code)]
 mod support;
 
 use common::*;
@@ -215,7 +217,7 @@ fn publishing_to_ever_new_exchange_names_does_not_grow_the_connection() {
     let broker = Broker::start();
     let mut client = RawClient::open(broker.amqp_addr());
     let padding = "x".repeat(180);
-    let mut round = |n: usize, client: &mut RawClient| {
+    let round = |n: usize, client: &mut RawClient| {
         let mut batch = Vec::new();
         for channel in 1..=CHANNELS {
             batch.extend(channel_open().frame(channel));
