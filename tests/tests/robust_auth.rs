@@ -3,15 +3,20 @@
 //! write on that exchange; a new exchange with `alternate-exchange` needs read on itself and
 //! write on the alternate; a passive declaration needs some permission on what it names.
 //! Without the first two, a user that may not publish to `amq.topic` reached MQTT topics
-//! through a dead-letter or alternate exchange.
+//! through a dead-letter or alternate exchange. And the connection's cache of those answers
+//! stays bounded however many names a client asks about.
 
 mod common;
+// A few of the hand-made AMQP frames are used here.
+#[allow(dead_code)]
+mod support;
 
 use common::*;
 use junction_tests::Broker;
 use lapin::ExchangeKind;
 use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
+use support::raw_amqp::{RawClient, basic_publish, channel_open, content_header};
 
 /// guest may do anything; `dana` only touches names starting with `dana-`.
 fn broker_with_dana() -> Broker {
@@ -188,5 +193,66 @@ async fn a_passive_declaration_needs_some_permission_on_what_it_names() {
         passive(&ch, "dana-missing").await,
         code::NOT_FOUND,
         "passive declare of a missing queue dana may use",
+    );
+}
+
+/// The broker's resident memory in KiB.
+fn resident_kib(broker: &Broker) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", broker.pid()))
+        .expect("the broker's /proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc status")
+}
+
+#[test]
+fn publishing_to_ever_new_exchange_names_does_not_grow_the_connection() {
+    // Each publish to a missing exchange is asked for write permission (cached per connection)
+    // and then closes its channel with 404; 200,000 names of 200 bytes made one connection hold
+    // 55 MiB of cached answers before the cache was bounded (100,000 here).
+    const CHANNELS: u16 = 256;
+    const ROUNDS: usize = 400;
+    let broker = Broker::start();
+    let mut client = RawClient::open(broker.amqp_addr());
+    let padding = "x".repeat(180);
+    let round = |n: usize, client: &mut RawClient| {
+        let mut batch = Vec::new();
+        for channel in 1..=CHANNELS {
+            batch.extend(channel_open().frame(channel));
+            let exchange = format!("missing-{n:05}-{channel:04}-{padding}");
+            batch.extend(basic_publish(&exchange, "k").frame(channel));
+            batch.extend(content_header(channel, 0));
+        }
+        client.send(&batch);
+        let mut closed = 0;
+        while closed < CHANNELS {
+            let frame = client.expect_frame("channel.close");
+            match frame.method_ids() {
+                Some((20, 40)) => closed += 1,
+                Some((20, 11)) => {}
+                other => panic!("expected channel.open-ok or channel.close, got {other:?}"),
+            }
+        }
+        let mut close_oks = Vec::new();
+        for channel in 1..=CHANNELS {
+            close_oks.extend(support::raw_amqp::Method::new(20, 41).frame(channel));
+        }
+        client.send(&close_oks);
+    };
+    // Warm up (buffers, the connection's tables at their working size), then measure.
+    for n in 0..20 {
+        round(n, &mut client);
+    }
+    let before = resident_kib(&broker);
+    for n in 20..ROUNDS {
+        round(n, &mut client);
+    }
+    let grown = resident_kib(&broker).saturating_sub(before);
+    eprintln!("resident memory grew by {grown} KiB");
+    assert!(
+        grown < 12 * 1024,
+        "the broker grew by {grown} KiB for one connection's publishes to missing exchanges"
     );
 }

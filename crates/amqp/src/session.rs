@@ -1,13 +1,13 @@
 //! What every handler of a connection shares: the broker, the logged-in principal and vhost,
 //! the outbox, negotiated limits, client capabilities and the permission cache.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use junction_core::persistence::Durability;
 
 use amq_protocol::protocol::{AMQPClass, channel as channel_methods};
+use junction_core::auth::PermissionCache;
 use junction_core::{
     Broker, ConnectionId, ConsumerEvent, Permission, Principal, ResourceKind, VirtualHost,
 };
@@ -59,7 +59,7 @@ pub struct Session {
     /// Where the message store reports persistent messages on disk, or failed: (channel,
     /// confirm seq, outcome); made by the first confirmed persistent publish.
     pub durable: LazyChannel<(junction_core::ChannelId, u64, Durability)>,
-    permissions: HashMap<(ResourceKind, Permission), HashMap<String, bool>>,
+    permissions: PermissionCache,
 }
 
 impl Session {
@@ -81,7 +81,7 @@ impl Session {
             capabilities: ClientCapabilities::default(),
             has_published: false,
             durable: LazyChannel::default(),
-            permissions: HashMap::new(),
+            permissions: PermissionCache::new(),
         }
     }
 
@@ -93,28 +93,22 @@ impl Session {
     }
 
     /// Refuses with 403 unless the user may do `permission` on the named resource. Answers are
-    /// cached for the life of the connection.
+    /// cached for the life of the connection (a bounded number of names).
     pub fn authorize(
         &mut self,
         kind: ResourceKind,
         name: &str,
         permission: Permission,
     ) -> AmqpResult<()> {
-        let cache = self.permissions.entry((kind, permission)).or_default();
-        let allowed = match cache.get(name) {
-            Some(allowed) => *allowed,
-            None => {
-                let (Some(principal), Some(vhost)) = (&self.principal, &self.vhost) else {
-                    return Err(AmqpError::connection(
-                        code::COMMAND_INVALID,
-                        "connection not open",
-                    ));
-                };
-                let allowed = principal.check_resource(&vhost.name, kind, name, permission);
-                cache.insert(name.to_owned(), allowed);
-                allowed
-            }
+        let (Some(principal), Some(vhost)) = (&self.principal, &self.vhost) else {
+            return Err(AmqpError::connection(
+                code::COMMAND_INVALID,
+                "connection not open",
+            ));
         };
+        let allowed = self
+            .permissions
+            .allowed(principal, &vhost.name, kind, name, permission);
         if allowed {
             return Ok(());
         }

@@ -6,11 +6,13 @@
 //! the same trait a plugin would use. Adapters keep the resulting [`Principal`] per connection
 //! and cache its answers, so the publish path does not call a backend per message.
 
+mod cache;
 mod internal;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
+pub use cache::PermissionCache;
 pub use internal::{InternalUsers, PasswordHash, UserRecord, VhostPermissions};
 
 /// The three kinds of permission RabbitMQ knows.

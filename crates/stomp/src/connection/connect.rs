@@ -95,7 +95,7 @@ impl Connection {
             next_message: 0,
             transactions: HashMap::new(),
             temp_queues: HashMap::new(),
-            permissions: HashMap::new(),
+            permissions: junction_core::auth::PermissionCache::new(),
             receipts: VecDeque::new(),
             next_ticket: 0,
             durable_upto: 0,

@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use junction_core::auth::PermissionCache;
 use junction_core::queue::MessageSeq;
 use junction_core::{
     Broker, ChannelId, ConnectionId, ConsumerEvent, CoreError, Permission, Principal, QueueHandle,
@@ -126,7 +127,7 @@ struct Session {
     next_message: u64,
     transactions: HashMap<String, Vec<Frame>>,
     temp_queues: HashMap<String, QueueHandle>,
-    permissions: HashMap<(ResourceKind, Permission, String), bool>,
+    permissions: PermissionCache,
     receipts: VecDeque<(Frame, u64)>,
     next_ticket: u64,
     durable_upto: u64,
@@ -134,17 +135,9 @@ struct Session {
 
 impl Session {
     fn authorize(&mut self, kind: ResourceKind, name: &str, permission: Permission) -> Handled {
-        let key = (kind, permission, name.to_owned());
-        let allowed = match self.permissions.get(&key) {
-            Some(allowed) => *allowed,
-            None => {
-                let allowed =
-                    self.principal
-                        .check_resource(&self.vhost.name, kind, name, permission);
-                self.permissions.insert(key, allowed);
-                allowed
-            }
-        };
+        let allowed =
+            self.permissions
+                .allowed(&self.principal, &self.vhost.name, kind, name, permission);
         if allowed {
             Ok(())
         } else {
