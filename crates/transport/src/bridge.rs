@@ -67,6 +67,7 @@ pub(crate) async fn run(
         output_chunk: OUTPUT_CHUNK_MIN,
         flush_owed: false,
         pong_owed: false,
+        adapter_gone: false,
     });
     let end = poll_fn(|cx| bridge.poll_run(cx)).await;
     let Bridge {
@@ -123,6 +124,8 @@ struct Bridge {
     flush_owed: bool,
     /// A ping came: read nothing more until the socket has flushed its pong.
     pong_owed: bool,
+    /// The adapter takes no more input: the client is not read any more.
+    adapter_gone: bool,
 }
 
 impl Bridge {
@@ -204,9 +207,18 @@ impl Bridge {
     /// Moves client input to the pipe. `Ready(None)`: progress, go round again;
     /// `Ready(Some)`: the connection ends; `Pending`: nothing to do until woken.
     fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<Option<End>> {
+        if self.adapter_gone {
+            // Its last output is read from the pipe until the end comes.
+            return Poll::Pending;
+        }
         if !self.inbound.is_empty() {
             return match Pin::new(&mut self.pipe).poll_write(cx, &self.inbound) {
-                Poll::Ready(Ok(0) | Err(_)) => Poll::Ready(Some(End::AdapterDone)),
+                Poll::Ready(Ok(0) | Err(_)) => {
+                    // The adapter has closed: what it wrote before still goes to the client.
+                    self.adapter_gone = true;
+                    self.inbound = Bytes::new();
+                    Poll::Ready(None)
+                }
                 Poll::Ready(Ok(n)) => {
                     self.inbound.advance(n);
                     Poll::Ready(None)
