@@ -22,6 +22,16 @@ fn levels(text: &str) -> usize {
     text.bytes().filter(|b| *b == b'/').count() + 1
 }
 
+/// At most the first 255 bytes of a topic or filter (cut on a character boundary), for logs
+/// and error messages: a refused topic may be 64 KiB long.
+pub fn shortened(text: &str) -> &str {
+    let mut end = text.len().min(255);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// Whether `topic` may be published to: non-empty, no wildcards, at most [`MAX_LEVELS`]
 /// levels.
 pub fn valid_topic_name(topic: &str) -> bool {

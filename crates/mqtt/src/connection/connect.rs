@@ -26,7 +26,10 @@ impl Connection {
         if let Some(will) = &connect.will
             && !topic::valid_topic_name(&will.topic)
         {
-            return Err(Violation(format!("invalid will topic '{}'", will.topic)));
+            return Err(Violation(format!(
+                "invalid will topic '{}'",
+                topic::shortened(&will.topic)
+            )));
         }
         let client_id = if connect.client_id.is_empty() {
             if !connect.clean_session {

@@ -21,7 +21,7 @@ impl Connection {
         if !topic::valid_topic_name(&publish.topic) {
             return Err(Violation(format!(
                 "invalid topic name '{}' in PUBLISH",
-                publish.topic
+                topic::shortened(&publish.topic)
             )));
         }
         let mqtt = self.mqtt.clone();

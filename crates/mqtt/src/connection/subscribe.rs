@@ -30,6 +30,7 @@ impl Connection {
                     granted.push((filter, qos));
                 }
                 Err(reason) => {
+                    let filter = topic::shortened(&filter);
                     tracing::info!(filter, %reason, "subscription refused");
                     codes.push(SUBSCRIPTION_FAILURE);
                 }
