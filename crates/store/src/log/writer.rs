@@ -12,7 +12,9 @@
 //! the segment and takes writes again. Removal records of a failed batch are kept and written
 //! then (a removal has no reader waiting for its place); removals of messages that were never
 //! written write nothing. After each batch the free space is reported to the space watch, so
-//! the disk alarm is raised by the write that crosses the limit, not only by a timer.
+//! the disk alarm is raised by the write that crosses the limit, not only by a timer. When
+//! every message has been removed, a large active segment is replaced by a fresh one, so
+//! emptying queues gives the disk space back without waiting for the segment to fill.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
@@ -28,6 +30,9 @@ use super::{LogError, SpaceWatch, Tail, io_error, lock, segment_path};
 
 /// How often a failed log looks for free space again.
 pub const RETRY: Duration = Duration::from_millis(200);
+
+/// An active segment with nothing live is replaced by a fresh one beyond this size.
+const START_OVER_BYTES: u64 = 1024 * 1024;
 
 /// Room beyond the failed batch that must be free before writes are tried again.
 const RETRY_MARGIN: u64 = 64 * 1024;
@@ -170,6 +175,7 @@ impl Writer {
                 self.fail_remaining(batch);
             }
             self.delete_dead_prefix();
+            self.start_over_if_all_dead();
             self.report_space();
         }
     }
@@ -350,6 +356,26 @@ impl Writer {
             self.take(request, &mut placed, requests);
         }
         self.buffer.clear();
+        // Every message in the log removed (queues purged or consumed while the disk was
+        // full): start over in a fresh segment. The removals need not be written, since the
+        // segment they settle goes, and that gives its space back.
+        let removals: Vec<Removal> = std::mem::take(&mut self.retry)
+            .into_iter()
+            .chain(std::mem::take(&mut placed.removals))
+            .collect();
+        let all_removed = self.on_disk.len() == 1
+            && removals.iter().all(|r| r.segment == self.active)
+            && self.live.get(&self.active).copied().unwrap_or(0) <= removals.len();
+        if all_removed && self.start_over(&mut tail) {
+            self.failing = None;
+            tail.failing = false;
+            batch.done.extend(placed.done);
+            tracing::info!(
+                "every stored message was removed; the message log starts a fresh segment and takes writes"
+            );
+            return true;
+        }
+        self.retry = removals;
         if self.faults.disk_full.load(Ordering::Relaxed)
             || super::free_bytes(&self.dir).is_none_or(|free| free < needed)
         {
@@ -387,6 +413,52 @@ impl Writer {
         {
             watch(free);
         }
+    }
+
+    /// When every message in the log has been removed (the active segment is the only one
+    /// and holds nothing live) and the active segment has grown past [`START_OVER_BYTES`],
+    /// continues in a fresh segment and deletes the old one, so purging or consuming a backlog
+    /// gives its disk space back at once (a full disk recovers by emptying queues). Only when
+    /// nothing is placed beyond what is written, so no waiting record names the old segment.
+    fn start_over_if_all_dead(&mut self) {
+        if self.failing.is_some()
+            || self.written < START_OVER_BYTES
+            || self.on_disk.len() != 1
+            || self.live.get(&self.active).copied().unwrap_or(0) > 0
+        {
+            return;
+        }
+        let shared = self.tail.clone();
+        let mut tail = lock(&shared);
+        if tail.segment != self.active || tail.offset != self.written {
+            return;
+        }
+        self.start_over(&mut tail);
+    }
+
+    /// Continues in a fresh segment and deletes the active one, which must hold nothing live
+    /// and be the only one; `tail` (locked by the caller) is placed at the start of the new
+    /// segment. Returns whether it did.
+    fn start_over(&mut self, tail: &mut Tail) -> bool {
+        let next = self.active + 1;
+        let path = segment_path(&self.dir, next);
+        let file = match OpenOptions::new().create(true).append(true).open(&path) {
+            Ok(file) => file,
+            Err(error) => {
+                tracing::warn!(file = %path.display(), %error, "cannot start a new message log segment");
+                return false;
+            }
+        };
+        tail.segment = next;
+        tail.offset = 0;
+        let old = self.active;
+        self.file = file;
+        self.active = next;
+        self.written = 0;
+        self.on_disk.insert(next);
+        self.on_disk.remove(&old);
+        self.delete_segment(old);
+        true
     }
 
     /// Deletes the oldest segments while they hold nothing live (never the active one).
