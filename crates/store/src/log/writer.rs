@@ -22,7 +22,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use junction_core::persistence::{Durability, OnDurable};
 
@@ -33,6 +33,14 @@ pub const RETRY: Duration = Duration::from_millis(200);
 
 /// An active segment with nothing live is replaced by a fresh one beyond this size.
 const START_OVER_BYTES: u64 = 1024 * 1024;
+
+/// A failed batch larger than this does not have to fit whole before writes are tried again.
+const RETRY_BATCH_CAP: u64 = 1024 * 1024;
+
+/// Bytes written between two measurements of the free space, at most (and [`MEASURE_EVERY`]).
+const MEASURE_BYTES: u64 = 1024 * 1024;
+/// Time between two measurements of the free space while writing, at most.
+const MEASURE_EVERY: Duration = Duration::from_millis(50);
 
 /// Room beyond the failed batch that must be free before writes are tried again.
 const RETRY_MARGIN: u64 = 64 * 1024;
@@ -99,6 +107,10 @@ pub struct Writer {
     /// While writes fail: the free bytes needed before trying again.
     failing: Option<u64>,
     space: SpaceWatch,
+    /// When the free space was last measured, and `bytes_written` then.
+    measured: Option<(Instant, u64)>,
+    /// Bytes written since the log opened.
+    bytes_written: u64,
     faults: Arc<Faults>,
 }
 
@@ -135,6 +147,8 @@ impl Writer {
             retry: Vec::new(),
             failing: None,
             space,
+            measured: None,
+            bytes_written: 0,
             faults,
         };
         writer.delete_dead_prefix();
@@ -244,6 +258,7 @@ impl Writer {
         match self.write_buffer() {
             Ok(()) => {
                 self.written += bytes;
+                self.bytes_written += bytes;
                 for (_, holders) in &batch.publishes {
                     if *holders > 0 {
                         *self.live.entry(self.active).or_default() += holders;
@@ -289,7 +304,7 @@ impl Writer {
         if let Err(error) = self.file.set_len(self.written) {
             tracing::error!(%error, "cannot cut a failed write off the message log");
         }
-        self.failing = Some(bytes + RETRY_MARGIN);
+        self.failing = Some(bytes.min(RETRY_BATCH_CAP) + RETRY_MARGIN);
         let mut failed = batch;
         {
             // Under the placement lock nothing more is placed: everything placed so far is
@@ -405,8 +420,21 @@ impl Writer {
         true
     }
 
-    /// Tells the space watch how much room the data directory has left.
-    fn report_space(&self) {
+    /// Tells the space watch how much room the data directory has left: after a failure, and
+    /// otherwise once [`MEASURE_BYTES`] were written or [`MEASURE_EVERY`] has passed since
+    /// the last measurement (so the alarm is at most that late, and a busy log does not pay a
+    /// `statvfs` per batch).
+    fn report_space(&mut self) {
+        let now = Instant::now();
+        let due = self.failing.is_some()
+            || self.measured.is_none_or(|(at, written)| {
+                now.duration_since(at) >= MEASURE_EVERY
+                    || self.bytes_written.saturating_sub(written) >= MEASURE_BYTES
+            });
+        if !due {
+            return;
+        }
+        self.measured = Some((now, self.bytes_written));
         let watch = lock(&self.space);
         if let Some(watch) = watch.as_ref()
             && let Some(free) = super::free_bytes(&self.dir)
