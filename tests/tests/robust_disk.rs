@@ -852,8 +852,8 @@ fn the_disk_alarm_blocks_publishers_before_the_disk_is_full() {
         "disk alarm: blocked after {published} publishes of {BODY_BYTES} bytes with {free} bytes still free (limit {limit})"
     );
     assert!(
-        free > 0,
-        "the disk filled up before publishers were blocked"
+        free > limit / 4,
+        "publishers were blocked only with {free} bytes left of a {limit} byte limit"
     );
     assert!(
         confirms.iter().all(|c| matches!(c, Confirmation::Ack(_))),
