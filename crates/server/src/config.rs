@@ -123,7 +123,8 @@ pub struct AlarmsConfig {
     pub memory_high_watermark: f64,
     /// Memory watermark in bytes (0 = use the fraction).
     pub memory_high_watermark_bytes: u64,
-    /// Publishers are blocked while the data directory's file system has fewer free bytes.
+    /// Publishers are blocked while the data directory's file system has fewer free bytes
+    /// (measured by the timer and after every message log write; 0 turns the disk alarm off).
     pub disk_free_limit: u64,
     /// How often memory and disk are measured, in milliseconds.
     pub check_interval_ms: u64,

@@ -371,3 +371,76 @@ fn each_batch_reports_the_free_space() {
     let free = rx.recv_timeout(Duration::from_secs(10)).expect("reported");
     assert!(free > 0);
 }
+
+/// Once every message is removed, a large active segment is replaced by a fresh one, so
+/// emptying the queues gives the disk space back (a full disk recovers by a purge).
+#[test]
+fn an_all_dead_log_starts_over_in_a_fresh_segment() {
+    let dir = dir("start-over");
+    let (log, _) = MessageLog::open(&dir).expect("open");
+    let big = "x".repeat(300 * 1024);
+    let mut stored = Vec::new();
+    for _ in 0..4 {
+        stored.push(publish_durably(&log, &[key("q")], &big));
+    }
+    assert_eq!(segments(&dir), ["0000000001.seg"]);
+    let (kept, kept_at) = stored.pop().expect("one");
+    for (id, at) in stored {
+        log.remove(&key("q"), id, at);
+    }
+    flush(&log);
+    assert_eq!(
+        segments(&dir),
+        ["0000000001.seg"],
+        "a live message stays put"
+    );
+    log.remove(&key("q"), kept, kept_at);
+    flush(&log);
+    flush(&log);
+    assert_eq!(
+        segments(&dir),
+        ["0000000002.seg"],
+        "the dead segment is gone"
+    );
+    let (_, at) = publish_durably(&log, &[key("q")], "after");
+    assert_eq!(at.segment, 2);
+    assert_eq!(&log.read(at).expect("readable").body[..], b"after");
+    drop(log);
+    let (log, _) = MessageLog::open(&dir).expect("reopen");
+    assert_eq!(bodies(&log, &log.take_recovered(&key("q"))), ["after"]);
+}
+
+/// On a full disk removals cannot be written, so they alone would never free anything: when
+/// they settle every message in the log, the log starts over in a fresh segment without
+/// writing them, which gives the space back.
+#[test]
+fn removing_every_message_while_the_disk_is_full_frees_the_segment() {
+    let dir = dir("full-purge");
+    let (log, _) = MessageLog::open(&dir).expect("open");
+    let stored: Vec<_> = (0..3)
+        .map(|n| publish_durably(&log, &[key("q")], &format!("m{n}")))
+        .collect();
+    log.faults.disk_full.store(true, Ordering::Relaxed);
+    let (_, _, durability) = publish_outcome(&log, &[key("q")], "lost").expect("placed");
+    assert_eq!(durability, Durability::Failed);
+    for (id, at) in stored {
+        log.remove(&key("q"), id, at);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while segments(&dir) != ["0000000002.seg"] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the emptied segment stayed: {:?}",
+            segments(&dir)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    log.faults.disk_full.store(false, Ordering::Relaxed);
+    let (_, at, durability) = publish_outcome(&log, &[key("q")], "after").expect("taken");
+    assert_eq!(durability, Durability::OnDisk);
+    assert_eq!(at.segment, 2);
+    drop(log);
+    let (log, report) = MessageLog::open(&dir).expect("reopen");
+    assert!(report.truncated.is_empty());
+    assert_eq!(bodies(&log, &log.take_recovered(&key("q"))), ["after"]);
+}

@@ -12,7 +12,9 @@
 //! the segment and takes writes again. Removal records of a failed batch are kept and written
 //! then (a removal has no reader waiting for its place); removals of messages that were never
 //! written write nothing. After each batch the free space is reported to the space watch, so
-//! the disk alarm is raised by the write that crosses the limit, not only by a timer.
+//! the disk alarm is raised by the write that crosses the limit, not only by a timer. When
+//! every message has been removed, a large active segment is replaced by a fresh one, so
+//! emptying queues gives the disk space back without waiting for the segment to fill.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
@@ -20,7 +22,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use junction_core::persistence::{Durability, OnDurable};
 
@@ -28,6 +30,17 @@ use super::{LogError, SpaceWatch, Tail, io_error, lock, segment_path};
 
 /// How often a failed log looks for free space again.
 pub const RETRY: Duration = Duration::from_millis(200);
+
+/// An active segment with nothing live is replaced by a fresh one beyond this size.
+const START_OVER_BYTES: u64 = 1024 * 1024;
+
+/// A failed batch larger than this does not have to fit whole before writes are tried again.
+const RETRY_BATCH_CAP: u64 = 1024 * 1024;
+
+/// Bytes written between two measurements of the free space, at most (and [`MEASURE_EVERY`]).
+const MEASURE_BYTES: u64 = 1024 * 1024;
+/// Time between two measurements of the free space while writing, at most.
+const MEASURE_EVERY: Duration = Duration::from_millis(50);
 
 /// Room beyond the failed batch that must be free before writes are tried again.
 const RETRY_MARGIN: u64 = 64 * 1024;
@@ -94,6 +107,10 @@ pub struct Writer {
     /// While writes fail: the free bytes needed before trying again.
     failing: Option<u64>,
     space: SpaceWatch,
+    /// When the free space was last measured, and `bytes_written` then.
+    measured: Option<(Instant, u64)>,
+    /// Bytes written since the log opened.
+    bytes_written: u64,
     faults: Arc<Faults>,
 }
 
@@ -130,6 +147,8 @@ impl Writer {
             retry: Vec::new(),
             failing: None,
             space,
+            measured: None,
+            bytes_written: 0,
             faults,
         };
         writer.delete_dead_prefix();
@@ -170,6 +189,7 @@ impl Writer {
                 self.fail_remaining(batch);
             }
             self.delete_dead_prefix();
+            self.start_over_if_all_dead();
             self.report_space();
         }
     }
@@ -238,6 +258,7 @@ impl Writer {
         match self.write_buffer() {
             Ok(()) => {
                 self.written += bytes;
+                self.bytes_written += bytes;
                 for (_, holders) in &batch.publishes {
                     if *holders > 0 {
                         *self.live.entry(self.active).or_default() += holders;
@@ -283,7 +304,7 @@ impl Writer {
         if let Err(error) = self.file.set_len(self.written) {
             tracing::error!(%error, "cannot cut a failed write off the message log");
         }
-        self.failing = Some(bytes + RETRY_MARGIN);
+        self.failing = Some(bytes.min(RETRY_BATCH_CAP) + RETRY_MARGIN);
         let mut failed = batch;
         {
             // Under the placement lock nothing more is placed: everything placed so far is
@@ -350,6 +371,26 @@ impl Writer {
             self.take(request, &mut placed, requests);
         }
         self.buffer.clear();
+        // Every message in the log removed (queues purged or consumed while the disk was
+        // full): start over in a fresh segment. The removals need not be written, since the
+        // segment they settle goes, and that gives its space back.
+        let removals: Vec<Removal> = std::mem::take(&mut self.retry)
+            .into_iter()
+            .chain(std::mem::take(&mut placed.removals))
+            .collect();
+        let all_removed = self.on_disk.len() == 1
+            && removals.iter().all(|r| r.segment == self.active)
+            && self.live.get(&self.active).copied().unwrap_or(0) <= removals.len();
+        if all_removed && self.start_over(&mut tail) {
+            self.failing = None;
+            tail.failing = false;
+            batch.done.extend(placed.done);
+            tracing::info!(
+                "every stored message was removed; the message log starts a fresh segment and takes writes"
+            );
+            return true;
+        }
+        self.retry = removals;
         if self.faults.disk_full.load(Ordering::Relaxed)
             || super::free_bytes(&self.dir).is_none_or(|free| free < needed)
         {
@@ -379,14 +420,73 @@ impl Writer {
         true
     }
 
-    /// Tells the space watch how much room the data directory has left.
-    fn report_space(&self) {
+    /// Tells the space watch how much room the data directory has left: after a failure, and
+    /// otherwise once [`MEASURE_BYTES`] were written or [`MEASURE_EVERY`] has passed since
+    /// the last measurement (so the alarm is at most that late, and a busy log does not pay a
+    /// `statvfs` per batch).
+    fn report_space(&mut self) {
+        let now = Instant::now();
+        let due = self.failing.is_some()
+            || self.measured.is_none_or(|(at, written)| {
+                now.duration_since(at) >= MEASURE_EVERY
+                    || self.bytes_written.saturating_sub(written) >= MEASURE_BYTES
+            });
+        if !due {
+            return;
+        }
+        self.measured = Some((now, self.bytes_written));
         let watch = lock(&self.space);
         if let Some(watch) = watch.as_ref()
             && let Some(free) = super::free_bytes(&self.dir)
         {
             watch(free);
         }
+    }
+
+    /// When every message in the log has been removed (the active segment is the only one
+    /// and holds nothing live) and the active segment has grown past [`START_OVER_BYTES`],
+    /// continues in a fresh segment and deletes the old one, so purging or consuming a backlog
+    /// gives its disk space back at once (a full disk recovers by emptying queues). Only when
+    /// nothing is placed beyond what is written, so no waiting record names the old segment.
+    fn start_over_if_all_dead(&mut self) {
+        if self.failing.is_some()
+            || self.written < START_OVER_BYTES
+            || self.on_disk.len() != 1
+            || self.live.get(&self.active).copied().unwrap_or(0) > 0
+        {
+            return;
+        }
+        let shared = self.tail.clone();
+        let mut tail = lock(&shared);
+        if tail.segment != self.active || tail.offset != self.written {
+            return;
+        }
+        self.start_over(&mut tail);
+    }
+
+    /// Continues in a fresh segment and deletes the active one, which must hold nothing live
+    /// and be the only one; `tail` (locked by the caller) is placed at the start of the new
+    /// segment. Returns whether it did.
+    fn start_over(&mut self, tail: &mut Tail) -> bool {
+        let next = self.active + 1;
+        let path = segment_path(&self.dir, next);
+        let file = match OpenOptions::new().create(true).append(true).open(&path) {
+            Ok(file) => file,
+            Err(error) => {
+                tracing::warn!(file = %path.display(), %error, "cannot start a new message log segment");
+                return false;
+            }
+        };
+        tail.segment = next;
+        tail.offset = 0;
+        let old = self.active;
+        self.file = file;
+        self.active = next;
+        self.written = 0;
+        self.on_disk.insert(next);
+        self.on_disk.remove(&old);
+        self.delete_segment(old);
+        true
     }
 
     /// Deletes the oldest segments while they hold nothing live (never the active one).
