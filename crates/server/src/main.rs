@@ -369,6 +369,18 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
     if !(listeners_closed && mqtt_closed) {
         tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway");
     }
+    // The removals that closing connections and queues sent (acks, no-ack gets) are on disk
+    // before the process ends, so a clean stop never brings a settled message back.
+    let (synced_tx, synced) = tokio::sync::oneshot::channel();
+    junction_core::persistence::MessageStore::sync(
+        &*messages,
+        Box::new(move |_| {
+            let _ = synced_tx.send(());
+        }),
+    );
+    if tokio::time::timeout(SHUTDOWN_GRACE, synced).await.is_err() {
+        tracing::warn!("the message log did not finish writing within {SHUTDOWN_GRACE:?}");
+    }
     tracing::info!("stopped");
     Ok(())
 }
