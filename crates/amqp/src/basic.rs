@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use amq_protocol::protocol::AMQPClass;
 use amq_protocol::protocol::basic::{
-    AMQPMethod, CancelOk, ConsumeOk, Deliver, GetEmpty, GetOk, Nack, QosOk, RecoverOk, Return,
+    AMQPMethod, CancelOk, ConsumeOk, Deliver, GetEmpty, GetOk, QosOk, RecoverOk, Return,
 };
+use junction_core::persistence::NotStored;
 use junction_core::{
-    ConsumerSpec, Delivery, Exchange, Message, Permission, QueueHandle, QueueKey, ResourceKind,
-    StoredAt,
+    ConsumerSpec, Delivery, Exchange, Message, Permission, QueueHandle, ResourceKind, StoredAt,
 };
 
 use crate::channel::{
@@ -306,7 +306,25 @@ pub async fn route(
     let admitted = junction_core::queue::admit(routed, message).await;
     let queues = admitted.queues;
     let seq = channel.confirm.as_mut().map(Confirms::next_seq);
-    let stored = persist(session, channel, message, &queues, seq);
+    let stored = match persist(session, channel, message, &queues, seq) {
+        Ok(stored) => stored,
+        Err(NotStored) => {
+            // The store cannot write: the message reaches no queue (RabbitMQ does not
+            // enqueue what it could not store); a confirming publisher gets a nack.
+            junction_core::queue::release_admission(&queues, message);
+            if let Some(seq) = seq {
+                crate::confirm::nack(session, channel, seq);
+            } else if channel.tx.is_some() {
+                return Err(AmqpError::connection(
+                    code::INTERNAL_ERROR,
+                    "the message store could not write a persistent message of the transaction",
+                ));
+            } else {
+                tracing::warn!(exchange = %message.exchange, "persistent message dropped: the message store cannot write");
+            }
+            return Ok(());
+        }
+    };
     let mut delivered = 0;
     for queue in &queues {
         let accepted = match stored {
@@ -335,19 +353,7 @@ pub async fn route(
     {
         // A full queue refused it, or every queue it was routed to vanished before taking
         // it: nack it, after the acks owed for earlier messages.
-        if let Some(confirms) = channel.confirm.as_mut() {
-            confirms.waiting.remove(&seq);
-            confirms.nacked.insert(seq);
-        }
-        crate::confirm::flush(session, channel);
-        session.send(
-            channel.id.number,
-            AMQPClass::Basic(AMQPMethod::Nack(Nack {
-                delivery_tag: seq,
-                multiple: false,
-                requeue: false,
-            })),
-        );
+        crate::confirm::nack(session, channel, seq);
     }
     Ok(())
 }
@@ -358,45 +364,37 @@ fn is_durable(queue: &QueueHandle) -> bool {
 }
 
 /// Writes a persistent message routed to durable queues to the message store before any queue
-/// sees it, and returns where it lies. In confirm mode its confirm waits until the store
-/// reports it on disk.
+/// sees it, and returns where it lies (None when it needs no write), or [`NotStored`] when the
+/// store cannot write now. In confirm mode its confirm waits until the store reports it on
+/// disk (or failed).
 fn persist(
     session: &mut Session,
     channel: &mut Channel,
     message: &Message,
     queues: &[QueueHandle],
     seq: Option<u64>,
-) -> Option<StoredAt> {
-    let (Some(store), Some(id)) = (session.broker.message_store(), message.store_id) else {
-        return None;
-    };
-    let durable: Vec<QueueKey> = queues
-        .iter()
-        .filter(|q| is_durable(q))
-        .map(|q| QueueKey {
-            vhost: session
-                .vhost
-                .as_ref()
-                .map(|v| v.name.clone())
-                .unwrap_or_default(),
-            queue: q.name().to_owned(),
-        })
-        .collect();
-    if durable.is_empty() {
-        return None;
+) -> Result<Option<StoredAt>, NotStored> {
+    if message.store_id.is_none() || !queues.iter().any(is_durable) {
+        return Ok(None);
     }
-    let on_durable: Option<junction_core::OnDurable> = match (seq, channel.confirm.as_mut()) {
-        (Some(seq), Some(confirms)) => {
-            confirms.waiting.insert(seq);
+    let Ok(vhost) = session.vhost() else {
+        return Ok(None);
+    };
+    let on_durable: Option<junction_core::OnDurable> = match (seq, channel.confirm.as_ref()) {
+        (Some(seq), Some(_)) => {
             let notify = session.durable.sender();
             let id = channel.id;
-            Some(Box::new(move || {
-                let _ = notify.send((id, seq));
+            Some(Box::new(move |durability| {
+                let _ = notify.send((id, seq, durability));
             }))
         }
         _ => None,
     };
-    store.publish(id, &durable, message, on_durable)
+    let stored = vhost.store_message(message, queues, on_durable)?;
+    if let (Some(_), Some(seq), Some(confirms)) = (stored, seq, channel.confirm.as_mut()) {
+        confirms.waiting.insert(seq);
+    }
+    Ok(stored)
 }
 
 /// Writes a content header and body frames for `message`.

@@ -1,9 +1,12 @@
 //! The confirm class: publisher confirms. Confirms owed by a batch of publishes are sent as one
-//! basic.ack with `multiple` when the batch ends, instead of one frame per message.
+//! basic.ack with `multiple` when the batch ends, instead of one frame per message. A message
+//! the store could not write is nacked, never acked.
 
 use amq_protocol::protocol::AMQPClass;
-use amq_protocol::protocol::basic::{AMQPMethod as Basic, Ack};
+use amq_protocol::protocol::basic::{AMQPMethod as Basic, Ack, Nack};
 use amq_protocol::protocol::confirm::{AMQPMethod, SelectOk};
+
+use junction_core::persistence::Durability;
 
 use crate::channel::{Channel, Confirms};
 use crate::error::{AmqpError, AmqpResult, code};
@@ -48,10 +51,34 @@ pub fn flush(session: &mut Session, channel: &mut Channel) {
     }
 }
 
-/// A persistent message is on disk: its confirm may go out.
-pub fn durable(session: &mut Session, channel: &mut Channel, seq: u64) {
+/// A persistent message is on disk: its confirm may go out. Or its write failed: it is
+/// nacked (after the acks owed before it), as RabbitMQ nacks what it could not store.
+pub fn durable(session: &mut Session, channel: &mut Channel, seq: u64, durability: Durability) {
+    match durability {
+        Durability::OnDisk => {
+            if let Some(confirms) = channel.confirm.as_mut() {
+                confirms.waiting.remove(&seq);
+            }
+            flush(session, channel);
+        }
+        Durability::Failed => nack(session, channel, seq),
+    }
+}
+
+/// Nacks publish `seq` (a full queue refused it, or the store could not write it), after the
+/// acks owed for earlier messages.
+pub fn nack(session: &mut Session, channel: &mut Channel, seq: u64) {
     if let Some(confirms) = channel.confirm.as_mut() {
         confirms.waiting.remove(&seq);
+        confirms.nacked.insert(seq);
     }
     flush(session, channel);
+    session.send(
+        channel.id.number,
+        AMQPClass::Basic(Basic::Nack(Nack {
+            delivery_tag: seq,
+            multiple: false,
+            requeue: false,
+        })),
+    );
 }

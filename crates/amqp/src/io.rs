@@ -1,7 +1,8 @@
 //! The driver that runs a [`Connection`] over a byte stream. One task per connection reads,
 //! handles frames and consumer events, and writes the output as the socket takes it: output
 //! is written once per wake-up, never per frame. Heartbeats are sent when they are due and
-//! missed ones close the connection.
+//! missed ones close the connection, except while a resource alarm blocks the connection (it
+//! is not read then; its heartbeats wait in the socket).
 //!
 //! An idle connection holds little: the task's future points to the boxed [`Driver`], the
 //! buffers are freed while it is quiet, its channels exist once used, and one timer is set to
@@ -64,7 +65,7 @@ enum Wake {
     /// A consumer event.
     Event(ConsumerEvent),
     /// A persistent message published with confirms is on disk.
-    Durable(ChannelId, u64),
+    Durable(ChannelId, u64, junction_core::persistence::Durability),
     /// The timer's deadline passed.
     Timer,
     /// The broker is shutting down or the resource alarm changed.
@@ -141,13 +142,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 Wake::Gone => return,
                 Wake::Input => {
                     self.last_read = Instant::now();
-                    let heartbeat = self.connection.heartbeat();
-                    let next = Box::pin(self.connection.on_bytes(self.conduit.input())).await;
-                    if next == Next::Close {
+                    if self.handle_input().await {
                         return;
-                    }
-                    if self.connection.heartbeat() != heartbeat {
-                        self.reset_timer();
                     }
                 }
                 Wake::Event(event) => {
@@ -159,10 +155,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                         }
                     }
                 }
-                Wake::Durable(channel, seq) => {
-                    self.connection.on_durable(channel, seq);
-                    while let Some((channel, seq)) = self.connection.durable_notices().try_recv() {
-                        self.connection.on_durable(channel, seq);
+                Wake::Durable(channel, seq, durability) => {
+                    self.connection.on_durable(channel, seq, durability);
+                    while let Some((channel, seq, durability)) =
+                        self.connection.durable_notices().try_recv()
+                    {
+                        self.connection.on_durable(channel, seq, durability);
                     }
                 }
                 Wake::Timer => {
@@ -172,12 +170,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 }
                 Wake::Control(BrokerSignal::Shutdown) => self.shutting_down = true,
                 Wake::Control(BrokerSignal::AlarmChanged) => {
+                    let was_blocked = self.connection.is_blocked();
                     self.connection
                         .set_alarm(self.alarm.borrow_and_update().clone());
                     self.control = broker_signals(&self.shutdown, &self.alarm);
+                    if was_blocked && !self.connection.is_blocked() {
+                        // Heartbeats are expected again from now: the time not read was ours.
+                        self.last_read = Instant::now();
+                        self.reset_timer();
+                        // A publish held back while blocked is handled now.
+                        if !self.conduit.input().is_empty() && self.handle_input().await {
+                            return;
+                        }
+                    }
                 }
             }
         }
+    }
+
+    /// Handles the whole frames read; true when the connection must end.
+    async fn handle_input(&mut self) -> bool {
+        let heartbeat = self.connection.heartbeat();
+        let next = Box::pin(self.connection.on_bytes(self.conduit.input())).await;
+        if next == Next::Close {
+            return true;
+        }
+        if self.connection.heartbeat() != heartbeat {
+            self.reset_timer();
+        }
+        false
     }
 
     /// Writes what it can, then waits for the first thing to handle.
@@ -192,8 +213,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         {
             return Poll::Ready(Wake::Control(control));
         }
-        if let Poll::Ready(Some((channel, seq))) = self.connection.durable_notices().poll_recv(cx) {
-            return Poll::Ready(Wake::Durable(channel, seq));
+        if let Poll::Ready(Some((channel, seq, durability))) =
+            self.connection.durable_notices().poll_recv(cx)
+        {
+            return Poll::Ready(Wake::Durable(channel, seq, durability));
         }
         if self.connection.output_len() <= OUTPUT_BACKLOG {
             let read = !self.connection.is_blocked();
@@ -233,6 +256,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         let heartbeat = u64::from(self.connection.heartbeat());
         if heartbeat > 0 {
             let interval = Duration::from_secs(heartbeat);
+            if self.connection.is_blocked() {
+                // Not reading is our choice, not the client's silence: as RabbitMQ pauses its
+                // heartbeat monitor, a blocked publisher is not timed out (ours still go out).
+                self.last_read = now;
+            }
             if now - self.last_read > interval * 2 {
                 tracing::info!(peer = ?self.peer, "missed heartbeats from client, timeout: {heartbeat}s");
                 return true;

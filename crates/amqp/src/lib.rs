@@ -16,6 +16,7 @@ pub mod error;
 pub mod exchange;
 pub mod frame;
 pub mod io;
+pub mod nesting;
 pub mod properties;
 pub mod queue;
 pub mod session;

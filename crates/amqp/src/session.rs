@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use junction_core::persistence::Durability;
+
 use amq_protocol::protocol::{AMQPClass, channel as channel_methods};
 use junction_core::auth::PermissionCache;
 use junction_core::{
@@ -54,9 +56,9 @@ pub struct Session {
     pub capabilities: ClientCapabilities,
     /// Whether the client has published: publishers stop being read during a resource alarm.
     pub has_published: bool,
-    /// Where the message store reports persistent messages on disk: (channel, confirm seq);
-    /// made by the first confirmed persistent publish.
-    pub durable: LazyChannel<(junction_core::ChannelId, u64)>,
+    /// Where the message store reports persistent messages on disk, or failed: (channel,
+    /// confirm seq, outcome); made by the first confirmed persistent publish.
+    pub durable: LazyChannel<(junction_core::ChannelId, u64, Durability)>,
     permissions: PermissionCache,
 }
 

@@ -4,6 +4,8 @@
 use amq_protocol::protocol::AMQPClass;
 use amq_protocol::protocol::tx::{AMQPMethod, CommitOk, RollbackOk, SelectOk};
 
+use junction_core::persistence::Durability;
+
 use crate::basic::{apply_settlements, route};
 use crate::channel::{Channel, Transaction};
 use crate::error::{AmqpError, AmqpResult, code};
@@ -46,10 +48,15 @@ pub async fn handle(
             if persistent && let Some(store) = session.broker.message_store() {
                 // commit-ok promises the transaction's persistent messages are on disk.
                 let (done, on_disk) = tokio::sync::oneshot::channel();
-                store.sync(Box::new(move || {
-                    let _ = done.send(());
+                store.sync(Box::new(move |durability| {
+                    let _ = done.send(durability);
                 }));
-                let _ = on_disk.await;
+                if on_disk.await != Ok(Durability::OnDisk) {
+                    return Err(AmqpError::connection(
+                        code::INTERNAL_ERROR,
+                        "the message store could not write the transaction's persistent messages",
+                    ));
+                }
             }
             session.send(number, AMQPClass::Tx(AMQPMethod::CommitOk(CommitOk {})));
         }

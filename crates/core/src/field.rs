@@ -1,11 +1,24 @@
 //! A typed field table: the protocol-neutral form of message headers and of the arguments of
 //! declarations and bindings. It can hold everything an AMQP field table holds, so an AMQP client
 //! sees exactly what it sent; MQTT and STOMP adapters mostly use strings.
+//!
+//! Tables and arrays nest at most [`MAX_DEPTH`] levels. Adapters refuse deeper input before
+//! they decode it, so every table the broker holds can be walked, dropped and stored (the store
+//! reads it back) without running out of stack; [`FieldTable::depth`] measures without
+//! recursion.
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+
+/// How deeply field tables and arrays may nest, counting the outermost table (a message's
+/// headers, a declaration's arguments) as level 1: a table inside the headers is level 2.
+///
+/// Generous for real clients (RabbitMQ's own `x-death` headers reach level 3), and small enough
+/// that the store's JSON records, two JSON levels per field level, stay far inside serde_json's
+/// limit of 128 levels when read back.
+pub const MAX_DEPTH: usize = 32;
 
 /// One value in a [`FieldTable`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,10 +136,58 @@ impl FieldTable {
     pub fn len(&self) -> usize {
         self.0.len()
     }
+
+    /// How many levels of tables and arrays this table holds, itself included (a flat table is
+    /// 1). Walks with an explicit stack, so any depth is measured safely.
+    pub fn depth(&self) -> usize {
+        let mut deepest = 1;
+        let mut pending: Vec<(&FieldValue, usize)> = self.0.values().map(|v| (v, 2)).collect();
+        while let Some((value, level)) = pending.pop() {
+            match value {
+                FieldValue::Table(table) => {
+                    deepest = deepest.max(level);
+                    pending.extend(table.0.values().map(|v| (v, level + 1)));
+                }
+                FieldValue::Array(values) => {
+                    deepest = deepest.max(level);
+                    pending.extend(values.iter().map(|v| (v, level + 1)));
+                }
+                _ => {}
+            }
+        }
+        deepest
+    }
 }
 
 impl FromIterator<(String, FieldValue)> for FieldTable {
     fn from_iter<T: IntoIterator<Item = (String, FieldValue)>>(iter: T) -> Self {
         Self(iter.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A table whose single entry `k` nests tables and arrays, alternating, `depth` levels deep.
+    fn nested(depth: usize) -> FieldTable {
+        let mut value = FieldValue::I32(1);
+        for level in (2..=depth).rev() {
+            value = if level % 2 == 0 {
+                FieldValue::Table(FieldTable::from_iter([("k".to_owned(), value)]))
+            } else {
+                FieldValue::Array(vec![FieldValue::Void, value])
+            };
+        }
+        FieldTable::from_iter([("k".to_owned(), value)])
+    }
+
+    #[test]
+    fn depth_counts_tables_and_arrays_from_the_outermost_table() {
+        assert_eq!(FieldTable::new().depth(), 1);
+        assert_eq!(nested(1).depth(), 1);
+        assert_eq!(nested(2).depth(), 2);
+        assert_eq!(nested(3).depth(), 3);
+        assert_eq!(nested(MAX_DEPTH).depth(), MAX_DEPTH);
     }
 }

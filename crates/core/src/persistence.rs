@@ -4,6 +4,12 @@
 //!
 //! Order is the contract: a store applies requests in the order they are made, so a removal
 //! can never overtake the publish it refers to, and completions run in request order.
+//!
+//! A write can fail (the disk is full, the device fails). A completion says whether its
+//! request reached the disk ([`Durability`]), so nothing is acknowledged that was not written;
+//! while a store cannot write it refuses new persistent messages at once ([`NotStored`]), and
+//! the adapters answer their publisher with the protocol's refusal instead of an
+//! acknowledgement.
 
 use std::sync::Arc;
 
@@ -32,8 +38,25 @@ impl Default for Storage {
     }
 }
 
-/// Called once the request it was given with is on disk (after the covering fsync).
-pub type OnDurable = Box<dyn FnOnce() + Send>;
+/// Whether the request a completion answers reached the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Written and covered by an fsync.
+    OnDisk,
+    /// Not written: the write or the fsync failed. The message is not in the store and must
+    /// not be acknowledged.
+    Failed,
+}
+
+/// Called once the request it was given with is on disk (after the covering fsync), or has
+/// failed to get there.
+pub type OnDurable = Box<dyn FnOnce(Durability) + Send>;
+
+/// A store refused a persistent message at once: it cannot write now (an earlier write failed
+/// and the disk has not recovered yet, or the store has stopped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the message store cannot write now")]
+pub struct NotStored;
 
 /// Names a durable queue in the store: its vhost and its name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -68,21 +91,23 @@ pub trait MessageStore: Send + Sync + 'static {
     /// A fresh identity for a persistent message.
     fn next_id(&self) -> u64;
 
-    /// Writes a message routed to `queues`; `on_durable` runs once it is on disk. Returns where
-    /// it will lie (None if the store has stopped).
+    /// Writes a message routed to `queues`; `on_durable` runs once it is on disk or has failed
+    /// to get there. Returns where it will lie, or [`NotStored`] when the store cannot write
+    /// now (then `on_durable` is dropped unrun and the message must not be enqueued).
     fn publish(
         &self,
         id: u64,
         queues: &[QueueKey],
         message: &Message,
         on_durable: Option<OnDurable>,
-    ) -> Option<StoredAt>;
+    ) -> Result<StoredAt, NotStored>;
 
     /// Records that message `id`, stored at `at`, has left `queue` for good (acknowledged,
-    /// dropped, purged).
+    /// dropped, purged). A removal of a message whose write failed writes nothing.
     fn remove(&self, queue: &QueueKey, id: u64, at: StoredAt);
 
-    /// Runs `on_durable` once everything requested so far is on disk.
+    /// Runs `on_durable` once everything requested so far is on disk (with
+    /// [`Durability::Failed`] if some of it could not be written).
     fn sync(&self, on_durable: OnDurable);
 
     /// Reads a stored message back (None if it cannot be read).

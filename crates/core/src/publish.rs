@@ -1,13 +1,20 @@
 //! Publishing a whole message in one call, for adapters whose publish is simple (MQTT, STOMP):
 //! route it, write it to the message store when it is persistent and reached a durable queue,
 //! and hand it to every queue. AMQP does these steps itself, interleaved with confirms,
-//! mandatory returns and transactions.
+//! mandatory returns and transactions, but writes through the same [`VirtualHost::store_message`].
+//!
+//! What the store cannot take is not enqueued: a persistent message the store refuses
+//! ([`NotStored`]) reaches no queue, as RabbitMQ does not enqueue what it could not store, and
+//! the publisher is told ([`Persisted::Refused`]). A message whose write fails after it was
+//! enqueued (it was in the batch that hit the error) is withdrawn from the durable queues that
+//! still hold it ready, so it is not delivered from memory as if it were stored; one already
+//! delivered to a consumer cannot be called back.
 
 use std::sync::Arc;
 
 use crate::exchange::Exchange;
 use crate::message::Message;
-use crate::persistence::{OnDurable, QueueKey};
+use crate::persistence::{Durability, NotStored, OnDurable, QueueKey, StoredAt};
 use crate::queue::QueueHandle;
 use crate::vhost::VirtualHost;
 
@@ -16,11 +23,23 @@ use crate::vhost::VirtualHost;
 pub struct Published {
     /// How many queues took it.
     pub queues: usize,
-    /// Whether it was written to the message store (then `on_durable` runs once it is on
-    /// disk; otherwise `on_durable` was dropped unrun).
-    pub stored: bool,
+    /// Whether it went to the message store.
+    pub stored: Persisted,
     /// Whether a full queue refused it (`x-overflow` reject-publish).
     pub refused: bool,
+}
+
+/// Whether a published message went to the message store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persisted {
+    /// It did not need to (transient, or no durable queue took it); `on_durable` was dropped
+    /// unrun.
+    Unneeded,
+    /// It is being written; `on_durable` runs once it is on disk or has failed.
+    Pending,
+    /// The store cannot write now: the message reached no queue and must not be
+    /// acknowledged; `on_durable` was dropped unrun.
+    Refused,
 }
 
 /// Whether a queue keeps persistent messages in the message store.
@@ -57,6 +76,54 @@ impl VirtualHost {
         self.deliver(queues, message, None).await;
     }
 
+    /// Writes a persistent `message` (with store id `message.store_id`) routed to `queues` to
+    /// the message store when one of them is durable, before any queue sees it. Returns where
+    /// it lies (None when it needs no write, and `on_durable` is dropped), or [`NotStored`]
+    /// when the store cannot write now: then it must reach no queue. If the write fails later,
+    /// `on_durable` hears so and the durable queues withdraw it while it is still ready.
+    pub fn store_message(
+        &self,
+        message: &Message,
+        queues: &[QueueHandle],
+        on_durable: Option<OnDurable>,
+    ) -> Result<Option<StoredAt>, NotStored> {
+        let (Some(store), Some(id)) = (&self.storage().messages, message.store_id) else {
+            return Ok(None);
+        };
+        if !message.properties.is_persistent() {
+            return Ok(None);
+        }
+        let holders: Vec<QueueHandle> = queues.iter().filter(|q| is_durable(q)).cloned().collect();
+        if holders.is_empty() {
+            return Ok(None);
+        }
+        let durable: Vec<QueueKey> = holders
+            .iter()
+            .map(|q| QueueKey {
+                vhost: self.name.clone(),
+                queue: q.name().to_owned(),
+            })
+            .collect();
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let completion: OnDurable = Box::new(move |durability| {
+            if durability == Durability::Failed
+                && let Some(runtime) = runtime
+            {
+                runtime.spawn(async move {
+                    for queue in holders {
+                        queue.withdraw_unstored(id).await;
+                    }
+                });
+            }
+            if let Some(on_durable) = on_durable {
+                on_durable(durability);
+            }
+        });
+        store
+            .publish(id, &durable, message, Some(completion))
+            .map(Some)
+    }
+
     /// Hands `message` to those of `queues` that take it, writing it to the message store
     /// first when it is persistent and one of them is durable.
     async fn deliver(
@@ -67,24 +134,23 @@ impl VirtualHost {
     ) -> Published {
         let admitted = crate::queue::admit(queues, &message).await;
         let (queues, refused) = (admitted.queues, admitted.refused);
-        let mut stored = None;
         if let Some(store) = &self.storage().messages
             && message.properties.is_persistent()
+            && queues.iter().any(is_durable)
         {
-            let durable: Vec<QueueKey> = queues
-                .iter()
-                .filter(|q| is_durable(q))
-                .map(|q| QueueKey {
-                    vhost: self.name.clone(),
-                    queue: q.name().to_owned(),
-                })
-                .collect();
-            if !durable.is_empty() {
-                let id = store.next_id();
-                message.store_id = Some(id);
-                stored = store.publish(id, &durable, &message, on_durable);
-            }
+            message.store_id = Some(store.next_id());
         }
+        let stored = match self.store_message(&message, &queues, on_durable) {
+            Ok(stored) => stored,
+            Err(NotStored) => {
+                crate::queue::release_admission(&queues, &message);
+                return Published {
+                    queues: 0,
+                    stored: Persisted::Refused,
+                    refused,
+                };
+            }
+        };
         let message = Arc::new(message);
         let mut taken = 0;
         for queue in &queues {
@@ -98,7 +164,11 @@ impl VirtualHost {
         }
         Published {
             queues: taken,
-            stored: stored.is_some(),
+            stored: if stored.is_some() {
+                Persisted::Pending
+            } else {
+                Persisted::Unneeded
+            },
             refused,
         }
     }

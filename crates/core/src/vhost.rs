@@ -1,6 +1,7 @@
 //! A virtual host: a namespace of exchanges and queues with their bindings. Declarations,
 //! deletions and bindings go through here; so does routing a published message to its queues.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 
 use dashmap::DashMap;
@@ -347,10 +348,21 @@ impl VirtualHost {
             Err(e) if e.kind == ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(e),
         };
+        // The record goes first: delete-ok promises the queue will not come back at the next
+        // start, and a store that cannot write fails the delete with nothing changed.
+        let durable = handle.spec().durable && !handle.spec().exclusive;
+        if durable {
+            self.persist(|store| store.delete_queue(&self.name, handle.name()))?;
+        }
         let count = match handle.delete(if_unused, if_empty).await {
             Ok(count) => count,
             Err(e) if e.kind == ErrorKind::NotFound => 0,
-            Err(e) => return Err(e),
+            Err(e) => {
+                if durable {
+                    self.persist_quietly(|store| store.save_queue(&self.name, handle.spec()));
+                }
+                return Err(e);
+            }
         };
         self.forget_queue(&handle);
         Ok(count)
@@ -429,12 +441,16 @@ impl VirtualHost {
         Ok(())
     }
 
-    /// Removes a binding (and its record); auto-deletes the source if that was its last.
-    fn remove_binding(&self, source: &Arc<Exchange>, binding: &Binding) {
+    /// Removes a binding (its record first: a store that cannot write fails the unbind with
+    /// nothing changed); auto-deletes the source if that was its last.
+    fn remove_binding(&self, source: &Arc<Exchange>, binding: &Binding) -> CoreResult<()> {
+        if let Some(record) = Self::record(source, binding) {
+            self.persist(|store| store.delete_binding(&self.name, &record))?;
+        }
         if source.unbind(binding) {
-            self.forget_binding(source, binding);
             self.maybe_auto_delete(source);
         }
+        Ok(())
     }
 
     /// Removes a binding's record, if it had one.
@@ -503,8 +519,7 @@ impl VirtualHost {
                 arguments,
                 target: BindingTarget::Queue(handle),
             },
-        );
-        Ok(())
+        )
     }
 
     /// Binds exchange `destination` to exchange `source`.
@@ -544,8 +559,7 @@ impl VirtualHost {
                 arguments,
                 target: BindingTarget::Exchange(target),
             },
-        );
-        Ok(())
+        )
     }
 
     /// Resolves the queues `message` goes to when published to `exchange`, following
@@ -561,11 +575,12 @@ impl VirtualHost {
         }
         let mut targets = Vec::new();
         let mut visited: Vec<*const Exchange> = vec![exchange as *const Exchange];
+        let mut seen = SeenQueues::default();
         self.route_one(exchange, message, &mut targets);
         while let Some(target) = targets.pop() {
             match target {
                 BindingTarget::Queue(queue) => {
-                    if !queues.iter().any(|q| q.same(&queue)) {
+                    if seen.is_new(queues, &queue) {
                         queues.push(queue);
                     }
                 }
@@ -618,6 +633,8 @@ impl VirtualHost {
                 self.spawn_queue(spec, None, &vhost, recovered)
             });
         }
+        // Grouped by source so that each exchange builds its router once, not once per binding.
+        let mut by_source: HashMap<String, (Arc<Exchange>, Vec<Binding>)> = HashMap::new();
         for record in definitions.bindings {
             let (Some(source), Some(target)) = (
                 self.exchanges
@@ -637,13 +654,19 @@ impl VirtualHost {
                 );
                 continue;
             };
-            let binding = Binding {
-                routing_key: record.routing_key,
-                arguments: record.arguments,
-                target,
-            };
-            if let Err(error) = source.bind(binding) {
-                tracing::warn!(%error, "stored binding is invalid; skipped");
+            by_source
+                .entry(record.source)
+                .or_insert_with(|| (source, Vec::new()))
+                .1
+                .push(Binding {
+                    routing_key: record.routing_key,
+                    arguments: record.arguments,
+                    target,
+                });
+        }
+        for (source, bindings) in by_source.into_values() {
+            for (binding, error) in source.bind_all(bindings) {
+                tracing::warn!(exchange = %source.name, target = ?binding.target, %error, "stored binding is invalid; skipped");
             }
         }
     }
@@ -660,6 +683,30 @@ impl VirtualHost {
             let _ = handle.delete(false, false).await;
             self.forget_queue(&handle);
         }
+    }
+}
+
+/// The queues a message is already routed to, so each gets it once. A short list is scanned;
+/// past [`SeenQueues::SCAN`] queues (a `#` binding may reach thousands) a set takes over, so
+/// routing stays linear in the number of targets.
+#[derive(Default)]
+struct SeenQueues {
+    set: HashSet<BindingTarget>,
+}
+
+impl SeenQueues {
+    const SCAN: usize = 16;
+
+    /// Whether `queue` is not among `queues` (the routed list this tracks).
+    fn is_new(&mut self, queues: &[QueueHandle], queue: &QueueHandle) -> bool {
+        if queues.len() < Self::SCAN {
+            return !queues.iter().any(|q| q.same(queue));
+        }
+        if self.set.is_empty() {
+            self.set
+                .extend(queues.iter().cloned().map(BindingTarget::Queue));
+        }
+        self.set.insert(BindingTarget::Queue(queue.clone()))
     }
 }
 

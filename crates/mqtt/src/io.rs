@@ -306,8 +306,11 @@ impl<S: AsyncRead + AsyncWrite + Detach + Unpin> Driver<S> {
                 while let Some(ticket) = self.connection.durable.try_recv() {
                     latest = latest.max(ticket);
                 }
-                self.connection.on_durable(latest);
-                Step::Wait
+                if self.connection.on_durable(latest) {
+                    Step::End(false)
+                } else {
+                    Step::Wait
+                }
             }
             Wake::Timer => match self.on_timer() {
                 Some(graceful) => Step::End(graceful),
@@ -324,7 +327,12 @@ impl<S: AsyncRead + AsyncWrite + Detach + Unpin> Driver<S> {
             }
             Wake::AlarmChanged => {
                 self.alarm_wait = None;
+                let was_blocked = self.connection.is_blocked();
                 self.refresh_alarm();
+                if was_blocked && !self.connection.is_blocked() {
+                    // The keep-alive counts again from now: the time not read was ours.
+                    self.connection.last_packet = Instant::now();
+                }
                 // Input held back while blocked is handled now.
                 if self.connection.is_blocked() || self.conduit.input().is_empty() {
                     Step::Wait

@@ -7,16 +7,31 @@
 //! exchange decides which sessions' queues get a message, and the session then matches the
 //! topic against its own filters with MQTT's rules, which finds the highest granted QoS and
 //! keeps `$`-topics away from filters that start with a wildcard.
+//!
+//! Topic names and filters have at most [`MAX_LEVELS`] levels (one routing-key word each, so
+//! the topic exchange's limit): a longer topic in PUBLISH or a will closes the connection, a
+//! longer filter gets the SUBACK failure code.
 
-/// Whether `topic` may be published to: non-empty, no wildcards.
+use junction_core::exchange::MAX_TOPIC_WORDS;
+
+/// The most levels a topic name or filter may have: the topic exchange's word limit.
+pub const MAX_LEVELS: usize = MAX_TOPIC_WORDS;
+
+/// The number of levels of a topic name or filter (one more than its `/`s).
+fn levels(text: &str) -> usize {
+    text.bytes().filter(|b| *b == b'/').count() + 1
+}
+
+/// Whether `topic` may be published to: non-empty, no wildcards, at most [`MAX_LEVELS`]
+/// levels.
 pub fn valid_topic_name(topic: &str) -> bool {
-    !topic.is_empty() && !topic.contains(['+', '#'])
+    !topic.is_empty() && !topic.contains(['+', '#']) && levels(topic) <= MAX_LEVELS
 }
 
 /// Whether `filter` is a valid subscription filter: non-empty; `#` only as a whole last
-/// level; `+` only as a whole level.
+/// level; `+` only as a whole level; at most [`MAX_LEVELS`] levels.
 pub fn valid_filter(filter: &str) -> bool {
-    if filter.is_empty() {
+    if filter.is_empty() || levels(filter) > MAX_LEVELS {
         return false;
     }
     let levels: Vec<&str> = filter.split('/').collect();
@@ -104,6 +119,21 @@ mod tests {
         assert!(!valid_topic_name("a/+"));
         assert!(!valid_topic_name("a/#"));
         assert!(!valid_topic_name(""));
+    }
+
+    #[test]
+    fn topics_and_filters_have_at_most_the_level_limit() {
+        let at_limit = vec!["l"; MAX_LEVELS].join("/");
+        let over = vec!["l"; MAX_LEVELS + 1].join("/");
+        assert!(valid_topic_name(&at_limit));
+        assert!(!valid_topic_name(&over));
+        assert!(valid_filter(&at_limit));
+        assert!(!valid_filter(&over));
+        assert!(!valid_filter(&(over + "/#")));
+        assert_eq!(
+            junction_core::exchange::topic_words(&filter_to_binding_key(&at_limit)),
+            MAX_LEVELS
+        );
     }
 
     #[test]

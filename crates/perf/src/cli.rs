@@ -28,6 +28,47 @@ pub enum Protocol {
     Mqtt(MqttArgs),
     /// STOMP 1.2 with a small built-in client: SEND to and SUBSCRIBE on `/queue/perf-<run-id>`.
     Stomp(StompArgs),
+    /// Bindings on `amq.topic`: time many MQTT subscriptions, or create many durable AMQP
+    /// bindings for a restart to recover (see `bench/bindings.sh`).
+    Bindings(BindingsArgs),
+}
+
+/// What the bindings benchmark does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BindingsPhase {
+    /// MQTT SUBSCRIBEs, one filter each, timed.
+    Subscribe,
+    /// Durable AMQP queues bound to `amq.topic` with many keys.
+    Durable,
+}
+
+/// Options of the bindings benchmark.
+#[derive(Debug, Clone, Args)]
+pub struct BindingsArgs {
+    /// What to do.
+    #[arg(long, value_enum)]
+    pub phase: BindingsPhase,
+    /// Broker host.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Broker port [default: 1883 for subscribe, 5672 for durable].
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// User name.
+    #[arg(long, default_value = "guest")]
+    pub user: String,
+    /// Password.
+    #[arg(long, default_value = "guest")]
+    pub password: String,
+    /// Subscriptions (subscribe) or bindings (durable) in total.
+    #[arg(long, default_value_t = 100_000)]
+    pub count: usize,
+    /// MQTT connections sharing the subscriptions.
+    #[arg(long, default_value_t = 10)]
+    pub connections: usize,
+    /// Durable queues sharing the bindings, one AMQP channel each.
+    #[arg(long, default_value_t = 100)]
+    pub queues: usize,
 }
 
 /// Options every protocol takes.

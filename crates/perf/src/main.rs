@@ -3,6 +3,7 @@
 
 mod amqp;
 mod bench;
+mod bindings;
 mod cli;
 mod mqtt;
 mod payload;
@@ -29,6 +30,7 @@ fn main() -> std::process::ExitCode {
             Protocol::Amqp(args) => amqp::run(args).await,
             Protocol::Mqtt(args) => mqtt::run(args).await,
             Protocol::Stomp(args) => stomp::run(args).await,
+            Protocol::Bindings(args) => bindings::run(args).await,
         }
     });
     // Connections that are still closing must not hold the process up.
@@ -61,7 +63,7 @@ fn runtime_for(protocol: &Protocol) -> tokio::runtime::Builder {
         Protocol::Amqp(args) if args.common.rate <= 0.0 => {
             tokio::runtime::Builder::new_current_thread()
         }
-        Protocol::Amqp(_) | Protocol::Mqtt(_) | Protocol::Stomp(_) => {
+        Protocol::Amqp(_) | Protocol::Mqtt(_) | Protocol::Stomp(_) | Protocol::Bindings(_) => {
             tokio::runtime::Builder::new_multi_thread()
         }
     }

@@ -1,9 +1,13 @@
 //! Resource alarms: the process's resident memory against the memory watermark, and the free
 //! space of the data directory's file system against the disk limit. Either raises the
 //! broker's alarm for its resource while the condition holds.
+//!
+//! The disk is measured by a timer and also by the message log after each write batch
+//! ([`DiskAlarm`] is shared by both), so a burst of publishes raises the alarm with the write
+//! that crosses the limit, before the disk is full, not a timer tick later.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use junction_core::Broker;
@@ -73,11 +77,44 @@ impl Alarm {
     }
 }
 
+/// The disk alarm: raised while the data directory's file system has fewer free bytes than
+/// the limit. Updated by the timer and by the message log after each write batch.
+pub struct DiskAlarm {
+    broker: Arc<Broker>,
+    limit: u64,
+    alarm: Mutex<Alarm>,
+}
+
+impl DiskAlarm {
+    /// The alarm for `broker` with the configured limit (0: never raised).
+    pub fn new(broker: Arc<Broker>, limit: u64) -> Self {
+        Self {
+            broker,
+            limit,
+            alarm: Mutex::new(Alarm {
+                resource: "disk",
+                reason: "low on disk",
+                raised: false,
+            }),
+        }
+    }
+
+    /// Raises or clears the alarm for `free` bytes left.
+    pub fn update(&self, free: u64) {
+        let mut alarm = match self.alarm.lock() {
+            Ok(alarm) => alarm,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        alarm.update(&self.broker, free < self.limit, free, self.limit);
+    }
+}
+
 /// Watches memory and disk until `shutdown` turns true.
 pub async fn watch_resources(
     broker: Arc<Broker>,
     config: AlarmsConfig,
     data_dir: PathBuf,
+    disk: Arc<DiskAlarm>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let memory_limit = watermark(&config);
@@ -91,11 +128,6 @@ pub async fn watch_resources(
         reason: "low on memory",
         raised: false,
     };
-    let mut disk = Alarm {
-        resource: "disk",
-        reason: "low on disk",
-        raised: false,
-    };
     let mut tick = tokio::time::interval(Duration::from_millis(config.check_interval_ms.max(10)));
     loop {
         tokio::select! {
@@ -106,12 +138,7 @@ pub async fn watch_resources(
             memory.update(&broker, used > limit, used, limit);
         }
         if let Some(free) = available_bytes(&data_dir) {
-            disk.update(
-                &broker,
-                free < config.disk_free_limit,
-                free,
-                config.disk_free_limit,
-            );
+            disk.update(free);
         }
     }
 }

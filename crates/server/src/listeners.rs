@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Context;
 use junction_transport::{
-    ListenAddr, WebSocketProtocol, WebSocketRoutes, accept_loop, bind_tcp, serve_websockets,
+    ListenAddr, WebSocketLimits, WebSocketProtocol, WebSocketRoutes, accept_loop, bind_tcp,
+    serve_websockets,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
@@ -74,11 +75,13 @@ impl Listeners {
         Ok(())
     }
 
-    /// A protocol for WebSocket listeners, selected by the subprotocol `names`.
+    /// A protocol for WebSocket listeners, selected by the subprotocol `names`, with its
+    /// message and pre-login limits.
     pub fn websocket_protocol<F, Fut>(
         &self,
         names: Vec<&'static str>,
         text_output: bool,
+        limits: WebSocketLimits,
         serve: F,
     ) -> WebSocketProtocol
     where
@@ -93,6 +96,7 @@ impl Listeners {
         WebSocketProtocol {
             names,
             text_output,
+            limits,
             handler: Arc::new(move |stream, peer| {
                 let guard = connections.enter();
                 let connection = serve(stream, peer, shutdown.clone());

@@ -6,6 +6,7 @@ mod alarms;
 mod config;
 mod demo;
 mod listeners;
+mod logging;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use junction_core::auth::{PasswordHash, UserRecord, VhostPermissions};
 use junction_core::{
     AuthChain, Broker, BrokerConfig, ExchangeTypeRegistry, InternalUsers, Storage,
 };
-use junction_transport::{ListenAddr, WebSocketRoutes};
+use junction_transport::{ListenAddr, WebSocketLimits, WebSocketRoutes};
 use listeners::Listeners;
 use tokio::sync::watch;
 
@@ -68,6 +69,7 @@ fn start() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = config::load(cli.config.as_deref())?;
     init_logging(&config.log.level);
+    raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -80,10 +82,48 @@ fn init_logging(level: &str) {
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
+        .fmt_fields(logging::EscapedFields)
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+/// Raises the soft limit on open files to the hard limit, as RabbitMQ's start scripts ask
+/// operators to: at the usual default of 1,024 a few hundred idle sockets on one listener
+/// would make every listener refuse new clients ("Too many open files").
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the open files limit");
+            return;
+        }
+    };
+    if soft < hard
+        && let Err(error) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(%error, soft, hard, "cannot raise the open files limit");
+        return;
+    }
+    let raised = getrlimit(Resource::RLIMIT_NOFILE).map_or(soft, |(soft, _)| soft);
+    tracing::info!(
+        open_files_limit = raised,
+        was = soft,
+        hard,
+        "open files limit: {raised}"
+    );
+}
+
+/// WebSocket limits for a protocol whose largest frame is `max_frame` bytes and whose login
+/// frame is at most `max_login_frame`: a WebSocket frame's header takes at most 14 bytes, and
+/// a client may split its login over a few.
+fn websocket_limits(max_frame: usize, max_login_frame: usize) -> WebSocketLimits {
+    WebSocketLimits {
+        max_message_size: max_frame.saturating_add(64),
+        pre_login_bytes: max_login_frame.saturating_add(1024),
+    }
 }
 
 fn listener_addr(flag: Option<ListenAddr>, configured: &str) -> anyhow::Result<ListenAddr> {
@@ -157,15 +197,22 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "message log recovered"
     );
+    let messages = Arc::new(messages);
     let storage = Storage {
         definitions: Some(definitions),
-        messages: Some(Arc::new(messages)),
+        messages: Some(messages.clone()),
         max_loaded_bytes_per_queue: config.storage.max_loaded_bytes_per_queue,
     };
     let broker = Broker::with_store(BrokerConfig { default_vhost }, registry, auth, storage);
     for vhost in &config.vhosts {
         broker.add_vhost(&vhost.name);
     }
+    let disk_alarm = Arc::new(alarms::DiskAlarm::new(
+        broker.clone(),
+        config.alarms.disk_free_limit,
+    ));
+    let watched = disk_alarm.clone();
+    messages.watch_space(Box::new(move |free| watched.update(free)));
 
     let amqp_settings = Arc::new(junction_amqp::Settings {
         frame_max: config.amqp.frame_max.max(4096),
@@ -176,20 +223,22 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
         ..Default::default()
     });
 
-    let mqtt = junction_mqtt::Mqtt::new(
-        broker.clone(),
-        junction_mqtt::Settings {
-            exchange: config.mqtt.exchange.clone(),
-            max_packet_size: config.mqtt.max_packet_size,
-            max_inflight: config.mqtt.max_inflight.max(1),
-            park_idle_connections: config.mqtt.park_idle_connections,
-            allow_anonymous: config.mqtt.allow_anonymous,
-            anonymous_user: config.mqtt.anonymous_user.clone(),
-            anonymous_password: config.mqtt.anonymous_password.clone(),
-            ..Default::default()
-        },
-        Some(adapter_state),
+    let mqtt_settings = junction_mqtt::Settings {
+        exchange: config.mqtt.exchange.clone(),
+        max_packet_size: config.mqtt.max_packet_size,
+        max_inflight: config.mqtt.max_inflight.max(1),
+        park_idle_connections: config.mqtt.park_idle_connections,
+        allow_anonymous: config.mqtt.allow_anonymous,
+        anonymous_user: config.mqtt.anonymous_user.clone(),
+        anonymous_password: config.mqtt.anonymous_password.clone(),
+        ..Default::default()
+    };
+    // An MQTT fixed header adds at most 5 bytes to the remaining length.
+    let mqtt_over_websocket_limits = websocket_limits(
+        mqtt_settings.max_packet_size.saturating_add(5),
+        mqtt_settings.max_connect_size.saturating_add(5),
     );
+    let mqtt = junction_mqtt::Mqtt::new(broker.clone(), mqtt_settings, Some(adapter_state));
 
     let stomp_settings = Arc::new(junction_stomp::Settings {
         limits: junction_stomp::codec::Limits {
@@ -203,6 +252,10 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
         anonymous_password: config.stomp.anonymous_password.clone(),
         ..Default::default()
     });
+    let stomp_over_websocket_limits = websocket_limits(
+        stomp_settings.limits.max_frame_bytes(),
+        stomp_settings.limits.pre_login().max_frame_bytes(),
+    );
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let listeners = &config.listeners;
@@ -217,6 +270,7 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
         broker.clone(),
         config.alarms.clone(),
         data_dir.clone(),
+        disk_alarm,
         shutdown_rx.clone(),
     ));
     let mut running = Listeners::new(shutdown_rx.clone());
@@ -240,10 +294,12 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
             junction_mqtt::serve(stream, Some(peer), over_tcp.clone())
         })
         .await?;
-    let mqtt_over_websocket =
-        running.websocket_protocol(vec!["mqtt"], false, move |stream, peer, _shutdown| {
-            junction_mqtt::serve(stream, Some(peer), mqtt.clone())
-        });
+    let mqtt_over_websocket = running.websocket_protocol(
+        vec!["mqtt"],
+        false,
+        mqtt_over_websocket_limits,
+        move |stream, peer, _shutdown| junction_mqtt::serve(stream, Some(peer), mqtt.clone()),
+    );
     let stomp_broker = broker.clone();
     let stomp_over_tcp = stomp_settings.clone();
     running
@@ -261,6 +317,7 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
     let stomp_over_websocket = running.websocket_protocol(
         vec!["v12.stomp", "v11.stomp", "v10.stomp"],
         true,
+        stomp_over_websocket_limits,
         move |stream, peer, shutdown| {
             junction_stomp::serve(
                 stream,

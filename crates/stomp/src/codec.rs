@@ -108,6 +108,11 @@ pub enum DecodeError {
     MissingNul,
 }
 
+/// The most a frame's header block may take before the client has logged in.
+pub const PRE_LOGIN_HEADER_BYTES: usize = 60 * 1024;
+/// The most a frame's body may take before the client has logged in (CONNECT has no body).
+pub const PRE_LOGIN_BODY_BYTES: usize = 4 * 1024;
+
 /// Decoding limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -126,6 +131,25 @@ impl Default for Limits {
             max_headers: 1000,
             max_body_bytes: 16 * 1024 * 1024,
         }
+    }
+}
+
+impl Limits {
+    /// The limits before login: a stranger's frame (header block and body together) takes
+    /// at most 64 KiB, whatever the limits after login are.
+    pub fn pre_login(self) -> Self {
+        Self {
+            max_header_bytes: self.max_header_bytes.min(PRE_LOGIN_HEADER_BYTES),
+            max_headers: self.max_headers,
+            max_body_bytes: self.max_body_bytes.min(PRE_LOGIN_BODY_BYTES),
+        }
+    }
+
+    /// The most bytes one frame can take on the wire: header block, blank line, body, NUL.
+    pub fn max_frame_bytes(self) -> usize {
+        self.max_header_bytes
+            .saturating_add(self.max_body_bytes)
+            .saturating_add(4)
     }
 }
 

@@ -10,6 +10,11 @@
 //! | `/reply-queue/Q` | default exchange, key Q | - |
 //!
 //! Queue and exchange names may be percent-encoded (`%2F` for `/`), as RabbitMQ allows.
+//! Names are at most 255 bytes (an AMQP short string), and the routing key or binding pattern of
+//! `/exchange/X/K` has at most [`MAX_TOPIC_WORDS`] dot-separated words, the topic exchange's
+//! limit (a `/topic/` key is a name, so at most 255 bytes, which is never more words).
+
+use junction_core::exchange::{MAX_TOPIC_WORDS, topic_words};
 
 /// A parsed destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +46,7 @@ pub struct InvalidDestination(pub String);
 impl Destination {
     /// Parses a destination header.
     pub fn parse(text: &str) -> Result<Destination, InvalidDestination> {
-        let invalid = || InvalidDestination(text.to_owned());
+        let invalid = || InvalidDestination(shortened(text));
         let name = |rest: &str| -> Result<String, InvalidDestination> {
             let decoded = percent_decode(rest).ok_or_else(invalid)?;
             if decoded.is_empty() || decoded.len() > 255 {
@@ -63,6 +68,9 @@ impl Destination {
             let (exchange, key) = rest.split_once('/').unwrap_or((rest, ""));
             let exchange = name(exchange)?;
             let key = percent_decode(key).ok_or_else(invalid)?;
+            if topic_words(&key) > MAX_TOPIC_WORDS {
+                return Err(invalid());
+            }
             Ok(Destination::Exchange { exchange, key })
         } else {
             Err(invalid())
@@ -89,6 +97,19 @@ impl Destination {
             "amq.topic" => format!("/topic/{key}"),
             other => format!("/exchange/{other}/{key}"),
         }
+    }
+}
+
+/// `text`, cut to at most 255 bytes (on a character boundary) for error messages.
+fn shortened(text: &str) -> String {
+    let mut end = text.len().min(255);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end < text.len() {
+        format!("{}...", &text[..end])
+    } else {
+        text.to_owned()
     }
 }
 
@@ -148,6 +169,13 @@ mod tests {
             Destination::parse("/temp-queue/replies"),
             Ok(Destination::TempQueue("replies".into()))
         );
+        let long_key = format!(
+            "/exchange/logs/{}",
+            vec!["w"; MAX_TOPIC_WORDS + 1].join(".")
+        );
+        assert!(Destination::parse(&long_key).is_err());
+        let key_at_limit = format!("/exchange/logs/{}", vec!["w"; MAX_TOPIC_WORDS].join("."));
+        assert!(Destination::parse(&key_at_limit).is_ok());
         for bad in [
             "/queue/",
             "queue/a",

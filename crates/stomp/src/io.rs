@@ -173,8 +173,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 while let Some(ticket) = self.connection.durable.try_recv() {
                     latest = latest.max(ticket);
                 }
-                self.connection.on_durable(latest);
-                Step::Wait
+                match self.connection.on_durable(latest) {
+                    Next::Close => Step::End,
+                    Next::Continue => Step::Wait,
+                }
             }
             Wake::Timer => {
                 if self.on_timer() {
@@ -185,10 +187,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             }
             Wake::Control(BrokerSignal::Shutdown) => Step::End,
             Wake::Control(BrokerSignal::AlarmChanged) => {
+                let was_blocked = self.connection.is_blocked();
                 self.connection
                     .set_alarm(self.alarm.borrow_and_update().clone());
                 self.control = broker_signals(&self.shutdown, &self.alarm);
-                Step::Wait
+                if !was_blocked || self.connection.is_blocked() {
+                    return Step::Wait;
+                }
+                // Heart-beats are expected again from now: the time not read was ours.
+                self.last_read = Instant::now();
+                self.reset_timer();
+                // A SEND held back while blocked is handled now.
+                if self.conduit.input().is_empty() {
+                    Step::Wait
+                } else {
+                    Step::HandleInput
+                }
             }
         }
     }
@@ -245,7 +259,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         while self.connection.has_pending_receipts() {
             let notice = poll_fn(|cx| self.connection.durable.poll_recv(cx));
             match tokio::time::timeout_at(deadline, notice).await {
-                Ok(Some(ticket)) => self.connection.on_durable(ticket),
+                Ok(Some(ticket)) => {
+                    if self.connection.on_durable(ticket) == Next::Close {
+                        break;
+                    }
+                }
                 _ => break,
             }
         }

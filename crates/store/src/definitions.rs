@@ -1,12 +1,20 @@
 //! The definitions store: a [`DefinitionStore`] on redb. Records are JSON (small, readable with
 //! any redb tool, and the format RabbitMQ's definitions export uses), keyed by vhost and name.
+//!
+//! A failed write (a full disk) fails the operation that needed it, and redb then refuses
+//! every later transaction until the database is reopened; so after a failure the store
+//! closes the database and opens it again on the next operation, which works again as soon as
+//! the disk has room. redb commits atomically, so a failed transaction leaves the last
+//! committed state.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use junction_core::definitions::{
     AdapterStateStore, BindingRecord, DefinitionStore, StoreFailure, VhostDefinitions,
 };
-use junction_core::{ExchangeSpec, QueueSpec};
+use junction_core::field::MAX_DEPTH;
+use junction_core::{ExchangeSpec, FieldTable, QueueSpec};
 use redb::{Database, DatabaseError, ReadableDatabase, TableDefinition};
 
 const EXCHANGES: TableDefinition<&str, &[u8]> = TableDefinition::new("exchanges");
@@ -36,7 +44,9 @@ pub enum OpenError {
 
 /// Durable definitions in `<data dir>/definitions.redb`.
 pub struct Definitions {
-    db: Database,
+    path: PathBuf,
+    /// None after a failure until it is reopened.
+    db: Mutex<Option<Database>>,
 }
 
 /// The key of a named resource: vhost and name, separated by a NUL (which no name contains).
@@ -64,6 +74,19 @@ fn failure(error: impl std::fmt::Display) -> StoreFailure {
     StoreFailure(error.to_string())
 }
 
+/// Refuses arguments nested deeper than the broker accepts: the adapters never let them in,
+/// and a record deeper than that might not read back (serde_json stops at 128 levels), so the
+/// definition would vanish at the next start instead of failing now.
+fn readable(arguments: &FieldTable) -> Result<(), StoreFailure> {
+    let depth = arguments.depth();
+    if depth > MAX_DEPTH {
+        return Err(StoreFailure(format!(
+            "arguments nested {depth} levels deep, more than the {MAX_DEPTH} allowed"
+        )));
+    }
+    Ok(())
+}
+
 impl Definitions {
     /// Opens (or creates) the store in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self, OpenError> {
@@ -80,20 +103,51 @@ impl Definitions {
                 });
             }
         };
-        let store = Self { db };
+        let store = Self {
+            path: path.clone(),
+            db: Mutex::new(Some(db)),
+        };
         store.create_tables().map_err(|error| OpenError::Failed {
-            path: data_dir.join(FILE_NAME),
+            path,
             message: error.to_string(),
         })?;
         Ok(store)
     }
 
-    fn create_tables(&self) -> Result<(), StoreFailure> {
-        let tx = self.db.begin_write().map_err(failure)?;
-        for table in [EXCHANGES, QUEUES, BINDINGS, ADAPTER_STATE] {
-            tx.open_table(table).map_err(failure)?;
+    /// Runs `operation` on the database, reopening it first if an earlier operation failed;
+    /// a failure closes it so that the next operation reopens it.
+    fn with_db<T>(
+        &self,
+        operation: impl FnOnce(&Database) -> Result<T, StoreFailure>,
+    ) -> Result<T, StoreFailure> {
+        let mut slot: MutexGuard<'_, Option<Database>> = match self.db.lock() {
+            Ok(slot) => slot,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if slot.is_none() {
+            let db = Database::create(&self.path).map_err(failure)?;
+            tracing::info!(file = %self.path.display(), "definitions store reopened");
+            *slot = Some(db);
         }
-        tx.commit().map_err(failure)
+        let Some(db) = slot.as_ref() else {
+            return Err(StoreFailure("definitions store is closed".into()));
+        };
+        let outcome = operation(db);
+        if let Err(error) = &outcome {
+            tracing::error!(%error, "definitions store operation failed; it reopens on the next one");
+            *slot = None;
+        }
+        outcome
+    }
+
+    fn create_tables(&self) -> Result<(), StoreFailure> {
+        self.with_db(|db| {
+            let tx = db.begin_write().map_err(failure)?;
+            for table in [EXCHANGES, QUEUES, BINDINGS, ADAPTER_STATE] {
+                tx.open_table(table).map_err(failure)?;
+            }
+            tx.commit().map_err(failure)
+        })
     }
 
     fn put(
@@ -112,21 +166,25 @@ impl Definitions {
         key: &str,
         bytes: &[u8],
     ) -> Result<(), StoreFailure> {
-        let tx = self.db.begin_write().map_err(failure)?;
-        tx.open_table(table)
-            .map_err(failure)?
-            .insert(key, bytes)
-            .map_err(failure)?;
-        tx.commit().map_err(failure)
+        self.with_db(|db| {
+            let tx = db.begin_write().map_err(failure)?;
+            tx.open_table(table)
+                .map_err(failure)?
+                .insert(key, bytes)
+                .map_err(failure)?;
+            tx.commit().map_err(failure)
+        })
     }
 
     fn remove(&self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<(), StoreFailure> {
-        let tx = self.db.begin_write().map_err(failure)?;
-        tx.open_table(table)
-            .map_err(failure)?
-            .remove(key)
-            .map_err(failure)?;
-        tx.commit().map_err(failure)
+        self.with_db(|db| {
+            let tx = db.begin_write().map_err(failure)?;
+            tx.open_table(table)
+                .map_err(failure)?
+                .remove(key)
+                .map_err(failure)?;
+            tx.commit().map_err(failure)
+        })
     }
 
     /// Every value stored under `vhost` in `table`, in key order.
@@ -135,28 +193,31 @@ impl Definitions {
         table: TableDefinition<&str, &[u8]>,
         vhost: &str,
     ) -> Result<Vec<T>, StoreFailure> {
-        let tx = self.db.begin_read().map_err(failure)?;
-        let table = tx.open_table(table).map_err(failure)?;
-        let prefix = format!("{vhost}\0");
-        let mut values = Vec::new();
-        for entry in table.range(prefix.as_str()..).map_err(failure)? {
-            let (key, value) = entry.map_err(failure)?;
-            if !key.value().starts_with(&prefix) {
-                break;
-            }
-            match serde_json::from_slice(value.value()) {
-                Ok(parsed) => values.push(parsed),
-                Err(error) => {
-                    tracing::error!(key = %key.value().replace('\0', "/"), %error, "unreadable definition record skipped");
+        self.with_db(|db| {
+            let tx = db.begin_read().map_err(failure)?;
+            let table = tx.open_table(table).map_err(failure)?;
+            let prefix = format!("{vhost}\0");
+            let mut values = Vec::new();
+            for entry in table.range(prefix.as_str()..).map_err(failure)? {
+                let (key, value) = entry.map_err(failure)?;
+                if !key.value().starts_with(&prefix) {
+                    break;
+                }
+                match serde_json::from_slice(value.value()) {
+                    Ok(parsed) => values.push(parsed),
+                    Err(error) => {
+                        tracing::error!(key = %key.value().replace('\0', "/"), %error, "unreadable definition record skipped");
+                    }
                 }
             }
-        }
-        Ok(values)
+            Ok(values)
+        })
     }
 }
 
 impl DefinitionStore for Definitions {
     fn save_exchange(&self, vhost: &str, spec: &ExchangeSpec) -> Result<(), StoreFailure> {
+        readable(&spec.arguments)?;
         self.put(EXCHANGES, &key(vhost, &spec.name), spec)
     }
 
@@ -165,6 +226,7 @@ impl DefinitionStore for Definitions {
     }
 
     fn save_queue(&self, vhost: &str, spec: &QueueSpec) -> Result<(), StoreFailure> {
+        readable(&spec.arguments)?;
         self.put(QUEUES, &key(vhost, &spec.name), spec)
     }
 
@@ -173,6 +235,7 @@ impl DefinitionStore for Definitions {
     }
 
     fn save_binding(&self, vhost: &str, binding: &BindingRecord) -> Result<(), StoreFailure> {
+        readable(&binding.arguments)?;
         self.put(BINDINGS, &binding_key(vhost, binding)?, binding)
     }
 
@@ -199,18 +262,20 @@ impl AdapterStateStore for Definitions {
     }
 
     fn load_state(&self, table: &str) -> Result<Vec<(String, Vec<u8>)>, StoreFailure> {
-        let tx = self.db.begin_read().map_err(failure)?;
-        let records = tx.open_table(ADAPTER_STATE).map_err(failure)?;
-        let prefix = format!("{table}\0");
-        let mut values = Vec::new();
-        for entry in records.range(prefix.as_str()..).map_err(failure)? {
-            let (stored_key, value) = entry.map_err(failure)?;
-            let Some(name) = stored_key.value().strip_prefix(&prefix) else {
-                break;
-            };
-            values.push((name.to_owned(), value.value().to_vec()));
-        }
-        Ok(values)
+        self.with_db(|db| {
+            let tx = db.begin_read().map_err(failure)?;
+            let records = tx.open_table(ADAPTER_STATE).map_err(failure)?;
+            let prefix = format!("{table}\0");
+            let mut values = Vec::new();
+            for entry in records.range(prefix.as_str()..).map_err(failure)? {
+                let (stored_key, value) = entry.map_err(failure)?;
+                let Some(name) = stored_key.value().strip_prefix(&prefix) else {
+                    break;
+                };
+                values.push((name.to_owned(), value.value().to_vec()));
+            }
+            Ok(values)
+        })
     }
 }
 
@@ -321,6 +386,66 @@ mod tests {
             .expect("delete absent");
         assert_eq!(store.load_state("mqtt.retained").expect("load").len(), 1);
         assert_eq!(store.load_state("mqtt.sessions").expect("load").len(), 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Arguments nesting tables and arrays, alternating, `depth` levels deep.
+    fn nested_arguments(depth: usize) -> FieldTable {
+        let mut value = FieldValue::string("leaf");
+        for level in (2..=depth).rev() {
+            value = if level % 2 == 0 {
+                FieldValue::Table(FieldTable::from_iter([("k".to_owned(), value)]))
+            } else {
+                FieldValue::Array(vec![FieldValue::Bool(true), value])
+            };
+        }
+        FieldTable::from_iter([("x-deep".to_owned(), value)])
+    }
+
+    #[test]
+    fn definitions_at_the_maximum_depth_read_back_and_deeper_ones_are_refused() {
+        let dir = dir("deep");
+        let arguments = nested_arguments(MAX_DEPTH);
+        assert_eq!(arguments.depth(), MAX_DEPTH);
+        let exchange = ExchangeSpec {
+            name: "deep-x".into(),
+            kind: "headers".into(),
+            durable: true,
+            arguments: arguments.clone(),
+            ..Default::default()
+        };
+        let queue = QueueSpec {
+            name: "deep-q".into(),
+            durable: true,
+            arguments: arguments.clone(),
+            ..Default::default()
+        };
+        let binding = BindingRecord {
+            source: "deep-x".into(),
+            destination: "deep-q".into(),
+            destination_is_exchange: false,
+            routing_key: String::new(),
+            arguments: arguments.clone(),
+        };
+        {
+            let store = Definitions::open(&dir).expect("open");
+            store.save_exchange("/", &exchange).expect("save exchange");
+            store.save_queue("/", &queue).expect("save queue");
+            store.save_binding("/", &binding).expect("save binding");
+            let deeper = QueueSpec {
+                name: "deeper".into(),
+                durable: true,
+                arguments: nested_arguments(MAX_DEPTH + 1),
+                ..Default::default()
+            };
+            assert!(store.save_queue("/", &deeper).is_err());
+        }
+        let store = Definitions::open(&dir).expect("reopen");
+        let loaded = store.load("/").expect("load");
+        assert_eq!(loaded.exchanges, vec![exchange]);
+        assert_eq!(loaded.queues.len(), 1);
+        assert_eq!(loaded.queues[0].arguments, arguments);
+        assert_eq!(loaded.bindings, vec![binding]);
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -1,6 +1,10 @@
 //! Listeners: they accept connections and hand each stream to a protocol's handler. They only
 //! move bytes; what the bytes mean is the protocol adapters' business.
 //!
+//! The HTTP listeners (`http.rs`) run hyper with a request-head timeout; WebSocket
+//! connections (`websocket.rs`, `bridge.rs`) become byte streams with bounded buffers, and a
+//! client's reads are capped until it has logged in (`allowance.rs`).
+//!
 //! Also the connection I/O pieces the adapters' drivers share: [`Conduit`] (a stream and its
 //! buffers), [`LazyChannel`], [`Turns`] and [`broker_signals`], and the [`ParkingLot`] where
 //! idle connections wait without a task.
@@ -12,19 +16,25 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+mod allowance;
+mod bridge;
 mod conduit;
 mod driver;
+mod http;
 mod lazy_channel;
 mod park;
 mod websocket;
 
+pub use allowance::{Allowance, Metered};
 pub use conduit::Conduit;
 pub use driver::{Arrival, BrokerSignal, BrokerSignals, Turns, broker_signals};
+pub use http::{HEADER_READ_TIMEOUT, MAX_HEAD_BUFFER};
 pub use lazy_channel::LazyChannel;
 pub use park::{Detach, ParkingLot, Resume, Spot};
 
 pub use websocket::{
-    HandlerFuture, StaticFile, StreamHandler, WebSocketProtocol, WebSocketRoutes, serve_websockets,
+    HandlerFuture, StaticFile, StreamHandler, WebSocketLimits, WebSocketProtocol, WebSocketRoutes,
+    serve_websockets,
 };
 
 /// A listener address from the command line or configuration: `host:port`, or `off`.

@@ -6,22 +6,28 @@
 //! One listener can serve several protocols on `/ws`; the client's `Sec-WebSocket-Protocol`
 //! picks the handler (`mqtt`, `v12.stomp`, ...). A listener may name a protocol to assume when
 //! the client offers none of its protocols (RabbitMQ's Web-MQTT and Web-STOMP listeners do).
+//!
+//! Each protocol brings its [`WebSocketLimits`]: the largest message (and frame) accepted,
+//! and how much a client may send before the adapter has answered its login. Connections are
+//! run by `http.rs` (request-head timeout) and bridged by `bridge.rs` (bounded buffers).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use axum::Router;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use axum::{Extension, Router};
+use tokio::io::DuplexStream;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+use crate::bridge::{self, MAX_WRITE_BUFFER};
+use crate::http::{ConnectionAllowance, serve_http};
 
 /// The boxed future a [`StreamHandler`] returns.
 pub type HandlerFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -29,10 +35,21 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// Serves one protocol connection over a byte stream (the adapter's `serve`).
 pub type StreamHandler = Arc<dyn Fn(DuplexStream, SocketAddr) -> HandlerFuture + Send + Sync>;
 
-/// Bytes buffered between the WebSocket and the adapter in each direction.
-const PIPE_CAPACITY: usize = 64 * 1024;
-/// The largest WebSocket message accepted.
-const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+/// What tungstenite reads from the socket at once. Its read buffer is allocated (and
+/// touched) at this size for every connection, so it is small: idle connections are many.
+const READ_BUFFER: usize = 4 * 1024;
+
+/// The limits of one protocol over WebSocket.
+#[derive(Debug, Clone, Copy)]
+pub struct WebSocketLimits {
+    /// The largest message, and the largest frame, accepted from a client (the adapter's
+    /// largest frame or packet, plus its framing); a larger one closes the connection.
+    pub max_message_size: usize,
+    /// The bytes (WebSocket framing included) a client may send before the adapter has
+    /// written anything, that is before its login is answered; past them the client is not
+    /// read until then (the adapter's login timeout closes it).
+    pub pre_login_bytes: usize,
+}
 
 /// A protocol served over WebSocket.
 #[derive(Clone)]
@@ -44,6 +61,8 @@ pub struct WebSocketProtocol {
     pub text_output: bool,
     /// Serves a connection.
     pub handler: StreamHandler,
+    /// Message sizes and what may be sent before login.
+    pub limits: WebSocketLimits,
 }
 
 /// A static file served over HTTP (pages embedded in the binary).
@@ -91,7 +110,7 @@ impl WebSocketRoutes {
 /// paths, and other paths are 404 (the management API is to come).
 pub async fn serve_websockets(
     listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     routes: WebSocketRoutes,
 ) {
     let mut app = Router::new().route("/ws", get(upgrade));
@@ -108,26 +127,16 @@ pub async fn serve_websockets(
         );
     }
     let app = app.with_state(Arc::new(routes));
-    let stop = async move {
-        let _ = shutdown.wait_for(|stop| *stop).await;
-    };
-    if let Err(error) = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop)
-    .await
-    {
-        tracing::error!(%error, "HTTP listener failed");
-    }
+    serve_http(listener, shutdown, app).await;
 }
 
 async fn upgrade(
     ws: WebSocketUpgrade,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(ConnectionAllowance(allowance)): Extension<ConnectionAllowance>,
     State(routes): State<Arc<WebSocketRoutes>>,
 ) -> Response {
-    let ws = ws.protocols(routes.names()).max_message_size(MAX_MESSAGE);
+    let ws = ws.protocols(routes.names());
     let offered = ws
         .selected_protocol()
         .and_then(|value| value.to_str().ok())
@@ -142,102 +151,13 @@ async fn upgrade(
         )
             .into_response();
     };
-    ws.on_upgrade(move |socket| bridge(socket, peer, protocol))
-}
-
-/// The WebSocket message for `chunk`, and how many bytes at its end are kept for the next
-/// one. With `text_output`, valid UTF-8 goes as a text message; a character cut by the end of
-/// the chunk is kept back so the text stays whole; anything that is not UTF-8 goes as binary.
-fn encode_message(chunk: &[u8], text_output: bool) -> (Option<Message>, usize) {
-    if !text_output {
-        return (
-            Some(Message::Binary(axum::body::Bytes::copy_from_slice(chunk))),
-            0,
-        );
-    }
-    match std::str::from_utf8(chunk) {
-        Ok(text) => (Some(Message::Text(text.into())), 0),
-        Err(error) if error.error_len().is_none() => {
-            let valid = error.valid_up_to();
-            let text = std::str::from_utf8(&chunk[..valid]).unwrap_or_default();
-            let message = (!text.is_empty()).then(|| Message::Text(text.into()));
-            (message, chunk.len() - valid)
-        }
-        Err(_) => (
-            Some(Message::Binary(axum::body::Bytes::copy_from_slice(chunk))),
-            0,
-        ),
-    }
-}
-
-/// Runs the protocol's handler over a pipe and moves bytes between the pipe and the socket.
-async fn bridge(socket: WebSocket, peer: SocketAddr, protocol: WebSocketProtocol) {
-    let (adapter_side, pipe) = tokio::io::duplex(PIPE_CAPACITY);
-    let handler = tokio::spawn((protocol.handler)(adapter_side, peer));
-    let (mut pipe_reader, mut pipe_writer) = tokio::io::split(pipe);
-    let (mut sink, mut stream) = socket.split();
-    let inbound = async move {
-        while let Some(Ok(message)) = stream.next().await {
-            let bytes = match message {
-                Message::Binary(bytes) => bytes,
-                Message::Text(text) => axum::body::Bytes::from(text),
-                Message::Close(_) => break,
-                Message::Ping(_) | Message::Pong(_) => continue,
-            };
-            if pipe_writer.write_all(&bytes).await.is_err() {
-                break;
-            }
-        }
-        let _ = pipe_writer.shutdown().await;
-    };
-    let outbound = async move {
-        let mut buffer = vec![0u8; PIPE_CAPACITY];
-        // Bytes of a UTF-8 character cut by the end of the previous read (at most 3).
-        let mut carried = 0;
-        loop {
-            let n = match pipe_reader.read(&mut buffer[carried..]).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => carried + n,
-            };
-            let (message, rest) = encode_message(&buffer[..n], protocol.text_output);
-            buffer.copy_within(n - rest..n, 0);
-            carried = rest;
-            if let Some(message) = message
-                && sink.send(message).await.is_err()
-            {
-                break;
-            }
-        }
-        let _ = sink.close().await;
-    };
-    // Either direction ending ends the connection: the adapter sees end of input when the
-    // client goes, and the client sees a close when the adapter finishes.
-    tokio::select! {
-        _ = inbound => {}
-        _ = outbound => {}
-    }
-    let _ = handler.await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn text_output_keeps_a_cut_character_for_the_next_message() {
-        let text = "é€".as_bytes();
-        let (message, kept) = encode_message(&text[..3], true);
-        assert!(matches!(message, Some(Message::Text(t)) if t.as_str() == "é"));
-        assert_eq!(kept, 1, "the first byte of '€' waits for the rest");
-        let (message, kept) = encode_message(&text[..1], true);
-        assert!(message.is_none());
-        assert_eq!(kept, 1);
-        let (message, _) = encode_message(&[0xff, 0x00], true);
-        assert!(
-            matches!(message, Some(Message::Binary(_))),
-            "not UTF-8: binary"
-        );
-        let (message, _) = encode_message(b"abc", false);
-        assert!(matches!(message, Some(Message::Binary(_))));
-    }
+    let limits = protocol.limits;
+    let ws = ws
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+        .max_message_size(limits.max_message_size)
+        .max_frame_size(limits.max_message_size);
+    allowance.limit(limits.pre_login_bytes);
+    ws.on_upgrade(move |socket| bridge::run(socket, peer, protocol, allowance))
 }

@@ -27,6 +27,25 @@ impl Connection {
                 format!("unexpected content header frame on channel {number}"),
             ));
         }
+        // The headers table is parsed recursively by amq-protocol: bound its depth first.
+        match nesting::check_content_header(&frame.payload[..], MAX_DEPTH) {
+            Ok(()) => {}
+            Err(NestingError::Malformed) => {
+                self.put_channel(number, channel);
+                return Err(AmqpError::connection(
+                    code::FRAME_ERROR,
+                    "malformed content header",
+                ));
+            }
+            Err(too_deep @ NestingError::TooDeep { .. }) => {
+                self.put_channel(number, channel);
+                return Err(AmqpError::connection(
+                    code::SYNTAX_ERROR,
+                    format!("message headers: {too_deep}"),
+                )
+                .during((60, 40)));
+            }
+        }
         let header = match parse_content_header(&frame.payload[..]) {
             Ok((_, header)) => header,
             Err(_) => {

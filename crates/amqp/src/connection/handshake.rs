@@ -106,29 +106,32 @@ impl Connection {
         Ok(())
     }
 
+    /// Checks the client's choices against what connection.tune offered, as RabbitMQ does:
+    /// a value above the offer (or 0, "no limit", when the offer has one) or below the minimum
+    /// closes the connection with 530.
     pub(super) fn on_tune_ok(&mut self, m: conn::TuneOk) -> AmqpResult<()> {
         let settings = self.session.settings.clone();
+        negotiated(
+            "frame_max",
+            FRAME_MIN_SIZE as u64,
+            u64::from(settings.frame_max),
+            u64::from(m.frame_max),
+        )?;
+        negotiated(
+            "channel_max",
+            1,
+            u64::from(settings.channel_max),
+            u64::from(m.channel_max),
+        )?;
         let frame_max = if m.frame_max == 0 {
             settings.frame_max
         } else {
             m.frame_max
         };
-        if frame_max > settings.frame_max {
-            return Err(AmqpError::connection(
-                code::NOT_ALLOWED,
-                format!("frame_max={frame_max} > {} max size", settings.frame_max),
-            ));
-        }
-        if (frame_max as usize) < FRAME_MIN_SIZE {
-            return Err(AmqpError::connection(
-                code::NOT_ALLOWED,
-                format!("frame_max={frame_max} < {FRAME_MIN_SIZE} min size"),
-            ));
-        }
         let channel_max = if m.channel_max == 0 {
             settings.channel_max
         } else {
-            m.channel_max.min(settings.channel_max)
+            m.channel_max
         };
         self.session.frame_max = frame_max as usize;
         self.session.channel_max = channel_max;
@@ -167,6 +170,32 @@ impl Connection {
     }
 }
 
+/// One value of tune-ok checked against the server's offer (0: no limit) and the minimum, with
+/// RabbitMQ's reply text.
+fn negotiated(field: &str, min: u64, offered: u64, chosen: u64) -> AmqpResult<()> {
+    let detail = if field == "channel_max" && chosen == 0 {
+        " (no limit)"
+    } else {
+        ""
+    };
+    let refuse = |direction: &str, bound: &str, value: u64| {
+        Err(AmqpError::connection(
+            code::NOT_ALLOWED,
+            format!(
+                "negotiated {field} = {chosen}{detail} is {direction} than the {bound} allowed value ({value})"
+            ),
+        )
+        .during((10, 31)))
+    };
+    if chosen != 0 && chosen < min {
+        return refuse("lower", "minimum", min);
+    }
+    if offered != 0 && (chosen == 0 || chosen > offered) {
+        return refuse("higher", "maximum", offered);
+    }
+    Ok(())
+}
+
 /// PLAIN: `authzid NUL authcid NUL password`.
 fn plain_credentials(response: &[u8]) -> Option<(String, String)> {
     let mut parts = response.split(|b| *b == 0);
@@ -181,6 +210,7 @@ fn amqplain_credentials(response: &[u8]) -> Option<(String, String)> {
     let mut framed = BytesMut::with_capacity(response.len() + 4);
     framed.put_u32(u32::try_from(response.len()).ok()?);
     framed.extend_from_slice(response);
+    nesting::check_table_bytes(&framed, MAX_DEPTH).ok()?;
     let (_, table) = parse_field_table(&framed[..]).ok()?;
     let text = |key: &str| match table.inner().get(key)? {
         AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned),
@@ -211,6 +241,44 @@ mod credential_tests {
             amqplain_credentials(response.as_bytes()),
             Some(("bob".into(), "pw".into()))
         );
+    }
+
+    #[test]
+    fn tune_ok_beyond_the_offer_is_refused_as_rabbitmq_does() {
+        assert!(negotiated("channel_max", 1, 2047, 2047).is_ok());
+        assert!(negotiated("channel_max", 1, 2047, 1).is_ok());
+        assert!(negotiated("channel_max", 1, 0, 0).is_ok());
+        let error = negotiated("channel_max", 1, 2047, 3000).expect_err("too many channels");
+        assert_eq!(error.code, code::NOT_ALLOWED);
+        assert_eq!(
+            error.text,
+            "negotiated channel_max = 3000 is higher than the maximum allowed value (2047)"
+        );
+        let error = negotiated("channel_max", 1, 2047, 0).expect_err("no limit");
+        assert_eq!(
+            error.text,
+            "negotiated channel_max = 0 (no limit) is higher than the maximum allowed value (2047)"
+        );
+        let error = negotiated("frame_max", 4096, 131_072, 1024).expect_err("too small");
+        assert_eq!(
+            error.text,
+            "negotiated frame_max = 1024 is lower than the minimum allowed value (4096)"
+        );
+        assert!(negotiated("frame_max", 4096, 131_072, 131_073).is_err());
+    }
+
+    #[test]
+    fn amqplain_tables_nested_too_deep_are_refused_before_parsing() {
+        // LOGIN, then `k` holding 10,000 tables each holding the next as `k`.
+        let depth = 10_000u32;
+        let mut response = b"\x05LOGINS\x00\x00\x00\x01u\x01kF".to_vec();
+        for level in 1..=depth {
+            response.extend_from_slice(&(7 * (depth - level)).to_be_bytes());
+            if level < depth {
+                response.extend_from_slice(b"\x01kF");
+            }
+        }
+        assert_eq!(amqplain_credentials(&response), None);
     }
 
     #[test]

@@ -15,6 +15,8 @@ use amq_protocol::protocol::{AMQPClass, basic as basic_methods, parse_class};
 use amq_protocol::types::parsing::parse_field_table;
 use amq_protocol::types::{AMQPValue, FieldTable as WireTable, LongString};
 use bytes::{BufMut, Bytes, BytesMut};
+use junction_core::field::MAX_DEPTH;
+use junction_core::persistence::Durability;
 use junction_core::{Broker, ChannelId, ConsumerEvent, LoginRequest};
 use junction_transport::LazyChannel;
 
@@ -24,6 +26,7 @@ use crate::frame::{
     FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, PROTOCOL_HEADER, RawFrame, method_ids,
     take_frame,
 };
+use crate::nesting::{self, NestingError};
 use crate::properties::properties_from_wire;
 use crate::session::Session;
 use crate::settings::{FRAME_MIN_SIZE, Settings};
@@ -122,6 +125,9 @@ fn is_known_method(class: u16, method: u16) -> bool {
     }
 }
 
+/// Class and method ids of basic.publish.
+const BASIC_PUBLISH: (u16, u16) = (60, 40);
+
 fn str_value(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))
 }
@@ -141,13 +147,14 @@ impl Connection {
         }
     }
 
-    /// A persistent message published on `channel` with confirm sequence `seq` is on disk.
-    pub fn on_durable(&mut self, channel: ChannelId, seq: u64) {
+    /// A persistent message published on `channel` with confirm sequence `seq` is on disk, or
+    /// failed to get there (then it is nacked).
+    pub fn on_durable(&mut self, channel: ChannelId, seq: u64, durability: Durability) {
         let Some(Some(open)) = self.channels.get_mut(usize::from(channel.number)) else {
             return;
         };
         if open.id == channel && open.state == ChannelState::Open {
-            confirm::durable(&mut self.session, open, seq);
+            confirm::durable(&mut self.session, open, seq, durability);
         }
     }
 
@@ -161,6 +168,24 @@ impl Connection {
     /// Whether the socket should not be read now: a publisher during a resource alarm.
     pub fn is_blocked(&self) -> bool {
         self.alarm.is_some() && self.session.has_published && self.state == State::Open
+    }
+
+    /// Whether the next frame in `buffer` is a basic.publish that a resource alarm holds back.
+    /// It stays in the buffer, unhandled, and the connection counts as a publisher from now
+    /// on, so the driver stops reading it: the alarm blocks a connection's first publish as
+    /// well as later ones.
+    fn holds_publish(&mut self, buffer: &[u8]) -> bool {
+        /// Frame type, channel and payload size come before a method frame's class and method.
+        const METHOD_IDS_AT: usize = 7;
+        let held = self.alarm.is_some()
+            && self.state == State::Open
+            && buffer.first() == Some(&FRAME_METHOD)
+            && buffer
+                .get(METHOD_IDS_AT..)
+                .and_then(method_ids)
+                .is_some_and(|ids| ids == BASIC_PUBLISH);
+        self.session.has_published |= held;
+        held
     }
 
     /// Sends connection.blocked to a publishing connection the first time it publishes during
@@ -210,7 +235,7 @@ impl Connection {
     }
 
     /// Notices that persistent messages are on disk: (channel, confirm sequence).
-    pub fn durable_notices(&mut self) -> &mut LazyChannel<(ChannelId, u64)> {
+    pub fn durable_notices(&mut self) -> &mut LazyChannel<(ChannelId, u64, Durability)> {
         &mut self.session.durable
     }
 
@@ -260,6 +285,9 @@ impl Connection {
         loop {
             if self.state == State::Closed {
                 return Next::Close;
+            }
+            if self.holds_publish(buffer) {
+                break;
             }
             let frame = match take_frame(buffer, self.session.frame_max) {
                 Ok(Some(frame)) => frame,
@@ -737,12 +765,26 @@ fn decode_method(payload: &[u8]) -> AmqpResult<AMQPClass> {
         )
         .during((class, method)));
     }
-    match parse_class(payload) {
-        Ok(([], decoded)) => Ok(decoded),
-        Ok(_) | Err(_) => Err(AmqpError::connection(
+    let malformed = || {
+        AmqpError::connection(
             code::SYNTAX_ERROR,
             format!("malformed arguments for method: class {class}, method {method}"),
         )
-        .during((class, method))),
+        .during((class, method))
+    };
+    // amq-protocol parses field tables recursively: measure their depth first, iteratively.
+    match nesting::check_method(payload, MAX_DEPTH) {
+        Ok(()) => {}
+        Err(NestingError::Malformed) => return Err(malformed()),
+        Err(too_deep @ NestingError::TooDeep { .. }) => {
+            return Err(
+                AmqpError::connection(code::SYNTAX_ERROR, too_deep.to_string())
+                    .during((class, method)),
+            );
+        }
+    }
+    match parse_class(payload) {
+        Ok(([], decoded)) => Ok(decoded),
+        Ok(_) | Err(_) => Err(malformed()),
     }
 }

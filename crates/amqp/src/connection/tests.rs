@@ -57,7 +57,7 @@ async fn open_connection() -> Connection {
     input.extend_from_slice(&method(
         0,
         AMQPClass::Connection(conn::AMQPMethod::TuneOk(conn::TuneOk {
-            channel_max: 0,
+            channel_max: 2047,
             frame_max: 131_072,
             heartbeat: 0,
         })),
@@ -108,6 +108,43 @@ async fn a_resource_alarm_blocks_and_unblocks_a_client_that_asked() {
         )]
     ));
     assert!(!connection.is_blocked());
+}
+
+#[tokio::test]
+async fn a_first_publish_during_an_alarm_waits_unread_until_it_clears() {
+    let mut connection = open_connection().await;
+    let mut input = method(
+        1,
+        AMQPClass::Channel(channel_methods::AMQPMethod::Open(channel_methods::Open {})),
+    );
+    connection.on_bytes(&mut input).await;
+    connection.take_output();
+    connection.set_alarm(Some("low on memory".into()));
+    let mut input = method(
+        1,
+        AMQPClass::Basic(basic_methods::AMQPMethod::Publish(basic_methods::Publish {
+            exchange: "".into(),
+            routing_key: "nowhere".into(),
+            mandatory: false,
+            immediate: false,
+        })),
+    );
+    let held = input.len();
+    assert_eq!(connection.on_bytes(&mut input).await, Next::Continue);
+    assert_eq!(input.len(), held, "the publish is left in the buffer");
+    assert!(connection.is_blocked(), "the connection is a publisher now");
+    let frames = decode_all(&connection.take_output());
+    assert!(matches!(
+        &frames[..],
+        [AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(conn::AMQPMethod::Blocked(_))
+        )]
+    ));
+    connection.set_alarm(None);
+    connection.take_output();
+    assert_eq!(connection.on_bytes(&mut input).await, Next::Continue);
+    assert!(input.is_empty(), "handled once the alarm clears");
 }
 
 #[tokio::test]

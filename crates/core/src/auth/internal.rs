@@ -184,6 +184,14 @@ impl AuthBackend for InternalUsers {
         let Some(record) = users.get(request.username) else {
             return AuthOutcome::Unknown;
         };
+        // RabbitMQ's internal backend refuses a blank password whatever the stored hash says,
+        // so a user created with an empty password cannot log in with one.
+        if request.password.is_empty() {
+            return AuthOutcome::Refused(format!(
+                "user '{}' attempted to log in with a blank password, which is prohibited by the internal authN backend",
+                request.username
+            ));
+        }
         if !record.password.verify(request.password) {
             return AuthOutcome::Refused(format!(
                 "user '{}' - invalid credentials",
@@ -229,6 +237,21 @@ mod tests {
         let again = PasswordHash::from_base64(&hash.to_base64()).expect("valid");
         assert!(again.verify("s3cret"));
         assert!(!again.verify("wrong"));
+    }
+
+    #[test]
+    fn a_blank_password_is_refused_even_when_it_is_the_stored_one() {
+        let users = InternalUsers::new();
+        users.add_user("blank", "", &[], &["/"]);
+        let outcome = users.authenticate(&LoginRequest {
+            username: "blank",
+            password: "",
+            peer: None,
+        });
+        assert!(
+            matches!(&outcome, AuthOutcome::Refused(reason) if reason.contains("blank password")),
+            "{outcome:?}"
+        );
     }
 
     #[test]

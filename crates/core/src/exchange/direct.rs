@@ -1,15 +1,24 @@
 //! The direct exchange: a message goes to every binding whose key equals its routing key.
 
-use std::collections::HashMap;
-
+use super::multiset::Multiset;
 use super::{Binding, BindingTarget, ExchangeType, Router};
 use crate::message::Message;
 
-/// Exact routing-key match, through a hash map from key to targets.
+/// Exact routing-key match, through a persistent hash map from key to targets.
 pub struct DirectExchange;
 
+#[derive(Clone, Default)]
 struct DirectRouter {
-    by_key: HashMap<String, Vec<BindingTarget>>,
+    by_key: imbl::HashMap<String, Multiset<BindingTarget>>,
+}
+
+impl DirectRouter {
+    fn add(&mut self, binding: &Binding) {
+        self.by_key
+            .entry(binding.routing_key.clone())
+            .or_default()
+            .add(binding.target.clone());
+    }
 }
 
 impl Router for DirectRouter {
@@ -17,6 +26,23 @@ impl Router for DirectRouter {
         if let Some(targets) = self.by_key.get(message.routing_key.as_str()) {
             out.extend(targets.iter().cloned());
         }
+    }
+
+    fn with_binding(&self, binding: &Binding) -> Option<Box<dyn Router>> {
+        let mut next = self.clone();
+        next.add(binding);
+        Some(Box::new(next))
+    }
+
+    fn without_binding(&self, binding: &Binding) -> Option<Box<dyn Router>> {
+        let mut next = self.clone();
+        if let Some(targets) = next.by_key.get_mut(binding.routing_key.as_str()) {
+            targets.remove(&binding.target);
+            if targets.is_empty() {
+                next.by_key.remove(binding.routing_key.as_str());
+            }
+        }
+        Some(Box::new(next))
     }
 }
 
@@ -26,13 +52,10 @@ impl ExchangeType for DirectExchange {
     }
 
     fn compile(&self, bindings: &[Binding]) -> Box<dyn Router> {
-        let mut by_key: HashMap<String, Vec<BindingTarget>> = HashMap::new();
+        let mut router = DirectRouter::default();
         for binding in bindings {
-            by_key
-                .entry(binding.routing_key.clone())
-                .or_default()
-                .push(binding.target.clone());
+            router.add(binding);
         }
-        Box::new(DirectRouter { by_key })
+        Box::new(router)
     }
 }

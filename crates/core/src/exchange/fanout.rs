@@ -1,18 +1,32 @@
 //! The fanout exchange: every message goes to every binding, whatever its key.
 
+use super::multiset::Multiset;
 use super::{Binding, BindingTarget, ExchangeType, Router};
 use crate::message::Message;
 
 /// Broadcast to all bindings.
 pub struct FanoutExchange;
 
+#[derive(Clone, Default)]
 struct FanoutRouter {
-    targets: Vec<BindingTarget>,
+    targets: Multiset<BindingTarget>,
 }
 
 impl Router for FanoutRouter {
     fn route(&self, _message: &Message, out: &mut Vec<BindingTarget>) {
         out.extend(self.targets.iter().cloned());
+    }
+
+    fn with_binding(&self, binding: &Binding) -> Option<Box<dyn Router>> {
+        let mut next = self.clone();
+        next.targets.add(binding.target.clone());
+        Some(Box::new(next))
+    }
+
+    fn without_binding(&self, binding: &Binding) -> Option<Box<dyn Router>> {
+        let mut next = self.clone();
+        next.targets.remove(&binding.target);
+        Some(Box::new(next))
     }
 }
 
@@ -22,8 +36,10 @@ impl ExchangeType for FanoutExchange {
     }
 
     fn compile(&self, bindings: &[Binding]) -> Box<dyn Router> {
-        Box::new(FanoutRouter {
-            targets: bindings.iter().map(|b| b.target.clone()).collect(),
-        })
+        let mut router = FanoutRouter::default();
+        for binding in bindings {
+            router.targets.add(binding.target.clone());
+        }
+        Box::new(router)
     }
 }

@@ -3,6 +3,8 @@
 //! `all-with-x` and `any-with-x` also compare headers whose names start with `x-`.
 //! A binding value of void only requires the header to be present.
 
+use std::sync::Arc;
+
 use super::{Binding, BindingTarget, ExchangeType, Router};
 use crate::error::{CoreError, CoreResult};
 use crate::field::{FieldTable, FieldValue};
@@ -20,10 +22,30 @@ enum MatchMode {
 struct HeaderRule {
     mode: MatchMode,
     pairs: Vec<(String, FieldValue)>,
+    /// The binding's arguments as given, to find the rule again on unbind.
+    arguments: FieldTable,
     target: BindingTarget,
 }
 
 impl HeaderRule {
+    /// The rule for `binding`, or `None` when its `x-match` is invalid (refused at bind).
+    fn of(binding: &Binding) -> Option<Self> {
+        let (mode, with_x) = parse_x_match(&binding.arguments).ok()?;
+        let pairs = binding
+            .arguments
+            .iter()
+            .filter(|(name, _)| with_x || !name.starts_with("x-"))
+            .filter(|(name, _)| name.as_str() != "x-match")
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
+        Some(HeaderRule {
+            mode,
+            pairs,
+            arguments: binding.arguments.clone(),
+            target: binding.target.clone(),
+        })
+    }
+
     fn matches(&self, headers: Option<&FieldTable>) -> bool {
         let hit = |(name, expected): &(String, FieldValue)| match headers.and_then(|h| h.get(name))
         {
@@ -38,18 +60,52 @@ impl HeaderRule {
     }
 }
 
+/// The rules by target, so an unbind finds its rule among the target's few.
+#[derive(Clone, Default)]
 struct HeadersRouter {
-    rules: Vec<HeaderRule>,
+    rules: imbl::HashMap<BindingTarget, Vec<Arc<HeaderRule>>>,
+}
+
+impl HeadersRouter {
+    fn add(&mut self, binding: &Binding) {
+        if let Some(rule) = HeaderRule::of(binding) {
+            self.rules
+                .entry(binding.target.clone())
+                .or_default()
+                .push(Arc::new(rule));
+        }
+    }
 }
 
 impl Router for HeadersRouter {
     fn route(&self, message: &Message, out: &mut Vec<BindingTarget>) {
         let headers = message.properties.headers.as_ref();
-        for rule in &self.rules {
-            if rule.matches(headers) {
-                out.push(rule.target.clone());
+        for rules in self.rules.values() {
+            for rule in rules {
+                if rule.matches(headers) {
+                    out.push(rule.target.clone());
+                }
             }
         }
+    }
+
+    fn with_binding(&self, binding: &Binding) -> Option<Box<dyn Router>> {
+        let mut next = self.clone();
+        next.add(binding);
+        Some(Box::new(next))
+    }
+
+    fn without_binding(&self, binding: &Binding) -> Option<Box<dyn Router>> {
+        let mut next = self.clone();
+        if let Some(rules) = next.rules.get_mut(&binding.target) {
+            if let Some(at) = rules.iter().position(|r| r.arguments == binding.arguments) {
+                rules.swap_remove(at);
+            }
+            if rules.is_empty() {
+                next.rules.remove(&binding.target);
+            }
+        }
+        Some(Box::new(next))
     }
 }
 
@@ -79,25 +135,11 @@ impl ExchangeType for HeadersExchange {
     }
 
     fn compile(&self, bindings: &[Binding]) -> Box<dyn Router> {
-        let rules = bindings
-            .iter()
-            .filter_map(|binding| {
-                let (mode, with_x) = parse_x_match(&binding.arguments).ok()?;
-                let pairs = binding
-                    .arguments
-                    .iter()
-                    .filter(|(name, _)| with_x || !name.starts_with("x-"))
-                    .filter(|(name, _)| name.as_str() != "x-match")
-                    .map(|(name, value)| (name.clone(), value.clone()))
-                    .collect();
-                Some(HeaderRule {
-                    mode,
-                    pairs,
-                    target: binding.target.clone(),
-                })
-            })
-            .collect();
-        Box::new(HeadersRouter { rules })
+        let mut router = HeadersRouter::default();
+        for binding in bindings {
+            router.add(binding);
+        }
+        Box::new(router)
     }
 }
 

@@ -1,14 +1,22 @@
 //! Exchanges and the [`ExchangeType`] trait through which every routing algorithm is plugged in.
 //!
-//! An exchange keeps its bindings in a list guarded by a mutex that only bind and unbind take;
-//! on every change the exchange type compiles the list into a [`Router`], which is published
-//! through an `ArcSwap`. A publish only loads the current router: it never waits for a lock held
-//! by bind or unbind.
+//! An exchange keeps its bindings in an index guarded by a mutex that only bind and unbind
+//! take, and routes through a [`Router`] published through an `ArcSwap`. A publish only loads
+//! the current router: it never waits for a lock held by bind or unbind. A bind or unbind asks
+//! the current router for a new one with that one binding added or removed
+//! ([`Router::with_binding`], [`Router::without_binding`]); the built-in routers answer from
+//! persistent data structures that share everything the change does not touch, so a bind costs
+//! O(key words × log bindings), not a rebuild. A router that does not answer (the default, for
+//! plugins that do not care) is rebuilt from every binding by [`ExchangeType::compile`].
+//! Recovery at start-up compiles each exchange's stored bindings once.
 
+mod bindings;
 mod direct;
 mod fanout;
 mod headers;
+mod multiset;
 mod topic;
+mod trie;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,8 +27,10 @@ use parking_lot::{Mutex, RwLock};
 pub use direct::DirectExchange;
 pub use fanout::FanoutExchange;
 pub use headers::HeadersExchange;
-pub use topic::{TopicExchange, TopicTrie};
+pub use topic::TopicExchange;
+pub use trie::{MAX_TOPIC_WORDS, TooManyWords, TopicTrie, check_topic_words, topic_words};
 
+use self::bindings::BindingSet;
 use crate::error::{CoreError, CoreResult};
 use crate::field::FieldTable;
 use crate::message::Message;
@@ -54,6 +64,23 @@ impl BindingTarget {
     }
 }
 
+/// Targets are equal when they are the same queue or exchange object (as [`BindingTarget::same`]).
+impl PartialEq for BindingTarget {
+    fn eq(&self, other: &Self) -> bool {
+        self.same(other)
+    }
+}
+
+impl Eq for BindingTarget {}
+
+/// Hashes the kind and name, which the same object always has.
+impl std::hash::Hash for BindingTarget {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        matches!(self, BindingTarget::Queue(_)).hash(state);
+        self.name().hash(state);
+    }
+}
+
 impl std::fmt::Debug for BindingTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -83,11 +110,27 @@ impl Binding {
     }
 }
 
-/// A compiled routing table: the bindings of one exchange in the form its type routes fastest.
+/// A routing table: the bindings of one exchange in the form its type routes fastest. A router
+/// is an immutable snapshot that publishes read without locks; a bind or unbind replaces it.
 pub trait Router: Send + Sync {
     /// Appends to `out` the target of every binding that matches `message`. Duplicates are
     /// allowed; the virtual host delivers to each queue once.
     fn route(&self, message: &Message, out: &mut Vec<BindingTarget>);
+
+    /// A new router: this one with `binding` added (the exchange has checked it is new and
+    /// valid). Return `None` (the default) to have the exchange rebuild the router with
+    /// [`ExchangeType::compile`] instead, which costs every binding; the built-in types share
+    /// this router's unchanged parts and cost O(log bindings).
+    fn with_binding(&self, _binding: &Binding) -> Option<Box<dyn Router>> {
+        None
+    }
+
+    /// A new router: this one without `binding` (the exchange has checked it was there; a
+    /// binding's identity is its target, key and arguments). `None` (the default) has the
+    /// exchange rebuild the router with [`ExchangeType::compile`].
+    fn without_binding(&self, _binding: &Binding) -> Option<Box<dyn Router>> {
+        None
+    }
 }
 
 /// A routing algorithm. The built-in direct, fanout, topic and headers exchanges implement this
@@ -132,8 +175,9 @@ pub trait ExchangeType: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Builds the router for the given bindings. Called on every bind and unbind, never on the
-    /// publish path.
+    /// Builds the router for the given bindings: for a new exchange (no bindings), at recovery
+    /// (every stored binding at once), and on a bind or unbind whose router does not implement
+    /// [`Router::with_binding`] / [`Router::without_binding`]. Never on the publish path.
     fn compile(&self, bindings: &[Binding]) -> Box<dyn Router>;
 }
 
@@ -197,6 +241,12 @@ pub struct ExchangeSpec {
 
 struct CompiledRouter(Box<dyn Router>);
 
+/// Bindings just added to or removed from an exchange's [`BindingSet`].
+enum Change<'a> {
+    Added(&'a [Binding]),
+    Removed(&'a [Binding]),
+}
+
 /// An exchange: its declaration, its bindings and the compiled router that publishes read.
 pub struct Exchange {
     /// The exchange name.
@@ -205,7 +255,7 @@ pub struct Exchange {
     pub kind: Arc<dyn ExchangeType>,
     /// What it was declared with.
     pub spec: ExchangeSpec,
-    bindings: Mutex<Vec<Binding>>,
+    bindings: Mutex<BindingSet>,
     router: ArcSwap<CompiledRouter>,
 }
 
@@ -226,7 +276,7 @@ impl Exchange {
             name: spec.name.clone(),
             kind,
             spec,
-            bindings: Mutex::new(Vec::new()),
+            bindings: Mutex::new(BindingSet::default()),
             router,
         }
     }
@@ -241,34 +291,53 @@ impl Exchange {
         self.kind
             .validate_binding(&binding.routing_key, &binding.arguments)?;
         let mut bindings = self.bindings.lock();
-        if bindings.iter().any(|b| b.same(&binding)) {
+        if !bindings.insert(binding.clone()) {
             return Ok(false);
         }
-        bindings.push(binding);
-        self.recompile(&bindings);
+        self.update_router(&bindings, Change::Added(std::slice::from_ref(&binding)));
         Ok(true)
+    }
+
+    /// Adds many bindings at once and builds the router once (recovery at start-up). Invalid
+    /// bindings are skipped and returned with the reason; duplicates are ignored.
+    pub fn bind_all(&self, new: Vec<Binding>) -> Vec<(Binding, CoreError)> {
+        let mut refused = Vec::new();
+        let mut bindings = self.bindings.lock();
+        for binding in new {
+            match self
+                .kind
+                .validate_binding(&binding.routing_key, &binding.arguments)
+            {
+                Ok(()) => {
+                    bindings.insert(binding);
+                }
+                Err(error) => refused.push((binding, error)),
+            }
+        }
+        self.router.store(Arc::new(CompiledRouter(
+            self.kind.compile(&bindings.to_vec()),
+        )));
+        refused
     }
 
     /// Removes the binding equal to `binding`; returns whether one was removed.
     pub fn unbind(&self, binding: &Binding) -> bool {
         let mut bindings = self.bindings.lock();
-        let before = bindings.len();
-        bindings.retain(|b| !b.same(binding));
-        let removed = bindings.len() != before;
-        if removed {
-            self.recompile(&bindings);
+        match bindings.remove(binding) {
+            Some(removed) => {
+                self.update_router(&bindings, Change::Removed(std::slice::from_ref(&removed)));
+                true
+            }
+            None => false,
         }
-        removed
     }
 
     /// Removes every binding whose target is `target`; returns the removed bindings.
     pub fn unbind_target(&self, target: &BindingTarget) -> Vec<Binding> {
         let mut bindings = self.bindings.lock();
-        let (removed, kept): (Vec<Binding>, Vec<Binding>) =
-            bindings.drain(..).partition(|b| b.target.same(target));
-        *bindings = kept;
+        let removed = bindings.remove_target(target);
         if !removed.is_empty() {
-            self.recompile(&bindings);
+            self.update_router(&bindings, Change::Removed(&removed));
         }
         removed
     }
@@ -288,14 +357,39 @@ impl Exchange {
         self.bindings.lock().len()
     }
 
-    /// A copy of the current bindings.
+    /// A copy of the current bindings, in no particular order.
     pub fn bindings(&self) -> Vec<Binding> {
-        self.bindings.lock().clone()
+        self.bindings.lock().to_vec()
     }
 
-    fn recompile(&self, bindings: &[Binding]) {
-        self.router
-            .store(Arc::new(CompiledRouter(self.kind.compile(bindings))));
+    /// Publishes the router for `bindings` (already changed by `change`): the current router
+    /// updated binding by binding, or rebuilt when it cannot update itself. Called with the
+    /// bindings' mutex held, so routers change one writer at a time.
+    fn update_router(&self, bindings: &BindingSet, change: Change<'_>) {
+        let current = self.router.load_full();
+        let (changed, added) = match change {
+            Change::Added(changed) => (changed, true),
+            Change::Removed(changed) => (changed, false),
+        };
+        let mut next: Option<Box<dyn Router>> = None;
+        for binding in changed {
+            let base: &dyn Router = next.as_deref().unwrap_or(current.0.as_ref());
+            let updated = if added {
+                base.with_binding(binding)
+            } else {
+                base.without_binding(binding)
+            };
+            match updated {
+                Some(router) => next = Some(router),
+                None => {
+                    next = Some(self.kind.compile(&bindings.to_vec()));
+                    break;
+                }
+            }
+        }
+        if let Some(router) = next {
+            self.router.store(Arc::new(CompiledRouter(router)));
+        }
     }
 
     /// Checks that a redeclaration asks for what this exchange already is (RabbitMQ's 406 rule).

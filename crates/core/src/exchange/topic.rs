@@ -1,114 +1,56 @@
 //! The topic exchange: binding keys are dot-separated patterns where `*` matches exactly one word
-//! and `#` matches zero or more words. Bindings are compiled into a [`TopicTrie`], so a publish
-//! walks the trie once instead of testing every pattern.
+//! and `#` matches zero or more words. Bindings live in a persistent [`TopicTrie`]: a publish walks
+//! it once, in time linear in the routing key's words whatever the `#`s, and a bind or unbind
+//! copies only the nodes on its pattern's path.
+//!
+//! Keys have at most [`MAX_TOPIC_WORDS`](super::MAX_TOPIC_WORDS) words: a longer binding key is refused (406 in AMQP), and
+//! a longer routing key matches no binding (adapters refuse such keys before they get here).
 
-use std::collections::HashMap;
-
+use super::trie::{TopicTrie, check_topic_words};
 use super::{Binding, BindingTarget, ExchangeType, Router};
+use crate::error::{CoreError, CoreResult};
+use crate::field::FieldTable;
 use crate::message::Message;
-
-/// A trie of topic patterns, each holding values of type `T`. Reusable by adapters that need
-/// topic matching of their own (MQTT retained messages, for instance).
-#[derive(Debug, Clone)]
-pub struct TopicTrie<T> {
-    words: HashMap<Box<str>, TopicTrie<T>>,
-    star: Option<Box<TopicTrie<T>>>,
-    hash: Option<Box<TopicTrie<T>>>,
-    values: Vec<T>,
-}
-
-impl<T> Default for TopicTrie<T> {
-    fn default() -> Self {
-        Self {
-            words: HashMap::new(),
-            star: None,
-            hash: None,
-            values: Vec::new(),
-        }
-    }
-}
-
-/// Splits `key` into its first word and the rest (`None` when no words remain).
-fn split_first(key: &str) -> (&str, Option<&str>) {
-    match key.find('.') {
-        Some(i) => (&key[..i], Some(&key[i + 1..])),
-        None => (key, None),
-    }
-}
-
-/// The words of a key; the empty key has no words.
-fn words_of(key: &str) -> Option<&str> {
-    if key.is_empty() { None } else { Some(key) }
-}
-
-impl<T: Clone> TopicTrie<T> {
-    /// An empty trie.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds `value` under `pattern`.
-    pub fn insert(&mut self, pattern: &str, value: T) {
-        let mut node = self;
-        let mut rest = words_of(pattern);
-        while let Some(key) = rest {
-            let (word, tail) = split_first(key);
-            node = match word {
-                "*" => node.star.get_or_insert_with(Default::default),
-                "#" => node.hash.get_or_insert_with(Default::default),
-                _ => node.words.entry(word.into()).or_default(),
-            };
-            rest = tail;
-        }
-        node.values.push(value);
-    }
-
-    /// Appends every value whose pattern matches `key` to `out` (a value may appear more than
-    /// once when several of its patterns match).
-    pub fn matches(&self, key: &str, out: &mut Vec<T>) {
-        self.collect(words_of(key), out);
-    }
-
-    fn collect(&self, rest: Option<&str>, out: &mut Vec<T>) {
-        let Some(key) = rest else {
-            out.extend(self.values.iter().cloned());
-            if let Some(hash) = &self.hash {
-                hash.collect(None, out);
-            }
-            return;
-        };
-        let (word, tail) = split_first(key);
-        if let Some(child) = self.words.get(word) {
-            child.collect(tail, out);
-        }
-        if let Some(star) = &self.star {
-            star.collect(tail, out);
-        }
-        if let Some(hash) = &self.hash {
-            // `#` swallows zero words, then one, two, ... up to all of them.
-            hash.collect(rest, out);
-            let mut remaining = tail;
-            loop {
-                hash.collect(remaining, out);
-                match remaining {
-                    Some(k) => remaining = split_first(k).1,
-                    None => break,
-                }
-            }
-        }
-    }
-}
 
 /// Pattern routing through a [`TopicTrie`].
 pub struct TopicExchange;
 
+#[derive(Clone, Default)]
 struct TopicRouter {
     trie: TopicTrie<BindingTarget>,
 }
 
 impl Router for TopicRouter {
     fn route(&self, message: &Message, out: &mut Vec<BindingTarget>) {
+        if let Err(error) = check_topic_words(&message.routing_key) {
+            tracing::debug!(%error, "routing key too long for a topic exchange; not routed");
+            return;
+        }
         self.trie.matches(&message.routing_key, out);
+    }
+
+    fn with_binding(&self, binding: &Binding) -> Option<Box<dyn Router>> {
+        let mut next = self.clone();
+        next.add(binding);
+        Some(Box::new(next))
+    }
+
+    fn without_binding(&self, binding: &Binding) -> Option<Box<dyn Router>> {
+        let mut next = self.clone();
+        next.trie.remove(&binding.routing_key, &binding.target);
+        Some(Box::new(next))
+    }
+}
+
+impl TopicRouter {
+    fn add(&mut self, binding: &Binding) {
+        // Bindings are validated before they get here; a key that slipped through is dropped.
+        if let Err(error) = self
+            .trie
+            .insert(&binding.routing_key, binding.target.clone())
+        {
+            tracing::warn!(%error, target = ?binding.target, "topic binding not added");
+        }
     }
 }
 
@@ -117,70 +59,32 @@ impl ExchangeType for TopicExchange {
         "topic"
     }
 
+    fn validate_binding(&self, routing_key: &str, _arguments: &FieldTable) -> CoreResult<()> {
+        check_topic_words(routing_key)
+            .map_err(|error| CoreError::precondition(format!("invalid binding key: {error}")))
+    }
+
     fn compile(&self, bindings: &[Binding]) -> Box<dyn Router> {
-        let mut trie = TopicTrie::new();
+        let mut router = TopicRouter::default();
         for binding in bindings {
-            trie.insert(&binding.routing_key, binding.target.clone());
+            router.add(binding);
         }
-        Box::new(TopicRouter { trie })
+        Box::new(router)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::TopicTrie;
-
-    fn matches(pattern: &str, key: &str) -> bool {
-        let mut trie = TopicTrie::new();
-        trie.insert(pattern, ());
-        let mut out = Vec::new();
-        trie.matches(key, &mut out);
-        !out.is_empty()
-    }
+    use super::super::MAX_TOPIC_WORDS;
+    use super::*;
 
     #[test]
-    fn star_matches_exactly_one_word() {
-        assert!(matches("a.*.c", "a.b.c"));
-        assert!(!matches("a.*.c", "a.c"));
-        assert!(!matches("a.*.c", "a.b.b.c"));
-        assert!(matches("*", "a"));
-        assert!(!matches("*", "a.b"));
-    }
-
-    #[test]
-    fn hash_matches_zero_or_more_words() {
-        assert!(matches("kern.#", "kern"));
-        assert!(matches("kern.#", "kern.critical"));
-        assert!(matches("kern.#", "kern.a.b.c"));
-        assert!(!matches("kern.#", "auth.kern"));
-        assert!(matches("#", ""));
-        assert!(matches("#", "a.b.c"));
-        assert!(matches("#.c", "c"));
-        assert!(matches("a.#.c", "a.c"));
-        assert!(matches("a.#.c", "a.b.b.c"));
-        assert!(!matches("a.#.c", "a.b.b.d"));
-        assert!(matches("#.*", "a"));
-        assert!(!matches("#.*", ""));
-    }
-
-    #[test]
-    fn literal_words_must_be_equal() {
-        assert!(matches("quick.orange.rabbit", "quick.orange.rabbit"));
-        assert!(!matches("quick.orange.rabbit", "quick.orange.fox"));
-        assert!(matches("", ""));
-        assert!(!matches("", "a"));
-        assert!(matches("a..b", "a..b"));
-    }
-
-    #[test]
-    fn several_patterns_collect_all_values() {
-        let mut trie = TopicTrie::new();
-        trie.insert("*.orange.*", 1);
-        trie.insert("*.*.rabbit", 2);
-        trie.insert("lazy.#", 3);
-        let mut out = Vec::new();
-        trie.matches("lazy.orange.rabbit", &mut out);
-        out.sort();
-        assert_eq!(out, vec![1, 2, 3]);
+    fn a_binding_key_over_the_word_limit_is_refused() {
+        let fine = vec!["a"; MAX_TOPIC_WORDS].join(".");
+        let long = vec!["a"; MAX_TOPIC_WORDS + 1].join(".");
+        let empty = FieldTable::new();
+        assert!(TopicExchange.validate_binding(&fine, &empty).is_ok());
+        let error = TopicExchange.validate_binding(&long, &empty);
+        assert!(error.is_err_and(|e| e.kind == crate::error::ErrorKind::PreconditionFailed));
     }
 }

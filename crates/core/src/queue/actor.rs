@@ -285,6 +285,16 @@ impl QueueActor {
     fn handle_command(&mut self, command: QueueCommand) -> Flow {
         match command {
             QueueCommand::Publish(message, at) => self.enqueue(message, at),
+            QueueCommand::WithdrawUnstored(id) => {
+                for entry in self.ready.take_stored(id) {
+                    if entry.message.is_some() {
+                        self.loaded_bytes = self.loaded_bytes.saturating_sub(entry.size);
+                    }
+                    // The store skips the removal of a message it never wrote, and so
+                    // learns that this queue no longer holds it.
+                    self.forget(entry.stored);
+                }
+            }
             QueueCommand::DeadLetterRefused(message) => {
                 self.dead_letter(&message, Reason::MaxLen);
             }

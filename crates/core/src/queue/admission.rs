@@ -129,6 +129,17 @@ pub async fn admit(queues: Vec<QueueHandle>, message: &Message) -> Admitted {
     admitted
 }
 
+/// Gives back the room [`admit`] reserved for `message` in `queues` when it is not handed to
+/// them after all (the message store refused it).
+pub fn release_admission(queues: &[QueueHandle], message: &Message) {
+    let size = message.body.len() as u64;
+    for queue in queues {
+        if let Some(admission) = &queue.0.admission {
+            admission.leave(size);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
-pub use admission::{Admitted, admit};
+pub use admission::{Admitted, admit, release_admission};
 pub use arguments::{Overflow, QueueArguments};
 pub use credit::ChannelCredit;
 pub(crate) use dead_letter::is_cycle as is_dead_letter_cycle;
@@ -148,6 +148,9 @@ pub struct GetResult {
 
 pub(crate) enum QueueCommand {
     Publish(Arc<Message>, Option<StoredAt>),
+    /// The message store failed to write the message with this store id: drop it if it is
+    /// still ready, so it is not delivered as if it were stored.
+    WithdrawUnstored(u64),
     /// A message the queue refused (`x-overflow` reject-publish-dlx): dead-letter it.
     DeadLetterRefused(Arc<Message>),
     /// The queue was redeclared: it counts as used (`x-expires`).
@@ -265,6 +268,12 @@ impl QueueHandle {
     /// Enqueues a message. Waits while the queue's mailbox is full (backpressure).
     pub async fn publish(&self, message: Arc<Message>) -> CoreResult<()> {
         self.send(QueueCommand::Publish(message, None)).await
+    }
+
+    /// The message store could not write message `id` after this queue took it: the queue
+    /// drops it while it is still ready (one already delivered cannot be called back).
+    pub async fn withdraw_unstored(&self, id: u64) {
+        let _ = self.send(QueueCommand::WithdrawUnstored(id)).await;
     }
 
     /// Enqueues a persistent message already written to the message store at `at`, so a

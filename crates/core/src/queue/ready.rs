@@ -148,6 +148,27 @@ impl ReadyList {
         all
     }
 
+    /// Takes the messages stored under store id `id` (a write that failed).
+    pub(super) fn take_stored(&mut self, id: u64) -> Vec<Ready> {
+        let mut taken = Vec::new();
+        for level in &mut self.levels {
+            let mut index = 0;
+            while index < level.len() {
+                if level[index].stored.is_some_and(|stored| stored.id == id) {
+                    if let Some(entry) = level.remove(index) {
+                        taken.push(entry);
+                    }
+                } else {
+                    index += 1;
+                }
+            }
+        }
+        for entry in &taken {
+            self.count_out(entry);
+        }
+        taken
+    }
+
     /// Puts messages back at their original positions (by sequence, within their level).
     pub(super) fn requeue(&mut self, mut back: Vec<Ready>) {
         if back.is_empty() {

@@ -53,6 +53,9 @@ impl From<DecodeError> for Violation {
 
 type Handled = Result<Next, Violation>;
 
+/// The packet type of PUBLISH, in the high nibble of a packet's first byte.
+const PUBLISH_TYPE: u8 = 3;
+
 /// A delivery sent at QoS 1 or 2 and not yet acknowledged by the client.
 struct Inflight {
     /// Its position in the session's queue (None for a retained message sent on subscribe).
@@ -60,6 +63,14 @@ struct Inflight {
     /// Sent at QoS 2: PUBREC is awaited (otherwise PUBACK).
     exactly_once: bool,
 }
+
+/// The durability ticket that reports a failed write of a QoS 1/2 publication (tickets count
+/// up from 1 and never reach it; the driver keeps the highest ticket it hears, so a failure
+/// outranks every success).
+pub(crate) const STORE_FAILED: u64 = u64::MAX;
+
+/// Why a connection closes when the message store cannot write its publication.
+const NOT_STORED: &str = "the message store could not write a QoS 1/2 publication";
 
 /// Acknowledgements owed to the client, in the order of the PUBLISH packets they answer. One
 /// that must wait for its message to reach the disk holds back those behind it.
@@ -217,6 +228,20 @@ impl Connection {
         self.alarm && self.has_published
     }
 
+    /// Whether the next packet in `buffer` is a PUBLISH that a resource alarm holds back. It
+    /// stays in the buffer, unhandled, and the connection counts as a publisher from now on,
+    /// so the driver stops reading it: the alarm blocks a connection's first publication as
+    /// well as later ones, and a stream of fresh connections cannot queue one message each.
+    fn holds_publish(&mut self, buffer: &[u8]) -> bool {
+        let held = self.alarm
+            && self.session.is_some()
+            && buffer
+                .first()
+                .is_some_and(|first| first >> 4 == PUBLISH_TYPE);
+        self.has_published |= held;
+        held
+    }
+
     /// Whether there are bytes to write.
     pub(crate) fn has_output(&self) -> bool {
         !self.out.is_empty()
@@ -250,6 +275,9 @@ impl Connection {
     /// Handles every whole packet in `buffer`.
     pub(crate) async fn on_bytes(&mut self, buffer: &mut BytesMut) -> Next {
         loop {
+            if self.holds_publish(buffer) {
+                return Next::Continue;
+            }
             let max = if self.session.is_some() {
                 self.mqtt.settings.max_packet_size
             } else {
@@ -339,12 +367,22 @@ impl Connection {
         }
     }
 
-    /// The message store has everything up to `ticket` on disk.
-    pub(crate) fn on_durable(&mut self, ticket: u64) {
-        if let Some(flow) = self.session.as_mut().and_then(|s| s.flow.as_mut()) {
-            flow.acks.durable_upto = flow.acks.durable_upto.max(ticket);
-            flow.acks.flush(&mut self.out);
+    /// The message store has everything up to `ticket` on disk, or ([`STORE_FAILED`]) could
+    /// not write a QoS 1/2 publication. Then no acknowledgement owed from here on is sent and
+    /// the connection must close (returns true): MQTT 3.1.1 has no negative acknowledgement,
+    /// and the client resends what was not acknowledged.
+    pub(crate) fn on_durable(&mut self, ticket: u64) -> bool {
+        let Some(flow) = self.session.as_mut().and_then(|s| s.flow.as_mut()) else {
+            return false;
+        };
+        if ticket == STORE_FAILED {
+            flow.acks.queue.clear();
+            tracing::warn!(peer = ?self.peer, "{NOT_STORED}; closing the connection");
+            return true;
         }
+        flow.acks.durable_upto = flow.acks.durable_upto.max(ticket);
+        flow.acks.flush(&mut self.out);
+        false
     }
 
     /// Ends the connection: publishes the will unless the client said DISCONNECT, returns

@@ -4,6 +4,8 @@
 //! The will is published through the same path.
 
 use bytes::Bytes;
+use junction_core::persistence::Durability;
+use junction_core::publish::Persisted;
 use junction_core::{FieldTable, FieldValue, Message, Permission, Properties, ResourceKind};
 use tokio::sync::mpsc;
 
@@ -64,14 +66,21 @@ impl Connection {
         }
         let wants_ack = publish.qos != QoS::AtMostOnce;
         let ticket = wants_ack.then(|| session.flow().acks.next_ticket());
-        let written = route(
+        let written = match route(
             session,
             &publish.topic,
             publish.qos,
             publish.payload,
             ticket.zip(durable),
         )
-        .await;
+        .await
+        {
+            Persisted::Pending => true,
+            Persisted::Unneeded => false,
+            // MQTT 3.1.1 has no negative acknowledgement: the client gets no PUBACK/PUBREC,
+            // and the connection closes so it resends once the broker can store again.
+            Persisted::Refused => return Err(Violation(super::NOT_STORED.into())),
+        };
         if let (Some(id), Some(ticket)) = (publish.packet_id, ticket) {
             let ack = match publish.qos {
                 QoS::ExactlyOnce => Packet::PubRec(id),
@@ -109,15 +118,16 @@ impl Connection {
 }
 
 /// Routes one publication; QoS 1 and 2 messages are persistent. With `notify`, a message
-/// written to the message store reports its ticket there once on disk. Returns whether it was
-/// written (so its acknowledgement must wait).
+/// written to the message store reports its ticket there once on disk ([`super::STORE_FAILED`]
+/// if its write failed). Returns whether it is being written (so its acknowledgement must
+/// wait) or was refused by the store.
 async fn route(
     session: &Session,
     topic_name: &str,
     qos: QoS,
     payload: Bytes,
     notify: Option<(u64, mpsc::UnboundedSender<u64>)>,
-) -> bool {
+) -> Persisted {
     let mut headers = FieldTable::new();
     headers.insert(PUBLISH_QOS_HEADER, FieldValue::I8(qos as i8));
     let persistent = qos != QoS::AtMostOnce;
@@ -132,8 +142,11 @@ async fn route(
         payload,
     );
     let on_durable: Option<junction_core::OnDurable> = notify.map(|(ticket, tx)| {
-        Box::new(move || {
-            let _ = tx.send(ticket);
+        Box::new(move |durability| {
+            let _ = tx.send(match durability {
+                Durability::OnDisk => ticket,
+                Durability::Failed => super::STORE_FAILED,
+            });
         }) as junction_core::OnDurable
     });
     session

@@ -140,6 +140,32 @@ async fn a_resent_qos2_publish_is_acknowledged_again_but_routed_once() {
 }
 
 #[tokio::test]
+async fn a_first_publish_during_an_alarm_waits_unread_until_it_clears() {
+    let broker = broker();
+    let mqtt = Mqtt::new(broker.clone(), Settings::default(), None);
+    let mut client = connection(&mqtt);
+    feed(&mut client, &[connect_packet("held", Some("guest"))]).await;
+    client.set_alarm(Some("low on memory".into()));
+    let mut input = BytesMut::new();
+    codec::encode(&publish("sensors/a", QoS::AtLeastOnce, Some(3)), &mut input);
+    codec::encode(&Packet::PingReq, &mut input);
+    let held = input.len();
+    assert_eq!(client.on_bytes(&mut input).await, Next::Continue);
+    assert_eq!(input.len(), held, "the PUBLISH is left in the buffer");
+    assert!(client.is_blocked(), "the connection is a publisher now");
+    assert!(!client.has_output(), "no PUBACK while held");
+    client.set_alarm(None);
+    assert_eq!(client.on_bytes(&mut input).await, Next::Continue);
+    assert!(input.is_empty(), "handled once the alarm clears");
+    let mut output = BytesMut::from(&client.take_output()[..]);
+    let mut replies = Vec::new();
+    while let Ok(Some(packet)) = codec::decode(&mut output, usize::MAX) {
+        replies.push(packet);
+    }
+    assert_eq!(replies, vec![Packet::PubAck(3), Packet::PingResp]);
+}
+
+#[tokio::test]
 async fn protocol_violations_close_the_connection() {
     let mqtt = Mqtt::new(broker(), Settings::default(), None);
     let connected = || async {

@@ -79,6 +79,7 @@ impl Connection {
         };
         self.heartbeat = (send_every, expect_every);
         self.decoder.version = Some(version);
+        self.decoder.limits = settings.limits;
         let session_id = format!("session-{}", self.id.0);
         self.session = Some(Session {
             vhost,

@@ -49,6 +49,19 @@ pub(crate) struct Refusal {
     detail: String,
 }
 
+/// The durability ticket that reports a failed write of a persistent SEND (tickets count up
+/// from 1 and never reach it; the driver keeps the highest ticket it hears, so a failure
+/// outranks every success).
+pub(crate) const STORE_FAILED: u64 = u64::MAX;
+
+/// The refusal for a persistent SEND the message store could not write (a full disk).
+pub(crate) fn not_stored() -> Refusal {
+    Refusal::new(
+        "Message not stored",
+        "the broker could not write a persistent message to disk; it was not delivered",
+    )
+}
+
 impl Refusal {
     pub(crate) fn new(message: impl Into<String>, detail: impl Into<String>) -> Self {
         Self {
@@ -189,7 +202,8 @@ impl Connection {
         peer: Option<SocketAddr>,
     ) -> Self {
         let id = broker.next_connection_id();
-        let decoder = Decoder::new(settings.limits);
+        // A stranger's frame is small: the configured limits apply once CONNECT is accepted.
+        let decoder = Decoder::new(settings.limits.pre_login());
         Self {
             broker,
             settings,
@@ -221,6 +235,16 @@ impl Connection {
     /// Publishers are not read while a resource alarm is raised.
     pub(crate) fn is_blocked(&self) -> bool {
         self.alarm && self.has_published
+    }
+
+    /// Whether the next frame in `buffer` is a SEND that a resource alarm holds back. It
+    /// stays in the buffer, unhandled, and the connection counts as a publisher from now on,
+    /// so the driver stops reading it: the alarm blocks a connection's first SEND as well as
+    /// later ones, and a stream of fresh connections cannot queue one message each.
+    fn holds_send(&mut self, buffer: &[u8]) -> bool {
+        let held = self.alarm && self.session.is_some() && next_command_is_send(buffer);
+        self.has_published |= held;
+        held
     }
 
     /// Whether there are bytes to write.
@@ -258,6 +282,9 @@ impl Connection {
     /// Handles every whole frame in `buffer`.
     pub(crate) async fn on_bytes(&mut self, buffer: &mut BytesMut) -> Next {
         loop {
+            if self.holds_send(buffer) {
+                return Next::Continue;
+            }
             let frame = match self.decoder.decode(buffer) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Next::Continue,
@@ -354,12 +381,26 @@ impl Connection {
         }
     }
 
-    /// The message store has everything up to `ticket` on disk.
-    pub(crate) fn on_durable(&mut self, ticket: u64) {
-        if let Some(session) = self.session.as_mut() {
-            session.durable_upto = session.durable_upto.max(ticket);
-            session.flush_receipts(&mut self.out);
+    /// The message store has everything up to `ticket` on disk, or ([`STORE_FAILED`]) could
+    /// not write a persistent SEND: then no receipt owed from here on is sent; an ERROR frame
+    /// (naming the first receipt owed) goes instead and the connection closes.
+    pub(crate) fn on_durable(&mut self, ticket: u64) -> Next {
+        let Some(session) = self.session.as_mut() else {
+            return Next::Continue;
+        };
+        if ticket == STORE_FAILED {
+            // Receipts still owed wait for this or an earlier SEND: none of them goes.
+            let receipt = session
+                .receipts
+                .front()
+                .and_then(|(frame, _)| frame.get("receipt-id").map(str::to_owned));
+            session.receipts.clear();
+            self.refuse(receipt, not_stored());
+            return Next::Close;
         }
+        session.durable_upto = session.durable_upto.max(ticket);
+        session.flush_receipts(&mut self.out);
+        Next::Continue
     }
 
     /// Handles one consumer event.
@@ -433,6 +474,16 @@ impl Connection {
         }
         session.vhost.connection_closed(self.id).await;
     }
+}
+
+/// Whether the first frame in `buffer`, after any heart-beat EOLs, is a SEND. Its command
+/// line is enough: the frame need not be whole.
+fn next_command_is_send(buffer: &[u8]) -> bool {
+    let Some(start) = buffer.iter().position(|b| *b != b'\n' && *b != b'\r') else {
+        return false;
+    };
+    let command = &buffer[start..];
+    command.starts_with(b"SEND") && matches!(command.get(4), None | Some(b'\n' | b'\r'))
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 
 use std::sync::Arc;
 
+use junction_core::persistence::Durability;
+use junction_core::publish::Persisted;
 use junction_core::{ConsumerSpec, Message, Permission, QueueSpec, ResourceKind};
 
 use super::{AckMode, Connection, Refusal, Subscription};
@@ -84,13 +86,20 @@ impl Connection {
         let ticket = if persistent { session.next_ticket() } else { 0 };
         let on_durable: Option<junction_core::OnDurable> =
             durable.filter(|_| ticket != 0).map(|durable| {
-                Box::new(move || {
-                    let _ = durable.send(ticket);
+                Box::new(move |durability| {
+                    let _ = durable.send(match durability {
+                        Durability::OnDisk => ticket,
+                        Durability::Failed => super::STORE_FAILED,
+                    });
                 }) as junction_core::OnDurable
             });
         let vhost = session.vhost.clone();
         let published = vhost.publish(&exchange, message, on_durable).await;
-        Ok(if published.stored { ticket } else { 0 })
+        match published.stored {
+            Persisted::Pending => Ok(ticket),
+            Persisted::Unneeded => Ok(0),
+            Persisted::Refused => Err(super::not_stored()),
+        }
     }
 
     /// Declares queue `name` for `/queue/` destinations (durable, as RabbitMQ does), unless it

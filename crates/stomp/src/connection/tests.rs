@@ -94,3 +94,54 @@ async fn a_receipt_follows_a_send_and_a_disconnect() {
     let receipts: Vec<_> = frames.iter().filter_map(|f| f.get("receipt-id")).collect();
     assert_eq!(receipts, vec!["r1", "r2"]);
 }
+
+#[tokio::test]
+async fn a_first_send_during_an_alarm_waits_unread_until_it_clears() {
+    let mut client = connection();
+    feed(&mut client, CONNECT).await;
+    client.set_alarm(Some("low on memory".into()));
+    let send = b"\nSEND\ndestination:/queue/stomp-held\nreceipt:r1\n\nhello\0";
+    let mut input = BytesMut::from(&send[..]);
+    assert_eq!(client.on_bytes(&mut input).await, Next::Continue);
+    assert_eq!(&input[..], &send[..], "the SEND is left in the buffer");
+    assert!(client.is_blocked(), "the connection is a publisher now");
+    assert!(!client.has_output(), "no receipt while held");
+    client.set_alarm(None);
+    assert_eq!(client.on_bytes(&mut input).await, Next::Continue);
+    assert!(input.is_empty(), "handled once the alarm clears");
+    assert!(client.has_output(), "its receipt follows");
+}
+
+#[test]
+fn only_a_send_command_line_counts_as_a_send() {
+    assert!(next_command_is_send(b"SEND\n"));
+    assert!(next_command_is_send(b"\r\n\nSEND\r\ndestination:/queue/a"));
+    assert!(next_command_is_send(b"SEND"));
+    assert!(!next_command_is_send(b"SENDX\n"));
+    assert!(!next_command_is_send(b"SUBSCRIBE\n"));
+    assert!(!next_command_is_send(b"\n\n"));
+    assert!(!next_command_is_send(b"SE"));
+}
+
+#[tokio::test]
+async fn a_stranger_frame_is_small_and_the_configured_limits_apply_after_connect() {
+    // Before login: a CONNECT announcing a 16 MiB body is refused from its header alone.
+    let (next, frames) = feed(
+        &mut connection(),
+        b"CONNECT\naccept-version:1.2\nlogin:guest\npasscode:guest\ncontent-length:16777216\n\n",
+    )
+    .await;
+    assert_eq!(next, Next::Close);
+    assert_eq!(frames[0].command, "ERROR");
+    assert_eq!(frames[0].get("message"), Some("Frame too large"));
+
+    // After login the configured body limit (16 MiB by default) applies: 8 KiB is fine.
+    let mut client = connection();
+    feed(&mut client, CONNECT).await;
+    let mut send = b"SEND\ndestination:/queue/stomp-unit-big\nreceipt:r1\n\n".to_vec();
+    send.extend_from_slice(&[b'x'; 8 * 1024]);
+    send.push(0);
+    let (next, frames) = feed(&mut client, &send).await;
+    assert_eq!(next, Next::Continue);
+    assert_eq!(frames[0].get("receipt-id"), Some("r1"));
+}

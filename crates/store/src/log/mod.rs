@@ -10,6 +10,11 @@
 //! Recovery ([`recovery`]) replays the segments, keeps every good record before a torn or
 //! corrupt tail (which it truncates and reports), and hands each durable queue the ids and
 //! locations of its surviving messages: no body is loaded at start-up.
+//!
+//! A failed write is never reported as durable: its completions say [`Durability::Failed`],
+//! the failed bytes are cut off the segment, and publishes are refused ([`NotStored`]) until
+//! the disk has room again, when the log resumes by itself (see [`writer`]). After each batch
+//! the free space of the data directory goes to the space watch ([`MessageLog::watch_space`]).
 
 mod record;
 mod recovery;
@@ -21,13 +26,39 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 
 use junction_core::Message;
-use junction_core::persistence::{MessageStore, OnDurable, QueueKey, Recovered, StoredAt};
+use junction_core::persistence::{
+    Durability, MessageStore, NotStored, OnDurable, QueueKey, Recovered, StoredAt,
+};
 
 pub use recovery::RecoveryReport;
-use writer::{Request, Writer};
+use writer::{Faults, Request, Writer};
+
+/// Told the data directory's free bytes after each write batch.
+pub type SpaceHook = Box<dyn Fn(u64) + Send>;
+
+/// The space watch the writer reports to, set once the broker is built.
+type SpaceWatch = Arc<Mutex<Option<SpaceHook>>>;
+
+/// Locks a mutex, taking it over from a thread that panicked while holding it.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Free bytes available to unprivileged users on the file system holding `path`.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    let stats = nix::sys::statvfs::statvfs(path).ok()?;
+    Some(
+        stats
+            .blocks_available()
+            .saturating_mul(stats.fragment_size()),
+    )
+}
 
 /// A segment is closed and a new one started once a record would take it beyond this size.
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -65,14 +96,21 @@ struct Tail {
     offset: u64,
     /// Roll to a new segment beyond this many bytes.
     segment_bytes: u64,
+    /// A write failed and the disk has no room yet: publishes are refused. The writer sets
+    /// and clears it under this lock, placing the tail anew when it clears it.
+    failing: bool,
 }
 
 /// The message log. Cheap to share; all writing happens on its own thread.
 pub struct MessageLog {
     dir: PathBuf,
-    tail: Mutex<Tail>,
+    tail: Arc<Mutex<Tail>>,
     next_id: AtomicU64,
     recovered: Mutex<HashMap<QueueKey, Vec<Recovered>>>,
+    space: SpaceWatch,
+    /// Unit tests inject write failures through it.
+    #[cfg_attr(not(test), allow(dead_code))]
+    faults: Arc<Faults>,
 }
 
 impl MessageLog {
@@ -91,8 +129,25 @@ impl MessageLog {
         std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
         let recovered = recovery::recover(&dir)?;
         let active = recovered.last_segment + 1;
-        let writer = Writer::start(dir.clone(), active, recovered.live, &recovered.segments)?;
         let (tx, rx) = mpsc::channel();
+        let tail = Arc::new(Mutex::new(Tail {
+            requests: tx,
+            segment: active,
+            offset: 0,
+            segment_bytes,
+            failing: false,
+        }));
+        let space: SpaceWatch = Arc::default();
+        let faults = Arc::new(Faults::default());
+        let writer = Writer::start(
+            dir.clone(),
+            active,
+            recovered.live,
+            &recovered.segments,
+            tail.clone(),
+            space.clone(),
+            faults.clone(),
+        )?;
         std::thread::Builder::new()
             .name("junction-log".into())
             .spawn(move || writer.run(rx))
@@ -100,55 +155,66 @@ impl MessageLog {
         Ok((
             Self {
                 dir,
-                tail: Mutex::new(Tail {
-                    requests: tx,
-                    segment: active,
-                    offset: 0,
-                    segment_bytes,
-                }),
+                tail,
                 next_id: AtomicU64::new(recovered.max_id + 1),
                 recovered: Mutex::new(recovered.queues),
+                space,
+                faults,
             },
             recovered.report,
         ))
     }
 
-    /// Places a framed record at the end of the log and queues it for writing.
+    /// Reports the data directory's free bytes to `hook` after every write batch (and after
+    /// a failed one), so a disk alarm can be raised by the write that crosses its limit.
+    pub fn watch_space(&self, hook: SpaceHook) {
+        *lock(&self.space) = Some(hook);
+    }
+
+    /// Places a framed record at the end of the log and queues it for writing. A publish is
+    /// refused while the log is failing.
     fn append(
         &self,
         record: Vec<u8>,
+        message: u64,
         publish_holders: usize,
         removes: Option<u32>,
         on_durable: Option<OnDurable>,
-    ) -> Option<StoredAt> {
-        let mut tail = match self.tail.lock() {
-            Ok(tail) => tail,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+    ) -> Result<StoredAt, NotStored> {
+        let mut tail = lock(&self.tail);
+        if tail.failing && removes.is_none() {
+            return Err(NotStored);
+        }
         let len = record.len() as u64;
         if tail.offset > 0 && tail.offset + len > tail.segment_bytes {
             tail.segment += 1;
             tail.offset = 0;
             let segment = tail.segment;
-            tail.requests.send(Request::Roll(segment)).ok()?;
+            tail.requests
+                .send(Request::Roll(segment))
+                .map_err(|_| stopped())?;
         }
         let at = StoredAt {
             segment: tail.segment,
-            offset: u32::try_from(tail.offset).ok()?,
+            offset: u32::try_from(tail.offset).map_err(|_| NotStored)?,
         };
         tail.offset += len;
-        let sent = tail.requests.send(Request::Write {
-            record,
-            publish_holders,
-            removes,
-            on_durable,
-        });
-        if sent.is_err() {
-            tracing::error!("the message log writer has stopped");
-            return None;
-        }
-        Some(at)
+        tail.requests
+            .send(Request::Write {
+                record,
+                message,
+                publish_holders,
+                removes,
+                on_durable,
+            })
+            .map_err(|_| stopped())?;
+        Ok(at)
     }
+}
+
+fn stopped() -> NotStored {
+    tracing::error!("the message log writer has stopped");
+    NotStored
 }
 
 impl MessageStore for MessageLog {
@@ -162,9 +228,10 @@ impl MessageStore for MessageLog {
         queues: &[QueueKey],
         message: &Message,
         on_durable: Option<OnDurable>,
-    ) -> Option<StoredAt> {
+    ) -> Result<StoredAt, NotStored> {
         self.append(
             record::publish(id, queues, message),
+            id,
             queues.len(),
             None,
             on_durable,
@@ -172,8 +239,9 @@ impl MessageStore for MessageLog {
     }
 
     fn remove(&self, queue: &QueueKey, id: u64, at: StoredAt) {
-        self.append(
+        let _ = self.append(
             record::remove(queue, id, at.segment),
+            id,
             0,
             Some(at.segment),
             None,
@@ -181,12 +249,12 @@ impl MessageStore for MessageLog {
     }
 
     fn sync(&self, on_durable: OnDurable) {
-        let tail = match self.tail.lock() {
-            Ok(tail) => tail,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if tail.requests.send(Request::Sync(on_durable)).is_err() {
+        let tail = lock(&self.tail);
+        if let Err(mpsc::SendError(Request::Sync(on_durable))) =
+            tail.requests.send(Request::Sync(on_durable))
+        {
             tracing::error!("the message log writer has stopped");
+            on_durable(Durability::Failed);
         }
     }
 
@@ -197,7 +265,7 @@ impl MessageStore for MessageLog {
         // A record placed a moment ago may not be written yet: wait for the writer to catch
         // up once, then read again.
         let (done, written) = mpsc::channel();
-        self.sync(Box::new(move || {
+        self.sync(Box::new(move |_| {
             let _ = done.send(());
         }));
         written
@@ -207,10 +275,7 @@ impl MessageStore for MessageLog {
     }
 
     fn take_recovered(&self, queue: &QueueKey) -> Vec<Recovered> {
-        match self.recovered.lock() {
-            Ok(mut map) => map.remove(queue).unwrap_or_default(),
-            Err(poisoned) => poisoned.into_inner().remove(queue).unwrap_or_default(),
-        }
+        lock(&self.recovered).remove(queue).unwrap_or_default()
     }
 }
 

@@ -177,3 +177,98 @@ pub fn message(payload: &[u8]) -> Option<Message> {
     message.store_id = Some(id);
     Some(message)
 }
+
+#[cfg(test)]
+mod tests {
+    use junction_core::field::MAX_DEPTH;
+    use junction_core::{FieldTable, FieldValue};
+
+    use super::*;
+
+    /// Headers nesting tables and arrays, alternating, `depth` levels deep (the headers table
+    /// is level 1), with a string leaf: the deepest JSON a record can hold.
+    fn nested_headers(depth: usize) -> FieldTable {
+        let mut value = FieldValue::string("leaf");
+        for level in (2..=depth).rev() {
+            value = if level % 2 == 0 {
+                FieldValue::Table(FieldTable::from_iter([("k".to_owned(), value)]))
+            } else {
+                FieldValue::Array(vec![FieldValue::I8(-1), value])
+            };
+        }
+        FieldTable::from_iter([("k".to_owned(), value)])
+    }
+
+    fn deep_message() -> Message {
+        let headers = nested_headers(MAX_DEPTH);
+        assert_eq!(headers.depth(), MAX_DEPTH);
+        let properties = Properties {
+            headers: Some(headers),
+            delivery_mode: Some(2),
+            ..Default::default()
+        };
+        Message::new("amq.direct", "k", properties, Bytes::from_static(b"body"))
+    }
+
+    #[test]
+    fn a_message_with_headers_at_the_maximum_depth_reads_back() {
+        let message = deep_message();
+        let queues = [QueueKey {
+            vhost: "/".into(),
+            queue: "q".into(),
+        }];
+        let record = publish(7, &queues, &message);
+        let payload = checked_payload(&record, record.len()).expect("whole and checked");
+        let read = super::message(payload).expect("reads back");
+        assert_eq!(read.properties, message.properties);
+        assert_eq!(read.body, message.body);
+        assert_eq!(read.store_id, Some(7));
+    }
+
+    #[test]
+    fn a_damaged_record_reads_as_nothing_and_never_panics() {
+        let queues = [QueueKey {
+            vhost: "/".into(),
+            queue: "q".into(),
+        }];
+        let record = publish(7, &queues, &deep_message());
+        let payload = &record[HEADER..];
+        for cut in 0..payload.len() {
+            let _ = summary(&payload[..cut]);
+            assert!(super::message(&payload[..cut]).is_none(), "cut at {cut}");
+        }
+        for at in 0..payload.len() {
+            let mut damaged = payload.to_vec();
+            damaged[at] ^= 0xff;
+            let _ = summary(&damaged);
+            let _ = super::message(&damaged);
+            let mut sealed = record.clone();
+            sealed[HEADER + at] ^= 0xff;
+            assert!(
+                checked_payload(&sealed, sealed.len()).is_none(),
+                "flip at {at}"
+            );
+        }
+    }
+
+    #[test]
+    fn arbitrary_payloads_never_panic() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..2_000 {
+            let len = (next() % 300) as usize;
+            let mut data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if let Some(tag) = data.first_mut() {
+                *tag = [PUBLISH, REMOVE][(next() % 2) as usize];
+            }
+            let _ = summary(&data);
+            let _ = super::message(&data);
+            let _ = checked_payload(&data, 1 << 20);
+        }
+    }
+}

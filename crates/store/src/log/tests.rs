@@ -8,6 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use junction_core::Properties;
 
+use junction_core::persistence::{Durability, NotStored};
+
 use super::*;
 
 fn dir(label: &str) -> PathBuf {
@@ -43,7 +45,7 @@ fn publish_durably(log: &MessageLog, queues: &[QueueKey], body: &str) -> (u64, S
             id,
             queues,
             &message(body),
-            Some(Box::new(move || {
+            Some(Box::new(move |_| {
                 let _ = tx.send(());
             })),
         )
@@ -54,7 +56,7 @@ fn publish_durably(log: &MessageLog, queues: &[QueueKey], body: &str) -> (u64, S
 
 fn flush(log: &MessageLog) {
     let (tx, rx) = std_mpsc::channel();
-    log.sync(Box::new(move || {
+    log.sync(Box::new(move |_| {
         let _ = tx.send(());
     }));
     rx.recv_timeout(Duration::from_secs(10)).expect("synced");
@@ -212,4 +214,160 @@ fn removals_outlive_the_publishes_they_settle() {
             "acknowledged messages stay gone"
         );
     }
+}
+
+/// Publishes and returns what its completion reported.
+fn publish_outcome(
+    log: &MessageLog,
+    queues: &[QueueKey],
+    body: &str,
+) -> Result<(u64, StoredAt, Durability), NotStored> {
+    let id = log.next_id();
+    let (tx, rx) = std_mpsc::channel();
+    let at = log.publish(
+        id,
+        queues,
+        &message(body),
+        Some(Box::new(move |durability| {
+            let _ = tx.send(durability);
+        })),
+    )?;
+    let durability = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("completion ran");
+    Ok((id, at, durability))
+}
+
+/// A failed write is never reported durable, leaves no torn record behind, refuses publishes
+/// while the disk is full, and the log takes writes again once it has room, without a
+/// restart.
+#[test]
+fn a_failed_write_fails_its_completions_and_the_log_recovers_when_the_disk_has_room() {
+    let dir = dir("disk-full");
+    {
+        let (log, _) = MessageLog::open(&dir).expect("open");
+        let (kept, kept_at) = publish_durably(&log, &[key("q")], "kept");
+        let (acked, acked_at) = publish_durably(&log, &[key("q")], "acked");
+        log.faults.disk_full.store(true, Ordering::Relaxed);
+
+        let (lost, lost_at, durability) =
+            publish_outcome(&log, &[key("q")], "lost").expect("placed before the failure");
+        assert_eq!(
+            durability,
+            Durability::Failed,
+            "a failed write is not durable"
+        );
+        assert_eq!(
+            log.publish(log.next_id(), &[key("q")], &message("refused"), None),
+            Err(NotStored),
+            "publishes are refused while the disk is full"
+        );
+        // A removal while failing waits; one of a message never written writes nothing.
+        log.remove(&key("q"), acked, acked_at);
+        log.remove(&key("q"), lost, lost_at);
+        let (tx, rx) = std_mpsc::channel();
+        log.sync(Box::new(move |durability| {
+            let _ = tx.send(durability);
+        }));
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(10)).expect("synced"),
+            Durability::Failed
+        );
+
+        log.faults.disk_full.store(false, Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let after = loop {
+            match publish_outcome(&log, &[key("q")], "after") {
+                Ok((id, _, Durability::OnDisk)) => break id,
+                Ok((_, _, Durability::Failed)) | Err(NotStored) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the log never resumed"
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        };
+        assert!(after > lost);
+        assert_eq!(&log.read(kept_at).expect("readable").body[..], b"kept");
+        assert_eq!(kept, 1);
+        flush(&log);
+    }
+    let (log, report) = MessageLog::open(&dir).expect("reopen");
+    assert!(
+        report.truncated.is_empty(),
+        "no torn record: {:?}",
+        report.truncated
+    );
+    let q = log.take_recovered(&key("q"));
+    assert_eq!(
+        bodies(&log, &q),
+        ["kept", "after"],
+        "the removal kept while failing was written; the failed publish is gone"
+    );
+}
+
+/// Records placed behind a failed batch fail too, and the records written after recovery lie
+/// where publish said they would.
+#[test]
+fn places_given_after_recovery_hold() {
+    let dir = dir("replace");
+    let (log, _) = MessageLog::open(&dir).expect("open");
+    publish_durably(&log, &[key("q")], "one");
+    log.faults.disk_full.store(true, Ordering::Relaxed);
+    let mut outcomes = Vec::new();
+    for n in 0..20 {
+        let (tx, rx) = std_mpsc::channel();
+        if log
+            .publish(
+                log.next_id(),
+                &[key("q")],
+                &message(&format!("failing-{n}")),
+                Some(Box::new(move |durability| {
+                    let _ = tx.send(durability);
+                })),
+            )
+            .is_ok()
+        {
+            outcomes.push(rx);
+        }
+    }
+    for rx in outcomes {
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(10)).expect("ran"),
+            Durability::Failed
+        );
+    }
+    log.faults.disk_full.store(false, Ordering::Relaxed);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut written = Vec::new();
+    while written.len() < 5 {
+        match publish_outcome(&log, &[key("q")], &format!("later-{}", written.len())) {
+            Ok((_, at, Durability::OnDisk)) => written.push(at),
+            _ => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the log never resumed"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    for (n, at) in written.into_iter().enumerate() {
+        let body = log.read(at).expect("readable").body;
+        assert_eq!(&body[..], format!("later-{n}").as_bytes());
+    }
+}
+
+#[test]
+fn each_batch_reports_the_free_space() {
+    let dir = dir("space");
+    let (log, _) = MessageLog::open(&dir).expect("open");
+    let (tx, rx) = std_mpsc::channel();
+    log.watch_space(Box::new(move |free| {
+        let _ = tx.send(free);
+    }));
+    publish_durably(&log, &[key("q")], "measured");
+    let free = rx.recv_timeout(Duration::from_secs(10)).expect("reported");
+    assert!(free > 0);
 }

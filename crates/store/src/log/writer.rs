@@ -3,23 +3,42 @@
 //! live messages, oldest first: a segment may hold removal records for messages in earlier
 //! segments, so it can only go once every earlier segment has gone (otherwise a removal would
 //! be lost and an acknowledged message would come back at the next start).
+//!
+//! A batch that fails (a full disk, a failing device) is cut off the segment again (truncated
+//! back to the last good length, so no torn record stays), and its completions and those of
+//! every request already placed behind it report [`Durability::Failed`]. The log then refuses
+//! new publishes ([`Tail::failing`]) while it waits for space: every [`RETRY`] it measures the
+//! free space and, once the failed batch would fit, places the tail again at the real end of
+//! the segment and takes writes again. Removal records of a failed batch are kept and written
+//! then (a removal has no reader waiting for its place); removals of messages that were never
+//! written write nothing. After each batch the free space is reported to the space watch, so
+//! the disk alarm is raised by the write that crosses the limit, not only by a timer.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 
-use junction_core::persistence::OnDurable;
+use junction_core::persistence::{Durability, OnDurable};
 
-use super::{LogError, io_error, segment_path};
+use super::{LogError, SpaceWatch, Tail, io_error, lock, segment_path};
+
+/// How often a failed log looks for free space again.
+pub const RETRY: Duration = Duration::from_millis(200);
+
+/// Room beyond the failed batch that must be free before writes are tried again.
+const RETRY_MARGIN: u64 = 64 * 1024;
 
 /// What the log asks of its writer, in the order the records must land.
 pub enum Request {
-    /// Append a framed record. A publish names how many queues hold it; a removal names the
-    /// segment of the publish it settles.
+    /// Append a framed record of message `message`. A publish names how many queues hold it;
+    /// a removal names the segment of the publish it settles.
     Write {
         record: Vec<u8>,
+        message: u64,
         publish_holders: usize,
         removes: Option<u32>,
         on_durable: Option<OnDurable>,
@@ -30,15 +49,52 @@ pub enum Request {
     Sync(OnDurable),
 }
 
+/// A removal record kept from a failed batch, written once the disk has room.
+struct Removal {
+    record: Vec<u8>,
+    message: u64,
+    segment: u32,
+}
+
+/// The requests taken since the last commit.
+#[derive(Default)]
+struct Batch {
+    done: Vec<OnDurable>,
+    /// Publishes in the batch: (message id, queues holding it).
+    publishes: Vec<(u64, usize)>,
+    /// Removals in the batch, kept to retry if it fails.
+    removals: Vec<Removal>,
+}
+
+/// Faults injected by unit tests: the next writes fail after writing half their bytes.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// While true, every write fails with ENOSPC after a partial write.
+    pub disk_full: AtomicBool,
+}
+
 /// The writer thread's state.
 pub struct Writer {
     dir: PathBuf,
     active: u32,
     file: File,
+    /// Bytes of the active segment known to be written and synced.
+    written: u64,
     live: HashMap<u32, usize>,
     /// Segments on disk, oldest first (the active one included).
     on_disk: BTreeSet<u32>,
     buffer: Vec<u8>,
+    /// The log's placement, shared with [`super::MessageLog`].
+    tail: Arc<Mutex<Tail>>,
+    /// Publishes whose write failed, by message id, with how many queue removals may still
+    /// name them (those write nothing).
+    unwritten: HashMap<u64, usize>,
+    /// Removals of failed batches, to write once the disk has room.
+    retry: Vec<Removal>,
+    /// While writes fail: the free bytes needed before trying again.
+    failing: Option<u64>,
+    space: SpaceWatch,
+    faults: Arc<Faults>,
 }
 
 impl Writer {
@@ -48,6 +104,9 @@ impl Writer {
         active: u32,
         live: HashMap<u32, usize>,
         existing: &[u32],
+        tail: Arc<Mutex<Tail>>,
+        space: SpaceWatch,
+        faults: Arc<Faults>,
     ) -> Result<Self, LogError> {
         let path = segment_path(&dir, active);
         let file = OpenOptions::new()
@@ -55,15 +114,23 @@ impl Writer {
             .append(true)
             .open(&path)
             .map_err(io_error(&path))?;
+        let written = file.metadata().map_err(io_error(&path))?.len();
         let mut on_disk: BTreeSet<u32> = existing.iter().copied().collect();
         on_disk.insert(active);
         let mut writer = Self {
             dir,
             active,
             file,
+            written,
             live,
             on_disk,
             buffer: Vec::new(),
+            tail,
+            unwritten: HashMap::new(),
+            retry: Vec::new(),
+            failing: None,
+            space,
+            faults,
         };
         writer.delete_dead_prefix();
         Ok(writer)
@@ -71,66 +138,255 @@ impl Writer {
 
     /// Serves requests until the log is dropped.
     pub fn run(mut self, requests: mpsc::Receiver<Request>) {
-        while let Ok(first) = requests.recv() {
-            let mut done: Vec<OnDurable> = Vec::new();
-            let mut outcome = self.take(first, &mut done);
-            while outcome.is_ok()
+        loop {
+            let first = if self.failing.is_some() {
+                match requests.recv_timeout(RETRY) {
+                    Ok(request) => Some(request),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            } else {
+                match requests.recv() {
+                    Ok(request) => Some(request),
+                    Err(_) => return,
+                }
+            };
+            let mut batch = Batch::default();
+            if self.failing.is_some() {
+                if !self.resume(first, &requests, &mut batch) {
+                    continue;
+                }
+            } else if let Some(request) = first {
+                self.take(request, &mut batch, &requests);
+            }
+            while self.failing.is_none()
                 && let Ok(more) = requests.try_recv()
             {
-                outcome = self.take(more, &mut done);
+                self.take(more, &mut batch, &requests);
             }
-            if let Err(error) = outcome.and_then(|()| self.commit()) {
-                // Without a durable write nothing may be confirmed: stop, and let publishers
-                // see no confirms rather than false ones.
-                tracing::error!(%error, "message log write failed; persistence stopped");
-                return;
-            }
-            for callback in done {
-                callback();
+            if self.failing.is_none() {
+                self.commit(batch, &requests);
+            } else {
+                self.fail_remaining(batch);
             }
             self.delete_dead_prefix();
+            self.report_space();
         }
     }
 
-    fn take(&mut self, request: Request, done: &mut Vec<OnDurable>) -> std::io::Result<()> {
+    fn take(&mut self, request: Request, batch: &mut Batch, requests: &mpsc::Receiver<Request>) {
         match request {
             Request::Write {
                 record,
+                message,
                 publish_holders,
                 removes,
                 on_durable,
             } => {
-                self.buffer.extend_from_slice(&record);
-                if publish_holders > 0 {
-                    *self.live.entry(self.active).or_default() += publish_holders;
+                if let Some(segment) = removes {
+                    if let Some(holders) = self.unwritten.get_mut(&message) {
+                        // Its publish never reached the disk: nothing to settle.
+                        *holders = holders.saturating_sub(1);
+                        if *holders == 0 {
+                            self.unwritten.remove(&message);
+                        }
+                    } else {
+                        self.buffer.extend_from_slice(&record);
+                        batch.removals.push(Removal {
+                            record,
+                            message,
+                            segment,
+                        });
+                    }
+                } else {
+                    self.buffer.extend_from_slice(&record);
+                    batch.publishes.push((message, publish_holders));
                 }
-                if let Some(segment) = removes
-                    && let Some(count) = self.live.get_mut(&segment)
-                {
-                    *count = count.saturating_sub(1);
-                }
-                done.extend(on_durable);
+                batch.done.extend(on_durable);
             }
             Request::Roll(next) => {
-                self.commit()?;
+                if self.failing.is_some() {
+                    // Placed while the log was failing; the tail is placed anew on resuming.
+                    return;
+                }
+                self.commit(std::mem::take(batch), requests);
+                if self.failing.is_some() {
+                    return;
+                }
                 let path = segment_path(&self.dir, next);
-                self.file = OpenOptions::new().create(true).append(true).open(path)?;
-                self.active = next;
-                self.on_disk.insert(next);
+                match OpenOptions::new().create(true).append(true).open(&path) {
+                    Ok(file) => {
+                        self.file = file;
+                        self.active = next;
+                        self.written = 0;
+                        self.on_disk.insert(next);
+                    }
+                    Err(error) => {
+                        tracing::error!(file = %path.display(), %error, "cannot start a new message log segment");
+                        self.fail(Batch::default(), requests, 0);
+                    }
+                }
             }
-            Request::Sync(on_durable) => done.push(on_durable),
+            Request::Sync(on_durable) => batch.done.push(on_durable),
         }
-        Ok(())
     }
 
-    /// Writes what is buffered and fsyncs it.
-    fn commit(&mut self) -> std::io::Result<()> {
-        if !self.buffer.is_empty() {
-            self.file.write_all(&self.buffer)?;
-            self.buffer.clear();
-            self.file.sync_data()?;
+    /// Writes what is buffered and fsyncs it, then runs the batch's completions: on disk, or
+    /// failed (and the log fails until there is room again).
+    fn commit(&mut self, batch: Batch, requests: &mpsc::Receiver<Request>) {
+        let bytes = self.buffer.len() as u64;
+        match self.write_buffer() {
+            Ok(()) => {
+                self.written += bytes;
+                for (_, holders) in &batch.publishes {
+                    if *holders > 0 {
+                        *self.live.entry(self.active).or_default() += holders;
+                    }
+                }
+                for removal in &batch.removals {
+                    if let Some(count) = self.live.get_mut(&removal.segment) {
+                        *count = count.saturating_sub(1);
+                    }
+                }
+                for callback in batch.done {
+                    callback(Durability::OnDisk);
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "message log write failed; refusing persistent messages until the disk has room");
+                self.fail(batch, requests, bytes);
+            }
         }
-        Ok(())
+    }
+
+    fn write_buffer(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        if self.faults.disk_full.load(Ordering::Relaxed) {
+            let half = self.buffer.len() / 2;
+            let torn = self.file.write_all(&self.buffer[..half]);
+            self.buffer.clear();
+            torn?;
+            return Err(std::io::Error::from_raw_os_error(28));
+        }
+        let written = self.file.write_all(&self.buffer);
+        self.buffer.clear();
+        written?;
+        self.file.sync_data()
+    }
+
+    /// A batch of `bytes` failed: cuts it off the segment, fails it and everything placed
+    /// behind it, and stops placing publishes until there is room.
+    fn fail(&mut self, batch: Batch, requests: &mpsc::Receiver<Request>, bytes: u64) {
+        self.buffer.clear();
+        if let Err(error) = self.file.set_len(self.written) {
+            tracing::error!(%error, "cannot cut a failed write off the message log");
+        }
+        self.failing = Some(bytes + RETRY_MARGIN);
+        let mut failed = batch;
+        {
+            // Under the placement lock nothing more is placed: everything placed so far is
+            // in the channel, at offsets that will not hold.
+            let shared = self.tail.clone();
+            let mut tail = lock(&shared);
+            tail.failing = true;
+            while let Ok(request) = requests.try_recv() {
+                self.take(request, &mut failed, requests);
+            }
+        }
+        self.buffer.clear();
+        self.fail_remaining(failed);
+        self.report_space();
+    }
+
+    /// Fails what a batch taken while the log fails holds: publishes are not written,
+    /// removals wait for room, completions hear the failure.
+    fn fail_remaining(&mut self, batch: Batch) {
+        self.buffer.clear();
+        for (message, holders) in batch.publishes {
+            if holders > 0 {
+                self.unwritten.insert(message, holders);
+            }
+        }
+        for removal in batch.removals {
+            match self.unwritten.get_mut(&removal.message) {
+                // Its publish failed in the same batch: nothing to settle.
+                Some(holders) => {
+                    *holders = holders.saturating_sub(1);
+                    if *holders == 0 {
+                        self.unwritten.remove(&removal.message);
+                    }
+                }
+                None => self.retry.push(removal),
+            }
+        }
+        for callback in batch.done {
+            callback(Durability::Failed);
+        }
+    }
+
+    /// While failing: if the disk has room again, places the tail at the real end of the
+    /// segment (behind the removals kept for retry and those placed meanwhile, which go into
+    /// `batch`) and takes writes again. Otherwise `first` and whatever else is waiting fail
+    /// (removals wait). Returns whether it resumed.
+    fn resume(
+        &mut self,
+        first: Option<Request>,
+        requests: &mpsc::Receiver<Request>,
+        batch: &mut Batch,
+    ) -> bool {
+        let Some(needed) = self.failing else {
+            return true;
+        };
+        let shared = self.tail.clone();
+        let mut tail = lock(&shared);
+        // Requests placed while failing: removals and syncs, whose places nobody reads.
+        let mut placed = Batch::default();
+        for request in first
+            .into_iter()
+            .chain(std::iter::from_fn(|| requests.try_recv().ok()))
+        {
+            self.take(request, &mut placed, requests);
+        }
+        self.buffer.clear();
+        if self.faults.disk_full.load(Ordering::Relaxed)
+            || super::free_bytes(&self.dir).is_none_or(|free| free < needed)
+        {
+            drop(tail);
+            self.fail_remaining(placed);
+            return false;
+        }
+        self.failing = None;
+        for removal in std::mem::take(&mut self.retry)
+            .into_iter()
+            .chain(placed.removals)
+        {
+            self.buffer.extend_from_slice(&removal.record);
+            batch.removals.push(removal);
+        }
+        for (message, holders) in placed.publishes {
+            // Refused publishes never get here; a stray one counts as failed.
+            if holders > 0 {
+                self.unwritten.insert(message, holders);
+            }
+        }
+        batch.done.extend(placed.done);
+        tail.segment = self.active;
+        tail.offset = self.written + self.buffer.len() as u64;
+        tail.failing = false;
+        tracing::info!("message log has room again; taking writes");
+        true
+    }
+
+    /// Tells the space watch how much room the data directory has left.
+    fn report_space(&self) {
+        let watch = lock(&self.space);
+        if let Some(watch) = watch.as_ref()
+            && let Some(free) = super::free_bytes(&self.dir)
+        {
+            watch(free);
+        }
     }
 
     /// Deletes the oldest segments while they hold nothing live (never the active one).
