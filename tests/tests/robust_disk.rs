@@ -54,19 +54,19 @@ impl Tmpfs {
             .stderr(Stdio::piped())
             .output();
         match mounted {
-            Ok(output) if output.status.success() => Some(Tmpfs { dir }),
+            Ok(output) if output.status.success() => return Some(Tmpfs { dir }),
             Ok(output) => {
                 eprintln!(
                     "SKIPPED robust_disk::{label}: cannot mount a tmpfs (needs root): {}",
                     String::from_utf8_lossy(&output.stderr).trim()
                 );
-                None
             }
             Err(error) => {
                 eprintln!("SKIPPED robust_disk::{label}: cannot run mount: {error}");
-                None
             }
         }
+        let _ = std::fs::remove_dir(&dir);
+        None
     }
 
     /// Takes `bytes` of the disk with a file the test can delete later.
@@ -102,7 +102,8 @@ struct Junction {
 
 impl Junction {
     fn start(data_dir: &Path, config: &str) -> Junction {
-        let config_path = temp_dir("disk-config").join("junction.toml");
+        let config_dir = temp_dir("disk-config");
+        let config_path = config_dir.join("junction.toml");
         std::fs::write(&config_path, config).expect("write config");
         let mut child = Command::new(binary())
             .arg("--data-dir")
@@ -139,6 +140,8 @@ impl Junction {
                 addrs.insert(name.to_owned(), addr.parse().expect("address"));
             }
         }
+        // The configuration is read at start.
+        let _ = std::fs::remove_dir_all(&config_dir);
         Junction {
             child,
             amqp: addrs["amqp"],
