@@ -54,19 +54,19 @@ impl Tmpfs {
             .stderr(Stdio::piped())
             .output();
         match mounted {
-            Ok(output) if output.status.success() => Some(Tmpfs { dir }),
+            Ok(output) if output.status.success() => return Some(Tmpfs { dir }),
             Ok(output) => {
                 eprintln!(
                     "SKIPPED robust_disk::{label}: cannot mount a tmpfs (needs root): {}",
                     String::from_utf8_lossy(&output.stderr).trim()
                 );
-                None
             }
             Err(error) => {
                 eprintln!("SKIPPED robust_disk::{label}: cannot run mount: {error}");
-                None
             }
         }
+        let _ = std::fs::remove_dir(&dir);
+        None
     }
 
     /// Takes `bytes` of the disk with a file the test can delete later.
@@ -102,7 +102,8 @@ struct Junction {
 
 impl Junction {
     fn start(data_dir: &Path, config: &str) -> Junction {
-        let config_path = temp_dir("disk-config").join("junction.toml");
+        let config_dir = temp_dir("disk-config");
+        let config_path = config_dir.join("junction.toml");
         std::fs::write(&config_path, config).expect("write config");
         let mut child = Command::new(binary())
             .arg("--data-dir")
@@ -139,6 +140,8 @@ impl Junction {
                 addrs.insert(name.to_owned(), addr.parse().expect("address"));
             }
         }
+        // The configuration is read at start.
+        let _ = std::fs::remove_dir_all(&config_dir);
         Junction {
             child,
             amqp: addrs["amqp"],
@@ -529,9 +532,15 @@ fn mqtt_string(s: &str, out: &mut Vec<u8>) {
 
 impl MqttClient {
     fn connect(addr: SocketAddr, client_id: &str) -> Option<MqttClient> {
+        Self::connect_session(addr, client_id, true)
+    }
+
+    /// Connects with a clean or a persistent (`clean` false) session.
+    fn connect_session(addr: SocketAddr, client_id: &str, clean: bool) -> Option<MqttClient> {
         let mut stream = TcpStream::connect(addr).ok()?;
         stream.set_read_timeout(Some(STEP)).ok()?;
-        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2, 0, 60];
+        let flags = if clean { 0xC2 } else { 0xC0 };
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, flags, 0, 60];
         mqtt_string(client_id, &mut body);
         mqtt_string("guest", &mut body);
         mqtt_string("guest", &mut body);
@@ -541,7 +550,45 @@ impl MqttClient {
         stream.write_all(&packet).ok()?;
         let mut connack = [0u8; 4];
         stream.read_exact(&mut connack).ok()?;
-        (connack == [0x20, 2, 0, 0]).then_some(MqttClient { stream })
+        (connack[..2] == [0x20, 2] && connack[3] == 0).then_some(MqttClient { stream })
+    }
+
+    /// Publishes at QoS 2 (flagged DUP when `dup`) and completes the exchange: true when
+    /// PUBREC came (then PUBREL and PUBCOMP follow), false when the broker closed the
+    /// connection instead of PUBREC.
+    fn publish_exactly_once(
+        &mut self,
+        topic: &str,
+        packet_id: u16,
+        payload: &[u8],
+        dup: bool,
+    ) -> bool {
+        let mut body = Vec::new();
+        mqtt_string(topic, &mut body);
+        body.extend_from_slice(&packet_id.to_be_bytes());
+        body.extend_from_slice(payload);
+        let mut packet = vec![if dup { 0x3C } else { 0x34 }];
+        remaining_length(body.len(), &mut packet);
+        packet.extend_from_slice(&body);
+        if self.stream.write_all(&packet).is_err() {
+            return false;
+        }
+        let mut pubrec = [0u8; 4];
+        match self.stream.read_exact(&mut pubrec) {
+            Ok(()) => assert_eq!(pubrec[..2], [0x50, 2], "a PUBREC"),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                panic!("neither PUBREC nor a close within {STEP:?}")
+            }
+            Err(_) => return false,
+        }
+        let id = packet_id.to_be_bytes();
+        self.stream
+            .write_all(&[0x62, 2, id[0], id[1]])
+            .expect("PUBREL");
+        let mut pubcomp = [0u8; 4];
+        self.stream.read_exact(&mut pubcomp).expect("PUBCOMP");
+        assert_eq!(pubcomp, [0x70, 2, id[0], id[1]]);
+        true
     }
 
     /// Publishes at QoS 1; true when PUBACK came, false when the broker closed the
@@ -936,4 +983,72 @@ fn a_full_disk_takes_publishes_again_once_its_queue_is_purged() {
     broker.stop();
     let stored = check_after_restart(&disk, "disk-purge", &acked_after, &BTreeSet::new());
     assert_eq!(stored, acked_after, "purged messages stay gone");
+}
+
+/// MQTT QoS 2 on a full disk: a publication the broker could not store gets no PUBREC, and
+/// when the client resends it on its persistent session it is routed again, not taken for a
+/// duplicate of something stored (which would acknowledge a lost message).
+#[test]
+fn mqtt_exactly_once_resends_are_stored_after_a_full_disk_not_taken_for_duplicates() {
+    let Some(disk) = Tmpfs::mount("qos2") else {
+        return;
+    };
+    let filler = disk.fill(FILLER_BYTES);
+    let broker = Junction::start(&disk.dir, "[alarms]\ndisk_free_limit = 0\n");
+    runtime().block_on(async {
+        let (_connection, ch) = channel(&broker.amqp_url()).await;
+        declare_durable(&ch, "disk-qos2").await.expect("declare");
+        within(
+            "queue.bind",
+            ch.queue_bind(
+                "disk-qos2".into(),
+                "amq.topic".into(),
+                "disk.qos2".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .expect("bind");
+    });
+    let connect = || MqttClient::connect_session(broker.mqtt, "disk-qos2", false);
+    let mut client = connect().expect("connect");
+    let mut acked = BTreeSet::new();
+    let mut filled = false;
+    for n in 0..MAX_MESSAGES {
+        if !client.publish("disk/qos2", (n % 60000 + 1) as u16, &body(n)) {
+            filled = true;
+            break;
+        }
+        acked.insert(n);
+    }
+    assert!(filled, "the disk never filled");
+    const RESENT: u64 = 90_000;
+    const ID: u16 = 61_000;
+    let mut client = connect().expect("reconnect");
+    assert!(
+        !client.publish_exactly_once("disk/qos2", ID, &body(RESENT), false),
+        "PUBREC for a publication the full disk could not take"
+    );
+    let mut client = connect().expect("reconnect");
+    assert!(
+        !client.publish_exactly_once("disk/qos2", ID, &body(RESENT), true),
+        "PUBREC for a resend that was never stored"
+    );
+
+    std::fs::remove_file(filler).expect("free space");
+    let deadline = Instant::now() + STEP;
+    loop {
+        assert!(Instant::now() < deadline, "no PUBREC after space was freed");
+        if let Some(mut client) = connect()
+            && client.publish_exactly_once("disk/qos2", ID, &body(RESENT), true)
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    acked.insert(RESENT);
+    broker.stop();
+    let stored = check_after_restart(&disk, "disk-qos2", &acked, &BTreeSet::new());
+    assert!(stored.contains(&RESENT));
 }

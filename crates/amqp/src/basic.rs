@@ -320,7 +320,8 @@ pub async fn route(
                     "the message store could not write a persistent message of the transaction",
                 ));
             } else {
-                tracing::warn!(exchange = %message.exchange, "persistent message dropped: the message store cannot write");
+                // Logged at debug: the writer logs the failure itself, once per failed batch.
+                tracing::debug!(exchange = %message.exchange, "persistent message dropped: the message store cannot write");
             }
             return Ok(());
         }

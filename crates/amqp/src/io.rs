@@ -64,7 +64,7 @@ enum Wake {
     Gone,
     /// A consumer event.
     Event(ConsumerEvent),
-    /// A persistent message published with confirms is on disk.
+    /// A persistent message published with confirms is on disk (or failed to get there).
     Durable(ChannelId, u64, junction_core::persistence::Durability),
     /// The timer's deadline passed.
     Timer,

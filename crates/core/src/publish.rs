@@ -173,3 +173,150 @@ impl VirtualHost {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::exchange::ExchangeTypeRegistry;
+    use crate::message::Properties;
+    use crate::persistence::{MessageStore, Recovered, Storage};
+    use crate::queue::{ConnectionId, QueueSpec};
+
+    /// A store that refuses every message, or places it and keeps its completion for the test
+    /// to run.
+    #[derive(Default)]
+    struct FailingStore {
+        refuse: bool,
+        next: AtomicU64,
+        completions: Mutex<Vec<OnDurable>>,
+        removed: Mutex<Vec<u64>>,
+    }
+
+    impl MessageStore for FailingStore {
+        fn next_id(&self) -> u64 {
+            self.next.fetch_add(1, Ordering::Relaxed) + 1
+        }
+
+        fn publish(
+            &self,
+            _id: u64,
+            _queues: &[QueueKey],
+            _message: &Message,
+            on_durable: Option<OnDurable>,
+        ) -> Result<StoredAt, NotStored> {
+            if self.refuse {
+                return Err(NotStored);
+            }
+            self.completions.lock().expect("lock").extend(on_durable);
+            Ok(StoredAt {
+                segment: 1,
+                offset: 0,
+            })
+        }
+
+        fn remove(&self, _queue: &QueueKey, id: u64, _at: StoredAt) {
+            self.removed.lock().expect("lock").push(id);
+        }
+
+        fn sync(&self, on_durable: OnDurable) {
+            on_durable(Durability::OnDisk);
+        }
+
+        fn read(&self, _at: StoredAt) -> Option<Message> {
+            None
+        }
+
+        fn take_recovered(&self, _queue: &QueueKey) -> Vec<Recovered> {
+            Vec::new()
+        }
+    }
+
+    async fn durable_queue_on(store: Arc<FailingStore>) -> (Arc<VirtualHost>, QueueHandle) {
+        let storage = Storage {
+            messages: Some(store),
+            ..Default::default()
+        };
+        let vhost = VirtualHost::with_store(
+            "/",
+            Arc::new(ExchangeTypeRegistry::with_builtins()),
+            storage,
+        );
+        let spec = QueueSpec {
+            name: "q".into(),
+            durable: true,
+            ..Default::default()
+        };
+        let queue = vhost
+            .declare_queue(spec, false, false, ConnectionId(1))
+            .await
+            .expect("declare")
+            .handle;
+        (vhost, queue)
+    }
+
+    fn persistent() -> Message {
+        Message::new(
+            "",
+            "q",
+            Properties {
+                delivery_mode: Some(2),
+                ..Default::default()
+            },
+            Bytes::from_static(b"body"),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_message_the_store_refuses_reaches_no_queue() {
+        let store = Arc::new(FailingStore {
+            refuse: true,
+            ..Default::default()
+        });
+        let (vhost, queue) = durable_queue_on(store).await;
+        let exchange = vhost.exchange("").expect("default exchange");
+        let published = vhost.publish(&exchange, persistent(), None).await;
+        assert_eq!(published.stored, Persisted::Refused);
+        assert_eq!(published.queues, 0);
+        assert_eq!(queue.stats().await.expect("stats").ready, 0);
+    }
+
+    #[tokio::test]
+    async fn a_message_whose_write_fails_is_withdrawn_from_the_queue_holding_it() {
+        let store = Arc::new(FailingStore::default());
+        let (vhost, queue) = durable_queue_on(store.clone()).await;
+        let exchange = vhost.exchange("").expect("default exchange");
+        let (tx, mut told) = tokio::sync::mpsc::unbounded_channel();
+        let published = vhost
+            .publish(
+                &exchange,
+                persistent(),
+                Some(Box::new(move |durability| {
+                    let _ = tx.send(durability);
+                })),
+            )
+            .await;
+        assert_eq!(published.stored, Persisted::Pending);
+        assert_eq!(queue.stats().await.expect("stats").ready, 1);
+        let completions = std::mem::take(&mut *store.completions.lock().expect("lock"));
+        for completion in completions {
+            completion(Durability::Failed);
+        }
+        assert_eq!(told.recv().await, Some(Durability::Failed));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while queue.stats().await.expect("stats").ready > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "still ready");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            *store.removed.lock().expect("lock"),
+            [1],
+            "the store hears it left"
+        );
+    }
+}

@@ -376,7 +376,13 @@ impl Connection {
             return false;
         };
         if ticket == STORE_FAILED {
-            flow.acks.queue.clear();
+            // None of the acknowledgements still owed goes; a QoS 2 publication among them
+            // must be routed again when the client resends it, not taken for a duplicate.
+            for (packet, _) in flow.acks.queue.drain(..) {
+                if let Packet::PubRec(id) = packet {
+                    flow.state.incoming.remove(&id);
+                }
+            }
             tracing::warn!(peer = ?self.peer, "{NOT_STORED}; closing the connection");
             return true;
         }

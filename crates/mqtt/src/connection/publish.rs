@@ -78,8 +78,14 @@ impl Connection {
             Persisted::Pending => true,
             Persisted::Unneeded => false,
             // MQTT 3.1.1 has no negative acknowledgement: the client gets no PUBACK/PUBREC,
-            // and the connection closes so it resends once the broker can store again.
-            Persisted::Refused => return Err(Violation(super::NOT_STORED.into())),
+            // and the connection closes so it resends once the broker can store again (a
+            // QoS 2 resend must be routed then, not taken for a duplicate).
+            Persisted::Refused => {
+                if let (QoS::ExactlyOnce, Some(id)) = (publish.qos, publish.packet_id) {
+                    session.flow().state.incoming.remove(&id);
+                }
+                return Err(Violation(super::NOT_STORED.into()));
+            }
         };
         if let (Some(id), Some(ticket)) = (publish.packet_id, ticket) {
             let ack = match publish.qos {
