@@ -131,11 +131,20 @@ class RawAmqp:
     """One AMQP connection on a TCP socket, logged in and with channel 1 open once
     ``open()`` returns."""
 
-    def __init__(self, listener: tuple[str, int], user: str = "guest", password: str = "guest"):
+    def __init__(
+        self,
+        listener: tuple[str, int],
+        user: str = "guest",
+        password: str = "guest",
+        *,
+        timeout: float = WAIT,
+    ):
         self.listener = listener
         self.user = user
         self.password = password
-        self.sock = socket.create_connection(listener, timeout=WAIT)
+        #: Seconds each step of the handshake may take.
+        self.timeout = timeout
+        self.sock = socket.create_connection(listener, timeout=timeout)
         self.buffer = b""
         self.frame_max = 131072
 
@@ -216,7 +225,7 @@ class RawAmqp:
     def open(self, vhost: str = "/") -> RawAmqp:
         """Protocol header, PLAIN login, tune, connection.open and channel 1."""
         self.send(b"AMQP\x00\x00\x09\x01")
-        self.expect(CONNECTION_START)
+        self.expect(CONNECTION_START, self.timeout)
         response = b"\x00" + self.user.encode() + b"\x00" + self.password.encode()
         capabilities = table({"authentication_failure_close": True})
         client_properties = table({"product": "junction-adversarial"})
@@ -226,14 +235,14 @@ class RawAmqp:
             method(0, 10, 11, client_properties + shortstr("PLAIN") + longstr(response)
                    + shortstr("en_US"))
         )
-        tune = self.expect(CONNECTION_TUNE)
+        tune = self.expect(CONNECTION_TUNE, self.timeout)
         channel_max, frame_max, _heartbeat = struct.unpack(">HIH", tune[:8])
         self.frame_max = frame_max or self.frame_max
         self.send(method(0, 10, 31, struct.pack(">HIH", channel_max, self.frame_max, 0)))
         self.send(method(0, 10, 40, shortstr(vhost) + shortstr("") + b"\x00"))
-        self.expect(CONNECTION_OPEN_OK)
+        self.expect(CONNECTION_OPEN_OK, self.timeout)
         self.send(method(1, 20, 10, shortstr("")))
-        self.expect(CHANNEL_OPEN_OK)
+        self.expect(CHANNEL_OPEN_OK, self.timeout)
         return self
 
     # methods on channel 1 (sent only; read the reply with ``expect``)

@@ -442,7 +442,9 @@ class Canary:
                     f"{name} canary stalled: worst round trip {worst:.1f} s, longest silence "
                     f"{silence:.1f} s (bound {FREEZE_BOUND} s)"
                 )
-            if not any(began >= attack_end for began, _ in record.trips):
+            elif not record.failures and not any(
+                began >= attack_end for began, _ in record.trips
+            ):
                 found.append(f"{name} canary completed no round trip after the attack")
         return found
 

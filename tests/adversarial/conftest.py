@@ -171,19 +171,24 @@ class Arena:
         if not self.broker.running:
             code = self.broker.process.poll() if self.broker.process else None
             problems.append(f"the broker died (exit code {code})")
-        if self.canary is not None:
+        if self.canary is not None and self.broker.running:
             problems += self.canary.problems(self.watched_from, attack_end, now)
         if self.rss.peak > RSS_BOUND:
             problems.append(
-                f"broker VmRSS peaked at {self.rss.peak / 2**20:.0f} MiB "
+                f"broker VmRSS peaked at {self.rss.peak / 2**20:.1f} MiB "
                 f"(bound {RSS_BOUND / 2**20:.0f} MiB)"
             )
+        took = attack_end - (self.attack_began or attack_end)
+        print(
+            f"\n[arena] attack {took:.1f} s; VmRSS peak {self.rss.peak / 2**20:.0f} MiB; "
+            f"canary: {self.canary.summary() if self.canary else 'none'}"
+        )
         if problems:
             raise AssertionError(
                 "the broker did not withstand the attack:\n  "
                 + "\n  ".join(problems)
                 + f"\ncanary: {self.canary.summary() if self.canary else 'none'}"
-                + f"\n--- broker log tail ---\n{self.broker.log_tail(15)}"
+                + f"\n--- broker log tail ({self.broker.log_path}) ---\n{self.broker.log_tail(12)}"
             )
 
     def close(self) -> None:
@@ -213,23 +218,5 @@ def _soft_open_files(limit: int | None) -> Iterator[None]:
 @pytest.fixture
 def arena(junction_bin: Path, tmp_path: Path) -> Iterator[Arena]:
     current = Arena(junction_bin, tmp_path)
-    _arenas.append(current)
     yield current
-    _arenas.remove(current)
     current.close()
-
-
-# Arenas of running tests, so a failing test's report shows the broker's log.
-_arenas: list[Arena] = []
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    if report.failed and call.when == "call":
-        for current in _arenas:
-            if current.broker is not None:
-                report.sections.append(
-                    (f"junction log tail ({current.broker.log_path})", current.broker.log_tail())
-                )

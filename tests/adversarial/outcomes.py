@@ -22,10 +22,10 @@ def amqp_outcome(client: RawAmqp, expected: tuple[int, int], timeout: float = WA
         return "accepted"
     except Closed as closed:
         return f"{closed.scope}.close {closed.code}"
-    except (ConnectionEnded, OSError) as error:
-        return f"connection ended ({error})"
     except TimeoutError:
         return "no answer"
+    except (ConnectionEnded, OSError) as error:
+        return f"connection ended ({error})"
 
 
 def acceptable_amqp(outcome: str) -> bool:

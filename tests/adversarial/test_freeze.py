@@ -19,7 +19,8 @@ from stomp_clients import RawStomp
 HASHES = ".".join(["#"] * 12) + ".z"
 #: Words of the routing key published against it.
 KEY_WORDS = 100
-#: Publishes of that key (one per worker thread the broker may have, and then some).
+#: Publishes of that key, each from its own connection (one per worker thread the broker may
+#: have, and then some).
 PUBLISHES = 3
 #: Bindings added one after another to one queue on amq.topic.
 BINDS = 5000
@@ -55,8 +56,8 @@ def test_amqp_binding_of_twelve_hashes_and_a_100_word_key(arena):
 
 
 def test_stomp_topic_subscriber_of_twelve_hashes_and_mqtt_publishes(arena):
-    """A STOMP subscriber on ``/topic/#.#.…(12×).z`` and MQTT publishes to a 100-level topic:
-    the same matching, reached from two other protocols."""
+    """A STOMP subscriber on ``/topic/#.#.…(12×).z`` and MQTT publishes to a 100-level topic
+    from three connections: the same matching, reached from two other protocols."""
     arena.start()
     host, port = arena.listeners["stomp"]
     with arena.attack():
@@ -68,17 +69,22 @@ def test_stomp_topic_subscriber_of_twelve_hashes_and_mqtt_publishes(arena):
             version="1.2",
         )
         assert subscriber.expect_frame("RECEIPT")["receipt-id"] == "subscribed"
-        publisher = RawClient(arena.listeners["mqtt"])
-        publisher.send(connect_packet("adversarial-hashes"))
-        assert mqtt_reply(publisher) == "CONNACK 0000"
         topic = "/".join(["a"] * KEY_WORDS)
-        for packet_id in range(1, PUBLISHES + 1):
-            publisher.send(publish_packet(topic, b"slow", qos=1, packet_id=packet_id))
+        publishers = []
+        for n in range(PUBLISHES):
+            publisher = RawClient(arena.listeners["mqtt"])
+            publisher.send(connect_packet(f"adversarial-hashes-{n}"))
+            assert mqtt_reply(publisher) == "CONNACK 0000"
+            publishers.append(publisher)
+        for publisher in publishers:
+            publisher.send(publish_packet(topic, b"slow", qos=1, packet_id=1))
         deadline = time.monotonic() + FREEZE_BOUND
         acknowledged = [
-            mqtt_reply(publisher, max(0.01, deadline - time.monotonic())) for _ in range(PUBLISHES)
+            mqtt_reply(publisher, max(0.01, deadline - time.monotonic()))
+            for publisher in publishers
         ]
-        publisher.close()
+        for publisher in publishers:
+            publisher.close()
         subscriber.close()
     arena.assert_survived()
     assert acknowledged == ["PUBACK"] * PUBLISHES, f"PUBACKs: {acknowledged}"

@@ -21,7 +21,7 @@ from ws_raw import OP_BINARY, OP_TEXT, client_frame
 
 SEED = 13
 #: Connections per listener.
-CONNECTIONS = 150
+CONNECTIONS = 300
 #: Connections at once.
 WORKERS = 12
 #: Seconds the burst may take at most.

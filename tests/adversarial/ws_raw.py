@@ -17,7 +17,7 @@ import time
 #: Seconds the handshake may take.
 WAIT = 10.0
 
-OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
+OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 ZERO_MASK = b"\x00\x00\x00\x00"
 
 
@@ -40,7 +40,8 @@ class RawWebSocketClient:
     """A socket that has done the WebSocket handshake at ``/ws`` offering ``subprotocol``.
 
     ``receive_buffer`` shrinks SO_RCVBUF before connecting, for clients that mean never to
-    read (so the broker's pongs back up in the broker, not in our kernel buffer).
+    read (so the broker's pongs back up in the broker, not in our kernel buffer); ``timeout``
+    bounds the handshake.
     """
 
     def __init__(
@@ -49,11 +50,12 @@ class RawWebSocketClient:
         subprotocol: str | None,
         *,
         receive_buffer: int | None = None,
+        timeout: float = WAIT,
     ) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if receive_buffer is not None:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-        self.sock.settimeout(WAIT)
+        self.sock.settimeout(timeout)
         self.sock.connect(listener)
         key = base64.b64encode(os.urandom(16)).decode()
         request = (
@@ -65,7 +67,7 @@ class RawWebSocketClient:
             request += f"Sec-WebSocket-Protocol: {subprotocol}\r\n"
         self.sock.sendall((request + "\r\n").encode())
         self.buffer = b""
-        deadline = time.monotonic() + WAIT
+        deadline = time.monotonic() + timeout
         while b"\r\n\r\n" not in self.buffer:
             self._fill(deadline)
         head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
