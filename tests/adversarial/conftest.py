@@ -15,6 +15,7 @@ completing round trips throughout and after, and resident memory stayed under it
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import resource
 import sys
@@ -30,6 +31,10 @@ sys.path.insert(0, str(REPO_ROOT / "tests" / "interop" / "python"))
 from processes import JunctionBroker  # noqa: E402
 
 from canary import FREEZE_BOUND, RSS_BOUND, Canary, RssSampler  # noqa: E402
+
+# pika logs every connection the broker closes or loses at ERROR; here that is expected (a
+# dying broker, the shutdown at the end of each test) and the arena reports what matters.
+logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 #: Seconds the broker gets to exit on SIGTERM at the end of a test before SIGKILL (a frozen
 #: broker is not waited for long).
