@@ -232,8 +232,12 @@ class RawAmqp:
         # capabilities go inside client-properties.
         client_properties = _with_table(client_properties, "capabilities", capabilities)
         self.send(
-            method(0, 10, 11, client_properties + shortstr("PLAIN") + longstr(response)
-                   + shortstr("en_US"))
+            method(
+                0,
+                10,
+                11,
+                client_properties + shortstr("PLAIN") + longstr(response) + shortstr("en_US"),
+            )
         )
         tune = self.expect(CONNECTION_TUNE, self.timeout)
         channel_max, frame_max, _heartbeat = struct.unpack(">HIH", tune[:8])
@@ -246,30 +250,69 @@ class RawAmqp:
         return self
 
     # methods on channel 1 (sent only; read the reply with ``expect``)
-    def queue_declare(self, name: str, *, durable: bool = False, arguments: bytes | None = None,
-                      passive: bool = False) -> None:
+    def queue_declare(
+        self,
+        name: str,
+        *,
+        durable: bool = False,
+        arguments: bytes | None = None,
+        passive: bool = False,
+    ) -> None:
         bits = (1 if passive else 0) | (2 if durable else 0)
-        self.send(method(1, 50, 10, struct.pack(">H", 0) + shortstr(name) + bytes([bits])
-                         + (arguments if arguments is not None else table())))
+        self.send(
+            method(
+                1,
+                50,
+                10,
+                struct.pack(">H", 0)
+                + shortstr(name)
+                + bytes([bits])
+                + (arguments if arguments is not None else table()),
+            )
+        )
 
     def queue_bind(self, queue: str, exchange: str, key: str) -> None:
-        self.send(method(1, 50, 20, struct.pack(">H", 0) + shortstr(queue) + shortstr(exchange)
-                         + shortstr(key) + b"\x00" + table()))
+        self.send(
+            method(
+                1,
+                50,
+                20,
+                struct.pack(">H", 0)
+                + shortstr(queue)
+                + shortstr(exchange)
+                + shortstr(key)
+                + b"\x00"
+                + table(),
+            )
+        )
 
-    def exchange_declare(self, name: str, kind: str, *, internal: bool = False,
-                         arguments: bytes | None = None) -> None:
+    def exchange_declare(
+        self, name: str, kind: str, *, internal: bool = False, arguments: bytes | None = None
+    ) -> None:
         bits = 8 if internal else 0
-        self.send(method(1, 40, 10, struct.pack(">H", 0) + shortstr(name) + shortstr(kind)
-                         + bytes([bits]) + (arguments if arguments is not None else table())))
+        self.send(
+            method(
+                1,
+                40,
+                10,
+                struct.pack(">H", 0)
+                + shortstr(name)
+                + shortstr(kind)
+                + bytes([bits])
+                + (arguments if arguments is not None else table()),
+            )
+        )
 
     def confirm_select(self) -> None:
         self.send(method(1, 85, 10, b"\x00"))
 
-    def publish(self, exchange: str, key: str, body: bytes = b"x",
-                headers: Encoded | None = None) -> None:
+    def publish(
+        self, exchange: str, key: str, body: bytes = b"x", headers: Encoded | None = None
+    ) -> None:
         """basic.publish, its content header (with ``headers``) and one body frame."""
-        data = method(1, 60, 40, struct.pack(">H", 0) + shortstr(exchange) + shortstr(key)
-                      + b"\x00")
+        data = method(
+            1, 60, 40, struct.pack(">H", 0) + shortstr(exchange) + shortstr(key) + b"\x00"
+        )
         data += content_header(1, len(body), headers)
         if body:
             data += frame(FRAME_BODY, 1, body)

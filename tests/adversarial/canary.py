@@ -18,6 +18,7 @@ limit is caught before it takes the machine's memory.
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 import time
@@ -436,15 +437,13 @@ class Canary:
             if record.pending_since is not None:
                 worst = max(worst, now - record.pending_since)
             ends = [watched_from] + [end for _, end in record.trips] + [now]
-            silence = max(b - a for a, b in zip(ends, ends[1:]))
+            silence = max(b - a for a, b in itertools.pairwise(ends))
             if worst > FREEZE_BOUND or silence > FREEZE_BOUND + INTERVAL:
                 found.append(
                     f"{name} canary stalled: worst round trip {worst:.1f} s, longest silence "
                     f"{silence:.1f} s (bound {FREEZE_BOUND} s)"
                 )
-            elif not record.failures and not any(
-                began >= attack_end for began, _ in record.trips
-            ):
+            elif not record.failures and not any(began >= attack_end for began, _ in record.trips):
                 found.append(f"{name} canary completed no round trip after the attack")
         return found
 

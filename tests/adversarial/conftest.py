@@ -79,9 +79,7 @@ permissions = [{ vhost = "/", configure = "^$", write = ".*", read = ".*" }]
 
 @pytest.fixture(scope="session")
 def junction_bin() -> Path:
-    binary = Path(
-        os.environ.get("JUNCTION_BIN", REPO_ROOT / "target" / "release" / "junction")
-    )
+    binary = Path(os.environ.get("JUNCTION_BIN", REPO_ROOT / "target" / "release" / "junction"))
     if not os.access(binary, os.X_OK):
         pytest.fail(
             f"no broker executable at {binary}: build it with "

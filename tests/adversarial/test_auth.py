@@ -50,9 +50,7 @@ def publish_acknowledged(arena, topic: str, payload: bytes) -> None:
     sender.close()
 
 
-def publishes_received(
-    client: RawClient, within: float, until: bytes | None = None
-) -> list[bytes]:
+def publishes_received(client: RawClient, within: float, until: bytes | None = None) -> list[bytes]:
     """Payloads of the PUBLISH packets ``client`` receives within ``within`` seconds (until
     the broker closes the connection, if it does, or payload ``until`` arrives)."""
     payloads: list[bytes] = []
@@ -180,8 +178,12 @@ def test_stomp_durable_unsubscribe_by_a_read_only_user_keeps_the_queue(arena, pr
         reader = stomp_client(arena, "reader", "reader-secret")
         reader.send_frame(
             "SUBSCRIBE",
-            [("destination", prefix + queue), ("id", "s1"), ("ack", "client"),
-             ("receipt", "subscribed")],
+            [
+                ("destination", prefix + queue),
+                ("id", "s1"),
+                ("ack", "client"),
+                ("receipt", "subscribed"),
+            ],
             version="1.2",
         )
         subscribed = stomp_reply(reader, "subscribed")
@@ -276,17 +278,21 @@ def test_stomp_temp_queue_needs_configure_permission(arena, use):
     with arena.attack():
         writer = stomp_client(arena, "writer", "writer-secret")
         writer.send_frame(
-            "SEND", [("destination", "/topic/adversarial.plain"), ("receipt", "plain")], "x",
+            "SEND",
+            [("destination", "/topic/adversarial.plain"), ("receipt", "plain")],
+            "x",
             version="1.2",
         )
         plain = stomp_reply(writer, "plain")
         if use == "reply-to":
-            headers = [("destination", "/topic/adversarial.ask"),
-                       ("reply-to", "/temp-queue/answers"), ("receipt", "temp")]
+            headers = [
+                ("destination", "/topic/adversarial.ask"),
+                ("reply-to", "/temp-queue/answers"),
+                ("receipt", "temp"),
+            ]
             writer.send_frame("SEND", headers, "question", version="1.2")
         else:
-            headers = [("destination", "/temp-queue/answers"), ("id", "t1"),
-                       ("receipt", "temp")]
+            headers = [("destination", "/temp-queue/answers"), ("id", "t1"), ("receipt", "temp")]
             writer.send_frame("SUBSCRIBE", headers, version="1.2")
         temp = stomp_reply(writer, "temp")
         writer.close()

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from amqp_raw import content_header, frame, method, longstr, shortstr, table
+from amqp_raw import content_header, frame, longstr, method, shortstr, table
 from mqtt_raw import connect_packet, publish_packet, subscribe_packet
 from stomp_clients import frame_bytes
 from ws_raw import OP_BINARY, OP_TEXT, client_frame
@@ -53,8 +53,9 @@ def mqtt_conversation() -> bytes:
 
 def stomp_conversation() -> bytes:
     return (
-        frame_bytes("CONNECT", [("accept-version", "1.2"), ("login", "guest"),
-                                ("passcode", "guest")])
+        frame_bytes(
+            "CONNECT", [("accept-version", "1.2"), ("login", "guest"), ("passcode", "guest")]
+        )
         + frame_bytes("SUBSCRIBE", [("destination", "/queue/fuzz"), ("id", "1")])
         + frame_bytes("SEND", [("destination", "/queue/fuzz")], "hello")
     )
