@@ -40,6 +40,10 @@ logging.getLogger("pika").setLevel(logging.CRITICAL)
 #: broker is not waited for long).
 STOP_WAIT = 5.0
 
+#: Seconds the canary keeps being watched after an attack before the verdict, so an effect
+#: that comes a little after the attack's last byte (a crash, a freeze) is seen.
+SETTLE = 1.0
+
 #: Users for the attacks: guest (everything, loopback only, as by default); alice (everything);
 #: mallory (``^$``: nothing); reader (read only); carol (configure and read everything, write
 #: only ``carol-*``); writer (write and read everything, configure nothing).
@@ -157,13 +161,17 @@ class Arena:
 
     def assert_survived(self) -> None:
         """After the attack: the broker is alive, every canary client completed a round trip
-        after the attack and none stalled for longer than ``FREEZE_BOUND`` at any time, and
-        the broker's resident memory never passed ``RSS_BOUND``."""
+        begun ``SETTLE`` seconds after the attack and none stalled for longer than
+        ``FREEZE_BOUND`` at any time, and the broker's resident memory never passed
+        ``RSS_BOUND``."""
         assert self.broker is not None and self.rss is not None
         attack_end = self.attack_ended or time.monotonic()
-        deadline = attack_end + FREEZE_BOUND + 1.0
+        settled = attack_end + SETTLE
+        deadline = settled + FREEZE_BOUND + 1.0
         while time.monotonic() < deadline and self.broker.running:
-            if self.canary is None or self.canary.completed_since(attack_end):
+            if time.monotonic() >= settled and (
+                self.canary is None or self.canary.completed_since(settled)
+            ):
                 break
             time.sleep(0.05)
         now = time.monotonic()
@@ -175,7 +183,7 @@ class Arena:
             code = self.broker.process.poll() if self.broker.process else None
             problems.append(f"the broker died (exit code {code})")
         if self.canary is not None and self.broker.running:
-            problems += self.canary.problems(self.watched_from, attack_end, now)
+            problems += self.canary.problems(self.watched_from, settled, now)
         if self.rss.peak > RSS_BOUND:
             problems.append(
                 f"broker VmRSS peaked at {self.rss.peak / 2**20:.1f} MiB "
