@@ -164,6 +164,7 @@ class Arena:
         begun ``SETTLE`` seconds after the attack and none stalled for longer than
         ``FREEZE_BOUND`` at any time, and the broker's resident memory never passed
         ``RSS_BOUND``."""
+        __tracebackhide__ = True  # the message says it all; show the test's line only
         assert self.broker is not None and self.rss is not None
         attack_end = self.attack_ended or time.monotonic()
         settled = attack_end + SETTLE
