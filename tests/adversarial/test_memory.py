@@ -13,7 +13,16 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from amqp_raw import QUEUE_BIND_OK, QUEUE_DECLARE_OK, RawAmqp
+from amqp_raw import (
+    FRAME_BODY,
+    QUEUE_BIND_OK,
+    QUEUE_DECLARE_OK,
+    RawAmqp,
+    content_header,
+    frame,
+    method,
+    shortstr,
+)
 from flood import close_all, pump, pump_many
 from mqtt_raw import RawClient, connect_packet, remaining_length, string
 from stomp_clients import GUEST, RawStomp, frame_bytes
@@ -51,6 +60,9 @@ NEW_CLIENT_WAIT = 5.0
 #: and the size of that publish (defect 11).
 ALARM_CONNECTIONS = 40
 ALARM_PAYLOAD = 8 * 1024 * 1024
+#: Body frames of an AMQP publish during the alarm, each of the broker's default frame_max.
+AMQP_BODY_FRAMES = 64
+AMQP_FRAME_MAX = 131072
 ALARM_CONFIG = "[alarms]\nmemory_high_watermark_bytes = 1\ncheck_interval_ms = 20\n"
 ZEROS = b"\x00" * 65536
 
@@ -250,10 +262,11 @@ def new_clients_served(listeners: dict[str, tuple[str, int]]) -> dict[str, str]:
 
 
 def test_fresh_connections_publishing_8_mib_during_a_memory_alarm(arena):
-    """With the memory alarm raised (a 1-byte watermark), forty fresh MQTT connections and
-    forty fresh STOMP connections each publish 8 MiB to a queue nobody consumes: the alarm
-    must hold back a connection's first publish too, so none of it is queued. The canary
-    here only does round trips that publish nothing (publishers are held, as they should)."""
+    """With the memory alarm raised (a 1-byte watermark), forty fresh MQTT connections, forty
+    fresh STOMP connections and forty fresh AMQP connections each publish 8 MiB to a queue
+    nobody consumes: the alarm must hold back a connection's first publish too, so none of it
+    is queued. The canary here only does round trips that publish nothing (publishers are
+    held, as they should be)."""
     arena.start(ALARM_CONFIG, control_canary=True)
     setup = RawAmqp(arena.listeners["amqp"]).open()
     setup.queue_declare("adversarial-held")
@@ -277,15 +290,36 @@ def test_fresh_connections_publishing_8_mib_during_a_memory_alarm(arena):
         client.sock.sendall(f"{head}content-length:{ALARM_PAYLOAD}\n\n".encode())
         return client.sock
 
+    def open_amqp(_: int) -> socket.socket:
+        client = RawAmqp(arena.listeners["amqp"]).open()
+        assert client.frame_max == AMQP_FRAME_MAX, f"frame_max {client.frame_max} offered"
+        client.send(
+            method(1, 60, 40, b"\x00\x00" + shortstr("") + shortstr("adversarial-held") + b"\x00")
+            + content_header(1, AMQP_BODY_FRAMES * (AMQP_FRAME_MAX - 8))
+        )
+        return client.sock
+
+    # Each: how to open a publisher and send the publish's head, the unit its payload is sent
+    # in, the payload's size on the wire and what ends the publish.
+    publishers = [
+        (open_mqtt, b"m" * 65536, ALARM_PAYLOAD, b""),
+        (open_stomp, b"m" * 65536, ALARM_PAYLOAD, b"\x00"),
+        (
+            open_amqp,
+            frame(FRAME_BODY, 1, b"m" * (AMQP_FRAME_MAX - 8)),
+            AMQP_BODY_FRAMES * AMQP_FRAME_MAX,
+            b"",
+        ),
+    ]
     sockets: list[socket.socket] = []
     sent = 0
     with arena.attack():
-        for open_connection, trailer in [(open_mqtt, b""), (open_stomp, b"\x00")]:
+        for open_connection, unit, total, trailer in publishers:
             opened, pumped = pump_many(
                 ALARM_CONNECTIONS,
                 open_connection,
-                b"m" * 65536,
-                total=ALARM_PAYLOAD,
+                unit,
+                total=total,
                 stall=0.5,
                 seconds=12.0,
                 stop=arena.memory_exceeded,
