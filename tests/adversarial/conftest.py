@@ -18,7 +18,9 @@ import contextlib
 import logging
 import os
 import resource
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -228,7 +230,24 @@ def _soft_open_files(limit: int | None) -> Iterator[None]:
 
 
 @pytest.fixture
-def arena(junction_bin: Path, tmp_path: Path) -> Iterator[Arena]:
-    current = Arena(junction_bin, tmp_path)
+def arena(junction_bin: Path, request: pytest.FixtureRequest) -> Iterator[Arena]:
+    """An ``Arena`` in a directory of its own (data and log), removed after a test that
+    passed and kept, for its log, after one that failed. Not pytest's ``tmp_path``: pytest
+    prunes all but its three newest session directories, so other pytest runs on the same
+    machine would remove ours under a running suite."""
+    directory = Path(tempfile.mkdtemp(prefix=f"junction-adversarial-{request.node.name[:60]}-"))
+    current = Arena(junction_bin, directory)
     yield current
     current.close()
+    report = getattr(request.node, "adversarial_report", None)
+    if report is not None and report.passed:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keeps the call phase's report on the test item, for the ``arena`` fixture."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.adversarial_report = report
