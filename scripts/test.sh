@@ -5,7 +5,9 @@
 #     mosquitto_pub/sub (Debian's mosquitto-clients, installed with apt-get when missing);
 #   - Node: amqplib, MQTT.js and @stomp/stompjs tests, with packages from
 #     tests/interop/node/package-lock.json, and the browser demo driven by playwright-core in
-#     Debian's Chromium (installed with apt-get when missing).
+#     Debian's Chromium (installed with apt-get when missing);
+#   - last, the adversarial suite (scripts/adversarial.sh): attacks on the release binary while
+#     a canary client per protocol keeps working.
 # Usage: scripts/test.sh            (from anywhere; it works from the repository root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,5 +49,8 @@ step "Python tests (pika, paho-mqtt, stomp.py, mosquitto clients)"
 
 step "Node tests (amqplib, MQTT.js, @stomp/stompjs, Chromium)"
 (cd tests/interop/node && npm test)
+
+step "Adversarial suite (release binary)"
+scripts/adversarial.sh
 
 step "All tests passed"
