@@ -5,6 +5,7 @@
 #  2. N durable AMQP bindings on amq.topic (100 durable queues), then a clean stop and a
 #     restart timed from the start of the process to its `ready` line (target: under 5 s).
 # Prints the figures and the broker's resident memory. Results go to bench/RESULTS.md.
+# The data directory is a fresh temporary directory unless DATA_DIR names one.
 # Usage: bench/bindings.sh [N]         (not part of the test run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +34,7 @@ start_broker() {
 }
 stop_broker() { kill "$broker"; wait "$broker" 2>/dev/null || true; }
 rss() { awk '/VmRSS/ {printf "%.0f MiB", $2/1024}' "/proc/$broker/status"; }
-trap 'kill "$broker" 2>/dev/null || true' EXIT
+trap 'kill "$broker" 2>/dev/null || true; [ -n "${DATA_DIR:-}" ] || rm -rf "$data"' EXIT
 
 echo "== $count MQTT subscriptions on amq.topic"
 start_broker
@@ -47,6 +48,7 @@ rm -rf "$data"/definitions.redb "$data"/messages
 start_broker
 target/release/junction-perf bindings --phase durable --port "$amqp_port" --count "$count"
 stop_broker
+echo "definitions store: $(du -h "$data/definitions.redb" | cut -f1)"
 start_broker
 echo "restart with $count durable bindings: ready after ${ready_seconds} s, resident memory $(rss)"
 stop_broker

@@ -437,3 +437,6 @@ fn describe(field: &str, spec: &ExchangeSpec) -> String {
         _ => format!("'{}'", spec.internal),
     }
 }
+
+#[cfg(test)]
+mod tests;
