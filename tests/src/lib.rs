@@ -141,6 +141,12 @@ impl Broker {
     }
 
     /// Starts a broker on `data_dir` (fresh from [`temp_dir`], or one a stopped broker left)
+    /// with the default configuration and the `listeners` given.
+    pub fn start_listening(data_dir: PathBuf, listeners: Listeners) -> Broker {
+        Self::launch(data_dir, listeners, &[])
+    }
+
+    /// Starts a broker on `data_dir` (fresh from [`temp_dir`], or one a stopped broker left)
     /// with the configuration `toml` and the `listeners` given. The configuration is written to
     /// a directory of its own, which is removed once the broker has read it.
     pub fn start_configured(data_dir: PathBuf, toml: &str, listeners: Listeners) -> Broker {
