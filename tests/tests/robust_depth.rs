@@ -26,6 +26,7 @@ use support::raw_amqp::{
     Close, FRAME_HEADER, Method, PROTOCOL_HEADER, RawClient, basic_publish, body, bool_entry,
     connection_open, frame, start_ok, tune_ok,
 };
+use support::raw_mqtt;
 
 /// The deepest nesting the broker accepts (`junction_core::field::MAX_DEPTH`).
 const MAX_DEPTH: usize = 32;
@@ -484,16 +485,8 @@ fn read_answer(stream: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> 
 /// The CONNACK return code for an MQTT 3.1.1 CONNECT with these credentials.
 fn mqtt_login(addr: SocketAddr, user: &str, password: &str) -> Option<u8> {
     let mut stream = TcpStream::connect(addr).expect("connect");
-    let mut payload = Vec::new();
-    for field in ["depth-test", user, password] {
-        payload.extend_from_slice(&(field.len() as u16).to_be_bytes());
-        payload.extend_from_slice(field.as_bytes());
-    }
-    let mut variable = b"\x00\x04MQTT\x04\xc2\x00\x3c".to_vec();
-    variable.extend_from_slice(&payload);
-    let mut packet = vec![0x10, variable.len() as u8];
-    packet.extend_from_slice(&variable);
-    stream.write_all(&packet).expect("send CONNECT");
+    let connect = raw_mqtt::connect_as("depth-test", user, password, true);
+    stream.write_all(&connect).expect("send CONNECT");
     let answer = read_answer(&mut stream, |a| a.len() >= 4);
     (answer.len() >= 4 && answer[0] == 0x20).then(|| answer[3])
 }

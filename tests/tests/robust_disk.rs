@@ -8,6 +8,9 @@
 //! Mounting needs root: elsewhere each test prints why it is skipped and passes.
 
 mod common;
+// The MQTT packets; the AMQP client goes unused.
+#[allow(dead_code)]
+mod support;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -23,6 +26,7 @@ use junction_tests::{Broker, Listeners, temp_dir};
 use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueBindOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation};
+use support::raw_mqtt;
 use tokio::time::timeout;
 
 /// Size of the tmpfs each test mounts.
@@ -453,38 +457,6 @@ struct MqttClient {
     stream: TcpStream,
 }
 
-fn remaining_length(mut n: usize, out: &mut Vec<u8>) {
-    loop {
-        let mut byte = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if n == 0 {
-            return;
-        }
-    }
-}
-
-fn mqtt_string(s: &str, out: &mut Vec<u8>) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-/// A PUBLISH packet with fixed-header byte `first` (type, flags and QoS), which carries a
-/// packet id.
-fn publish_packet(first: u8, topic: &str, packet_id: u16, payload: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
-    mqtt_string(topic, &mut body);
-    body.extend_from_slice(&packet_id.to_be_bytes());
-    body.extend_from_slice(payload);
-    let mut packet = vec![first];
-    remaining_length(body.len(), &mut packet);
-    packet.extend_from_slice(&body);
-    packet
-}
-
 impl MqttClient {
     fn connect(addr: SocketAddr, client_id: &str) -> Option<MqttClient> {
         Self::connect_session(addr, client_id, true)
@@ -494,15 +466,9 @@ impl MqttClient {
     fn connect_session(addr: SocketAddr, client_id: &str, clean: bool) -> Option<MqttClient> {
         let mut stream = TcpStream::connect(addr).ok()?;
         stream.set_read_timeout(Some(STEP)).ok()?;
-        let flags = if clean { 0xC2 } else { 0xC0 };
-        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, flags, 0, 60];
-        mqtt_string(client_id, &mut body);
-        mqtt_string("guest", &mut body);
-        mqtt_string("guest", &mut body);
-        let mut packet = vec![0x10];
-        remaining_length(body.len(), &mut packet);
-        packet.extend_from_slice(&body);
-        stream.write_all(&packet).ok()?;
+        stream
+            .write_all(&raw_mqtt::connect(client_id, clean))
+            .ok()?;
         let mut connack = [0u8; 4];
         stream.read_exact(&mut connack).ok()?;
         (connack[..2] == [0x20, 2] && connack[3] == 0).then_some(MqttClient { stream })
@@ -518,7 +484,8 @@ impl MqttClient {
         payload: &[u8],
         dup: bool,
     ) -> bool {
-        let packet = publish_packet(if dup { 0x3C } else { 0x34 }, topic, packet_id, payload);
+        let first = if dup { 0x3C } else { 0x34 };
+        let packet = raw_mqtt::publish_with_id(first, topic, packet_id, payload);
         if self.stream.write_all(&packet).is_err() {
             return false;
         }
@@ -543,7 +510,7 @@ impl MqttClient {
     /// Publishes at QoS 1; true when PUBACK came, false when the broker closed the
     /// connection instead.
     fn publish(&mut self, topic: &str, packet_id: u16, payload: &[u8]) -> bool {
-        let packet = publish_packet(0x32, topic, packet_id, payload);
+        let packet = raw_mqtt::publish_with_id(0x32, topic, packet_id, payload);
         if self.stream.write_all(&packet).is_err() {
             return false;
         }

@@ -6,12 +6,17 @@
 //! The MQTT and STOMP clients here are raw sockets, so nothing limits what they send. Each
 //! wait has a deadline; the deadlines are generous and only catch a crash or a freeze.
 
+// The MQTT packets; the AMQP client goes unused.
+#[allow(dead_code)]
+mod support;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use junction_tests::{Broker, Listeners, temp_dir};
+use support::raw_mqtt as mqtt;
 
 /// How long anything may take before the test calls it a freeze.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -80,97 +85,6 @@ impl Socket {
     }
 }
 
-/// MQTT 3.1.1 packets, written by hand.
-mod mqtt {
-    fn string(out: &mut Vec<u8>, text: &str) {
-        let len = u16::try_from(text.len()).expect("an MQTT string is at most 65535 bytes");
-        out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(text.as_bytes());
-    }
-
-    fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-        let mut out = vec![first];
-        let mut len = body.len();
-        loop {
-            let mut byte = (len % 128) as u8;
-            len /= 128;
-            if len > 0 {
-                byte |= 0x80;
-            }
-            out.push(byte);
-            if len == 0 {
-                break;
-            }
-        }
-        out.extend_from_slice(body);
-        out
-    }
-
-    pub fn connect(client_id: &str) -> Vec<u8> {
-        let mut body = Vec::new();
-        string(&mut body, "MQTT");
-        body.extend_from_slice(&[4, 0xC2, 0, 60]);
-        string(&mut body, client_id);
-        string(&mut body, "guest");
-        string(&mut body, "guest");
-        packet(0x10, &body)
-    }
-
-    pub fn subscribe(packet_id: u16, filters: &[&str]) -> Vec<u8> {
-        let mut body = packet_id.to_be_bytes().to_vec();
-        for filter in filters {
-            string(&mut body, filter);
-            body.push(0);
-        }
-        packet(0x82, &body)
-    }
-
-    pub fn unsubscribe(packet_id: u16, filters: &[&str]) -> Vec<u8> {
-        let mut body = packet_id.to_be_bytes().to_vec();
-        for filter in filters {
-            string(&mut body, filter);
-        }
-        packet(0xA2, &body)
-    }
-
-    pub fn publish(topic: &str, payload: &[u8]) -> Vec<u8> {
-        let mut body = Vec::new();
-        string(&mut body, topic);
-        body.extend_from_slice(payload);
-        packet(0x30, &body)
-    }
-
-    pub const PINGREQ: [u8; 2] = [0xC0, 0];
-
-    /// Splits one whole packet off the front of `buffer`: its first byte and its body.
-    pub fn split(buffer: &mut Vec<u8>) -> Option<(u8, Vec<u8>)> {
-        let (mut len, mut shift, mut at) = (0usize, 0, 1);
-        loop {
-            let byte = *buffer.get(at)?;
-            len |= usize::from(byte & 0x7F) << shift;
-            shift += 7;
-            at += 1;
-            if byte & 0x80 == 0 {
-                break;
-            }
-        }
-        if buffer.len() < at + len {
-            return None;
-        }
-        let first = buffer[0];
-        let body = buffer[at..at + len].to_vec();
-        buffer.drain(..at + len);
-        Some((first, body))
-    }
-
-    /// The topic and payload of a PUBLISH body (QoS 0).
-    pub fn topic_and_payload(body: &[u8]) -> (String, Vec<u8>) {
-        let len = usize::from(u16::from_be_bytes([body[0], body[1]]));
-        let topic = String::from_utf8_lossy(&body[2..2 + len]).into_owned();
-        (topic, body[2 + len..].to_vec())
-    }
-}
-
 /// A raw MQTT client.
 struct MqttClient(Socket);
 
@@ -178,7 +92,10 @@ impl MqttClient {
     /// Connects as guest with a clean session and waits for CONNACK 0.
     fn connect(addr: SocketAddr, client_id: &str) -> MqttClient {
         let mut client = MqttClient(Socket::connect(addr));
-        client.0.send(&mqtt::connect(client_id)).expect("CONNECT");
+        client
+            .0
+            .send(&mqtt::connect(client_id, true))
+            .expect("CONNECT");
         let (first, body) = client.packet().expect("CONNACK");
         assert_eq!((first, body), (0x20, vec![0, 0]), "CONNACK accepted");
         client
