@@ -20,7 +20,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer, ErrorKind,
-    Event,
+    Event, PublisherConfirm,
 };
 use tokio::time::timeout;
 
@@ -295,6 +295,30 @@ pub async fn publish_with(
     body: &[u8],
     properties: BasicProperties,
 ) {
+    let _confirm = basic_publish(channel, exchange, routing_key, body, properties).await;
+}
+
+/// Publishes `body` with `properties` on a channel in confirm mode and waits for its confirm.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Confirmation {
+    let confirm = basic_publish(channel, exchange, routing_key, body, properties).await;
+    within("confirm", confirm).await.expect("confirmation")
+}
+
+/// basic.publish with default options, returning the confirm to await (it resolves at once on
+/// a channel that is not in confirm mode).
+async fn basic_publish(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> PublisherConfirm {
     within(
         "basic.publish",
         channel.basic_publish(
@@ -306,30 +330,7 @@ pub async fn publish_with(
         ),
     )
     .await
-    .expect("basic.publish");
-}
-
-/// Publishes `body` with `properties` on a channel in confirm mode and waits for its confirm.
-pub async fn publish_confirmed(
-    channel: &Channel,
-    exchange: &str,
-    routing_key: &str,
-    body: &[u8],
-    properties: BasicProperties,
-) -> Confirmation {
-    let confirm = within(
-        "basic.publish",
-        channel.basic_publish(
-            exchange.into(),
-            routing_key.into(),
-            BasicPublishOptions::default(),
-            body,
-            properties,
-        ),
-    )
-    .await
-    .expect("basic.publish");
-    within("confirm", confirm).await.expect("confirmation")
+    .expect("basic.publish")
 }
 
 /// Starts a consumer with `options`.
