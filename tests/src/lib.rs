@@ -40,38 +40,66 @@ pub fn temp_dir(label: &str) -> PathBuf {
     dir
 }
 
-/// Listener flags of a broker that speaks AMQP only.
-const AMQP_ONLY: &[&str] = &[
-    "--amqp",
-    "127.0.0.1:0",
-    "--mqtt",
-    "off",
-    "--stomp",
-    "off",
-    "--http",
-    "off",
-    "--web-stomp",
-    "off",
-    "--web-mqtt",
-    "off",
-];
+/// Which listeners a broker opens, each on a free loopback port; the others are off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listeners {
+    /// AMQP only.
+    Amqp,
+    /// AMQP, MQTT over TCP, and MQTT over WebSocket on the HTTP and web-MQTT listeners.
+    WithMqtt,
+    /// AMQP, MQTT and STOMP, each over TCP; nothing over HTTP or WebSocket.
+    Tcp,
+}
 
-/// Listener flags of a broker that also speaks MQTT (over TCP, and over WebSocket on the HTTP
-/// and web-MQTT listeners).
-const WITH_MQTT: &[&str] = &[
-    "--amqp",
-    "127.0.0.1:0",
-    "--mqtt",
-    "127.0.0.1:0",
-    "--stomp",
-    "off",
-    "--http",
-    "127.0.0.1:0",
-    "--web-stomp",
-    "off",
-    "--web-mqtt",
-    "127.0.0.1:0",
-];
+impl Listeners {
+    /// The command-line flags that open these listeners and turn the others off.
+    fn flags(self) -> &'static [&'static str] {
+        match self {
+            Listeners::Amqp => &[
+                "--amqp",
+                "127.0.0.1:0",
+                "--mqtt",
+                "off",
+                "--stomp",
+                "off",
+                "--http",
+                "off",
+                "--web-stomp",
+                "off",
+                "--web-mqtt",
+                "off",
+            ],
+            Listeners::WithMqtt => &[
+                "--amqp",
+                "127.0.0.1:0",
+                "--mqtt",
+                "127.0.0.1:0",
+                "--stomp",
+                "off",
+                "--http",
+                "127.0.0.1:0",
+                "--web-stomp",
+                "off",
+                "--web-mqtt",
+                "127.0.0.1:0",
+            ],
+            Listeners::Tcp => &[
+                "--amqp",
+                "127.0.0.1:0",
+                "--mqtt",
+                "127.0.0.1:0",
+                "--stomp",
+                "127.0.0.1:0",
+                "--http",
+                "off",
+                "--web-stomp",
+                "off",
+                "--web-mqtt",
+                "off",
+            ],
+        }
+    }
+}
 
 /// A running broker process.
 pub struct Broker {
@@ -97,7 +125,7 @@ impl Broker {
 
     /// Starts a broker on an existing data directory.
     pub fn start_in(data_dir: PathBuf, extra: &[&str]) -> Broker {
-        Self::launch(data_dir, AMQP_ONLY, extra)
+        Self::launch(data_dir, Listeners::Amqp, extra)
     }
 
     /// Starts a broker with the AMQP, MQTT, HTTP and MQTT-over-WebSocket listeners, each on a
@@ -109,10 +137,30 @@ impl Broker {
 
     /// Like [`Broker::start_mqtt`], on an existing data directory and with extra arguments.
     pub fn start_mqtt_in(data_dir: PathBuf, extra: &[&str]) -> Broker {
-        Self::launch(data_dir, WITH_MQTT, extra)
+        Self::launch(data_dir, Listeners::WithMqtt, extra)
     }
 
-    fn launch(data_dir: PathBuf, listeners: &[&str], extra: &[&str]) -> Broker {
+    /// Starts a broker on `data_dir` (fresh from [`temp_dir`], or one a stopped broker left)
+    /// with the default configuration and the `listeners` given.
+    pub fn start_listening(data_dir: PathBuf, listeners: Listeners) -> Broker {
+        Self::launch(data_dir, listeners, &[])
+    }
+
+    /// Starts a broker on `data_dir` (fresh from [`temp_dir`], or one a stopped broker left)
+    /// with the configuration `toml` and the `listeners` given. The configuration is written to
+    /// a directory of its own, which is removed once the broker has read it.
+    pub fn start_configured(data_dir: PathBuf, toml: &str, listeners: Listeners) -> Broker {
+        let config_dir = temp_dir("config");
+        let config = config_dir.join("junction.toml");
+        std::fs::write(&config, toml).expect("write config");
+        let config = config.to_string_lossy().into_owned();
+        let broker = Self::launch(data_dir, listeners, &["--config", &config]);
+        // The configuration is read at start.
+        let _ = std::fs::remove_dir_all(&config_dir);
+        broker
+    }
+
+    fn launch(data_dir: PathBuf, listeners: Listeners, extra: &[&str]) -> Broker {
         let bin = binary();
         assert!(
             bin.exists(),
@@ -122,7 +170,7 @@ impl Broker {
         let mut child = Command::new(&bin)
             .arg("--data-dir")
             .arg(&data_dir)
-            .args(listeners)
+            .args(listeners.flags())
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -172,18 +220,23 @@ impl Broker {
         self.listeners["amqp"]
     }
 
-    /// The address of listener `name` (`amqp`, `mqtt`, `http`, `web-mqtt`); panics if the
+    /// The address of listener `name` (`amqp`, `mqtt`, `stomp`, `http`, `web-mqtt`); panics if the
     /// broker did not open it.
     pub fn listener(&self, name: &str) -> SocketAddr {
         match self.listeners.get(name) {
             Some(addr) => *addr,
-            None => panic!("the broker has no '{name}' listener (start it with start_mqtt)"),
+            None => panic!("the broker has no '{name}' listener (see `Listeners`)"),
         }
     }
 
     /// The MQTT (TCP) listener's address.
     pub fn mqtt_addr(&self) -> SocketAddr {
         self.listener("mqtt")
+    }
+
+    /// The STOMP (TCP) listener's address.
+    pub fn stomp_addr(&self) -> SocketAddr {
+        self.listener("stomp")
     }
 
     /// The HTTP listener's address (MQTT over WebSocket at `/ws`).
@@ -199,6 +252,11 @@ impl Broker {
     /// An AMQP URI for guest on the default vhost.
     pub fn amqp_url(&self) -> String {
         format!("amqp://guest:guest@{}/%2f", self.amqp_addr())
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// The process id.

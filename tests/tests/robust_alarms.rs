@@ -11,23 +11,19 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use junction_tests::{Broker, temp_dir};
+use junction_tests::{Broker, Listeners, temp_dir};
 use support::raw_amqp::{
     FRAME_HEARTBEAT, Method, PROTOCOL_HEADER, RawClient, ReadEnd, basic_publish, body, bool_entry,
-    content_header, frame, table_entry,
+    content_header, frame, start_ok,
 };
 
 /// A broker whose memory alarm is raised from the start and stays raised.
 fn broker_always_over_the_watermark() -> Broker {
-    let dir = temp_dir("robust-alarms-config");
-    let config = dir.join("junction.toml");
-    std::fs::write(
-        &config,
+    Broker::start_configured(
+        temp_dir("robust-alarms"),
         "[alarms]\nmemory_high_watermark_bytes = 1\ncheck_interval_ms = 20\n",
+        Listeners::Amqp,
     )
-    .expect("write config");
-    let path = config.to_string_lossy().into_owned();
-    Broker::start_with(&["--config", &path])
 }
 
 /// Connects as guest on `/` asking for `heartbeat` seconds, and opens channel 1.
@@ -36,25 +32,8 @@ fn open_with_heartbeat(broker: &Broker, heartbeat: u16) -> RawClient {
     client.send(PROTOCOL_HEADER);
     client.expect_method(0, (10, 10), "connection.start");
     let capabilities = bool_entry("connection.blocked", true);
-    let start_ok = Method::new(10, 11)
-        .table(&table_entry("capabilities", &capabilities))
-        .short("PLAIN")
-        .long(b"\0guest\0guest")
-        .short("en_US");
-    client.send(&start_ok.frame(0));
-    let tune = client.expect_method(0, (10, 30), "connection.tune");
-    let mut fields = tune.arguments();
-    let channel_max = fields.u16();
-    let frame_max = fields.u32();
-    client.send(
-        &Method::new(10, 31)
-            .u16(channel_max)
-            .u32(frame_max)
-            .u16(heartbeat)
-            .frame(0),
-    );
-    client.send(&Method::new(10, 40).short("/").short("").u8(0).frame(0));
-    client.expect_method(0, (10, 41), "connection.open-ok");
+    client.send(&start_ok("guest", "guest", &capabilities).frame(0));
+    client.tune_and_open(None, heartbeat);
     client.open_channel(1);
     client
 }

@@ -14,23 +14,19 @@ mod common;
 #[allow(dead_code)]
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use junction_tests::Broker;
-use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
+use junction_tests::{Broker, Listeners, temp_dir};
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation};
 use support::raw_amqp::{
     Close, FRAME_HEADER, Method, PROTOCOL_HEADER, RawClient, basic_publish, body, bool_entry,
-    frame, table_entry,
+    connection_open, frame, start_ok, tune_ok,
 };
+use support::raw_mqtt;
 
 /// The deepest nesting the broker accepts (`junction_core::field::MAX_DEPTH`).
 const MAX_DEPTH: usize = 32;
@@ -321,37 +317,12 @@ fn lapin_nested(depth: usize) -> FieldTable {
     table
 }
 
-fn paging_config() -> (PathBuf, String) {
-    let dir = junction_tests::temp_dir("depth-config");
-    let config = dir.join("junction.toml");
-    std::fs::write(&config, "[storage]\nmax_loaded_bytes_per_queue = 4096\n").expect("config");
-    (dir, config.to_string_lossy().into_owned())
-}
+/// A configuration that keeps at most 4 KiB of each queue's messages in memory.
+const PAGING: &str = "[storage]\nmax_loaded_bytes_per_queue = 4096\n";
 
-async fn declare_durable(ch: &Channel, name: &str, arguments: FieldTable) {
-    within(
-        "queue.declare",
-        ch.queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            arguments,
-        ),
-    )
-    .await
-    .expect("declare");
-}
-
+/// The body and headers of the next message in `queue`, taken with no-ack.
 async fn get_headers(ch: &Channel, queue: &str) -> (Vec<u8>, Option<FieldTable>) {
-    let got = within(
-        "basic.get",
-        ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }),
-    )
-    .await
-    .expect("basic.get")
-    .expect("a message");
+    let got = get(ch, queue, true).await;
     (
         got.delivery.data.clone(),
         got.delivery.properties.headers().clone(),
@@ -360,34 +331,22 @@ async fn get_headers(ch: &Channel, queue: &str) -> (Vec<u8>, Option<FieldTable>)
 
 #[tokio::test]
 async fn a_persistent_message_at_the_maximum_depth_survives_paging_and_restart() {
-    let (_dir, config) = paging_config();
-    let broker = Broker::start_with(&["--config", &config]);
+    let broker = Broker::start_configured(temp_dir("depth-paging"), PAGING, Listeners::Amqp);
     let headers = lapin_nested(MAX_DEPTH);
     let (connection, ch) = open(&broker).await;
-    declare_durable(&ch, "deep-headers", FieldTable::default()).await;
-    within(
-        "confirm.select",
-        ch.confirm_select(ConfirmSelectOptions::default()),
-    )
-    .await
-    .expect("confirm.select");
-    for n in 0..20u8 {
-        let confirm = within(
-            "publish",
-            ch.basic_publish(
-                "".into(),
-                "deep-headers".into(),
-                BasicPublishOptions::default(),
-                &[n; 1024],
-                BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_headers(headers.clone()),
-            ),
-        )
+    declare_durable(&ch, "deep-headers", FieldTable::default())
         .await
-        .expect("publish");
+        .expect("declare");
+    confirm_select(&ch).await;
+    for n in 0..20u8 {
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_headers(headers.clone());
         assert!(
-            matches!(within("confirm", confirm).await, Ok(Confirmation::Ack(_))),
+            matches!(
+                publish_confirmed(&ch, "", "deep-headers", &[n; 1024], properties).await,
+                Confirmation::Ack(_)
+            ),
             "message {n} confirmed"
         );
     }
@@ -403,9 +362,11 @@ async fn a_persistent_message_at_the_maximum_depth_survives_paging_and_restart()
     let data_dir = broker.data_dir.clone();
     assert!(broker.stop());
 
-    let broker = Broker::start_in(data_dir, &["--config", &config]);
+    let broker = Broker::start_configured(data_dir, PAGING, Listeners::Amqp);
     let (_connection, ch) = open(&broker).await;
-    declare_durable(&ch, "deep-headers", FieldTable::default()).await;
+    declare_durable(&ch, "deep-headers", FieldTable::default())
+        .await
+        .expect("declare");
     for n in 10..20u8 {
         let (body, got) = get_headers(&ch, "deep-headers").await;
         assert_eq!(body, vec![n; 1024], "message {n} after the restart");
@@ -427,7 +388,9 @@ async fn a_durable_queue_with_arguments_at_the_maximum_depth_survives_restart() 
     );
     {
         let (connection, ch) = open(&broker).await;
-        declare_durable(&ch, "deep-arguments", arguments.clone()).await;
+        declare_durable(&ch, "deep-arguments", arguments.clone())
+            .await
+            .expect("declare");
         within("close", connection.close(200, "bye".into()))
             .await
             .expect("close");
@@ -440,7 +403,9 @@ async fn a_durable_queue_with_arguments_at_the_maximum_depth_survives_restart() 
     passive(&ch, "deep-arguments")
         .await
         .expect("the durable queue is back");
-    declare_durable(&ch, "deep-arguments", arguments).await;
+    declare_durable(&ch, "deep-arguments", arguments)
+        .await
+        .expect("declare");
 }
 
 /// Connects, logs in as `user` with PLAIN and waits for connection.tune (or a refusal).
@@ -449,22 +414,15 @@ fn start_login(addr: SocketAddr, user: &str, password: &str) -> RawClient {
     client.send(PROTOCOL_HEADER);
     client.expect_method(0, (10, 10), "connection.start");
     let capabilities = bool_entry("authentication_failure_close", true);
-    let response = format!("\0{user}\0{password}");
-    let start_ok = Method::new(10, 11)
-        .table(&table_entry("capabilities", &capabilities))
-        .short("PLAIN")
-        .long(response.as_bytes())
-        .short("en_US");
-    client.send(&start_ok.frame(0));
+    client.send(&start_ok(user, password, &capabilities).frame(0));
     client
 }
 
 /// Sends tune-ok with the given values after connection.tune.
-fn tune_ok(addr: SocketAddr, channel_max: u16, frame_max: u32) -> RawClient {
+fn tuned(addr: SocketAddr, channel_max: u16, frame_max: u32) -> RawClient {
     let mut client = start_login(addr, "guest", "guest");
     client.expect_method(0, (10, 30), "connection.tune");
-    let tune_ok = Method::new(10, 31).u16(channel_max).u32(frame_max).u16(0);
-    client.send(&tune_ok.frame(0));
+    client.send(&tune_ok(channel_max, frame_max, 0).frame(0));
     client
 }
 
@@ -494,69 +452,16 @@ fn tune_ok_beyond_the_offer_closes_the_connection_with_530() {
             "negotiated frame_max = 200000 is higher than the maximum allowed value (131072)",
         ),
     ] {
-        let mut client = tune_ok(addr, channel_max, frame_max);
+        let mut client = tuned(addr, channel_max, frame_max);
         let close = expect_refusal(&mut client, 530, (10, 31));
         assert_eq!(close.text, format!("NOT_ALLOWED - {text}"));
     }
     // What the broker offered is accepted.
-    let mut client = tune_ok(addr, 2047, 131_072);
-    client.send(&Method::new(10, 40).short("/").short("").u8(0).frame(0));
+    let mut client = tuned(addr, 2047, 131_072);
+    client.send(&connection_open("/").frame(0));
     client.expect_method(0, (10, 41), "connection.open-ok");
     client.close();
     scene.still_serving();
-}
-
-/// A broker with AMQP, MQTT and STOMP listeners, started by hand (the harness opens STOMP on
-/// none of its presets), killed when dropped.
-struct Listeners {
-    child: Child,
-    addrs: Vec<(String, SocketAddr)>,
-}
-
-impl Listeners {
-    fn start(config: &str) -> Listeners {
-        let mut child = Command::new(junction_tests::binary())
-            .arg("--data-dir")
-            .arg(junction_tests::temp_dir("depth-listeners"))
-            .args(["--config", config])
-            .args(["--amqp", "127.0.0.1:0", "--mqtt", "127.0.0.1:0"])
-            .args(["--stomp", "127.0.0.1:0", "--http", "off"])
-            .args(["--web-stomp", "off", "--web-mqtt", "off"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn broker");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut addrs = Vec::new();
-        for line in BufReader::new(stdout).lines() {
-            let line = line.expect("broker output");
-            if line == "ready" {
-                break;
-            }
-            if let Some((name, addr)) = line
-                .strip_prefix("listening ")
-                .and_then(|rest| rest.split_once(' '))
-            {
-                addrs.push((name.to_owned(), addr.parse().expect("address")));
-            }
-        }
-        Listeners { child, addrs }
-    }
-
-    fn addr(&self, name: &str) -> SocketAddr {
-        self.addrs
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, a)| *a)
-            .unwrap_or_else(|| panic!("no {name} listener in {:?}", self.addrs))
-    }
-}
-
-impl Drop for Listeners {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Reads from `stream` until `done` says the answer is whole, the socket closes or 5 s pass.
@@ -580,16 +485,8 @@ fn read_answer(stream: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> 
 /// The CONNACK return code for an MQTT 3.1.1 CONNECT with these credentials.
 fn mqtt_login(addr: SocketAddr, user: &str, password: &str) -> Option<u8> {
     let mut stream = TcpStream::connect(addr).expect("connect");
-    let mut payload = Vec::new();
-    for field in ["depth-test", user, password] {
-        payload.extend_from_slice(&(field.len() as u16).to_be_bytes());
-        payload.extend_from_slice(field.as_bytes());
-    }
-    let mut variable = b"\x00\x04MQTT\x04\xc2\x00\x3c".to_vec();
-    variable.extend_from_slice(&payload);
-    let mut packet = vec![0x10, variable.len() as u8];
-    packet.extend_from_slice(&variable);
-    stream.write_all(&packet).expect("send CONNECT");
+    let connect = raw_mqtt::connect_as("depth-test", user, password, true);
+    stream.write_all(&connect).expect("send CONNECT");
     let answer = read_answer(&mut stream, |a| a.len() >= 4);
     (answer.len() >= 4 && answer[0] == 0x20).then(|| answer[3])
 }
@@ -616,10 +513,8 @@ fn amqp_login(addr: SocketAddr, user: &str, password: &str) -> Option<(u16, u16)
 
 #[test]
 fn a_blank_password_is_refused_on_every_protocol() {
-    let dir = junction_tests::temp_dir("blank-password");
-    let config = dir.join("junction.toml");
-    std::fs::write(
-        &config,
+    let broker = Broker::start_configured(
+        temp_dir("blank-password"),
         r#"
 [[users]]
 name = "guest"
@@ -636,11 +531,10 @@ name = "carol"
 password = "pw"
 permissions = [{ vhost = "/", configure = ".*", write = ".*", read = ".*" }]
 "#,
-    )
-    .expect("config");
-    let broker = Listeners::start(&config.to_string_lossy());
+        Listeners::Tcp,
+    );
 
-    let amqp = broker.addr("amqp");
+    let amqp = broker.amqp_addr();
     assert_eq!(
         amqp_login(amqp, "carol", "pw"),
         Some((10, 30)),
@@ -651,7 +545,7 @@ permissions = [{ vhost = "/", configure = ".*", write = ".*", read = ".*" }]
     assert_eq!(close.code, 403, "{close:?}");
     client.close_ok_then_eof();
 
-    let mqtt = broker.addr("mqtt");
+    let mqtt = broker.mqtt_addr();
     assert_eq!(mqtt_login(mqtt, "carol", "pw"), Some(0), "carol logs in");
     assert_eq!(
         mqtt_login(mqtt, "blank", ""),
@@ -659,7 +553,7 @@ permissions = [{ vhost = "/", configure = ".*", write = ".*", read = ".*" }]
         "bad user name or password"
     );
 
-    let stomp = broker.addr("stomp");
+    let stomp = broker.stomp_addr();
     assert_eq!(stomp_login(stomp, "carol", "pw"), "CONNECTED");
     assert_eq!(stomp_login(stomp, "blank", ""), "ERROR");
 }

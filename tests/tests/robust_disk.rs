@@ -7,21 +7,26 @@
 //!
 //! Mounting needs root: elsewhere each test prints why it is skipped and passes.
 
+mod common;
+// The MQTT packets; the AMQP client goes unused.
+#[allow(dead_code)]
+mod support;
+
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use junction_tests::{binary, temp_dir};
-use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+use common::{
+    confirm_select, declare_durable, exists, open, publish_confirmed, reply_code, within,
 };
+use junction_tests::{Broker, Listeners, temp_dir};
+use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueBindOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Confirmation};
+use support::raw_mqtt;
 use tokio::time::timeout;
 
 /// Size of the tmpfs each test mounts.
@@ -36,8 +41,11 @@ const MAX_MESSAGES: u64 = 1000;
 const DECLARES_WHILE_FULL: usize = 3000;
 /// AMQP's internal-error reply code, for a definitions write that failed.
 const INTERNAL_ERROR: u16 = 541;
-/// Bounds every single wait; only a hang reaches it.
+/// Bounds each raw MQTT or STOMP read, a stop, and each wait for publishing to work again;
+/// only a hang reaches it. (AMQP steps are bounded by `common::STEP`.)
 const STEP: Duration = Duration::from_secs(20);
+/// The configuration of a broker whose disk alarm never fires, so that the disk really fills.
+const NO_DISK_ALARM: &str = "[alarms]\ndisk_free_limit = 0\n";
 
 /// A tmpfs mounted for one test, unmounted when dropped (also when the test fails).
 struct Tmpfs {
@@ -92,92 +100,16 @@ impl Drop for Tmpfs {
     }
 }
 
-/// The broker under test, with its AMQP, MQTT and STOMP listeners.
-struct Junction {
-    child: Child,
-    amqp: SocketAddr,
-    mqtt: SocketAddr,
-    stomp: SocketAddr,
+/// Starts the broker on the tmpfs with `config` and its AMQP, MQTT and STOMP listeners.
+fn start(disk: &Tmpfs, config: &str) -> Broker {
+    Broker::start_configured(disk.dir.clone(), config, Listeners::Tcp)
 }
 
-impl Junction {
-    fn start(data_dir: &Path, config: &str) -> Junction {
-        let config_dir = temp_dir("disk-config");
-        let config_path = config_dir.join("junction.toml");
-        std::fs::write(&config_path, config).expect("write config");
-        let mut child = Command::new(binary())
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--config")
-            .arg(&config_path)
-            .args(["--amqp", "127.0.0.1:0", "--mqtt", "127.0.0.1:0"])
-            .args(["--stomp", "127.0.0.1:0", "--http", "off"])
-            .args(["--web-stomp", "off", "--web-mqtt", "off"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn broker");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut addrs = std::collections::HashMap::new();
-        loop {
-            let line = rx.recv_timeout(STEP).expect("the broker prints 'ready'");
-            if line == "ready" {
-                break;
-            }
-            if let Some((name, addr)) = line
-                .strip_prefix("listening ")
-                .and_then(|rest| rest.split_once(' '))
-            {
-                addrs.insert(name.to_owned(), addr.parse().expect("address"));
-            }
-        }
-        // The configuration is read at start.
-        let _ = std::fs::remove_dir_all(&config_dir);
-        Junction {
-            child,
-            amqp: addrs["amqp"],
-            mqtt: addrs["mqtt"],
-            stomp: addrs["stomp"],
-        }
-    }
-
-    fn amqp_url(&self) -> String {
-        format!("amqp://guest:guest@{}/%2f", self.amqp)
-    }
-
-    /// Stops it with SIGTERM and waits for it to exit.
-    fn stop(mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + STEP;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("the broker did not stop");
-    }
-}
-
-impl Drop for Junction {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// Stops the broker with SIGTERM and waits for it to exit, however it exits: a broker on a
+/// full disk may well report a failure.
+fn stop(mut broker: Broker) {
+    broker.signal("TERM");
+    broker.wait_exit(STEP).expect("the broker did not stop");
 }
 
 /// A body that carries its number.
@@ -198,6 +130,11 @@ fn persistent() -> BasicProperties {
     BasicProperties::default().with_delivery_mode(2)
 }
 
+/// The MQTT packet id of message `n` (never 0).
+fn packet_id(n: u64) -> u16 {
+    (n % 60000 + 1) as u16
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -206,72 +143,154 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-/// The AMQP reply code carried by a lapin error, if it is a protocol error.
-fn reply_code(error: &lapin::Error) -> Option<u16> {
-    match error.kind() {
-        lapin::ErrorKind::ProtocolError(e) => Some(e.get_id()),
-        _ => None,
-    }
-}
-
-async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output {
-    match timeout(STEP, future).await {
-        Ok(output) => output,
-        Err(_) => panic!("{what}: no answer within {STEP:?}"),
-    }
-}
-
-async fn channel(url: &str) -> (Connection, Channel) {
-    let connection = within(
-        "connect",
-        Connection::connect(url, ConnectionProperties::default()),
-    )
-    .await
-    .expect("connect");
-    let channel = within("channel.open", connection.create_channel())
+/// Declares the durable `queue` and binds it to `amq.topic` with `key`, so that MQTT
+/// publications on the matching topic land in it.
+fn bind_to_amq_topic(broker: &Broker, queue: &str, key: &str) {
+    runtime().block_on(async {
+        let (_connection, ch) = open(broker).await;
+        declare_durable(&ch, queue, FieldTable::default())
+            .await
+            .expect("declare");
+        within(
+            "queue.bind",
+            ch.queue_bind(
+                queue.into(),
+                "amq.topic".into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
         .await
-        .expect("channel");
-    (connection, channel)
+        .expect("bind");
+    });
 }
 
-async fn declare_durable(channel: &Channel, queue: &str) -> lapin::Result<()> {
-    within(
-        "queue.declare",
-        channel.queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ),
-    )
-    .await
-    .map(|_| ())
+/// Publishes message `n` persistently to `queue` and waits for its confirm.
+async fn publish_numbered(ch: &Channel, queue: &str, n: u64) -> Confirmation {
+    publish_confirmed(ch, "", queue, &body(n), persistent()).await
 }
 
-/// Whether a durable queue exists (asked on a channel of its own: a miss closes it).
-async fn queue_exists(url: &str, queue: &str) -> bool {
-    let (_connection, channel) = channel(url).await;
-    within(
-        "passive queue.declare",
-        channel.queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ),
-    )
-    .await
-    .is_ok()
+/// Publishes messages 0, 1, ... to `queue` until `nacks` of them were nacked (or all of
+/// `MAX_MESSAGES` were sent); returns the numbers confirmed and the numbers nacked.
+async fn publish_until_nacked(
+    ch: &Channel,
+    queue: &str,
+    nacks: usize,
+) -> (BTreeSet<u64>, BTreeSet<u64>) {
+    let mut acked = BTreeSet::new();
+    let mut nacked = BTreeSet::new();
+    for n in 0..MAX_MESSAGES {
+        match publish_numbered(ch, queue, n).await {
+            Confirmation::Ack(_) => {
+                acked.insert(n);
+            }
+            Confirmation::Nack(_) => {
+                nacked.insert(n);
+                if nacked.len() >= nacks {
+                    break;
+                }
+            }
+            other => panic!("unexpected confirmation {other:?}"),
+        }
+    }
+    (acked, nacked)
+}
+
+/// Once the disk has room again: publishes messages numbered past `MAX_MESSAGES` to `queue`
+/// until three more are confirmed, adding each number to `acked` or `nacked`; fails with
+/// "no confirm {after}" when that takes longer than [`STEP`].
+async fn publish_until_confirmed_again(
+    ch: &Channel,
+    queue: &str,
+    acked: &mut BTreeSet<u64>,
+    nacked: &mut BTreeSet<u64>,
+    after: &str,
+) {
+    let deadline = Instant::now() + STEP;
+    let mut n = MAX_MESSAGES;
+    let mut confirmed_again = 0;
+    while confirmed_again < 3 {
+        assert!(Instant::now() < deadline, "no confirm {after}");
+        n += 1;
+        match publish_numbered(ch, queue, n).await {
+            Confirmation::Ack(_) => {
+                acked.insert(n);
+                confirmed_again += 1;
+            }
+            Confirmation::Nack(_) => {
+                nacked.insert(n);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("unexpected confirmation {other:?}"),
+        }
+    }
+}
+
+/// Publishes messages 0, 1, ... over a raw MQTT or STOMP client from `connect` until the broker
+/// has refused `refusals` of them (or all of `MAX_MESSAGES` were sent), connecting again after
+/// each refusal; `publish` says whether the broker acknowledged one. Returns the numbers
+/// acknowledged and the numbers refused.
+fn publish_until_refused<C>(
+    mut connect: impl FnMut() -> Option<C>,
+    mut publish: impl FnMut(&mut C, u64) -> bool,
+    refusals: usize,
+) -> (BTreeSet<u64>, BTreeSet<u64>) {
+    let mut acked = BTreeSet::new();
+    let mut refused = BTreeSet::new();
+    let mut client = connect().expect("connect");
+    for n in 0..MAX_MESSAGES {
+        if publish(&mut client, n) {
+            acked.insert(n);
+            continue;
+        }
+        refused.insert(n);
+        if refused.len() >= refusals {
+            break;
+        }
+        client = connect().expect("reconnect");
+    }
+    (acked, refused)
+}
+
+/// Once the disk has room again: publishes messages numbered past `MAX_MESSAGES` over raw
+/// clients from `connect` until three more are acknowledged, adding each number to `acked` or
+/// `refused`; fails with "no {answer} after space was freed" when that takes longer than
+/// [`STEP`].
+fn publish_until_acknowledged_again<C>(
+    mut connect: impl FnMut() -> Option<C>,
+    mut publish: impl FnMut(&mut C, u64) -> bool,
+    acked: &mut BTreeSet<u64>,
+    refused: &mut BTreeSet<u64>,
+    answer: &str,
+) {
+    let deadline = Instant::now() + STEP;
+    let mut n = MAX_MESSAGES;
+    let mut acked_again = 0;
+    while acked_again < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no {answer} after space was freed"
+        );
+        n += 1;
+        let Some(mut client) = connect() else {
+            continue;
+        };
+        while acked_again < 3 && publish(&mut client, n) {
+            acked.insert(n);
+            acked_again += 1;
+            n += 1;
+        }
+        if acked_again < 3 {
+            refused.insert(n);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 /// The numbers of every message in `queue`, taken with no-ack.
-async fn numbers_in(url: &str, queue: &str) -> BTreeSet<u64> {
-    let (_connection, channel) = channel(url).await;
+async fn numbers_in(broker: &Broker, queue: &str) -> BTreeSet<u64> {
+    let (_connection, channel) = open(broker).await;
     let mut numbers = BTreeSet::new();
     while let Some(message) = within(
         "basic.get",
@@ -293,8 +312,8 @@ fn check_after_restart(
     acked: &BTreeSet<u64>,
     refused: &BTreeSet<u64>,
 ) -> BTreeSet<u64> {
-    let broker = Junction::start(&disk.dir, "[alarms]\ndisk_free_limit = 0\n");
-    let stored = runtime().block_on(numbers_in(&broker.amqp_url(), queue));
+    let broker = start(disk, NO_DISK_ALARM);
+    let stored = runtime().block_on(numbers_in(&broker, queue));
     let lost: Vec<_> = acked.difference(&stored).collect();
     assert!(
         lost.is_empty(),
@@ -305,7 +324,7 @@ fn check_after_restart(
         unacknowledged.is_empty(),
         "refused by the broker yet stored: {unacknowledged:?}"
     );
-    broker.stop();
+    stop(broker);
     stored
 }
 
@@ -319,48 +338,18 @@ fn amqp_publishers_get_nacks_on_a_full_disk_and_confirms_again_once_space_is_fre
         return;
     };
     let filler = disk.fill(FILLER_BYTES);
-    let broker = Junction::start(&disk.dir, "[alarms]\ndisk_free_limit = 0\n");
-    let url = broker.amqp_url();
+    let broker = start(&disk, NO_DISK_ALARM);
     let rt = runtime();
     let (acked, nacked, declared_while_full, refused_declare, deleted_while_full) =
         rt.block_on(async {
-            let (_connection, ch) = channel(&url).await;
-            declare_durable(&ch, "disk-amqp").await.expect("declare");
-            declare_durable(&ch, "victim").await.expect("declare");
-            within(
-                "confirm.select",
-                ch.confirm_select(ConfirmSelectOptions::default()),
-            )
-            .await
-            .expect("confirm.select");
-            let mut acked = BTreeSet::new();
-            let mut nacked = BTreeSet::new();
-            for n in 0..MAX_MESSAGES {
-                let confirm = within(
-                    "basic.publish",
-                    ch.basic_publish(
-                        "".into(),
-                        "disk-amqp".into(),
-                        BasicPublishOptions::default(),
-                        &body(n),
-                        persistent(),
-                    ),
-                )
-                .await
-                .expect("publish");
-                match within("the confirm of a persistent publish", confirm).await {
-                    Ok(Confirmation::Ack(_)) => {
-                        acked.insert(n);
-                    }
-                    Ok(Confirmation::Nack(_)) => {
-                        nacked.insert(n);
-                        if nacked.len() >= 5 {
-                            break;
-                        }
-                    }
-                    other => panic!("unexpected confirmation {other:?}"),
-                }
+            let (_connection, ch) = open(&broker).await;
+            for queue in ["disk-amqp", "victim"] {
+                declare_durable(&ch, queue, FieldTable::default())
+                    .await
+                    .expect("declare");
             }
+            confirm_select(&ch).await;
+            let (acked, nacked) = publish_until_nacked(&ch, "disk-amqp", 5).await;
             assert!(
                 !nacked.is_empty(),
                 "the disk never filled: {} confirms",
@@ -369,7 +358,7 @@ fn amqp_publishers_get_nacks_on_a_full_disk_and_confirms_again_once_space_is_fre
             // Definitions while the disk is full: each change is committed (declare-ok) or
             // refused with 541, never acknowledged and lost. Declarations with large arguments
             // use up the definitions file's free pages until a commit needs the disk.
-            let (_c, ch) = channel(&url).await;
+            let (_c, ch) = open(&broker).await;
             let mut declared_while_full = Vec::new();
             let mut refused_declare = None;
             for i in 0..DECLARES_WHILE_FULL {
@@ -379,19 +368,7 @@ fn amqp_publishers_get_nacks_on_a_full_disk_and_confirms_again_once_space_is_fre
                     "x-padding".into(),
                     AMQPValue::LongString(vec![b'p'; 2048].into()),
                 );
-                let declared = within(
-                    "queue.declare",
-                    ch.queue_declare(
-                        name.as_str().into(),
-                        QueueDeclareOptions {
-                            durable: true,
-                            ..Default::default()
-                        },
-                        arguments,
-                    ),
-                )
-                .await;
-                match declared {
+                match declare_durable(&ch, &name, arguments).await {
                     Ok(_) => declared_while_full.push(name),
                     Err(error) => {
                         assert_eq!(
@@ -409,7 +386,7 @@ fn amqp_publishers_get_nacks_on_a_full_disk_and_confirms_again_once_space_is_fre
                 declared_while_full.len(),
                 refused_declare
             );
-            let (_c, ch) = channel(&url).await;
+            let (_c, ch) = open(&broker).await;
             let deleted_while_full = within(
                 "queue.delete",
                 ch.queue_delete("victim".into(), QueueDeleteOptions::default()),
@@ -431,103 +408,53 @@ fn amqp_publishers_get_nacks_on_a_full_disk_and_confirms_again_once_space_is_fre
     );
 
     std::fs::remove_file(filler).expect("free space");
-    let (acked, nacked) = rt.block_on(async move {
+    let (acked, nacked) = rt.block_on(async {
         let (mut acked, mut nacked) = (acked, nacked);
-        let (_connection, ch) = channel(&url).await;
-        within(
-            "confirm.select",
-            ch.confirm_select(ConfirmSelectOptions::default()),
+        let (_connection, ch) = open(&broker).await;
+        confirm_select(&ch).await;
+        publish_until_confirmed_again(
+            &ch,
+            "disk-amqp",
+            &mut acked,
+            &mut nacked,
+            "after space was freed",
         )
-        .await
-        .expect("confirm.select");
-        let deadline = Instant::now() + STEP;
-        let mut n = MAX_MESSAGES;
-        let mut confirmed_again = 0;
-        while confirmed_again < 3 {
-            assert!(
-                Instant::now() < deadline,
-                "no confirm after space was freed"
-            );
-            n += 1;
-            let confirm = within(
-                "basic.publish",
-                ch.basic_publish(
-                    "".into(),
-                    "disk-amqp".into(),
-                    BasicPublishOptions::default(),
-                    &body(n),
-                    persistent(),
-                ),
-            )
-            .await
-            .expect("publish");
-            match within("confirm", confirm).await {
-                Ok(Confirmation::Ack(_)) => {
-                    acked.insert(n);
-                    confirmed_again += 1;
-                }
-                Ok(Confirmation::Nack(_)) => {
-                    nacked.insert(n);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                other => panic!("unexpected confirmation {other:?}"),
-            }
-        }
-        declare_durable(&ch, "declared-after")
+        .await;
+        declare_durable(&ch, "declared-after", FieldTable::default())
             .await
             .expect("declaring works again once space is freed");
         (acked, nacked)
     });
-    broker.stop();
+    stop(broker);
 
     check_after_restart(&disk, "disk-amqp", &acked, &nacked);
-    let broker = Junction::start(&disk.dir, "[alarms]\ndisk_free_limit = 0\n");
-    let url = broker.amqp_url();
+    let broker = start(&disk, NO_DISK_ALARM);
     rt.block_on(async {
-        assert!(queue_exists(&url, "declared-after").await);
+        let (connection, _channel) = open(&broker).await;
+        assert!(exists(&connection, "declared-after").await);
         for name in &declared_while_full {
             assert!(
-                queue_exists(&url, name).await,
+                exists(&connection, name).await,
                 "{name} got declare-ok but is gone after the restart"
             );
         }
         if let Some(name) = &refused_declare {
             assert!(
-                !queue_exists(&url, name).await,
+                !exists(&connection, name).await,
                 "{name} was refused but exists after the restart"
             );
         }
         assert_eq!(
-            queue_exists(&url, "victim").await,
+            exists(&connection, "victim").await,
             !deleted_while_full,
             "delete-ok is given exactly when the deletion is stored"
         );
     });
-    broker.stop();
+    stop(broker);
 }
-
 /// A raw MQTT 3.1.1 client: CONNECT, QoS 1 PUBLISH and its PUBACK, nothing more.
 struct MqttClient {
     stream: TcpStream,
-}
-
-fn remaining_length(mut n: usize, out: &mut Vec<u8>) {
-    loop {
-        let mut byte = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if n == 0 {
-            return;
-        }
-    }
-}
-
-fn mqtt_string(s: &str, out: &mut Vec<u8>) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s.as_bytes());
 }
 
 impl MqttClient {
@@ -539,15 +466,9 @@ impl MqttClient {
     fn connect_session(addr: SocketAddr, client_id: &str, clean: bool) -> Option<MqttClient> {
         let mut stream = TcpStream::connect(addr).ok()?;
         stream.set_read_timeout(Some(STEP)).ok()?;
-        let flags = if clean { 0xC2 } else { 0xC0 };
-        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, flags, 0, 60];
-        mqtt_string(client_id, &mut body);
-        mqtt_string("guest", &mut body);
-        mqtt_string("guest", &mut body);
-        let mut packet = vec![0x10];
-        remaining_length(body.len(), &mut packet);
-        packet.extend_from_slice(&body);
-        stream.write_all(&packet).ok()?;
+        stream
+            .write_all(&raw_mqtt::connect(client_id, clean))
+            .ok()?;
         let mut connack = [0u8; 4];
         stream.read_exact(&mut connack).ok()?;
         (connack[..2] == [0x20, 2] && connack[3] == 0).then_some(MqttClient { stream })
@@ -563,13 +484,8 @@ impl MqttClient {
         payload: &[u8],
         dup: bool,
     ) -> bool {
-        let mut body = Vec::new();
-        mqtt_string(topic, &mut body);
-        body.extend_from_slice(&packet_id.to_be_bytes());
-        body.extend_from_slice(payload);
-        let mut packet = vec![if dup { 0x3C } else { 0x34 }];
-        remaining_length(body.len(), &mut packet);
-        packet.extend_from_slice(&body);
+        let first = if dup { 0x3C } else { 0x34 };
+        let packet = raw_mqtt::publish_with_id(first, topic, packet_id, payload);
         if self.stream.write_all(&packet).is_err() {
             return false;
         }
@@ -594,13 +510,7 @@ impl MqttClient {
     /// Publishes at QoS 1; true when PUBACK came, false when the broker closed the
     /// connection instead.
     fn publish(&mut self, topic: &str, packet_id: u16, payload: &[u8]) -> bool {
-        let mut body = Vec::new();
-        mqtt_string(topic, &mut body);
-        body.extend_from_slice(&packet_id.to_be_bytes());
-        body.extend_from_slice(payload);
-        let mut packet = vec![0x32];
-        remaining_length(body.len(), &mut packet);
-        packet.extend_from_slice(&body);
+        let packet = raw_mqtt::publish_with_id(0x32, topic, packet_id, payload);
         if self.stream.write_all(&packet).is_err() {
             return false;
         }
@@ -628,38 +538,11 @@ fn mqtt_publishers_get_no_puback_on_a_full_disk_and_puback_again_once_space_is_f
         return;
     };
     let filler = disk.fill(FILLER_BYTES);
-    let broker = Junction::start(&disk.dir, "[alarms]\ndisk_free_limit = 0\n");
-    let rt = runtime();
-    rt.block_on(async {
-        let (_connection, ch) = channel(&broker.amqp_url()).await;
-        declare_durable(&ch, "disk-mqtt").await.expect("declare");
-        within(
-            "queue.bind",
-            ch.queue_bind(
-                "disk-mqtt".into(),
-                "amq.topic".into(),
-                "disk.mqtt".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            ),
-        )
-        .await
-        .expect("bind");
-    });
-    let mut acked = BTreeSet::new();
-    let mut closed = BTreeSet::new();
-    let mut client = MqttClient::connect(broker.mqtt, "disk-pub").expect("connect");
-    for n in 0..MAX_MESSAGES {
-        if client.publish("disk/mqtt", (n % 60000 + 1) as u16, &body(n)) {
-            acked.insert(n);
-            continue;
-        }
-        closed.insert(n);
-        if closed.len() >= 3 {
-            break;
-        }
-        client = MqttClient::connect(broker.mqtt, "disk-pub").expect("reconnect");
-    }
+    let broker = start(&disk, NO_DISK_ALARM);
+    bind_to_amq_topic(&broker, "disk-mqtt", "disk.mqtt");
+    let connect = || MqttClient::connect(broker.mqtt_addr(), "disk-pub");
+    let publish = |client: &mut MqttClient, n| client.publish("disk/mqtt", packet_id(n), &body(n));
+    let (mut acked, mut closed) = publish_until_refused(connect, publish, 3);
     assert!(
         !closed.is_empty(),
         "every one of {MAX_MESSAGES} publications was acknowledged: more than the disk holds"
@@ -671,26 +554,8 @@ fn mqtt_publishers_get_no_puback_on_a_full_disk_and_puback_again_once_space_is_f
     );
 
     std::fs::remove_file(filler).expect("free space");
-    let deadline = Instant::now() + STEP;
-    let mut n = MAX_MESSAGES;
-    let mut acked_again = 0;
-    while acked_again < 3 {
-        assert!(Instant::now() < deadline, "no PUBACK after space was freed");
-        n += 1;
-        let Some(mut client) = MqttClient::connect(broker.mqtt, "disk-pub") else {
-            continue;
-        };
-        while acked_again < 3 && client.publish("disk/mqtt", (n % 60000 + 1) as u16, &body(n)) {
-            acked.insert(n);
-            acked_again += 1;
-            n += 1;
-        }
-        if acked_again < 3 {
-            closed.insert(n);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    broker.stop();
+    publish_until_acknowledged_again(connect, publish, &mut acked, &mut closed, "PUBACK");
+    stop(broker);
     check_after_restart(&disk, "disk-mqtt", &acked, &closed);
 }
 
@@ -773,21 +638,10 @@ fn stomp_senders_get_an_error_on_a_full_disk_and_receipts_again_once_space_is_fr
         return;
     };
     let filler = disk.fill(FILLER_BYTES);
-    let broker = Junction::start(&disk.dir, "[alarms]\ndisk_free_limit = 0\n");
-    let mut acked = BTreeSet::new();
-    let mut refused = BTreeSet::new();
-    let mut client = StompClient::connect(broker.stomp).expect("connect");
-    for n in 0..MAX_MESSAGES {
-        if client.send("/queue/disk-stomp", n, &body(n)) {
-            acked.insert(n);
-            continue;
-        }
-        refused.insert(n);
-        if refused.len() >= 3 {
-            break;
-        }
-        client = StompClient::connect(broker.stomp).expect("reconnect");
-    }
+    let broker = start(&disk, NO_DISK_ALARM);
+    let connect = || StompClient::connect(broker.stomp_addr());
+    let send = |client: &mut StompClient, n| client.send("/queue/disk-stomp", n, &body(n));
+    let (mut acked, mut refused) = publish_until_refused(connect, send, 3);
     assert!(
         !refused.is_empty(),
         "every one of {MAX_MESSAGES} SENDs got a receipt: more than the disk holds"
@@ -799,29 +653,8 @@ fn stomp_senders_get_an_error_on_a_full_disk_and_receipts_again_once_space_is_fr
     );
 
     std::fs::remove_file(filler).expect("free space");
-    let deadline = Instant::now() + STEP;
-    let mut n = MAX_MESSAGES;
-    let mut acked_again = 0;
-    while acked_again < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "no RECEIPT after space was freed"
-        );
-        n += 1;
-        let Some(mut client) = StompClient::connect(broker.stomp) else {
-            continue;
-        };
-        while acked_again < 3 && client.send("/queue/disk-stomp", n, &body(n)) {
-            acked.insert(n);
-            acked_again += 1;
-            n += 1;
-        }
-        if acked_again < 3 {
-            refused.insert(n);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    broker.stop();
+    publish_until_acknowledged_again(connect, send, &mut acked, &mut refused, "RECEIPT");
+    stop(broker);
     check_after_restart(&disk, "disk-stomp", &acked, &refused);
 }
 
@@ -835,20 +668,16 @@ fn the_disk_alarm_blocks_publishers_before_the_disk_is_full() {
         return;
     };
     let limit: u64 = 6 * 1024 * 1024;
-    let broker = Junction::start(
-        &disk.dir,
+    let broker = start(
+        &disk,
         &format!("[alarms]\ndisk_free_limit = {limit}\ncheck_interval_ms = 3600000\n"),
     );
-    let url = broker.amqp_url();
     let (published, confirms) = runtime().block_on(async {
-        let (connection, ch) = channel(&url).await;
-        declare_durable(&ch, "disk-alarm").await.expect("declare");
-        within(
-            "confirm.select",
-            ch.confirm_select(ConfirmSelectOptions::default()),
-        )
-        .await
-        .expect("confirm.select");
+        let (connection, ch) = open(&broker).await;
+        declare_durable(&ch, "disk-alarm", FieldTable::default())
+            .await
+            .expect("declare");
+        confirm_select(&ch).await;
         let mut outstanding = std::collections::VecDeque::new();
         let mut confirms = Vec::new();
         let mut published = 0;
@@ -906,7 +735,7 @@ fn the_disk_alarm_blocks_publishers_before_the_disk_is_full() {
         confirms.iter().all(|c| matches!(c, Confirmation::Ack(_))),
         "a message was nacked: the disk filled before the alarm"
     );
-    broker.stop();
+    stop(broker);
 }
 
 /// A full disk recovers when its queues are emptied: purging the queue that filled it gives
@@ -916,43 +745,15 @@ fn a_full_disk_takes_publishes_again_once_its_queue_is_purged() {
     let Some(disk) = Tmpfs::mount("purge") else {
         return;
     };
-    let broker = Junction::start(&disk.dir, "[alarms]\ndisk_free_limit = 0\n");
-    let url = broker.amqp_url();
+    let broker = start(&disk, NO_DISK_ALARM);
     let acked_after = runtime().block_on(async {
-        let (_connection, ch) = channel(&url).await;
-        declare_durable(&ch, "disk-purge").await.expect("declare");
-        within(
-            "confirm.select",
-            ch.confirm_select(ConfirmSelectOptions::default()),
-        )
-        .await
-        .expect("confirm.select");
-        let publish = |n: u64| {
-            let ch = ch.clone();
-            async move {
-                let confirm = within(
-                    "basic.publish",
-                    ch.basic_publish(
-                        "".into(),
-                        "disk-purge".into(),
-                        BasicPublishOptions::default(),
-                        &body(n),
-                        persistent(),
-                    ),
-                )
-                .await
-                .expect("publish");
-                within("confirm", confirm).await.expect("confirmation")
-            }
-        };
-        let mut filled = false;
-        for n in 0..MAX_MESSAGES {
-            if matches!(publish(n).await, Confirmation::Nack(_)) {
-                filled = true;
-                break;
-            }
-        }
-        assert!(filled, "the disk never filled");
+        let (_connection, ch) = open(&broker).await;
+        declare_durable(&ch, "disk-purge", FieldTable::default())
+            .await
+            .expect("declare");
+        confirm_select(&ch).await;
+        let (_, nacked) = publish_until_nacked(&ch, "disk-purge", 1).await;
+        assert!(!nacked.is_empty(), "the disk never filled");
         let free_when_full = disk.free_bytes();
         let purged = within(
             "queue.purge",
@@ -961,26 +762,22 @@ fn a_full_disk_takes_publishes_again_once_its_queue_is_purged() {
         .await
         .expect("purge");
         assert!(purged > 0);
-        let deadline = Instant::now() + STEP;
-        let mut n = MAX_MESSAGES;
         let mut acked_after = BTreeSet::new();
-        while acked_after.len() < 3 {
-            assert!(Instant::now() < deadline, "no confirm after the purge");
-            n += 1;
-            match publish(n).await {
-                Confirmation::Ack(_) => {
-                    acked_after.insert(n);
-                }
-                _ => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
+        publish_until_confirmed_again(
+            &ch,
+            "disk-purge",
+            &mut acked_after,
+            &mut BTreeSet::new(),
+            "after the purge",
+        )
+        .await;
         eprintln!(
             "purge: {purged} messages purged; {free_when_full} bytes free when full, {} after",
             disk.free_bytes()
         );
         acked_after
     });
-    broker.stop();
+    stop(broker);
     let stored = check_after_restart(&disk, "disk-purge", &acked_after, &BTreeSet::new());
     assert_eq!(stored, acked_after, "purged messages stay gone");
 }
@@ -994,35 +791,12 @@ fn mqtt_exactly_once_resends_are_stored_after_a_full_disk_not_taken_for_duplicat
         return;
     };
     let filler = disk.fill(FILLER_BYTES);
-    let broker = Junction::start(&disk.dir, "[alarms]\ndisk_free_limit = 0\n");
-    runtime().block_on(async {
-        let (_connection, ch) = channel(&broker.amqp_url()).await;
-        declare_durable(&ch, "disk-qos2").await.expect("declare");
-        within(
-            "queue.bind",
-            ch.queue_bind(
-                "disk-qos2".into(),
-                "amq.topic".into(),
-                "disk.qos2".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            ),
-        )
-        .await
-        .expect("bind");
-    });
-    let connect = || MqttClient::connect_session(broker.mqtt, "disk-qos2", false);
-    let mut client = connect().expect("connect");
-    let mut acked = BTreeSet::new();
-    let mut filled = false;
-    for n in 0..MAX_MESSAGES {
-        if !client.publish("disk/qos2", (n % 60000 + 1) as u16, &body(n)) {
-            filled = true;
-            break;
-        }
-        acked.insert(n);
-    }
-    assert!(filled, "the disk never filled");
+    let broker = start(&disk, NO_DISK_ALARM);
+    bind_to_amq_topic(&broker, "disk-qos2", "disk.qos2");
+    let connect = || MqttClient::connect_session(broker.mqtt_addr(), "disk-qos2", false);
+    let publish = |client: &mut MqttClient, n| client.publish("disk/qos2", packet_id(n), &body(n));
+    let (mut acked, refused) = publish_until_refused(connect, publish, 1);
+    assert!(!refused.is_empty(), "the disk never filled");
     const RESENT: u64 = 90_000;
     const ID: u16 = 61_000;
     let mut client = connect().expect("reconnect");
@@ -1048,7 +822,7 @@ fn mqtt_exactly_once_resends_are_stored_after_a_full_disk_not_taken_for_duplicat
         std::thread::sleep(Duration::from_millis(50));
     }
     acked.insert(RESENT);
-    broker.stop();
+    stop(broker);
     let stored = check_after_restart(&disk, "disk-qos2", &acked, &BTreeSet::new());
     assert!(stored.contains(&RESENT));
 }

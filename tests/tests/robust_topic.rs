@@ -6,92 +6,37 @@
 //! The MQTT and STOMP clients here are raw sockets, so nothing limits what they send. Each
 //! wait has a deadline; the deadlines are generous and only catch a crash or a freeze.
 
+// The MQTT packets; the AMQP client goes unused.
+#[allow(dead_code)]
+mod support;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use junction_tests::{binary, temp_dir};
+use junction_tests::{Broker, Listeners, temp_dir};
+use support::raw_mqtt as mqtt;
 
 /// How long anything may take before the test calls it a freeze.
 const DEADLINE: Duration = Duration::from_secs(10);
 
 /// A broker with AMQP, MQTT and STOMP listeners on free loopback ports.
-struct Broker {
-    child: Child,
-    mqtt: SocketAddr,
-    stomp: SocketAddr,
-    data_dir: PathBuf,
+fn start() -> Broker {
+    start_in(temp_dir("robust-topic"))
 }
 
-impl Broker {
-    fn start() -> Broker {
-        Self::start_in(temp_dir("robust-topic"))
-    }
-
-    fn start_in(data_dir: PathBuf) -> Broker {
-        let mut child = Command::new(binary())
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--amqp", "127.0.0.1:0", "--mqtt", "127.0.0.1:0"])
-            .args(["--stomp", "127.0.0.1:0", "--http", "off"])
-            .args(["--web-stomp", "off", "--web-mqtt", "off"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the broker");
-        let mut stdout = child.stdout.take().expect("stdout");
-        let (mut mqtt, mut stomp) = (None, None);
-        let mut text = String::new();
-        let mut byte = [0u8; 1];
-        // The broker prints its listeners, then `ready`; a dead broker ends the output.
-        while !text.lines().any(|line| line == "ready") {
-            match stdout.read(&mut byte) {
-                Ok(1) => text.push(char::from(byte[0])),
-                _ => panic!("the broker stopped before 'ready': {text}"),
-            }
-        }
-        for line in text.lines() {
-            let mut words = line.split(' ');
-            if let (Some("listening"), Some(name), Some(addr)) =
-                (words.next(), words.next(), words.next())
-            {
-                let addr = addr.parse().ok();
-                match name {
-                    "mqtt" => mqtt = addr,
-                    "stomp" => stomp = addr,
-                    _ => {}
-                }
-            }
-        }
-        // Keep reading so the broker never blocks on a full pipe.
-        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-        Broker {
-            child,
-            mqtt: mqtt.expect("mqtt listener"),
-            stomp: stomp.expect("stomp listener"),
-            data_dir,
-        }
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Stops the broker (SIGKILL is enough: only durable definitions matter here).
-    fn kill(mut self) -> PathBuf {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.data_dir.clone()
-    }
+/// Like [`start`], on an existing data directory.
+fn start_in(data_dir: PathBuf) -> Broker {
+    Broker::start_listening(data_dir, Listeners::Tcp)
 }
 
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Stops the broker (SIGKILL is enough: only durable definitions matter here) and returns its
+/// data directory.
+fn kill(mut broker: Broker) -> PathBuf {
+    broker.signal("KILL");
+    broker.wait_exit(DEADLINE);
+    broker.data_dir.clone()
 }
 
 /// `levels` copies of `word` joined by `separator`.
@@ -140,97 +85,6 @@ impl Socket {
     }
 }
 
-/// MQTT 3.1.1 packets, written by hand.
-mod mqtt {
-    fn string(out: &mut Vec<u8>, text: &str) {
-        let len = u16::try_from(text.len()).expect("an MQTT string is at most 65535 bytes");
-        out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(text.as_bytes());
-    }
-
-    fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-        let mut out = vec![first];
-        let mut len = body.len();
-        loop {
-            let mut byte = (len % 128) as u8;
-            len /= 128;
-            if len > 0 {
-                byte |= 0x80;
-            }
-            out.push(byte);
-            if len == 0 {
-                break;
-            }
-        }
-        out.extend_from_slice(body);
-        out
-    }
-
-    pub fn connect(client_id: &str) -> Vec<u8> {
-        let mut body = Vec::new();
-        string(&mut body, "MQTT");
-        body.extend_from_slice(&[4, 0xC2, 0, 60]);
-        string(&mut body, client_id);
-        string(&mut body, "guest");
-        string(&mut body, "guest");
-        packet(0x10, &body)
-    }
-
-    pub fn subscribe(packet_id: u16, filters: &[&str]) -> Vec<u8> {
-        let mut body = packet_id.to_be_bytes().to_vec();
-        for filter in filters {
-            string(&mut body, filter);
-            body.push(0);
-        }
-        packet(0x82, &body)
-    }
-
-    pub fn unsubscribe(packet_id: u16, filters: &[&str]) -> Vec<u8> {
-        let mut body = packet_id.to_be_bytes().to_vec();
-        for filter in filters {
-            string(&mut body, filter);
-        }
-        packet(0xA2, &body)
-    }
-
-    pub fn publish(topic: &str, payload: &[u8]) -> Vec<u8> {
-        let mut body = Vec::new();
-        string(&mut body, topic);
-        body.extend_from_slice(payload);
-        packet(0x30, &body)
-    }
-
-    pub const PINGREQ: [u8; 2] = [0xC0, 0];
-
-    /// Splits one whole packet off the front of `buffer`: its first byte and its body.
-    pub fn split(buffer: &mut Vec<u8>) -> Option<(u8, Vec<u8>)> {
-        let (mut len, mut shift, mut at) = (0usize, 0, 1);
-        loop {
-            let byte = *buffer.get(at)?;
-            len |= usize::from(byte & 0x7F) << shift;
-            shift += 7;
-            at += 1;
-            if byte & 0x80 == 0 {
-                break;
-            }
-        }
-        if buffer.len() < at + len {
-            return None;
-        }
-        let first = buffer[0];
-        let body = buffer[at..at + len].to_vec();
-        buffer.drain(..at + len);
-        Some((first, body))
-    }
-
-    /// The topic and payload of a PUBLISH body (QoS 0).
-    pub fn topic_and_payload(body: &[u8]) -> (String, Vec<u8>) {
-        let len = usize::from(u16::from_be_bytes([body[0], body[1]]));
-        let topic = String::from_utf8_lossy(&body[2..2 + len]).into_owned();
-        (topic, body[2 + len..].to_vec())
-    }
-}
-
 /// A raw MQTT client.
 struct MqttClient(Socket);
 
@@ -238,7 +92,10 @@ impl MqttClient {
     /// Connects as guest with a clean session and waits for CONNACK 0.
     fn connect(addr: SocketAddr, client_id: &str) -> MqttClient {
         let mut client = MqttClient(Socket::connect(addr));
-        client.0.send(&mqtt::connect(client_id)).expect("CONNECT");
+        client
+            .0
+            .send(&mqtt::connect(client_id, true))
+            .expect("CONNECT");
         let (first, body) = client.packet().expect("CONNACK");
         assert_eq!((first, body), (0x20, vec![0, 0]), "CONNACK accepted");
         client
@@ -396,16 +253,16 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 /// A client on every protocol's listener still gets answers.
 fn canaries_answer(broker: &Broker) {
-    let mut mqtt = MqttClient::connect(broker.mqtt, "canary");
+    let mut mqtt = MqttClient::connect(broker.mqtt_addr(), "canary");
     mqtt.ping();
-    let mut stomp = StompClient::connect(broker.stomp);
+    let mut stomp = StompClient::connect(broker.stomp_addr());
     assert_eq!(stomp.subscribe("canary", "/topic/canary"), "RECEIPT");
 }
 
 #[test]
 fn a_deep_mqtt_filter_is_refused_and_the_broker_stays_up() {
-    let mut broker = Broker::start();
-    let mut client = MqttClient::connect(broker.mqtt, "deep");
+    let mut broker = start();
+    let mut client = MqttClient::connect(broker.mqtt_addr(), "deep");
     let deep = repeated("a", "/", 16_000);
     let at_limit = repeated("a", "/", 256);
     // The deep filter fails, the others in the same SUBSCRIBE are granted.
@@ -423,25 +280,25 @@ fn a_deep_mqtt_filter_is_refused_and_the_broker_stays_up() {
     // Publishing to a topic past the limit closes that connection only.
     client.publish(&deep, b"too deep");
     assert!(client.closed_by_broker(), "the connection is closed");
-    assert!(broker.alive(), "the broker is still running");
+    assert!(broker.running(), "the broker is still running");
     canaries_answer(&broker);
 }
 
 #[test]
 fn a_stomp_exchange_key_past_the_word_limit_gets_an_error_frame() {
-    let mut broker = Broker::start();
-    let mut client = StompClient::connect(broker.stomp);
+    let mut broker = start();
+    let mut client = StompClient::connect(broker.stomp_addr());
     let long = format!("/exchange/amq.topic/{}", repeated("#", ".", 5_000));
     assert_eq!(client.subscribe("long", &long), "ERROR");
-    assert!(broker.alive());
+    assert!(broker.running());
     canaries_answer(&broker);
 }
 
 #[test]
 fn many_hashes_and_a_long_key_route_quickly_while_canaries_keep_working() {
-    let broker = Broker::start();
+    let broker = start();
     // The binding: twelve `#`s then `z`, from a STOMP subscriber.
-    let mut subscriber = StompClient::connect(broker.stomp);
+    let mut subscriber = StompClient::connect(broker.stomp_addr());
     let pattern = format!("{}.z", repeated("#", ".", 12));
     assert_eq!(
         subscriber.subscribe("hashes", &format!("/topic/{pattern}")),
@@ -453,8 +310,8 @@ fn many_hashes_and_a_long_key_route_quickly_while_canaries_keep_working() {
         subscriber.subscribe("apart", &format!("/topic/{apart}")),
         "RECEIPT"
     );
-    let mut canary = MqttClient::connect(broker.mqtt, "canary-before");
-    let mut publisher = MqttClient::connect(broker.mqtt, "publisher");
+    let mut canary = MqttClient::connect(broker.mqtt_addr(), "canary-before");
+    let mut publisher = MqttClient::connect(broker.mqtt_addr(), "publisher");
     let started = Instant::now();
     let long = repeated("q", "/", 250);
     publisher.publish(&long, b"no z");
@@ -486,8 +343,8 @@ fn many_hashes_and_a_long_key_route_quickly_while_canaries_keep_working() {
 
 #[test]
 fn many_binds_and_unbinds_leave_routing_right_and_survive_a_restart() {
-    let broker = Broker::start();
-    let mut subscriber = MqttClient::connect(broker.mqtt, "many");
+    let broker = start();
+    let mut subscriber = MqttClient::connect(broker.mqtt_addr(), "many");
     const DEVICES: usize = 3_000;
     let filters: Vec<String> = (0..DEVICES).map(|i| format!("dev/{i}/#")).collect();
     for (batch, chunk) in filters.chunks(500).enumerate() {
@@ -504,7 +361,7 @@ fn many_binds_and_unbinds_leave_routing_right_and_survive_a_restart() {
     for (batch, chunk) in odd.chunks(500).enumerate() {
         subscriber.unsubscribe(100 + batch as u16, chunk);
     }
-    let mut publisher = MqttClient::connect(broker.mqtt, "many-publisher");
+    let mut publisher = MqttClient::connect(broker.mqtt_addr(), "many-publisher");
     for i in [1, 2, 2_999, 2_998, 1_501, 0] {
         publisher.publish(&format!("dev/{i}/reading"), format!("{i}").as_bytes());
     }
@@ -521,7 +378,7 @@ fn many_binds_and_unbinds_leave_routing_right_and_survive_a_restart() {
     drop(subscriber);
 
     // Durable bindings come back after a restart, through the one-pass recovery.
-    let mut stomp = StompClient::connect(broker.stomp);
+    let mut stomp = StompClient::connect(broker.stomp_addr());
     for i in 0..300 {
         let destination = format!("/topic/room.{i}.*");
         stomp.send_frame(
@@ -536,15 +393,15 @@ fn many_binds_and_unbinds_leave_routing_right_and_survive_a_restart() {
     }
     assert_eq!(stomp.subscribe("last", "/topic/last"), "RECEIPT");
     drop(stomp);
-    let data_dir = broker.kill();
-    let broker = Broker::start_in(data_dir);
+    let data_dir = kill(broker);
+    let broker = start_in(data_dir);
     // Published before anyone subscribes again: only the recovered bindings route these.
-    let mut publisher = MqttClient::connect(broker.mqtt, "after-restart");
+    let mut publisher = MqttClient::connect(broker.mqtt_addr(), "after-restart");
     publisher.publish("room/8/temp", b"other room");
     publisher.publish("room/299/temp", b"299");
     publisher.publish("room/7/temp", b"7");
     publisher.ping();
-    let mut stomp = StompClient::connect(broker.stomp);
+    let mut stomp = StompClient::connect(broker.stomp_addr());
     let mut seen = Vec::new();
     for i in [7, 299] {
         stomp.send_frame(

@@ -1,5 +1,5 @@
 //! Helpers shared by the lapin end-to-end tests: bounded waits, connecting, reply codes of
-//! channel and connection closes, and small publish/consume/count shortcuts.
+//! channel and connection closes, and small declare/publish/consume/count shortcuts.
 //!
 //! Every await that talks to the broker goes through [`within`], so a hang fails the test after
 //! [`STEP`] instead of blocking the run.
@@ -11,14 +11,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_lite::{Stream, StreamExt};
-use junction_tests::Broker;
+use junction_tests::{Broker, Listeners};
 use lapin::message::{BasicGetMessage, Delivery};
 use lapin::options::{
-    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions,
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ErrorKind, Event,
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer, ErrorKind,
+    Event, PublisherConfirm,
 };
 use tokio::time::timeout;
 
@@ -177,6 +179,36 @@ pub async fn declare(channel: &Channel, name: &str) {
     .expect("queue.declare");
 }
 
+/// Declares a durable queue with `arguments`, returning lapin's answer.
+pub async fn declare_durable(
+    channel: &Channel,
+    name: &str,
+    arguments: FieldTable,
+) -> lapin::Result<lapin::Queue> {
+    within(
+        "queue.declare",
+        channel.queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        ),
+    )
+    .await
+}
+
+/// Puts the channel in confirm mode.
+pub async fn confirm_select(channel: &Channel) {
+    within(
+        "confirm.select",
+        channel.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await
+    .expect("confirm.select");
+}
+
 /// Passively declares `queue`, returning lapin's answer (message and consumer counts).
 pub async fn passive(channel: &Channel, queue: &str) -> lapin::Result<lapin::Queue> {
     within(
@@ -263,6 +295,30 @@ pub async fn publish_with(
     body: &[u8],
     properties: BasicProperties,
 ) {
+    let _confirm = basic_publish(channel, exchange, routing_key, body, properties).await;
+}
+
+/// Publishes `body` with `properties` on a channel in confirm mode and waits for its confirm.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Confirmation {
+    let confirm = basic_publish(channel, exchange, routing_key, body, properties).await;
+    within("confirm", confirm).await.expect("confirmation")
+}
+
+/// basic.publish with default options, returning the confirm to await (it resolves at once on
+/// a channel that is not in confirm mode).
+async fn basic_publish(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> PublisherConfirm {
     within(
         "basic.publish",
         channel.basic_publish(
@@ -274,7 +330,7 @@ pub async fn publish_with(
         ),
     )
     .await
-    .expect("basic.publish");
+    .expect("basic.publish")
 }
 
 /// Starts a consumer with `options`.
@@ -328,11 +384,7 @@ pub fn text(body: &[u8]) -> String {
     String::from_utf8_lossy(body).into_owned()
 }
 
-/// Writes a configuration file into a fresh directory and starts a broker with it.
+/// Starts an AMQP-only broker on a fresh data directory with the configuration `toml`.
 pub fn broker_with_config(label: &str, toml: &str) -> Broker {
-    let dir = junction_tests::temp_dir(label);
-    let path = dir.join("junction.toml");
-    std::fs::write(&path, toml).expect("write config");
-    let path = path.to_string_lossy().into_owned();
-    Broker::start_with(&["--config", &path])
+    Broker::start_configured(junction_tests::temp_dir(label), toml, Listeners::Amqp)
 }

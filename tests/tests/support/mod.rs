@@ -1,3 +1,4 @@
 //! Helpers shared by end-to-end tests that speak a protocol by hand.
 
 pub mod raw_amqp;
+pub mod raw_mqtt;

@@ -150,6 +150,30 @@ pub fn table_entry(key: &str, entries: &[u8]) -> Vec<u8> {
     out
 }
 
+/// connection.start-ok (10/11): a PLAIN login of `user` with `password`, announcing the client
+/// `capabilities` (table entries, for example from [`bool_entry`]), locale en_US.
+pub fn start_ok(user: &str, password: &str, capabilities: &[u8]) -> Method {
+    let response = format!("\0{user}\0{password}");
+    Method::new(10, 11)
+        .table(&table_entry("capabilities", capabilities))
+        .short("PLAIN")
+        .long(response.as_bytes())
+        .short("en_US")
+}
+
+/// connection.tune-ok (10/31).
+pub fn tune_ok(channel_max: u16, frame_max: u32, heartbeat: u16) -> Method {
+    Method::new(10, 31)
+        .u16(channel_max)
+        .u32(frame_max)
+        .u16(heartbeat)
+}
+
+/// connection.open (10/40) of `vhost`.
+pub fn connection_open(vhost: &str) -> Method {
+    Method::new(10, 40).short(vhost).short("").u8(0)
+}
+
 /// queue.declare (50/10), neither passive nor durable, with no arguments.
 pub fn queue_declare(name: &str) -> Method {
     Method::new(50, 10).u16(0).short(name).u8(0).table(&[])
@@ -380,25 +404,24 @@ impl RawClient {
             bool_entry("consumer_cancel_notify", true),
         ]
         .concat();
-        let start_ok = Method::new(10, 11)
-            .table(&table_entry("capabilities", &capabilities))
-            .short("PLAIN")
-            .long(b"\0guest\0guest")
-            .short("en_US");
-        client.send(&start_ok.frame(0));
-        let tune = client.expect_method(0, (10, 30), "connection.tune");
+        client.send(&start_ok("guest", "guest", &capabilities).frame(0));
+        client.tune_and_open(frame_max, 0);
+        client
+    }
+
+    /// After start-ok: answers connection.tune with its channel_max, `frame_max` (or the
+    /// proposed one) and `heartbeat` seconds, then opens vhost `/` and waits for open-ok.
+    pub fn tune_and_open(&mut self, frame_max: Option<u32>, heartbeat: u16) {
+        let tune = self.expect_method(0, (10, 30), "connection.tune");
         let mut fields = tune.arguments();
         let channel_max = fields.u16();
         let proposed = fields.u32();
         let _heartbeat = fields.u16();
         let frame_max = frame_max.unwrap_or(proposed);
-        let tune_ok = Method::new(10, 31).u16(channel_max).u32(frame_max).u16(0);
-        client.send(&tune_ok.frame(0));
-        client.frame_max = frame_max;
-        let open = Method::new(10, 40).short("/").short("").u8(0);
-        client.send(&open.frame(0));
-        client.expect_method(0, (10, 41), "connection.open-ok");
-        client
+        self.send(&tune_ok(channel_max, frame_max, heartbeat).frame(0));
+        self.frame_max = frame_max;
+        self.send(&connection_open("/").frame(0));
+        self.expect_method(0, (10, 41), "connection.open-ok");
     }
 
     /// Writes raw bytes; panics if the socket refuses them.
