@@ -228,7 +228,7 @@ mod tests {
             on_durable(Durability::OnDisk);
         }
 
-        fn read(&self, _at: StoredAt) -> Option<Message> {
+        fn read(&self, _id: u64, _at: StoredAt) -> Option<Message> {
             None
         }
 

@@ -461,7 +461,7 @@ impl QueueActor {
 
     fn read_back(&self, stored: Option<Stored>) -> Option<Arc<Message>> {
         match (&self.store, stored) {
-            (Some((store, _)), Some(stored)) => store.read(stored.at).map(Arc::new),
+            (Some((store, _)), Some(stored)) => store.read(stored.id, stored.at).map(Arc::new),
             _ => None,
         }
     }

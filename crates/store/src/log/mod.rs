@@ -258,8 +258,8 @@ impl MessageStore for MessageLog {
         }
     }
 
-    fn read(&self, at: StoredAt) -> Option<Message> {
-        if let Some(message) = self.read_record(at) {
+    fn read(&self, id: u64, at: StoredAt) -> Option<Message> {
+        if let Some(message) = self.read_record(id, at) {
             return Some(message);
         }
         // A record placed a moment ago may not be written yet: wait for the writer to catch
@@ -271,7 +271,7 @@ impl MessageStore for MessageLog {
         written
             .recv_timeout(std::time::Duration::from_secs(30))
             .ok()?;
-        self.read_record(at)
+        self.read_record(id, at)
     }
 
     fn take_recovered(&self, queue: &QueueKey) -> Vec<Recovered> {
@@ -280,8 +280,9 @@ impl MessageStore for MessageLog {
 }
 
 impl MessageLog {
-    /// Reads the publish record at `at` and returns its message, if it is whole and intact.
-    fn read_record(&self, at: StoredAt) -> Option<Message> {
+    /// Reads the publish record at `at` and returns its message, if it is whole, intact and
+    /// the publish of message `id` (a place whose write failed may hold another record now).
+    fn read_record(&self, id: u64, at: StoredAt) -> Option<Message> {
         let path = segment_path(&self.dir, at.segment);
         let file = File::open(&path).ok()?;
         let mut header = [0u8; record::HEADER];
@@ -293,7 +294,7 @@ impl MessageLog {
         let mut data = vec![0u8; record::HEADER + len];
         file.read_exact_at(&mut data, u64::from(at.offset)).ok()?;
         let payload = record::checked_payload(&data, MAX_RECORD)?;
-        record::message(payload)
+        record::message(payload).filter(|message| message.store_id == Some(id))
     }
 }
 
