@@ -489,3 +489,90 @@ fn a_stale_place_does_not_read_another_message() {
     let read = log.read(other, other_at).expect("readable");
     assert_eq!(&read.body[..], b"other-vhost-message");
 }
+
+/// While the failed bytes cannot be cut off the segment, the log keeps refusing writes:
+/// once it resumes, every record lies where publish said, and recovery keeps them all.
+#[test]
+fn the_log_stays_failing_until_the_failed_bytes_are_cut_off() {
+    let dir = dir("uncut");
+    {
+        let (log, _) = MessageLog::open(&dir).expect("open");
+        publish_durably(&log, &[key("q")], "kept");
+        log.faults.cut_fails.store(true, Ordering::Relaxed);
+        log.faults.disk_full.store(true, Ordering::Relaxed);
+        let (_, _, durability) = publish_outcome(&log, &[key("q")], "lost").expect("placed");
+        assert_eq!(durability, Durability::Failed);
+        log.faults.disk_full.store(false, Ordering::Relaxed);
+        // Give the log a few retries with the cut still failing; whatever it took meanwhile
+        // must read back from its place.
+        let mut written = Vec::new();
+        let until = std::time::Instant::now() + writer::RETRY * 3;
+        while std::time::Instant::now() < until {
+            if let Ok((id, at, Durability::OnDisk)) = publish_outcome(&log, &[key("q")], "during") {
+                written.push((id, at));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(written.is_empty(), "the log took writes behind torn bytes");
+        log.faults.cut_fails.store(false, Ordering::Relaxed);
+        let (id, at) = publish_until_on_disk(&log, "after");
+        assert_eq!(&log.read(id, at).expect("readable").body[..], b"after");
+        flush(&log);
+    }
+    let (log, report) = MessageLog::open(&dir).expect("reopen");
+    assert!(
+        report.truncated.is_empty(),
+        "no torn record: {:?}",
+        report.truncated
+    );
+    assert_eq!(
+        bodies(&log, &log.take_recovered(&key("q"))),
+        ["kept", "after"]
+    );
+}
+
+/// A publish that reaches the writer while the log is failing (placement refuses them, so
+/// only a stray one could) is reported failed when the log resumes, never on disk; a sync
+/// placed after it still runs.
+#[test]
+fn a_stray_publish_placed_while_failing_is_reported_failed() {
+    let dir = dir("stray");
+    let (log, _) = MessageLog::open(&dir).expect("open");
+    publish_durably(&log, &[key("q")], "kept");
+    log.faults.disk_full.store(true, Ordering::Relaxed);
+    let (_, _, durability) = publish_outcome(&log, &[key("q")], "lost").expect("placed");
+    assert_eq!(durability, Durability::Failed);
+    let (stray_tx, stray_rx) = std_mpsc::channel();
+    let (sync_tx, sync_rx) = std_mpsc::channel();
+    {
+        // Holding the placement lock, the writer cannot resume before both are queued, and
+        // then finds them among the requests placed while failing.
+        let tail = lock(&log.tail);
+        assert!(tail.failing);
+        log.faults.disk_full.store(false, Ordering::Relaxed);
+        let id = log.next_id();
+        tail.requests
+            .send(Request::Write {
+                record: record::publish(id, &[key("q")], &message("stray")),
+                message: id,
+                publish_holders: 1,
+                removes: None,
+                on_durable: Some(Box::new(move |durability| {
+                    let _ = stray_tx.send(durability);
+                })),
+            })
+            .expect("sent");
+        tail.requests
+            .send(Request::Sync(Box::new(move |durability| {
+                let _ = sync_tx.send(durability);
+            })))
+            .expect("sent");
+    }
+    assert_eq!(
+        stray_rx.recv_timeout(Duration::from_secs(10)).expect("ran"),
+        Durability::Failed
+    );
+    sync_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the sync placed with it ran");
+}
