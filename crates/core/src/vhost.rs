@@ -37,6 +37,8 @@ pub struct VirtualHost {
     registry: Arc<ExchangeTypeRegistry>,
     storage: Storage,
     me: Weak<VirtualHost>,
+    /// Messages whose write failed, waiting to be withdrawn from their queues.
+    unstored: crate::publish::Unstored,
 }
 
 impl std::fmt::Debug for VirtualHost {
@@ -74,6 +76,7 @@ impl VirtualHost {
             registry,
             storage,
             me: me.clone(),
+            unstored: Default::default(),
         });
         let builtin = |name: &str, kind: &str| ExchangeSpec {
             name: name.to_owned(),
@@ -196,6 +199,14 @@ impl VirtualHost {
     }
 
     /// The stores this vhost writes to.
+    pub(crate) fn me(&self) -> Weak<VirtualHost> {
+        self.me.clone()
+    }
+
+    pub(crate) fn unstored(&self) -> &crate::publish::Unstored {
+        &self.unstored
+    }
+
     pub(crate) fn storage(&self) -> &Storage {
         &self.storage
     }

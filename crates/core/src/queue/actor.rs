@@ -285,8 +285,8 @@ impl QueueActor {
     fn handle_command(&mut self, command: QueueCommand) -> Flow {
         match command {
             QueueCommand::Publish(message, at) => self.enqueue(message, at),
-            QueueCommand::WithdrawUnstored(id) => {
-                for entry in self.ready.take_stored(id) {
+            QueueCommand::WithdrawUnstored(ids) => {
+                for entry in self.ready.take_stored(&ids) {
                     if entry.message.is_some() {
                         self.loaded_bytes = self.loaded_bytes.saturating_sub(entry.size);
                     }
