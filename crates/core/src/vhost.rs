@@ -359,21 +359,15 @@ impl VirtualHost {
             Err(e) if e.kind == ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(e),
         };
-        // The record goes first: delete-ok promises the queue will not come back at the next
-        // start, and a store that cannot write fails the delete with nothing changed.
+        // The queue removes its record once if-unused / if-empty hold and before it stops:
+        // delete-ok promises the queue will not come back at the next start, a refused delete
+        // leaves the record alone, and a store that cannot write fails the delete with nothing
+        // changed.
         let durable = handle.spec().durable && !handle.spec().exclusive;
-        if durable {
-            self.persist(|store| store.delete_queue(&self.name, handle.name()))?;
-        }
-        let count = match handle.delete(if_unused, if_empty).await {
+        let count = match handle.delete(if_unused, if_empty, durable).await {
             Ok(count) => count,
             Err(e) if e.kind == ErrorKind::NotFound => 0,
-            Err(e) => {
-                if durable {
-                    self.persist_quietly(|store| store.save_queue(&self.name, handle.spec()));
-                }
-                return Err(e);
-            }
+            Err(e) => return Err(e),
         };
         self.forget_queue(&handle);
         Ok(count)
@@ -415,6 +409,11 @@ impl VirtualHost {
             Some(store) => change(store.as_ref()).map_err(|e| CoreError::internal(e.to_string())),
             None => Ok(()),
         }
+    }
+
+    /// Removes a durable queue's stored definition (its queue asks, when it is deleted).
+    pub(crate) fn delete_queue_record(&self, name: &str) -> CoreResult<()> {
+        self.persist(|store| store.delete_queue(&self.name, name))
     }
 
     /// Runs a removal against the store where the operation cannot be undone; logs failures.
@@ -691,7 +690,7 @@ impl VirtualHost {
             .map(|q| q.value().clone())
             .collect();
         for handle in owned {
-            let _ = handle.delete(false, false).await;
+            let _ = handle.delete(false, false, false).await;
             self.forget_queue(&handle);
         }
     }

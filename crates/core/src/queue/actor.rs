@@ -336,9 +336,12 @@ impl QueueActor {
             QueueCommand::Delete {
                 if_unused,
                 if_empty,
+                forget_record,
                 reply,
             } => {
-                let outcome = self.check_delete(if_unused, if_empty);
+                let outcome = self
+                    .check_delete(if_unused, if_empty)
+                    .and_then(|count| self.forget_record(forget_record).map(|()| count));
                 let stop = outcome.is_ok();
                 if stop {
                     self.cancel_all_consumers();
@@ -877,6 +880,16 @@ impl QueueActor {
             )));
         }
         Ok(self.ready.len() as u32)
+    }
+
+    /// Removes the queue's stored definition (when asked), after the delete's preconditions
+    /// held and before the queue stops, so a refused delete never touches the record and a
+    /// failed removal leaves the queue as it was.
+    fn forget_record(&self, asked: bool) -> CoreResult<()> {
+        match self.vhost.upgrade() {
+            Some(vhost) if asked => vhost.delete_queue_record(self.handle.name()),
+            _ => Ok(()),
+        }
     }
 
     fn cancel_all_consumers(&mut self) {

@@ -169,6 +169,8 @@ pub(crate) enum QueueCommand {
     Delete {
         if_unused: bool,
         if_empty: bool,
+        /// Remove the queue's stored definition once the preconditions hold.
+        forget_record: bool,
         reply: oneshot::Sender<CoreResult<u32>>,
     },
 }
@@ -348,10 +350,19 @@ impl QueueHandle {
         let _ = self.send(QueueCommand::Wake).await;
     }
 
-    pub(crate) async fn delete(&self, if_unused: bool, if_empty: bool) -> CoreResult<u32> {
+    /// Deletes the queue if `if_unused` / `if_empty` allow; with `forget_record` the queue
+    /// first removes its stored definition, once the preconditions hold and before it stops
+    /// (a store that cannot write fails the delete with nothing changed).
+    pub(crate) async fn delete(
+        &self,
+        if_unused: bool,
+        if_empty: bool,
+        forget_record: bool,
+    ) -> CoreResult<u32> {
         self.ask(|reply| QueueCommand::Delete {
             if_unused,
             if_empty,
+            forget_record,
             reply,
         })
         .await?
