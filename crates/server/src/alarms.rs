@@ -2,9 +2,10 @@
 //! space of the data directory's file system against the disk limit. Either raises the
 //! broker's alarm for its resource while the condition holds.
 //!
-//! The disk is measured by a timer and also by the message log after each write batch
-//! ([`DiskAlarm`] is shared by both), so a burst of publishes raises the alarm with the write
-//! that crosses the limit, before the disk is full, not a timer tick later.
+//! The disk is measured by a timer and also by the message log as it writes, at most every
+//! 50 ms or 1 MiB written ([`DiskAlarm`] is shared by both), so a burst of publishes raises
+//! the alarm soon after its writes cross the limit, before the disk is full, not only at a
+//! timer tick.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};

@@ -13,7 +13,7 @@
 //!
 //! A failed write is never reported as durable: its completions say [`Durability::Failed`],
 //! the failed bytes are cut off the segment, and publishes are refused ([`NotStored`]) until
-//! the disk has room again, when the log resumes by itself (see [`writer`]). After each batch
+//! the disk has room again, when the log resumes by itself (see [`writer`]). While it writes,
 //! the free space of the data directory goes to the space watch ([`MessageLog::watch_space`]).
 
 mod record;
@@ -36,7 +36,7 @@ use junction_core::persistence::{
 pub use recovery::RecoveryReport;
 use writer::{Faults, Request, Writer};
 
-/// Told the data directory's free bytes after each write batch.
+/// Told the data directory's free bytes as the log writes (see [`MessageLog::watch_space`]).
 pub type SpaceHook = Box<dyn Fn(u64) + Send>;
 
 /// The space watch the writer reports to, set once the broker is built.
@@ -165,8 +165,8 @@ impl MessageLog {
         ))
     }
 
-    /// Reports the data directory's free bytes to `hook` after every write batch (and after
-    /// a failed one), so a disk alarm can be raised by the write that crosses its limit.
+    /// Reports the data directory's free bytes to `hook` while writing, at most every 50 ms or
+    /// 1 MiB written (and after a failed batch), so a disk alarm follows the writes.
     pub fn watch_space(&self, hook: SpaceHook) {
         *lock(&self.space) = Some(hook);
     }

@@ -5,14 +5,17 @@
 //! be lost and an acknowledged message would come back at the next start).
 //!
 //! A batch that fails (a full disk, a failing device) is cut off the segment again (truncated
-//! back to the last good length, so no torn record stays), and its completions and those of
-//! every request already placed behind it report [`Durability::Failed`]. The log then refuses
-//! new publishes ([`Tail::failing`]) while it waits for space: every [`RETRY`] it measures the
-//! free space and, once the failed batch would fit, places the tail again at the real end of
-//! the segment and takes writes again. Removal records of a failed batch are kept and written
-//! then (a removal has no reader waiting for its place); removals of messages that were never
-//! written write nothing. After each batch the free space is reported to the space watch, so
-//! the disk alarm is raised by the write that crosses the limit, not only by a timer. When
+//! back to the last good length, so no torn record stays; while that cut fails the log stays
+//! failing and retries it), and its completions and those of every request already placed
+//! behind it report [`Durability::Failed`]. The log then refuses new publishes
+//! ([`Tail::failing`]) while it waits for space: every [`RETRY`] it measures the free space
+//! and, once the failed batch (counted at most [`RETRY_BATCH_CAP`]) plus [`RETRY_MARGIN`]
+//! would fit, places the tail again at the real end of the segment and takes writes again.
+//! Removal records of a failed batch are kept and written then (a removal has no reader
+//! waiting for its place); removals of messages that were never written write nothing. The
+//! free space is reported to the space watch after a failure and otherwise at most every
+//! [`MEASURE_EVERY`] or [`MEASURE_BYTES`] written, so the disk alarm follows the writes, not
+//! only a timer. When
 //! every message has been removed, a large active segment is replaced by a fresh one, so
 //! emptying queues gives the disk space back without waiting for the segment to fill.
 
