@@ -102,13 +102,26 @@ struct Batch {
     removals: Vec<Removal>,
 }
 
-/// Faults injected by unit tests: the next writes fail after writing half their bytes.
+/// Faults injected by unit tests: the next writes fail after writing half their bytes. Only
+/// unit tests read them: in other builds the checks are constant false and compile away.
 #[derive(Debug, Default)]
 pub struct Faults {
     /// While true, every write fails with ENOSPC after a partial write.
     pub disk_full: AtomicBool,
     /// While true, cutting a failed write off the segment fails (EIO).
     pub cut_fails: AtomicBool,
+}
+
+impl Faults {
+    /// Whether writes are to fail as on a full disk.
+    fn disk_full(&self) -> bool {
+        cfg!(test) && self.disk_full.load(Ordering::Relaxed)
+    }
+
+    /// Whether cutting failed bytes off is to fail.
+    fn cut_fails(&self) -> bool {
+        cfg!(test) && self.cut_fails.load(Ordering::Relaxed)
+    }
 }
 
 /// The writer thread's state.
@@ -321,7 +334,7 @@ impl Writer {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        if self.faults.disk_full.load(Ordering::Relaxed) {
+        if self.faults.disk_full() {
             let half = self.buffer.len() / 2;
             let torn = self.file.write_all(&self.buffer[..half]);
             self.buffer.clear();
@@ -405,7 +418,7 @@ impl Writer {
         if !self.uncut {
             return;
         }
-        let cut = if self.faults.cut_fails.load(Ordering::Relaxed) {
+        let cut = if self.faults.cut_fails() {
             Err(std::io::Error::from_raw_os_error(5))
         } else {
             self.file.set_len(self.written)
@@ -467,7 +480,7 @@ impl Writer {
         self.retry = removals;
         self.cut_failed_bytes();
         if self.uncut
-            || self.faults.disk_full.load(Ordering::Relaxed)
+            || self.faults.disk_full()
             || super::free_bytes(&self.dir).is_none_or(|free| free < needed)
         {
             drop(tail);
