@@ -110,8 +110,10 @@ pub trait MessageStore: Send + Sync + 'static {
     /// [`Durability::Failed`] if some of it could not be written).
     fn sync(&self, on_durable: OnDurable);
 
-    /// Reads a stored message back (None if it cannot be read).
-    fn read(&self, at: StoredAt) -> Option<Message>;
+    /// Reads message `id` back from where it was stored. None if it cannot be read, or if
+    /// the record at `at` is not message `id` (a place that did not hold: its write failed
+    /// and a later record took the place), so a stale place never yields another message.
+    fn read(&self, id: u64, at: StoredAt) -> Option<Message>;
 
     /// Takes the messages recovered for a queue at start-up, oldest first (once).
     fn take_recovered(&self, queue: &QueueKey) -> Vec<Recovered>;

@@ -8,15 +8,83 @@
 //! the publisher is told ([`Persisted::Refused`]). A message whose write fails after it was
 //! enqueued (it was in the batch that hit the error) is withdrawn from the durable queues that
 //! still hold it ready, so it is not delivered from memory as if it were stored; one already
-//! delivered to a consumer cannot be called back.
+//! delivered to a consumer cannot be called back. A failed batch fails many messages at once:
+//! their withdrawals are gathered ([`Unstored`]) and each queue gets one command naming all
+//! of its failed messages.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, OnceLock, Weak};
+
+use parking_lot::Mutex;
 
 use crate::exchange::Exchange;
 use crate::message::Message;
 use crate::persistence::{Durability, NotStored, OnDurable, QueueKey, StoredAt};
 use crate::queue::QueueHandle;
 use crate::vhost::VirtualHost;
+
+/// Messages of a vhost whose write failed, waiting to be withdrawn from the durable queues
+/// they were routed to. The first failure of a burst spawns one task that withdraws all that
+/// gathered meanwhile, one command per queue.
+#[derive(Default)]
+pub(crate) struct Unstored {
+    /// Failed store ids with the queues they were written for.
+    pending: Mutex<Vec<(u64, Arc<[QueueKey]>)>>,
+    /// The runtime the withdrawing task runs on (completions run on the store's thread).
+    runtime: OnceLock<tokio::runtime::Handle>,
+}
+
+impl Unstored {
+    /// Notes the runtime publishes run on, once.
+    fn note_runtime(&self) {
+        if self.runtime.get().is_none()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let _ = self.runtime.set(runtime);
+        }
+    }
+
+    /// Message `id`, written for `queues` of `vhost`, failed to reach the disk.
+    fn failed(vhost: Weak<VirtualHost>, id: u64, queues: Arc<[QueueKey]>) {
+        let Some(host) = vhost.upgrade() else {
+            return;
+        };
+        let unstored = host.unstored();
+        let first = {
+            let mut pending = unstored.pending.lock();
+            pending.push((id, queues));
+            pending.len() == 1
+        };
+        if !first {
+            return;
+        }
+        let Some(runtime) = unstored.runtime.get() else {
+            tracing::warn!(
+                vhost = %host.name,
+                "no runtime to withdraw messages whose write failed"
+            );
+            unstored.pending.lock().clear();
+            return;
+        };
+        runtime.spawn(async move {
+            let Some(host) = vhost.upgrade() else {
+                return;
+            };
+            let failed = std::mem::take(&mut *host.unstored().pending.lock());
+            let mut by_queue: HashMap<&str, HashSet<u64>> = HashMap::new();
+            for (id, queues) in &failed {
+                for key in queues.iter() {
+                    by_queue.entry(key.queue.as_str()).or_default().insert(*id);
+                }
+            }
+            for (name, ids) in by_queue {
+                if let Some(queue) = host.queue(name) {
+                    queue.withdraw_unstored(ids).await;
+                }
+            }
+        });
+    }
+}
 
 /// What became of a published message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,27 +161,25 @@ impl VirtualHost {
         if !message.properties.is_persistent() {
             return Ok(None);
         }
-        let holders: Vec<QueueHandle> = queues.iter().filter(|q| is_durable(q)).cloned().collect();
-        if holders.is_empty() {
+        if !queues.iter().any(is_durable) {
             return Ok(None);
         }
-        let durable: Vec<QueueKey> = holders
+        // The keys go to the store and stay with the completion, which needs them only if the
+        // write fails (then the queues are looked up by name).
+        let durable: Arc<[QueueKey]> = queues
             .iter()
+            .filter(|q| is_durable(q))
             .map(|q| QueueKey {
                 vhost: self.name.clone(),
                 queue: q.name().to_owned(),
             })
             .collect();
-        let runtime = tokio::runtime::Handle::try_current().ok();
+        self.unstored().note_runtime();
+        let vhost = self.me();
+        let holders = durable.clone();
         let completion: OnDurable = Box::new(move |durability| {
-            if durability == Durability::Failed
-                && let Some(runtime) = runtime
-            {
-                runtime.spawn(async move {
-                    for queue in holders {
-                        queue.withdraw_unstored(id).await;
-                    }
-                });
+            if durability == Durability::Failed {
+                Unstored::failed(vhost, id, holders);
             }
             if let Some(on_durable) = on_durable {
                 on_durable(durability);
@@ -228,7 +294,7 @@ mod tests {
             on_durable(Durability::OnDisk);
         }
 
-        fn read(&self, _at: StoredAt) -> Option<Message> {
+        fn read(&self, _id: u64, _at: StoredAt) -> Option<Message> {
             None
         }
 
@@ -318,5 +384,42 @@ mod tests {
             [1],
             "the store hears it left"
         );
+    }
+
+    /// A failed batch fails many messages at once: withdrawing them takes one command per
+    /// queue and one pass over its ready messages, not one scan per message (which froze a
+    /// queue with a long backlog). The deadline only catches such a freeze.
+    #[tokio::test]
+    async fn many_failed_writes_are_withdrawn_in_one_pass() {
+        const KEPT: usize = 50_000;
+        const FAILED: usize = 50_000;
+        let store = Arc::new(FailingStore::default());
+        let (vhost, queue) = durable_queue_on(store.clone()).await;
+        let exchange = vhost.exchange("").expect("default exchange");
+        for _ in 0..KEPT {
+            vhost.publish(&exchange, persistent(), None).await;
+        }
+        let written = std::mem::take(&mut *store.completions.lock().expect("lock"));
+        for completion in written {
+            completion(Durability::OnDisk);
+        }
+        for _ in 0..FAILED {
+            vhost.publish(&exchange, persistent(), None).await;
+        }
+        assert_eq!(
+            queue.stats().await.expect("stats").ready as usize,
+            KEPT + FAILED
+        );
+        let failed = std::mem::take(&mut *store.completions.lock().expect("lock"));
+        for completion in failed {
+            completion(Durability::Failed);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while queue.stats().await.expect("stats").ready as usize > KEPT {
+            assert!(tokio::time::Instant::now() < deadline, "withdrawal froze");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(queue.stats().await.expect("stats").ready as usize, KEPT);
+        assert_eq!(store.removed.lock().expect("lock").len(), FAILED);
     }
 }

@@ -37,6 +37,8 @@ pub struct VirtualHost {
     registry: Arc<ExchangeTypeRegistry>,
     storage: Storage,
     me: Weak<VirtualHost>,
+    /// Messages whose write failed, waiting to be withdrawn from their queues.
+    unstored: crate::publish::Unstored,
 }
 
 impl std::fmt::Debug for VirtualHost {
@@ -74,6 +76,7 @@ impl VirtualHost {
             registry,
             storage,
             me: me.clone(),
+            unstored: Default::default(),
         });
         let builtin = |name: &str, kind: &str| ExchangeSpec {
             name: name.to_owned(),
@@ -196,6 +199,14 @@ impl VirtualHost {
     }
 
     /// The stores this vhost writes to.
+    pub(crate) fn me(&self) -> Weak<VirtualHost> {
+        self.me.clone()
+    }
+
+    pub(crate) fn unstored(&self) -> &crate::publish::Unstored {
+        &self.unstored
+    }
+
     pub(crate) fn storage(&self) -> &Storage {
         &self.storage
     }
@@ -348,21 +359,15 @@ impl VirtualHost {
             Err(e) if e.kind == ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(e),
         };
-        // The record goes first: delete-ok promises the queue will not come back at the next
-        // start, and a store that cannot write fails the delete with nothing changed.
+        // The queue removes its record once if-unused / if-empty hold and before it stops:
+        // delete-ok promises the queue will not come back at the next start, a refused delete
+        // leaves the record alone, and a store that cannot write fails the delete with nothing
+        // changed.
         let durable = handle.spec().durable && !handle.spec().exclusive;
-        if durable {
-            self.persist(|store| store.delete_queue(&self.name, handle.name()))?;
-        }
-        let count = match handle.delete(if_unused, if_empty).await {
+        let count = match handle.delete(if_unused, if_empty, durable).await {
             Ok(count) => count,
             Err(e) if e.kind == ErrorKind::NotFound => 0,
-            Err(e) => {
-                if durable {
-                    self.persist_quietly(|store| store.save_queue(&self.name, handle.spec()));
-                }
-                return Err(e);
-            }
+            Err(e) => return Err(e),
         };
         self.forget_queue(&handle);
         Ok(count)
@@ -404,6 +409,11 @@ impl VirtualHost {
             Some(store) => change(store.as_ref()).map_err(|e| CoreError::internal(e.to_string())),
             None => Ok(()),
         }
+    }
+
+    /// Removes a durable queue's stored definition (its queue asks, when it is deleted).
+    pub(crate) fn delete_queue_record(&self, name: &str) -> CoreResult<()> {
+        self.persist(|store| store.delete_queue(&self.name, name))
     }
 
     /// Runs a removal against the store where the operation cannot be undone; logs failures.
@@ -680,7 +690,7 @@ impl VirtualHost {
             .map(|q| q.value().clone())
             .collect();
         for handle in owned {
-            let _ = handle.delete(false, false).await;
+            let _ = handle.delete(false, false, false).await;
             self.forget_queue(&handle);
         }
     }

@@ -2,12 +2,13 @@
 //! space of the data directory's file system against the disk limit. Either raises the
 //! broker's alarm for its resource while the condition holds.
 //!
-//! The disk is measured by a timer and also by the message log after each write batch
-//! ([`DiskAlarm`] is shared by both), so a burst of publishes raises the alarm with the write
-//! that crosses the limit, before the disk is full, not a timer tick later.
+//! The disk is measured by a timer and also by the message log as it writes, at most every
+//! 50 ms or 1 MiB written ([`DiskAlarm`] is shared by both), so a burst of publishes raises
+//! the alarm soon after its writes cross the limit, before the disk is full, not only at a
+//! timer tick.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use junction_core::Broker;
@@ -78,9 +79,11 @@ impl Alarm {
 }
 
 /// The disk alarm: raised while the data directory's file system has fewer free bytes than
-/// the limit. Updated by the timer and by the message log after each write batch.
+/// the limit. Updated by the timer and by the message log as it writes. It holds the broker
+/// weakly: the message log holds it (through its space watch) and the broker holds the log,
+/// so a strong reference would keep all of them alive for ever.
 pub struct DiskAlarm {
-    broker: Arc<Broker>,
+    broker: Weak<Broker>,
     limit: u64,
     alarm: Mutex<Alarm>,
 }
@@ -89,7 +92,7 @@ impl DiskAlarm {
     /// The alarm for `broker` with the configured limit (0: never raised).
     pub fn new(broker: Arc<Broker>, limit: u64) -> Self {
         Self {
-            broker,
+            broker: Arc::downgrade(&broker),
             limit,
             alarm: Mutex::new(Alarm {
                 resource: "disk",
@@ -99,13 +102,16 @@ impl DiskAlarm {
         }
     }
 
-    /// Raises or clears the alarm for `free` bytes left.
+    /// Raises or clears the alarm for `free` bytes left (nothing once the broker is gone).
     pub fn update(&self, free: u64) {
+        let Some(broker) = self.broker.upgrade() else {
+            return;
+        };
         let mut alarm = match self.alarm.lock() {
             Ok(alarm) => alarm,
             Err(poisoned) => poisoned.into_inner(),
         };
-        alarm.update(&self.broker, free < self.limit, free, self.limit);
+        alarm.update(&broker, free < self.limit, free, self.limit);
     }
 }
 
@@ -140,5 +146,32 @@ pub async fn watch_resources(
         if let Some(free) = available_bytes(&data_dir) {
             disk.update(free);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use junction_core::auth::AuthChain;
+    use junction_core::{BrokerConfig, ExchangeTypeRegistry};
+
+    use super::*;
+
+    /// The message log holds the disk alarm and the broker holds the log: the alarm must not
+    /// hold the broker, or neither is ever dropped.
+    #[test]
+    fn the_disk_alarm_does_not_keep_the_broker_alive() {
+        let broker = Broker::new(
+            BrokerConfig::default(),
+            Arc::new(ExchangeTypeRegistry::with_builtins()),
+            AuthChain::new(),
+        );
+        let alarm = DiskAlarm::new(broker.clone(), 100);
+        assert_eq!(Arc::strong_count(&broker), 1, "only the test holds it");
+        alarm.update(10);
+        assert!(broker.alarm().borrow().is_some(), "raised below the limit");
+        alarm.update(1000);
+        assert!(broker.alarm().borrow().is_none(), "cleared above it");
+        drop(broker);
+        alarm.update(10);
     }
 }

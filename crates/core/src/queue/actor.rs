@@ -285,8 +285,8 @@ impl QueueActor {
     fn handle_command(&mut self, command: QueueCommand) -> Flow {
         match command {
             QueueCommand::Publish(message, at) => self.enqueue(message, at),
-            QueueCommand::WithdrawUnstored(id) => {
-                for entry in self.ready.take_stored(id) {
+            QueueCommand::WithdrawUnstored(ids) => {
+                for entry in self.ready.take_stored(&ids) {
                     if entry.message.is_some() {
                         self.loaded_bytes = self.loaded_bytes.saturating_sub(entry.size);
                     }
@@ -336,9 +336,12 @@ impl QueueActor {
             QueueCommand::Delete {
                 if_unused,
                 if_empty,
+                forget_record,
                 reply,
             } => {
-                let outcome = self.check_delete(if_unused, if_empty);
+                let outcome = self
+                    .check_delete(if_unused, if_empty)
+                    .and_then(|count| self.forget_record(forget_record).map(|()| count));
                 let stop = outcome.is_ok();
                 if stop {
                     self.cancel_all_consumers();
@@ -461,7 +464,7 @@ impl QueueActor {
 
     fn read_back(&self, stored: Option<Stored>) -> Option<Arc<Message>> {
         match (&self.store, stored) {
-            (Some((store, _)), Some(stored)) => store.read(stored.at).map(Arc::new),
+            (Some((store, _)), Some(stored)) => store.read(stored.id, stored.at).map(Arc::new),
             _ => None,
         }
     }
@@ -877,6 +880,16 @@ impl QueueActor {
             )));
         }
         Ok(self.ready.len() as u32)
+    }
+
+    /// Removes the queue's stored definition (when asked), after the delete's preconditions
+    /// held and before the queue stops, so a refused delete never touches the record and a
+    /// failed removal leaves the queue as it was.
+    fn forget_record(&self, asked: bool) -> CoreResult<()> {
+        match self.vhost.upgrade() {
+            Some(vhost) if asked => vhost.delete_queue_record(self.handle.name()),
+            _ => Ok(()),
+        }
     }
 
     fn cancel_all_consumers(&mut self) {

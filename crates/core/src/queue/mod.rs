@@ -10,6 +10,7 @@ mod credit;
 mod dead_letter;
 mod ready;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -148,9 +149,9 @@ pub struct GetResult {
 
 pub(crate) enum QueueCommand {
     Publish(Arc<Message>, Option<StoredAt>),
-    /// The message store failed to write the message with this store id: drop it if it is
-    /// still ready, so it is not delivered as if it were stored.
-    WithdrawUnstored(u64),
+    /// The message store failed to write the messages with these store ids: drop those still
+    /// ready, so they are not delivered as if they were stored.
+    WithdrawUnstored(HashSet<u64>),
     /// A message the queue refused (`x-overflow` reject-publish-dlx): dead-letter it.
     DeadLetterRefused(Arc<Message>),
     /// The queue was redeclared: it counts as used (`x-expires`).
@@ -168,6 +169,8 @@ pub(crate) enum QueueCommand {
     Delete {
         if_unused: bool,
         if_empty: bool,
+        /// Remove the queue's stored definition once the preconditions hold.
+        forget_record: bool,
         reply: oneshot::Sender<CoreResult<u32>>,
     },
 }
@@ -270,10 +273,10 @@ impl QueueHandle {
         self.send(QueueCommand::Publish(message, None)).await
     }
 
-    /// The message store could not write message `id` after this queue took it: the queue
-    /// drops it while it is still ready (one already delivered cannot be called back).
-    pub async fn withdraw_unstored(&self, id: u64) {
-        let _ = self.send(QueueCommand::WithdrawUnstored(id)).await;
+    /// The message store could not write messages `ids` after this queue took them: the
+    /// queue drops those still ready (one already delivered cannot be called back).
+    pub async fn withdraw_unstored(&self, ids: HashSet<u64>) {
+        let _ = self.send(QueueCommand::WithdrawUnstored(ids)).await;
     }
 
     /// Enqueues a persistent message already written to the message store at `at`, so a
@@ -347,10 +350,19 @@ impl QueueHandle {
         let _ = self.send(QueueCommand::Wake).await;
     }
 
-    pub(crate) async fn delete(&self, if_unused: bool, if_empty: bool) -> CoreResult<u32> {
+    /// Deletes the queue if `if_unused` / `if_empty` allow; with `forget_record` the queue
+    /// first removes its stored definition, once the preconditions hold and before it stops
+    /// (a store that cannot write fails the delete with nothing changed).
+    pub(crate) async fn delete(
+        &self,
+        if_unused: bool,
+        if_empty: bool,
+        forget_record: bool,
+    ) -> CoreResult<u32> {
         self.ask(|reply| QueueCommand::Delete {
             if_unused,
             if_empty,
+            forget_record,
             reply,
         })
         .await?

@@ -5,7 +5,7 @@
 //! when full it keeps the shared [`Admission`] count in step: publishers reserve room for what
 //! they publish, the list counts what comes back (requeues, recovery) and what leaves.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -148,18 +148,35 @@ impl ReadyList {
         all
     }
 
-    /// Takes the messages stored under store id `id` (a write that failed).
-    pub(super) fn take_stored(&mut self, id: u64) -> Vec<Ready> {
+    /// Takes the messages stored under the store ids `ids` (writes that failed). A queue holds
+    /// a message once, and failed messages are the newest, so each level is searched from the
+    /// back until every id was found, and only the part behind the oldest one found is
+    /// rebuilt: one pass at most, however many failed.
+    pub(super) fn take_stored(&mut self, ids: &HashSet<u64>) -> Vec<Ready> {
         let mut taken = Vec::new();
+        let mut missing = ids.len();
         for level in &mut self.levels {
-            let mut index = 0;
-            while index < level.len() {
-                if level[index].stored.is_some_and(|stored| stored.id == id) {
-                    if let Some(entry) = level.remove(index) {
-                        taken.push(entry);
-                    }
+            if missing == 0 {
+                break;
+            }
+            let mut oldest = None;
+            for (index, entry) in level.iter().enumerate().rev() {
+                if missing == 0 {
+                    break;
+                }
+                if entry.stored.is_some_and(|stored| ids.contains(&stored.id)) {
+                    missing -= 1;
+                    oldest = Some(index);
+                }
+            }
+            let Some(oldest) = oldest else {
+                continue;
+            };
+            for entry in level.split_off(oldest) {
+                if entry.stored.is_some_and(|stored| ids.contains(&stored.id)) {
+                    taken.push(entry);
                 } else {
-                    index += 1;
+                    level.push_back(entry);
                 }
             }
         }
@@ -298,5 +315,41 @@ mod tests {
         assert_eq!(list.take_expired(start + Duration::from_secs(1)).len(), 1);
         assert_eq!(list.next_expiry(), None);
         assert_eq!(list.len(), 1);
+    }
+
+    fn stored_entry(seq: MessageSeq, level: u8, id: u64) -> Ready {
+        let mut ready = entry(seq, level, None);
+        ready.stored = Some(Stored {
+            id,
+            at: StoredAt {
+                segment: 1,
+                offset: seq as u32,
+            },
+        });
+        ready
+    }
+
+    #[test]
+    fn failed_writes_are_taken_from_every_level_and_the_rest_keeps_its_order() {
+        let mut list = ReadyList::new(Some(2), None);
+        for seq in 0..30u64 {
+            list.push_back(stored_entry(seq, (seq % 3) as u8, 100 + seq));
+        }
+        list.push_back(entry(30, 1, None));
+        let failed: HashSet<u64> = [104, 125, 127, 128, 999].into_iter().collect();
+        let mut taken: Vec<MessageSeq> = list.take_stored(&failed).iter().map(|e| e.seq).collect();
+        taken.sort_unstable();
+        assert_eq!(taken, vec![4, 25, 27, 28]);
+        assert_eq!(list.len(), 27);
+        assert_eq!(list.bytes(), 270);
+        let rest = seqs(&mut list);
+        let mut expected: Vec<MessageSeq> = Vec::new();
+        for level in (0..3u64).rev() {
+            expected.extend((0..31).filter(|seq| {
+                let at_level = if *seq == 30 { 1 } else { seq % 3 };
+                at_level == level && ![4, 25, 27, 28].contains(seq)
+            }));
+        }
+        assert_eq!(rest, expected);
     }
 }

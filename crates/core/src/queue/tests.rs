@@ -202,3 +202,145 @@ async fn channel_credit_is_shared_across_queues() {
     let second = next_delivery(&mut events).await;
     assert_ne!(first.consumer_tag, second.consumer_tag);
 }
+
+/// A definition store that records what it was asked, and can refuse queue deletions.
+#[derive(Default)]
+struct RecordingDefinitions {
+    calls: parking_lot::Mutex<Vec<String>>,
+    refuse_delete: std::sync::atomic::AtomicBool,
+}
+
+impl crate::definitions::DefinitionStore for RecordingDefinitions {
+    fn save_exchange(
+        &self,
+        _vhost: &str,
+        _spec: &crate::exchange::ExchangeSpec,
+    ) -> Result<(), crate::definitions::StoreFailure> {
+        Ok(())
+    }
+    fn delete_exchange(
+        &self,
+        _vhost: &str,
+        _name: &str,
+    ) -> Result<(), crate::definitions::StoreFailure> {
+        Ok(())
+    }
+    fn save_queue(
+        &self,
+        _vhost: &str,
+        spec: &QueueSpec,
+    ) -> Result<(), crate::definitions::StoreFailure> {
+        self.calls.lock().push(format!("save {}", spec.name));
+        Ok(())
+    }
+    fn delete_queue(
+        &self,
+        _vhost: &str,
+        name: &str,
+    ) -> Result<(), crate::definitions::StoreFailure> {
+        if self
+            .refuse_delete
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(crate::definitions::StoreFailure("disk full".into()));
+        }
+        self.calls.lock().push(format!("delete {name}"));
+        Ok(())
+    }
+    fn save_binding(
+        &self,
+        _vhost: &str,
+        _binding: &crate::definitions::BindingRecord,
+    ) -> Result<(), crate::definitions::StoreFailure> {
+        Ok(())
+    }
+    fn delete_binding(
+        &self,
+        _vhost: &str,
+        _binding: &crate::definitions::BindingRecord,
+    ) -> Result<(), crate::definitions::StoreFailure> {
+        Ok(())
+    }
+    fn load(
+        &self,
+        _vhost: &str,
+    ) -> Result<crate::definitions::VhostDefinitions, crate::definitions::StoreFailure> {
+        Ok(Default::default())
+    }
+}
+
+/// A durable queue's record is removed only once the delete's preconditions hold: a refused
+/// if-empty delete never removes it (a crash then would lose a queue that still exists), a
+/// record that cannot be removed fails the delete with the queue intact, and an allowed
+/// delete removes it.
+#[tokio::test]
+async fn a_refused_delete_leaves_the_durable_record_alone() {
+    let definitions = Arc::new(RecordingDefinitions::default());
+    let storage = crate::persistence::Storage {
+        definitions: Some(definitions.clone()),
+        ..Default::default()
+    };
+    let vhost = VirtualHost::with_store(
+        "/",
+        Arc::new(ExchangeTypeRegistry::with_builtins()),
+        storage,
+    );
+    let spec = QueueSpec {
+        name: "kept".into(),
+        durable: true,
+        ..Default::default()
+    };
+    let queue = vhost
+        .declare_queue(spec, false, false, OWNER)
+        .await
+        .expect("declare")
+        .handle;
+    queue.publish(message("m")).await.expect("published");
+    let refused = vhost.delete_queue("kept", false, true, OWNER).await;
+    assert!(refused.is_err(), "a non-empty queue refuses if-empty");
+    assert_eq!(
+        *definitions.calls.lock(),
+        ["save kept"],
+        "the record was not touched"
+    );
+
+    definitions
+        .refuse_delete
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        vhost
+            .delete_queue("kept", false, false, OWNER)
+            .await
+            .is_err()
+    );
+    assert!(
+        vhost.queue("kept").is_some(),
+        "the queue stays when its record stays"
+    );
+    assert_eq!(queue.stats().await.expect("alive").ready, 1);
+
+    definitions
+        .refuse_delete
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        vhost
+            .delete_queue("kept", false, false, OWNER)
+            .await
+            .expect("deleted"),
+        1
+    );
+    assert!(vhost.queue("kept").is_none());
+    assert_eq!(
+        definitions.calls.lock().first().map(String::as_str),
+        Some("save kept")
+    );
+    assert!(definitions.calls.lock().iter().any(|c| c == "delete kept"));
+    assert!(
+        !definitions
+            .calls
+            .lock()
+            .iter()
+            .skip(1)
+            .any(|c| c.starts_with("save"))
+    );
+}

@@ -13,7 +13,7 @@
 //!
 //! A failed write is never reported as durable: its completions say [`Durability::Failed`],
 //! the failed bytes are cut off the segment, and publishes are refused ([`NotStored`]) until
-//! the disk has room again, when the log resumes by itself (see [`writer`]). After each batch
+//! the disk has room again, when the log resumes by itself (see [`writer`]). While it writes,
 //! the free space of the data directory goes to the space watch ([`MessageLog::watch_space`]).
 
 mod record;
@@ -36,7 +36,7 @@ use junction_core::persistence::{
 pub use recovery::RecoveryReport;
 use writer::{Faults, Request, Writer};
 
-/// Told the data directory's free bytes after each write batch.
+/// Told the data directory's free bytes as the log writes (see [`MessageLog::watch_space`]).
 pub type SpaceHook = Box<dyn Fn(u64) + Send>;
 
 /// The space watch the writer reports to, set once the broker is built.
@@ -165,8 +165,8 @@ impl MessageLog {
         ))
     }
 
-    /// Reports the data directory's free bytes to `hook` after every write batch (and after
-    /// a failed one), so a disk alarm can be raised by the write that crosses its limit.
+    /// Reports the data directory's free bytes to `hook` while writing, at most every 50 ms or
+    /// 1 MiB written (and after a failed batch), so a disk alarm follows the writes.
     pub fn watch_space(&self, hook: SpaceHook) {
         *lock(&self.space) = Some(hook);
     }
@@ -258,8 +258,8 @@ impl MessageStore for MessageLog {
         }
     }
 
-    fn read(&self, at: StoredAt) -> Option<Message> {
-        if let Some(message) = self.read_record(at) {
+    fn read(&self, id: u64, at: StoredAt) -> Option<Message> {
+        if let Some(message) = self.read_record(id, at) {
             return Some(message);
         }
         // A record placed a moment ago may not be written yet: wait for the writer to catch
@@ -271,7 +271,7 @@ impl MessageStore for MessageLog {
         written
             .recv_timeout(std::time::Duration::from_secs(30))
             .ok()?;
-        self.read_record(at)
+        self.read_record(id, at)
     }
 
     fn take_recovered(&self, queue: &QueueKey) -> Vec<Recovered> {
@@ -280,8 +280,9 @@ impl MessageStore for MessageLog {
 }
 
 impl MessageLog {
-    /// Reads the publish record at `at` and returns its message, if it is whole and intact.
-    fn read_record(&self, at: StoredAt) -> Option<Message> {
+    /// Reads the publish record at `at` and returns its message, if it is whole, intact and
+    /// the publish of message `id` (a place whose write failed may hold another record now).
+    fn read_record(&self, id: u64, at: StoredAt) -> Option<Message> {
         let path = segment_path(&self.dir, at.segment);
         let file = File::open(&path).ok()?;
         let mut header = [0u8; record::HEADER];
@@ -293,7 +294,7 @@ impl MessageLog {
         let mut data = vec![0u8; record::HEADER + len];
         file.read_exact_at(&mut data, u64::from(at.offset)).ok()?;
         let payload = record::checked_payload(&data, MAX_RECORD)?;
-        record::message(payload)
+        record::message(payload).filter(|message| message.store_id == Some(id))
     }
 }
 

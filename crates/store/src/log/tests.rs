@@ -67,7 +67,7 @@ fn bodies(log: &MessageLog, recovered: &[Recovered]) -> Vec<String> {
     recovered
         .iter()
         .map(|r| {
-            let message = log.read(r.at).expect("readable");
+            let message = log.read(r.id, r.at).expect("readable");
             assert_eq!(message.store_id, Some(r.id));
             String::from_utf8_lossy(&message.body).into_owned()
         })
@@ -159,12 +159,15 @@ fn a_message_is_readable_from_where_publish_said_it_lies() {
     let dir = dir("read");
     let (log, _) = MessageLog::open(&dir).expect("open");
     let (id, first) = publish_durably(&log, &[key("q")], "one");
-    let (_, second) = publish_durably(&log, &[key("q")], "two");
+    let (second_id, second) = publish_durably(&log, &[key("q")], "two");
     assert_ne!(first, second);
-    let message = log.read(first).expect("readable");
+    let message = log.read(id, first).expect("readable");
     assert_eq!(message.store_id, Some(id));
     assert_eq!(&message.body[..], b"one");
-    assert_eq!(&log.read(second).expect("readable").body[..], b"two");
+    assert_eq!(
+        &log.read(second_id, second).expect("readable").body[..],
+        b"two"
+    );
 }
 
 fn segments(dir: &Path) -> Vec<String> {
@@ -289,7 +292,10 @@ fn a_failed_write_fails_its_completions_and_the_log_recovers_when_the_disk_has_r
             }
         };
         assert!(after > lost);
-        assert_eq!(&log.read(kept_at).expect("readable").body[..], b"kept");
+        assert_eq!(
+            &log.read(kept, kept_at).expect("readable").body[..],
+            b"kept"
+        );
         assert_eq!(kept, 1);
         flush(&log);
     }
@@ -343,7 +349,7 @@ fn places_given_after_recovery_hold() {
     let mut written = Vec::new();
     while written.len() < 5 {
         match publish_outcome(&log, &[key("q")], &format!("later-{}", written.len())) {
-            Ok((_, at, Durability::OnDisk)) => written.push(at),
+            Ok((id, at, Durability::OnDisk)) => written.push((id, at)),
             _ => {
                 assert!(
                     std::time::Instant::now() < deadline,
@@ -353,8 +359,8 @@ fn places_given_after_recovery_hold() {
             }
         }
     }
-    for (n, at) in written.into_iter().enumerate() {
-        let body = log.read(at).expect("readable").body;
+    for (n, (id, at)) in written.into_iter().enumerate() {
+        let body = log.read(id, at).expect("readable").body;
         assert_eq!(&body[..], format!("later-{n}").as_bytes());
     }
 }
@@ -402,9 +408,9 @@ fn an_all_dead_log_starts_over_in_a_fresh_segment() {
         ["0000000002.seg"],
         "the dead segment is gone"
     );
-    let (_, at) = publish_durably(&log, &[key("q")], "after");
+    let (id, at) = publish_durably(&log, &[key("q")], "after");
     assert_eq!(at.segment, 2);
-    assert_eq!(&log.read(at).expect("readable").body[..], b"after");
+    assert_eq!(&log.read(id, at).expect("readable").body[..], b"after");
     drop(log);
     let (log, _) = MessageLog::open(&dir).expect("reopen");
     assert_eq!(bodies(&log, &log.take_recovered(&key("q"))), ["after"]);
@@ -443,4 +449,130 @@ fn removing_every_message_while_the_disk_is_full_frees_the_segment() {
     let (log, report) = MessageLog::open(&dir).expect("reopen");
     assert!(report.truncated.is_empty());
     assert_eq!(bodies(&log, &log.take_recovered(&key("q"))), ["after"]);
+}
+
+/// Publishes until the log takes writes again (after a fault is cleared), returning the
+/// messages written meanwhile.
+fn publish_until_on_disk(log: &MessageLog, body: &str) -> (u64, StoredAt) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match publish_outcome(log, &[key("q")], body) {
+            Ok((id, at, Durability::OnDisk)) => return (id, at),
+            _ => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the log never resumed"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// A failed publish's place is taken by a later record once the log resumes: reading the
+/// failed message there finds nothing, never the other message.
+#[test]
+fn a_stale_place_does_not_read_another_message() {
+    let dir = dir("stale-place");
+    let (log, _) = MessageLog::open(&dir).expect("open");
+    publish_durably(&log, &[key("q")], "kept");
+    log.faults.disk_full.store(true, Ordering::Relaxed);
+    let (lost, lost_at, durability) = publish_outcome(&log, &[key("q")], "lost").expect("placed");
+    assert_eq!(durability, Durability::Failed);
+    log.faults.disk_full.store(false, Ordering::Relaxed);
+    let (other, other_at) = publish_until_on_disk(&log, "other-vhost-message");
+    assert_eq!(other_at, lost_at, "the test needs the place reused");
+    assert!(
+        log.read(lost, lost_at).is_none(),
+        "the failed message's place holds another message"
+    );
+    let read = log.read(other, other_at).expect("readable");
+    assert_eq!(&read.body[..], b"other-vhost-message");
+}
+
+/// While the failed bytes cannot be cut off the segment, the log keeps refusing writes:
+/// once it resumes, every record lies where publish said, and recovery keeps them all.
+#[test]
+fn the_log_stays_failing_until_the_failed_bytes_are_cut_off() {
+    let dir = dir("uncut");
+    {
+        let (log, _) = MessageLog::open(&dir).expect("open");
+        publish_durably(&log, &[key("q")], "kept");
+        log.faults.cut_fails.store(true, Ordering::Relaxed);
+        log.faults.disk_full.store(true, Ordering::Relaxed);
+        let (_, _, durability) = publish_outcome(&log, &[key("q")], "lost").expect("placed");
+        assert_eq!(durability, Durability::Failed);
+        log.faults.disk_full.store(false, Ordering::Relaxed);
+        // Give the log a few retries with the cut still failing; whatever it took meanwhile
+        // must read back from its place.
+        let mut written = Vec::new();
+        let until = std::time::Instant::now() + writer::RETRY * 3;
+        while std::time::Instant::now() < until {
+            if let Ok((id, at, Durability::OnDisk)) = publish_outcome(&log, &[key("q")], "during") {
+                written.push((id, at));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(written.is_empty(), "the log took writes behind torn bytes");
+        log.faults.cut_fails.store(false, Ordering::Relaxed);
+        let (id, at) = publish_until_on_disk(&log, "after");
+        assert_eq!(&log.read(id, at).expect("readable").body[..], b"after");
+        flush(&log);
+    }
+    let (log, report) = MessageLog::open(&dir).expect("reopen");
+    assert!(
+        report.truncated.is_empty(),
+        "no torn record: {:?}",
+        report.truncated
+    );
+    assert_eq!(
+        bodies(&log, &log.take_recovered(&key("q"))),
+        ["kept", "after"]
+    );
+}
+
+/// A publish that reaches the writer while the log is failing (placement refuses them, so
+/// only a stray one could) is reported failed when the log resumes, never on disk; a sync
+/// placed after it still runs.
+#[test]
+fn a_stray_publish_placed_while_failing_is_reported_failed() {
+    let dir = dir("stray");
+    let (log, _) = MessageLog::open(&dir).expect("open");
+    publish_durably(&log, &[key("q")], "kept");
+    log.faults.disk_full.store(true, Ordering::Relaxed);
+    let (_, _, durability) = publish_outcome(&log, &[key("q")], "lost").expect("placed");
+    assert_eq!(durability, Durability::Failed);
+    let (stray_tx, stray_rx) = std_mpsc::channel();
+    let (sync_tx, sync_rx) = std_mpsc::channel();
+    {
+        // Holding the placement lock, the writer cannot resume before both are queued, and
+        // then finds them among the requests placed while failing.
+        let tail = lock(&log.tail);
+        assert!(tail.failing);
+        log.faults.disk_full.store(false, Ordering::Relaxed);
+        let id = log.next_id();
+        tail.requests
+            .send(Request::Write {
+                record: record::publish(id, &[key("q")], &message("stray")),
+                message: id,
+                publish_holders: 1,
+                removes: None,
+                on_durable: Some(Box::new(move |durability| {
+                    let _ = stray_tx.send(durability);
+                })),
+            })
+            .expect("sent");
+        tail.requests
+            .send(Request::Sync(Box::new(move |durability| {
+                let _ = sync_tx.send(durability);
+            })))
+            .expect("sent");
+    }
+    assert_eq!(
+        stray_rx.recv_timeout(Duration::from_secs(10)).expect("ran"),
+        Durability::Failed
+    );
+    sync_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the sync placed with it ran");
 }

@@ -5,14 +5,17 @@
 //! be lost and an acknowledged message would come back at the next start).
 //!
 //! A batch that fails (a full disk, a failing device) is cut off the segment again (truncated
-//! back to the last good length, so no torn record stays), and its completions and those of
-//! every request already placed behind it report [`Durability::Failed`]. The log then refuses
-//! new publishes ([`Tail::failing`]) while it waits for space: every [`RETRY`] it measures the
-//! free space and, once the failed batch would fit, places the tail again at the real end of
-//! the segment and takes writes again. Removal records of a failed batch are kept and written
-//! then (a removal has no reader waiting for its place); removals of messages that were never
-//! written write nothing. After each batch the free space is reported to the space watch, so
-//! the disk alarm is raised by the write that crosses the limit, not only by a timer. When
+//! back to the last good length, so no torn record stays; while that cut fails the log stays
+//! failing and retries it), and its completions and those of every request already placed
+//! behind it report [`Durability::Failed`]. The log then refuses new publishes
+//! ([`Tail::failing`]) while it waits for space: every [`RETRY`] it measures the free space
+//! and, once the failed batch (counted at most [`RETRY_BATCH_CAP`]) plus [`RETRY_MARGIN`]
+//! would fit, places the tail again at the real end of the segment and takes writes again.
+//! Removal records of a failed batch are kept and written then (a removal has no reader
+//! waiting for its place); removals of messages that were never written write nothing. The
+//! free space is reported to the space watch after a failure and otherwise at most every
+//! [`MEASURE_EVERY`] or [`MEASURE_BYTES`] written, so the disk alarm follows the writes, not
+//! only a timer. When
 //! every message has been removed, a large active segment is replaced by a fresh one, so
 //! emptying queues gives the disk space back without waiting for the segment to fill.
 
@@ -69,21 +72,56 @@ struct Removal {
     segment: u32,
 }
 
+/// A completion waiting for its batch, in request order.
+struct Done {
+    callback: OnDurable,
+    /// It answers a publish (not a removal or a sync).
+    publish: bool,
+    /// Fails whatever becomes of the batch: a publish placed while the log was failing,
+    /// whose place did not hold.
+    failed: bool,
+}
+
+impl Done {
+    fn new(callback: OnDurable, publish: bool) -> Self {
+        Self {
+            callback,
+            publish,
+            failed: false,
+        }
+    }
+}
+
 /// The requests taken since the last commit.
 #[derive(Default)]
 struct Batch {
-    done: Vec<OnDurable>,
+    done: Vec<Done>,
     /// Publishes in the batch: (message id, queues holding it).
     publishes: Vec<(u64, usize)>,
     /// Removals in the batch, kept to retry if it fails.
     removals: Vec<Removal>,
 }
 
-/// Faults injected by unit tests: the next writes fail after writing half their bytes.
+/// Faults injected by unit tests: the next writes fail after writing half their bytes. Only
+/// unit tests read them: in other builds the checks are constant false and compile away.
 #[derive(Debug, Default)]
 pub struct Faults {
     /// While true, every write fails with ENOSPC after a partial write.
     pub disk_full: AtomicBool,
+    /// While true, cutting a failed write off the segment fails (EIO).
+    pub cut_fails: AtomicBool,
+}
+
+impl Faults {
+    /// Whether writes are to fail as on a full disk.
+    fn disk_full(&self) -> bool {
+        cfg!(test) && self.disk_full.load(Ordering::Relaxed)
+    }
+
+    /// Whether cutting failed bytes off is to fail.
+    fn cut_fails(&self) -> bool {
+        cfg!(test) && self.cut_fails.load(Ordering::Relaxed)
+    }
 }
 
 /// The writer thread's state.
@@ -106,6 +144,10 @@ pub struct Writer {
     retry: Vec<Removal>,
     /// While writes fail: the free bytes needed before trying again.
     failing: Option<u64>,
+    /// A failed write's bytes are still on the segment beyond `written` (cutting them off
+    /// failed): the log stays failing until the cut succeeds, so no record is placed behind
+    /// torn bytes (its place would be wrong, and recovery would truncate it away).
+    uncut: bool,
     space: SpaceWatch,
     /// When the free space was last measured, and `bytes_written` then.
     measured: Option<(Instant, u64)>,
@@ -146,6 +188,7 @@ impl Writer {
             unwritten: HashMap::new(),
             retry: Vec::new(),
             failing: None,
+            uncut: false,
             space,
             measured: None,
             bytes_written: 0,
@@ -222,7 +265,10 @@ impl Writer {
                     self.buffer.extend_from_slice(&record);
                     batch.publishes.push((message, publish_holders));
                 }
-                batch.done.extend(on_durable);
+                let publish = removes.is_none();
+                batch
+                    .done
+                    .extend(on_durable.map(|callback| Done::new(callback, publish)));
             }
             Request::Roll(next) => {
                 if self.failing.is_some() {
@@ -247,7 +293,7 @@ impl Writer {
                     }
                 }
             }
-            Request::Sync(on_durable) => batch.done.push(on_durable),
+            Request::Sync(on_durable) => batch.done.push(Done::new(on_durable, false)),
         }
     }
 
@@ -269,8 +315,12 @@ impl Writer {
                         *count = count.saturating_sub(1);
                     }
                 }
-                for callback in batch.done {
-                    callback(Durability::OnDisk);
+                for done in batch.done {
+                    (done.callback)(if done.failed {
+                        Durability::Failed
+                    } else {
+                        Durability::OnDisk
+                    });
                 }
             }
             Err(error) => {
@@ -284,7 +334,7 @@ impl Writer {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        if self.faults.disk_full.load(Ordering::Relaxed) {
+        if self.faults.disk_full() {
             let half = self.buffer.len() / 2;
             let torn = self.file.write_all(&self.buffer[..half]);
             self.buffer.clear();
@@ -301,9 +351,8 @@ impl Writer {
     /// behind it, and stops placing publishes until there is room.
     fn fail(&mut self, batch: Batch, requests: &mpsc::Receiver<Request>, bytes: u64) {
         self.buffer.clear();
-        if let Err(error) = self.file.set_len(self.written) {
-            tracing::error!(%error, "cannot cut a failed write off the message log");
-        }
+        self.uncut = true;
+        self.cut_failed_bytes();
         self.failing = Some(bytes.min(RETRY_BATCH_CAP) + RETRY_MARGIN);
         let mut failed = batch;
         {
@@ -342,8 +391,43 @@ impl Writer {
                 None => self.retry.push(removal),
             }
         }
-        for callback in batch.done {
-            callback(Durability::Failed);
+        for done in batch.done {
+            (done.callback)(Durability::Failed);
+        }
+    }
+
+    /// Publishes placed while the log was failing (refused publishes never get here; a stray
+    /// one counts as failed): nothing was written, so their completions report a failure
+    /// (in their places among the syncs) and their removals will write nothing.
+    fn fail_stray_publishes(&mut self, placed: &mut Batch) {
+        for (message, holders) in placed.publishes.drain(..) {
+            if holders > 0 {
+                self.unwritten.insert(message, holders);
+            }
+        }
+        for done in &mut placed.done {
+            if done.publish {
+                done.failed = true;
+            }
+        }
+    }
+
+    /// Cuts a failed write's bytes off the segment, back to the last good length; on failure
+    /// they stay marked `uncut` (and the log failing) to try again at the next retry.
+    fn cut_failed_bytes(&mut self) {
+        if !self.uncut {
+            return;
+        }
+        let cut = if self.faults.cut_fails() {
+            Err(std::io::Error::from_raw_os_error(5))
+        } else {
+            self.file.set_len(self.written)
+        };
+        match cut {
+            Ok(()) => self.uncut = false,
+            Err(error) => {
+                tracing::error!(%error, "cannot cut a failed write off the message log; writes stay refused until it can")
+            }
         }
     }
 
@@ -382,8 +466,11 @@ impl Writer {
             && removals.iter().all(|r| r.segment == self.active)
             && self.live.get(&self.active).copied().unwrap_or(0) <= removals.len();
         if all_removed && self.start_over(&mut tail) {
+            // The failed bytes went with the old segment.
+            self.uncut = false;
             self.failing = None;
             tail.failing = false;
+            self.fail_stray_publishes(&mut placed);
             batch.done.extend(placed.done);
             tracing::info!(
                 "every stored message was removed; the message log starts a fresh segment and takes writes"
@@ -391,7 +478,9 @@ impl Writer {
             return true;
         }
         self.retry = removals;
-        if self.faults.disk_full.load(Ordering::Relaxed)
+        self.cut_failed_bytes();
+        if self.uncut
+            || self.faults.disk_full()
             || super::free_bytes(&self.dir).is_none_or(|free| free < needed)
         {
             drop(tail);
@@ -401,17 +490,12 @@ impl Writer {
         self.failing = None;
         for removal in std::mem::take(&mut self.retry)
             .into_iter()
-            .chain(placed.removals)
+            .chain(std::mem::take(&mut placed.removals))
         {
             self.buffer.extend_from_slice(&removal.record);
             batch.removals.push(removal);
         }
-        for (message, holders) in placed.publishes {
-            // Refused publishes never get here; a stray one counts as failed.
-            if holders > 0 {
-                self.unwritten.insert(message, holders);
-            }
-        }
+        self.fail_stray_publishes(&mut placed);
         batch.done.extend(placed.done);
         tail.segment = self.active;
         tail.offset = self.written + self.buffer.len() as u64;
