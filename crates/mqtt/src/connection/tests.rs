@@ -322,9 +322,9 @@ async fn stored_readings(store: &Arc<HeldStore>) -> Arc<Mqtt> {
 }
 
 /// A kept session ends while its QoS 2 publication's write is pending; the store then reports
-/// `outcome`. Returns what the client hears when it resumes and resends it, and how many
-/// writes the store was asked for by then.
-async fn resend_after_close_while_writing(outcome: Durability) -> (Vec<Packet>, usize) {
+/// `outcome` (or nothing). Returns what the client hears when it resumes and resends it, and
+/// how many writes still wait for the store by then.
+async fn resend_after_close_while_writing(outcome: Option<Durability>) -> (Vec<Packet>, usize) {
     let store = Arc::new(HeldStore::default());
     let mqtt = stored_readings(&store).await;
     let mut client = connection(&mqtt);
@@ -337,7 +337,9 @@ async fn resend_after_close_while_writing(outcome: Durability) -> (Vec<Packet>, 
     assert!(replies.is_empty(), "PUBREC waits for the disk");
     tokio::join!(client.finish(false), async {
         tokio::task::yield_now().await;
-        store.settle(outcome);
+        if let Some(outcome) = outcome {
+            store.settle(outcome);
+        }
     });
 
     let mut resumed = connection(&mqtt);
@@ -360,14 +362,21 @@ async fn resend_after_close_while_writing(outcome: Durability) -> (Vec<Packet>, 
 #[tokio::test]
 async fn a_qos2_publication_whose_write_fails_after_the_connection_ends_is_routed_again_on_resend()
 {
-    let (replies, writes) = resend_after_close_while_writing(Durability::Failed).await;
+    let (replies, writes) = resend_after_close_while_writing(Some(Durability::Failed)).await;
     assert_eq!(replies, vec![], "no PUBREC before the resend is on disk");
     assert_eq!(writes, 1, "the resend is written again");
 }
 
 #[tokio::test]
 async fn a_qos2_publication_written_after_the_connection_ends_is_a_duplicate_on_resend() {
-    let (replies, writes) = resend_after_close_while_writing(Durability::OnDisk).await;
+    let (replies, writes) = resend_after_close_while_writing(Some(Durability::OnDisk)).await;
     assert_eq!(replies, vec![Packet::PubRec(7)]);
     assert_eq!(writes, 0, "routed once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_qos2_publication_still_unwritten_when_the_close_wait_ends_is_routed_again_on_resend() {
+    let (replies, writes) = resend_after_close_while_writing(None).await;
+    assert_eq!(replies, vec![], "no PUBREC before the resend is on disk");
+    assert_eq!(writes, 2, "the resend is written again");
 }
