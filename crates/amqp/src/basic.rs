@@ -19,6 +19,7 @@ use crate::direct_reply;
 use crate::error::{AmqpError, AmqpResult, code};
 use crate::properties::{properties_to_wire, table_from_wire};
 use crate::session::Session;
+use crate::tx::Unwritten;
 
 /// Handles one basic-class method (content, if any, arrives in later frames).
 pub async fn handle(
@@ -288,16 +289,26 @@ pub async fn publish(
         tx.publishes.push((message, pending.mandatory));
         return Ok(());
     }
-    route(session, channel, &exchange, &message, pending.mandatory).await
+    route(
+        session,
+        channel,
+        &exchange,
+        &message,
+        pending.mandatory,
+        None,
+    )
+    .await
 }
 
 /// Routes a message to its queues; returns it when mandatory and unroutable; owes a confirm.
+/// A message routed by tx.commit reports a failed write to `unwritten`.
 pub async fn route(
     session: &mut Session,
     channel: &mut Channel,
     exchange: &Exchange,
     message: &Arc<Message>,
     mandatory: bool,
+    unwritten: Option<&Unwritten>,
 ) -> AmqpResult<()> {
     let vhost = session.vhost()?;
     let mut routed = Vec::new();
@@ -306,7 +317,7 @@ pub async fn route(
     let admitted = junction_core::queue::admit(routed, message).await;
     let queues = admitted.queues;
     let seq = channel.confirm.as_mut().map(Confirms::next_seq);
-    let stored = match persist(session, channel, message, &queues, seq) {
+    let stored = match persist(session, channel, message, &queues, seq, unwritten) {
         Ok(stored) => stored,
         Err(NotStored) => {
             // The store cannot write: the message reaches no queue (RabbitMQ does not
@@ -367,13 +378,14 @@ fn is_durable(queue: &QueueHandle) -> bool {
 /// Writes a persistent message routed to durable queues to the message store before any queue
 /// sees it, and returns where it lies (None when it needs no write), or [`NotStored`] when the
 /// store cannot write now. In confirm mode its confirm waits until the store reports it on
-/// disk (or failed).
+/// disk (or failed); in a transaction's commit a failed write is told to `unwritten`.
 fn persist(
     session: &mut Session,
     channel: &mut Channel,
     message: &Message,
     queues: &[QueueHandle],
     seq: Option<u64>,
+    unwritten: Option<&Unwritten>,
 ) -> Result<Option<StoredAt>, NotStored> {
     if message.store_id.is_none() || !queues.iter().any(is_durable) {
         return Ok(None);
@@ -389,7 +401,7 @@ fn persist(
                 let _ = notify.send((id, seq, durability));
             }))
         }
-        _ => None,
+        _ => unwritten.map(Unwritten::completion),
     };
     let stored = vhost.store_message(message, queues, on_durable)?;
     if let (Some(_), Some(seq), Some(confirms)) = (stored, seq, channel.confirm.as_mut()) {

@@ -133,6 +133,14 @@ impl Confirms {
     /// The next basic.ack to send, if any: (delivery tag, multiple). Call until None: a
     /// nacked sequence number splits the acks owed into two.
     pub fn due(&mut self) -> Option<(u64, bool)> {
+        // A nack at or below what was acked is answered already: it is no barrier.
+        while self
+            .nacked
+            .first()
+            .is_some_and(|&nacked| nacked <= self.acked_upto)
+        {
+            self.nacked.pop_first();
+        }
         loop {
             let barrier = match (self.waiting.first(), self.nacked.first()) {
                 (Some(&w), Some(&n)) => Some(w.min(n)),
@@ -314,5 +322,18 @@ mod tests {
         assert_eq!(drain(&mut confirms), vec![(1, false)]);
         confirms.waiting.remove(&2);
         assert_eq!(drain(&mut confirms), vec![(2, false), (4, false)]);
+    }
+
+    #[test]
+    fn a_nack_already_passed_is_no_barrier() {
+        let mut confirms = Confirms::default();
+        confirms.next_seq();
+        confirms.nacked.insert(1);
+        assert_eq!(drain(&mut confirms), vec![]);
+        // Nacked a second time after the acks stepped over it.
+        confirms.nacked.insert(1);
+        confirms.next_seq();
+        assert_eq!(drain(&mut confirms), vec![(2, false)]);
+        assert!(confirms.nacked.is_empty());
     }
 }

@@ -61,7 +61,17 @@ pub fn durable(session: &mut Session, channel: &mut Channel, seq: u64, durabilit
             }
             flush(session, channel);
         }
-        Durability::Failed => nack(session, channel, seq),
+        Durability::Failed => {
+            // A message nacked already (a full queue refused it, or its queues vanished) is
+            // not nacked twice: only one still waiting for the disk is.
+            if channel
+                .confirm
+                .as_ref()
+                .is_some_and(|confirms| confirms.waiting.contains(&seq))
+            {
+                nack(session, channel, seq);
+            }
+        }
     }
 }
 

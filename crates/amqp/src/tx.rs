@@ -4,6 +4,10 @@
 use amq_protocol::protocol::AMQPClass;
 use amq_protocol::protocol::tx::{AMQPMethod, CommitOk, RollbackOk, SelectOk};
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use junction_core::OnDurable;
 use junction_core::persistence::Durability;
 
 use crate::basic::{apply_settlements, route};
@@ -37,10 +41,19 @@ pub async fn handle(
                 .replace(Transaction::default())
                 .ok_or_else(not_transactional)?;
             let persistent = tx.publishes.iter().any(|(m, _)| m.store_id.is_some());
+            let unwritten = Unwritten::default();
             for (message, mandatory) in tx.publishes {
                 // The exchange is looked up at commit: it may have gone since the publish.
                 let exchange = session.vhost()?.exchange(&message.exchange)?;
-                route(session, channel, &exchange, &message, mandatory).await?;
+                route(
+                    session,
+                    channel,
+                    &exchange,
+                    &message,
+                    mandatory,
+                    Some(&unwritten),
+                )
+                .await?;
             }
             for (_, delivery, requeue) in tx.settlements {
                 apply_settlements(channel, vec![delivery], requeue).await;
@@ -51,7 +64,10 @@ pub async fn handle(
                 store.sync(Box::new(move |durability| {
                     let _ = done.send(durability);
                 }));
-                if on_disk.await != Ok(Durability::OnDisk) {
+                // Completions run in request order: by the time the sync reports, every
+                // publish of the transaction has reported too, and a failed one counts even
+                // if the store could write again by the time of the sync.
+                if on_disk.await != Ok(Durability::OnDisk) || unwritten.any() {
                     return Err(AmqpError::connection(
                         code::INTERNAL_ERROR,
                         "the message store could not write the transaction's persistent messages",
@@ -78,4 +94,27 @@ pub async fn handle(
 
 fn not_transactional() -> AmqpError {
     AmqpError::channel(code::PRECONDITION_FAILED, "channel is not transactional")
+}
+
+/// Whether a persistent message of a committing transaction failed to reach the disk: each
+/// such message's write reports here, so commit-ok is not sent for a transaction whose
+/// messages were not written.
+#[derive(Debug, Clone, Default)]
+pub struct Unwritten(Arc<AtomicBool>);
+
+impl Unwritten {
+    /// A completion for one persistent message of the transaction.
+    pub fn completion(&self) -> OnDurable {
+        let failed = self.0.clone();
+        Box::new(move |durability| {
+            if durability == Durability::Failed {
+                failed.store(true, Ordering::Release);
+            }
+        })
+    }
+
+    /// Whether any message's write failed.
+    pub fn any(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
 }

@@ -2,7 +2,18 @@
 
 use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame, parse_frame};
 use amq_protocol::types::FieldTable as WireTable;
-use junction_core::{AuthChain, BrokerConfig, ExchangeTypeRegistry, InternalUsers};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use amq_protocol::frame::AMQPContentHeader;
+use amq_protocol::protocol::basic::AMQPProperties;
+use amq_protocol::protocol::{confirm as confirm_methods, tx as tx_methods};
+use junction_core::persistence::NotStored;
+use junction_core::queue::ConnectionId;
+use junction_core::{
+    AuthChain, BrokerConfig, ExchangeTypeRegistry, FieldTable, FieldValue, InternalUsers, Message,
+    MessageStore, OnDurable, QueueKey, QueueSpec, Recovered, Storage, StoredAt,
+};
 
 use super::*;
 
@@ -30,14 +41,20 @@ fn method(channel: u16, class: AMQPClass) -> BytesMut {
 
 /// An open connection for guest, whose client announced connection.blocked support.
 async fn open_connection() -> Connection {
+    open_connection_with(Storage::default()).await
+}
+
+/// An open connection on a broker keeping messages in `storage`.
+async fn open_connection_with(storage: Storage) -> Connection {
     let users = InternalUsers::new();
     users.add_user("guest", "guest", &[], &["/"]);
     let mut auth = AuthChain::new();
     auth.push(Arc::new(users));
-    let broker = Broker::new(
+    let broker = Broker::with_store(
         BrokerConfig::default(),
         Arc::new(ExchangeTypeRegistry::with_builtins()),
         auth,
+        storage,
     );
     let mut connection = Connection::new(broker, Arc::new(Settings::default()), None);
     let mut input = BytesMut::from(&PROTOCOL_HEADER[..]);
@@ -167,4 +184,241 @@ async fn a_method_before_channel_open_is_a_channel_error() {
             if c.reply_code == code::CHANNEL_ERROR && c.class_id == 50
     ));
     assert_eq!(connection.state(), State::Closing);
+}
+
+/// A message store that keeps each message's completion until the test settles it, and whose
+/// sync first settles the held ones as `batch` (a batch that failed, or was written) and then
+/// reports itself on disk: the store's view after a failed batch when the disk has room again.
+struct HeldStore {
+    next: AtomicU64,
+    held: Mutex<Vec<OnDurable>>,
+    batch: Durability,
+}
+
+impl HeldStore {
+    fn new(batch: Durability) -> Arc<Self> {
+        Arc::new(Self {
+            next: AtomicU64::new(0),
+            held: Mutex::new(Vec::new()),
+            batch,
+        })
+    }
+
+    /// Runs every held completion with `durability`, in request order.
+    fn settle(&self, durability: Durability) {
+        let held = std::mem::take(&mut *self.held.lock().expect("lock"));
+        for completion in held {
+            completion(durability);
+        }
+    }
+}
+
+impl MessageStore for HeldStore {
+    fn next_id(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn publish(
+        &self,
+        _id: u64,
+        _queues: &[QueueKey],
+        _message: &Message,
+        on_durable: Option<OnDurable>,
+    ) -> Result<StoredAt, NotStored> {
+        self.held.lock().expect("lock").extend(on_durable);
+        Ok(StoredAt {
+            segment: 1,
+            offset: 0,
+        })
+    }
+
+    fn remove(&self, _queue: &QueueKey, _id: u64, _at: StoredAt) {}
+
+    fn sync(&self, on_durable: OnDurable) {
+        self.settle(self.batch);
+        on_durable(Durability::OnDisk);
+    }
+
+    fn read(&self, _at: StoredAt) -> Option<Message> {
+        None
+    }
+
+    fn take_recovered(&self, _queue: &QueueKey) -> Vec<Recovered> {
+        Vec::new()
+    }
+}
+
+fn storage(store: Arc<HeldStore>) -> Storage {
+    Storage {
+        messages: Some(store),
+        ..Default::default()
+    }
+}
+
+/// Declares a queue in the default vhost and binds it to amq.fanout.
+async fn fanout_queue(connection: &Connection, name: &str, durable: bool, arguments: FieldTable) {
+    let vhost = connection.session.broker.vhost("/").expect("vhost");
+    let spec = QueueSpec {
+        name: name.into(),
+        durable,
+        arguments,
+        ..Default::default()
+    };
+    vhost
+        .declare_queue(spec, false, false, ConnectionId(0))
+        .await
+        .expect("declare");
+    vhost
+        .bind_queue(name, "amq.fanout", "", FieldTable::new(), ConnectionId(0))
+        .expect("bind");
+}
+
+/// A basic.publish on channel 1 with its content; persistent when `persistent`.
+fn publish_frames(exchange: &str, routing_key: &str, persistent: bool) -> BytesMut {
+    let mut input = method(
+        1,
+        AMQPClass::Basic(basic_methods::AMQPMethod::Publish(basic_methods::Publish {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            mandatory: false,
+            immediate: false,
+        })),
+    );
+    let properties = AMQPProperties::default().with_delivery_mode(if persistent { 2 } else { 1 });
+    input.extend_from_slice(&encode(&AMQPFrame::Header(
+        1,
+        AMQPContentHeader {
+            class_id: 60,
+            body_size: 4,
+            properties,
+        },
+    )));
+    input.extend_from_slice(&encode(&AMQPFrame::Body(1, b"body".to_vec())));
+    input
+}
+
+async fn open_channel(connection: &mut Connection) {
+    let mut input = method(
+        1,
+        AMQPClass::Channel(channel_methods::AMQPMethod::Open(channel_methods::Open {})),
+    );
+    connection.on_bytes(&mut input).await;
+    connection.take_output();
+}
+
+/// Hands the connection the durability notices its messages' completions sent.
+fn pass_durable_notices(connection: &mut Connection) {
+    while let Some((channel, seq, durability)) = connection.durable_notices().try_recv() {
+        connection.on_durable(channel, seq, durability);
+    }
+}
+
+#[tokio::test]
+async fn a_nacked_message_whose_write_fails_is_not_nacked_again_and_confirms_go_on() {
+    let store = HeldStore::new(Durability::Failed);
+    let mut connection = open_connection_with(storage(store.clone())).await;
+    fanout_queue(&connection, "kept", true, FieldTable::new()).await;
+    let mut full = FieldTable::new();
+    full.insert("x-max-length", FieldValue::I64(0));
+    full.insert("x-overflow", FieldValue::string("reject-publish"));
+    fanout_queue(&connection, "full", false, full).await;
+    open_channel(&mut connection).await;
+    let mut input = method(
+        1,
+        AMQPClass::Confirm(confirm_methods::AMQPMethod::Select(
+            confirm_methods::Select { nowait: true },
+        )),
+    );
+    // 1: stored for "kept", refused by "full": nacked at once.
+    input.extend_from_slice(&publish_frames("amq.fanout", "", true));
+    connection.on_bytes(&mut input).await;
+    let frames = decode_all(&connection.take_output());
+    assert!(matches!(
+        &frames[..],
+        [AMQPFrame::Method(1, AMQPClass::Basic(basic_methods::AMQPMethod::Nack(n)))]
+            if n.delivery_tag == 1
+    ));
+    // Its write fails: it was nacked already.
+    store.settle(Durability::Failed);
+    pass_durable_notices(&mut connection);
+    assert!(
+        decode_all(&connection.take_output()).is_empty(),
+        "no second nack"
+    );
+    // 2: a transient message to a queue of its own is acked.
+    fanout_queue(&connection, "other", false, FieldTable::new()).await;
+    let mut input = publish_frames("", "other", false);
+    connection.on_bytes(&mut input).await;
+    let frames = decode_all(&connection.take_output());
+    assert!(
+        matches!(
+            &frames[..],
+            [AMQPFrame::Method(1, AMQPClass::Basic(basic_methods::AMQPMethod::Ack(a)))]
+                if a.delivery_tag == 2
+        ),
+        "{frames:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_commit_whose_persistent_messages_failed_to_write_is_not_committed() {
+    let store = HeldStore::new(Durability::Failed);
+    let mut connection = open_connection_with(storage(store.clone())).await;
+    fanout_queue(&connection, "kept", true, FieldTable::new()).await;
+    open_channel(&mut connection).await;
+    let mut input = method(
+        1,
+        AMQPClass::Tx(tx_methods::AMQPMethod::Select(tx_methods::Select {})),
+    );
+    input.extend_from_slice(&publish_frames("", "kept", true));
+    input.extend_from_slice(&method(
+        1,
+        AMQPClass::Tx(tx_methods::AMQPMethod::Commit(tx_methods::Commit {})),
+    ));
+    connection.on_bytes(&mut input).await;
+    let frames = decode_all(&connection.take_output());
+    assert!(
+        !frames.iter().any(|frame| matches!(
+            frame,
+            AMQPFrame::Method(1, AMQPClass::Tx(tx_methods::AMQPMethod::CommitOk(_)))
+        )),
+        "{frames:?}"
+    );
+    assert!(
+        matches!(
+            frames.last(),
+            Some(AMQPFrame::Method(0, AMQPClass::Connection(conn::AMQPMethod::Close(c))))
+                if c.reply_code == code::INTERNAL_ERROR
+        ),
+        "{frames:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_commit_whose_persistent_messages_are_on_disk_is_committed() {
+    let store = HeldStore::new(Durability::OnDisk);
+    let mut connection = open_connection_with(storage(store.clone())).await;
+    fanout_queue(&connection, "kept", true, FieldTable::new()).await;
+    open_channel(&mut connection).await;
+    let mut input = method(
+        1,
+        AMQPClass::Tx(tx_methods::AMQPMethod::Select(tx_methods::Select {})),
+    );
+    input.extend_from_slice(&publish_frames("", "kept", true));
+    input.extend_from_slice(&method(
+        1,
+        AMQPClass::Tx(tx_methods::AMQPMethod::Commit(tx_methods::Commit {})),
+    ));
+    connection.on_bytes(&mut input).await;
+    let frames = decode_all(&connection.take_output());
+    assert!(
+        matches!(
+            frames.last(),
+            Some(AMQPFrame::Method(
+                1,
+                AMQPClass::Tx(tx_methods::AMQPMethod::CommitOk(_))
+            ))
+        ),
+        "{frames:?}"
+    );
 }

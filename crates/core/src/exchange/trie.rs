@@ -170,11 +170,29 @@ fn activate<'a, T>(active: &mut Vec<&'a Node<T>>, node: &'a Node<T>) {
     }
 }
 
-/// Sorts `active` by address and drops repeats.
+/// Up to this many active nodes, repeats are found by comparing each with those kept before
+/// it (no sort); beyond it, by sorting by address.
+const SMALL_ACTIVE_SET: usize = 8;
+
+/// Drops repeated nodes from `active`.
 fn dedupe<T>(active: &mut Vec<&Node<T>>) {
-    if active.len() > 1 {
-        active.sort_unstable_by_key(|node| std::ptr::from_ref::<Node<T>>(node) as usize);
-        active.dedup_by(|a, b| std::ptr::eq(*a, *b));
+    match active.len() {
+        0 | 1 => {}
+        2..=SMALL_ACTIVE_SET => {
+            let mut kept = 0;
+            for i in 0..active.len() {
+                let node = active[i];
+                if !active[..kept].iter().any(|k| std::ptr::eq(*k, node)) {
+                    active[kept] = node;
+                    kept += 1;
+                }
+            }
+            active.truncate(kept);
+        }
+        _ => {
+            active.sort_unstable_by_key(|node| std::ptr::from_ref::<Node<T>>(node) as usize);
+            active.dedup_by(|a, b| std::ptr::eq(*a, *b));
+        }
     }
 }
 
@@ -301,32 +319,36 @@ impl<T: Clone + Eq + Hash> TopicTrie<T> {
     /// Appends every value whose pattern matches `key` to `out`: each value once per trie
     /// node that matches, so a value under several matching patterns may appear more than once.
     pub fn matches(&self, key: &str, out: &mut Vec<T>) {
-        let mut active: Vec<&Node<T>> = Vec::new();
-        let mut next: Vec<&Node<T>> = Vec::new();
-        activate(&mut active, &self.root);
-        if !key.is_empty() {
+        // One buffer for the whole match: the nodes active so far, followed by those the next
+        // word reaches, which then replace them. With room for a few of each, a usual match
+        // allocates once.
+        let mut nodes: Vec<&Node<T>> = Vec::with_capacity(2 * SMALL_ACTIVE_SET);
+        activate(&mut nodes, &self.root);
+        if key.is_empty() {
+            dedupe(&mut nodes);
+        } else {
             for word in key.split('.') {
-                next.clear();
-                for node in &active {
+                let active = nodes.len();
+                for i in 0..active {
+                    let node = nodes[i];
                     if let Some(child) = node.words.get(word) {
-                        activate(&mut next, child);
+                        activate(&mut nodes, child);
                     }
                     if let Some(star) = &node.star {
-                        activate(&mut next, star);
+                        activate(&mut nodes, star);
                     }
                     if node.self_loop {
-                        activate(&mut next, node);
+                        activate(&mut nodes, node);
                     }
                 }
-                dedupe(&mut next);
-                std::mem::swap(&mut active, &mut next);
-                if active.is_empty() {
+                nodes.drain(..active);
+                dedupe(&mut nodes);
+                if nodes.is_empty() {
                     return;
                 }
             }
         }
-        dedupe(&mut active);
-        for node in active {
+        for node in nodes {
             out.extend(node.values.iter().cloned());
         }
     }

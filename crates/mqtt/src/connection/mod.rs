@@ -72,6 +72,10 @@ pub(crate) const STORE_FAILED: u64 = u64::MAX;
 /// Why a connection closes when the message store cannot write its publication.
 const NOT_STORED: &str = "the message store could not write a QoS 1/2 publication";
 
+/// How long a kept session that ends waits for the message store to report the QoS 2
+/// publications whose PUBREC it still owes, before it forgets them.
+const PUBREC_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Acknowledgements owed to the client, in the order of the PUBLISH packets they answer. One
 /// that must wait for its message to reach the disk holds back those behind it.
 #[derive(Default)]
@@ -399,8 +403,52 @@ impl Connection {
         self.mqtt.connections.closed(self.id);
     }
 
+    /// A kept session must not save as received a QoS 2 publication whose PUBREC was never
+    /// sent: if its write failed, the client's resend would be taken for a duplicate and
+    /// acknowledged, and the message lost. Waits (bounded) for the store's word on such
+    /// publications; those it confirms stay received (a resend is a duplicate), the rest are
+    /// forgotten, so a resend is routed and stored again.
+    async fn settle_owed_pubrecs(&mut self) {
+        let deadline = tokio::time::Instant::now() + PUBREC_WAIT;
+        while self.owes_pubrec_awaiting_disk() {
+            let notice = std::future::poll_fn(|cx| self.durable.poll_recv(cx));
+            match tokio::time::timeout_at(deadline, notice).await {
+                // A failure forgets every publication still owed an acknowledgement.
+                Ok(Some(ticket)) if self.on_durable(ticket) => break,
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        let Some(flow) = self.session.as_mut().and_then(|s| s.flow.as_mut()) else {
+            return;
+        };
+        let durable_upto = flow.acks.durable_upto;
+        for (packet, ticket) in &flow.acks.queue {
+            if let Packet::PubRec(id) = packet
+                && *ticket > durable_upto
+            {
+                flow.state.incoming.remove(id);
+            }
+        }
+    }
+
+    /// Whether a PUBREC is owed for a publication the store has not reported on disk yet.
+    fn owes_pubrec_awaiting_disk(&self) -> bool {
+        self.session
+            .as_ref()
+            .and_then(|s| s.flow.as_ref())
+            .is_some_and(|flow| {
+                flow.acks.queue.iter().any(|(packet, ticket)| {
+                    matches!(packet, Packet::PubRec(_)) && *ticket > flow.acks.durable_upto
+                })
+            })
+    }
+
     async fn end_session(&mut self, graceful: bool) {
         self.flush_queue_acks().await;
+        if self.session.as_ref().is_some_and(|s| !s.clean) {
+            self.settle_owed_pubrecs().await;
+        }
         let Some(mut session) = self.session.take() else {
             return;
         };

@@ -2,21 +2,33 @@
 //! observed directly (queue counts), without sockets.
 
 use bytes::Bytes;
-use junction_core::{AuthChain, Broker, BrokerConfig, ExchangeTypeRegistry, InternalUsers};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use junction_core::persistence::{Durability, NotStored};
+use junction_core::{
+    AuthChain, Broker, BrokerConfig, ExchangeTypeRegistry, InternalUsers, Message, MessageStore,
+    OnDurable, QueueKey, Recovered, Storage, StoredAt,
+};
 
 use super::*;
 use crate::codec::{Connect, ConnectReturnCode, Publish, QoS};
 use crate::settings::Settings;
 
 fn broker() -> Arc<Broker> {
+    broker_with(Storage::default())
+}
+
+fn broker_with(storage: Storage) -> Arc<Broker> {
     let users = InternalUsers::new();
     users.add_user("guest", "guest", &[], &["/"]);
     let mut auth = AuthChain::new();
     auth.push(Arc::new(users));
-    let broker = Broker::new(
+    let broker = Broker::with_store(
         BrokerConfig::default(),
         Arc::new(ExchangeTypeRegistry::with_builtins()),
         auth,
+        storage,
     );
     broker.add_vhost("/");
     broker
@@ -209,4 +221,162 @@ fn owed_acks_leave_in_publish_order_once_their_messages_are_on_disk() {
         sent.push(packet);
     }
     assert_eq!(sent, vec![Packet::PubAck(1), Packet::PubAck(2)]);
+}
+
+/// A message store that keeps each message's completion until the test settles it.
+#[derive(Default)]
+struct HeldStore {
+    next: AtomicU64,
+    held: Mutex<Vec<OnDurable>>,
+}
+
+impl HeldStore {
+    /// Runs every held completion with `durability`, in request order.
+    fn settle(&self, durability: Durability) {
+        let held = std::mem::take(&mut *self.held.lock().expect("lock"));
+        for completion in held {
+            completion(durability);
+        }
+    }
+
+    fn held(&self) -> usize {
+        self.held.lock().expect("lock").len()
+    }
+}
+
+impl MessageStore for HeldStore {
+    fn next_id(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn publish(
+        &self,
+        _id: u64,
+        _queues: &[QueueKey],
+        _message: &Message,
+        on_durable: Option<OnDurable>,
+    ) -> Result<StoredAt, NotStored> {
+        self.held.lock().expect("lock").extend(on_durable);
+        Ok(StoredAt {
+            segment: 1,
+            offset: 0,
+        })
+    }
+
+    fn remove(&self, _queue: &QueueKey, _id: u64, _at: StoredAt) {}
+
+    fn sync(&self, on_durable: OnDurable) {
+        on_durable(Durability::OnDisk);
+    }
+
+    fn read(&self, _at: StoredAt) -> Option<Message> {
+        None
+    }
+
+    fn take_recovered(&self, _queue: &QueueKey) -> Vec<Recovered> {
+        Vec::new()
+    }
+}
+
+fn kept_session_connect(client_id: &str) -> Packet {
+    match connect_packet(client_id, Some("guest")) {
+        Packet::Connect(mut connect) => {
+            connect.clean_session = false;
+            Packet::Connect(connect)
+        }
+        other => other,
+    }
+}
+
+/// An MQTT adapter on a broker whose store holds completions, with a durable queue bound to
+/// `sensors/#`.
+async fn stored_readings(store: &Arc<HeldStore>) -> Arc<Mqtt> {
+    let broker = broker_with(Storage {
+        messages: Some(store.clone()),
+        ..Default::default()
+    });
+    let vhost = broker.vhost("/").expect("vhost");
+    vhost
+        .declare_queue(
+            junction_core::QueueSpec {
+                name: "readings".into(),
+                durable: true,
+                ..Default::default()
+            },
+            false,
+            false,
+            ConnectionId(0),
+        )
+        .await
+        .expect("declare");
+    vhost
+        .bind_queue(
+            "readings",
+            "amq.topic",
+            "sensors.#",
+            Default::default(),
+            ConnectionId(0),
+        )
+        .expect("bind");
+    Mqtt::new(broker, Settings::default(), None)
+}
+
+/// A kept session ends while its QoS 2 publication's write is pending; the store then reports
+/// `outcome` (or nothing). Returns what the client hears when it resumes and resends it, and
+/// how many writes still wait for the store by then.
+async fn resend_after_close_while_writing(outcome: Option<Durability>) -> (Vec<Packet>, usize) {
+    let store = Arc::new(HeldStore::default());
+    let mqtt = stored_readings(&store).await;
+    let mut client = connection(&mqtt);
+    feed(&mut client, &[kept_session_connect("dev")]).await;
+    let (_, replies) = feed(
+        &mut client,
+        &[publish("sensors/a", QoS::ExactlyOnce, Some(7))],
+    )
+    .await;
+    assert!(replies.is_empty(), "PUBREC waits for the disk");
+    tokio::join!(client.finish(false), async {
+        tokio::task::yield_now().await;
+        if let Some(outcome) = outcome {
+            store.settle(outcome);
+        }
+    });
+
+    let mut resumed = connection(&mqtt);
+    let (_, replies) = feed(&mut resumed, &[kept_session_connect("dev")]).await;
+    assert!(matches!(
+        replies[..],
+        [Packet::ConnAck {
+            session_present: true,
+            ..
+        }]
+    ));
+    let mut resend = publish("sensors/a", QoS::ExactlyOnce, Some(7));
+    if let Packet::Publish(p) = &mut resend {
+        p.dup = true;
+    }
+    let (_, replies) = feed(&mut resumed, &[resend]).await;
+    (replies, store.held())
+}
+
+#[tokio::test]
+async fn a_qos2_publication_whose_write_fails_after_the_connection_ends_is_routed_again_on_resend()
+{
+    let (replies, writes) = resend_after_close_while_writing(Some(Durability::Failed)).await;
+    assert_eq!(replies, vec![], "no PUBREC before the resend is on disk");
+    assert_eq!(writes, 1, "the resend is written again");
+}
+
+#[tokio::test]
+async fn a_qos2_publication_written_after_the_connection_ends_is_a_duplicate_on_resend() {
+    let (replies, writes) = resend_after_close_while_writing(Some(Durability::OnDisk)).await;
+    assert_eq!(replies, vec![Packet::PubRec(7)]);
+    assert_eq!(writes, 0, "routed once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_qos2_publication_still_unwritten_when_the_close_wait_ends_is_routed_again_on_resend() {
+    let (replies, writes) = resend_after_close_while_writing(None).await;
+    assert_eq!(replies, vec![], "no PUBREC before the resend is on disk");
+    assert_eq!(writes, 2, "the resend is written again");
 }

@@ -255,3 +255,18 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn dedupe_drops_repeats_in_small_and_large_active_sets() {
+    let nodes: Vec<Node<u8>> = (0..12).map(|_| Node::new(false)).collect();
+    for distinct in [2, SMALL_ACTIVE_SET, 12] {
+        let mut active: Vec<&Node<u8>> =
+            nodes[..distinct].iter().chain(&nodes[..distinct]).collect();
+        active.push(&nodes[0]);
+        dedupe(&mut active);
+        assert_eq!(active.len(), distinct, "{distinct} distinct nodes");
+        for node in &nodes[..distinct] {
+            assert!(active.iter().any(|a| std::ptr::eq(*a, node)));
+        }
+    }
+}
