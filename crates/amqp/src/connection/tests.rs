@@ -239,7 +239,7 @@ impl MessageStore for HeldStore {
         on_durable(Durability::OnDisk);
     }
 
-    fn read(&self, _at: StoredAt) -> Option<Message> {
+    fn read(&self, _id: u64, _at: StoredAt) -> Option<Message> {
         None
     }
 
