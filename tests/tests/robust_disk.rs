@@ -3,7 +3,8 @@
 //! closes without PUBACK, STOMP sends ERROR), everything acknowledged is there after a
 //! restart, publishing and declaring work again as soon as space is freed (no restart), and
 //! the disk alarm blocks publishers before the disk is full, raised by the writes themselves
-//! rather than by the timer.
+//! rather than by the timer, and a message nacked at once whose write then fails does not
+//! stall the channel's later confirms.
 //!
 //! Mounting needs root: elsewhere each test prints why it is skipped and passes.
 
@@ -825,4 +826,83 @@ fn mqtt_exactly_once_resends_are_stored_after_a_full_disk_not_taken_for_duplicat
     stop(broker);
     let stored = check_after_restart(&disk, "disk-qos2", &acked, &BTreeSet::new());
     assert!(stored.contains(&RESENT));
+}
+
+/// A persistent message nacked at once (a full `reject-publish` queue refused it) whose write
+/// then fails is not nacked a second time, and the channel's confirms go on once the disk has
+/// room again: a passed nack never holds the channel's acks back.
+#[test]
+fn confirms_go_on_after_a_refused_message_fails_to_write() {
+    /// Messages published while the disk fills: twice what fits.
+    const REFUSED_MESSAGES: u64 = 400;
+    let Some(disk) = Tmpfs::mount("refused") else {
+        return;
+    };
+    let filler = disk.fill(FILLER_BYTES);
+    let broker = start(&disk, NO_DISK_ALARM);
+    runtime().block_on(async {
+        let (_connection, ch) = open(&broker).await;
+        declare_durable(&ch, "kept", FieldTable::default())
+            .await
+            .expect("declare");
+        let mut full = FieldTable::default();
+        full.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
+        full.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+        within(
+            "queue.declare",
+            ch.queue_declare(
+                "full".into(),
+                lapin::options::QueueDeclareOptions::default(),
+                full,
+            ),
+        )
+        .await
+        .expect("declare");
+        for queue in ["kept", "full"] {
+            within(
+                "queue.bind",
+                ch.queue_bind(
+                    queue.into(),
+                    "amq.fanout".into(),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                ),
+            )
+            .await
+            .expect("bind");
+        }
+        confirm_select(&ch).await;
+        // Each is stored for "kept" and refused by "full" (nacked at once); the disk fills on
+        // the way, and the writes of some of them fail.
+        for n in 0..REFUSED_MESSAGES {
+            let confirmation =
+                publish_confirmed(&ch, "amq.fanout", "", &body(n), persistent()).await;
+            assert!(
+                matches!(confirmation, Confirmation::Nack(_)),
+                "a full queue refused message {n}"
+            );
+        }
+        std::fs::remove_file(&filler).expect("free the disk");
+        // Once the store writes again, a message for "kept" alone is confirmed.
+        let deadline = Instant::now() + STEP;
+        let mut n = REFUSED_MESSAGES;
+        loop {
+            match publish_numbered(&ch, "kept", n).await {
+                Confirmation::Ack(_) => break,
+                other => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "no ack once the disk had room: {other:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            n += 1;
+        }
+    });
+    stop(broker);
 }
