@@ -11,6 +11,9 @@
 //! the adapters answer their publisher with the protocol's refusal instead of an
 //! acknowledgement.
 
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
 use std::sync::Arc;
 
 use crate::definitions::DefinitionStore;

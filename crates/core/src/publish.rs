@@ -242,8 +242,6 @@ impl VirtualHost {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::Duration;
 
     use bytes::Bytes;
@@ -251,59 +249,11 @@ mod tests {
     use super::*;
     use crate::exchange::ExchangeTypeRegistry;
     use crate::message::Properties;
-    use crate::persistence::{MessageStore, Recovered, Storage};
+    use crate::persistence::Storage;
+    use crate::persistence::testing::HeldStore;
     use crate::queue::{ConnectionId, QueueSpec};
 
-    /// A store that refuses every message, or places it and keeps its completion for the test
-    /// to run.
-    #[derive(Default)]
-    struct FailingStore {
-        refuse: bool,
-        next: AtomicU64,
-        completions: Mutex<Vec<OnDurable>>,
-        removed: Mutex<Vec<u64>>,
-    }
-
-    impl MessageStore for FailingStore {
-        fn next_id(&self) -> u64 {
-            self.next.fetch_add(1, Ordering::Relaxed) + 1
-        }
-
-        fn publish(
-            &self,
-            _id: u64,
-            _queues: &[QueueKey],
-            _message: &Message,
-            on_durable: Option<OnDurable>,
-        ) -> Result<StoredAt, NotStored> {
-            if self.refuse {
-                return Err(NotStored);
-            }
-            self.completions.lock().expect("lock").extend(on_durable);
-            Ok(StoredAt {
-                segment: 1,
-                offset: 0,
-            })
-        }
-
-        fn remove(&self, _queue: &QueueKey, id: u64, _at: StoredAt) {
-            self.removed.lock().expect("lock").push(id);
-        }
-
-        fn sync(&self, on_durable: OnDurable) {
-            on_durable(Durability::OnDisk);
-        }
-
-        fn read(&self, _id: u64, _at: StoredAt) -> Option<Message> {
-            None
-        }
-
-        fn take_recovered(&self, _queue: &QueueKey) -> Vec<Recovered> {
-            Vec::new()
-        }
-    }
-
-    async fn durable_queue_on(store: Arc<FailingStore>) -> (Arc<VirtualHost>, QueueHandle) {
+    async fn durable_queue_on(store: Arc<HeldStore>) -> (Arc<VirtualHost>, QueueHandle) {
         let storage = Storage {
             messages: Some(store),
             ..Default::default()
@@ -340,10 +290,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_message_the_store_refuses_reaches_no_queue() {
-        let store = Arc::new(FailingStore {
-            refuse: true,
-            ..Default::default()
-        });
+        let store = Arc::new(HeldStore::refusing());
         let (vhost, queue) = durable_queue_on(store).await;
         let exchange = vhost.exchange("").expect("default exchange");
         let published = vhost.publish(&exchange, persistent(), None).await;
@@ -354,7 +301,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_message_whose_write_fails_is_withdrawn_from_the_queue_holding_it() {
-        let store = Arc::new(FailingStore::default());
+        let store = Arc::new(HeldStore::new());
         let (vhost, queue) = durable_queue_on(store.clone()).await;
         let exchange = vhost.exchange("").expect("default exchange");
         let (tx, mut told) = tokio::sync::mpsc::unbounded_channel();
@@ -369,21 +316,14 @@ mod tests {
             .await;
         assert_eq!(published.stored, Persisted::Pending);
         assert_eq!(queue.stats().await.expect("stats").ready, 1);
-        let completions = std::mem::take(&mut *store.completions.lock().expect("lock"));
-        for completion in completions {
-            completion(Durability::Failed);
-        }
+        store.settle(Durability::Failed);
         assert_eq!(told.recv().await, Some(Durability::Failed));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while queue.stats().await.expect("stats").ready > 0 {
             assert!(tokio::time::Instant::now() < deadline, "still ready");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert_eq!(
-            *store.removed.lock().expect("lock"),
-            [1],
-            "the store hears it left"
-        );
+        assert_eq!(store.removed(), [1], "the store hears it left");
     }
 
     /// A failed batch fails many messages at once: withdrawing them takes one command per
@@ -393,16 +333,13 @@ mod tests {
     async fn many_failed_writes_are_withdrawn_in_one_pass() {
         const KEPT: usize = 50_000;
         const FAILED: usize = 50_000;
-        let store = Arc::new(FailingStore::default());
+        let store = Arc::new(HeldStore::new());
         let (vhost, queue) = durable_queue_on(store.clone()).await;
         let exchange = vhost.exchange("").expect("default exchange");
         for _ in 0..KEPT {
             vhost.publish(&exchange, persistent(), None).await;
         }
-        let written = std::mem::take(&mut *store.completions.lock().expect("lock"));
-        for completion in written {
-            completion(Durability::OnDisk);
-        }
+        store.settle(Durability::OnDisk);
         for _ in 0..FAILED {
             vhost.publish(&exchange, persistent(), None).await;
         }
@@ -410,16 +347,13 @@ mod tests {
             queue.stats().await.expect("stats").ready as usize,
             KEPT + FAILED
         );
-        let failed = std::mem::take(&mut *store.completions.lock().expect("lock"));
-        for completion in failed {
-            completion(Durability::Failed);
-        }
+        store.settle(Durability::Failed);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while queue.stats().await.expect("stats").ready as usize > KEPT {
             assert!(tokio::time::Instant::now() < deadline, "withdrawal froze");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(queue.stats().await.expect("stats").ready as usize, KEPT);
-        assert_eq!(store.removed.lock().expect("lock").len(), FAILED);
+        assert_eq!(store.removed().len(), FAILED);
     }
 }

@@ -2,17 +2,15 @@
 
 use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame, parse_frame};
 use amq_protocol::types::FieldTable as WireTable;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use amq_protocol::frame::AMQPContentHeader;
 use amq_protocol::protocol::basic::AMQPProperties;
 use amq_protocol::protocol::{confirm as confirm_methods, tx as tx_methods};
-use junction_core::persistence::NotStored;
+use junction_core::persistence::testing::HeldStore;
 use junction_core::queue::ConnectionId;
 use junction_core::{
-    AuthChain, BrokerConfig, ExchangeTypeRegistry, FieldTable, FieldValue, InternalUsers, Message,
-    MessageStore, OnDurable, QueueKey, QueueSpec, Recovered, Storage, StoredAt,
+    AuthChain, BrokerConfig, ExchangeTypeRegistry, FieldTable, FieldValue, InternalUsers,
+    QueueSpec, Storage,
 };
 
 use super::*;
@@ -186,68 +184,6 @@ async fn a_method_before_channel_open_is_a_channel_error() {
     assert_eq!(connection.state(), State::Closing);
 }
 
-/// A message store that keeps each message's completion until the test settles it, and whose
-/// sync first settles the held ones as `batch` (a batch that failed, or was written) and then
-/// reports itself on disk: the store's view after a failed batch when the disk has room again.
-struct HeldStore {
-    next: AtomicU64,
-    held: Mutex<Vec<OnDurable>>,
-    batch: Durability,
-}
-
-impl HeldStore {
-    fn new(batch: Durability) -> Arc<Self> {
-        Arc::new(Self {
-            next: AtomicU64::new(0),
-            held: Mutex::new(Vec::new()),
-            batch,
-        })
-    }
-
-    /// Runs every held completion with `durability`, in request order.
-    fn settle(&self, durability: Durability) {
-        let held = std::mem::take(&mut *self.held.lock().expect("lock"));
-        for completion in held {
-            completion(durability);
-        }
-    }
-}
-
-impl MessageStore for HeldStore {
-    fn next_id(&self) -> u64 {
-        self.next.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    fn publish(
-        &self,
-        _id: u64,
-        _queues: &[QueueKey],
-        _message: &Message,
-        on_durable: Option<OnDurable>,
-    ) -> Result<StoredAt, NotStored> {
-        self.held.lock().expect("lock").extend(on_durable);
-        Ok(StoredAt {
-            segment: 1,
-            offset: 0,
-        })
-    }
-
-    fn remove(&self, _queue: &QueueKey, _id: u64, _at: StoredAt) {}
-
-    fn sync(&self, on_durable: OnDurable) {
-        self.settle(self.batch);
-        on_durable(Durability::OnDisk);
-    }
-
-    fn read(&self, _id: u64, _at: StoredAt) -> Option<Message> {
-        None
-    }
-
-    fn take_recovered(&self, _queue: &QueueKey) -> Vec<Recovered> {
-        Vec::new()
-    }
-}
-
 fn storage(store: Arc<HeldStore>) -> Storage {
     Storage {
         messages: Some(store),
@@ -315,7 +251,7 @@ fn pass_durable_notices(connection: &mut Connection) {
 
 #[tokio::test]
 async fn a_nacked_message_whose_write_fails_is_not_nacked_again_and_confirms_go_on() {
-    let store = HeldStore::new(Durability::Failed);
+    let store = Arc::new(HeldStore::settling_on_sync(Durability::Failed));
     let mut connection = open_connection_with(storage(store.clone())).await;
     fanout_queue(&connection, "kept", true, FieldTable::new()).await;
     let mut full = FieldTable::new();
@@ -362,7 +298,7 @@ async fn a_nacked_message_whose_write_fails_is_not_nacked_again_and_confirms_go_
 
 #[tokio::test]
 async fn a_commit_whose_persistent_messages_failed_to_write_is_not_committed() {
-    let store = HeldStore::new(Durability::Failed);
+    let store = Arc::new(HeldStore::settling_on_sync(Durability::Failed));
     let mut connection = open_connection_with(storage(store.clone())).await;
     fanout_queue(&connection, "kept", true, FieldTable::new()).await;
     open_channel(&mut connection).await;
@@ -396,7 +332,7 @@ async fn a_commit_whose_persistent_messages_failed_to_write_is_not_committed() {
 
 #[tokio::test]
 async fn a_commit_whose_persistent_messages_are_on_disk_is_committed() {
-    let store = HeldStore::new(Durability::OnDisk);
+    let store = Arc::new(HeldStore::settling_on_sync(Durability::OnDisk));
     let mut connection = open_connection_with(storage(store.clone())).await;
     fanout_queue(&connection, "kept", true, FieldTable::new()).await;
     open_channel(&mut connection).await;

@@ -2,13 +2,11 @@
 //! observed directly (queue counts), without sockets.
 
 use bytes::Bytes;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use junction_core::persistence::{Durability, NotStored};
+use junction_core::persistence::Durability;
+use junction_core::persistence::testing::HeldStore;
 use junction_core::{
-    AuthChain, Broker, BrokerConfig, ExchangeTypeRegistry, InternalUsers, Message, MessageStore,
-    OnDurable, QueueKey, Recovered, Storage, StoredAt,
+    AuthChain, Broker, BrokerConfig, ExchangeTypeRegistry, InternalUsers, Storage,
 };
 
 use super::*;
@@ -223,61 +221,6 @@ fn owed_acks_leave_in_publish_order_once_their_messages_are_on_disk() {
     assert_eq!(sent, vec![Packet::PubAck(1), Packet::PubAck(2)]);
 }
 
-/// A message store that keeps each message's completion until the test settles it.
-#[derive(Default)]
-struct HeldStore {
-    next: AtomicU64,
-    held: Mutex<Vec<OnDurable>>,
-}
-
-impl HeldStore {
-    /// Runs every held completion with `durability`, in request order.
-    fn settle(&self, durability: Durability) {
-        let held = std::mem::take(&mut *self.held.lock().expect("lock"));
-        for completion in held {
-            completion(durability);
-        }
-    }
-
-    fn held(&self) -> usize {
-        self.held.lock().expect("lock").len()
-    }
-}
-
-impl MessageStore for HeldStore {
-    fn next_id(&self) -> u64 {
-        self.next.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    fn publish(
-        &self,
-        _id: u64,
-        _queues: &[QueueKey],
-        _message: &Message,
-        on_durable: Option<OnDurable>,
-    ) -> Result<StoredAt, NotStored> {
-        self.held.lock().expect("lock").extend(on_durable);
-        Ok(StoredAt {
-            segment: 1,
-            offset: 0,
-        })
-    }
-
-    fn remove(&self, _queue: &QueueKey, _id: u64, _at: StoredAt) {}
-
-    fn sync(&self, on_durable: OnDurable) {
-        on_durable(Durability::OnDisk);
-    }
-
-    fn read(&self, _id: u64, _at: StoredAt) -> Option<Message> {
-        None
-    }
-
-    fn take_recovered(&self, _queue: &QueueKey) -> Vec<Recovered> {
-        Vec::new()
-    }
-}
-
 fn kept_session_connect(client_id: &str) -> Packet {
     match connect_packet(client_id, Some("guest")) {
         Packet::Connect(mut connect) => {
@@ -325,7 +268,7 @@ async fn stored_readings(store: &Arc<HeldStore>) -> Arc<Mqtt> {
 /// `outcome` (or nothing). Returns what the client hears when it resumes and resends it, and
 /// how many writes still wait for the store by then.
 async fn resend_after_close_while_writing(outcome: Option<Durability>) -> (Vec<Packet>, usize) {
-    let store = Arc::new(HeldStore::default());
+    let store = Arc::new(HeldStore::new());
     let mqtt = stored_readings(&store).await;
     let mut client = connection(&mqtt);
     feed(&mut client, &[kept_session_connect("dev")]).await;

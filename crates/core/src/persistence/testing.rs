@@ -1,0 +1,110 @@
+//! An in-memory [`MessageStore`] for tests of the core and the adapters: it places every
+//! message without writing anything and keeps its completion until the test settles it, so a
+//! test decides when (and whether) a message reached the disk. Built only for tests (the
+//! `testing` feature, which the adapters enable in their dev-dependencies).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use super::{Durability, MessageStore, NotStored, OnDurable, QueueKey, Recovered, StoredAt};
+use crate::message::Message;
+
+/// A message store whose completions wait for the test.
+#[derive(Default)]
+pub struct HeldStore {
+    next: AtomicU64,
+    held: Mutex<Vec<OnDurable>>,
+    removed: Mutex<Vec<u64>>,
+    refuse: bool,
+    sync_settles: Option<Durability>,
+}
+
+impl HeldStore {
+    /// A store that places every message and holds its completion.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A store that refuses every message ([`NotStored`]), as a log that cannot write.
+    pub fn refusing() -> Self {
+        Self {
+            refuse: true,
+            ..Self::default()
+        }
+    }
+
+    /// A store whose sync first settles the held completions as `batch` (a batch that failed,
+    /// or was written) and then reports itself on disk: the log's view after a failed batch
+    /// once the disk has room again.
+    pub fn settling_on_sync(batch: Durability) -> Self {
+        Self {
+            sync_settles: Some(batch),
+            ..Self::default()
+        }
+    }
+
+    /// Runs every held completion with `durability`, in request order.
+    pub fn settle(&self, durability: Durability) {
+        for completion in self.take_held() {
+            completion(durability);
+        }
+    }
+
+    /// Takes the held completions, in request order, for the test to run.
+    pub fn take_held(&self) -> Vec<OnDurable> {
+        std::mem::take(&mut *self.held.lock())
+    }
+
+    /// How many completions are held.
+    pub fn held(&self) -> usize {
+        self.held.lock().len()
+    }
+
+    /// The ids of the messages whose removal was recorded, in order.
+    pub fn removed(&self) -> Vec<u64> {
+        self.removed.lock().clone()
+    }
+}
+
+impl MessageStore for HeldStore {
+    fn next_id(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn publish(
+        &self,
+        _id: u64,
+        _queues: &[QueueKey],
+        _message: &Message,
+        on_durable: Option<OnDurable>,
+    ) -> Result<StoredAt, NotStored> {
+        if self.refuse {
+            return Err(NotStored);
+        }
+        self.held.lock().extend(on_durable);
+        Ok(StoredAt {
+            segment: 1,
+            offset: 0,
+        })
+    }
+
+    fn remove(&self, _queue: &QueueKey, id: u64, _at: StoredAt) {
+        self.removed.lock().push(id);
+    }
+
+    fn sync(&self, on_durable: OnDurable) {
+        if let Some(batch) = self.sync_settles {
+            self.settle(batch);
+        }
+        on_durable(Durability::OnDisk);
+    }
+
+    fn read(&self, _id: u64, _at: StoredAt) -> Option<Message> {
+        None
+    }
+
+    fn take_recovered(&self, _queue: &QueueKey) -> Vec<Recovered> {
+        Vec::new()
+    }
+}
