@@ -123,11 +123,7 @@ impl AmqpError {
     pub fn reply_text(&self) -> String {
         let text = format!("{} - {}", code_name(self.code), self.text);
         // A reply-text is a short string: at most 255 bytes, cut on a character boundary.
-        let mut end = text.len().min(255);
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text[..end].to_owned()
+        text[..text.floor_char_boundary(255)].to_owned()
     }
 }
 

@@ -25,11 +25,7 @@ fn levels(text: &str) -> usize {
 /// At most the first 255 bytes of a topic or filter (cut on a character boundary), for logs
 /// and error messages: a refused topic may be 64 KiB long.
 pub fn shortened(text: &str) -> &str {
-    let mut end = text.len().min(255);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
+    &text[..text.floor_char_boundary(255)]
 }
 
 /// Whether `topic` may be published to: non-empty, no wildcards, at most [`MAX_LEVELS`]

@@ -102,10 +102,7 @@ impl Destination {
 
 /// `text`, cut to at most 255 bytes (on a character boundary) for error messages.
 fn shortened(text: &str) -> String {
-    let mut end = text.len().min(255);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
+    let end = text.floor_char_boundary(255);
     if end < text.len() {
         format!("{}...", &text[..end])
     } else {

@@ -255,11 +255,7 @@ impl Bridge {
 
 /// A close frame's reason (at most 123 bytes) from an error's text.
 fn close_reason(text: &str) -> String {
-    let mut end = text.len().min(120);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_owned()
+    text[..text.floor_char_boundary(120)].to_owned()
 }
 
 /// The message for the output in `output`, taken off it. With `text_output`, valid UTF-8 goes
