@@ -91,7 +91,7 @@ pub async fn handle(
                 exclusive: m.exclusive,
                 prefetch: channel.consumer_prefetch,
                 channel_credit: Some(channel.credit.clone()),
-                sink: session.sink.sender(),
+                sink: session.consumer_sink(),
                 priority,
             };
             queue.consume(spec).await?;

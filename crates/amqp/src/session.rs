@@ -9,7 +9,8 @@ use junction_core::persistence::Durability;
 use amq_protocol::protocol::{AMQPClass, channel as channel_methods};
 use junction_core::auth::PermissionCache;
 use junction_core::{
-    Broker, ConnectionId, ConsumerEvent, Permission, Principal, ResourceKind, VirtualHost,
+    Broker, ConnectionId, ConsumerEvent, ConsumerSink, Permission, Principal, ResourceKind,
+    VirtualHost,
 };
 
 use crate::error::{AmqpError, AmqpResult, code};
@@ -42,6 +43,8 @@ pub struct Session {
     pub out: Outbox,
     /// Where queues send this connection's deliveries (made by the first consumer).
     pub sink: LazyChannel<ConsumerEvent>,
+    /// The sending end every consumer of the connection shares, with its delivery budget.
+    consumer_sink: Option<ConsumerSink>,
     /// The logged-in user, after connection.start-ok.
     pub principal: Option<Principal>,
     /// The vhost, after connection.open.
@@ -73,6 +76,7 @@ impl Session {
             peer,
             out: Outbox::new(),
             sink: LazyChannel::default(),
+            consumer_sink: None,
             principal: None,
             vhost: None,
             frame_max: crate::settings::FRAME_MIN_SIZE,
@@ -83,6 +87,12 @@ impl Session {
             durable: LazyChannel::default(),
             permissions: PermissionCache::new(),
         }
+    }
+
+    /// Where this connection's consumers send their deliveries (made on first use).
+    pub fn consumer_sink(&mut self) -> ConsumerSink {
+        let budget = self.broker.config().delivery_budget;
+        ConsumerSink::shared(&mut self.consumer_sink, || self.sink.sender(), budget)
     }
 
     /// The vhost; only called once the connection is open.

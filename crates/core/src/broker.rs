@@ -19,12 +19,16 @@ use crate::vhost::VirtualHost;
 pub struct BrokerConfig {
     /// The vhost created at start-up.
     pub default_vhost: String,
+    /// Bytes of deliveries that may be on their way to one connection, not yet written to its
+    /// socket (see [`crate::DeliveryBudget`]).
+    pub delivery_budget: usize,
 }
 
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
             default_vhost: "/".to_owned(),
+            delivery_budget: crate::queue::DEFAULT_DELIVERY_BUDGET,
         }
     }
 }

@@ -39,7 +39,8 @@ pub use message::{Message, Properties};
 pub use persistence::{MessageStore, OnDurable, QueueKey, Recovered, Storage, StoredAt};
 pub use publish::Published;
 pub use queue::{
-    ChannelCredit, ChannelId, ConnectionId, ConsumerEvent, ConsumerSink, ConsumerSpec, Delivery,
-    GetResult, QueueHandle, QueueSpec, QueueStats,
+    ChannelCredit, ChannelId, ConnectionId, ConsumerEvent, ConsumerSink, ConsumerSpec,
+    DEFAULT_DELIVERY_BUDGET, Delivery, DeliveryBudget, DeliveryPermit, GetResult, QueueHandle,
+    QueueSpec, QueueStats,
 };
 pub use vhost::VirtualHost;

@@ -27,6 +27,8 @@ pub struct Config {
     pub alarms: AlarmsConfig,
     /// Storage policy.
     pub storage: StorageConfig,
+    /// Flow control: how much may wait between queues and connections.
+    pub flow: FlowConfig,
     /// Authentication settings.
     pub auth: AuthConfig,
     /// Virtual hosts to create.
@@ -113,6 +115,14 @@ pub struct StompConfig {
 pub struct StorageConfig {
     /// Ready persistent bodies a durable queue keeps in memory, in bytes.
     pub max_loaded_bytes_per_queue: usize,
+}
+
+/// Flow control: how much may wait between queues and connections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowConfig {
+    /// Bytes of deliveries on their way to one connection and not yet written to its socket.
+    pub delivery_budget: usize,
 }
 
 /// Resource alarms.

@@ -203,7 +203,15 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
         messages: Some(messages.clone()),
         max_loaded_bytes_per_queue: config.storage.max_loaded_bytes_per_queue,
     };
-    let broker = Broker::with_store(BrokerConfig { default_vhost }, registry, auth, storage);
+    let broker = Broker::with_store(
+        BrokerConfig {
+            default_vhost,
+            delivery_budget: config.flow.delivery_budget,
+        },
+        registry,
+        auth,
+        storage,
+    );
     for vhost in &config.vhosts {
         broker.add_vhost(&vhost.name);
     }

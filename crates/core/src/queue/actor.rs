@@ -19,8 +19,8 @@ use tokio::time::Instant;
 use super::dead_letter::{DeadLetterTarget, DeadLetters, Reason, dead_lettered};
 use super::ready::{Ready, ReadyList, Stored};
 use super::{
-    ChannelCredit, ChannelId, ConsumerEvent, ConsumerSpec, Delivery, GetResult, MessageSeq,
-    Overflow, QueueCommand, QueueHandle, QueueStats,
+    ChannelCredit, ChannelId, ConsumerEvent, ConsumerSpec, Delivery, DeliveryPermit, GetResult,
+    MessageSeq, Overflow, QueueCommand, QueueHandle, QueueStats,
 };
 use crate::error::{CoreError, CoreResult};
 use crate::message::Message;
@@ -724,7 +724,7 @@ impl QueueActor {
     /// round-robin among equals; only the first consumer with a single active consumer.
     fn dispatch(&mut self) {
         while !self.ready.is_empty() && !self.consumers.is_empty() {
-            let Some(index) = self.next_consumer_with_room() else {
+            let Some((index, permit)) = self.next_consumer_with_room() else {
                 return;
             };
             let Some(entry) = self.pop_ready() else {
@@ -733,7 +733,7 @@ impl QueueActor {
                 return;
             };
             self.next_consumer = index + 1;
-            if let Err(entry) = self.deliver(index, entry) {
+            if let Err(entry) = self.deliver(index, entry, permit) {
                 self.loaded_bytes += entry.message.body.len();
                 self.ready.push_front(entry.into_ready());
                 self.drop_disconnected_consumers();
@@ -766,9 +766,10 @@ impl QueueActor {
         }
     }
 
-    /// The consumer to deliver to next, its channel credit taken: among the consumers of the
-    /// highest priority that have room, the next in turn.
-    fn next_consumer_with_room(&mut self) -> Option<usize> {
+    /// The consumer to deliver to next, its channel credit and its room in the connection's
+    /// delivery budget taken: among the consumers of the highest priority that have room, the
+    /// next in turn.
+    fn next_consumer_with_room(&mut self) -> Option<(usize, DeliveryPermit)> {
         let count = if self.handle.arguments().single_active_consumer {
             self.consumers.len().min(1)
         } else {
@@ -779,8 +780,8 @@ impl QueueActor {
         if !mixed {
             for offset in 0..count {
                 let index = (self.next_consumer + offset) % count;
-                if self.take_room(index) {
-                    return Some(index);
+                if let Some(permit) = self.take_room(index) {
+                    return Some((index, permit));
                 }
             }
             return None;
@@ -799,9 +800,9 @@ impl QueueActor {
             let first = self.group_cursors.get(&priority).copied().unwrap_or(0);
             for offset in 0..group {
                 let member = (first + offset) % group;
-                if self.take_room(start + member) {
+                if let Some(permit) = self.take_room(start + member) {
                     self.group_cursors.insert(priority, member + 1);
-                    return Some(start + member);
+                    return Some((start + member, permit));
                 }
             }
             start = end;
@@ -809,20 +810,32 @@ impl QueueActor {
         None
     }
 
-    /// Whether consumer `index` may take a delivery now (taking its channel credit if so).
-    fn take_room(&self, index: usize) -> bool {
+    /// Whether consumer `index` may take a delivery now: its prefetch, its channel's credit
+    /// (taken if so) and its connection's delivery budget (the permit). A spent budget
+    /// registers the queue to be woken when the connection has written deliveries out.
+    fn take_room(&self, index: usize) -> Option<DeliveryPermit> {
         let consumer = &self.consumers[index];
-        consumer.has_room()
-            && (consumer.spec.no_ack
-                || consumer
-                    .spec
-                    .channel_credit
-                    .as_ref()
-                    .is_none_or(|credit| credit.try_acquire()))
+        if !consumer.has_room() {
+            return None;
+        }
+        let permit = consumer.spec.sink.reserve(&self.handle)?;
+        let credited = consumer.spec.no_ack
+            || consumer
+                .spec
+                .channel_credit
+                .as_ref()
+                .is_none_or(|credit| credit.try_acquire());
+        credited.then_some(permit)
     }
 
-    fn deliver(&mut self, index: usize, entry: Loaded) -> Result<(), Loaded> {
+    fn deliver(
+        &mut self,
+        index: usize,
+        entry: Loaded,
+        mut permit: DeliveryPermit,
+    ) -> Result<(), Loaded> {
         let consumer = &mut self.consumers[index];
+        permit.grow(entry.message.body.len());
         let delivery = Delivery {
             channel: consumer.spec.channel,
             consumer_tag: consumer.spec.tag.clone(),
@@ -831,6 +844,7 @@ impl QueueActor {
             message: entry.message.clone(),
             redelivered: entry.redelivered,
             needs_ack: !consumer.spec.no_ack,
+            permit,
         };
         if consumer
             .spec

@@ -6,6 +6,7 @@
 mod actor;
 mod admission;
 pub mod arguments;
+mod budget;
 mod credit;
 mod dead_letter;
 mod ready;
@@ -18,6 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use admission::{Admitted, admit, release_admission};
 pub use arguments::{Overflow, QueueArguments};
+pub use budget::{
+    ConsumerSink, DEFAULT_DELIVERY_BUDGET, DELIVERY_OVERHEAD, DeliveryBudget, DeliveryPermit,
+};
 pub use credit::ChannelCredit;
 pub(crate) use dead_letter::is_cycle as is_dead_letter_cycle;
 
@@ -51,7 +55,7 @@ pub struct ChannelId {
 pub type MessageSeq = u64;
 
 /// A message handed to a consumer.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Delivery {
     /// The channel whose consumer receives it.
     pub channel: ChannelId,
@@ -67,6 +71,9 @@ pub struct Delivery {
     pub redelivered: bool,
     /// Whether the consumer must acknowledge it (false for no-ack consumers).
     pub needs_ack: bool,
+    /// Its share of the connection's delivery budget, given back when the delivery is
+    /// dropped: the connection drops it once it has written the delivery out.
+    pub permit: DeliveryPermit,
 }
 
 /// What a queue tells a consumer's connection.
@@ -82,10 +89,6 @@ pub enum ConsumerEvent {
         consumer_tag: Arc<str>,
     },
 }
-
-/// Where a connection receives its [`ConsumerEvent`]s. One per connection, shared by all its
-/// consumers, so the connection has a single stream to drain.
-pub type ConsumerSink = mpsc::UnboundedSender<ConsumerEvent>;
 
 /// A consumer as the queue knows it.
 #[derive(Debug, Clone)]
@@ -348,6 +351,12 @@ impl QueueHandle {
     /// Asks the queue to try delivering again (a channel's credit was freed elsewhere).
     pub async fn wake(&self) {
         let _ = self.send(QueueCommand::Wake).await;
+    }
+
+    /// Asks the queue to try delivering again, without waiting: a full mailbox means the
+    /// queue is busy and dispatches after its batch anyway.
+    pub(crate) fn try_wake(&self) {
+        let _ = self.0.tx.try_send(QueueCommand::Wake);
     }
 
     /// Deletes the queue if `if_unused` / `if_empty` allow; with `forget_record` the queue

@@ -56,6 +56,12 @@ fn consumer(tag: &str, number: u16, prefetch: u32, sink: &ConsumerSink) -> Consu
     }
 }
 
+/// A connection's sink with the default budget, and its end of the events.
+fn sink_and_events() -> (ConsumerSink, mpsc::UnboundedReceiver<ConsumerEvent>) {
+    let (events, receiver) = mpsc::unbounded_channel();
+    (ConsumerSink::new(events, DEFAULT_DELIVERY_BUDGET), receiver)
+}
+
 async fn next_delivery(events: &mut mpsc::UnboundedReceiver<ConsumerEvent>) -> Delivery {
     match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
         Ok(Some(ConsumerEvent::Deliver(d))) => d,
@@ -74,7 +80,7 @@ async fn prefetch_holds_back_deliveries_until_an_ack() {
     for body in ["a", "b", "c"] {
         queue.publish(message(body)).await.expect("publish");
     }
-    let (sink, mut events) = mpsc::unbounded_channel();
+    let (sink, mut events) = sink_and_events();
     queue
         .consume(consumer("c1", 1, 2, &sink))
         .await
@@ -120,14 +126,14 @@ async fn unacked_messages_return_to_the_queue_when_the_channel_closes() {
     let vhost = VirtualHost::new("/", Arc::new(ExchangeTypeRegistry::with_builtins()));
     let queue = queue_with(&vhost, "q", false).await;
     queue.publish(message("work")).await.expect("publish");
-    let (sink1, mut events1) = mpsc::unbounded_channel();
+    let (sink1, mut events1) = sink_and_events();
     queue
         .consume(consumer("c1", 1, 1, &sink1))
         .await
         .expect("consume");
     let first = next_delivery(&mut events1).await;
     assert!(!first.redelivered);
-    let (sink2, mut events2) = mpsc::unbounded_channel();
+    let (sink2, mut events2) = sink_and_events();
     queue
         .consume(consumer("c2", 2, 1, &sink2))
         .await
@@ -142,7 +148,7 @@ async fn unacked_messages_return_to_the_queue_when_the_channel_closes() {
 async fn consumers_take_turns() {
     let vhost = VirtualHost::new("/", Arc::new(ExchangeTypeRegistry::with_builtins()));
     let queue = queue_with(&vhost, "q", false).await;
-    let (sink, mut events) = mpsc::unbounded_channel();
+    let (sink, mut events) = sink_and_events();
     queue
         .consume(consumer("c1", 1, 0, &sink))
         .await
@@ -165,7 +171,7 @@ async fn consumers_take_turns() {
 async fn an_auto_delete_queue_goes_with_its_last_consumer() {
     let vhost = VirtualHost::new("/", Arc::new(ExchangeTypeRegistry::with_builtins()));
     let queue = queue_with(&vhost, "temp", true).await;
-    let (sink, _events) = mpsc::unbounded_channel();
+    let (sink, _events) = sink_and_events();
     queue
         .consume(consumer("c1", 1, 0, &sink))
         .await
@@ -185,7 +191,7 @@ async fn channel_credit_is_shared_across_queues() {
     let q1 = queue_with(&vhost, "q1", false).await;
     let q2 = queue_with(&vhost, "q2", false).await;
     let credit = Arc::new(ChannelCredit::new(1));
-    let (sink, mut events) = mpsc::unbounded_channel();
+    let (sink, mut events) = sink_and_events();
     for (queue, tag) in [(&q1, "c1"), (&q2, "c2")] {
         let mut spec = consumer(tag, 1, 0, &sink);
         spec.channel_credit = Some(credit.clone());
@@ -343,4 +349,37 @@ async fn a_refused_delete_leaves_the_durable_record_alone() {
             .skip(1)
             .any(|c| c.starts_with("save"))
     );
+}
+
+#[tokio::test]
+async fn a_consumer_that_does_not_take_its_deliveries_holds_only_its_budget() {
+    let vhost = VirtualHost::new("/", Arc::new(ExchangeTypeRegistry::with_builtins()));
+    let queue = queue_with(&vhost, "q", false).await;
+    let (events, mut receiver) = mpsc::unbounded_channel();
+    let sink = ConsumerSink::new(events, 10 * 1024);
+    let mut spec = consumer("c1", 1, 0, &sink);
+    spec.no_ack = true;
+    queue.consume(spec).await.expect("consume");
+    let body = Bytes::from(vec![b'x'; 1024]);
+    for _ in 0..100 {
+        let message = Message::new("", "q", Properties::default(), body.clone());
+        queue.publish(Arc::new(message)).await.expect("publish");
+    }
+    // Stats are answered within the batch that took the publishes; dispatch follows it.
+    queue.stats().await.expect("stats");
+    let stats = queue.stats().await.expect("stats");
+    // 10 KiB of budget at 1 KiB and 256 bytes each: 8 deliveries use it up.
+    assert_eq!(stats.ready, 92, "the rest waits in the queue");
+    assert_eq!(sink.budget().used(), 8 * (1024 + DELIVERY_OVERHEAD));
+
+    // Taking the deliveries (dropping them, as a connection does once written) lets the
+    // queue go on until everything has come.
+    let mut received = 0;
+    while received < 100 {
+        let delivery = next_delivery(&mut receiver).await;
+        drop(delivery);
+        received += 1;
+    }
+    assert_eq!(queue.stats().await.expect("stats").ready, 0);
+    assert_eq!(sink.budget().used(), 0);
 }

@@ -227,7 +227,11 @@ impl Connection {
         &mut self,
     ) -> junction_core::error::CoreResult<junction_core::QueueHandle> {
         let id = self.id;
-        let sink = self.events.sender();
+        // One consumer per session: its sink needs no sharing.
+        let sink = junction_core::ConsumerSink::new(
+            self.events.sender(),
+            self.mqtt.broker.config().delivery_budget,
+        );
         let prefetch = self.mqtt.settings.max_inflight;
         let Some(session) = self.session.as_mut() else {
             return Err(CoreError::internal("no session"));

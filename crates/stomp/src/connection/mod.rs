@@ -25,8 +25,8 @@ use bytes::{Bytes, BytesMut};
 use junction_core::auth::PermissionCache;
 use junction_core::queue::MessageSeq;
 use junction_core::{
-    Broker, ChannelId, ConnectionId, ConsumerEvent, CoreError, Permission, Principal, QueueHandle,
-    ResourceKind, VirtualHost,
+    Broker, ChannelId, ConnectionId, ConsumerEvent, ConsumerSink, CoreError, Permission, Principal,
+    QueueHandle, ResourceKind, VirtualHost,
 };
 use junction_transport::LazyChannel;
 
@@ -181,6 +181,8 @@ pub(crate) struct Connection {
     decoder: Decoder,
     /// Deliveries from the queues of this connection's subscriptions (made by the first).
     pub(crate) events: LazyChannel<ConsumerEvent>,
+    /// The sending end every subscription of the connection shares, with its delivery budget.
+    consumer_sink: Option<ConsumerSink>,
     /// Tickets of receipts whose messages are on disk (made by the first persistent SEND).
     pub(crate) durable: LazyChannel<u64>,
     session: Option<Session>,
@@ -212,6 +214,7 @@ impl Connection {
             out: BytesMut::new(),
             decoder,
             events: LazyChannel::default(),
+            consumer_sink: None,
             durable: LazyChannel::default(),
             session: None,
             heartbeat: (0, 0),

@@ -136,7 +136,7 @@ impl Connection {
         subscription: Option<Arc<str>>,
     ) -> Result<String, Refusal> {
         let id = self.id;
-        let sink = self.events.sender();
+        let sink = self.consumer_sink();
         let session = self.session_mut()?;
         let destination = format!("/temp-queue/{temp}");
         let existing = session.temp_queues.get(temp).cloned();
@@ -206,6 +206,16 @@ impl Connection {
             queue.cancel(session.channel, old).await;
         }
         Ok(queue.name().to_owned())
+    }
+
+    /// Where this connection's subscriptions send their deliveries (made on first use).
+    pub(super) fn consumer_sink(&mut self) -> junction_core::ConsumerSink {
+        let budget = self.broker.config().delivery_budget;
+        junction_core::ConsumerSink::shared(
+            &mut self.consumer_sink,
+            || self.events.sender(),
+            budget,
+        )
     }
 
     pub(super) fn session_mut(&mut self) -> Result<&mut super::Session, Refusal> {

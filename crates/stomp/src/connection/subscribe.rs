@@ -81,7 +81,7 @@ impl Connection {
                 ));
             }
         };
-        let sink = self.events.sender();
+        let sink = self.consumer_sink();
         let session = self.session_mut()?;
         session.authorize(ResourceKind::Queue, queue.name(), Permission::Read)?;
         queue
