@@ -24,6 +24,10 @@ pub struct Settings {
     pub max_connect_size: usize,
     /// Unacknowledged QoS 1 and 2 deliveries per session, at most.
     pub max_inflight: u32,
+    /// Messages a session's queue may hold before QoS 0 messages for it are dropped (and
+    /// counted), as Mosquitto's `max_queued_messages`; 0 = never dropped. QoS 1 and 2 are
+    /// never dropped.
+    pub max_queued_qos0: u32,
     /// Whether an idle TCP connection leaves its task for the parking lot.
     pub park_idle_connections: bool,
     /// Clients that send no user name log in as `anonymous_user`; otherwise they are refused.
@@ -41,6 +45,7 @@ impl Default for Settings {
             max_packet_size: 16 * 1024 * 1024,
             max_connect_size: 64 * 1024,
             max_inflight: 32,
+            max_queued_qos0: 1000,
             park_idle_connections: true,
             allow_anonymous: false,
             anonymous_user: "guest".to_owned(),

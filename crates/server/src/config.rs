@@ -81,6 +81,8 @@ pub struct MqttConfig {
     pub max_packet_size: usize,
     /// Unacknowledged QoS 1 and 2 deliveries per session.
     pub max_inflight: u32,
+    /// Messages a session's queue may hold before QoS 0 messages for it are dropped.
+    pub max_queued_qos0: u32,
     /// Whether idle TCP connections leave their tasks for the parking lot.
     pub park_idle_connections: bool,
     /// Whether clients without a user name may connect (as `anonymous_user`).

@@ -235,6 +235,7 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
         exchange: config.mqtt.exchange.clone(),
         max_packet_size: config.mqtt.max_packet_size,
         max_inflight: config.mqtt.max_inflight.max(1),
+        max_queued_qos0: config.mqtt.max_queued_qos0,
         park_idle_connections: config.mqtt.park_idle_connections,
         allow_anonymous: config.mqtt.allow_anonymous,
         anonymous_user: config.mqtt.anonymous_user.clone(),

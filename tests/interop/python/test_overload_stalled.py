@@ -21,7 +21,7 @@ from pathlib import Path
 import pika
 import pytest
 
-from mqtt_raw import RawClient
+from mqtt_raw import PUBACK, RawClient, packet, publish_packet
 from stomp_clients import StompClient
 
 #: Messages in the backlog, of BODY_SIZE bytes each: 64 MiB in all.
@@ -192,3 +192,44 @@ def test_an_mqtt_subscriber_that_stops_reading_holds_only_its_budget(
         return stalled.close
 
     assert_bounded(broker, session_queue, attach)
+
+
+def test_qos0_messages_beyond_the_session_bound_are_dropped_and_qos1_ones_never(
+    start_broker, tmp_path
+):
+    config = tmp_path / "qos0.toml"
+    config.write_text("[mqtt]\nmax_queued_qos0 = 100\n")
+    broker = start_broker(extra_args=["--config", str(config)])
+    subscriber = RawClient.__new__(RawClient)
+    super(RawClient, subscriber).__init__()
+    subscriber.sock = small_buffer_socket(broker.listeners["mqtt"])
+    subscriber.connect("slow-reader", clean_session=False)
+    subscriber.subscribe("bound/#", 1)
+    # From here on the subscriber reads nothing.
+    session_queue = "mqtt-subscription-slow-reader"
+
+    publisher = RawClient(broker.listeners["mqtt"])
+    publisher.connect("fast-writer")
+    body = b"q" * 64
+    for _ in range(20):
+        publisher.send(b"".join(publish_packet("bound/zero", body) for _ in range(1000)))
+    publisher.send(packet(0xC0))
+    assert publisher.read_packet() == (0xD0, b""), "PINGRESP after the QoS 0 burst"
+    # The subscriber's connection takes its budget's worth; of the rest, at most the bound
+    # waits in its queue.
+    settled = settle(broker, session_queue)
+    assert settled <= 100, f"{settled} QoS 0 messages queued beyond the bound of 100"
+
+    publisher.send(
+        b"".join(publish_packet("bound/one", body, qos=1, packet_id=i) for i in range(1, 501))
+    )
+    for packet_id in range(1, 501):
+        assert publisher.expect_ack(PUBACK) == packet_id
+    # Up to max_inflight (32) of them may have gone to the subscriber's connection before
+    # it filled up; every other one waits in the queue, far beyond the QoS 0 bound.
+    count = wait_for_ready(
+        broker, session_queue, lambda n: n >= settled + 500 - 32, "QoS 1 messages were dropped"
+    )
+    assert count <= settled + 500
+    publisher.close()
+    subscriber.close()

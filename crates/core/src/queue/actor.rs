@@ -388,6 +388,19 @@ impl QueueActor {
     }
 
     fn enqueue(&mut self, message: Arc<Message>, at: Option<StoredAt>) {
+        let limit = self.handle.transient_limit();
+        if limit != 0 && self.ready.len() >= limit as usize && !message.properties.is_persistent() {
+            // A transient message the queue has no room for (MQTT QoS 0 to a session that
+            // does not keep up): dropped and counted; what is ready stays.
+            self.handle
+                .0
+                .dropped_transient
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(admission) = &self.handle.0.admission {
+                admission.leave(message.body.len() as u64);
+            }
+            return;
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         let stored = match (&self.store, message.store_id, at) {
@@ -590,6 +603,11 @@ impl QueueActor {
             ready: self.ready.len() as u32,
             unacked: self.unacked.values().map(|m| m.len() as u32).sum(),
             consumers: self.consumers.len() as u32,
+            dropped_transient: self
+                .handle
+                .0
+                .dropped_transient
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 

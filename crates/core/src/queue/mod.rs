@@ -13,7 +13,7 @@ mod ready;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -135,6 +135,9 @@ pub struct QueueStats {
     pub unacked: u32,
     /// Active consumers.
     pub consumers: u32,
+    /// Transient messages dropped on arrival because the queue was at its transient limit
+    /// ([`QueueHandle::limit_transient`]), since the queue started.
+    pub dropped_transient: u64,
 }
 
 /// The answer to a basic.get that found a message.
@@ -188,6 +191,10 @@ pub(crate) struct QueueShared {
     pub(crate) vhost: String,
     tx: mpsc::Sender<QueueCommand>,
     deleted: AtomicBool,
+    /// Transient messages arriving while this many are ready are dropped (0 = no limit).
+    transient_limit: AtomicU32,
+    /// How many were.
+    pub(crate) dropped_transient: AtomicU64,
 }
 
 /// A cheap, clonable reference to a running queue.
@@ -216,6 +223,8 @@ impl QueueHandle {
             vhost,
             tx,
             deleted: AtomicBool::new(false),
+            transient_limit: AtomicU32::new(0),
+            dropped_transient: AtomicU64::new(0),
         }))
     }
 
@@ -237,6 +246,20 @@ impl QueueHandle {
     /// The connection owning this exclusive queue.
     pub fn owner(&self) -> Option<ConnectionId> {
         self.0.owner
+    }
+
+    /// Drops transient (non-persistent) messages that arrive while `limit` messages are
+    /// already ready (0: no limit), counting them in [`QueueStats::dropped_transient`].
+    /// Persistent messages are never dropped by it. The limit lives as long as the queue
+    /// runs (it is not stored): MQTT sets it on a session's queue for QoS 0, as Mosquitto's
+    /// `max_queued_messages`.
+    pub fn limit_transient(&self, limit: u32) {
+        self.0.transient_limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// The transient limit (0: none).
+    pub(crate) fn transient_limit(&self) -> u32 {
+        self.0.transient_limit.load(Ordering::Relaxed)
     }
 
     /// Whether both handles refer to the same queue.

@@ -383,3 +383,21 @@ async fn a_consumer_that_does_not_take_its_deliveries_holds_only_its_budget() {
     assert_eq!(queue.stats().await.expect("stats").ready, 0);
     assert_eq!(sink.budget().used(), 0);
 }
+
+#[tokio::test]
+async fn transient_messages_beyond_the_transient_limit_are_dropped_and_counted() {
+    let vhost = VirtualHost::new("/", Arc::new(ExchangeTypeRegistry::with_builtins()));
+    let queue = queue_with(&vhost, "q", false).await;
+    queue.limit_transient(2);
+    let persistent = Properties {
+        delivery_mode: Some(2),
+        ..Properties::default()
+    };
+    for body in ["a", "b", "c"] {
+        queue.publish(message(body)).await.expect("publish");
+    }
+    let kept = Message::new("", "q", persistent, Bytes::from_static(b"p"));
+    queue.publish(Arc::new(kept)).await.expect("publish");
+    let stats = queue.stats().await.expect("stats");
+    assert_eq!((stats.ready, stats.dropped_transient), (3, 1));
+}

@@ -233,6 +233,7 @@ impl Connection {
             self.mqtt.broker.config().delivery_budget,
         );
         let prefetch = self.mqtt.settings.max_inflight;
+        let max_queued_qos0 = self.mqtt.settings.max_queued_qos0;
         let Some(session) = self.session.as_mut() else {
             return Err(CoreError::internal("no session"));
         };
@@ -264,6 +265,7 @@ impl Connection {
         };
         let declared = session.vhost.declare_queue(spec, false, false, id).await?;
         let queue = declared.handle;
+        queue.limit_transient(max_queued_qos0);
         queue
             .consume(junction_core::ConsumerSpec {
                 tag: session.consumer_tag(),
