@@ -265,6 +265,7 @@ impl QueueActor {
             self.dispatch();
             self.enforce_length_limit();
             self.expire_heads();
+            self.handle.tell_caught_up(false);
             if self.should_auto_delete() {
                 self.auto_delete();
                 break;
@@ -272,6 +273,7 @@ impl QueueActor {
         }
         // Publishes still in the mailbox will never be enqueued: their store records go.
         rx.close();
+        self.handle.tell_caught_up(true);
         while let Ok(command) = rx.try_recv() {
             if let QueueCommand::Publish(message, Some(at)) = command
                 && let Some(id) = message.store_id

@@ -191,6 +191,10 @@ pub(crate) struct QueueShared {
     pub(crate) vhost: String,
     tx: mpsc::Sender<QueueCommand>,
     deleted: AtomicBool,
+    /// Tells publishers waiting for the queue to catch up ([`QueueHandle::caught_up`]).
+    caught_up: tokio::sync::Notify,
+    /// Whether a publisher waits on `caught_up`.
+    awaited: AtomicBool,
     /// Transient messages arriving while this many are ready are dropped (0 = no limit).
     transient_limit: AtomicU32,
     /// How many were.
@@ -223,6 +227,8 @@ impl QueueHandle {
             vhost,
             tx,
             deleted: AtomicBool::new(false),
+            caught_up: tokio::sync::Notify::new(),
+            awaited: AtomicBool::new(false),
             transient_limit: AtomicU32::new(0),
             dropped_transient: AtomicU64::new(0),
         }))
@@ -246,6 +252,44 @@ impl QueueHandle {
     /// The connection owning this exclusive queue.
     pub fn owner(&self) -> Option<ConnectionId> {
         self.0.owner
+    }
+
+    /// Commands waiting in the queue's mailbox.
+    fn waiting(&self) -> usize {
+        self.0.tx.max_capacity() - self.0.tx.capacity()
+    }
+
+    /// Whether the queue has fallen behind its publishers: more than half of its mailbox is
+    /// waiting. A connection that publishes to a queue behind stops being read until it has
+    /// caught up ([`QueueHandle::caught_up`]): credit flow.
+    pub fn is_behind(&self) -> bool {
+        self.waiting() > self.0.tx.max_capacity() / 2
+    }
+
+    /// Resolves once at most a quarter of the queue's mailbox is waiting (at once if so now),
+    /// or the queue has stopped.
+    pub async fn caught_up(self) {
+        loop {
+            let notified = self.0.caught_up.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.0.awaited.store(true, Ordering::SeqCst);
+            if self.waiting() <= self.0.tx.max_capacity() / 4 || self.0.tx.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Called by the queue task after each batch: wakes the publishers waiting for it once
+    /// it has caught up.
+    pub(crate) fn tell_caught_up(&self, stopping: bool) {
+        if self.0.awaited.load(Ordering::SeqCst)
+            && (stopping || self.waiting() <= self.0.tx.max_capacity() / 4)
+        {
+            self.0.awaited.store(false, Ordering::SeqCst);
+            self.0.caught_up.notify_waiters();
+        }
     }
 
     /// Drops transient (non-persistent) messages that arrive while `limit` messages are

@@ -401,3 +401,35 @@ async fn transient_messages_beyond_the_transient_limit_are_dropped_and_counted()
     let stats = queue.stats().await.expect("stats");
     assert_eq!((stats.ready, stats.dropped_transient), (3, 1));
 }
+
+#[tokio::test]
+async fn a_queue_whose_mailbox_is_over_half_full_is_behind_until_it_catches_up() {
+    let vhost = VirtualHost::new("/", Arc::new(ExchangeTypeRegistry::with_builtins()));
+    let queue = queue_with(&vhost, "q", false).await;
+    // On this single-threaded runtime the queue's task does not run while the test does not
+    // wait (and tokio's cooperative budget does not make it), so the publishes pile up in
+    // its mailbox.
+    let published = tokio::task::unconstrained(async {
+        let mut published = 0;
+        while !queue.is_behind() && published < 100_000 {
+            queue.publish(message("m")).await.expect("publish");
+            published += 1;
+        }
+        published
+    })
+    .await;
+    assert!(published > 1000, "behind after {published} publishes");
+    let mut hold = crate::FlowHold::new(queue.clone());
+    let held =
+        std::future::poll_fn(|cx| std::task::Poll::Ready(hold.poll_caught_up(cx).is_pending()))
+            .await;
+    assert!(held, "the publisher is held while the queue is behind");
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        std::future::poll_fn(|cx| hold.poll_caught_up(cx)),
+    )
+    .await
+    .expect("the hold ends once the queue has caught up");
+    assert!(!queue.is_behind());
+    assert_eq!(queue.stats().await.expect("stats").ready, published);
+}
