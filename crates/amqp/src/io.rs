@@ -70,6 +70,8 @@ enum Wake {
     Timer,
     /// The broker is shutting down or the resource alarm changed.
     Control(BrokerSignal),
+    /// The queue that held this publisher by credit flow has caught up.
+    FlowResumed,
 }
 
 /// One connection's state between wake-ups.
@@ -174,18 +176,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                     self.connection
                         .set_alarm(self.alarm.borrow_and_update().clone());
                     self.control = broker_signals(&self.shutdown, &self.alarm);
-                    if was_blocked && !self.connection.is_blocked() {
-                        // Heartbeats are expected again from now: the time not read was ours.
-                        self.last_read = Instant::now();
-                        self.reset_timer();
-                        // A publish held back while blocked is handled now.
-                        if !self.conduit.input().is_empty() && self.handle_input().await {
-                            return;
-                        }
+                    if was_blocked && self.resumed().await {
+                        return;
+                    }
+                }
+                Wake::FlowResumed => {
+                    if self.resumed().await {
+                        return;
                     }
                 }
             }
         }
+    }
+
+    /// Reading again after an alarm or credit flow held the connection, unless something
+    /// still holds it; true when the connection must end.
+    async fn resumed(&mut self) -> bool {
+        if self.connection.is_blocked() {
+            return false;
+        }
+        // Heartbeats are expected again from now: the time not read was ours.
+        self.last_read = Instant::now();
+        self.reset_timer();
+        // A publish held back while blocked is handled now.
+        !self.conduit.input().is_empty() && self.handle_input().await
     }
 
     /// Handles the whole frames read; true when the connection must end.
@@ -217,6 +231,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             self.connection.durable_notices().poll_recv(cx)
         {
             return Poll::Ready(Wake::Durable(channel, seq, durability));
+        }
+        if self.connection.poll_flow(cx).is_ready() {
+            return Poll::Ready(Wake::FlowResumed);
         }
         if self.connection.output_len() <= OUTPUT_BACKLOG {
             let read = !self.connection.is_blocked();

@@ -59,6 +59,8 @@ pub struct Session {
     pub capabilities: ClientCapabilities,
     /// Whether the client has published: publishers stop being read during a resource alarm.
     pub has_published: bool,
+    /// Set while credit flow holds this publisher: a queue it published to has fallen behind.
+    pub flow: Option<junction_core::FlowHold>,
     /// Where the message store reports persistent messages on disk, or failed: (channel,
     /// confirm seq, outcome); made by the first confirmed persistent publish.
     pub durable: LazyChannel<(junction_core::ChannelId, u64, Durability)>,
@@ -84,6 +86,7 @@ impl Session {
             heartbeat: 0,
             capabilities: ClientCapabilities::default(),
             has_published: false,
+            flow: None,
             durable: LazyChannel::default(),
             permissions: PermissionCache::new(),
         }

@@ -20,16 +20,14 @@ use std::task::{Context, Poll};
 use crate::queue::QueueHandle;
 
 /// A connection held by credit flow: resolves when the queue it published to has caught up.
+/// Two words, so an idle connection's state does not grow by much for carrying one.
 pub struct FlowHold {
-    queue: String,
-    caught_up: Pin<Box<dyn Future<Output = ()> + Send>>,
+    caught_up: Pin<Box<dyn Future<Output = ()> + Send + Sync>>,
 }
 
 impl std::fmt::Debug for FlowHold {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FlowHold")
-            .field("queue", &self.queue)
-            .finish()
+        f.write_str("FlowHold")
     }
 }
 
@@ -38,18 +36,23 @@ impl FlowHold {
     pub fn new(queue: QueueHandle) -> Self {
         tracing::debug!(queue = queue.name(), "publisher held by credit flow");
         Self {
-            queue: queue.name().to_owned(),
             caught_up: Box::pin(queue.caught_up()),
         }
-    }
-
-    /// The queue the connection waits for.
-    pub fn queue(&self) -> &str {
-        &self.queue
     }
 
     /// Ready once the queue has caught up (or gone).
     pub fn poll_caught_up(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         self.caught_up.as_mut().poll(cx)
+    }
+
+    /// Polls the hold kept in `slot`: ready, and the slot emptied, once its queue has caught
+    /// up; pending while the slot is empty (nothing holds the connection).
+    pub fn poll_release(slot: &mut Option<FlowHold>, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(hold) = slot else {
+            return Poll::Pending;
+        };
+        std::task::ready!(hold.poll_caught_up(cx));
+        *slot = None;
+        Poll::Ready(())
     }
 }

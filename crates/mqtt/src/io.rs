@@ -159,6 +159,8 @@ enum Wake {
     Close(Close),
     /// The resource alarm that blocks this publisher changed.
     AlarmChanged,
+    /// The queue that held this publisher by credit flow has caught up.
+    FlowResumed,
     /// Nothing to do and nothing held: the connection may park.
     Quiet,
 }
@@ -329,24 +331,30 @@ impl<S: AsyncRead + AsyncWrite + Detach + Unpin> Driver<S> {
                 self.alarm_wait = None;
                 let was_blocked = self.connection.is_blocked();
                 self.refresh_alarm();
-                if was_blocked && !self.connection.is_blocked() {
-                    // The keep-alive counts again from now: the time not read was ours.
-                    self.connection.last_packet = Instant::now();
-                }
-                // Input held back while blocked is handled now.
-                if self.connection.is_blocked() || self.conduit.input().is_empty() {
-                    Step::Wait
-                } else {
-                    Step::HandleInput
-                }
+                self.resumed(was_blocked)
             }
+            Wake::FlowResumed => self.resumed(true),
+        }
+    }
+
+    /// What follows a change of what blocks the connection (an alarm, credit flow).
+    fn resumed(&mut self, was_blocked: bool) -> Step {
+        if was_blocked && !self.connection.is_blocked() {
+            // The keep-alive counts again from now: the time not read was ours.
+            self.connection.last_packet = Instant::now();
+        }
+        // Input held back while blocked is handled now.
+        if self.connection.is_blocked() || self.conduit.input().is_empty() {
+            Step::Wait
+        } else {
+            Step::HandleInput
         }
     }
 
     /// While the alarm blocks this connection, waits for it to change (the future exists only
     /// then).
     fn await_alarm_if_blocked(&mut self) {
-        if self.connection.is_blocked() && self.alarm_wait.is_none() {
+        if self.connection.blocked_by_alarm() && self.alarm_wait.is_none() {
             let mut alarm = self.alarm.clone();
             self.alarm_wait = Some(Box::pin(async move {
                 if alarm.changed().await.is_err() {
@@ -414,6 +422,9 @@ impl<S: AsyncRead + AsyncWrite + Detach + Unpin> Driver<S> {
         }
         if let Poll::Ready(Some(ticket)) = self.connection.durable.poll_recv(cx) {
             return Poll::Ready(Wake::Durable(ticket));
+        }
+        if self.connection.poll_flow(cx).is_ready() {
+            return Poll::Ready(Wake::FlowResumed);
         }
         let backlogged = self.connection.output_len() > OUTPUT_BACKLOG;
         if !backlogged {

@@ -71,6 +71,8 @@ enum Wake {
     Timer,
     /// The broker is shutting down or the resource alarm changed.
     Control(BrokerSignal),
+    /// The queue that held this publisher by credit flow has caught up.
+    FlowResumed,
 }
 
 /// What is left to do after a wake-up's immediate work.
@@ -186,6 +188,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 }
             }
             Wake::Control(BrokerSignal::Shutdown) => Step::End,
+            Wake::FlowResumed => self.unblocked(),
             Wake::Control(BrokerSignal::AlarmChanged) => {
                 let was_blocked = self.connection.is_blocked();
                 self.connection
@@ -194,16 +197,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 if !was_blocked || self.connection.is_blocked() {
                     return Step::Wait;
                 }
-                // Heart-beats are expected again from now: the time not read was ours.
-                self.last_read = Instant::now();
-                self.reset_timer();
-                // A SEND held back while blocked is handled now.
-                if self.conduit.input().is_empty() {
-                    Step::Wait
-                } else {
-                    Step::HandleInput
-                }
+                self.unblocked()
             }
+        }
+    }
+
+    /// Reading again after an alarm or credit flow held the connection.
+    fn unblocked(&mut self) -> Step {
+        if self.connection.is_blocked() {
+            return Step::Wait;
+        }
+        // Heart-beats are expected again from now: the time not read was ours.
+        self.last_read = Instant::now();
+        self.reset_timer();
+        // A SEND held back while blocked is handled now.
+        if self.conduit.input().is_empty() {
+            Step::Wait
+        } else {
+            Step::HandleInput
         }
     }
 
@@ -227,6 +238,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         }
         if let Poll::Ready(Some(ticket)) = self.connection.durable.poll_recv(cx) {
             return Poll::Ready(Wake::Durable(ticket));
+        }
+        if self.connection.poll_flow(cx).is_ready() {
+            return Poll::Ready(Wake::FlowResumed);
         }
         if self.connection.output_len() <= OUTPUT_BACKLOG {
             let read = !self.connection.is_blocked();

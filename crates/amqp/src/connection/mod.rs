@@ -165,9 +165,18 @@ impl Connection {
         self.notify_blocked();
     }
 
-    /// Whether the socket should not be read now: a publisher during a resource alarm.
+    /// Whether the socket should not be read now: a publisher during a resource alarm, or
+    /// one held by credit flow (a queue it published to has fallen behind; no
+    /// connection.blocked is sent for that, as in RabbitMQ).
     pub fn is_blocked(&self) -> bool {
-        self.alarm.is_some() && self.session.has_published && self.state == State::Open
+        (self.alarm.is_some() && self.session.has_published && self.state == State::Open)
+            || self.session.flow.is_some()
+    }
+
+    /// Ready when the queue that held this connection by credit flow has caught up (the hold
+    /// is gone then); pending while there is none.
+    pub fn poll_flow(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        junction_core::FlowHold::poll_release(&mut self.session.flow, cx)
     }
 
     /// Whether the next frame in `buffer` is a basic.publish that a resource alarm holds back.

@@ -171,6 +171,8 @@ pub(crate) struct Connection {
     pub(crate) signal: Arc<Signal>,
     session: Option<Session>,
     has_published: bool,
+    /// Set while credit flow holds this publisher: a queue it published to has fallen behind.
+    pub(crate) flow: Option<junction_core::FlowHold>,
     alarm: bool,
     /// When the last bytes arrived from the client (the keep-alive counts from it).
     pub(crate) last_packet: tokio::time::Instant,
@@ -191,6 +193,7 @@ impl Connection {
             durable: LazyChannel::default(),
             session: None,
             has_published: false,
+            flow: None,
             alarm: false,
             last_packet: tokio::time::Instant::now(),
         }
@@ -227,9 +230,21 @@ impl Connection {
         self.alarm = alarm.is_some();
     }
 
-    /// Publishers are not read while a resource alarm is raised.
+    /// Publishers are not read while a resource alarm is raised, nor while credit flow holds
+    /// them (a queue they published to has fallen behind).
     pub(crate) fn is_blocked(&self) -> bool {
+        self.blocked_by_alarm() || self.flow.is_some()
+    }
+
+    /// Whether a resource alarm blocks this publisher.
+    pub(crate) fn blocked_by_alarm(&self) -> bool {
         self.alarm && self.has_published
+    }
+
+    /// Ready when the queue that held this connection by credit flow has caught up (the hold
+    /// is gone then); pending while there is none.
+    pub(crate) fn poll_flow(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        junction_core::FlowHold::poll_release(&mut self.flow, cx)
     }
 
     /// Whether the next packet in `buffer` is a PUBLISH that a resource alarm holds back. It

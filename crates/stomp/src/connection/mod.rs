@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use junction_core::FlowHold;
 use junction_core::auth::PermissionCache;
 use junction_core::queue::MessageSeq;
 use junction_core::{
@@ -189,6 +190,8 @@ pub(crate) struct Connection {
     /// Negotiated heart-beats in milliseconds: (server sends, server expects).
     pub(crate) heartbeat: (u64, u64),
     has_published: bool,
+    /// Set while credit flow holds this publisher: a queue it sent to has fallen behind.
+    pub(crate) flow: Option<FlowHold>,
     alarm: bool,
     /// Queue acknowledgements collected while handling events, sent once per batch.
     queue_acks: Vec<(QueueHandle, MessageSeq)>,
@@ -219,6 +222,7 @@ impl Connection {
             session: None,
             heartbeat: (0, 0),
             has_published: false,
+            flow: None,
             alarm: false,
             queue_acks: Vec::new(),
             queue_returns: Vec::new(),
@@ -235,9 +239,16 @@ impl Connection {
         self.alarm = alarm.is_some();
     }
 
-    /// Publishers are not read while a resource alarm is raised.
+    /// Publishers are not read while a resource alarm is raised, nor while credit flow holds
+    /// them (a queue they sent to has fallen behind).
     pub(crate) fn is_blocked(&self) -> bool {
-        self.alarm && self.has_published
+        (self.alarm && self.has_published) || self.flow.is_some()
+    }
+
+    /// Ready when the queue that held this connection by credit flow has caught up (the hold
+    /// is gone then); pending while there is none.
+    pub(crate) fn poll_flow(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        junction_core::FlowHold::poll_release(&mut self.flow, cx)
     }
 
     /// Whether the next frame in `buffer` is a SEND that a resource alarm holds back. It
