@@ -345,6 +345,9 @@ pub async fn route(
         };
         if accepted.is_ok() {
             delivered += 1;
+            if session.flow.is_none() && queue.is_behind() {
+                session.flow = Some(junction_core::FlowHold::new(queue.clone()));
+            }
         }
     }
     if delivered == 0 && mandatory && !admitted.refused {

@@ -19,6 +19,9 @@ use std::sync::Arc;
 use crate::definitions::DefinitionStore;
 use crate::message::Message;
 
+/// The default capacity of a queue's mailbox, in commands.
+pub const DEFAULT_QUEUE_MAILBOX: usize = 8192;
+
 /// The stores a broker writes to; either may be absent (an in-memory broker).
 #[derive(Clone)]
 pub struct Storage {
@@ -29,6 +32,9 @@ pub struct Storage {
     /// Bodies of a durable queue's ready persistent messages kept in memory, at most; beyond
     /// it they stay in the message store and are read back when delivered.
     pub max_loaded_bytes_per_queue: usize,
+    /// Commands a queue's mailbox holds. A publisher whose queue has more than half of it
+    /// waiting is held by credit flow until a quarter is left ([`crate::flow`]).
+    pub queue_mailbox: usize,
 }
 
 impl Default for Storage {
@@ -37,6 +43,7 @@ impl Default for Storage {
             definitions: None,
             messages: None,
             max_loaded_bytes_per_queue: 64 * 1024 * 1024,
+            queue_mailbox: DEFAULT_QUEUE_MAILBOX,
         }
     }
 }

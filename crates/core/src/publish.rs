@@ -18,6 +18,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use parking_lot::Mutex;
 
 use crate::exchange::Exchange;
+use crate::flow::FlowHold;
 use crate::message::Message;
 use crate::persistence::{Durability, NotStored, OnDurable, QueueKey, StoredAt};
 use crate::queue::QueueHandle;
@@ -87,7 +88,7 @@ impl Unstored {
 }
 
 /// What became of a published message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Published {
     /// How many queues took it.
     pub queues: usize,
@@ -95,6 +96,20 @@ pub struct Published {
     pub stored: Persisted,
     /// Whether a full queue refused it (`x-overflow` reject-publish).
     pub refused: bool,
+    /// A queue that took it and has fallen behind: credit flow holds the publisher.
+    pub behind: Option<QueueHandle>,
+}
+
+impl Published {
+    /// Holds the publishing connection by credit flow (in `slot`) when a queue that took
+    /// the message has fallen behind and nothing holds it yet.
+    pub fn hold(&self, slot: &mut Option<FlowHold>) {
+        if slot.is_none()
+            && let Some(queue) = &self.behind
+        {
+            *slot = Some(FlowHold::new(queue.clone()));
+        }
+    }
 }
 
 /// Whether a published message went to the message store.
@@ -214,11 +229,13 @@ impl VirtualHost {
                     queues: 0,
                     stored: Persisted::Refused,
                     refused,
+                    behind: None,
                 };
             }
         };
         let message = Arc::new(message);
         let mut taken = 0;
+        let mut behind = None;
         for queue in &queues {
             let accepted = match stored {
                 Some(at) if is_durable(queue) => queue.publish_stored(message.clone(), at).await,
@@ -226,6 +243,9 @@ impl VirtualHost {
             };
             if accepted.is_ok() {
                 taken += 1;
+                if behind.is_none() && queue.is_behind() {
+                    behind = Some(queue.clone());
+                }
             }
         }
         Published {
@@ -236,6 +256,7 @@ impl VirtualHost {
                 Persisted::Unneeded
             },
             refused,
+            behind,
         }
     }
 }

@@ -25,9 +25,6 @@ const STANDARD_EXCHANGES: [(&str, &str); 6] = [
     ("amq.rabbitmq.trace", "topic"),
 ];
 
-/// Capacity of each queue's mailbox: how many commands may wait before publishers block.
-const QUEUE_MAILBOX: usize = 8192;
-
 /// One virtual host.
 pub struct VirtualHost {
     /// The vhost's name (`/` by default).
@@ -294,7 +291,7 @@ impl VirtualHost {
             spec,
             owner,
             vhost,
-            QUEUE_MAILBOX,
+            self.storage.queue_mailbox.max(4),
             store,
             recovered,
             self.storage.max_loaded_bytes_per_queue,

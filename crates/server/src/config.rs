@@ -125,6 +125,9 @@ pub struct StorageConfig {
 pub struct FlowConfig {
     /// Bytes of deliveries on their way to one connection and not yet written to its socket.
     pub delivery_budget: usize,
+    /// Commands a queue's mailbox holds; publishers to a queue with more than half of it
+    /// waiting are not read until a quarter is left (credit flow).
+    pub queue_mailbox: usize,
 }
 
 /// Resource alarms.

@@ -202,6 +202,7 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
         definitions: Some(definitions),
         messages: Some(messages.clone()),
         max_loaded_bytes_per_queue: config.storage.max_loaded_bytes_per_queue,
+        queue_mailbox: config.flow.queue_mailbox,
     };
     let broker = Broker::with_store(
         BrokerConfig {

@@ -66,15 +66,16 @@ impl Connection {
         }
         let wants_ack = publish.qos != QoS::AtMostOnce;
         let ticket = wants_ack.then(|| session.flow().acks.next_ticket());
-        let written = match route(
+        let published = route(
             session,
             &publish.topic,
             publish.qos,
             publish.payload,
             ticket.zip(durable),
         )
-        .await
-        {
+        .await;
+        published.hold(&mut self.flow);
+        let written = match published.stored {
             Persisted::Pending => true,
             Persisted::Unneeded => false,
             // MQTT 3.1.1 has no negative acknowledgement: the client gets no PUBACK/PUBREC,
@@ -125,15 +126,15 @@ impl Connection {
 
 /// Routes one publication; QoS 1 and 2 messages are persistent. With `notify`, a message
 /// written to the message store reports its ticket there once on disk ([`super::STORE_FAILED`]
-/// if its write failed). Returns whether it is being written (so its acknowledgement must
-/// wait) or was refused by the store.
+/// if its write failed). Returns what became of it: whether it is being written (so its
+/// acknowledgement must wait) or was refused by the store, and a queue that fell behind.
 async fn route(
     session: &Session,
     topic_name: &str,
     qos: QoS,
     payload: Bytes,
     notify: Option<(u64, mpsc::UnboundedSender<u64>)>,
-) -> Persisted {
+) -> junction_core::Published {
     let mut headers = FieldTable::new();
     headers.insert(PUBLISH_QOS_HEADER, FieldValue::I8(qos as i8));
     let persistent = qos != QoS::AtMostOnce;
@@ -159,5 +160,4 @@ async fn route(
         .vhost
         .publish(&session.exchange, message, on_durable)
         .await
-        .stored
 }

@@ -95,6 +95,7 @@ impl Connection {
             });
         let vhost = session.vhost.clone();
         let published = vhost.publish(&exchange, message, on_durable).await;
+        published.hold(&mut self.flow);
         match published.stored {
             Persisted::Pending => Ok(ticket),
             Persisted::Unneeded => Ok(0),

@@ -1,5 +1,5 @@
-"""Raw AMQP 0-9-1 for the adversarial suite: a client that sends exactly the bytes it is
-built with and reads every reply with a deadline.
+"""Raw AMQP 0-9-1 for the adversarial and overload suites: a client that sends exactly the
+bytes it is built with and reads every reply with a deadline.
 
 pika cannot send what the attacks need (field tables nested thousands deep: its encoder
 recurses in Python), and a pika RPC has no deadline, so against a frozen broker it would hang
@@ -310,13 +310,19 @@ class RawAmqp:
         self, exchange: str, key: str, body: bytes = b"x", headers: Encoded | None = None
     ) -> None:
         """basic.publish, its content header (with ``headers``) and one body frame."""
-        data = method(
-            1, 60, 40, struct.pack(">H", 0) + shortstr(exchange) + shortstr(key) + b"\x00"
-        )
-        data += content_header(1, len(body), headers)
-        if body:
-            data += frame(FRAME_BODY, 1, body)
-        self.send(data)
+        self.send(publish_bytes(exchange, key, body, headers))
+
+
+def publish_bytes(
+    exchange: str, key: str, body: bytes = b"x", headers: Encoded | None = None
+) -> bytes:
+    """A basic.publish on channel 1, its content header (with ``headers``) and one body frame,
+    to send many at once."""
+    data = method(1, 60, 40, struct.pack(">H", 0) + shortstr(exchange) + shortstr(key) + b"\x00")
+    data += content_header(1, len(body), headers)
+    if body:
+        data += frame(FRAME_BODY, 1, body)
+    return data
 
 
 def _with_table(encoded_table: bytes, name: str, inner: bytes) -> bytes:
