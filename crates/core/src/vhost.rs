@@ -298,6 +298,7 @@ impl VirtualHost {
             store,
             recovered,
             self.storage.max_loaded_bytes_per_queue,
+            self.storage.overflow.clone(),
         )
     }
 

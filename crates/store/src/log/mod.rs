@@ -16,7 +16,7 @@
 //! the disk has room again, when the log resumes by itself (see [`writer`]). While it writes,
 //! the free space of the data directory goes to the space watch ([`MessageLog::watch_space`]).
 
-mod record;
+pub(crate) mod record;
 mod recovery;
 mod writer;
 
