@@ -287,18 +287,15 @@ impl VirtualHost {
         vhost: &Arc<VirtualHost>,
         recovered: Vec<Recovered>,
     ) -> QueueHandle {
-        let store = (spec.durable && !spec.exclusive)
-            .then(|| self.storage.messages.clone())
-            .flatten();
+        let durable = spec.durable && !spec.exclusive;
         queue::spawn(
             spec,
             owner,
             vhost,
             QUEUE_MAILBOX,
-            store,
+            &self.storage,
+            durable,
             recovered,
-            self.storage.max_loaded_bytes_per_queue,
-            self.storage.overflow.clone(),
         )
     }
 

@@ -32,7 +32,7 @@ use super::{
 use crate::error::{CoreError, CoreResult};
 use crate::message::Message;
 use crate::persistence::{
-    MessageStore, Overflow as PageOverflow, OverflowStore, QueueKey, Recovered, StoredAt,
+    MessageStore, Overflow as PageOverflow, OverflowStore, QueueKey, Recovered, Storage, StoredAt,
 };
 use crate::vhost::VirtualHost;
 
@@ -198,20 +198,23 @@ struct QueueActor {
 }
 
 /// Starts the task of a new queue and returns its handle.
-/// `store` is given for durable queues: persistent messages leaving the queue for good are
-/// removed from it. `recovered` are messages restored from it at start-up, oldest first; they
-/// are delivered flagged redelivered.
+/// With `durable`, persistent messages are kept in `storage`'s message store: those leaving
+/// the queue for good are removed from it. `recovered` are messages restored from it at
+/// start-up, oldest first; they are delivered flagged redelivered. Bodies beyond `storage`'s
+/// budget go to its overflow (or stay in the message store).
 pub(crate) fn spawn(
     spec: super::QueueSpec,
     owner: Option<super::ConnectionId>,
     vhost: &Arc<VirtualHost>,
     mailbox: usize,
-    store: Option<Arc<dyn MessageStore>>,
+    storage: &Storage,
+    durable: bool,
     recovered: Vec<Recovered>,
-    max_loaded_bytes: usize,
-    overflow_store: Option<Arc<dyn OverflowStore>>,
 ) -> QueueHandle {
     let (tx, rx) = mpsc::channel(mailbox);
+    let max_loaded_bytes = storage.max_loaded_bytes_per_queue;
+    let overflow_store = storage.overflow.clone();
+    let store = durable.then(|| storage.messages.clone()).flatten();
     let store = store.map(|store| {
         let key = QueueKey {
             vhost: vhost.name.clone(),

@@ -262,7 +262,7 @@ impl ReadyList {
                 if expired.len() - first >= max {
                     break;
                 }
-                if !head.expires_at.is_some_and(|at| at <= now) {
+                if head.expires_at.is_none_or(|at| at > now) {
                     break;
                 }
                 if keep_paged && !head.is_loaded() {
@@ -274,8 +274,7 @@ impl ReadyList {
                 }
             }
         }
-        for index in first..expired.len() {
-            let entry = &expired[index];
+        for entry in &expired[first..] {
             self.len = self.len.saturating_sub(1);
             self.bytes = self.bytes.saturating_sub(entry.size as usize);
             if !entry.is_loaded() {
@@ -384,8 +383,7 @@ impl ReadyList {
         if let Some(now) = expired_by {
             for level in self.levels.iter().rev() {
                 for entry in level.iter().take(limits.scan) {
-                    if !entry.expires_at.is_some_and(|at| at <= now) || !room(entry, &wanted, bytes)
-                    {
+                    if entry.expires_at.is_none_or(|at| at > now) || !room(entry, &wanted, bytes) {
                         break;
                     }
                     if let Some(place) = entry.place() {
