@@ -317,7 +317,8 @@ impl Overflow for QueueOverflow {
             state.pending.push_back(Chunk {
                 segment: at.segment,
                 start: at.offset,
-                bytes: Vec::with_capacity(CHUNK_BYTES.max(len as usize)),
+                // Grown as it fills: a queue that pages a little holds little.
+                bytes: Vec::with_capacity(len as usize),
             });
         }
         let chunk = state.pending.back_mut()?;

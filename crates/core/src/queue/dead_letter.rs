@@ -383,4 +383,54 @@ mod tests {
         assert!(is_cycle(&expired_in_work, "work"));
         assert!(!is_cycle(&expired_in_retry, "work"));
     }
+
+    #[tokio::test]
+    async fn letters_on_their_way_are_bounded_and_room_comes_back() {
+        use std::sync::Arc;
+        let vhost = VirtualHost::new(
+            "/",
+            Arc::new(crate::exchange::ExchangeTypeRegistry::with_builtins()),
+        );
+        let spec = crate::queue::QueueSpec {
+            name: "dlq".into(),
+            ..Default::default()
+        };
+        let dlq = vhost
+            .declare_queue(spec, false, false, crate::queue::ConnectionId(1))
+            .await
+            .expect("declare")
+            .handle;
+        let target = DeadLetterTarget {
+            exchange: "".into(),
+            routing_key: Some("dlq".into()),
+        };
+        let mut letters = DeadLetters::new();
+        let weak = Arc::downgrade(&vhost);
+        for _ in 0..DEAD_LETTERS_IN_FLIGHT {
+            letters.send(
+                &weak,
+                dead_lettered(&original(), "work", Reason::Expired, &target),
+            );
+        }
+        assert_eq!(letters.room_left(), 0, "the queue must now hold back");
+        tokio::time::timeout(std::time::Duration::from_secs(10), letters.room())
+            .await
+            .expect("room comes back as the task republishes");
+        assert!(letters.room_left() > 0);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while dlq.stats().await.expect("stats").ready < DEAD_LETTERS_IN_FLIGHT as u32 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "every letter arrives"
+            );
+            tokio::task::yield_now().await;
+        }
+        while letters.room_left() < DEAD_LETTERS_IN_FLIGHT {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "all room comes back"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
 }
