@@ -11,8 +11,11 @@
 //! the adapters answer their publisher with the protocol's refusal instead of an
 //! acknowledgement.
 
+mod overflow;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+
+pub use overflow::{Overflow, OverflowStore, PagedAt};
 
 use std::sync::Arc;
 
@@ -29,8 +32,12 @@ pub struct Storage {
     pub definitions: Option<Arc<dyn DefinitionStore>>,
     /// Persistent messages of durable queues.
     pub messages: Option<Arc<dyn MessageStore>>,
-    /// Bodies of a durable queue's ready persistent messages kept in memory, at most; beyond
-    /// it they stay in the message store and are read back when delivered.
+    /// Where queues page out bodies the message store does not hold (absent: such bodies stay
+    /// in memory whatever the budget).
+    pub overflow: Option<Arc<dyn OverflowStore>>,
+    /// Bodies of a queue's ready messages kept in memory, at most (persistent and transient
+    /// alike); beyond it a persistent message of a durable queue stays only in the message
+    /// store, any other goes to the overflow, and they are read back before delivery.
     pub max_loaded_bytes_per_queue: usize,
     /// Commands a queue's mailbox holds. A publisher whose queue has more than half of it
     /// waiting is held by credit flow until a quarter is left ([`crate::flow`]).
@@ -42,6 +49,7 @@ impl Default for Storage {
         Self {
             definitions: None,
             messages: None,
+            overflow: None,
             max_loaded_bytes_per_queue: 64 * 1024 * 1024,
             queue_mailbox: DEFAULT_QUEUE_MAILBOX,
         }

@@ -284,17 +284,15 @@ impl VirtualHost {
         vhost: &Arc<VirtualHost>,
         recovered: Vec<Recovered>,
     ) -> QueueHandle {
-        let store = (spec.durable && !spec.exclusive)
-            .then(|| self.storage.messages.clone())
-            .flatten();
+        let durable = spec.durable && !spec.exclusive;
         queue::spawn(
             spec,
             owner,
             vhost,
             self.storage.queue_mailbox.max(4),
-            store,
+            &self.storage,
+            durable,
             recovered,
-            self.storage.max_loaded_bytes_per_queue,
         )
     }
 

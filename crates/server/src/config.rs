@@ -115,7 +115,8 @@ pub struct StompConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
-    /// Ready persistent bodies a durable queue keeps in memory, in bytes.
+    /// Bodies of ready messages a queue keeps in memory, in bytes, persistent and transient
+    /// alike; beyond it they are paged out (to the message log or the overflow).
     pub max_loaded_bytes_per_queue: usize,
 }
 

@@ -1,14 +1,100 @@
 //! An in-memory [`MessageStore`] for tests of the core and the adapters: it places every
 //! message without writing anything and keeps its completion until the test settles it, so a
-//! test decides when (and whether) a message reached the disk. Built only for tests (the
-//! `testing` feature, which the adapters enable in their dev-dependencies).
+//! test decides when (and whether) a message reached the disk; and an in-memory overflow
+//! ([`MemoryOverflow`]) that counts what queues page out, read back and release. Built only
+//! for tests (the `testing` feature, which the adapters enable in their dev-dependencies).
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-use super::{Durability, MessageStore, NotStored, OnDurable, QueueKey, Recovered, StoredAt};
+use super::{
+    Durability, MessageStore, NotStored, OnDurable, Overflow, OverflowStore, PagedAt, QueueKey,
+    Recovered, StoredAt,
+};
 use crate::message::Message;
+
+/// An overflow kept in memory, shared by every queue that opens it: it counts what is
+/// paged (live), read back and flushed.
+#[derive(Default)]
+pub struct MemoryOverflow {
+    pages: Mutex<HashMap<(u32, u32), Message>>,
+    next: AtomicU64,
+    reads: AtomicU64,
+    flushes: AtomicU64,
+}
+
+impl MemoryOverflow {
+    /// An empty overflow.
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// Messages paged out and not released yet.
+    pub fn live(&self) -> usize {
+        self.pages.lock().len()
+    }
+
+    /// Messages read back so far.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+}
+
+/// One queue's view of a [`MemoryOverflow`].
+struct MemoryQueueOverflow(Arc<MemoryOverflow>);
+
+impl OverflowStore for Arc<MemoryOverflow> {
+    fn open(&self, _queue: &QueueKey) -> Arc<dyn Overflow> {
+        Arc::new(MemoryQueueOverflow(self.clone()))
+    }
+}
+
+impl Overflow for MemoryQueueOverflow {
+    fn append(&self, message: &Message) -> Option<PagedAt> {
+        let n = self.0.next.fetch_add(1, Ordering::Relaxed);
+        let at = PagedAt {
+            segment: (n >> 32) as u32,
+            offset: n as u32,
+        };
+        self.0
+            .pages
+            .lock()
+            .insert((at.segment, at.offset), message.clone());
+        Some(at)
+    }
+
+    fn wants_flush(&self) -> bool {
+        false
+    }
+
+    fn unwritten_bytes(&self) -> usize {
+        0
+    }
+
+    fn flush(&self) {
+        self.0.flushes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn read(&self, places: &[PagedAt]) -> Vec<Option<Message>> {
+        let pages = self.0.pages.lock();
+        self.0
+            .reads
+            .fetch_add(places.len() as u64, Ordering::Relaxed);
+        places
+            .iter()
+            .map(|at| pages.get(&(at.segment, at.offset)).cloned())
+            .collect()
+    }
+
+    fn release(&self, at: PagedAt) {
+        self.0.pages.lock().remove(&(at.segment, at.offset));
+    }
+
+    fn close(&self) {}
+}
 
 /// A message store whose completions wait for the test.
 #[derive(Default)]

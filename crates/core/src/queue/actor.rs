@@ -8,27 +8,72 @@
 //! `x-overflow` drop-head; the refusing modes are decided by publishers, see `admission`),
 //! dead-lettering, priorities (`x-max-priority`), single active consumer and consumer
 //! priorities. One timer wakes the task for the earliest expiry.
+//!
+//! Ready bodies beyond the queue's memory budget are paged out: a durable queue's persistent
+//! message stays only in the message store, any other goes to the queue's overflow. The task
+//! never reads or writes a file itself: it asks the blocking pool to read back the next paged
+//! entries (a batch at a time, ahead of delivery) and to write the overflow, and takes the
+//! answers in its select loop. Delivery waits for a paged head to be read back, so order holds.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::dead_letter::{DeadLetterTarget, DeadLetters, Reason, dead_lettered};
-use super::ready::{Ready, ReadyList, Stored};
+use super::ready::{Body, Clock, Deadline, Place, ReadAhead, Ready, ReadyList, Stored, Wanted};
 use super::{
     ChannelCredit, ChannelId, ConsumerEvent, ConsumerSpec, Delivery, DeliveryPermit, GetResult,
     MessageSeq, Overflow, QueueCommand, QueueHandle, QueueStats,
 };
 use crate::error::{CoreError, CoreResult};
 use crate::message::Message;
-use crate::persistence::{MessageStore, QueueKey, Recovered, StoredAt};
+use crate::persistence::{
+    MessageStore, Overflow as PageOverflow, OverflowStore, QueueKey, Recovered, Storage, StoredAt,
+};
 use crate::vhost::VirtualHost;
 
 /// How many commands the queue handles before it dispatches.
 const BATCH: usize = 256;
+
+/// How far ahead of delivery paged bodies are read back: one batch of at most this many
+/// entries or bytes, and none while this much is in memory ahead already.
+const READ_AHEAD: ReadAhead = ReadAhead {
+    entries: 256,
+    bytes: 1024 * 1024,
+    loaded_ahead: 1024 * 1024,
+    scan: 1024,
+};
+
+/// While an overflow write is under way and more than this is waiting to be written, the
+/// queue stops taking commands (its publishers wait on its mailbox) until the write is done.
+const OVERFLOW_BACKLOG: usize = 8 * 1024 * 1024;
+
+/// Paged bodies read back by the blocking pool, with the entries they belong to.
+type ReadBack = Vec<(Wanted, Option<Message>)>;
+
+/// A basic.get waiting for the head's body to be read back.
+type WaitingGet = (ChannelId, bool, oneshot::Sender<Option<GetResult>>);
+
+/// The head of the queue, as delivery sees it.
+enum Head {
+    Ready(Loaded),
+    /// Its body is being read back (or expired and waits to be dead-lettered).
+    Waiting,
+    Empty,
+}
+
+/// What woke the queue task.
+enum Event {
+    Command(Option<QueueCommand>),
+    ReadBack(ReadBack),
+    Flushed,
+    DeadLetterRoom,
+    Timer,
+}
 
 /// A ready message with its body in memory, on its way to a consumer.
 struct Loaded {
@@ -38,17 +83,16 @@ struct Loaded {
     redelivered: bool,
     size: usize,
     level: u8,
-    expires_at: Option<Instant>,
+    expires_at: Option<Deadline>,
 }
 
 impl Loaded {
     fn into_ready(self) -> Ready {
         Ready {
             seq: self.seq,
-            message: Some(self.message),
-            stored: self.stored,
+            size: Ready::size_of_len(self.size),
+            body: Body::Loaded(self.message, self.stored.map(|stored| stored.at)),
             redelivered: self.redelivered,
-            size: self.size,
             level: self.level,
             expires_at: self.expires_at,
         }
@@ -59,7 +103,7 @@ struct Unacked {
     message: Arc<Message>,
     stored: Option<Stored>,
     level: u8,
-    expires_at: Option<Instant>,
+    expires_at: Option<Deadline>,
     /// The consumer it was delivered to (None for basic.get).
     consumer: Option<Arc<str>>,
     /// The channel-wide credit it holds, released when it is settled.
@@ -71,9 +115,8 @@ impl Unacked {
     fn into_ready(self, seq: MessageSeq) -> Ready {
         Ready {
             seq,
-            size: self.message.body.len(),
-            message: Some(self.message),
-            stored: self.stored,
+            size: Ready::size_of(&self.message.body),
+            body: Body::Loaded(self.message, self.stored.map(|stored| stored.at)),
             redelivered: true,
             level: self.level,
             expires_at: self.expires_at,
@@ -119,8 +162,24 @@ struct QueueActor {
     store: Option<(Arc<dyn MessageStore>, QueueKey)>,
     /// Bytes of ready bodies held in memory.
     loaded_bytes: usize,
-    /// Above this, persistent bodies are paged out to the store.
+    /// Above this, bodies are paged out (to the store or the overflow).
     max_loaded_bytes: usize,
+    /// Counts instants as the ready list keeps them.
+    clock: Clock,
+    /// Makes the overflow, when the queue first needs one.
+    overflow_store: Option<Arc<dyn OverflowStore>>,
+    /// Where bodies the store does not hold are paged out.
+    overflow: Option<Arc<dyn PageOverflow>>,
+    /// The read-back under way on the blocking pool.
+    reading: Option<JoinHandle<ReadBack>>,
+    /// The overflow write under way on the blocking pool.
+    flushing: Option<JoinHandle<()>>,
+    /// A head is paged out and wanted (delivery, basic.get, dead-lettering).
+    head_wanted: bool,
+    /// Letting ready messages die waits for the dead-letter task to catch up.
+    dead_letters_full: bool,
+    /// basic.get requests waiting for the head's body, in order.
+    waiting_gets: VecDeque<WaitingGet>,
     /// Where dead letters go (`x-dead-letter-exchange`), and the task republishing them.
     dead_letter_target: Option<DeadLetterTarget>,
     dead_letters: DeadLetters,
@@ -139,19 +198,23 @@ struct QueueActor {
 }
 
 /// Starts the task of a new queue and returns its handle.
-/// `store` is given for durable queues: persistent messages leaving the queue for good are
-/// removed from it. `recovered` are messages restored from it at start-up, oldest first; they
-/// are delivered flagged redelivered.
+/// With `durable`, persistent messages are kept in `storage`'s message store: those leaving
+/// the queue for good are removed from it. `recovered` are messages restored from it at
+/// start-up, oldest first; they are delivered flagged redelivered. Bodies beyond `storage`'s
+/// budget go to its overflow (or stay in the message store).
 pub(crate) fn spawn(
     spec: super::QueueSpec,
     owner: Option<super::ConnectionId>,
     vhost: &Arc<VirtualHost>,
     mailbox: usize,
-    store: Option<Arc<dyn MessageStore>>,
+    storage: &Storage,
+    durable: bool,
     recovered: Vec<Recovered>,
-    max_loaded_bytes: usize,
 ) -> QueueHandle {
     let (tx, rx) = mpsc::channel(mailbox);
+    let max_loaded_bytes = storage.max_loaded_bytes_per_queue;
+    let overflow_store = storage.overflow.clone();
+    let store = durable.then(|| storage.messages.clone()).flatten();
     let store = store.map(|store| {
         let key = QueueKey {
             vhost: vhost.name.clone(),
@@ -178,6 +241,7 @@ pub(crate) fn spawn(
             });
     let handle = QueueHandle::new(spec, arguments, owner, vhost.name.clone(), tx);
     let now = Instant::now();
+    let clock = Clock::new(now);
     let mut ready = ReadyList::new(handle.arguments().max_priority, handle.0.admission.clone());
     let count = recovered.len();
     for (seq, recovered) in recovered.into_iter().enumerate() {
@@ -185,15 +249,17 @@ pub(crate) fn spawn(
         // their TTL counts again from the restart.
         ready.restore(Ready {
             seq: seq as MessageSeq,
-            message: None,
-            stored: Some(Stored {
+            body: Body::Stored(Stored {
                 id: recovered.id,
                 at: recovered.at,
             }),
             redelivered: true,
             size: 0,
             level: 0,
-            expires_at: handle.arguments().message_ttl.map(|ttl| now + ttl),
+            expires_at: handle
+                .arguments()
+                .message_ttl
+                .map(|ttl| clock.deadline(now + ttl)),
         });
     }
     let actor = QueueActor {
@@ -208,6 +274,14 @@ pub(crate) fn spawn(
         store,
         loaded_bytes: 0,
         max_loaded_bytes,
+        clock,
+        overflow_store,
+        overflow: None,
+        reading: None,
+        flushing: None,
+        head_wanted: false,
+        dead_letters_full: false,
+        waiting_gets: VecDeque::new(),
         dead_letter_target,
         dead_letters: DeadLetters::new(),
         now,
@@ -229,39 +303,45 @@ enum Flow {
 impl QueueActor {
     async fn run(mut self, mut rx: mpsc::Receiver<QueueCommand>) {
         loop {
-            let command = match self.next_deadline() {
-                Some(deadline) => tokio::select! {
-                    command = rx.recv() => command,
-                    () = tokio::time::sleep_until(deadline) => {
-                        self.now = Instant::now();
-                        if self.has_expired() {
-                            self.expire_queue();
-                            break;
-                        }
-                        self.expire_heads();
-                        self.dispatch();
-                        self.enforce_length_limit();
-                        continue;
-                    }
-                },
-                None => rx.recv().await,
-            };
-            let Some(command) = command else {
-                break;
+            let deadline = self.next_deadline();
+            let take_commands = !self.overflow_backlogged();
+            let event = tokio::select! {
+                command = rx.recv(), if take_commands => Event::Command(command),
+                read = finished(&mut self.reading) => Event::ReadBack(read.unwrap_or_default()),
+                _ = finished(&mut self.flushing) => Event::Flushed,
+                () = self.dead_letters.room(), if self.dead_letters_full => Event::DeadLetterRoom,
+                () = sleep_until(deadline) => Event::Timer,
             };
             self.now = Instant::now();
-            let mut flow = self.handle_command(command);
-            let mut handled = 1;
-            while matches!(flow, Flow::Continue) && handled < BATCH {
-                match rx.try_recv() {
-                    Ok(command) => flow = self.handle_command(command),
-                    Err(_) => break,
+            match event {
+                Event::Command(None) => break,
+                Event::Command(Some(command)) => {
+                    let mut flow = self.handle_command(command);
+                    let mut handled = 1;
+                    while matches!(flow, Flow::Continue) && handled < BATCH {
+                        match rx.try_recv() {
+                            Ok(command) => flow = self.handle_command(command),
+                            Err(_) => break,
+                        }
+                        handled += 1;
+                    }
+                    if matches!(flow, Flow::Stop) {
+                        break;
+                    }
                 }
-                handled += 1;
+                Event::Timer => {
+                    if self.has_expired() {
+                        self.expire_queue();
+                        break;
+                    }
+                    // Expiry first: a message at its deadline dies rather than go out late.
+                    self.expire_heads();
+                }
+                Event::ReadBack(read) => self.take_read_back(read),
+                Event::DeadLetterRoom => self.dead_letters_full = false,
+                Event::Flushed => {}
             }
-            if matches!(flow, Flow::Stop) {
-                break;
-            }
+            self.serve_waiting_gets();
             self.dispatch();
             self.enforce_length_limit();
             self.expire_heads();
@@ -270,6 +350,8 @@ impl QueueActor {
                 self.auto_delete();
                 break;
             }
+            self.read_ahead();
+            self.flush_overflow();
         }
         // Publishes still in the mailbox will never be enqueued: their store records go.
         rx.close();
@@ -281,6 +363,9 @@ impl QueueActor {
                 self.forget(Some(Stored { id, at }));
             }
         }
+        if let Some(overflow) = self.overflow.take() {
+            drop(tokio::task::spawn_blocking(move || overflow.close()));
+        }
         tracing::debug!(queue = self.handle.name(), "queue task stopped");
     }
 
@@ -289,12 +374,9 @@ impl QueueActor {
             QueueCommand::Publish(message, at) => self.enqueue(message, at),
             QueueCommand::WithdrawUnstored(ids) => {
                 for entry in self.ready.take_stored(&ids) {
-                    if entry.message.is_some() {
-                        self.loaded_bytes = self.loaded_bytes.saturating_sub(entry.size);
-                    }
                     // The store skips the removal of a message it never wrote, and so
                     // learns that this queue no longer holds it.
-                    self.forget(entry.stored);
+                    self.discard(&entry);
                 }
             }
             QueueCommand::DeadLetterRefused(message) => {
@@ -312,14 +394,19 @@ impl QueueActor {
                 self.settle(channel, &seqs, Some(requeue))
             }
             QueueCommand::Get(channel, no_ack, reply) => {
-                let _ = reply.send(self.get(channel, no_ack));
+                if self.waiting_gets.is_empty()
+                    && let Some(answer) = self.get(channel, no_ack)
+                {
+                    let _ = reply.send(answer);
+                } else {
+                    self.waiting_gets.push_back((channel, no_ack, reply));
+                }
             }
             QueueCommand::Purge(reply) => {
                 let purged = self.ready.len() as u32;
                 for entry in self.ready.take_all() {
-                    self.forget(entry.stored);
+                    self.discard(&entry);
                 }
-                self.loaded_bytes = 0;
                 let _ = reply.send(purged);
             }
             QueueCommand::Stats(reply) => {
@@ -363,6 +450,18 @@ impl QueueActor {
         if let (Some((store, key)), Some(stored)) = (&self.store, stored) {
             store.remove(key, stored.id, stored.at);
         }
+    }
+
+    /// A ready entry leaves the queue for good: its body leaves memory, the store and the
+    /// overflow.
+    fn discard(&mut self, entry: &Ready) {
+        if let Some(message) = entry.message() {
+            self.loaded_bytes = self.loaded_bytes.saturating_sub(message.body.len());
+        }
+        if let (Body::Paged(at), Some(overflow)) = (&entry.body, &self.overflow) {
+            overflow.release(*at);
+        }
+        self.forget(entry.stored());
     }
 
     /// Republishes a dead message to the dead-letter exchange, if the queue has one.
@@ -411,21 +510,22 @@ impl QueueActor {
         };
         let size = message.body.len();
         let level = self.ready.level_for(message.properties.priority);
-        let expires_at = self.expiry_of(&message);
-        let page_out = stored.is_some() && self.loaded_bytes + size > self.max_loaded_bytes;
-        let message = if page_out {
-            None
+        let expires_at = self.expiry_of(&message).map(|at| self.clock.deadline(at));
+        let paged = if self.loaded_bytes + size > self.max_loaded_bytes {
+            self.page_out(&message, stored)
         } else {
-            self.loaded_bytes += size;
-            Some(message)
+            None
         };
+        let body = paged.unwrap_or_else(|| {
+            self.loaded_bytes += size;
+            Body::Loaded(message, stored.map(|stored| stored.at))
+        });
         self.ready.push_back(Ready {
             seq,
-            message,
-            stored,
-            redelivered: false,
-            size,
+            body,
+            size: Ready::size_of_len(size),
             level,
+            redelivered: false,
             expires_at,
         });
         // With no consumer able to take it now, the limit applies at once (RabbitMQ judges
@@ -437,20 +537,49 @@ impl QueueActor {
         }
     }
 
+    /// Where a body beyond the memory budget goes: a durable queue's persistent message
+    /// stays only in the store; any other is appended to the overflow (in memory until the
+    /// next flush). None keeps it in memory (no overflow, or it cannot take it now).
+    fn page_out(&mut self, message: &Message, stored: Option<Stored>) -> Option<Body> {
+        if let Some(stored) = stored {
+            return Some(Body::Stored(stored));
+        }
+        if self.overflow.is_none() {
+            let key = QueueKey {
+                vhost: self.handle.0.vhost.clone(),
+                queue: self.handle.name().to_owned(),
+            };
+            self.overflow = Some(self.overflow_store.as_ref()?.open(&key));
+        }
+        self.overflow.as_ref()?.append(message).map(Body::Paged)
+    }
+
     /// Drops (dead-letters) messages from the head while the queue is over its length limit,
     /// for `x-overflow` = drop-head (the refusing modes never let it get there by
     /// publishing). Runs after dispatch, as RabbitMQ delivers to a consumer with room before
-    /// it counts a message against the limit.
+    /// it counts a message against the limit. A paged head to dead-letter waits for its body.
     fn enforce_length_limit(&mut self) {
         let arguments = self.handle.arguments();
         if arguments.overflow != Overflow::DropHead || !arguments.has_length_limit() {
             return;
         }
         let (max_length, max_bytes) = (arguments.max_length, arguments.max_length_bytes);
+        let dead_lettering = self.dead_letter_target.is_some();
         loop {
             let over = max_length.is_some_and(|max| self.ready.len() as u64 > max)
                 || max_bytes.is_some_and(|max| self.ready.bytes() as u64 > max);
             if !over {
+                return;
+            }
+            let Some(head) = self.ready.front() else {
+                return;
+            };
+            if dead_lettering && !head.is_loaded() {
+                self.head_wanted = true;
+                return;
+            }
+            if dead_lettering && self.dead_letters.room_left() == 0 {
+                self.dead_letters_full = true;
                 return;
             }
             let Some(entry) = self.ready.pop_front() else {
@@ -460,51 +589,134 @@ impl QueueActor {
         }
     }
 
-    /// A ready message dies (expiry, length limit): dead-lettered if the queue says where,
-    /// then gone from the store.
+    /// A ready message dies (expiry, length limit): dead-lettered if the queue says where
+    /// (the callers wait for a paged body to be read back first), then gone from the store.
     fn let_die(&mut self, entry: Ready, reason: Reason) {
-        let message = match entry.message {
-            Some(message) => {
-                self.loaded_bytes = self.loaded_bytes.saturating_sub(message.body.len());
-                Some(message)
-            }
-            None if self.dead_letter_target.is_some() => self.read_back(entry.stored),
-            None => None,
-        };
-        if let Some(message) = message {
-            self.dead_letter(&message, reason);
+        if let Some(message) = entry.message() {
+            self.dead_letter(message, reason);
         }
-        self.forget(entry.stored);
+        self.discard(&entry);
     }
 
-    fn read_back(&self, stored: Option<Stored>) -> Option<Arc<Message>> {
-        match (&self.store, stored) {
-            (Some((store, _)), Some(stored)) => store.read(stored.id, stored.at).map(Arc::new),
-            _ => None,
-        }
-    }
-
-    /// Lets the expired messages at the heads die.
+    /// Lets the expired messages at the heads die; with a dead-letter exchange, a paged one
+    /// waits for its body, and they wait while the dead-letter task is behind.
     fn expire_heads(&mut self) {
-        if self
-            .ready
-            .next_expiry()
-            .is_none_or(|expiry| expiry > self.now)
-        {
+        let now = self.clock.deadline(self.now);
+        if self.ready.next_expiry().is_none_or(|expiry| expiry > now) {
             return;
         }
-        for entry in self.ready.take_expired(self.now) {
+        let dead_lettering = self.dead_letter_target.is_some();
+        let room = if dead_lettering {
+            self.dead_letters.room_left()
+        } else {
+            usize::MAX
+        };
+        if room == 0 {
+            self.dead_letters_full = true;
+            return;
+        }
+        let mut expired = Vec::new();
+        if self
+            .ready
+            .take_expired(now, dead_lettering, room, &mut expired)
+        {
+            self.head_wanted = true;
+        }
+        for entry in expired {
             self.let_die(entry, Reason::Expired);
         }
     }
 
     /// The earliest time the queue must wake by itself: a message expiring at a head, or the
-    /// queue expiring unused.
+    /// queue expiring unused. An expiry already past waits for what holds it back (a paged
+    /// body being read, the dead-letter task) instead.
     fn next_deadline(&self) -> Option<Instant> {
+        let held = self.reading.is_some() || self.dead_letters_full;
+        let message_expiry = self
+            .ready
+            .next_expiry()
+            .map(|at| self.clock.instant(at))
+            .filter(|at| !held || *at > self.now);
         let queue_expiry = self.queue_expiry();
-        match (self.ready.next_expiry(), queue_expiry) {
+        match (message_expiry, queue_expiry) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether the queue stops taking commands until the overflow write under way is done.
+    fn overflow_backlogged(&self) -> bool {
+        self.flushing.is_some()
+            && self
+                .overflow
+                .as_ref()
+                .is_some_and(|overflow| overflow.unwritten_bytes() > OVERFLOW_BACKLOG)
+    }
+
+    /// Asks the blocking pool for the next paged bodies when they are wanted: by a paged
+    /// head (delivery, basic.get, dead-lettering), or ahead of delivery while the queue has
+    /// consumers. One batch at a time.
+    fn read_ahead(&mut self) {
+        if self.reading.is_some() || self.ready.paged() == 0 {
+            return;
+        }
+        if !self.head_wanted && self.consumers.is_empty() {
+            return;
+        }
+        let expired_by = self
+            .dead_letter_target
+            .as_ref()
+            .map(|_| self.clock.deadline(self.now));
+        let wanted = self.ready.paged_ahead(READ_AHEAD, expired_by);
+        if wanted.is_empty() {
+            return;
+        }
+        self.head_wanted = false;
+        let store = self.store.as_ref().map(|(store, _)| store.clone());
+        let overflow = self.overflow.clone();
+        self.reading = Some(tokio::task::spawn_blocking(move || {
+            read_back(store.as_deref(), overflow.as_deref(), wanted)
+        }));
+    }
+
+    /// Takes the bodies read back into the ready list; an entry whose body could not be read
+    /// is dropped (reported), one that left meanwhile is ignored.
+    fn take_read_back(&mut self, read: ReadBack) {
+        for (wanted, message) in read {
+            match message {
+                Some(message) => {
+                    let size = message.body.len();
+                    if self.ready.load(wanted.seq, wanted.level, Arc::new(message)) {
+                        self.loaded_bytes += size;
+                        if let (Place::Paged(at), Some(overflow)) = (wanted.place, &self.overflow) {
+                            overflow.release(at);
+                        }
+                    }
+                }
+                None => {
+                    if let Some(entry) = self.ready.remove_paged(wanted.seq, wanted.level) {
+                        tracing::error!(
+                            queue = self.handle.name(),
+                            "a paged-out message could not be read back; dropped"
+                        );
+                        self.discard(&entry);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Has the blocking pool write the overflow when it has enough to write (or files to
+    /// delete). One write at a time.
+    fn flush_overflow(&mut self) {
+        if self.flushing.is_some() {
+            return;
+        }
+        if let Some(overflow) = &self.overflow
+            && overflow.wants_flush()
+        {
+            let overflow = overflow.clone();
+            self.flushing = Some(tokio::task::spawn_blocking(move || overflow.flush()));
         }
     }
 
@@ -527,43 +739,59 @@ impl QueueActor {
         }
     }
 
-    /// Takes the first ready message that has not expired, reading its body back from the
-    /// store if it was paged out. Expired ones die on the way; a message that cannot be read
-    /// back is reported and dropped.
+    /// Takes the first ready message that has not expired, if its body is in memory. Expired
+    /// ones die on the way. None also when the head waits for its body (then it is asked
+    /// for).
     fn pop_ready(&mut self) -> Option<Loaded> {
+        match self.next_ready() {
+            Head::Ready(loaded) => Some(loaded),
+            Head::Waiting | Head::Empty => None,
+        }
+    }
+
+    fn next_ready(&mut self) -> Head {
+        let now = self.clock.deadline(self.now);
+        let dead_lettering = self.dead_letter_target.is_some();
         loop {
-            let entry = self.ready.pop_front()?;
-            if entry.expires_at.is_some_and(|at| at < self.now) {
-                self.let_die(entry, Reason::Expired);
+            let Some(head) = self.ready.front() else {
+                return Head::Empty;
+            };
+            if head.expires_at.is_some_and(|at| at < now) {
+                if dead_lettering && !head.is_loaded() {
+                    self.head_wanted = true;
+                    return Head::Waiting;
+                }
+                if dead_lettering && self.dead_letters.room_left() == 0 {
+                    self.dead_letters_full = true;
+                    return Head::Waiting;
+                }
+                if let Some(entry) = self.ready.pop_front() {
+                    self.let_die(entry, Reason::Expired);
+                }
                 continue;
             }
-            let message = match entry.message {
-                Some(message) => {
-                    self.loaded_bytes = self.loaded_bytes.saturating_sub(message.body.len());
-                    message
-                }
-                None => match self.read_back(entry.stored) {
-                    Some(message) if self.recovered_and_expired(entry.seq, &message) => {
-                        self.dead_letter(&message, Reason::Expired);
-                        self.forget(entry.stored);
-                        continue;
-                    }
-                    Some(message) => message,
-                    None => {
-                        tracing::error!(
-                            queue = self.handle.name(),
-                            "a stored message could not be read back; dropped"
-                        );
-                        self.forget(entry.stored);
-                        continue;
-                    }
-                },
+            if !head.is_loaded() {
+                self.head_wanted = true;
+                return Head::Waiting;
+            }
+            let Some(entry) = self.ready.pop_front() else {
+                return Head::Empty;
             };
-            return Some(Loaded {
+            let Body::Loaded(message, at) = entry.body else {
+                continue;
+            };
+            self.loaded_bytes = self.loaded_bytes.saturating_sub(message.body.len());
+            let stored = at.and_then(|at| message.store_id.map(|id| Stored { id, at }));
+            if self.recovered_and_expired(entry.seq, &message) {
+                self.dead_letter(&message, Reason::Expired);
+                self.forget(stored);
+                continue;
+            }
+            return Head::Ready(Loaded {
                 seq: entry.seq,
                 size: message.body.len(),
                 message,
-                stored: entry.stored,
+                stored,
                 redelivered: entry.redelivered,
                 level: entry.level,
                 expires_at: entry.expires_at,
@@ -586,7 +814,7 @@ impl QueueActor {
     /// The queue is going away: every persistent message it holds leaves the store.
     fn forget_everything(&mut self) {
         for entry in self.ready.take_all() {
-            self.forget(entry.stored);
+            self.discard(&entry);
         }
         self.loaded_bytes = 0;
         for (_, pending) in std::mem::take(&mut self.unacked) {
@@ -658,9 +886,28 @@ impl QueueActor {
         }
     }
 
-    fn get(&mut self, channel: ChannelId, no_ack: bool) -> Option<GetResult> {
+    /// Answers the basic.get requests that waited for a paged head, in order, while the head
+    /// is in memory (or the queue is empty).
+    fn serve_waiting_gets(&mut self) {
+        while let Some((channel, no_ack, _)) = self.waiting_gets.front() {
+            let Some(answer) = self.get(*channel, *no_ack) else {
+                return;
+            };
+            if let Some((_, _, reply)) = self.waiting_gets.pop_front() {
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    /// basic.get: the answer (a message or none), or None while the head's body is being
+    /// read back.
+    fn get(&mut self, channel: ChannelId, no_ack: bool) -> Option<Option<GetResult>> {
         self.last_used = self.now;
-        let entry = self.pop_ready()?;
+        let entry = match self.next_ready() {
+            Head::Ready(entry) => entry,
+            Head::Empty => return Some(None),
+            Head::Waiting => return None,
+        };
         if no_ack {
             self.forget(entry.stored);
         } else {
@@ -676,12 +923,12 @@ impl QueueActor {
                 },
             );
         }
-        Some(GetResult {
+        Some(Some(GetResult {
             seq: entry.seq,
             message: entry.message,
             redelivered: entry.redelivered,
             remaining: self.ready.len() as u32,
-        })
+        }))
     }
 
     /// Acknowledges (`requeue` = None) or rejects the given deliveries of `channel`; rejected
@@ -734,7 +981,7 @@ impl QueueActor {
         }
         self.loaded_bytes += back
             .iter()
-            .filter_map(|r| r.message.as_ref())
+            .filter_map(Ready::message)
             .map(|m| m.body.len())
             .sum::<usize>();
         self.ready.requeue(back);
@@ -946,4 +1193,59 @@ impl QueueActor {
             vhost.forget_queue(&self.handle);
         }
     }
+}
+
+/// Waits for the blocking job in `slot` and empties the slot; never resolves without one.
+async fn finished<T>(slot: &mut Option<JoinHandle<T>>) -> Option<T> {
+    let Some(job) = slot.as_mut() else {
+        return std::future::pending().await;
+    };
+    let result = job.await;
+    *slot = None;
+    match result {
+        Ok(value) => Some(value),
+        Err(error) => {
+            tracing::error!(%error, "a queue's blocking job failed");
+            None
+        }
+    }
+}
+
+/// Sleeps until `deadline`; never resolves without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads paged bodies back (on the blocking pool): from the message store or the overflow,
+/// the overflow's in one call so it can read neighbours together.
+fn read_back(
+    store: Option<&dyn MessageStore>,
+    overflow: Option<&dyn PageOverflow>,
+    wanted: Vec<Wanted>,
+) -> ReadBack {
+    let places: Vec<_> = wanted
+        .iter()
+        .filter_map(|w| match w.place {
+            Place::Paged(at) => Some(at),
+            Place::Stored(_) => None,
+        })
+        .collect();
+    let mut paged = match overflow {
+        Some(overflow) if !places.is_empty() => overflow.read(&places),
+        _ => Vec::new(),
+    }
+    .into_iter();
+    wanted
+        .into_iter()
+        .map(|w| {
+            let message = match w.place {
+                Place::Stored(stored) => store.and_then(|store| store.read(stored.id, stored.at)),
+                Place::Paged(_) => paged.next().flatten(),
+            };
+            (w, message)
+        })
+        .collect()
 }

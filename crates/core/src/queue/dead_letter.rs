@@ -1,12 +1,18 @@
 //! Dead-lettering: a message rejected without requeue, expired, or pushed out of a full queue
 //! is republished to the queue's dead-letter exchange (`x-dead-letter-exchange`), with the
 //! `x-death` header RabbitMQ writes. Republishing goes through one task per queue, so dead
-//! letters keep their order, and never blocks the queue that dead-letters.
+//! letters keep their order, and never blocks the queue that dead-letters: the queue never
+//! waits for the task. The letters on their way are bounded instead: past
+//! [`DEAD_LETTERS_IN_FLIGHT`] the queue stops letting ready messages die (expiry, drop-head)
+//! and leaves them in place until [`DeadLetters::room`] says the task caught up; rejections
+//! by consumers are never held back (they are bounded by the consumers' unacknowledged
+//! deliveries).
 
-use std::sync::Weak;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::field::{FieldTable, FieldValue};
 use crate::message::Message;
@@ -177,34 +183,70 @@ fn now_seconds() -> u64 {
         .unwrap_or(0)
 }
 
+/// Dead letters a queue may have on their way to its republishing task before it stops
+/// letting ready messages die.
+pub(crate) const DEAD_LETTERS_IN_FLIGHT: usize = 1024;
+
 /// A queue's dead-letter publisher: a task made on the first dead letter that republishes
 /// them in order through the vhost.
 pub(crate) struct DeadLetters {
     sender: Option<mpsc::UnboundedSender<Message>>,
+    in_flight: Arc<InFlight>,
+}
+
+/// Letters sent and not yet republished, and the signal that some were.
+#[derive(Default)]
+struct InFlight {
+    count: AtomicUsize,
+    room: Notify,
 }
 
 impl DeadLetters {
     pub(crate) fn new() -> Self {
-        Self { sender: None }
+        Self {
+            sender: None,
+            in_flight: Arc::default(),
+        }
+    }
+
+    /// How many more letters fit before [`DEAD_LETTERS_IN_FLIGHT`].
+    pub(crate) fn room_left(&self) -> usize {
+        DEAD_LETTERS_IN_FLIGHT.saturating_sub(self.in_flight.count.load(Ordering::Acquire))
+    }
+
+    /// Resolves once fewer than [`DEAD_LETTERS_IN_FLIGHT`] letters are on their way.
+    pub(crate) async fn room(&self) {
+        while self.room_left() == 0 {
+            self.in_flight.room.notified().await;
+        }
     }
 
     /// Republishes `message` (already made with [`dead_lettered`]).
     pub(crate) fn send(&mut self, vhost: &Weak<VirtualHost>, message: Message) {
         let sender = self.sender.get_or_insert_with(|| {
             let (sender, receiver) = mpsc::unbounded_channel();
-            tokio::spawn(republish(vhost.clone(), receiver));
+            tokio::spawn(republish(vhost.clone(), receiver, self.in_flight.clone()));
             sender
         });
-        let _ = sender.send(message);
+        self.in_flight.count.fetch_add(1, Ordering::AcqRel);
+        if sender.send(message).is_err() {
+            self.in_flight.count.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
-async fn republish(vhost: Weak<VirtualHost>, mut letters: mpsc::UnboundedReceiver<Message>) {
+async fn republish(
+    vhost: Weak<VirtualHost>,
+    mut letters: mpsc::UnboundedReceiver<Message>,
+    in_flight: Arc<InFlight>,
+) {
     while let Some(message) = letters.recv().await {
         let Some(vhost) = vhost.upgrade() else {
             return;
         };
         vhost.publish_dead_letter(message).await;
+        in_flight.count.fetch_sub(1, Ordering::AcqRel);
+        in_flight.room.notify_one();
     }
 }
 
@@ -340,5 +382,55 @@ mod tests {
         assert!(is_cycle(&expired_in_work, "retry"));
         assert!(is_cycle(&expired_in_work, "work"));
         assert!(!is_cycle(&expired_in_retry, "work"));
+    }
+
+    #[tokio::test]
+    async fn letters_on_their_way_are_bounded_and_room_comes_back() {
+        use std::sync::Arc;
+        let vhost = VirtualHost::new(
+            "/",
+            Arc::new(crate::exchange::ExchangeTypeRegistry::with_builtins()),
+        );
+        let spec = crate::queue::QueueSpec {
+            name: "dlq".into(),
+            ..Default::default()
+        };
+        let dlq = vhost
+            .declare_queue(spec, false, false, crate::queue::ConnectionId(1))
+            .await
+            .expect("declare")
+            .handle;
+        let target = DeadLetterTarget {
+            exchange: "".into(),
+            routing_key: Some("dlq".into()),
+        };
+        let mut letters = DeadLetters::new();
+        let weak = Arc::downgrade(&vhost);
+        for _ in 0..DEAD_LETTERS_IN_FLIGHT {
+            letters.send(
+                &weak,
+                dead_lettered(&original(), "work", Reason::Expired, &target),
+            );
+        }
+        assert_eq!(letters.room_left(), 0, "the queue must now hold back");
+        tokio::time::timeout(std::time::Duration::from_secs(10), letters.room())
+            .await
+            .expect("room comes back as the task republishes");
+        assert!(letters.room_left() > 0);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while dlq.stats().await.expect("stats").ready < DEAD_LETTERS_IN_FLIGHT as u32 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "every letter arrives"
+            );
+            tokio::task::yield_now().await;
+        }
+        while letters.room_left() < DEAD_LETTERS_IN_FLIGHT {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "all room comes back"
+            );
+            tokio::task::yield_now().await;
+        }
     }
 }

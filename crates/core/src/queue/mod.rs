@@ -33,6 +33,8 @@ use crate::persistence::StoredAt;
 pub(crate) use actor::spawn;
 
 #[cfg(test)]
+mod paging_tests;
+#[cfg(test)]
 mod tests;
 
 /// Identifies one client connection (of any protocol) for the life of the broker process.

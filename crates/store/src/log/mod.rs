@@ -15,8 +15,14 @@
 //! the failed bytes are cut off the segment, and publishes are refused ([`NotStored`]) until
 //! the disk has room again, when the log resumes by itself (see [`writer`]). While it writes,
 //! the free space of the data directory goes to the space watch ([`MessageLog::watch_space`]).
+//!
+//! What waits for the writer is bounded ([`backlog`]): past 64 MiB of placed records a publish
+//! waits for the writer to take them. Reads (from the blocking pool, never the queue task)
+//! go through a few segment files kept open ([`read_files`]).
 
-mod record;
+mod backlog;
+mod read_files;
+pub(crate) mod record;
 mod recovery;
 mod writer;
 
@@ -27,6 +33,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+
+use backlog::Backlog;
+use read_files::ReadFiles;
 
 use junction_core::Message;
 use junction_core::persistence::{
@@ -108,6 +117,10 @@ pub struct MessageLog {
     next_id: AtomicU64,
     recovered: Mutex<HashMap<QueueKey, Vec<Recovered>>>,
     space: SpaceWatch,
+    /// Records waiting for the writer, bounded.
+    backlog: Arc<Backlog>,
+    /// Segment files open for reading.
+    files: Arc<ReadFiles>,
     /// Unit tests inject write failures through it.
     #[cfg_attr(not(test), allow(dead_code))]
     faults: Arc<Faults>,
@@ -125,6 +138,16 @@ impl MessageLog {
         data_dir: &Path,
         segment_bytes: u64,
     ) -> Result<(Self, RecoveryReport), LogError> {
+        Self::open_with_limits(data_dir, segment_bytes, backlog::MAX_QUEUED_BYTES)
+    }
+
+    /// Opens the log with segments of about `segment_bytes` and publishes waiting beyond
+    /// `queued_bytes` waiting for the writer (small ones exercise the bound in tests).
+    fn open_with_limits(
+        data_dir: &Path,
+        segment_bytes: u64,
+        queued_bytes: u64,
+    ) -> Result<(Self, RecoveryReport), LogError> {
         let dir = data_dir.join("messages");
         std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
         let recovered = recovery::recover(&dir)?;
@@ -139,6 +162,8 @@ impl MessageLog {
         }));
         let space: SpaceWatch = Arc::default();
         let faults = Arc::new(Faults::default());
+        let backlog = Arc::new(Backlog::new(queued_bytes));
+        let files = Arc::new(ReadFiles::default());
         let writer = Writer::start(
             dir.clone(),
             active,
@@ -147,10 +172,14 @@ impl MessageLog {
             tail.clone(),
             space.clone(),
             faults.clone(),
-        )?;
+        )?
+        .sharing(backlog.clone(), files.clone());
         std::thread::Builder::new()
             .name("junction-log".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || {
+                backlog::on_writer_thread();
+                writer.run(rx)
+            })
             .map_err(io_error(data_dir))?;
         Ok((
             Self {
@@ -159,6 +188,8 @@ impl MessageLog {
                 next_id: AtomicU64::new(recovered.max_id + 1),
                 recovered: Mutex::new(recovered.queues),
                 space,
+                backlog,
+                files,
                 faults,
             },
             recovered.report,
@@ -181,11 +212,15 @@ impl MessageLog {
         removes: Option<u32>,
         on_durable: Option<OnDurable>,
     ) -> Result<StoredAt, NotStored> {
+        let len = record.len() as u64;
+        if removes.is_none() {
+            // Before the placement lock: the writer needs it to take what waits.
+            self.backlog.wait_for_room();
+        }
         let mut tail = lock(&self.tail);
         if tail.failing && removes.is_none() {
             return Err(NotStored);
         }
-        let len = record.len() as u64;
         if tail.offset > 0 && tail.offset + len > tail.segment_bytes {
             tail.segment += 1;
             tail.offset = 0;
@@ -199,6 +234,7 @@ impl MessageLog {
             offset: u32::try_from(tail.offset).map_err(|_| NotStored)?,
         };
         tail.offset += len;
+        self.backlog.add(len);
         tail.requests
             .send(Request::Write {
                 record,
@@ -283,8 +319,7 @@ impl MessageLog {
     /// Reads the publish record at `at` and returns its message, if it is whole, intact and
     /// the publish of message `id` (a place whose write failed may hold another record now).
     fn read_record(&self, id: u64, at: StoredAt) -> Option<Message> {
-        let path = segment_path(&self.dir, at.segment);
-        let file = File::open(&path).ok()?;
+        let file = self.files.get(&self.dir, at.segment)?;
         let mut header = [0u8; record::HEADER];
         file.read_exact_at(&mut header, u64::from(at.offset)).ok()?;
         let len = record::announced_len(&header);

@@ -1,5 +1,6 @@
-//! The record format: `[length u32][crc32c u32][payload]`, payload a publish or a removal.
-//! Every read is bounds-checked: a damaged record decodes to None, never a panic.
+//! The record format: `[length u32][crc32c u32][payload]`, payload a publish or a removal
+//! (the message log) or a paged message (the overflow, [`crate::overflow`]). Every read is
+//! bounds-checked: a damaged record decodes to None, never a panic.
 
 use bytes::Bytes;
 use junction_core::persistence::QueueKey;
@@ -8,6 +9,7 @@ use junction_core::{Message, Properties};
 /// Record type tags.
 const PUBLISH: u8 = 1;
 const REMOVE: u8 = 2;
+const PAGED: u8 = 3;
 /// Bytes before a record's payload: its length and checksum.
 pub const HEADER: usize = 8;
 
@@ -87,6 +89,60 @@ pub fn remove(queue: &QueueKey, id: u64, segment: u32) -> Vec<u8> {
     put_str(&mut out, &queue.vhost);
     put_str(&mut out, &queue.queue);
     seal(out)
+}
+
+/// The length of the framed paged record of `message`, whose properties encode to
+/// `properties` (see [`page_into`]).
+pub fn paged_len(message: &Message, properties: &[u8]) -> usize {
+    HEADER
+        + 1
+        + 1
+        + 8
+        + 4
+        + message.exchange.len()
+        + 4
+        + message.routing_key.len()
+        + 4
+        + properties.len()
+        + 4
+        + message.body.len()
+}
+
+/// Appends the framed paged record of `message` (its properties already encoded) to `out`:
+/// the message and its store id, if it has one.
+pub fn page_into(out: &mut Vec<u8>, message: &Message, properties: &[u8]) {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER]);
+    out.push(PAGED);
+    out.push(u8::from(message.store_id.is_some()));
+    out.extend_from_slice(&message.store_id.unwrap_or(0).to_be_bytes());
+    put_str(out, &message.exchange);
+    put_str(out, &message.routing_key);
+    out.extend_from_slice(&(properties.len() as u32).to_be_bytes());
+    out.extend_from_slice(properties);
+    out.extend_from_slice(&(message.body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&message.body);
+    let payload_len = (out.len() - start - HEADER) as u32;
+    let crc = crc32c::crc32c(&out[start + HEADER..]);
+    out[start..start + 4].copy_from_slice(&payload_len.to_be_bytes());
+    out[start + 4..start + HEADER].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// Reads the message of a paged payload.
+pub fn paged_message(payload: &[u8]) -> Option<Message> {
+    let mut r = Reader(payload);
+    if r.u8()? != PAGED {
+        return None;
+    }
+    let has_id = r.u8()? != 0;
+    let id = r.u64()?;
+    let exchange = r.string()?;
+    let routing_key = r.string()?;
+    let properties: Properties = serde_json::from_slice(r.bytes()?).ok()?;
+    let body = Bytes::copy_from_slice(r.bytes()?);
+    let mut message = Message::new(exchange, routing_key, properties, body);
+    message.store_id = has_id.then_some(id);
+    Some(message)
 }
 
 /// Fills in the length and checksum of a record built behind a placeholder header.
@@ -223,6 +279,27 @@ mod tests {
         assert_eq!(read.properties, message.properties);
         assert_eq!(read.body, message.body);
         assert_eq!(read.store_id, Some(7));
+    }
+
+    #[test]
+    fn a_paged_message_reads_back_with_its_store_id_or_without() {
+        let mut message = deep_message();
+        for store_id in [None, Some(9)] {
+            message.store_id = store_id;
+            let properties = serde_json::to_vec(&message.properties).expect("json");
+            let mut out = vec![1, 2, 3];
+            page_into(&mut out, &message, &properties);
+            assert_eq!(out.len(), 3 + paged_len(&message, &properties));
+            let payload = checked_payload(&out[3..], out.len()).expect("whole and checked");
+            let read = paged_message(payload).expect("reads back");
+            assert_eq!(read.properties, message.properties);
+            assert_eq!(read.body, message.body);
+            assert_eq!(read.exchange, message.exchange);
+            assert_eq!(read.store_id, store_id);
+            for cut in 0..payload.len() {
+                assert!(paged_message(&payload[..cut]).is_none(), "cut at {cut}");
+            }
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::sync::atomic::AtomicU64 as TestCounter;
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
@@ -575,4 +576,77 @@ fn a_stray_publish_placed_while_failing_is_reported_failed() {
     sync_rx
         .recv_timeout(Duration::from_secs(10))
         .expect("the sync placed with it ran");
+}
+
+#[test]
+fn publishes_beyond_the_backlog_bound_wait_and_all_get_written() {
+    let dir = dir("backlog");
+    // Room for about two records waiting: every other publish waits for the writer.
+    let (log, _) = MessageLog::open_with_limits(&dir, SEGMENT_BYTES, 200).expect("open");
+    let log = Arc::new(log);
+    let written = Arc::new(TestCounter::new(0));
+    let publishers: Vec<_> = (0..4)
+        .map(|p| {
+            let log = log.clone();
+            let written = written.clone();
+            std::thread::spawn(move || {
+                for n in 0..200 {
+                    let id = log.next_id();
+                    let written = written.clone();
+                    // A completion that publishes again runs on the writer thread: it must not
+                    // wait for the writer itself.
+                    let again = (n % 50 == 0).then(|| log.clone());
+                    log.publish(
+                        id,
+                        &[key("q")],
+                        &message(&format!("{p}-{n}")),
+                        Some(Box::new(move |_| {
+                            written.fetch_add(1, Ordering::Relaxed);
+                            if let Some(log) = again {
+                                let id = log.next_id();
+                                let _ = log.publish(id, &[key("q")], &message("again"), None);
+                            }
+                        })),
+                    )
+                    .expect("placed");
+                }
+            })
+        })
+        .collect();
+    for publisher in publishers {
+        publisher.join().expect("a publisher");
+    }
+    flush(&log);
+    assert_eq!(written.load(Ordering::Relaxed), 800);
+    flush(&log);
+    assert_eq!(log.backlog.queued(), 0);
+}
+
+#[test]
+fn reads_keep_a_few_segment_files_open_and_drop_deleted_ones() {
+    let dir = dir("read-files");
+    let (log, _) = MessageLog::open_with_segment_size(&dir, 256).expect("open");
+    let stored: Vec<(u64, StoredAt)> = (0..20)
+        .map(|n| publish_durably(&log, &[key("q")], &format!("body-{n}")))
+        .collect();
+    let segments: std::collections::HashSet<u32> =
+        stored.iter().map(|(_, at)| at.segment).collect();
+    assert!(segments.len() > 8, "{} segments", segments.len());
+    for _ in 0..3 {
+        for (n, (id, at)) in stored.iter().enumerate() {
+            let read = log.read(*id, *at).expect("readable");
+            assert_eq!(read.body, format!("body-{n}").as_bytes());
+        }
+    }
+    assert_eq!(log.files.open_count(), 8);
+    for (id, at) in &stored {
+        log.remove(&key("q"), *id, *at);
+    }
+    flush(&log);
+    flush(&log);
+    assert_eq!(
+        log.files.open_count(),
+        0,
+        "deleted segments leave the cache"
+    );
 }

@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 
 use junction_core::persistence::{Durability, OnDurable};
 
+use super::backlog::Backlog;
+use super::read_files::ReadFiles;
 use super::{LogError, SpaceWatch, Tail, io_error, lock, segment_path};
 
 /// How often a failed log looks for free space again.
@@ -154,6 +156,19 @@ pub struct Writer {
     /// Bytes written since the log opened.
     bytes_written: u64,
     faults: Arc<Faults>,
+    /// What waits for the writer: it takes from it as it takes requests.
+    backlog: Arc<Backlog>,
+    /// Segment files open for reading: a deleted segment leaves them.
+    files: Arc<ReadFiles>,
+}
+
+/// Lets waiting publishes go once the writer stops, however it stops.
+struct Stopped(Arc<Backlog>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
 }
 
 impl Writer {
@@ -193,13 +208,24 @@ impl Writer {
             measured: None,
             bytes_written: 0,
             faults,
+            backlog: Arc::new(Backlog::new(u64::MAX)),
+            files: Arc::default(),
         };
         writer.delete_dead_prefix();
         Ok(writer)
     }
 
+    /// Shares the log's backlog (the writer takes from it) and its open segment files (the
+    /// writer evicts those it deletes).
+    pub fn sharing(mut self, backlog: Arc<Backlog>, files: Arc<ReadFiles>) -> Self {
+        self.backlog = backlog;
+        self.files = files;
+        self
+    }
+
     /// Serves requests until the log is dropped.
     pub fn run(mut self, requests: mpsc::Receiver<Request>) {
+        let _stopped = Stopped(self.backlog.clone());
         loop {
             let first = if self.failing.is_some() {
                 match requests.recv_timeout(RETRY) {
@@ -246,6 +272,7 @@ impl Writer {
                 removes,
                 on_durable,
             } => {
+                self.backlog.take(record.len() as u64);
                 if let Some(segment) = removes {
                     if let Some(holders) = self.unwritten.get_mut(&message) {
                         // Its publish never reached the disk: nothing to settle.
@@ -590,5 +617,7 @@ impl Writer {
         if let Err(error) = std::fs::remove_file(&path) {
             tracing::warn!(file = %path.display(), %error, "could not delete an empty segment");
         }
+        // After the removal: a reader opening it meanwhile found it or nothing.
+        self.files.evict(number);
     }
 }
