@@ -115,7 +115,7 @@ async fn transient_bodies_beyond_the_budget_page_out_and_come_back_in_order() {
     }
     assert_eq!(queue.stats().await.expect("stats").ready, 100);
     assert_eq!(overflow.live(), 97, "all but three bodies left memory");
-    let (sink, mut events) = mpsc::unbounded_channel();
+    let (sink, mut events) = super::tests::sink_and_events();
     queue.consume(consumer(0, &sink)).await.expect("consume");
     let mut seqs = Vec::new();
     for n in 0..100 {
@@ -141,7 +141,7 @@ async fn requeued_and_prioritised_messages_keep_their_places_among_paged_ones() 
     }
     assert_eq!(queue.stats().await.expect("stats").ready, 40);
     assert!(overflow.live() > 30);
-    let (sink, mut events) = mpsc::unbounded_channel();
+    let (sink, mut events) = super::tests::sink_and_events();
     queue.consume(consumer(5, &sink)).await.expect("consume");
     let mut first = Vec::new();
     for _ in 0..5 {
@@ -160,7 +160,7 @@ async fn requeued_and_prioritised_messages_keep_their_places_among_paged_ones() 
         .await;
     let cancelled = queue.cancel(channel(), "c".into()).await;
     assert!(cancelled);
-    let (sink, mut events) = mpsc::unbounded_channel();
+    let (sink, mut events) = super::tests::sink_and_events();
     queue.consume(consumer(0, &sink)).await.expect("consume");
     let mut expected = vec![2, 6];
     expected.extend((10..40).step_by(2));

@@ -57,7 +57,7 @@ fn consumer(tag: &str, number: u16, prefetch: u32, sink: &ConsumerSink) -> Consu
 }
 
 /// A connection's sink with the default budget, and its end of the events.
-fn sink_and_events() -> (ConsumerSink, mpsc::UnboundedReceiver<ConsumerEvent>) {
+pub(super) fn sink_and_events() -> (ConsumerSink, mpsc::UnboundedReceiver<ConsumerEvent>) {
     let (events, receiver) = mpsc::unbounded_channel();
     (ConsumerSink::new(events, DEFAULT_DELIVERY_BUDGET), receiver)
 }
