@@ -16,6 +16,7 @@ pub mod definitions;
 pub mod error;
 pub mod exchange;
 pub mod field;
+pub mod ledger;
 pub mod message;
 pub mod persistence;
 pub mod publish;
@@ -35,6 +36,7 @@ pub use exchange::{
     Binding, BindingTarget, Exchange, ExchangeSpec, ExchangeType, ExchangeTypeRegistry, Router,
 };
 pub use field::{FieldTable, FieldValue};
+pub use ledger::Ledger;
 pub use message::{Message, Properties};
 pub use persistence::{MessageStore, OnDurable, QueueKey, Recovered, Storage, StoredAt};
 pub use publish::Published;
