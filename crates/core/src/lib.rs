@@ -39,7 +39,7 @@ pub use field::{FieldTable, FieldValue};
 pub use ledger::Ledger;
 pub use message::{Message, Properties};
 pub use persistence::{MessageStore, OnDurable, QueueKey, Recovered, Storage, StoredAt};
-pub use publish::Published;
+pub use publish::{Publication, Published};
 pub use queue::{
     ChannelCredit, ChannelId, ConnectionId, ConsumerEvent, ConsumerSink, ConsumerSpec, Delivery,
     GetResult, QueueHandle, QueueSpec, QueueStats,

@@ -1,4 +1,16 @@
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
 use super::*;
+use crate::exchange::ExchangeTypeRegistry;
+use crate::message::{Message, Properties};
+use crate::persistence::testing::HeldStore;
+use crate::persistence::{OnDurable, Storage};
+use crate::publish::{Persisted, Publication};
+use crate::queue::{ConnectionId, QueueSpec};
+use crate::vhost::VirtualHost;
 
 fn answers<A>(ledger: &mut Ledger<A>) -> Vec<Answer<A>> {
     std::iter::from_fn(|| ledger.next_answer()).collect()
@@ -150,4 +162,156 @@ fn answers_given_up_are_handed_back_in_order() {
     let next = ledger.owe_now("c");
     assert_eq!(next, 3, "numbers keep counting");
     assert_eq!(answers(&mut ledger), [Answer::Ready(3, "c")]);
+}
+
+/// A vhost on `store` with a durable queue `durable` and a transient one `transient`.
+async fn vhost_on(store: Arc<HeldStore>) -> Arc<VirtualHost> {
+    let storage = Storage {
+        messages: Some(store),
+        ..Default::default()
+    };
+    let vhost = VirtualHost::with_store(
+        "/",
+        Arc::new(ExchangeTypeRegistry::with_builtins()),
+        storage,
+    );
+    for (name, durable) in [("durable", true), ("transient", false)] {
+        let spec = QueueSpec {
+            name: name.into(),
+            durable,
+            ..Default::default()
+        };
+        vhost
+            .declare_queue(spec, false, false, ConnectionId(1))
+            .await
+            .expect("declare");
+    }
+    vhost
+}
+
+fn message(queue: &str, persistent: bool) -> Message {
+    Message::new(
+        "",
+        queue,
+        Properties {
+            delivery_mode: Some(if persistent { 2 } else { 1 }),
+            ..Default::default()
+        },
+        Bytes::from_static(b"body"),
+    )
+}
+
+/// A publisher as an adapter drives one: each publication owes an answer in the ledger, its
+/// store completion reports back through a channel, and the ledger says what may go.
+struct Publisher {
+    vhost: Arc<VirtualHost>,
+    ledger: Ledger<&'static str>,
+    notices: mpsc::UnboundedReceiver<(Seq, Durability)>,
+    notify: mpsc::UnboundedSender<(Seq, Durability)>,
+}
+
+impl Publisher {
+    fn new(vhost: Arc<VirtualHost>) -> Self {
+        let (notify, notices) = mpsc::unbounded_channel();
+        Self {
+            vhost,
+            ledger: Ledger::new(),
+            notices,
+            notify,
+        }
+    }
+
+    async fn publish(&mut self, answer: &'static str, queue: &str, persistent: bool) -> Persisted {
+        let seq = self.ledger.owe(answer);
+        let notify = self.notify.clone();
+        let mut on_durable = move || -> OnDurable {
+            let notify = notify.clone();
+            Box::new(move |durability| {
+                let _ = notify.send((seq, durability));
+            })
+        };
+        let exchange = self.vhost.exchange("").expect("default exchange");
+        let published = self
+            .vhost
+            .publish(
+                Publication::new(&exchange, message(queue, persistent)).on_durable(&mut on_durable),
+            )
+            .await;
+        match published.stored {
+            Persisted::Unneeded => self.ledger.ready(seq),
+            Persisted::Refused => self.ledger.fail(seq),
+            Persisted::Pending => {}
+        }
+        published.stored
+    }
+
+    fn answers(&mut self) -> Vec<Answer<&'static str>> {
+        while let Ok((seq, durability)) = self.notices.try_recv() {
+            self.ledger.settle(seq, durability);
+        }
+        answers(&mut self.ledger)
+    }
+}
+
+#[tokio::test]
+async fn answers_wait_for_the_fsync_that_covers_their_message() {
+    let store = Arc::new(HeldStore::new());
+    let mut publisher = Publisher::new(vhost_on(store.clone()).await);
+    assert_eq!(
+        publisher.publish("stored", "durable", true).await,
+        Persisted::Pending
+    );
+    assert_eq!(
+        publisher.publish("transient", "durable", false).await,
+        Persisted::Unneeded
+    );
+    assert_eq!(
+        publisher
+            .publish("to a transient queue", "transient", true)
+            .await,
+        Persisted::Unneeded
+    );
+    assert_eq!(
+        publisher.answers(),
+        [],
+        "all wait behind the stored message"
+    );
+    store.settle(Durability::OnDisk);
+    assert_eq!(
+        publisher.answers(),
+        [
+            Answer::Ready(1, "stored"),
+            Answer::Ready(2, "transient"),
+            Answer::Ready(3, "to a transient queue"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_failed_write_is_answered_as_a_failure() {
+    let store = Arc::new(HeldStore::new());
+    let mut publisher = Publisher::new(vhost_on(store.clone()).await);
+    publisher.publish("first", "durable", true).await;
+    publisher.publish("second", "durable", true).await;
+    let mut held = store.take_held().into_iter();
+    if let Some(first) = held.next() {
+        first(Durability::OnDisk);
+    }
+    assert_eq!(publisher.answers(), [Answer::Ready(1, "first")]);
+    for completion in held {
+        completion(Durability::Failed);
+    }
+    assert_eq!(publisher.answers(), [Answer::Failed(2, "second")]);
+    assert!(publisher.ledger.is_empty());
+}
+
+#[tokio::test]
+async fn a_publication_the_store_refuses_is_answered_as_a_failure() {
+    let store = Arc::new(HeldStore::refusing());
+    let mut publisher = Publisher::new(vhost_on(store).await);
+    assert_eq!(
+        publisher.publish("refused", "durable", true).await,
+        Persisted::Refused
+    );
+    assert_eq!(publisher.answers(), [Answer::Failed(1, "refused")]);
 }
