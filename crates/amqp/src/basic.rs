@@ -1,5 +1,6 @@
-//! The basic class: publishing (with mandatory returns and confirms), consuming, basic.get,
-//! acknowledgements, prefetch and recovery, as core calls; and the encoding of deliveries.
+//! The basic class: publishing (through the core's publish pipeline, with mandatory returns
+//! and confirms), consuming, basic.get, acknowledgements, prefetch and recovery, as core calls;
+//! and the encoding of deliveries.
 
 use std::sync::Arc;
 
@@ -7,14 +8,13 @@ use amq_protocol::protocol::AMQPClass;
 use amq_protocol::protocol::basic::{
     AMQPMethod, CancelOk, ConsumeOk, Deliver, GetEmpty, GetOk, QosOk, RecoverOk, Return,
 };
-use junction_core::persistence::NotStored;
+use junction_core::publish::Persisted;
 use junction_core::{
-    ConsumerSpec, Delivery, Exchange, Message, Permission, QueueHandle, ResourceKind, StoredAt,
+    ConsumerSpec, Delivery, Exchange, Message, OnDurable, Permission, Publication, QueueHandle,
+    ResourceKind,
 };
 
-use crate::channel::{
-    BodyParts, Channel, ChannelConsumer, Confirms, PendingPublish, Unacked, by_queue,
-};
+use crate::channel::{BodyParts, Channel, ChannelConsumer, PendingPublish, Unacked, by_queue};
 use crate::direct_reply;
 use crate::error::{AmqpError, AmqpResult, code};
 use crate::properties::{properties_to_wire, table_from_wire};
@@ -274,143 +274,95 @@ pub async fn publish(
             ),
         ));
     }
-    let store_id = match session.broker.message_store() {
-        Some(store) if properties.is_persistent() => Some(store.next_id()),
-        _ => None,
-    };
-    let message = Arc::new(Message {
+    let message = Message {
         exchange: pending.exchange,
         routing_key: pending.routing_key,
         properties,
         body: pending.body.finish(),
-        store_id,
-    });
+        store_id: None,
+    };
     if let Some(tx) = channel.tx.as_mut() {
         tx.publishes.push((message, pending.mandatory));
         return Ok(());
     }
-    route(
+    publish_message(
         session,
         channel,
         &exchange,
-        &message,
+        message,
         pending.mandatory,
         None,
     )
     .await
 }
 
-/// Routes a message to its queues; returns it when mandatory and unroutable; owes a confirm.
-/// A message routed by tx.commit reports a failed write to `unwritten`.
-pub async fn route(
+/// Publishes a message through the core's publish pipeline, which routes it, lets full queues
+/// refuse it and writes it to the message store before any queue sees it; then returns it to
+/// its publisher when mandatory and unroutable, and owes its confirm in the channel's
+/// durability ledger (waiting for the disk when it was written). A message published by
+/// tx.commit reports a failed write to `unwritten`.
+pub async fn publish_message(
     session: &mut Session,
     channel: &mut Channel,
     exchange: &Exchange,
-    message: &Arc<Message>,
+    message: Message,
     mandatory: bool,
     unwritten: Option<&Unwritten>,
 ) -> AmqpResult<()> {
     let vhost = session.vhost()?;
-    let mut routed = Vec::new();
-    vhost.route(exchange, message, &mut routed);
-    // Full queues that refuse publishes (x-overflow reject-publish) say so now.
-    let admitted = junction_core::queue::admit(routed, message).await;
-    let queues = admitted.queues;
-    let seq = channel.confirm.as_mut().map(Confirms::next_seq);
-    let stored = match persist(session, channel, message, &queues, seq, unwritten) {
-        Ok(stored) => stored,
-        Err(NotStored) => {
-            // The store cannot write: the message reaches no queue (RabbitMQ does not
-            // enqueue what it could not store); a confirming publisher gets a nack.
-            junction_core::queue::release_admission(&queues, message);
-            if let Some(seq) = seq {
-                crate::confirm::nack(session, channel, seq);
-            } else if channel.tx.is_some() {
-                return Err(AmqpError::connection(
-                    code::INTERNAL_ERROR,
-                    "the message store could not write a persistent message of the transaction",
-                ));
-            } else {
-                // Logged at debug: the writer logs the failure itself, once per failed batch.
-                tracing::debug!(exchange = %message.exchange, "persistent message dropped: the message store cannot write");
-            }
-            return Ok(());
-        }
-    };
-    let mut delivered = 0;
-    for queue in &queues {
-        let accepted = match stored {
-            Some(at) if is_durable(queue) => queue.publish_stored(message.clone(), at).await,
-            _ => queue.publish(message.clone()).await,
+    let seq = channel.confirm.as_mut().map(|confirms| confirms.owe(()));
+    let id = channel.id;
+    let durable = &mut session.durable;
+    let mut publication = Publication::new(exchange, message).mandatory(mandatory);
+    let (mut confirm_on_disk, mut commit_on_disk);
+    if let Some(seq) = seq {
+        confirm_on_disk = move || -> OnDurable {
+            let notify = durable.sender();
+            Box::new(move |durability| {
+                let _ = notify.send((id, seq, durability));
+            })
         };
-        if accepted.is_ok() {
-            delivered += 1;
-            if session.flow.is_none() && queue.is_behind() {
-                session.flow = Some(junction_core::FlowHold::new(queue.clone()));
-            }
-        }
+        publication = publication.on_durable(&mut confirm_on_disk);
+    } else if let Some(unwritten) = unwritten {
+        commit_on_disk = || unwritten.completion();
+        publication = publication.on_durable(&mut commit_on_disk);
     }
-    if delivered == 0 && mandatory && !admitted.refused {
+    let published = vhost.publish(publication).await;
+    published.hold(&mut session.flow);
+    if let Some(returned) = &published.returned {
         let number = channel.id.number;
         session.send(
             number,
             AMQPClass::Basic(AMQPMethod::Return(Return {
                 reply_code: code::NO_ROUTE,
                 reply_text: "NO_ROUTE".into(),
-                exchange: message.exchange.as_str().into(),
-                routing_key: message.routing_key.as_str().into(),
+                exchange: returned.exchange.as_str().into(),
+                routing_key: returned.routing_key.as_str().into(),
             })),
         );
-        write_content(session, number, message);
+        write_content(session, number, returned);
     }
-    if let Some(seq) = seq
-        && (admitted.refused || (!queues.is_empty() && delivered == 0))
-    {
-        // A full queue refused it, or every queue it was routed to vanished before taking
-        // it: nack it, after the acks owed for earlier messages.
-        crate::confirm::nack(session, channel, seq);
+    if let (Some(seq), Some(confirms)) = (seq, channel.confirm.as_mut()) {
+        if published.is_lost() {
+            // A full queue refused it, the store could not write it (RabbitMQ does not
+            // enqueue what it could not store), or every queue it was routed to vanished
+            // before taking it: nack it now, after the acks owed for earlier messages.
+            confirms.fail(seq);
+            crate::confirm::flush(session, channel);
+        } else if published.stored != Persisted::Pending {
+            confirms.ready(seq);
+        }
+    } else if published.stored == Persisted::Refused {
+        if unwritten.is_some() {
+            return Err(AmqpError::connection(
+                code::INTERNAL_ERROR,
+                "the message store could not write a persistent message of the transaction",
+            ));
+        }
+        // Logged at debug: the writer logs the failure itself, once per failed batch.
+        tracing::debug!(exchange = %exchange.name, "persistent message dropped: the message store cannot write");
     }
     Ok(())
-}
-
-/// Whether a queue keeps persistent messages in the message store.
-fn is_durable(queue: &QueueHandle) -> bool {
-    queue.spec().durable && !queue.spec().exclusive
-}
-
-/// Writes a persistent message routed to durable queues to the message store before any queue
-/// sees it, and returns where it lies (None when it needs no write), or [`NotStored`] when the
-/// store cannot write now. In confirm mode its confirm waits until the store reports it on
-/// disk (or failed); in a transaction's commit a failed write is told to `unwritten`.
-fn persist(
-    session: &mut Session,
-    channel: &mut Channel,
-    message: &Message,
-    queues: &[QueueHandle],
-    seq: Option<u64>,
-    unwritten: Option<&Unwritten>,
-) -> Result<Option<StoredAt>, NotStored> {
-    if message.store_id.is_none() || !queues.iter().any(is_durable) {
-        return Ok(None);
-    }
-    let Ok(vhost) = session.vhost() else {
-        return Ok(None);
-    };
-    let on_durable: Option<junction_core::OnDurable> = match (seq, channel.confirm.as_ref()) {
-        (Some(seq), Some(_)) => {
-            let notify = session.durable.sender();
-            let id = channel.id;
-            Some(Box::new(move |durability| {
-                let _ = notify.send((id, seq, durability));
-            }))
-        }
-        _ => unwritten.map(Unwritten::completion),
-    };
-    let stored = vhost.store_message(message, queues, on_durable)?;
-    if let (Some(_), Some(seq), Some(confirms)) = (stored, seq, channel.confirm.as_mut()) {
-        confirms.waiting.insert(seq);
-    }
-    Ok(stored)
 }
 
 /// Writes a content header and body frames for `message`.

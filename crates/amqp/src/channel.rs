@@ -1,14 +1,14 @@
 //! The state of one AMQP channel: the message being assembled from method, header and body
-//! frames, consumers, unacknowledged deliveries by delivery tag, prefetch, confirm and
-//! transaction modes, and flow control.
+//! frames, consumers, unacknowledged deliveries by delivery tag, prefetch, confirm (the core's
+//! durability ledger) and transaction modes, and flow control.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::error::{AmqpError, AmqpResult, code};
 use bytes::{Bytes, BytesMut};
 use junction_core::queue::MessageSeq;
-use junction_core::{ChannelCredit, ChannelId, Delivery, Message, Properties, QueueHandle};
+use junction_core::{ChannelCredit, ChannelId, Delivery, Ledger, Message, Properties, QueueHandle};
 
 /// Where the channel is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,69 +106,11 @@ pub struct Unacked {
     pub seq: MessageSeq,
 }
 
-/// Publisher-confirm bookkeeping. Transient messages are confirmable once enqueued; persistent
-/// ones routed to durable queues only once the store has them on disk. Acks go out with
-/// `multiple` up to the first sequence number still waiting for the disk, so one ack frame
-/// covers a whole batch and never confirms a message that is not yet safe.
-#[derive(Debug, Default)]
-pub struct Confirms {
-    /// The last sequence number handed out.
-    pub last: u64,
-    /// Everything up to this has been acked to the client.
-    pub acked_upto: u64,
-    /// Sequence numbers waiting for the store.
-    pub waiting: BTreeSet<u64>,
-    /// Sequence numbers answered with basic.nack that no ack has passed yet: an ack with
-    /// `multiple` must not cover them.
-    pub nacked: BTreeSet<u64>,
-}
-
-impl Confirms {
-    /// The sequence number of the next publish.
-    pub fn next_seq(&mut self) -> u64 {
-        self.last += 1;
-        self.last
-    }
-
-    /// The next basic.ack to send, if any: (delivery tag, multiple). Call until None: a
-    /// nacked sequence number splits the acks owed into two.
-    pub fn due(&mut self) -> Option<(u64, bool)> {
-        // A nack at or below what was acked is answered already: it is no barrier.
-        while self
-            .nacked
-            .first()
-            .is_some_and(|&nacked| nacked <= self.acked_upto)
-        {
-            self.nacked.pop_first();
-        }
-        loop {
-            let barrier = match (self.waiting.first(), self.nacked.first()) {
-                (Some(&w), Some(&n)) => Some(w.min(n)),
-                (w, n) => w.or(n).copied(),
-            };
-            let limit = barrier.map_or(self.last, |barrier| barrier - 1);
-            if limit > self.acked_upto {
-                let multiple = limit - self.acked_upto > 1;
-                self.acked_upto = limit;
-                return Some((limit, multiple));
-            }
-            // A nack next in line was answered already: step over it.
-            match self.nacked.first() {
-                Some(&nacked) if nacked == self.acked_upto + 1 => {
-                    self.nacked.remove(&nacked);
-                    self.acked_upto = nacked;
-                }
-                _ => return None,
-            }
-        }
-    }
-}
-
 /// Work deferred until tx.commit.
 #[derive(Debug, Default)]
 pub struct Transaction {
     /// Messages to publish, with their mandatory flag.
-    pub publishes: Vec<(Arc<Message>, bool)>,
+    pub publishes: Vec<(Message, bool)>,
     /// Settlements: (delivery tag, delivery, requeue) where requeue None means ack.
     pub settlements: Vec<(u64, Unacked, Option<bool>)>,
 }
@@ -192,8 +134,9 @@ pub struct Channel {
     pub consumer_prefetch: u32,
     /// Channel-wide prefetch shared by all its consumers (basic.qos global=true).
     pub credit: Arc<ChannelCredit>,
-    /// Publisher confirms, once confirm.select was received.
-    pub confirm: Option<Confirms>,
+    /// Publisher confirms, once confirm.select was received: the confirms owed, in publish
+    /// order, by sequence number (the ledger's).
+    pub confirm: Option<Ledger<()>>,
     /// The transaction, in tx mode.
     pub tx: Option<Transaction>,
     /// Whether deliveries may flow (channel.flow).
@@ -290,50 +233,4 @@ pub fn by_queue(deliveries: Vec<Unacked>) -> Vec<(QueueHandle, Vec<MessageSeq>)>
         }
     }
     groups
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Confirms;
-
-    fn drain(confirms: &mut Confirms) -> Vec<(u64, bool)> {
-        std::iter::from_fn(|| confirms.due()).collect()
-    }
-
-    #[test]
-    fn acks_never_cover_a_nacked_message() {
-        let mut confirms = Confirms::default();
-        for _ in 0..5 {
-            confirms.next_seq();
-        }
-        confirms.nacked.insert(3);
-        assert_eq!(drain(&mut confirms), vec![(2, true), (5, true)]);
-        assert!(confirms.nacked.is_empty());
-    }
-
-    #[test]
-    fn a_nack_behind_a_message_waiting_for_the_disk_is_stepped_over_later() {
-        let mut confirms = Confirms::default();
-        for _ in 0..4 {
-            confirms.next_seq();
-        }
-        confirms.waiting.insert(2);
-        confirms.nacked.insert(3);
-        assert_eq!(drain(&mut confirms), vec![(1, false)]);
-        confirms.waiting.remove(&2);
-        assert_eq!(drain(&mut confirms), vec![(2, false), (4, false)]);
-    }
-
-    #[test]
-    fn a_nack_already_passed_is_no_barrier() {
-        let mut confirms = Confirms::default();
-        confirms.next_seq();
-        confirms.nacked.insert(1);
-        assert_eq!(drain(&mut confirms), vec![]);
-        // Nacked a second time after the acks stepped over it.
-        confirms.nacked.insert(1);
-        confirms.next_seq();
-        assert_eq!(drain(&mut confirms), vec![(2, false)]);
-        assert!(confirms.nacked.is_empty());
-    }
 }

@@ -1,14 +1,17 @@
-//! The confirm class: publisher confirms. Confirms owed by a batch of publishes are sent as one
+//! The confirm class: publisher confirms. A confirming channel owes each publish an answer in
+//! the core's durability ledger; confirms owed by a batch of publishes are sent as one
 //! basic.ack with `multiple` when the batch ends, instead of one frame per message. A message
-//! the store could not write is nacked, never acked.
+//! the store could not write, or a full queue refused, is nacked, never acked.
 
 use amq_protocol::protocol::AMQPClass;
 use amq_protocol::protocol::basic::{AMQPMethod as Basic, Ack, Nack};
 use amq_protocol::protocol::confirm::{AMQPMethod, SelectOk};
 
+use junction_core::Ledger;
+use junction_core::ledger::{Confirm, Seq};
 use junction_core::persistence::Durability;
 
-use crate::channel::{Channel, Confirms};
+use crate::channel::Channel;
 use crate::error::{AmqpError, AmqpResult, code};
 use crate::session::Session;
 
@@ -23,7 +26,7 @@ pub fn handle(session: &mut Session, channel: &mut Channel, method: AMQPMethod) 
                 ));
             }
             if channel.confirm.is_none() {
-                channel.confirm = Some(Confirms::default());
+                channel.confirm = Some(Ledger::new());
             }
             if !m.nowait {
                 session.send(
@@ -37,58 +40,32 @@ pub fn handle(session: &mut Session, channel: &mut Channel, method: AMQPMethod) 
     }
 }
 
-/// Sends the confirms a channel owes, as one basic.ack covering all of them (two around a
-/// nack).
+/// Sends the confirms a channel may send now: each run of positive answers as one basic.ack
+/// (with `multiple` when it covers more than one), each failure as a basic.nack. Called once
+/// per read batch, so a batch of publishes costs one ack frame.
 pub fn flush(session: &mut Session, channel: &mut Channel) {
-    while let Some((delivery_tag, multiple)) = channel.confirm.as_mut().and_then(Confirms::due) {
-        session.send(
-            channel.id.number,
-            AMQPClass::Basic(Basic::Ack(Ack {
-                delivery_tag,
+    let number = channel.id.number;
+    while let Some(confirm) = channel.confirm.as_mut().and_then(Ledger::next_confirm) {
+        let method = match confirm {
+            Confirm::Ack { upto, multiple } => Basic::Ack(Ack {
+                delivery_tag: upto,
                 multiple,
-            })),
-        );
+            }),
+            Confirm::Nack(seq) => Basic::Nack(Nack {
+                delivery_tag: seq,
+                multiple: false,
+                requeue: false,
+            }),
+        };
+        session.send(number, AMQPClass::Basic(method));
     }
 }
 
-/// A persistent message is on disk: its confirm may go out. Or its write failed: it is
-/// nacked (after the acks owed before it), as RabbitMQ nacks what it could not store.
-pub fn durable(session: &mut Session, channel: &mut Channel, seq: u64, durability: Durability) {
-    match durability {
-        Durability::OnDisk => {
-            if let Some(confirms) = channel.confirm.as_mut() {
-                confirms.waiting.remove(&seq);
-            }
-            flush(session, channel);
-        }
-        Durability::Failed => {
-            // A message nacked already (a full queue refused it, or its queues vanished) is
-            // not nacked twice: only one still waiting for the disk is.
-            if channel
-                .confirm
-                .as_ref()
-                .is_some_and(|confirms| confirms.waiting.contains(&seq))
-            {
-                nack(session, channel, seq);
-            }
-        }
-    }
-}
-
-/// Nacks publish `seq` (a full queue refused it, or the store could not write it), after the
-/// acks owed for earlier messages.
-pub fn nack(session: &mut Session, channel: &mut Channel, seq: u64) {
+/// The message store reports on the persistent message published with confirm `seq`: on
+/// disk, its confirm may go (once those before it have); failed, it is nacked, as RabbitMQ
+/// nacks what it could not store (unless it was nacked already). Sent by [`flush`].
+pub fn durable(channel: &mut Channel, seq: Seq, durability: Durability) {
     if let Some(confirms) = channel.confirm.as_mut() {
-        confirms.waiting.remove(&seq);
-        confirms.nacked.insert(seq);
+        confirms.settle(seq, durability);
     }
-    flush(session, channel);
-    session.send(
-        channel.id.number,
-        AMQPClass::Basic(Basic::Nack(Nack {
-            delivery_tag: seq,
-            multiple: false,
-            requeue: false,
-        })),
-    );
 }

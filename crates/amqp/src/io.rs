@@ -158,12 +158,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                     }
                 }
                 Wake::Durable(channel, seq, durability) => {
-                    self.connection.on_durable(channel, seq, durability);
+                    self.connection.settle_durable(channel, seq, durability);
                     while let Some((channel, seq, durability)) =
                         self.connection.durable_notices().try_recv()
                     {
-                        self.connection.on_durable(channel, seq, durability);
+                        self.connection.settle_durable(channel, seq, durability);
                     }
+                    self.connection.flush_confirms();
                 }
                 Wake::Timer => {
                     if self.on_timer() {

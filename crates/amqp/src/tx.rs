@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use junction_core::OnDurable;
 use junction_core::persistence::Durability;
 
-use crate::basic::{apply_settlements, route};
+use crate::basic::{apply_settlements, publish_message};
 use crate::channel::{Channel, Transaction};
 use crate::error::{AmqpError, AmqpResult, code};
 use crate::session::Session;
@@ -40,16 +40,15 @@ pub async fn handle(
                 .tx
                 .replace(Transaction::default())
                 .ok_or_else(not_transactional)?;
-            let persistent = tx.publishes.iter().any(|(m, _)| m.store_id.is_some());
             let unwritten = Unwritten::default();
             for (message, mandatory) in tx.publishes {
                 // The exchange is looked up at commit: it may have gone since the publish.
                 let exchange = session.vhost()?.exchange(&message.exchange)?;
-                route(
+                publish_message(
                     session,
                     channel,
                     &exchange,
-                    &message,
+                    message,
                     mandatory,
                     Some(&unwritten),
                 )
@@ -58,7 +57,9 @@ pub async fn handle(
             for (_, delivery, requeue) in tx.settlements {
                 apply_settlements(channel, vec![delivery], requeue).await;
             }
-            if persistent && let Some(store) = session.broker.message_store() {
+            if unwritten.written()
+                && let Some(store) = session.broker.message_store()
+            {
                 // commit-ok promises the transaction's persistent messages are on disk.
                 let (done, on_disk) = tokio::sync::oneshot::channel();
                 store.sync(Box::new(move |durability| {
@@ -96,16 +97,21 @@ fn not_transactional() -> AmqpError {
     AmqpError::channel(code::PRECONDITION_FAILED, "channel is not transactional")
 }
 
-/// Whether a persistent message of a committing transaction failed to reach the disk: each
-/// such message's write reports here, so commit-ok is not sent for a transaction whose
-/// messages were not written.
+/// Whether the persistent messages of a committing transaction reached the disk: the pipeline
+/// makes a completion for each message it writes, and each reports here, so commit-ok waits
+/// for the disk only when something was written, and is not sent for a transaction whose
+/// messages were not.
 #[derive(Debug, Clone, Default)]
-pub struct Unwritten(Arc<AtomicBool>);
+pub struct Unwritten {
+    written: Arc<AtomicBool>,
+    failed: Arc<AtomicBool>,
+}
 
 impl Unwritten {
-    /// A completion for one persistent message of the transaction.
+    /// A completion for one persistent message of the transaction, being written.
     pub fn completion(&self) -> OnDurable {
-        let failed = self.0.clone();
+        self.written.store(true, Ordering::Release);
+        let failed = self.failed.clone();
         Box::new(move |durability| {
             if durability == Durability::Failed {
                 failed.store(true, Ordering::Release);
@@ -113,8 +119,13 @@ impl Unwritten {
         })
     }
 
+    /// Whether any message of the transaction was written to the store.
+    pub fn written(&self) -> bool {
+        self.written.load(Ordering::Acquire)
+    }
+
     /// Whether any message's write failed.
     pub fn any(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.failed.load(Ordering::Acquire)
     }
 }

@@ -17,6 +17,7 @@ pub mod error;
 pub mod exchange;
 pub mod field;
 pub mod flow;
+pub mod ledger;
 pub mod message;
 pub mod persistence;
 pub mod publish;
@@ -37,9 +38,10 @@ pub use exchange::{
 };
 pub use field::{FieldTable, FieldValue};
 pub use flow::FlowHold;
+pub use ledger::Ledger;
 pub use message::{Message, Properties};
 pub use persistence::{MessageStore, OnDurable, QueueKey, Recovered, Storage, StoredAt};
-pub use publish::Published;
+pub use publish::{Publication, Published};
 pub use queue::{
     ChannelCredit, ChannelId, ConnectionId, ConsumerEvent, ConsumerSink, ConsumerSpec,
     DEFAULT_DELIVERY_BUDGET, Delivery, DeliveryBudget, DeliveryPermit, GetResult, QueueHandle,

@@ -1,16 +1,18 @@
-//! Publishing a whole message in one call, for adapters whose publish is simple (MQTT, STOMP):
-//! route it, write it to the message store when it is persistent and reached a durable queue,
-//! and hand it to every queue. AMQP does these steps itself, interleaved with confirms,
-//! mandatory returns and transactions, but writes through the same [`VirtualHost::store_message`].
+//! The publish pipeline, the one path every protocol publishes through (AMQP, MQTT, STOMP;
+//! dead letters too): route the message, ask full queues whether they take it (`x-overflow`
+//! reject-publish), write it to the message store when it is persistent and reached a durable
+//! queue, and only then hand it to the queues; report what happened ([`Published`]) so the
+//! adapter can answer its publisher (a mandatory return, a refusal, an answer that waits for
+//! the disk through its [`crate::ledger::Ledger`]).
 //!
-//! What the store cannot take is not enqueued: a persistent message the store refuses
-//! ([`NotStored`]) reaches no queue, as RabbitMQ does not enqueue what it could not store, and
-//! the publisher is told ([`Persisted::Refused`]). A message whose write fails after it was
-//! enqueued (it was in the batch that hit the error) is withdrawn from the durable queues that
-//! still hold it ready, so it is not delivered from memory as if it were stored; one already
-//! delivered to a consumer cannot be called back. A failed batch fails many messages at once:
-//! their withdrawals are gathered ([`Unstored`]) and each queue gets one command naming all
-//! of its failed messages.
+//! "Store before any queue sees it" lives here and nowhere else: a persistent message the
+//! store refuses ([`NotStored`]) reaches no queue, as RabbitMQ does not enqueue what it could
+//! not store, and the publisher is told ([`Persisted::Refused`]). A message whose write fails
+//! after it was enqueued (it was in the batch that hit the error) is withdrawn from the
+//! durable queues that still hold it ready, so it is not delivered from memory as if it were
+//! stored; one already delivered to a consumer cannot be called back. A failed batch fails
+//! many messages at once: their withdrawals are gathered ([`Unstored`]) and each queue gets one
+//! command naming all of its failed messages.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock, Weak};
@@ -87,9 +89,55 @@ impl Unstored {
     }
 }
 
+/// Makes the completion that hears when a publication's message is on disk (or failed to get
+/// there). Called only when the message is written to the store, so a publication that needs
+/// no write (transient, or no durable queue took it) allocates nothing for it.
+pub type MakeOnDurable<'a> = &'a mut (dyn FnMut() -> OnDurable + Send);
+
+/// A message to publish, and what its publisher asks of the pipeline.
+pub struct Publication<'a> {
+    /// The exchange it is published to.
+    pub exchange: &'a Exchange,
+    /// The message; the pipeline gives it its store id when it is written.
+    pub message: Message,
+    /// Hand the message back when no queue takes it ([`Published::returned`]; AMQP's
+    /// `mandatory`).
+    pub mandatory: bool,
+    /// Where the store reports the message on disk, when it is written.
+    pub on_durable: Option<MakeOnDurable<'a>>,
+}
+
+impl<'a> Publication<'a> {
+    /// `message` published to `exchange`, not mandatory, with no one to tell when it is on disk.
+    pub fn new(exchange: &'a Exchange, message: Message) -> Self {
+        Self {
+            exchange,
+            message,
+            mandatory: false,
+            on_durable: None,
+        }
+    }
+
+    /// Asks for the message back when no queue takes it.
+    pub fn mandatory(mut self, mandatory: bool) -> Self {
+        self.mandatory = mandatory;
+        self
+    }
+
+    /// Reports the message on disk (or failed) through the completion `make` makes, when the
+    /// message is written to the store.
+    pub fn on_durable(mut self, make: MakeOnDurable<'a>) -> Self {
+        self.on_durable = Some(make);
+        self
+    }
+}
+
 /// What became of a published message.
 #[derive(Debug, Clone)]
 pub struct Published {
+    /// How many queues it was routed to and admitted by (before the store and the queues
+    /// themselves had their say).
+    pub routed: usize,
     /// How many queues took it.
     pub queues: usize,
     /// Whether it went to the message store.
@@ -98,9 +146,20 @@ pub struct Published {
     pub refused: bool,
     /// A queue that took it and has fallen behind: credit flow holds the publisher.
     pub behind: Option<QueueHandle>,
+    /// The message, when it was mandatory and no queue took it (none refused it, and the
+    /// store did not refuse it either): the publisher gets it back.
+    pub returned: Option<Arc<Message>>,
 }
 
 impl Published {
+    /// Whether the message is lost to its publisher: a full queue refused it, the store could
+    /// not write it, or every queue it was routed to went away before taking it. (A message
+    /// routed nowhere is not lost in this sense: it was never meant for a queue.) A publisher
+    /// that asked to hear about it is answered negatively.
+    pub fn is_lost(&self) -> bool {
+        self.refused || self.stored == Persisted::Refused || (self.routed > 0 && self.queues == 0)
+    }
+
     /// Holds the publishing connection by credit flow (in `slot`) when a queue that took
     /// the message has fallen behind and nothing holds it yet.
     pub fn hold(&self, slot: &mut Option<FlowHold>) {
@@ -115,13 +174,12 @@ impl Published {
 /// Whether a published message went to the message store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Persisted {
-    /// It did not need to (transient, or no durable queue took it); `on_durable` was dropped
-    /// unrun.
+    /// It did not need to (transient, or no durable queue took it); no completion was made.
     Unneeded,
-    /// It is being written; `on_durable` runs once it is on disk or has failed.
+    /// It is being written; the completion runs once it is on disk or has failed.
     Pending,
     /// The store cannot write now: the message reached no queue and must not be
-    /// acknowledged; `on_durable` was dropped unrun.
+    /// acknowledged; the completion was dropped unrun.
     Refused,
 }
 
@@ -131,18 +189,19 @@ pub fn is_durable(queue: &QueueHandle) -> bool {
 }
 
 impl VirtualHost {
-    /// Routes `message` through `exchange` and delivers it. A persistent message that reaches
-    /// a durable queue is written to the message store first; `on_durable` runs once it is on
-    /// disk.
-    pub async fn publish(
-        &self,
-        exchange: &Exchange,
-        message: Message,
-        on_durable: Option<OnDurable>,
-    ) -> Published {
+    /// Publishes through the pipeline: routes the message, admits it to full queues, writes it
+    /// to the message store first when it is persistent and reaches a durable queue, and hands
+    /// it to every queue that takes it.
+    pub async fn publish(&self, publication: Publication<'_>) -> Published {
+        let Publication {
+            exchange,
+            message,
+            mandatory,
+            on_durable,
+        } = publication;
         let mut queues = Vec::new();
         self.route(exchange, &message, &mut queues);
-        self.deliver(queues, message, on_durable).await
+        self.deliver(queues, message, mandatory, on_durable).await
     }
 
     /// Republishes a dead letter (made by the queue that let it die) through the exchange it
@@ -156,29 +215,23 @@ impl VirtualHost {
         let mut queues = Vec::new();
         self.route(&exchange, &message, &mut queues);
         queues.retain(|queue| !crate::queue::is_dead_letter_cycle(&message, queue.name()));
-        self.deliver(queues, message, None).await;
+        self.deliver(queues, message, false, None).await;
     }
 
-    /// Writes a persistent `message` (with store id `message.store_id`) routed to `queues` to
-    /// the message store when one of them is durable, before any queue sees it. Returns where
-    /// it lies (None when it needs no write, and `on_durable` is dropped), or [`NotStored`]
+    /// Writes `message` to the message store when it has a store id (it is persistent and one
+    /// of `queues` is durable), before any queue sees it. Returns where
+    /// it lies (None when it needs no write, and `on_durable` is not called), or [`NotStored`]
     /// when the store cannot write now: then it must reach no queue. If the write fails later,
-    /// `on_durable` hears so and the durable queues withdraw it while it is still ready.
-    pub fn store_message(
+    /// the completion hears so and the durable queues withdraw it while it is still ready.
+    fn store_message(
         &self,
         message: &Message,
         queues: &[QueueHandle],
-        on_durable: Option<OnDurable>,
+        on_durable: Option<MakeOnDurable<'_>>,
     ) -> Result<Option<StoredAt>, NotStored> {
         let (Some(store), Some(id)) = (&self.storage().messages, message.store_id) else {
             return Ok(None);
         };
-        if !message.properties.is_persistent() {
-            return Ok(None);
-        }
-        if !queues.iter().any(is_durable) {
-            return Ok(None);
-        }
         // The keys go to the store and stay with the completion, which needs them only if the
         // write fails (then the queues are looked up by name).
         let durable: Arc<[QueueKey]> = queues
@@ -192,6 +245,7 @@ impl VirtualHost {
         self.unstored().note_runtime();
         let vhost = self.me();
         let holders = durable.clone();
+        let on_durable = on_durable.map(|make| make());
         let completion: OnDurable = Box::new(move |durability| {
             if durability == Durability::Failed {
                 Unstored::failed(vhost, id, holders);
@@ -211,25 +265,31 @@ impl VirtualHost {
         &self,
         queues: Vec<QueueHandle>,
         mut message: Message,
-        on_durable: Option<OnDurable>,
+        mandatory: bool,
+        on_durable: Option<MakeOnDurable<'_>>,
     ) -> Published {
         let admitted = crate::queue::admit(queues, &message).await;
         let (queues, refused) = (admitted.queues, admitted.refused);
-        if let Some(store) = &self.storage().messages
-            && message.properties.is_persistent()
-            && queues.iter().any(is_durable)
-        {
-            message.store_id = Some(store.next_id());
-        }
+        let routed = queues.len();
+        // Only a persistent message that reached a durable queue is written, under an id of
+        // its own (a dead letter's copy does not keep its original's).
+        message.store_id = match &self.storage().messages {
+            Some(store) if message.properties.is_persistent() && queues.iter().any(is_durable) => {
+                Some(store.next_id())
+            }
+            _ => None,
+        };
         let stored = match self.store_message(&message, &queues, on_durable) {
             Ok(stored) => stored,
             Err(NotStored) => {
                 crate::queue::release_admission(&queues, &message);
                 return Published {
+                    routed,
                     queues: 0,
                     stored: Persisted::Refused,
                     refused,
                     behind: None,
+                    returned: None,
                 };
             }
         };
@@ -249,6 +309,7 @@ impl VirtualHost {
             }
         }
         Published {
+            routed,
             queues: taken,
             stored: if stored.is_some() {
                 Persisted::Pending
@@ -257,6 +318,7 @@ impl VirtualHost {
             },
             refused,
             behind,
+            returned: (mandatory && taken == 0 && !refused).then_some(message),
         }
     }
 }
@@ -314,7 +376,9 @@ mod tests {
         let store = Arc::new(HeldStore::refusing());
         let (vhost, queue) = durable_queue_on(store).await;
         let exchange = vhost.exchange("").expect("default exchange");
-        let published = vhost.publish(&exchange, persistent(), None).await;
+        let published = vhost
+            .publish(Publication::new(&exchange, persistent()))
+            .await;
         assert_eq!(published.stored, Persisted::Refused);
         assert_eq!(published.queues, 0);
         assert_eq!(queue.stats().await.expect("stats").ready, 0);
@@ -326,14 +390,14 @@ mod tests {
         let (vhost, queue) = durable_queue_on(store.clone()).await;
         let exchange = vhost.exchange("").expect("default exchange");
         let (tx, mut told) = tokio::sync::mpsc::unbounded_channel();
+        let mut on_durable = move || -> OnDurable {
+            let tx = tx.clone();
+            Box::new(move |durability| {
+                let _ = tx.send(durability);
+            })
+        };
         let published = vhost
-            .publish(
-                &exchange,
-                persistent(),
-                Some(Box::new(move |durability| {
-                    let _ = tx.send(durability);
-                })),
-            )
+            .publish(Publication::new(&exchange, persistent()).on_durable(&mut on_durable))
             .await;
         assert_eq!(published.stored, Persisted::Pending);
         assert_eq!(queue.stats().await.expect("stats").ready, 1);
@@ -358,11 +422,15 @@ mod tests {
         let (vhost, queue) = durable_queue_on(store.clone()).await;
         let exchange = vhost.exchange("").expect("default exchange");
         for _ in 0..KEPT {
-            vhost.publish(&exchange, persistent(), None).await;
+            vhost
+                .publish(Publication::new(&exchange, persistent()))
+                .await;
         }
         store.settle(Durability::OnDisk);
         for _ in 0..FAILED {
-            vhost.publish(&exchange, persistent(), None).await;
+            vhost
+                .publish(Publication::new(&exchange, persistent()))
+                .await;
         }
         assert_eq!(
             queue.stats().await.expect("stats").ready as usize,

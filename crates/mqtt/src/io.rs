@@ -21,6 +21,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use junction_core::ConsumerEvent;
+use junction_core::ledger::Seq;
+use junction_core::persistence::Durability;
 use junction_transport::{Arrival, Conduit, Detach, ParkingLot, Resume, Spot, Turns};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -151,8 +153,8 @@ enum Wake {
     Gone,
     /// A consumer event.
     Event(ConsumerEvent),
-    /// The message store has acknowledged messages up to this ticket on disk.
-    Durable(u64),
+    /// The message store reports on a QoS 1/2 publication: (its place in the ledger, outcome).
+    Durable((Seq, Durability)),
     /// The timer's deadline passed.
     Timer,
     /// The connection must close: the broker is shutting down or the session was taken over.
@@ -303,12 +305,12 @@ impl<S: AsyncRead + AsyncWrite + Detach + Unpin> Driver<S> {
                 }
                 Step::FlushQueueAcks
             }
-            Wake::Durable(ticket) => {
-                let mut latest = ticket;
-                while let Some(ticket) = self.connection.durable.try_recv() {
-                    latest = latest.max(ticket);
+            Wake::Durable((seq, durability)) => {
+                self.connection.settle(seq, durability);
+                while let Some((seq, durability)) = self.connection.durable.try_recv() {
+                    self.connection.settle(seq, durability);
                 }
-                if self.connection.on_durable(latest) {
+                if self.connection.release_acks() {
                     Step::End(false)
                 } else {
                     Step::Wait

@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use junction_core::ledger::Seq;
+use junction_core::persistence::Durability;
 use junction_core::{Broker, ConsumerEvent};
 use junction_transport::{Arrival, BrokerSignal, BrokerSignals, Conduit, Turns, broker_signals};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -65,8 +67,9 @@ enum Wake {
     Gone,
     /// A consumer event.
     Event(ConsumerEvent),
-    /// The message store has everything up to this receipt ticket on disk.
-    Durable(u64),
+    /// The message store reports on a persistent SEND: (its place in the receipts' ledger,
+    /// outcome).
+    Durable((Seq, Durability)),
     /// The timer's deadline passed.
     Timer,
     /// The broker is shutting down or the resource alarm changed.
@@ -170,12 +173,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 }
                 Step::FlushQueueAcks
             }
-            Wake::Durable(ticket) => {
-                let mut latest = ticket;
-                while let Some(ticket) = self.connection.durable.try_recv() {
-                    latest = latest.max(ticket);
+            Wake::Durable((seq, durability)) => {
+                self.connection.settle(seq, durability);
+                while let Some((seq, durability)) = self.connection.durable.try_recv() {
+                    self.connection.settle(seq, durability);
                 }
-                match self.connection.on_durable(latest) {
+                match self.connection.release_receipts() {
                     Next::Close => Step::End,
                     Next::Continue => Step::Wait,
                 }
@@ -273,8 +276,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         while self.connection.has_pending_receipts() {
             let notice = poll_fn(|cx| self.connection.durable.poll_recv(cx));
             match tokio::time::timeout_at(deadline, notice).await {
-                Ok(Some(ticket)) => {
-                    if self.connection.on_durable(ticket) == Next::Close {
+                Ok(Some((seq, durability))) => {
+                    if self.connection.on_durable(seq, durability) == Next::Close {
                         break;
                     }
                 }

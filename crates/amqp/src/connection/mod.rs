@@ -148,13 +148,21 @@ impl Connection {
     }
 
     /// A persistent message published on `channel` with confirm sequence `seq` is on disk, or
-    /// failed to get there (then it is nacked).
+    /// failed to get there (then it is nacked); the confirms that may go now go.
     pub fn on_durable(&mut self, channel: ChannelId, seq: u64, durability: Durability) {
+        self.settle_durable(channel, seq, durability);
+        self.flush_confirms();
+    }
+
+    /// Records a durability notice without sending anything: a driver that passes many
+    /// notices at once then sends their confirms together with [`Connection::flush_confirms`]
+    /// (one basic.ack for the lot).
+    pub fn settle_durable(&mut self, channel: ChannelId, seq: u64, durability: Durability) {
         let Some(Some(open)) = self.channels.get_mut(usize::from(channel.number)) else {
             return;
         };
         if open.id == channel && open.state == ChannelState::Open {
-            confirm::durable(&mut self.session, open, seq, durability);
+            confirm::durable(open, seq, durability);
         }
     }
 
@@ -328,7 +336,8 @@ impl Connection {
         Next::Close
     }
 
-    fn flush_confirms(&mut self) {
+    /// Sends the confirms every channel may send now.
+    pub fn flush_confirms(&mut self) {
         for channel in self.channels.iter_mut().flatten() {
             confirm::flush(&mut self.session, channel);
         }

@@ -125,12 +125,10 @@ impl Connection {
     pub(super) fn on_pubrel(&mut self, id: u16) -> Handled {
         if let Some(session) = self.session.as_mut() {
             session.flow().state.incoming.remove(&id);
-            session
-                .flow()
-                .acks
-                .queue
-                .push_back((Packet::PubComp(id), 0));
-            session.flow().acks.flush(&mut self.out);
+            session.flow().acks.owe_now(super::OwedAck::Pubcomp(id));
+        }
+        if self.release_acks() {
+            return Ok(Next::Close { graceful: false });
         }
         Ok(Next::Continue)
     }

@@ -12,11 +12,13 @@ mod deliver;
 mod publish;
 mod subscribe;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use junction_core::ledger::{Answer, Ledger, Seq};
+use junction_core::persistence::Durability;
 use junction_core::queue::MessageSeq;
 use junction_core::{
     ChannelId, ConnectionId, ConsumerEvent, Exchange, Permission, Principal, QueueHandle,
@@ -64,11 +66,6 @@ struct Inflight {
     exactly_once: bool,
 }
 
-/// The durability ticket that reports a failed write of a QoS 1/2 publication (tickets count
-/// up from 1 and never reach it; the driver keeps the highest ticket it hears, so a failure
-/// outranks every success).
-pub(crate) const STORE_FAILED: u64 = u64::MAX;
-
 /// Why a connection closes when the message store cannot write its publication.
 const NOT_STORED: &str = "the message store could not write a QoS 1/2 publication";
 
@@ -76,30 +73,25 @@ const NOT_STORED: &str = "the message store could not write a QoS 1/2 publicatio
 /// publications whose PUBREC it still owes, before it forgets them.
 const PUBREC_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Acknowledgements owed to the client, in the order of the PUBLISH packets they answer. One
-/// that must wait for its message to reach the disk holds back those behind it.
-#[derive(Default)]
-struct OwedAcks {
-    queue: VecDeque<(Packet, u64)>,
-    next_ticket: u64,
-    durable_upto: u64,
+/// An acknowledgement owed to the client. They wait in the session's durability ledger, in
+/// the order of the packets they answer: one whose message must reach the disk first holds
+/// back those behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OwedAck {
+    /// PUBACK: a QoS 1 publication is taken.
+    Puback(u16),
+    /// PUBREC: a QoS 2 publication is taken.
+    Pubrec(u16),
+    /// PUBCOMP: a QoS 2 exchange is complete.
+    Pubcomp(u16),
 }
 
-impl OwedAcks {
-    fn next_ticket(&mut self) -> u64 {
-        self.next_ticket += 1;
-        self.next_ticket
-    }
-
-    /// Moves every acknowledgement that may go now into `out`.
-    fn flush(&mut self, out: &mut BytesMut) {
-        while let Some((_, ticket)) = self.queue.front() {
-            if *ticket > self.durable_upto {
-                break;
-            }
-            if let Some((packet, _)) = self.queue.pop_front() {
-                codec::encode(&packet, out);
-            }
+impl OwedAck {
+    fn packet(self) -> Packet {
+        match self {
+            OwedAck::Puback(id) => Packet::PubAck(id),
+            OwedAck::Pubrec(id) => Packet::PubRec(id),
+            OwedAck::Pubcomp(id) => Packet::PubComp(id),
         }
     }
 }
@@ -126,7 +118,7 @@ struct Flow {
     state: SessionState,
     inflight: HashMap<u16, Inflight>,
     next_packet_id: u16,
-    acks: OwedAcks,
+    acks: Ledger<OwedAck>,
     queue_acks: Vec<MessageSeq>,
 }
 
@@ -164,9 +156,9 @@ pub(crate) struct Connection {
     out: BytesMut,
     /// Deliveries from the session's queue (made when the session first needs its queue).
     pub(crate) events: LazyChannel<ConsumerEvent>,
-    /// Tickets of acknowledgements whose messages are on disk (made on the first QoS 1/2
-    /// PUBLISH).
-    pub(crate) durable: LazyChannel<u64>,
+    /// The message store's reports on QoS 1/2 publications, by their place in the ledger of
+    /// owed acknowledgements (made on the first QoS 1/2 PUBLISH).
+    pub(crate) durable: LazyChannel<(Seq, Durability)>,
     /// Raised when the connection must close (takeover, shutdown).
     pub(crate) signal: Arc<Signal>,
     session: Option<Session>,
@@ -386,27 +378,47 @@ impl Connection {
         }
     }
 
-    /// The message store has everything up to `ticket` on disk, or ([`STORE_FAILED`]) could
-    /// not write a QoS 1/2 publication. Then no acknowledgement owed from here on is sent and
-    /// the connection must close (returns true): MQTT 3.1.1 has no negative acknowledgement,
-    /// and the client resends what was not acknowledged.
-    pub(crate) fn on_durable(&mut self, ticket: u64) -> bool {
+    /// The message store reports on the publication acknowledgement `seq` waits for; the
+    /// acknowledgements that may go now go. True when the write failed: see
+    /// [`Connection::release_acks`].
+    pub(crate) fn on_durable(&mut self, seq: Seq, durability: Durability) -> bool {
+        self.settle(seq, durability);
+        self.release_acks()
+    }
+
+    /// Records the message store's report on the publication acknowledgement `seq` waits for;
+    /// [`Connection::release_acks`] sends what it lets go.
+    pub(crate) fn settle(&mut self, seq: Seq, durability: Durability) {
+        if let Some(flow) = self.session.as_mut().and_then(|s| s.flow.as_mut()) {
+            flow.acks.settle(seq, durability);
+        }
+    }
+
+    /// Writes the acknowledgements that may go now, in PUBLISH order. Returns true when the
+    /// store could not write a QoS 1/2 publication: then no acknowledgement owed from there on
+    /// is sent and the connection must close: MQTT 3.1.1 has no negative acknowledgement, and
+    /// the client resends what was not acknowledged.
+    pub(crate) fn release_acks(&mut self) -> bool {
         let Some(flow) = self.session.as_mut().and_then(|s| s.flow.as_mut()) else {
             return false;
         };
-        if ticket == STORE_FAILED {
-            // None of the acknowledgements still owed goes; a QoS 2 publication among them
-            // must be routed again when the client resends it, not taken for a duplicate.
-            for (packet, _) in flow.acks.queue.drain(..) {
-                if let Packet::PubRec(id) = packet {
-                    flow.state.incoming.remove(&id);
+        while let Some(answer) = flow.acks.next_answer() {
+            match answer {
+                Answer::Ready(_, ack) => codec::encode(&ack.packet(), &mut self.out),
+                Answer::Failed(_, failed) => {
+                    // None of the acknowledgements still owed goes; a QoS 2 publication among
+                    // them must be routed again when the client resends it, not taken for a
+                    // duplicate.
+                    for ack in std::iter::once(failed).chain(flow.acks.abandon()) {
+                        if let OwedAck::Pubrec(id) = ack {
+                            flow.state.incoming.remove(&id);
+                        }
+                    }
+                    tracing::warn!(peer = ?self.peer, "{NOT_STORED}; closing the connection");
+                    return true;
                 }
             }
-            tracing::warn!(peer = ?self.peer, "{NOT_STORED}; closing the connection");
-            return true;
         }
-        flow.acks.durable_upto = flow.acks.durable_upto.max(ticket);
-        flow.acks.flush(&mut self.out);
         false
     }
 
@@ -429,7 +441,7 @@ impl Connection {
             let notice = std::future::poll_fn(|cx| self.durable.poll_recv(cx));
             match tokio::time::timeout_at(deadline, notice).await {
                 // A failure forgets every publication still owed an acknowledgement.
-                Ok(Some(ticket)) if self.on_durable(ticket) => break,
+                Ok(Some((seq, durability))) if self.on_durable(seq, durability) => break,
                 Ok(Some(_)) => {}
                 _ => break,
             }
@@ -437,11 +449,8 @@ impl Connection {
         let Some(flow) = self.session.as_mut().and_then(|s| s.flow.as_mut()) else {
             return;
         };
-        let durable_upto = flow.acks.durable_upto;
-        for (packet, ticket) in &flow.acks.queue {
-            if let Packet::PubRec(id) = packet
-                && *ticket > durable_upto
-            {
+        for ack in flow.acks.waiting() {
+            if let OwedAck::Pubrec(id) = ack {
                 flow.state.incoming.remove(id);
             }
         }
@@ -453,9 +462,9 @@ impl Connection {
             .as_ref()
             .and_then(|s| s.flow.as_ref())
             .is_some_and(|flow| {
-                flow.acks.queue.iter().any(|(packet, ticket)| {
-                    matches!(packet, Packet::PubRec(_)) && *ticket > flow.acks.durable_upto
-                })
+                flow.acks
+                    .waiting()
+                    .any(|ack| matches!(ack, OwedAck::Pubrec(_)))
             })
     }
 

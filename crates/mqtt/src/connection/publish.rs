@@ -4,13 +4,16 @@
 //! The will is published through the same path.
 
 use bytes::Bytes;
+use junction_core::ledger::Seq;
 use junction_core::persistence::Durability;
 use junction_core::publish::Persisted;
-use junction_core::{FieldTable, FieldValue, Message, Permission, Properties, ResourceKind};
-use tokio::sync::mpsc;
+use junction_core::{
+    FieldTable, FieldValue, Message, OnDurable, Permission, Properties, Publication, ResourceKind,
+};
+use junction_transport::LazyChannel;
 
-use super::{Connection, Handled, Next, Session, Violation};
-use crate::codec::{LastWill, Packet, Publish, QoS};
+use super::{Connection, Handled, Next, OwedAck, Session, Violation};
+use crate::codec::{LastWill, Publish, QoS};
 use crate::topic;
 
 /// The header that carries the QoS a message was published with, as in RabbitMQ.
@@ -25,7 +28,7 @@ impl Connection {
             )));
         }
         let mqtt = self.mqtt.clone();
-        let durable = (publish.qos != QoS::AtMostOnce).then(|| self.durable.sender());
+        let durable = &mut self.durable;
         let Some(session) = self.session.as_mut() else {
             return Err(Violation("PUBLISH before CONNECT".into()));
         };
@@ -52,9 +55,8 @@ impl Connection {
             && !session.flow().state.incoming.insert(id)
         {
             // A resent QoS 2 publication we already routed: acknowledge it again only.
-            session.flow().acks.queue.push_back((Packet::PubRec(id), 0));
-            session.flow().acks.flush(&mut self.out);
-            return Ok(Next::Continue);
+            session.flow().acks.owe_now(OwedAck::Pubrec(id));
+            return self.released();
         }
         if publish.retain {
             mqtt.retained.set(
@@ -64,39 +66,45 @@ impl Connection {
                 publish.payload.clone(),
             );
         }
-        let wants_ack = publish.qos != QoS::AtMostOnce;
-        let ticket = wants_ack.then(|| session.flow().acks.next_ticket());
+        let ack = match (publish.qos, publish.packet_id) {
+            (QoS::AtLeastOnce, Some(id)) => Some(OwedAck::Puback(id)),
+            (QoS::ExactlyOnce, Some(id)) => Some(OwedAck::Pubrec(id)),
+            _ => None,
+        };
+        // The acknowledgement is owed in PUBLISH order, waiting until the publication says
+        // whether its message goes to disk.
+        let seq = ack.map(|ack| session.flow().acks.owe(ack));
         let published = route(
             session,
             &publish.topic,
             publish.qos,
             publish.payload,
-            ticket.zip(durable),
+            seq.map(|seq| (seq, durable)),
         )
         .await;
         published.hold(&mut self.flow);
-        let written = match published.stored {
-            Persisted::Pending => true,
-            Persisted::Unneeded => false,
+        match (published.stored, seq) {
+            (Persisted::Pending, _) | (_, None) => {}
+            // Not written: it goes as soon as those before it have.
+            (Persisted::Unneeded, Some(seq)) => session.flow().acks.ready(seq),
             // MQTT 3.1.1 has no negative acknowledgement: the client gets no PUBACK/PUBREC,
             // and the connection closes so it resends once the broker can store again (a
             // QoS 2 resend must be routed then, not taken for a duplicate).
-            Persisted::Refused => {
+            (Persisted::Refused, Some(seq)) => {
+                session.flow().acks.fail(seq);
                 if let (QoS::ExactlyOnce, Some(id)) = (publish.qos, publish.packet_id) {
                     session.flow().state.incoming.remove(&id);
                 }
                 return Err(Violation(super::NOT_STORED.into()));
             }
-        };
-        if let (Some(id), Some(ticket)) = (publish.packet_id, ticket) {
-            let ack = match publish.qos {
-                QoS::ExactlyOnce => Packet::PubRec(id),
-                _ => Packet::PubAck(id),
-            };
-            // Acks of messages not written to disk go as soon as those before them have.
-            let gate = if written { ticket } else { 0 };
-            session.flow().acks.queue.push_back((ack, gate));
-            session.flow().acks.flush(&mut self.out);
+        }
+        self.released()
+    }
+
+    /// Writes the acknowledgements that may go now; a failed write closes the connection.
+    fn released(&mut self) -> Handled {
+        if self.release_acks() {
+            return Ok(Next::Close { graceful: false });
         }
         Ok(Next::Continue)
     }
@@ -125,15 +133,16 @@ impl Connection {
 }
 
 /// Routes one publication; QoS 1 and 2 messages are persistent. With `notify`, a message
-/// written to the message store reports its ticket there once on disk ([`super::STORE_FAILED`]
-/// if its write failed). Returns what became of it: whether it is being written (so its
-/// acknowledgement must wait) or was refused by the store, and a queue that fell behind.
+/// written to the message store reports there, under its acknowledgement's place in the
+/// ledger, once on disk (or failed). Returns what became of it: whether it is being written
+/// (so its acknowledgement must wait) or was refused by the store, and a queue that fell
+/// behind (credit flow).
 async fn route(
     session: &Session,
     topic_name: &str,
     qos: QoS,
     payload: Bytes,
-    notify: Option<(u64, mpsc::UnboundedSender<u64>)>,
+    notify: Option<(Seq, &mut LazyChannel<(Seq, Durability)>)>,
 ) -> junction_core::Published {
     let mut headers = FieldTable::new();
     headers.insert(PUBLISH_QOS_HEADER, FieldValue::I8(qos as i8));
@@ -148,16 +157,16 @@ async fn route(
         },
         payload,
     );
-    let on_durable: Option<junction_core::OnDurable> = notify.map(|(ticket, tx)| {
-        Box::new(move |durability| {
-            let _ = tx.send(match durability {
-                Durability::OnDisk => ticket,
-                Durability::Failed => super::STORE_FAILED,
-            });
-        }) as junction_core::OnDurable
-    });
-    session
-        .vhost
-        .publish(&session.exchange, message, on_durable)
-        .await
+    let mut publication = Publication::new(&session.exchange, message);
+    let mut on_durable;
+    if let Some((seq, durable)) = notify {
+        on_durable = move || -> OnDurable {
+            let tx = durable.sender();
+            Box::new(move |durability| {
+                let _ = tx.send((seq, durability));
+            })
+        };
+        publication = publication.on_durable(&mut on_durable);
+    }
+    session.vhost.publish(publication).await
 }

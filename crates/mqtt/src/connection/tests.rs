@@ -203,24 +203,6 @@ async fn protocol_violations_close_the_connection() {
     assert_eq!(next, abrupt);
 }
 
-#[test]
-fn owed_acks_leave_in_publish_order_once_their_messages_are_on_disk() {
-    let mut acks = OwedAcks::default();
-    let on_disk = acks.next_ticket();
-    acks.queue.push_back((Packet::PubAck(1), on_disk));
-    acks.queue.push_back((Packet::PubAck(2), 0));
-    let mut out = BytesMut::new();
-    acks.flush(&mut out);
-    assert!(out.is_empty(), "the second ack waits behind the first");
-    acks.durable_upto = on_disk;
-    acks.flush(&mut out);
-    let mut sent = Vec::new();
-    while let Ok(Some(packet)) = codec::decode(&mut out, 64) {
-        sent.push(packet);
-    }
-    assert_eq!(sent, vec![Packet::PubAck(1), Packet::PubAck(2)]);
-}
-
 fn kept_session_connect(client_id: &str) -> Packet {
     match connect_packet(client_id, Some("guest")) {
         Packet::Connect(mut connect) => {

@@ -2,9 +2,9 @@
 //! and the `host` header naming the vhost. Many clients send the machine's host name there;
 //! a host that names no vhost falls back to the default vhost (logged), instead of refusing.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 
-use junction_core::{ChannelId, LoginRequest};
+use junction_core::{ChannelId, Ledger, LoginRequest};
 
 use super::{Connection, Handled, Refusal, Session};
 use crate::codec::{self, Frame, Version};
@@ -96,9 +96,7 @@ impl Connection {
             transactions: HashMap::new(),
             temp_queues: HashMap::new(),
             permissions: junction_core::auth::PermissionCache::new(),
-            receipts: VecDeque::new(),
-            next_ticket: 0,
-            durable_upto: 0,
+            receipts: Ledger::new(),
         });
         let mut connected = Frame::new("CONNECTED")
             .header("version", version.as_str())

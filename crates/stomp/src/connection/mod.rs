@@ -17,13 +17,15 @@ mod send;
 mod subscribe;
 mod tx;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use junction_core::FlowHold;
 use junction_core::auth::PermissionCache;
+use junction_core::ledger::{Answer, Ledger, Seq};
+use junction_core::persistence::Durability;
 use junction_core::queue::MessageSeq;
 use junction_core::{
     Broker, ChannelId, ConnectionId, ConsumerEvent, ConsumerSink, CoreError, Permission, Principal,
@@ -49,11 +51,6 @@ pub(crate) struct Refusal {
     message: String,
     detail: String,
 }
-
-/// The durability ticket that reports a failed write of a persistent SEND (tickets count up
-/// from 1 and never reach it; the driver keeps the highest ticket it hears, so a failure
-/// outranks every success).
-pub(crate) const STORE_FAILED: u64 = u64::MAX;
 
 /// The refusal for a persistent SEND the message store could not write (a full disk).
 pub(crate) fn not_stored() -> Refusal {
@@ -129,9 +126,9 @@ struct Session {
     transactions: HashMap<String, Vec<Frame>>,
     temp_queues: HashMap<String, QueueHandle>,
     permissions: PermissionCache,
-    receipts: VecDeque<(Frame, u64)>,
-    next_ticket: u64,
-    durable_upto: u64,
+    /// Receipts owed, in frame order, with a place (None) for each persistent SEND being
+    /// written, so a receipt goes only once every SEND before it is on disk.
+    receipts: Ledger<Option<String>>,
 }
 
 impl Session {
@@ -153,23 +150,6 @@ impl Session {
             ))
         }
     }
-
-    fn next_ticket(&mut self) -> u64 {
-        self.next_ticket += 1;
-        self.next_ticket
-    }
-
-    /// Moves every receipt that may go now into `out`.
-    fn flush_receipts(&mut self, out: &mut BytesMut) {
-        while let Some((_, ticket)) = self.receipts.front() {
-            if *ticket > self.durable_upto {
-                break;
-            }
-            if let Some((frame, _)) = self.receipts.pop_front() {
-                codec::encode(&frame, Some(self.version), out);
-            }
-        }
-    }
 }
 
 /// One STOMP connection.
@@ -184,8 +164,9 @@ pub(crate) struct Connection {
     pub(crate) events: LazyChannel<ConsumerEvent>,
     /// The sending end every subscription of the connection shares, with its delivery budget.
     consumer_sink: Option<ConsumerSink>,
-    /// Tickets of receipts whose messages are on disk (made by the first persistent SEND).
-    pub(crate) durable: LazyChannel<u64>,
+    /// The message store's reports on persistent SENDs, by their place in the receipts'
+    /// ledger (made by the first persistent SEND).
+    pub(crate) durable: LazyChannel<(Seq, Durability)>,
     session: Option<Session>,
     /// Negotiated heart-beats in milliseconds: (server sends, server expects).
     pub(crate) heartbeat: (u64, u64),
@@ -348,22 +329,21 @@ impl Connection {
             };
         }
         let receipt = frame.get("receipt").map(str::to_owned);
-        let mut ticket = 0;
         match frame.command.as_str() {
             "SEND" => {
                 self.has_published = true;
-                ticket = self.on_send(frame).await?;
+                self.on_send(frame).await?;
             }
             "SUBSCRIBE" => self.on_subscribe(&frame).await?,
             "UNSUBSCRIBE" => self.on_unsubscribe(&frame).await?,
             "ACK" => self.on_ack(&frame, false).await?,
             "NACK" => self.on_ack(&frame, true).await?,
             "BEGIN" => self.on_begin(&frame)?,
-            "COMMIT" => ticket = self.on_commit(&frame).await?,
+            "COMMIT" => self.on_commit(&frame).await?,
             "ABORT" => self.on_abort(&frame)?,
             "DISCONNECT" => {
                 if let Some(receipt) = receipt {
-                    self.owe_receipt(receipt, 0);
+                    self.owe_receipt(receipt);
                 }
                 return Ok(Next::Close);
             }
@@ -381,39 +361,59 @@ impl Connection {
             }
         }
         if let Some(receipt) = receipt {
-            self.owe_receipt(receipt, ticket);
+            self.owe_receipt(receipt);
         }
         Ok(Next::Continue)
     }
 
-    /// Sends RECEIPT once everything up to `ticket` is on disk (0: as soon as those before).
-    fn owe_receipt(&mut self, receipt: String, ticket: u64) {
+    /// Owes a RECEIPT: it goes once every persistent SEND before it is on disk.
+    fn owe_receipt(&mut self, receipt: String) {
         if let Some(session) = self.session.as_mut() {
-            let frame = Frame::new("RECEIPT").header("receipt-id", receipt);
-            session.receipts.push_back((frame, ticket));
-            session.flush_receipts(&mut self.out);
+            session.receipts.owe_now(Some(receipt));
+        }
+        // Nothing failed since the last release: a failure is released when it is reported.
+        let _ = self.release_receipts();
+    }
+
+    /// The message store reports on the persistent SEND at `seq` in the receipts' ledger;
+    /// the receipts that may go now go (see [`Connection::release_receipts`]).
+    pub(crate) fn on_durable(&mut self, seq: Seq, durability: Durability) -> Next {
+        self.settle(seq, durability);
+        self.release_receipts()
+    }
+
+    /// Records the message store's report on the persistent SEND at `seq`;
+    /// [`Connection::release_receipts`] sends what it lets go.
+    pub(crate) fn settle(&mut self, seq: Seq, durability: Durability) {
+        if let Some(session) = self.session.as_mut() {
+            session.receipts.settle(seq, durability);
         }
     }
 
-    /// The message store has everything up to `ticket` on disk, or ([`STORE_FAILED`]) could
-    /// not write a persistent SEND: then no receipt owed from here on is sent; an ERROR frame
-    /// (naming the first receipt owed) goes instead and the connection closes.
-    pub(crate) fn on_durable(&mut self, ticket: u64) -> Next {
+    /// Writes the receipts that may go now, in frame order. If the store could not write a
+    /// persistent SEND, no receipt owed from there on is sent: an ERROR frame (naming the
+    /// first receipt owed) goes instead and the connection closes.
+    pub(crate) fn release_receipts(&mut self) -> Next {
         let Some(session) = self.session.as_mut() else {
             return Next::Continue;
         };
-        if ticket == STORE_FAILED {
-            // Receipts still owed wait for this or an earlier SEND: none of them goes.
-            let receipt = session
-                .receipts
-                .front()
-                .and_then(|(frame, _)| frame.get("receipt-id").map(str::to_owned));
-            session.receipts.clear();
-            self.refuse(receipt, not_stored());
-            return Next::Close;
+        while let Some(answer) = session.receipts.next_answer() {
+            match answer {
+                Answer::Ready(_, Some(receipt)) => {
+                    let frame = Frame::new("RECEIPT").header("receipt-id", receipt);
+                    codec::encode(&frame, Some(session.version), &mut self.out);
+                }
+                Answer::Ready(_, None) => {}
+                Answer::Failed(_, failed) => {
+                    // Receipts still owed wait for this or an earlier SEND: none of them goes.
+                    let receipt = std::iter::once(failed)
+                        .chain(session.receipts.abandon())
+                        .find_map(|receipt| receipt);
+                    self.refuse(receipt, not_stored());
+                    return Next::Close;
+                }
+            }
         }
-        session.durable_upto = session.durable_upto.max(ticket);
-        session.flush_receipts(&mut self.out);
         Next::Continue
     }
 
@@ -458,7 +458,7 @@ impl Connection {
     pub(crate) fn has_pending_receipts(&self) -> bool {
         self.session
             .as_ref()
-            .is_some_and(|s| !s.receipts.is_empty())
+            .is_some_and(|s| s.receipts.owed().any(Option::is_some))
     }
 
     /// Ends the connection: unacknowledged messages go back to their queues, exclusive and

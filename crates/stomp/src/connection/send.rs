@@ -8,9 +8,10 @@
 
 use std::sync::Arc;
 
-use junction_core::persistence::Durability;
 use junction_core::publish::Persisted;
-use junction_core::{ConsumerSpec, Message, Permission, QueueSpec, ResourceKind};
+use junction_core::{
+    ConsumerSpec, Message, OnDurable, Permission, Publication, QueueSpec, ResourceKind,
+};
 
 use super::{AckMode, Connection, Refusal, Subscription};
 use crate::codec::Frame;
@@ -18,9 +19,8 @@ use crate::destination::Destination;
 use crate::headers;
 
 impl Connection {
-    /// Handles a SEND (or queues it in its transaction); returns the receipt's durability
-    /// ticket (0: none needed).
-    pub(super) async fn on_send(&mut self, frame: Frame) -> Result<u64, Refusal> {
+    /// Handles a SEND (or queues it in its transaction).
+    pub(super) async fn on_send(&mut self, frame: Frame) -> Result<(), Refusal> {
         let Some(destination) = frame.get("destination") else {
             return Err(Refusal::missing_header("SEND", "destination"));
         };
@@ -36,17 +36,18 @@ impl Connection {
                 ));
             };
             pending.push(frame);
-            return Ok(0);
+            return Ok(());
         }
         self.publish(&destination, frame).await
     }
 
-    /// Publishes a SEND frame to `destination`.
+    /// Publishes a SEND frame to `destination`. A persistent one takes a place in the
+    /// receipts' ledger, so receipts after it wait until it is on disk.
     pub(super) async fn publish(
         &mut self,
         destination: &Destination,
         frame: Frame,
-    ) -> Result<u64, Refusal> {
+    ) -> Result<(), Refusal> {
         let Some((exchange_name, key)) = destination.publish_target() else {
             return Err(Refusal::new(
                 "Invalid destination",
@@ -64,8 +65,10 @@ impl Connection {
             properties.reply_to = Some(format!("/reply-queue/{queue}"));
         }
         let persistent = properties.is_persistent();
-        let durable = properties.is_persistent().then(|| self.durable.sender());
-        let session = self.session_mut()?;
+        let durable = &mut self.durable;
+        let Some(session) = self.session.as_mut() else {
+            return Err(Refusal::new("Not connected", "CONNECT first"));
+        };
         session.authorize(ResourceKind::Exchange, exchange_name, Permission::Write)?;
         let exchange = session
             .vhost
@@ -83,23 +86,32 @@ impl Connection {
             ));
         }
         let message = Message::new(exchange_name, key, properties, frame.body);
-        let ticket = if persistent { session.next_ticket() } else { 0 };
-        let on_durable: Option<junction_core::OnDurable> =
-            durable.filter(|_| ticket != 0).map(|durable| {
+        let mut publication = Publication::new(&exchange, message);
+        let seq = persistent.then(|| session.receipts.owe(None));
+        let mut on_durable;
+        if let Some(seq) = seq {
+            on_durable = move || -> OnDurable {
+                let tx = durable.sender();
                 Box::new(move |durability| {
-                    let _ = durable.send(match durability {
-                        Durability::OnDisk => ticket,
-                        Durability::Failed => super::STORE_FAILED,
-                    });
-                }) as junction_core::OnDurable
-            });
-        let vhost = session.vhost.clone();
-        let published = vhost.publish(&exchange, message, on_durable).await;
+                    let _ = tx.send((seq, durability));
+                })
+            };
+            publication = publication.on_durable(&mut on_durable);
+        }
+        let published = session.vhost.publish(publication).await;
         published.hold(&mut self.flow);
-        match published.stored {
-            Persisted::Pending => Ok(ticket),
-            Persisted::Unneeded => Ok(0),
-            Persisted::Refused => Err(super::not_stored()),
+        match (published.stored, seq) {
+            (Persisted::Pending, _) | (_, None) => Ok(()),
+            (Persisted::Unneeded, Some(seq)) => {
+                session.receipts.ready(seq);
+                Ok(())
+            }
+            (Persisted::Refused, Some(seq)) => {
+                // The ERROR frame that closes the connection says so: its place in the
+                // ledger has nothing more to say.
+                session.receipts.ready(seq);
+                Err(super::not_stored())
+            }
         }
     }
 

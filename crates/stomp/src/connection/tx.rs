@@ -27,8 +27,9 @@ impl Connection {
         Ok(())
     }
 
-    /// Applies the transaction; returns the durability ticket its receipt waits for.
-    pub(super) async fn on_commit(&mut self, frame: &Frame) -> Result<u64, Refusal> {
+    /// Applies the transaction. Its persistent SENDs take their places in the receipts'
+    /// ledger, so the COMMIT's receipt, owed after them, waits until they are on disk.
+    pub(super) async fn on_commit(&mut self, frame: &Frame) -> Handled {
         let name = Self::transaction_name(frame)?;
         let Some(frames) = self.session_mut()?.transactions.remove(&name) else {
             return Err(Refusal::new(
@@ -36,7 +37,6 @@ impl Connection {
                 format!("transaction '{name}' was not begun"),
             ));
         };
-        let mut ticket = 0;
         for held in frames {
             let held = outside_transaction(held);
             match held.command.as_str() {
@@ -44,14 +44,14 @@ impl Connection {
                     let destination = held.get("destination").unwrap_or_default();
                     let destination = Destination::parse(destination)
                         .map_err(|e| Refusal::new("Invalid destination", e.to_string()))?;
-                    ticket = ticket.max(self.publish(&destination, held).await?);
+                    self.publish(&destination, held).await?;
                 }
                 "ACK" => self.on_ack(&held, false).await?,
                 "NACK" => self.on_ack(&held, true).await?,
                 _ => {}
             }
         }
-        Ok(ticket)
+        Ok(())
     }
 
     pub(super) fn on_abort(&mut self, frame: &Frame) -> Handled {
