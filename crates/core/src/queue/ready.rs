@@ -299,7 +299,7 @@ impl ReadyList {
         let all: Vec<Ready> = self
             .levels
             .iter_mut()
-            .flat_map(|level| std::mem::take(level))
+            .flat_map(std::mem::take)
             .collect();
         for entry in &all {
             self.count_out(entry);
