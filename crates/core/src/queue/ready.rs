@@ -296,11 +296,7 @@ impl ReadyList {
 
     /// Takes every message (purge, deletion).
     pub(super) fn take_all(&mut self) -> Vec<Ready> {
-        let all: Vec<Ready> = self
-            .levels
-            .iter_mut()
-            .flat_map(std::mem::take)
-            .collect();
+        let all: Vec<Ready> = self.levels.iter_mut().flat_map(std::mem::take).collect();
         for entry in &all {
             self.count_out(entry);
         }
