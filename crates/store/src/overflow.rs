@@ -292,7 +292,7 @@ fn decode(data: &[u8]) -> Option<Message> {
 
 impl Overflow for QueueOverflow {
     fn append(&self, message: &Message) -> Option<PagedAt> {
-        let properties = serde_json::to_vec(&message.properties).ok()?;
+        let properties = record::paged_properties(&message.properties);
         let len = u32::try_from(record::paged_len(message, &properties)).ok()?;
         let mut state = lock(&self.state);
         if state.closed || state.failed_at.is_some() {

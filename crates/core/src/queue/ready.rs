@@ -232,7 +232,13 @@ impl ReadyList {
 
     /// Takes the next message to deliver: the head of the highest non-empty level.
     pub(super) fn pop_front(&mut self) -> Option<Ready> {
-        let entry = self.levels.iter_mut().rev().find_map(VecDeque::pop_front)?;
+        let level = self
+            .levels
+            .iter_mut()
+            .rev()
+            .find(|level| !level.is_empty())?;
+        let entry = level.pop_front()?;
+        shrink_if_sparse(level);
         self.count_out(&entry);
         Some(entry)
     }
@@ -273,6 +279,7 @@ impl ReadyList {
                     expired.push(entry);
                 }
             }
+            shrink_if_sparse(level);
         }
         for entry in &expired[first..] {
             self.len = self.len.saturating_sub(1);
@@ -289,11 +296,7 @@ impl ReadyList {
 
     /// Takes every message (purge, deletion).
     pub(super) fn take_all(&mut self) -> Vec<Ready> {
-        let all: Vec<Ready> = self
-            .levels
-            .iter_mut()
-            .flat_map(|level| level.drain(..))
-            .collect();
+        let all: Vec<Ready> = self.levels.iter_mut().flat_map(std::mem::take).collect();
         for entry in &all {
             self.count_out(entry);
         }
@@ -486,6 +489,16 @@ impl ReadyList {
         if let Some(admission) = &self.admission {
             admission.leave(u64::from(entry.size));
         }
+    }
+}
+
+/// Gives back the memory of a level that a long backlog grew and that has mostly drained:
+/// below an eighth of its capacity it shrinks to twice its length (so the copy is paid once
+/// per halving, and a backlog of millions does not keep its index resident once consumed).
+fn shrink_if_sparse(level: &mut VecDeque<Ready>) {
+    const SMALL: usize = 4096;
+    if level.capacity() > SMALL && level.len() < level.capacity() / 8 {
+        level.shrink_to(SMALL.max(level.len() * 2));
     }
 }
 
@@ -698,5 +711,23 @@ mod tests {
         assert!(!list.take_expired(now, false, usize::MAX, &mut expired));
         assert_eq!(expired.len(), 1);
         assert_eq!(list.paged(), 0);
+    }
+
+    #[test]
+    fn a_drained_backlog_gives_its_index_memory_back() {
+        let mut list = ReadyList::new(None, None);
+        for seq in 0..100_000 {
+            list.push_back(paged_entry(seq, 0));
+        }
+        let grown = list.levels[0].capacity();
+        while list.len() > 10 {
+            list.pop_front();
+        }
+        assert!(
+            list.levels[0].capacity() <= 8192,
+            "{grown} -> {}",
+            list.levels[0].capacity()
+        );
+        assert_eq!(seqs(&mut list), (99_990..100_000).collect::<Vec<_>>());
     }
 }
