@@ -135,4 +135,12 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// Takes the messages recovered for a queue at start-up, oldest first (once).
     fn take_recovered(&self, queue: &QueueKey) -> Vec<Recovered>;
+
+    /// When what waits for the store's writer is at its bound, a future that resolves once
+    /// there is room; None when a publish may go now. The pipeline awaits it before it
+    /// writes, so a disk slower than the publishers holds them back without blocking a
+    /// runtime thread.
+    fn room(&self) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>> {
+        None
+    }
 }

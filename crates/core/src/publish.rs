@@ -279,6 +279,16 @@ impl VirtualHost {
             }
             _ => None,
         };
+        if message.store_id.is_some()
+            && let Some(room) = self
+                .storage()
+                .messages
+                .as_ref()
+                .and_then(|store| store.room())
+        {
+            // The store's writer is behind: wait here, not on a runtime thread.
+            room.await;
+        }
         let stored = match self.store_message(&message, &queues, on_durable) {
             Ok(stored) => stored,
             Err(NotStored) => {

@@ -10,6 +10,7 @@
 //! (and publishes are refused), so waiters wake.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -31,40 +32,59 @@ pub fn on_writer_thread() {
     ON_WRITER.with(|on| on.set(true));
 }
 
-/// Bytes on their way to the writer.
+/// Bytes on their way to the writer. Counting is one atomic add per record; the wake-ups
+/// (an async `Notify` for publishers on the runtime, a condition variable for the rest) are
+/// touched only when the backlog crosses its limit.
 pub struct Backlog {
-    state: Mutex<Queued>,
-    room: Condvar,
-    limit: u64,
-}
-
-struct Queued {
-    bytes: u64,
+    bytes: AtomicU64,
     /// The writer has stopped: nobody will take anything any more.
-    stopped: bool,
+    stopped: AtomicBool,
+    limit: u64,
+    room: tokio::sync::Notify,
+    sync_room: (Mutex<()>, Condvar),
 }
 
 impl Backlog {
     /// A backlog that makes publishes wait beyond `limit` bytes.
     pub fn new(limit: u64) -> Self {
         Self {
-            state: Mutex::new(Queued {
-                bytes: 0,
-                stopped: false,
-            }),
-            room: Condvar::new(),
+            bytes: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
             limit,
+            room: tokio::sync::Notify::new(),
+            sync_room: (Mutex::new(()), Condvar::new()),
         }
     }
 
-    /// Waits while the backlog is at its limit (never on the writer thread).
+    /// Whether a publish may place a record now.
+    pub fn has_room(&self) -> bool {
+        self.bytes.load(Ordering::SeqCst) < self.limit || self.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once a publish may place a record (the writer took enough, or stopped).
+    pub async fn room(&self) {
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.has_room() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits, blocking the thread, while the backlog is at its limit (never on the writer
+    /// thread). Publishes on the runtime wait with [`Backlog::room`] first, so this is the
+    /// backstop for the few that race past it.
     pub fn wait_for_room(&self) {
         if ON_WRITER.with(Cell::get) {
             return;
         }
-        let mut queued = lock(&self.state);
-        while queued.bytes >= self.limit && !queued.stopped {
-            queued = match self.room.wait_timeout(queued, RECHECK) {
+        let (mutex, condvar) = &self.sync_room;
+        let mut guard = lock(mutex);
+        while !self.has_room() {
+            guard = match condvar.wait_timeout(guard, RECHECK) {
                 Ok((guard, _)) => guard,
                 Err(poisoned) => poisoned.into_inner().0,
             };
@@ -73,28 +93,62 @@ impl Backlog {
 
     /// `bytes` were placed for the writer.
     pub fn add(&self, bytes: u64) {
-        lock(&self.state).bytes += bytes;
+        self.bytes.fetch_add(bytes, Ordering::SeqCst);
     }
 
     /// The writer took `bytes`.
     pub fn take(&self, bytes: u64) {
-        let mut queued = lock(&self.state);
-        let was_full = queued.bytes >= self.limit;
-        queued.bytes = queued.bytes.saturating_sub(bytes);
-        if was_full && queued.bytes < self.limit {
-            self.room.notify_all();
+        let before = self
+            .bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| {
+                Some(b.saturating_sub(bytes))
+            })
+            .unwrap_or(0);
+        if before >= self.limit && before.saturating_sub(bytes) < self.limit {
+            self.wake();
         }
     }
 
     /// The writer has stopped: waiters go on (and find the log stopped).
     pub fn stop(&self) {
-        lock(&self.state).stopped = true;
-        self.room.notify_all();
+        self.stopped.store(true, Ordering::SeqCst);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        self.room.notify_waiters();
+        let (mutex, condvar) = &self.sync_room;
+        drop(lock(mutex));
+        condvar.notify_all();
     }
 
     /// Bytes waiting for the writer now.
     #[cfg(test)]
     pub fn queued(&self) -> u64 {
-        lock(&self.state).bytes
+        self.bytes.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_publisher_waits_for_room_without_blocking_its_thread() {
+        let backlog = std::sync::Arc::new(Backlog::new(10));
+        backlog.add(12);
+        assert!(!backlog.has_room());
+        let waiting = tokio::spawn({
+            let backlog = backlog.clone();
+            async move { backlog.room().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "no room yet");
+        backlog.take(4);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("room once the writer took enough")
+            .expect("the waiting task");
+        assert!(backlog.has_room());
     }
 }

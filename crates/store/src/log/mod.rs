@@ -313,6 +313,10 @@ impl MessageStore for MessageLog {
     fn take_recovered(&self, queue: &QueueKey) -> Vec<Recovered> {
         lock(&self.recovered).remove(queue).unwrap_or_default()
     }
+
+    fn room(&self) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>> {
+        (!self.backlog.has_room()).then(|| Box::pin(self.backlog.room()) as _)
+    }
 }
 
 impl MessageLog {
