@@ -146,6 +146,8 @@ def table(runs, scenarios):
         extra = scenario.get("extra")
         if extra:
             notes.append(f"- {scenario['title']}: {extra}")
+    if len(lines) == 2:
+        return ""
     if notes:
         lines.append("")
         lines.extend(notes)
@@ -177,7 +179,13 @@ def overload_table(runs, scenarios):
             losses = values(runs, name, broker, "lost")
             if accepted is None and delivered is None:
                 continue
-            lost = f"{max(losses):,.0f}" if losses else "n/a (not guaranteed)"
+            undelivered = values(runs, name, broker, "undelivered")
+            if losses:
+                lost = f"{max(losses):,.0f}"
+            elif undelivered:
+                lost = f"not guaranteed ({max(undelivered):,.0f} undelivered)"
+            else:
+                lost = "n/a"
             memory = f"{hwm / 1024:,.0f} MiB" if hwm is not None else "n/a"
             ratio = "" if broker == "junction" else ratio_text(ours, delivered)
             lines.append(

@@ -9,6 +9,8 @@
 #        stomp      /queue/stalled (durable on RabbitMQ and Junction), a RECEIPT for each SEND
 #        mqtt-qos0  the persistent session perf-stalled-q0 (clean session 0, subscribed to
 #        mqtt-qos1  perf/stalled with QoS 0 or 1, then disconnected) gets QoS 1 publishes
+#                   (MQTT_FILL_QOS=0: QoS 0 publishes, which Junction and RabbitMQ keep as
+#                   transient messages in the session's queue)
 #   2. stall: `junction-perf stall` connects one consumer that reads the answer to its
 #      subscription and then never reads again (AMQP no-ack basic.consume, STOMP ack:auto,
 #      the MQTT session reconnecting), and samples the broker's VmRSS every 50 ms for HOLD s;
@@ -19,6 +21,7 @@
 # Usage: bench/stalled.sh [BROKER...]     BROKER: junction (default), rabbitmq, mosquitto
 # Environment (defaults in brackets):
 #   PROTOCOLS ["amqp stomp mqtt-qos0 mqtt-qos1"]   BACKLOG_MB [300]   SIZE [2048]   HOLD [12]
+#   MQTT_FILL_QOS [1]: the QoS of the publishes that fill an MQTT session
 #   BUILD [1]: 0 skips `cargo build --release`      KEEP_WORK [0]: 1 keeps the logs
 # Takes about 1-2 min per broker and protocol on the 2-core machine (filling 300 MB with
 # confirms is most of it; RabbitMQ also needs ~20 s to boot for each).
@@ -31,6 +34,7 @@ PROTOCOLS=${PROTOCOLS:-amqp stomp mqtt-qos0 mqtt-qos1}
 BACKLOG_MB=${BACKLOG_MB:-300}
 SIZE=${SIZE:-2048}
 HOLD=${HOLD:-12}
+MQTT_FILL_QOS=${MQTT_FILL_QOS:-1}
 count=$((BACKLOG_MB * 1024 * 1024 / SIZE))
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/junction-stalled.XXXXXX")
@@ -89,7 +93,7 @@ for broker in $BROKERS; do
           --client-id "perf-stalled-q$qos")
         run "$log.prepare" "$perf" stall "${session[@]}" --prepare
         run "$log.fill" "$perf" mqtt --port "$mqtt_port" "${common[@]}" --topic perf/stalled \
-          --qos 1 --confirm 512
+          --qos "$MQTT_FILL_QOS" --confirm 512
         stall=("${session[@]}" --clean-up)
         ;;
       *) say "unknown protocol $protocol"; exit 2 ;;

@@ -473,4 +473,48 @@ mod tests {
         assert_eq!(Counters::get(&counters.received), 1);
         assert_eq!(stats.histogram.len(), 1);
     }
+
+    #[test]
+    fn consumer_stats_count_order_per_producer() {
+        let mut stats = ConsumerStats::new(5, Arc::new(Counters::default()));
+        let mut body = payload::blank(16);
+        // Producer 0: 0 1 2 4 (3 skipped) 3 (out of order); producer 1: 0 1 1 (repeated).
+        for (producer, seq) in [
+            (0, 0),
+            (1, 0),
+            (0, 1),
+            (0, 2),
+            (1, 1),
+            (0, 4),
+            (0, 3),
+            (1, 1),
+        ] {
+            payload::stamp(&mut body, 5, producer, seq);
+            stats.record(&body);
+        }
+        assert_eq!(
+            (stats.received, stats.skipped, stats.out_of_order),
+            (8, 1, 2)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pacer_stops_at_its_count() {
+        let start = Instant::now();
+        let mut pacer = Pacer {
+            rate: None,
+            start,
+            deadline: start + Duration::from_secs(60),
+            issued: 0,
+            batch: 100,
+            limit: Some(250),
+        };
+        let mut total = 0;
+        while let Some(n) = pacer.next().await {
+            pacer.issued(n);
+            total += n;
+        }
+        assert_eq!(total, 250);
+        assert!(pacer.over());
+    }
 }
