@@ -345,7 +345,7 @@ compare_idle() {
 overload() {
   local name=$1 title=$2 brokers=$3 protocol=$4
   shift 4
-  local args=("$@") peer_list=${3#junction }
+  local args=("$@") peer_list=${brokers#junction }
   describe "$name" "$title" "$peer_list" "$peer_list" overload "msg/s" higher \
     "junction-perf $protocol ${args[*]} --duration $DURATION --drain $OVERLOAD_DRAIN"
   say "$title: $brokers, $ROUNDS rounds of $DURATION s, fresh brokers"
