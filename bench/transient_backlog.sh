@@ -4,9 +4,11 @@
 # then consume them all and check that every one arrives, in order.
 #
 # For each broker, freshly started (so VmHWM is this run's peak):
-#   1. publish: `junction-perf amqp --producers 1 --consumers 0 --count N --keep` (one lapin
-#      publisher, flat out, no confirms) into perf-q-0 (not durable); every body carries the
-#      run tag and a sequence number;
+#   1. publish: `junction-perf amqp --producers 1 --consumers 0 --count N --confirm 1000
+#      --keep` (one lapin publisher, flat out, publisher confirms so that every message is
+#      known to be in the queue: without them RabbitMQ lost the last few dozen when the
+#      publisher closed) into perf-q-0 (not durable); every body carries the run tag and a
+#      sequence number;
 #   2. the broker's VmHWM and VmRSS once the publisher is done;
 #   3. drain: `junction-perf amqp --producers 0 --consumers 1 --existing --expect N` (manual
 #      acks, prefetch 1000) with the same --run-id; the tool counts sequence numbers that
@@ -47,10 +49,12 @@ for broker in $BROKERS; do
   run_id=backlog$RANDOM
   say "$broker: publishing $count x $SIZE B transient to perf-q-0 (no consumer)"
   "$perf" amqp --port "$amqp_port" --producers 1 --consumers 0 --queues 1 --size "$SIZE" \
-    --count "$count" --duration 100000 --drain 1 --keep --run-id "$run_id" \
+    --count "$count" --confirm 1000 --duration 100000 --drain 1 --keep --run-id "$run_id" \
     --broker-pid "$broker_pid" --quiet > "$work/$broker.publish" 2>&1 || {
     say "publishing failed"; tail -5 "$work/$broker.publish" >&2; exit 1; }
   publish=$(sed -n 's/^JSON //p' "$work/$broker.publish")
+  confirmed=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["confirmed"])' "$publish")
+  [ "$confirmed" = "$count" ] || say "WARNING: only $confirmed of $count publishes were confirmed"
   hwm=$(kib VmHWM "$broker_pid")
   rss=$(kib VmRSS "$broker_pid")
   say "$broker: published; resident $((rss / 1024)) MiB, peak (VmHWM) $((hwm / 1024)) MiB; draining"
