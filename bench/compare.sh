@@ -21,7 +21,19 @@
 #   DRAIN [10]     seconds a run may drain after publishing (junction-perf --drain)
 #   SCENARIOS      space-separated subset of: amqp-idle mqtt-idle amqp-transient amqp-ack
 #                  amqp-persistent amqp-fanout amqp-latency mqtt-qos0 mqtt-qos1 stomp relay
-#                  relay-unbatched
+#                  relay-unbatched overload-mqtt-qos0 overload-mqtt-qos1 overload-amqp
+#                  overload-stomp
+#   OVERLOAD_DRAIN [60]   --drain of the overload scenarios (issue 14): flat out for DURATION
+#                  s against a freshly started broker each (so its VmHWM is that run's peak),
+#                  then up to this long to deliver what the broker accepted. Each reports
+#                  accepted msg/s (written, or acknowledged with QoS 1), delivered msg/s,
+#                  messages lost where delivery is guaranteed, and the broker's VmHWM:
+#                    overload-mqtt-qos0  10 publishers -> 1 subscriber, 64 B, QoS 0
+#                    overload-mqtt-qos1  the same with QoS 1 (publish and subscription)
+#                      (both against Junction, Mosquitto and RabbitMQ's MQTT plugin)
+#                    overload-amqp       1 -> 1, 16 B transient, auto-ack, no confirms
+#                    overload-stomp      1 -> 1, 16 B, ack:auto, no receipts
+#                      (both against Junction and RabbitMQ)
 #   AMQP_IDLE [1000] / MQTT_IDLE [10000]   idle connections in the memory scenarios (MQTT
 #                  idle connections are cheap: with fewer, the freed memory of the connect
 #                  burst weighs on the per-connection figure)
@@ -44,7 +56,9 @@ LATENCY_RATE=${LATENCY_RATE:-}
 RESULTS=${RESULTS:-bench/RESULTS.md}
 KEEP_WORK=${KEEP_WORK:-0}
 ALL_SCENARIOS="amqp-idle mqtt-idle amqp-transient amqp-ack amqp-persistent amqp-fanout \
-amqp-latency mqtt-qos0 mqtt-qos1 stomp relay relay-unbatched"
+amqp-latency mqtt-qos0 mqtt-qos1 stomp relay relay-unbatched overload-mqtt-qos0 \
+overload-mqtt-qos1 overload-amqp overload-stomp"
+OVERLOAD_DRAIN=${OVERLOAD_DRAIN:-60}
 SCENARIOS=${SCENARIOS:-$ALL_SCENARIOS}
 
 peers=bench/peers/peers.sh
@@ -325,6 +339,38 @@ compare_idle() {
   done
 }
 
+# overload NAME TITLE BROKERS PROTOCOL PERF_ARGS...: ROUNDS rounds over the space-separated
+# BROKERS (junction first), each run against a freshly started broker, so that the VmHWM
+# junction-perf reads at the end is that run's peak. Junction is stopped afterwards.
+overload() {
+  local name=$1 title=$2 brokers=$3 protocol=$4
+  shift 4
+  local args=("$@") peer_list=${brokers#junction }
+  describe "$name" "$title" "$peer_list" "$peer_list" overload "msg/s" higher \
+    "junction-perf $protocol ${args[*]} --duration $DURATION --drain $OVERLOAD_DRAIN"
+  say "$title: $brokers, $ROUNDS rounds of $DURATION s, fresh brokers"
+  local round broker port pid
+  for round in $(seq 1 "$ROUNDS"); do
+    for broker in $brokers; do
+      if [ "$broker" = junction ]; then
+        stop_junction
+        start_junction "$name-$round"
+      else
+        "$peers" stop "$broker"
+        "$peers" start "$broker"
+      fi
+      read -r port pid < <(target_of "$broker" "$protocol")
+      run_tool "$name" "$broker" "$round" "$perf" "$protocol" --port "$port" \
+        --broker-pid "$pid" --duration "$DURATION" --drain "$OVERLOAD_DRAIN" --quiet "${args[@]}"
+      if [ "$broker" = junction ]; then
+        stop_junction
+      else
+        "$peers" stop "$broker"
+      fi
+    done
+  done
+}
+
 # ---------------------------------------------------------------------------------------------
 say "installing the peers (if missing) and building"
 "$peers" install
@@ -427,6 +473,31 @@ if wants relay-unbatched; then
     relay "TCP relay" received_per_s "msg/s" higher amqp "${transient[@]}"
 fi
 
+# The overload scenarios (issue 14), each broker started afresh for every run; the peers are
+# left running afterwards, as the report reads their versions.
+if wants overload-mqtt-qos0 || wants overload-mqtt-qos1 || wants overload-amqp \
+  || wants overload-stomp; then
+  stop_junction
+fi
+overload_mqtt=(--producers 10 --consumers 1 --size 64)
+if wants overload-mqtt-qos0; then
+  overload overload-mqtt-qos0 "Overload: MQTT QoS 0, 10 publishers to 1 subscriber, 64 B" \
+    "junction mosquitto rabbitmq" mqtt "${overload_mqtt[@]}" --qos 0
+fi
+if wants overload-mqtt-qos1; then
+  overload overload-mqtt-qos1 "Overload: MQTT QoS 1, 10 publishers to 1 subscriber, 64 B" \
+    "junction mosquitto rabbitmq" mqtt "${overload_mqtt[@]}" --qos 1
+fi
+if wants overload-amqp; then
+  overload overload-amqp "Overload: AMQP 1 pub 1 con, 16 B transient, auto-ack, no confirms" \
+    "junction rabbitmq" amqp --producers 1 --consumers 1 --queues 1 --size 16 --auto-ack
+fi
+if wants overload-stomp; then
+  overload overload-stomp "Overload: STOMP 1 producer 1 consumer, 16 B, ack:auto" \
+    "junction rabbitmq" stomp --producers 1 --consumers 1 --size 16 --auto-ack
+fi
+for peer in rabbitmq mosquitto; do "$peers" start "$peer" > /dev/null 2>&1 || true; done
+
 # ---------------------------------------------------------------------------------------------
 # The report.
 commit=$(git rev-parse --short HEAD)
@@ -451,6 +522,16 @@ section=$work/section.md
   echo
   python3 bench/compare_report.py table "$runs" "$scenarios_file"
   echo
+  if grep -q '"metric": "overload"' "$scenarios_file"; then
+    echo "Overload (issue 14): each run flat out for $DURATION s against a freshly started broker,"
+    echo "then up to $OVERLOAD_DRAIN s to deliver. Accepted: messages the publishers wrote (QoS 0,"
+    echo "transient) or the broker acknowledged (QoS 1), per second of publishing; delivered:"
+    echo "messages the subscriber got, per second until the last one; lost: acknowledged but"
+    echo "never delivered (where delivery is guaranteed); peak memory: the broker's VmHWM."
+    echo
+    python3 bench/compare_report.py overload "$runs" "$scenarios_file"
+    echo
+  fi
   echo "Command lines (each also gets \`--port --broker-pid --drain $DRAIN --quiet\`):"
   echo
   # shellcheck disable=SC2016 # backquotes for Markdown, not for the shell

@@ -10,6 +10,8 @@ peer_title, metric, unit, better, extra).
 Commands:
   compare_report.py median RUNS SCENARIO BROKER FIELD   prints the median of one figure
   compare_report.py table RUNS SCENARIOS                prints the Markdown table
+  compare_report.py overload RUNS SCENARIOS             prints the overload scenarios' table
+                                                        (those whose metric is "overload")
 
 Field names are read in either spelling: junction-perf's flat ones (received_per_s,
 latency_p99_us, broker_received_per_cpu_s) or the nested ones first planned for it
@@ -119,6 +121,8 @@ def table(runs, scenarios):
     notes = []
     for scenario in scenarios:
         name, metric, unit = scenario["name"], scenario["metric"], scenario["unit"]
+        if metric == "overload":
+            continue
         peer = scenario["peer"]
         ours = median(runs, name, "junction", metric)
         theirs = median(runs, name, peer, metric)
@@ -142,6 +146,56 @@ def table(runs, scenarios):
         extra = scenario.get("extra")
         if extra:
             notes.append(f"- {scenario['title']}: {extra}")
+    if len(lines) == 2:
+        return ""
+    if notes:
+        lines.append("")
+        lines.extend(notes)
+    return "\n".join(lines)
+
+
+BROKER_TITLES = {"junction": "Junction", "mosquitto": "Mosquitto", "rabbitmq": "RabbitMQ"}
+
+
+def overload_table(runs, scenarios):
+    """One row per overload scenario and broker: medians of accepted and delivered msg/s and
+    of the broker's VmHWM, the largest loss of any round, and Junction's delivered rate over
+    each peer's."""
+    lines = [
+        "| scenario | broker | accepted msg/s | delivered msg/s | lost (worst round) | "
+        "peak memory (VmHWM) | delivered, Junction / broker |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for scenario in scenarios:
+        if scenario["metric"] != "overload":
+            continue
+        name = scenario["name"]
+        ours = median(runs, name, "junction", "received_per_s")
+        for broker in ["junction"] + scenario["peer"].split():
+            accepted = median(runs, name, broker, "accepted_per_s")
+            delivered = median(runs, name, broker, "received_per_s")
+            hwm = median(runs, name, broker, "broker_hwm_kib")
+            losses = values(runs, name, broker, "lost")
+            if accepted is None and delivered is None:
+                continue
+            undelivered = values(runs, name, broker, "undelivered")
+            if losses:
+                lost = f"{max(losses):,.0f}"
+            elif undelivered:
+                lost = f"not guaranteed ({max(undelivered):,.0f} undelivered)"
+            else:
+                lost = "n/a"
+            memory = f"{hwm / 1024:,.0f} MiB" if hwm is not None else "n/a"
+            ratio = "" if broker == "junction" else ratio_text(ours, delivered)
+            lines.append(
+                f"| {scenario['title']} | {BROKER_TITLES.get(broker, broker)} | "
+                f"{number(accepted, '')} | {number(delivered, '')} | {lost} | {memory} | "
+                f"{ratio} |"
+            )
+            note = problems(runs, name, broker)
+            if note:
+                notes.append(f"- {scenario['title']}, {BROKER_TITLES.get(broker, broker)}: {note}.")
     if notes:
         lines.append("")
         lines.extend(notes)
@@ -152,6 +206,9 @@ def main(argv):
     if len(argv) == 6 and argv[1] == "median":
         value = median(load(argv[2]), argv[3], argv[4], argv[5])
         print("" if value is None else f"{value:.1f}")
+        return 0
+    if len(argv) == 4 and argv[1] == "overload":
+        print(overload_table(load(argv[2]), load(argv[3])))
         return 0
     if len(argv) == 4 and argv[1] == "table":
         print(table(load(argv[2]), load(argv[3])))

@@ -195,7 +195,9 @@ pub async fn run(args: AmqpArgs) -> anyhow::Result<i32> {
     let plan = Arc::new(Plan::new(&args)?);
     let common = bench.common.clone();
     let setup = connect(&plan.url).await?;
-    declare(&setup, &plan, &args).await?;
+    if !args.existing {
+        declare(&setup, &plan, &args).await?;
+    }
 
     // Consumers first, each subscribed before the clock starts.
     let ack_every = (!args.auto_ack).then(|| match args.prefetch {
@@ -284,11 +286,11 @@ pub async fn run(args: AmqpArgs) -> anyhow::Result<i32> {
     } else {
         Counters::get(&bench.counters.sent)
     };
-    let expected = counted * copies;
+    let expected = counted * copies + common.expect;
     bench.drain(Some(expected)).await;
     let stats = join_all(consumers).await?;
     let timing = bench.finish()?;
-    if !args.keep {
+    if !args.keep && !args.existing {
         clean_up(&setup, &plan)
             .await
             .context("cannot delete the queues")?;
@@ -304,6 +306,7 @@ pub async fn run(args: AmqpArgs) -> anyhow::Result<i32> {
     settings.insert("persistent".into(), json!(args.persistent));
     settings.insert("auto_ack".into(), json!(args.auto_ack));
     settings.insert("prefetch".into(), json!(args.prefetch));
+    settings.insert("existing".into(), json!(args.existing));
     let scenario = format!(
         "{} producer(s), {} consumer(s), {} queue(s){}, {} B, {}, {}, {}, {}, {} s",
         common.producers,

@@ -1,6 +1,6 @@
 //! What every run shares, whatever the protocol: the counters, the consumers' measurements,
-//! the producers' pacing, the phases of a run (begin, publish, drain, stop) and the CPU
-//! samples.
+//! the producers' pacing, the phases of a run (begin, publish, drain, stop), the CPU samples
+//! and the broker's memory.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::cli::Common;
+use crate::memory::{self, Sampler};
 use crate::payload;
 
 /// Counters that every task of a run adds to.
@@ -58,6 +59,14 @@ pub struct ConsumerStats {
     pub foreign: u64,
     /// When the last message of this run arrived ([`payload::now_nanos`]).
     pub last_nanos: u64,
+    /// Messages whose sequence number was not above the last one seen from the same
+    /// producer (redeliveries, duplicates, reordering).
+    pub out_of_order: u64,
+    /// Sequence numbers jumped over: messages of a producer that did not arrive between two
+    /// that did (lost, or not yet arrived when the run ended).
+    pub skipped: u64,
+    /// The next sequence number expected from each producer.
+    next_seq: Vec<Option<u32>>,
     run_tag: u16,
     counters: Arc<Counters>,
 }
@@ -69,6 +78,9 @@ impl ConsumerStats {
             received: 0,
             foreign: 0,
             last_nanos: 0,
+            out_of_order: 0,
+            skipped: 0,
+            next_seq: Vec::new(),
             run_tag,
             counters,
         }
@@ -83,9 +95,25 @@ impl ConsumerStats {
                     .saturating_record(now.saturating_sub(stamp.sent_nanos).max(1));
                 self.received += 1;
                 self.last_nanos = now;
+                self.check_order(stamp.producer, stamp.seq);
                 Counters::add(&self.counters.received, 1);
             }
             _ => self.foreign += 1,
+        }
+    }
+
+    /// Counts a message that came out of order, or the messages skipped before it.
+    fn check_order(&mut self, producer: u16, seq: u32) {
+        let producer = usize::from(producer);
+        if self.next_seq.len() <= producer {
+            self.next_seq.resize(producer + 1, None);
+        }
+        let next = self.next_seq[producer].unwrap_or(0);
+        if seq >= next {
+            self.skipped += u64::from(seq - next);
+            self.next_seq[producer] = Some(seq.wrapping_add(1));
+        } else {
+            self.out_of_order += 1;
         }
     }
 }
@@ -99,6 +127,8 @@ pub struct Pacer {
     deadline: Instant,
     issued: u64,
     batch: usize,
+    /// Messages this producer publishes at most (`None`: no limit).
+    limit: Option<u64>,
 }
 
 impl Pacer {
@@ -110,8 +140,13 @@ impl Pacer {
             if now >= self.deadline {
                 return None;
             }
+            let left = match self.limit {
+                Some(limit) if self.issued >= limit => return None,
+                Some(limit) => (limit - self.issued).min(self.batch as u64) as usize,
+                None => self.batch,
+            };
             let Some(rate) = self.rate else {
-                return Some(self.batch);
+                return Some(left);
             };
             let elapsed = now.saturating_duration_since(self.start).as_secs_f64();
             let due = if now < self.start {
@@ -120,7 +155,7 @@ impl Pacer {
                 (elapsed * rate).floor() as u64 + 1
             };
             if due > self.issued {
-                let n = (due - self.issued).min(self.batch as u64);
+                let n = (due - self.issued).min(left as u64);
                 return Some(n as usize);
             }
             let next = self.start + Duration::from_secs_f64(self.issued as f64 / rate);
@@ -133,9 +168,9 @@ impl Pacer {
         self.issued += n as u64;
     }
 
-    /// Whether the publishing time is over.
+    /// Whether the publishing time is over (or the producer published its `--count`).
     pub fn over(&self) -> bool {
-        Instant::now() >= self.deadline
+        Instant::now() >= self.deadline || self.limit.is_some_and(|limit| self.issued >= limit)
     }
 }
 
@@ -190,6 +225,7 @@ struct Begun {
     tool_cpu: Option<f64>,
     progress: Option<JoinHandle<()>>,
     producers_done: Option<Instant>,
+    memory: Option<Sampler>,
 }
 
 /// Times and CPU figures of a finished run.
@@ -203,6 +239,8 @@ pub struct Timing {
     pub broker_cpu: Option<f64>,
     /// This tool's CPU seconds over the run.
     pub tool_cpu: Option<f64>,
+    /// The broker's resident memory over the run, if `--broker-pid` was given.
+    pub memory: Option<memory::Figures>,
 }
 
 impl Bench {
@@ -239,6 +277,7 @@ impl Bench {
             None => None,
         };
         let tool_cpu = cpu_seconds("self").ok();
+        let memory = self.common.broker_pid.and_then(Sampler::start);
         let at = Instant::now();
         let progress = (!self.common.quiet).then(|| tokio::spawn(progress(self.counters.clone())));
         self.begun = Some(Begun {
@@ -249,6 +288,7 @@ impl Bench {
             tool_cpu,
             progress,
             producers_done: None,
+            memory,
         });
         Ok(())
     }
@@ -272,6 +312,7 @@ impl Bench {
             deadline: begun.deadline,
             issued: 0,
             batch: self.common.batch,
+            limit: (self.common.count > 0).then_some(self.common.count),
         }
     }
 
@@ -336,6 +377,7 @@ impl Bench {
             start_nanos: begun.at_nanos,
             broker_cpu,
             tool_cpu,
+            memory: begun.memory.take().map(Sampler::stop),
         })
     }
 }
@@ -406,6 +448,7 @@ mod tests {
             deadline: start + Duration::from_millis(200),
             issued: 0,
             batch: 10,
+            limit: None,
         };
         let mut total = 0;
         while let Some(n) = pacer.next().await {
@@ -429,5 +472,49 @@ mod tests {
         assert_eq!((stats.received, stats.foreign), (1, 2));
         assert_eq!(Counters::get(&counters.received), 1);
         assert_eq!(stats.histogram.len(), 1);
+    }
+
+    #[test]
+    fn consumer_stats_count_order_per_producer() {
+        let mut stats = ConsumerStats::new(5, Arc::new(Counters::default()));
+        let mut body = payload::blank(16);
+        // Producer 0: 0 1 2 4 (3 skipped) 3 (out of order); producer 1: 0 1 1 (repeated).
+        for (producer, seq) in [
+            (0, 0),
+            (1, 0),
+            (0, 1),
+            (0, 2),
+            (1, 1),
+            (0, 4),
+            (0, 3),
+            (1, 1),
+        ] {
+            payload::stamp(&mut body, 5, producer, seq);
+            stats.record(&body);
+        }
+        assert_eq!(
+            (stats.received, stats.skipped, stats.out_of_order),
+            (8, 1, 2)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pacer_stops_at_its_count() {
+        let start = Instant::now();
+        let mut pacer = Pacer {
+            rate: None,
+            start,
+            deadline: start + Duration::from_secs(60),
+            issued: 0,
+            batch: 100,
+            limit: Some(250),
+        };
+        let mut total = 0;
+        while let Some(n) = pacer.next().await {
+            pacer.issued(n);
+            total += n;
+        }
+        assert_eq!(total, 250);
+        assert!(pacer.over());
     }
 }

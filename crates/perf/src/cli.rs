@@ -24,13 +24,81 @@ pub enum Protocol {
     /// AMQP 0-9-1 with lapin: queues `perf-q-<i>` (declared by the tool), optionally behind an
     /// exchange.
     Amqp(AmqpArgs),
-    /// MQTT 3.1.1 with rumqttc: publishers and subscribers on topic `perf/<run-id>`.
+    /// MQTT 3.1.1 with a pipelined client of the tool's own: publishers and subscribers on
+    /// topic `perf/<run-id>`.
     Mqtt(MqttArgs),
     /// STOMP 1.2 with a small built-in client: SEND to and SUBSCRIBE on `/queue/perf-<run-id>`.
     Stomp(StompArgs),
     /// Bindings on `amq.topic`: time many MQTT subscriptions, or create many durable AMQP
     /// bindings for a restart to recover (see `bench/bindings.sh`).
     Bindings(BindingsArgs),
+    /// A consumer that stops reading its socket: it subscribes to a queue (or an MQTT
+    /// session) that holds a backlog, then never reads, while the broker's resident memory
+    /// is sampled (see `bench/stalled.sh`).
+    Stall(StallArgs),
+}
+
+/// The protocol of a stalled consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StallProtocol {
+    /// AMQP 0-9-1 `basic.consume` with no-ack on --queue.
+    Amqp,
+    /// STOMP `SUBSCRIBE` with `ack:auto` on --destination.
+    Stomp,
+    /// MQTT 3.1.1: the persistent session --client-id (subscribed to --topic with --qos by
+    /// `--prepare`) connects again.
+    Mqtt,
+}
+
+/// Options of a stalled consumer.
+#[derive(Debug, Clone, Args)]
+pub struct StallArgs {
+    /// The protocol.
+    #[arg(long, value_enum)]
+    pub protocol: StallProtocol,
+    /// Broker host.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Broker port [default: 5672 for AMQP, 1883 for MQTT, 61613 for STOMP].
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// User name.
+    #[arg(long, default_value = "guest")]
+    pub user: String,
+    /// Password.
+    #[arg(long, default_value = "guest")]
+    pub password: String,
+    /// Virtual host (AMQP `connection.open`, STOMP `host`).
+    #[arg(long, default_value = "/")]
+    pub vhost: String,
+    /// AMQP: the queue to consume from.
+    #[arg(long, default_value = "perf-q-0")]
+    pub queue: String,
+    /// STOMP: the destination to subscribe to.
+    #[arg(long, default_value = "/queue/stalled")]
+    pub destination: String,
+    /// MQTT: the topic filter of the session's subscription.
+    #[arg(long, default_value = "perf/stalled")]
+    pub topic: String,
+    /// MQTT: the QoS of the subscription.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: u8,
+    /// MQTT: the persistent session's client id.
+    #[arg(long, default_value = "perf-stalled")]
+    pub client_id: String,
+    /// MQTT: only create the persistent session (connect with clean session 0, subscribe,
+    /// disconnect), so that publishes queue up for it; nothing is measured.
+    #[arg(long)]
+    pub prepare: bool,
+    /// MQTT: at the end, drop the session (connect again with clean session 1).
+    #[arg(long)]
+    pub clean_up: bool,
+    /// How long the consumer stays stalled while memory is sampled, in seconds.
+    #[arg(long, default_value_t = 12.0)]
+    pub hold: f64,
+    /// The broker's process id, whose VmRSS is sampled (required unless --prepare).
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
 }
 
 /// What the bindings benchmark does.
@@ -106,6 +174,14 @@ pub struct Common {
     /// How long the producers publish, in seconds.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
+    /// Messages each producer publishes at most (0: no limit); a producer stops at its count
+    /// or at the end of --duration, whichever comes first.
+    #[arg(long, default_value_t = 0)]
+    pub count: u64,
+    /// Deliveries the consumers should get besides the producers' own: what an earlier run
+    /// with the same --run-id left in a queue (see `--producers 0` and AMQP's --existing).
+    #[arg(long, default_value_t = 0)]
+    pub expect: u64,
     /// After the producers stop, how long the consumers may go on draining, at most, in
     /// seconds; they stop earlier once everything expected arrived or nothing arrived for
     /// --idle seconds.
@@ -171,6 +247,10 @@ pub struct AmqpArgs {
     /// Leave the queues and the exchange on the broker at the end.
     #[arg(long)]
     pub keep: bool,
+    /// Use the queues (and exchange) as they are: neither delete nor declare them at the
+    /// start, nor delete them at the end (to drain a backlog an earlier `--keep` run left).
+    #[arg(long)]
+    pub existing: bool,
 }
 
 /// Options of an MQTT run.
@@ -184,7 +264,7 @@ pub struct MqttArgs {
     /// acknowledged publish arrived.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub qos: u8,
-    /// QoS 1/2 publishes in flight per publisher (rumqttc's inflight window).
+    /// QoS 1/2 publishes in flight per publisher (packet ids not yet acknowledged).
     #[arg(long, value_name = "WINDOW", default_value_t = 100)]
     pub confirm: u16,
     /// Topic [default: perf/<run-id>].

@@ -5,9 +5,12 @@ mod amqp;
 mod bench;
 mod bindings;
 mod cli;
+mod memory;
 mod mqtt;
+mod mqtt_wire;
 mod payload;
 mod report;
+mod stall;
 mod stomp;
 
 use clap::Parser;
@@ -31,6 +34,7 @@ fn main() -> std::process::ExitCode {
             Protocol::Mqtt(args) => mqtt::run(args).await,
             Protocol::Stomp(args) => stomp::run(args).await,
             Protocol::Bindings(args) => bindings::run(args).await,
+            Protocol::Stall(args) => stall::run(args).await,
         }
     });
     // Connections that are still closing must not hold the process up.
@@ -63,8 +67,10 @@ fn runtime_for(protocol: &Protocol) -> tokio::runtime::Builder {
         Protocol::Amqp(args) if args.common.rate <= 0.0 => {
             tokio::runtime::Builder::new_current_thread()
         }
-        Protocol::Amqp(_) | Protocol::Mqtt(_) | Protocol::Stomp(_) | Protocol::Bindings(_) => {
-            tokio::runtime::Builder::new_multi_thread()
-        }
+        Protocol::Amqp(_)
+        | Protocol::Mqtt(_)
+        | Protocol::Stomp(_)
+        | Protocol::Bindings(_)
+        | Protocol::Stall(_) => tokio::runtime::Builder::new_multi_thread(),
     }
 }

@@ -1,27 +1,51 @@
-//! MQTT 3.1.1 runs with rumqttc: publishers and subscribers on one topic, each its own
-//! connection (clean session); every subscriber gets every message.
+//! MQTT 3.1.1 runs: publishers and subscribers on one topic, each its own connection (clean
+//! session); every subscriber gets every message.
+//!
+//! The client is the tool's own ([`crate::mqtt_wire`] over tokio TCP), so that it can push
+//! harder than a broker takes: a publisher encodes a whole batch of PUBLISH packets into one
+//! buffer and writes it with one call (flat out, batches of about 64 KiB), and with QoS 1 or 2
+//! keeps up to `--confirm` packet ids in flight while a reader task counts the PUBACKs (or
+//! answers PUBREC with PUBREL and counts PUBCOMPs) as they come. A subscriber reads up to
+//! 256 KiB at a time, parses every packet of the read in place, and acknowledges a read's QoS 1
+//! and 2 deliveries with one write. Connections ask for no keep-alive, so no PINGREQ is needed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use bytes::Bytes;
-use rumqttc::{
-    AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, NetworkOptions, Outgoing,
-    Packet, QoS, SubscribeReasonCode,
-};
+use bytes::{Buf, BytesMut};
 use serde_json::{Map, json};
-use tokio::sync::watch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{Mutex, Semaphore, watch};
 
 use crate::amqp::rate_text;
 use crate::bench::{Bench, ConsumerStats, Counters, Pacer, join_all};
 use crate::cli::{Endpoint, MqttArgs};
+use crate::mqtt_wire::{self, ConnectOptions, Packet};
 use crate::payload;
 use crate::report::{Summary, report};
 
 /// How long connecting and subscribing may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A flat-out publisher fills its buffer up to about this much before writing it.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
+/// A flat-out subscriber whose read brought less than this waits [`SMALL_READ_PAUSE`] before
+/// reading again: a broker that writes each PUBLISH on its own would otherwise wake it for
+/// every message, and on two cores that CPU is taken from the broker. The socket's buffer
+/// holds what arrives meanwhile.
+const SMALL_READ: usize = 16 * 1024;
+/// See [`SMALL_READ`].
+const SMALL_READ_PAUSE: Duration = Duration::from_millis(1);
+
+/// The read buffer keeps at least this much room before a read...
+const READ_MIN_ROOM: usize = 64 * 1024;
+/// ...and grows by this much when it has less.
+const READ_GROW: usize = 256 * 1024;
 
 /// Runs an MQTT benchmark; returns the exit code.
 pub async fn run(args: MqttArgs) -> anyhow::Result<i32> {
@@ -32,60 +56,51 @@ pub async fn run(args: MqttArgs) -> anyhow::Result<i32> {
         .topic
         .clone()
         .unwrap_or_else(|| format!("perf/{}", bench.run_id));
-    let qos = match args.qos {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    };
-    let max_packet = (common.size + topic.len() + 64).max(10 * 1024);
-    let settings = Settings {
-        endpoint,
-        run_id: bench.run_id.clone(),
-        max_packet,
-        qos,
-    };
+    let qos = args.qos;
 
     let mut subscribers = Vec::with_capacity(common.consumers);
     for index in 0..common.consumers {
-        let (client, mut eventloop) = settings.client(&format!("s{index}"), 100, 16);
-        client.subscribe(topic.as_str(), qos).await?;
-        tokio::time::timeout(SETUP_TIMEOUT, await_suback(&mut eventloop))
+        let name = format!("perf-{}-s{index}", bench.run_id);
+        let (mut reader, mut write) = connect(&endpoint, &name, true).await?;
+        let mut out = Vec::new();
+        mqtt_wire::subscribe(&mut out, 1, &topic, qos);
+        write.write_all(&out).await?;
+        tokio::time::timeout(SETUP_TIMEOUT, reader.expect(mqtt_wire::SUBACK))
             .await
-            .context("no SUBACK in time")??;
+            .context("no SUBACK in time")??
+            .ack_code()
+            .filter(|code| *code != 0x80)
+            .context("subscription refused")?;
         subscribers.push(tokio::spawn(subscribe(
-            client,
-            eventloop,
+            reader,
+            write,
             bench.consumer_stats(),
             bench.stop_signal(),
+            common.rate <= 0.0 && qos == 0,
         )));
     }
 
-    let mut publishers = Vec::with_capacity(common.producers);
     let mut connected = Vec::with_capacity(common.producers);
     for index in 0..common.producers {
-        let (client, mut eventloop) = settings.client(
-            &format!("p{index}"),
-            args.confirm.max(1),
-            common.batch.max(16),
-        );
-        tokio::time::timeout(SETUP_TIMEOUT, await_connack(&mut eventloop))
-            .await
-            .context("no CONNACK in time")??;
-        connected.push((client, eventloop));
+        let name = format!("perf-{}-p{index}", bench.run_id);
+        connected.push(connect(&endpoint, &name, true).await?);
     }
     bench.begin()?;
-    for (index, (client, eventloop)) in connected.into_iter().enumerate() {
+    let mut publishers = Vec::with_capacity(common.producers);
+    for (index, (reader, write)) in connected.into_iter().enumerate() {
         let publisher = Publisher {
             index: index as u16,
             run_tag: bench.run_tag,
             size: common.size,
             topic: topic.clone(),
             qos,
+            window: usize::from(args.confirm.max(1)),
+            flat_out: common.rate <= 0.0,
             counters: bench.counters.clone(),
             confirm_deadline: bench.confirm_deadline(),
         };
         let pacer = bench.pacer(index);
-        publishers.push(tokio::spawn(publisher.run(client, eventloop, pacer)));
+        publishers.push(tokio::spawn(publisher.run(reader, write, pacer)));
     }
     let published = join_all(publishers).await;
     bench.producers_done();
@@ -95,14 +110,14 @@ pub async fn run(args: MqttArgs) -> anyhow::Result<i32> {
         return Err(error);
     }
 
-    let confirms = qos != QoS::AtMostOnce;
+    let confirms = qos > 0;
     let copies = common.consumers as u64;
     let counted = if confirms {
         Counters::get(&bench.counters.confirmed)
     } else {
         Counters::get(&bench.counters.sent)
     };
-    let expected = counted * copies;
+    let expected = counted * copies + common.expect;
     bench.drain(Some(expected)).await;
     let stats = join_all(subscribers).await?;
     let timing = bench.finish()?;
@@ -137,116 +152,173 @@ pub async fn run(args: MqttArgs) -> anyhow::Result<i32> {
     report(&bench, summary, &stats, &timing)
 }
 
-/// What every connection of a run shares.
-struct Settings {
-    endpoint: Endpoint,
-    run_id: String,
-    max_packet: usize,
-    qos: QoS,
+/// The reading half of a connection and its buffer.
+pub struct Reader {
+    read: OwnedReadHalf,
+    buf: BytesMut,
+    /// Bytes the last read brought.
+    last_read: usize,
 }
 
-impl Settings {
-    /// A client and its event loop for the connection called `name` (client id
-    /// `perf-<run-id>-<name>`), with TCP_NODELAY (rumqttc leaves Nagle's algorithm on, which
-    /// holds QoS 0 publishes back for tens of milliseconds when nothing flows the other way).
-    fn client(&self, name: &str, inflight: u16, capacity: usize) -> (AsyncClient, EventLoop) {
-        let (client, mut eventloop) = AsyncClient::new(self.options(name, inflight), capacity);
-        let mut network = NetworkOptions::new();
-        network.set_tcp_nodelay(true);
-        network.set_connection_timeout(SETUP_TIMEOUT.as_secs());
-        eventloop.set_network_options(network);
-        (client, eventloop)
-    }
-
-    /// Options for the connection called `name`.
-    fn options(&self, name: &str, inflight: u16) -> MqttOptions {
-        let mut options = MqttOptions::new(
-            format!("perf-{}-{name}", self.run_id),
-            self.endpoint.host.clone(),
-            self.endpoint.port,
-        );
-        options
-            .set_keep_alive(Duration::from_secs(30))
-            .set_credentials(self.endpoint.user.clone(), self.endpoint.password.clone())
-            .set_clean_session(true)
-            .set_max_packet_size(self.max_packet, self.max_packet);
-        if self.qos != QoS::AtMostOnce {
-            options.set_inflight(inflight);
-        }
-        options
-    }
+/// A packet taken off the connection (its type, and the first bytes of its body).
+#[derive(Debug, Clone, Copy)]
+pub struct Received {
+    kind: u8,
+    head: [u8; 4],
 }
 
-async fn await_connack(eventloop: &mut EventLoop) -> anyhow::Result<()> {
-    loop {
-        if let Event::Incoming(Packet::ConnAck(connack)) =
-            eventloop.poll().await.context("cannot connect")?
-        {
-            anyhow::ensure!(
-                connack.code == ConnectReturnCode::Success,
-                "connection refused: {:?}",
-                connack.code
-            );
-            return Ok(());
+impl Received {
+    /// The return code of a CONNACK, or of a SUBACK's first (only) filter.
+    pub fn ack_code(&self) -> Option<u8> {
+        match self.kind {
+            mqtt_wire::CONNACK => Some(self.head[1]),
+            mqtt_wire::SUBACK => Some(self.head[2]),
+            _ => None,
         }
     }
 }
 
-async fn await_suback(eventloop: &mut EventLoop) -> anyhow::Result<()> {
-    await_connack(eventloop).await?;
-    loop {
-        if let Event::Incoming(Packet::SubAck(suback)) =
-            eventloop.poll().await.context("cannot subscribe")?
-        {
-            anyhow::ensure!(
-                !suback.return_codes.contains(&SubscribeReasonCode::Failure),
-                "subscription refused"
-            );
-            return Ok(());
+impl Reader {
+    /// Reads more bytes into the buffer; false when the broker closed the connection.
+    pub async fn fill(&mut self) -> anyhow::Result<bool> {
+        if self.buf.capacity() - self.buf.len() < READ_MIN_ROOM {
+            self.buf.reserve(READ_GROW);
         }
+        self.last_read = self.read.read_buf(&mut self.buf).await?;
+        Ok(self.last_read > 0)
     }
-}
 
-/// Sends DISCONNECT and lets the event loop write it.
-async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop) {
-    if client.try_disconnect().is_err() {
-        return;
+    /// Calls `each` on every whole packet in the buffer, then drops them from it.
+    pub fn drain(&mut self, mut each: impl FnMut(Packet<'_>)) -> anyhow::Result<()> {
+        let mut at = 0;
+        while let Some(packet) = mqtt_wire::next_packet(&self.buf[at..])? {
+            at += packet.len;
+            each(packet);
+        }
+        self.buf.advance(at);
+        Ok(())
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+
+    /// Reads until a packet of type `kind` arrives (skipping others); an error if the
+    /// connection closes first.
+    pub async fn expect(&mut self, kind: u8) -> anyhow::Result<Received> {
         loop {
-            match eventloop.poll().await {
-                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
-                Ok(_) => {}
+            let mut found = None;
+            let mut at = 0;
+            while let Some(packet) = mqtt_wire::next_packet(&self.buf[at..])? {
+                at += packet.len;
+                if packet.kind == kind {
+                    let mut head = [0; 4];
+                    for (to, from) in head.iter_mut().zip(packet.body) {
+                        *to = *from;
+                    }
+                    found = Some(Received { kind, head });
+                    break;
+                }
             }
+            self.buf.advance(at);
+            if let Some(found) = found {
+                return Ok(found);
+            }
+            anyhow::ensure!(self.fill().await?, "the broker closed the connection");
         }
-    })
-    .await;
+    }
 }
 
-/// Receives until told to stop.
+/// Connects with client id `client_id` and waits for an accepting CONNACK (no keep-alive).
+pub async fn connect(
+    endpoint: &Endpoint,
+    client_id: &str,
+    clean_session: bool,
+) -> anyhow::Result<(Reader, OwnedWriteHalf)> {
+    let stream = tokio::time::timeout(
+        SETUP_TIMEOUT,
+        TcpStream::connect((endpoint.host.as_str(), endpoint.port)),
+    )
+    .await
+    .context("connecting took too long")?
+    .with_context(|| format!("cannot connect to {}:{}", endpoint.host, endpoint.port))?;
+    stream.set_nodelay(true)?;
+    let (read, mut write) = stream.into_split();
+    let mut out = Vec::new();
+    mqtt_wire::connect(
+        &mut out,
+        &ConnectOptions {
+            client_id,
+            clean_session,
+            keep_alive: 0,
+            credentials: Some((&endpoint.user, &endpoint.password)),
+        },
+    );
+    write.write_all(&out).await?;
+    let mut reader = Reader {
+        read,
+        buf: BytesMut::with_capacity(READ_GROW),
+        last_read: 0,
+    };
+    let connack = tokio::time::timeout(SETUP_TIMEOUT, reader.expect(mqtt_wire::CONNACK))
+        .await
+        .context("no CONNACK in time")??;
+    match connack.ack_code() {
+        Some(0) => Ok((reader, write)),
+        code => anyhow::bail!("connection refused: CONNACK return code {code:?}"),
+    }
+}
+
+/// Receives until told to stop, acknowledging QoS 1 and 2 deliveries; `coalesce` pauses
+/// after small reads (see [`SMALL_READ`]), for flat-out QoS 0 runs, where latency is not
+/// quoted and the broker does not wait for our acknowledgements.
 async fn subscribe(
-    client: AsyncClient,
-    mut eventloop: EventLoop,
+    mut reader: Reader,
+    mut write: OwnedWriteHalf,
     mut stats: ConsumerStats,
     mut stop: watch::Receiver<bool>,
+    coalesce: bool,
 ) -> anyhow::Result<ConsumerStats> {
     let stopped = async move {
         let _ = stop.wait_for(|stop| *stop).await;
     };
     tokio::pin!(stopped);
+    let mut acks = Vec::with_capacity(16 * 1024);
     loop {
         tokio::select! {
             biased;
             _ = &mut stopped => break,
-            event = eventloop.poll() => {
-                let event = event.context("subscriber connection failed")?;
-                if let Event::Incoming(Packet::Publish(publish)) = event {
-                    stats.record(&publish.payload);
+            more = reader.fill() => {
+                anyhow::ensure!(
+                    more.context("subscriber connection failed")?,
+                    "the broker closed a subscriber's connection"
+                );
+                reader.drain(|packet| match packet.kind {
+                    mqtt_wire::PUBLISH => {
+                        if let Some((qos, id, payload)) = packet.publish() {
+                            stats.record(payload);
+                            match qos {
+                                1 => mqtt_wire::ack(&mut acks, mqtt_wire::PUBACK, id),
+                                2 => mqtt_wire::ack(&mut acks, mqtt_wire::PUBREC, id),
+                                _ => {}
+                            }
+                        }
+                    }
+                    mqtt_wire::PUBREL => {
+                        if let Some(id) = packet.ack_id() {
+                            mqtt_wire::ack(&mut acks, mqtt_wire::PUBCOMP, id);
+                        }
+                    }
+                    _ => {}
+                })?;
+                if !acks.is_empty() {
+                    write.write_all(&acks).await?;
+                    acks.clear();
+                }
+                if coalesce && reader.last_read < SMALL_READ {
+                    tokio::time::sleep(SMALL_READ_PAUSE).await;
                 }
             }
         }
     }
-    disconnect(&client, &mut eventloop).await;
+    mqtt_wire::disconnect(&mut acks);
+    let _ = write.write_all(&acks).await;
     Ok(stats)
 }
 
@@ -256,92 +328,179 @@ struct Publisher {
     run_tag: u16,
     size: usize,
     topic: String,
-    qos: QoS,
+    qos: u8,
+    /// Publishes in flight at most (QoS 1 and 2).
+    window: usize,
+    flat_out: bool,
     counters: Arc<Counters>,
     confirm_deadline: tokio::time::Instant,
 }
 
 impl Publisher {
-    /// Publishes as the pacer allows while a task drives the event loop (which counts the
-    /// publishes written and acknowledged), then waits until every publish is written (and
-    /// acknowledged with QoS 1/2) and disconnects.
+    /// Publishes as the pacer allows, one write per batch, while a reader task counts what
+    /// the broker acknowledges; then waits for the last acknowledgements and disconnects.
     async fn run(
         self,
-        client: AsyncClient,
-        mut eventloop: EventLoop,
+        reader: Reader,
+        write: OwnedWriteHalf,
         mut pacer: Pacer,
     ) -> anyhow::Result<()> {
-        let written = Arc::new(AtomicU64::new(0));
+        let write = Arc::new(Mutex::new(write));
+        let window = Arc::new(Semaphore::new(if self.qos > 0 { self.window } else { 0 }));
         let acked = Arc::new(AtomicU64::new(0));
-        let driver = {
-            let (written, acked, counters) =
-                (written.clone(), acked.clone(), self.counters.clone());
-            let qos = self.qos;
-            tokio::spawn(async move {
-                loop {
-                    match eventloop.poll().await {
-                        Ok(Event::Outgoing(Outgoing::Publish(_))) => {
-                            written.fetch_add(1, Ordering::Relaxed);
-                            Counters::add(&counters.sent, 1);
-                        }
-                        Ok(Event::Incoming(Packet::PubAck(_))) if qos == QoS::AtLeastOnce => {
-                            acked.fetch_add(1, Ordering::Relaxed);
-                            Counters::add(&counters.confirmed, 1);
-                        }
-                        Ok(Event::Incoming(Packet::PubComp(_))) if qos == QoS::ExactlyOnce => {
-                            acked.fetch_add(1, Ordering::Relaxed);
-                            Counters::add(&counters.confirmed, 1);
-                        }
-                        Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(()),
-                        Ok(_) => {}
-                        Err(error) => return Err(error),
+        let listener = tokio::spawn(listen(
+            reader,
+            write.clone(),
+            window.clone(),
+            acked.clone(),
+            self.counters.clone(),
+        ));
+        let mut template = payload::blank(self.size);
+        let mut frames: Vec<u8> =
+            Vec::with_capacity(WRITE_BATCH_BYTES + self.size + self.topic.len() + 16);
+        let mut next_id: u16 = 0;
+        let mut seq: u32 = 0;
+        let mut published: u64 = 0;
+        let mut ended = false;
+        while !ended {
+            frames.clear();
+            let mut batch = 0;
+            // Flat out, fill about WRITE_BATCH_BYTES; at a fixed rate, write what is due.
+            while !ended && (batch == 0 || (self.flat_out && frames.len() < WRITE_BATCH_BYTES)) {
+                let Some(mut n) = pacer.next().await else {
+                    ended = true;
+                    break;
+                };
+                if self.qos > 0 {
+                    n = self.take_window(&window, n, batch > 0).await?;
+                    if n == 0 {
+                        break;
                     }
                 }
-            })
-        };
-        let mut body = payload::blank(self.size);
-        let mut published: u64 = 0;
-        let mut seq: u32 = 0;
-        while let Some(n) = pacer.next().await {
-            for _ in 0..n {
-                payload::stamp(&mut body, self.run_tag, self.index, seq);
-                seq = seq.wrapping_add(1);
-                if client
-                    .publish_bytes(
-                        self.topic.as_str(),
+                // The send time of every message of one write is the same.
+                payload::stamp(&mut template, self.run_tag, self.index, seq);
+                for _ in 0..n {
+                    let packet_id = if self.qos > 0 {
+                        next_id = next_id.checked_add(1).unwrap_or(1);
+                        next_id
+                    } else {
+                        0
+                    };
+                    let start = mqtt_wire::publish(
+                        &mut frames,
+                        &self.topic,
                         self.qos,
-                        false,
-                        Bytes::copy_from_slice(&body),
-                    )
-                    .await
-                    .is_err()
-                {
-                    return Err(match driver.await {
-                        Ok(Err(error)) => anyhow::anyhow!("publisher connection failed: {error}"),
-                        _ => anyhow::anyhow!("publisher connection ended"),
-                    });
+                        packet_id,
+                        self.size,
+                    );
+                    let body = &mut frames[start..start + self.size];
+                    body.copy_from_slice(&template);
+                    body[12..16].copy_from_slice(&seq.to_le_bytes());
+                    seq = seq.wrapping_add(1);
                 }
+                pacer.issued(n);
+                batch += n;
             }
-            published += n as u64;
-            pacer.issued(n);
-        }
-        let target = |counter: &AtomicU64| counter.load(Ordering::Relaxed) >= published;
-        while !(target(&written) && (self.qos == QoS::AtMostOnce || target(&acked))) {
-            if driver.is_finished() || tokio::time::Instant::now() >= self.confirm_deadline {
-                eprintln!(
-                    "publisher {}: {} of {published} written, {} acknowledged at the end",
-                    self.index,
-                    written.load(Ordering::Relaxed),
-                    acked.load(Ordering::Relaxed)
-                );
-                break;
+            if batch == 0 {
+                continue;
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            if let Err(error) = write.lock().await.write_all(&frames).await {
+                return Err(match listener.await {
+                    Ok(Err(broker)) => broker.context("publisher connection failed"),
+                    _ => error.into(),
+                });
+            }
+            published += batch as u64;
+            Counters::add(&self.counters.sent, batch as u64);
         }
-        let _ = client.try_disconnect();
-        match tokio::time::timeout(Duration::from_secs(2), driver).await {
-            Ok(Ok(Err(error))) => Err(anyhow::anyhow!("publisher connection failed: {error}")),
+        if self.qos > 0 {
+            while acked.load(Ordering::Relaxed) < published {
+                if listener.is_finished() || tokio::time::Instant::now() >= self.confirm_deadline {
+                    eprintln!(
+                        "publisher {}: {} of {published} acknowledged at the end",
+                        self.index,
+                        acked.load(Ordering::Relaxed)
+                    );
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        {
+            let mut write = write.lock().await;
+            let mut bye = Vec::new();
+            mqtt_wire::disconnect(&mut bye);
+            let _ = write.write_all(&bye).await;
+            let _ = write.shutdown().await;
+        }
+        match tokio::time::timeout(Duration::from_millis(500), listener).await {
+            Ok(Ok(Err(error))) => Err(error.context("publisher connection failed")),
             _ => Ok(()),
         }
     }
+
+    /// Takes up to `n` places in the window: waits for the first ones unless `have_some` (the
+    /// batch already holds publishes, which must be written first); returns how many.
+    async fn take_window(
+        &self,
+        window: &Semaphore,
+        n: usize,
+        have_some: bool,
+    ) -> anyhow::Result<usize> {
+        let mut granted = 0;
+        if !have_some {
+            // Wait for a quarter of the window (or the whole batch) to be free rather than
+            // for one place, so that a publisher the window holds back writes batches, not
+            // one PUBLISH per PUBACK.
+            let first = n.min(self.window.div_ceil(4)).max(1);
+            tokio::time::timeout_at(self.confirm_deadline, window.acquire_many(first as u32))
+                .await
+                .context("no PUBACK in time")?
+                .context("closed")?
+                .forget();
+            granted = first;
+        }
+        let more = window.available_permits().min(n - granted);
+        if more > 0
+            && let Ok(permits) = window.try_acquire_many(more as u32)
+        {
+            permits.forget();
+            granted += more;
+        }
+        Ok(granted)
+    }
+}
+
+/// A publisher's reader: counts PUBACKs (QoS 1) or answers PUBREC with PUBREL and counts
+/// PUBCOMPs (QoS 2), opening the window as they come, until the broker closes.
+async fn listen(
+    mut reader: Reader,
+    write: Arc<Mutex<OwnedWriteHalf>>,
+    window: Arc<Semaphore>,
+    acked: Arc<AtomicU64>,
+    counters: Arc<Counters>,
+) -> anyhow::Result<()> {
+    let mut releases = Vec::new();
+    while reader.fill().await? {
+        let mut done = 0u64;
+        reader.drain(|packet| match packet.kind {
+            mqtt_wire::PUBACK | mqtt_wire::PUBCOMP => done += 1,
+            mqtt_wire::PUBREC => {
+                if let Some(id) = packet.ack_id() {
+                    mqtt_wire::ack(&mut releases, mqtt_wire::PUBREL, id);
+                }
+            }
+            _ => {}
+        })?;
+        if !releases.is_empty() {
+            write.lock().await.write_all(&releases).await?;
+            releases.clear();
+        }
+        if done > 0 {
+            acked.fetch_add(done, Ordering::Relaxed);
+            Counters::add(&counters.confirmed, done);
+            window.add_permits(done as usize);
+        }
+    }
+    Ok(())
 }

@@ -103,6 +103,15 @@ pub fn report(
         0.0
     };
     let sent_per_s = rate(sent, timing.publish_secs);
+    // What the broker took from the publishers: confirmed where it confirms, else written.
+    let accepted_per_s = if summary.confirms {
+        rate(confirmed, timing.publish_secs)
+    } else {
+        sent_per_s
+    };
+    let undelivered = summary.expected.saturating_sub(received);
+    let out_of_order: u64 = consumers.iter().map(|c| c.out_of_order).sum();
+    let skipped: u64 = consumers.iter().map(|c| c.skipped).sum();
     let received_per_s = rate(received, receive_secs);
     let complete = received >= summary.expected;
     let failed = summary.must_arrive && !complete;
@@ -178,6 +187,21 @@ pub fn report(
             "broker    CPU {cpu:.2} s: {sent_per_cpu:.0} msgs sent / CPU-s, {received_per_cpu:.0} deliveries / CPU-s, {us_per_msg:.2} µs CPU per message"
         );
     }
+    if let Some(memory) = timing.memory {
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        println!(
+            "memory    broker resident {:.1} MiB at the start, {:.1} MiB at the peak of the run, {:.1} MiB at the end; VmHWM {:.1} MiB",
+            mib(memory.start_kib),
+            mib(memory.peak_kib),
+            mib(memory.end_kib),
+            mib(memory.hwm_kib)
+        );
+    }
+    if out_of_order > 0 || skipped > 0 {
+        println!(
+            "order     {out_of_order} out of order (or repeated), {skipped} sequence numbers skipped"
+        );
+    }
     if let Some(cpu) = timing.tool_cpu {
         println!("tool      CPU {cpu:.2} s");
     }
@@ -206,6 +230,18 @@ pub fn report(
     figures.insert("publish_s".into(), round(timing.publish_secs, 3));
     figures.insert("receive_s".into(), round(receive_secs, 3));
     figures.insert("sent_per_s".into(), round(sent_per_s, 1));
+    figures.insert("accepted_per_s".into(), round(accepted_per_s, 1));
+    figures.insert("undelivered".into(), json!(undelivered));
+    figures.insert(
+        "lost".into(),
+        if summary.must_arrive {
+            json!(undelivered)
+        } else {
+            Value::Null
+        },
+    );
+    figures.insert("out_of_order".into(), json!(out_of_order));
+    figures.insert("skipped".into(), json!(skipped));
     figures.insert("received_per_s".into(), round(received_per_s, 1));
     figures.insert("latency_count".into(), json!(latency.count));
     figures.insert("latency_min_us".into(), round(latency.min, 1));
@@ -224,6 +260,16 @@ pub fn report(
     figures.insert("broker_sent_per_cpu_s".into(), sent_per_cpu);
     figures.insert("broker_received_per_cpu_s".into(), received_per_cpu);
     figures.insert("broker_cpu_us_per_msg".into(), us_per_msg);
+    let memory = |field: fn(&crate::memory::Figures) -> u64| {
+        timing
+            .memory
+            .as_ref()
+            .map_or(Value::Null, |m| json!(field(m)))
+    };
+    figures.insert("broker_rss_start_kib".into(), memory(|m| m.start_kib));
+    figures.insert("broker_rss_peak_kib".into(), memory(|m| m.peak_kib));
+    figures.insert("broker_rss_end_kib".into(), memory(|m| m.end_kib));
+    figures.insert("broker_hwm_kib".into(), memory(|m| m.hwm_kib));
     figures.insert(
         "tool_cpu_s".into(),
         timing.tool_cpu.map_or(Value::Null, |cpu| round(cpu, 3)),

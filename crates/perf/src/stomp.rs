@@ -23,6 +23,10 @@ use crate::report::{Summary, report};
 /// How long connecting and subscribing may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A flat-out producer without receipts fills its buffer up to about this much before
+/// writing it.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
 /// The longest header block the parser accepts.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 
@@ -132,7 +136,7 @@ pub fn parse(buf: &mut BytesMut) -> anyhow::Result<Option<Frame>> {
 }
 
 /// The reading half of a connection, with its buffer.
-struct Reader {
+pub struct Reader {
     read: OwnedReadHalf,
     buf: BytesMut,
 }
@@ -144,11 +148,25 @@ impl Reader {
             if let Some(frame) = parse(&mut self.buf)? {
                 return Ok(Some(frame));
             }
-            if self.buf.capacity() - self.buf.len() < 16 * 1024 {
-                self.buf.reserve(64 * 1024);
+            if self.buf.capacity() - self.buf.len() < 64 * 1024 {
+                self.buf.reserve(256 * 1024);
             }
             if self.read.read_buf(&mut self.buf).await? == 0 {
                 return Ok(None);
+            }
+        }
+    }
+
+    /// Reads frames until one is `command` (an ERROR frame becomes the error); skips others.
+    pub async fn expect_skipping(&mut self, command: &str) -> anyhow::Result<Frame> {
+        loop {
+            match self.next().await? {
+                Some(frame) if frame.command == command.as_bytes() => return Ok(frame),
+                Some(frame) if frame.command == "ERROR".as_bytes() => {
+                    anyhow::bail!("the broker answered ERROR: {}", frame.error_text())
+                }
+                Some(_) => {}
+                None => anyhow::bail!("the broker closed the connection"),
             }
         }
     }
@@ -170,7 +188,7 @@ impl Reader {
 }
 
 /// Connects and logs in; returns the halves of the connection and the negotiated version.
-async fn connect(
+pub async fn connect(
     endpoint: &Endpoint,
     vhost: &str,
 ) -> anyhow::Result<(Reader, OwnedWriteHalf, String)> {
@@ -265,6 +283,7 @@ pub async fn run(args: StompArgs) -> anyhow::Result<i32> {
             destination: destination.clone(),
             persistent: args.persistent,
             confirm: args.confirm.map(|window| window.max(1)),
+            flat_out: common.rate <= 0.0,
             counters: bench.counters.clone(),
             confirm_deadline: bench.confirm_deadline(),
         };
@@ -292,7 +311,7 @@ pub async fn run(args: StompArgs) -> anyhow::Result<i32> {
     } else {
         Counters::get(&bench.counters.sent)
     };
-    let expected = counted * copies;
+    let expected = counted * copies + common.expect;
     bench.drain(Some(expected)).await;
     let stats = join_all(consumers).await?;
     let timing = bench.finish()?;
@@ -408,6 +427,7 @@ struct Producer {
     destination: String,
     persistent: bool,
     confirm: Option<usize>,
+    flat_out: bool,
     counters: Arc<Counters>,
     confirm_deadline: tokio::time::Instant,
 }
@@ -448,8 +468,10 @@ impl Producer {
         if self.persistent {
             prefix.push_str("persistent:true\n");
         }
-        let template = payload::blank(self.size);
-        let mut frames = Vec::with_capacity(self.batch * (prefix.len() + self.size + 24));
+        let mut template = payload::blank(self.size);
+        let mut frames = Vec::with_capacity(
+            (self.batch * (prefix.len() + self.size + 24)).max(WRITE_BATCH_BYTES * 2),
+        );
         let mut seq: u32 = 0;
         let mut sent: u64 = 0;
         while let Some(mut n) = pacer.next().await {
@@ -472,17 +494,33 @@ impl Producer {
                 n = granted;
             }
             frames.clear();
-            for _ in 0..n {
-                frames.extend_from_slice(prefix.as_bytes());
-                if self.confirm.is_some() {
-                    frames.extend_from_slice(format!("receipt:{seq}\n").as_bytes());
+            // Flat out and without receipts, one write carries about 64 KiB of SENDs.
+            let fill = self.flat_out && self.confirm.is_none();
+            let mut batch = 0;
+            loop {
+                // The send time of every message of one batch is the same.
+                payload::stamp(&mut template, self.run_tag, self.index, seq);
+                for _ in 0..n {
+                    frames.extend_from_slice(prefix.as_bytes());
+                    if self.confirm.is_some() {
+                        frames.extend_from_slice(format!("receipt:{seq}\n").as_bytes());
+                    }
+                    frames.push(b'\n');
+                    let start = frames.len();
+                    frames.extend_from_slice(&template);
+                    frames[start + 12..start + 16].copy_from_slice(&seq.to_le_bytes());
+                    frames.push(0);
+                    seq = seq.wrapping_add(1);
                 }
-                frames.push(b'\n');
-                let start = frames.len();
-                frames.extend_from_slice(&template);
-                payload::stamp(&mut frames[start..], self.run_tag, self.index, seq);
-                frames.push(0);
-                seq = seq.wrapping_add(1);
+                pacer.issued(n);
+                batch += n;
+                if !fill || frames.len() >= WRITE_BATCH_BYTES {
+                    break;
+                }
+                match pacer.next().await {
+                    Some(more) => n = more,
+                    None => break,
+                }
             }
             if let Err(error) = write.write_all(&frames).await {
                 return Err(match listener.await {
@@ -490,9 +528,8 @@ impl Producer {
                     _ => error.into(),
                 });
             }
-            sent += n as u64;
-            pacer.issued(n);
-            Counters::add(&self.counters.sent, n as u64);
+            sent += batch as u64;
+            Counters::add(&self.counters.sent, batch as u64);
         }
         if self.confirm.is_some() {
             while receipted.load(Ordering::Relaxed) < sent {
