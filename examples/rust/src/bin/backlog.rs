@@ -1,9 +1,7 @@
 //! A load tool for the storage guarantees (not a tutorial): `backlog publish N` streams N
 //! persistent 1 KiB messages with publisher confirms into the durable queue `backlog` and waits
-//! for every confirm; `backlog publish-transient N` does the same with transient messages
-//! (which the broker pages to its overflow beyond a queue's memory budget); `backlog drain N`
-//! consumes N messages with manual acks and checks that they arrive in publish order.
-//! `bench/backlog.sh` and `bench/transient_backlog_10m.sh` drive it against a real broker.
+//! for every confirm; `backlog drain N` consumes N messages with manual acks and checks that
+//! they arrive in publish order. `bench/backlog.sh` drives it against a real broker.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -51,8 +49,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let started = Instant::now();
     match mode.as_str() {
-        "publish" | "publish-transient" => {
-            let delivery_mode = if mode == "publish" { 2 } else { 1 };
+        "publish" => {
             channel
                 .confirm_select(ConfirmSelectOptions::default())
                 .await?;
@@ -64,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
                         QUEUE.into(),
                         BasicPublishOptions::default(),
                         &body(n),
-                        BasicProperties::default().with_delivery_mode(delivery_mode),
+                        BasicProperties::default().with_delivery_mode(2),
                     )
                     .await?;
                 pending.push_back(confirm);
@@ -102,7 +99,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        _ => anyhow::bail!("usage: backlog publish|publish-transient|drain N"),
+        _ => anyhow::bail!("usage: backlog publish|drain N"),
     }
     let elapsed = started.elapsed();
     println!(
