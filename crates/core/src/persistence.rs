@@ -35,8 +35,9 @@ pub struct Storage {
     /// Where queues page out bodies the message store does not hold (absent: such bodies stay
     /// in memory whatever the budget).
     pub overflow: Option<Arc<dyn OverflowStore>>,
-    /// Bodies of a queue's ready messages kept in memory, at most (persistent and transient
-    /// alike); beyond it a persistent message of a durable queue stays only in the message
+    /// A queue's ready messages kept in memory, at most, counted by what they cost
+    /// ([`Message::memory_size`](crate::Message::memory_size)), persistent and transient
+    /// alike; beyond it a persistent message of a durable queue stays only in the message
     /// store, any other goes to the overflow, and they are read back before delivery.
     pub max_loaded_bytes_per_queue: usize,
     /// Commands a queue's mailbox holds. A publisher whose queue has more than half of it

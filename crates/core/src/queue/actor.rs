@@ -456,7 +456,7 @@ impl QueueActor {
     /// overflow.
     fn discard(&mut self, entry: &Ready) {
         if let Some(message) = entry.message() {
-            self.loaded_bytes = self.loaded_bytes.saturating_sub(message.body.len());
+            self.loaded_bytes = self.loaded_bytes.saturating_sub(message.memory_size());
         }
         if let (Body::Paged(at), Some(overflow)) = (&entry.body, &self.overflow) {
             overflow.release(*at);
@@ -511,13 +511,16 @@ impl QueueActor {
         let size = message.body.len();
         let level = self.ready.level_for(message.properties.priority);
         let expires_at = self.expiry_of(&message).map(|at| self.clock.deadline(at));
-        let paged = if self.loaded_bytes + size > self.max_loaded_bytes {
+        // The budget counts what a message costs in memory, not only its body: a backlog of
+        // small messages is mostly their headers.
+        let cost = message.memory_size();
+        let paged = if self.loaded_bytes + cost > self.max_loaded_bytes {
             self.page_out(&message, stored)
         } else {
             None
         };
         let body = paged.unwrap_or_else(|| {
-            self.loaded_bytes += size;
+            self.loaded_bytes += cost;
             Body::Loaded(message, stored.map(|stored| stored.at))
         });
         self.ready.push_back(Ready {
@@ -685,9 +688,9 @@ impl QueueActor {
         for (wanted, message) in read {
             match message {
                 Some(message) => {
-                    let size = message.body.len();
+                    let cost = message.memory_size();
                     if self.ready.load(wanted.seq, wanted.level, Arc::new(message)) {
-                        self.loaded_bytes += size;
+                        self.loaded_bytes += cost;
                         if let (Place::Paged(at), Some(overflow)) = (wanted.place, &self.overflow) {
                             overflow.release(at);
                         }
@@ -780,7 +783,7 @@ impl QueueActor {
             let Body::Loaded(message, at) = entry.body else {
                 continue;
             };
-            self.loaded_bytes = self.loaded_bytes.saturating_sub(message.body.len());
+            self.loaded_bytes = self.loaded_bytes.saturating_sub(message.memory_size());
             let stored = at.and_then(|at| message.store_id.map(|id| Stored { id, at }));
             if self.recovered_and_expired(entry.seq, &message) {
                 self.dead_letter(&message, Reason::Expired);
@@ -982,7 +985,7 @@ impl QueueActor {
         self.loaded_bytes += back
             .iter()
             .filter_map(Ready::message)
-            .map(|m| m.body.len())
+            .map(|m| m.memory_size())
             .sum::<usize>();
         self.ready.requeue(back);
     }
@@ -1001,7 +1004,7 @@ impl QueueActor {
             };
             self.next_consumer = index + 1;
             if let Err(entry) = self.deliver(index, entry, permit) {
-                self.loaded_bytes += entry.message.body.len();
+                self.loaded_bytes += entry.message.memory_size();
                 self.ready.push_front(entry.into_ready());
                 self.drop_disconnected_consumers();
             }
@@ -1102,7 +1105,7 @@ impl QueueActor {
         mut permit: DeliveryPermit,
     ) -> Result<(), Loaded> {
         let consumer = &mut self.consumers[index];
-        permit.grow(entry.message.body.len());
+        permit.grow(entry.message.memory_size());
         let delivery = Delivery {
             channel: consumer.spec.channel,
             consumer_tag: consumer.spec.tag.clone(),

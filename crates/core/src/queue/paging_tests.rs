@@ -18,8 +18,10 @@ use crate::persistence::testing::MemoryOverflow;
 use crate::vhost::VirtualHost;
 
 const OWNER: ConnectionId = ConnectionId(1);
-/// Room for three 10-byte bodies.
-const BUDGET: usize = 30;
+/// Room for three of the tests' messages (10-byte bodies, as [`numbered`] makes them).
+fn budget() -> usize {
+    3 * numbered(0, None).memory_size()
+}
 
 fn channel() -> ChannelId {
     ChannelId {
@@ -32,7 +34,7 @@ fn channel() -> ChannelId {
 fn paging_vhost(overflow: &Arc<MemoryOverflow>) -> Arc<VirtualHost> {
     let storage = Storage {
         overflow: Some(Arc::new(overflow.clone())),
-        max_loaded_bytes_per_queue: BUDGET,
+        max_loaded_bytes_per_queue: budget(),
         ..Default::default()
     };
     VirtualHost::with_store(
@@ -151,15 +153,16 @@ async fn requeued_and_prioritised_messages_keep_their_places_among_paged_ones() 
         first.iter().map(|d| number(&d.message)).collect::<Vec<_>>(),
         vec![0, 2, 4, 6, 8]
     );
-    // Two go back to their places, the others are acknowledged.
+    // The consumer goes first (so nothing requeued is delivered to it again), then two of
+    // its deliveries go back to their places and the others are acknowledged.
+    let cancelled = queue.cancel(channel(), "c".into()).await;
+    assert!(cancelled);
     queue
         .reject(channel(), vec![first[1].seq, first[3].seq], true)
         .await;
     queue
         .ack(channel(), vec![first[0].seq, first[2].seq, first[4].seq])
         .await;
-    let cancelled = queue.cancel(channel(), "c".into()).await;
-    assert!(cancelled);
     let (sink, mut events) = super::tests::sink_and_events();
     queue.consume(consumer(0, &sink)).await.expect("consume");
     let mut expected = vec![2, 6];
