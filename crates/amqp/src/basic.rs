@@ -88,6 +88,7 @@ pub async fn handle(
                 tag: tag.clone(),
                 channel: channel.id,
                 no_ack: m.no_ack,
+                settles_transient: false,
                 exclusive: m.exclusive,
                 prefetch: channel.consumer_prefetch,
                 channel_credit: Some(channel.credit.clone()),

@@ -68,6 +68,8 @@ enum Head {
 
 /// What woke the queue task.
 enum Event {
+    /// An ack, reject or wake-up from the settlement lane.
+    Settlement(QueueCommand),
     Command(Option<QueueCommand>),
     ReadBack(ReadBack),
     Flushed,
@@ -212,6 +214,7 @@ pub(crate) fn spawn(
     recovered: Vec<Recovered>,
 ) -> QueueHandle {
     let (tx, rx) = mpsc::channel(mailbox);
+    let (settle_tx, settle_rx) = mpsc::unbounded_channel();
     let max_loaded_bytes = storage.max_loaded_bytes_per_queue;
     let overflow_store = storage.overflow.clone();
     let store = durable.then(|| storage.messages.clone()).flatten();
@@ -239,7 +242,7 @@ pub(crate) fn spawn(
                 exchange: exchange.clone(),
                 routing_key: arguments.dead_letter_routing_key.clone(),
             });
-    let handle = QueueHandle::new(spec, arguments, owner, vhost.name.clone(), tx);
+    let handle = QueueHandle::new(spec, arguments, owner, vhost.name.clone(), tx, settle_tx);
     let now = Instant::now();
     let clock = Clock::new(now);
     let mut ready = ReadyList::new(handle.arguments().max_priority, handle.0.admission.clone());
@@ -290,7 +293,7 @@ pub(crate) fn spawn(
         started: now,
         group_cursors: HashMap::new(),
     };
-    tokio::spawn(actor.run(rx));
+    tokio::spawn(actor.run(rx, settle_rx));
     handle
 }
 
@@ -301,11 +304,18 @@ enum Flow {
 }
 
 impl QueueActor {
-    async fn run(mut self, mut rx: mpsc::Receiver<QueueCommand>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<QueueCommand>,
+        mut settlements: mpsc::UnboundedReceiver<QueueCommand>,
+    ) {
         loop {
             let deadline = self.next_deadline();
             let take_commands = !self.overflow_backlogged();
             let event = tokio::select! {
+                // Settlements first: they free consumers' credit and never wait for publishes.
+                biased;
+                Some(command) = settlements.recv() => Event::Settlement(command),
                 command = rx.recv(), if take_commands => Event::Command(command),
                 read = finished(&mut self.reading) => Event::ReadBack(read.unwrap_or_default()),
                 _ = finished(&mut self.flushing) => Event::Flushed,
@@ -315,10 +325,18 @@ impl QueueActor {
             self.now = Instant::now();
             match event {
                 Event::Command(None) => break,
+                Event::Settlement(command) => {
+                    self.handle_command(command);
+                    self.take_settlements(&mut settlements);
+                }
                 Event::Command(Some(command)) => {
+                    // A settlement sent before a command is handled before it (a client's
+                    // ack before its channel's close, a reject before its basic.get).
+                    self.take_settlements(&mut settlements);
                     let mut flow = self.handle_command(command);
                     let mut handled = 1;
                     while matches!(flow, Flow::Continue) && handled < BATCH {
+                        self.take_settlements(&mut settlements);
                         match rx.try_recv() {
                             Ok(command) => flow = self.handle_command(command),
                             Err(_) => break,
@@ -367,6 +385,14 @@ impl QueueActor {
             drop(tokio::task::spawn_blocking(move || overflow.close()));
         }
         tracing::debug!(queue = self.handle.name(), "queue task stopped");
+    }
+
+    /// Handles the settlements waiting on their lane (acks, rejects, wake-ups: none stops
+    /// the queue).
+    fn take_settlements(&mut self, settlements: &mut mpsc::UnboundedReceiver<QueueCommand>) {
+        while let Ok(command) = settlements.try_recv() {
+            self.handle_command(command);
+        }
     }
 
     fn handle_command(&mut self, command: QueueCommand) -> Flow {
@@ -1106,6 +1132,8 @@ impl QueueActor {
     ) -> Result<(), Loaded> {
         let consumer = &mut self.consumers[index];
         permit.grow(entry.message.memory_size());
+        let needs_ack = !consumer.spec.no_ack
+            && (!consumer.spec.settles_transient || entry.message.properties.is_persistent());
         let delivery = Delivery {
             channel: consumer.spec.channel,
             consumer_tag: consumer.spec.tag.clone(),
@@ -1113,23 +1141,28 @@ impl QueueActor {
             seq: entry.seq,
             message: entry.message.clone(),
             redelivered: entry.redelivered,
-            needs_ack: !consumer.spec.no_ack,
+            needs_ack,
             permit,
         };
-        if consumer
+        let sent = consumer
             .spec
             .sink
             .send(ConsumerEvent::Deliver(delivery))
-            .is_err()
+            .is_ok();
+        if !needs_ack
+            && !consumer.spec.no_ack
+            && let Some(credit) = &consumer.spec.channel_credit
         {
-            if !consumer.spec.no_ack
-                && let Some(credit) = &consumer.spec.channel_credit
-            {
+            // Taken for a delivery that turned out to need no acknowledgement.
+            credit.release();
+        }
+        if !sent {
+            if needs_ack && let Some(credit) = &consumer.spec.channel_credit {
                 credit.release();
             }
             return Err(entry);
         }
-        if consumer.spec.no_ack {
+        if !needs_ack {
             self.forget(entry.stored);
         } else {
             consumer.unacked += 1;

@@ -101,6 +101,11 @@ pub struct ConsumerSpec {
     pub channel: ChannelId,
     /// Deliveries are settled on sending (no acknowledgement expected).
     pub no_ack: bool,
+    /// Transient (non-persistent) messages are settled on sending, as for a no-ack consumer,
+    /// and take no `prefetch`; persistent ones wait for an acknowledgement (and while they
+    /// fill the prefetch, everything behind them waits: the queue delivers in order). MQTT
+    /// sessions: a transient message goes out at QoS 0, which has no acknowledgement.
+    pub settles_transient: bool,
     /// No other consumer may use the queue while this one exists.
     pub exclusive: bool,
     /// At most this many unacknowledged deliveries (0 = unlimited).
@@ -192,6 +197,12 @@ pub(crate) struct QueueShared {
     pub(crate) owner: Option<ConnectionId>,
     pub(crate) vhost: String,
     tx: mpsc::Sender<QueueCommand>,
+    /// Settlements (acks, rejects) and wake-ups: a lane of their own that the queue serves
+    /// first, so a consumer's acks never wait behind publishes in a full mailbox (which
+    /// would starve the consumer exactly when the queue is busiest). Not bounded by count:
+    /// a settlement answers a delivery, and deliveries are bounded by prefetch and the
+    /// delivery budget.
+    settle_tx: mpsc::UnboundedSender<QueueCommand>,
     deleted: AtomicBool,
     /// Tells publishers waiting for the queue to catch up ([`QueueHandle::caught_up`]).
     caught_up: tokio::sync::Notify,
@@ -220,6 +231,7 @@ impl QueueHandle {
         owner: Option<ConnectionId>,
         vhost: String,
         tx: mpsc::Sender<QueueCommand>,
+        settle_tx: mpsc::UnboundedSender<QueueCommand>,
     ) -> Self {
         Self(Arc::new(QueueShared {
             spec,
@@ -228,6 +240,7 @@ impl QueueHandle {
             owner,
             vhost,
             tx,
+            settle_tx,
             deleted: AtomicBool::new(false),
             caught_up: tokio::sync::Notify::new(),
             awaited: AtomicBool::new(false),
@@ -379,16 +392,18 @@ impl QueueHandle {
             .unwrap_or(false)
     }
 
-    /// Settles deliveries positively.
+    /// Settles deliveries positively (on the settlement lane: never behind publishes).
     pub async fn ack(&self, channel: ChannelId, seqs: Vec<MessageSeq>) {
-        let _ = self.send(QueueCommand::Ack(channel, seqs)).await;
+        let _ = self.0.settle_tx.send(QueueCommand::Ack(channel, seqs));
     }
 
-    /// Settles deliveries negatively, putting them back in the queue when `requeue`.
+    /// Settles deliveries negatively, putting them back in the queue when `requeue` (on the
+    /// settlement lane).
     pub async fn reject(&self, channel: ChannelId, seqs: Vec<MessageSeq>, requeue: bool) {
         let _ = self
-            .send(QueueCommand::Reject(channel, seqs, requeue))
-            .await;
+            .0
+            .settle_tx
+            .send(QueueCommand::Reject(channel, seqs, requeue));
     }
 
     /// Takes one message, if any is ready.
@@ -419,13 +434,12 @@ impl QueueHandle {
 
     /// Asks the queue to try delivering again (a channel's credit was freed elsewhere).
     pub async fn wake(&self) {
-        let _ = self.send(QueueCommand::Wake).await;
+        self.try_wake();
     }
 
-    /// Asks the queue to try delivering again, without waiting: a full mailbox means the
-    /// queue is busy and dispatches after its batch anyway.
+    /// Asks the queue to try delivering again, without waiting (on the settlement lane).
     pub(crate) fn try_wake(&self) {
-        let _ = self.0.tx.try_send(QueueCommand::Wake);
+        let _ = self.0.settle_tx.send(QueueCommand::Wake);
     }
 
     /// Deletes the queue if `if_unused` / `if_empty` allow; with `forget_record` the queue

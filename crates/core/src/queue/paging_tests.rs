@@ -83,6 +83,7 @@ fn consumer(prefetch: u32, sink: &ConsumerSink) -> ConsumerSpec {
         tag: "c".into(),
         channel: channel(),
         no_ack: false,
+        settles_transient: false,
         exclusive: false,
         prefetch,
         channel_credit: None,

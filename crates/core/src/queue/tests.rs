@@ -48,6 +48,7 @@ fn consumer(tag: &str, number: u16, prefetch: u32, sink: &ConsumerSink) -> Consu
         tag: tag.into(),
         channel: channel(number),
         no_ack: false,
+        settles_transient: false,
         exclusive: false,
         prefetch,
         channel_credit: None,
@@ -440,4 +441,44 @@ async fn a_queue_whose_mailbox_is_over_half_full_is_behind_until_it_catches_up()
     .expect("the hold ends once the queue has caught up");
     assert!(!queue.is_behind());
     assert_eq!(queue.stats().await.expect("stats").ready, published);
+}
+
+#[tokio::test]
+async fn a_consumer_that_settles_transient_messages_gets_them_beyond_its_prefetch() {
+    let vhost = VirtualHost::new("/", Arc::new(ExchangeTypeRegistry::with_builtins()));
+    let queue = queue_with(&vhost, "q", false).await;
+    let (sink, mut events) = sink_and_events();
+    let mut spec = consumer("c1", 1, 1, &sink);
+    spec.settles_transient = true;
+    queue.consume(spec).await.expect("consume");
+    let persistent = Properties {
+        delivery_mode: Some(2),
+        ..Properties::default()
+    };
+    let kept = Message::new("", "q", persistent, Bytes::from_static(b"p"));
+    for body in ["a", "b", "c"] {
+        queue.publish(message(body)).await.expect("publish");
+    }
+    queue
+        .publish(Arc::new(kept.clone()))
+        .await
+        .expect("publish");
+    queue.publish(Arc::new(kept)).await.expect("publish");
+    // The transient ones go out settled, without taking the one unit of prefetch; the first
+    // persistent message takes it and the second waits for its ack.
+    for expected in [b"a", b"b", b"c"] {
+        let delivery = next_delivery(&mut events).await;
+        assert_eq!(body(&delivery), expected);
+        assert!(!delivery.needs_ack);
+    }
+    let first = next_delivery(&mut events).await;
+    assert!(first.needs_ack);
+    assert!(
+        events.try_recv().is_err(),
+        "the second persistent one waits"
+    );
+    queue.ack(channel(1), vec![first.seq]).await;
+    assert!(next_delivery(&mut events).await.needs_ack);
+    let stats = queue.stats().await.expect("stats");
+    assert_eq!((stats.ready, stats.unacked), (0, 1));
 }

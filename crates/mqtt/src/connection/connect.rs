@@ -271,6 +271,7 @@ impl Connection {
                 tag: session.consumer_tag(),
                 channel: super::session_channel(id),
                 no_ack: false,
+                settles_transient: true,
                 exclusive: false,
                 prefetch,
                 channel_credit: None,

@@ -197,6 +197,7 @@ impl Connection {
                 tag: tag.clone(),
                 channel: session.channel,
                 no_ack: true,
+                settles_transient: false,
                 exclusive: false,
                 prefetch: 0,
                 channel_credit: None,

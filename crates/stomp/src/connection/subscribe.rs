@@ -89,6 +89,7 @@ impl Connection {
                 tag: id.clone(),
                 channel: session.channel,
                 no_ack: ack == AckMode::Auto,
+                settles_transient: false,
                 exclusive: false,
                 prefetch,
                 channel_credit: None,
