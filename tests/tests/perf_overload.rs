@@ -8,64 +8,18 @@
 //! The tool is `$JUNCTION_PERF_BIN`, else `junction-perf` beside the broker binary (build it
 //! with `cargo build -p junction-perf`).
 
-use std::io::Read;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+mod support;
+
+use std::time::Duration;
 
 use junction_tests::{Broker, Listeners, temp_dir};
 
 /// How long one run of the tool may take.
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn perf_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("JUNCTION_PERF_BIN") {
-        return PathBuf::from(path);
-    }
-    let path = junction_tests::binary().with_file_name("junction-perf");
-    assert!(
-        path.exists(),
-        "{} not found: run `cargo build -p junction-perf` or set JUNCTION_PERF_BIN",
-        path.display()
-    );
-    path
-}
-
 /// Runs the tool; returns its output after checking that it exited with 0.
 fn run(args: &[&str]) -> String {
-    let mut child = Command::new(perf_binary())
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn junction-perf");
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let (mut out, mut err) = (String::new(), String::new());
-        let _ = stdout.read_to_string(&mut out);
-        let _ = stderr.read_to_string(&mut err);
-        let _ = tx.send((out, err));
-    });
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for junction-perf") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("junction-perf {args:?} did not finish within {RUN_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (out, err) = rx.recv_timeout(Duration::from_secs(10)).expect("output");
-    assert!(
-        status.success(),
-        "junction-perf {args:?} failed ({status}):\n{out}\n{err}"
-    );
-    out
+    support::perf::run(args, RUN_TIMEOUT)
 }
 
 /// The JSON line of a run's output.

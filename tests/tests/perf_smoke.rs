@@ -11,14 +11,15 @@
 //! the harness's binary and data directories.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use junction_tests::Broker;
+
+mod support;
 
 /// How long one run of the tool may take (2 s of publishing, then draining).
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
@@ -29,79 +30,20 @@ const RATE: u64 = 100;
 /// Seconds of publishing.
 const SECONDS: u64 = 2;
 
-/// The `junction-perf` binary, built on first use if it is not there.
-fn perf_binary() -> PathBuf {
-    static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(path) = built.as_ref() {
-        return path.clone();
-    }
-    if let Ok(path) = std::env::var("JUNCTION_PERF_BIN") {
-        return PathBuf::from(path);
-    }
-    let beside_broker = junction_tests::binary().with_file_name("junction-perf");
-    let path = if beside_broker.exists() {
-        beside_broker
-    } else {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "junction-perf"])
-            .current_dir(&root)
-            .status()
-            .expect("run cargo build -p junction-perf");
-        assert!(status.success(), "cargo build -p junction-perf failed");
-        let target = std::env::var("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| root.join("target"));
-        target.join("debug").join("junction-perf")
-    };
-    assert!(path.exists(), "{} not found", path.display());
-    *built = Some(path.clone());
-    path
-}
-
 /// Runs the tool with `args` (plus the low rate, the short duration and the broker's pid);
 /// returns its JSON figures after checking that it succeeded.
 fn perf(pid: u32, args: &[&str]) -> HashMap<String, Json> {
-    let mut child = Command::new(perf_binary())
-        .args(args)
-        .args([
-            "--rate",
-            &RATE.to_string(),
-            "--duration",
-            &SECONDS.to_string(),
-        ])
-        .args(["--broker-pid", &pid.to_string(), "--quiet"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn junction-perf");
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let (mut out, mut err) = (String::new(), String::new());
-        let _ = stdout.read_to_string(&mut out);
-        let _ = stderr.read_to_string(&mut err);
-        let _ = tx.send((out, err));
-    });
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for junction-perf") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("junction-perf {args:?} did not finish within {RUN_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (out, err) = rx.recv_timeout(Duration::from_secs(10)).expect("output");
-    assert!(
-        status.success(),
-        "junction-perf {args:?} failed ({status}):\n{out}\n{err}"
-    );
+    let (rate, seconds, pid) = (RATE.to_string(), SECONDS.to_string(), pid.to_string());
+    let fixed = [
+        "--rate",
+        &rate,
+        "--duration",
+        &seconds,
+        "--broker-pid",
+        &pid,
+        "--quiet",
+    ];
+    let out = support::perf::run(&[args, &fixed[..]].concat(), RUN_TIMEOUT);
     let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("JSON ")).collect();
     assert_eq!(lines.len(), 1, "one JSON line expected in:\n{out}");
     parse_flat_json(&lines[0]["JSON ".len()..])

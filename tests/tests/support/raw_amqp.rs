@@ -4,6 +4,8 @@
 //! Only the handful of methods the tests need are encoded; everything the broker sends is read as
 //! raw frames. Every read has a timeout, so no test can hang on a broker that stays silent.
 
+#![allow(dead_code)]
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
