@@ -296,9 +296,10 @@ async fn a_nacked_message_whose_write_fails_is_not_nacked_again_and_confirms_go_
     );
 }
 
-#[tokio::test]
-async fn a_commit_whose_persistent_messages_failed_to_write_is_not_committed() {
-    let store = Arc::new(HeldStore::settling_on_sync(Durability::Failed));
+/// Output of a transaction that publishes one persistent message to a durable queue and
+/// commits, against a store whose syncs settle with `durability`.
+async fn commit_one_persistent_publish(durability: Durability) -> Vec<AMQPFrame> {
+    let store = Arc::new(HeldStore::settling_on_sync(durability));
     let mut connection = open_connection_with(storage(store.clone())).await;
     fanout_queue(&connection, "kept", true, FieldTable::new()).await;
     open_channel(&mut connection).await;
@@ -312,7 +313,12 @@ async fn a_commit_whose_persistent_messages_failed_to_write_is_not_committed() {
         AMQPClass::Tx(tx_methods::AMQPMethod::Commit(tx_methods::Commit {})),
     ));
     connection.on_bytes(&mut input).await;
-    let frames = decode_all(&connection.take_output());
+    decode_all(&connection.take_output())
+}
+
+#[tokio::test]
+async fn a_commit_whose_persistent_messages_failed_to_write_is_not_committed() {
+    let frames = commit_one_persistent_publish(Durability::Failed).await;
     assert!(
         !frames.iter().any(|frame| matches!(
             frame,
@@ -332,21 +338,7 @@ async fn a_commit_whose_persistent_messages_failed_to_write_is_not_committed() {
 
 #[tokio::test]
 async fn a_commit_whose_persistent_messages_are_on_disk_is_committed() {
-    let store = Arc::new(HeldStore::settling_on_sync(Durability::OnDisk));
-    let mut connection = open_connection_with(storage(store.clone())).await;
-    fanout_queue(&connection, "kept", true, FieldTable::new()).await;
-    open_channel(&mut connection).await;
-    let mut input = method(
-        1,
-        AMQPClass::Tx(tx_methods::AMQPMethod::Select(tx_methods::Select {})),
-    );
-    input.extend_from_slice(&publish_frames("", "kept", true));
-    input.extend_from_slice(&method(
-        1,
-        AMQPClass::Tx(tx_methods::AMQPMethod::Commit(tx_methods::Commit {})),
-    ));
-    connection.on_bytes(&mut input).await;
-    let frames = decode_all(&connection.take_output());
+    let frames = commit_one_persistent_publish(Durability::OnDisk).await;
     assert!(
         matches!(
             frames.last(),
