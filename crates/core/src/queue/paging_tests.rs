@@ -17,18 +17,14 @@ use crate::persistence::Storage;
 use crate::persistence::testing::MemoryOverflow;
 use crate::vhost::VirtualHost;
 
-const OWNER: ConnectionId = ConnectionId(1);
 /// Room for three of the tests' messages (10-byte bodies, as [`numbered`] makes them).
 fn budget() -> usize {
     3 * numbered(0, None).memory_size()
 }
 
+/// The tests' consumer's channel.
 fn channel() -> ChannelId {
-    ChannelId {
-        connection: OWNER,
-        number: 1,
-        generation: 1,
-    }
+    super::tests::channel(1)
 }
 
 fn paging_vhost(overflow: &Arc<MemoryOverflow>) -> Arc<VirtualHost> {
@@ -50,11 +46,7 @@ async fn declare(vhost: &Arc<VirtualHost>, name: &str, arguments: FieldTable) ->
         arguments,
         ..Default::default()
     };
-    vhost
-        .declare_queue(spec, false, false, OWNER)
-        .await
-        .expect("declare")
-        .handle
+    super::tests::declare(vhost, spec).await
 }
 
 /// A 10-byte body numbered `n`, at `priority`.
@@ -79,17 +71,7 @@ fn number(message: &Message) -> usize {
 }
 
 fn consumer(prefetch: u32, sink: &ConsumerSink) -> ConsumerSpec {
-    ConsumerSpec {
-        tag: "c".into(),
-        channel: channel(),
-        no_ack: false,
-        settles_transient: false,
-        exclusive: false,
-        prefetch,
-        channel_credit: None,
-        sink: sink.clone(),
-        priority: 0,
-    }
+    super::tests::consumer("c", 1, prefetch, sink)
 }
 
 async fn next(events: &mut mpsc::UnboundedReceiver<ConsumerEvent>) -> Delivery {

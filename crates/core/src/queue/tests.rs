@@ -13,7 +13,7 @@ use crate::vhost::VirtualHost;
 
 const OWNER: ConnectionId = ConnectionId(1);
 
-fn channel(number: u16) -> ChannelId {
+pub(super) fn channel(number: u16) -> ChannelId {
     ChannelId {
         connection: OWNER,
         number,
@@ -27,6 +27,11 @@ async fn queue_with(vhost: &Arc<VirtualHost>, name: &str, auto_delete: bool) -> 
         auto_delete,
         ..Default::default()
     };
+    declare(vhost, spec).await
+}
+
+/// Declares `spec` for the tests' connection.
+pub(super) async fn declare(vhost: &Arc<VirtualHost>, spec: QueueSpec) -> QueueHandle {
     vhost
         .declare_queue(spec, false, false, OWNER)
         .await
@@ -43,7 +48,7 @@ fn message(body: &'static str) -> Arc<Message> {
     ))
 }
 
-fn consumer(tag: &str, number: u16, prefetch: u32, sink: &ConsumerSink) -> ConsumerSpec {
+pub(super) fn consumer(tag: &str, number: u16, prefetch: u32, sink: &ConsumerSink) -> ConsumerSpec {
     ConsumerSpec {
         tag: tag.into(),
         channel: channel(number),
