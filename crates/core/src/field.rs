@@ -8,6 +8,7 @@
 //! recursion.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -103,8 +104,24 @@ impl FieldValue {
 }
 
 /// A table of named [`FieldValue`]s, ordered by name so that equal tables compare equal.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct FieldTable(pub BTreeMap<String, FieldValue>);
+///
+/// Shared on clone and copied on the first write: an adapter that stamps the same headers on
+/// every message (MQTT's `x-mqtt-publish-qos`) keeps one table for all of them instead of
+/// allocating one per message.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FieldTable(Arc<BTreeMap<String, FieldValue>>);
+
+impl Serialize for FieldTable {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for FieldTable {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        BTreeMap::deserialize(deserializer).map(|entries| Self(Arc::new(entries)))
+    }
+}
 
 impl FieldTable {
     /// An empty table.
@@ -119,7 +136,15 @@ impl FieldTable {
 
     /// Inserts `value` under `key`, replacing any previous value.
     pub fn insert(&mut self, key: impl Into<String>, value: FieldValue) {
-        self.0.insert(key.into(), value);
+        Arc::make_mut(&mut self.0).insert(key.into(), value);
+    }
+
+    /// Takes the value under `key` out of the table, if any.
+    pub fn remove(&mut self, key: &str) -> Option<FieldValue> {
+        if !self.0.contains_key(key) {
+            return None;
+        }
+        Arc::make_mut(&mut self.0).remove(key)
     }
 
     /// Whether the table holds no entries.
@@ -161,7 +186,7 @@ impl FieldTable {
 
 impl FromIterator<(String, FieldValue)> for FieldTable {
     fn from_iter<T: IntoIterator<Item = (String, FieldValue)>>(iter: T) -> Self {
-        Self(iter.into_iter().collect())
+        Self(Arc::new(iter.into_iter().collect()))
     }
 }
 

@@ -62,7 +62,7 @@ pub(crate) fn dead_lettered(
     let original_expiration = properties.expiration.take();
     let mut headers = properties.headers.take().unwrap_or_default();
 
-    let mut deaths = match headers.0.remove("x-death") {
+    let mut deaths = match headers.remove("x-death") {
         Some(FieldValue::Array(deaths)) => deaths,
         _ => Vec::new(),
     };

@@ -3,6 +3,8 @@
 //! the acknowledgements, which go out in order and only once a persistent message is on disk.
 //! The will is published through the same path.
 
+use std::sync::LazyLock;
+
 use bytes::Bytes;
 use junction_core::ledger::Seq;
 use junction_core::persistence::Durability;
@@ -18,6 +20,14 @@ use crate::topic;
 
 /// The header that carries the QoS a message was published with, as in RabbitMQ.
 pub(super) const PUBLISH_QOS_HEADER: &str = "x-mqtt-publish-qos";
+
+/// The headers of a message published with each QoS, built once: every message shares its
+/// QoS's table instead of allocating its own.
+static PUBLISH_QOS_HEADERS: LazyLock<[FieldTable; 3]> = LazyLock::new(|| {
+    [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce].map(|qos| {
+        FieldTable::from_iter([(PUBLISH_QOS_HEADER.to_owned(), FieldValue::I8(qos as i8))])
+    })
+});
 
 impl Connection {
     pub(super) async fn on_publish(&mut self, publish: Publish) -> Handled {
@@ -144,8 +154,7 @@ async fn route(
     payload: Bytes,
     notify: Option<(Seq, &mut LazyChannel<(Seq, Durability)>)>,
 ) -> junction_core::Published {
-    let mut headers = FieldTable::new();
-    headers.insert(PUBLISH_QOS_HEADER, FieldValue::I8(qos as i8));
+    let headers = PUBLISH_QOS_HEADERS[qos as usize].clone();
     let persistent = qos != QoS::AtMostOnce;
     let message = Message::new(
         session.exchange.name.clone(),
