@@ -6,6 +6,7 @@
 mod actor;
 mod admission;
 pub mod arguments;
+mod blocks;
 mod budget;
 mod credit;
 mod dead_letter;

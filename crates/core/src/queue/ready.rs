@@ -11,7 +11,7 @@
 //! entries go next ([`ReadyList::paged_ahead`]) and takes their bodies back in
 //! ([`ReadyList::load`]) once they have been read; it does no I/O itself.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::num::NonZeroU64;
 use std::sync::Arc;
 
@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use super::MessageSeq;
 use super::admission::Admission;
+use super::blocks::Blocks;
 use crate::message::Message;
 use crate::persistence::{PagedAt, StoredAt};
 
@@ -153,8 +154,8 @@ pub(super) struct ReadAhead {
 /// The ready messages.
 pub(super) struct ReadyList {
     /// One list per priority level, lowest first; a single one without priorities. Each is
-    /// in sequence order.
-    levels: Vec<VecDeque<Ready>>,
+    /// in sequence order, in blocks (a long backlog grows and drains without copying).
+    levels: Vec<Blocks<Ready>>,
     len: usize,
     bytes: usize,
     /// Entries whose body is paged out.
@@ -167,7 +168,7 @@ impl ReadyList {
     pub(super) fn new(max_priority: Option<u8>, admission: Option<Arc<Admission>>) -> Self {
         let count = usize::from(max_priority.unwrap_or(0)) + 1;
         Self {
-            levels: (0..count).map(|_| VecDeque::new()).collect(),
+            levels: (0..count).map(|_| Blocks::default()).collect(),
             len: 0,
             bytes: 0,
             paged: 0,
@@ -227,7 +228,7 @@ impl ReadyList {
 
     /// The next message to deliver: the head of the highest non-empty level.
     pub(super) fn front(&self) -> Option<&Ready> {
-        self.levels.iter().rev().find_map(VecDeque::front)
+        self.levels.iter().rev().find_map(Blocks::front)
     }
 
     /// Takes the next message to deliver: the head of the highest non-empty level.
@@ -238,7 +239,6 @@ impl ReadyList {
             .rev()
             .find(|level| !level.is_empty())?;
         let entry = level.pop_front()?;
-        shrink_if_sparse(level);
         self.count_out(&entry);
         Some(entry)
     }
@@ -279,7 +279,6 @@ impl ReadyList {
                     expired.push(entry);
                 }
             }
-            shrink_if_sparse(level);
         }
         for entry in &expired[first..] {
             self.len = self.len.saturating_sub(1);
@@ -296,7 +295,7 @@ impl ReadyList {
 
     /// Takes every message (purge, deletion).
     pub(super) fn take_all(&mut self) -> Vec<Ready> {
-        let all: Vec<Ready> = self.levels.iter_mut().flat_map(std::mem::take).collect();
+        let all: Vec<Ready> = self.levels.iter_mut().flat_map(Blocks::take_all).collect();
         for entry in &all {
             self.count_out(entry);
         }
@@ -304,9 +303,9 @@ impl ReadyList {
     }
 
     /// Takes the messages stored under the store ids `ids` (writes that failed). A queue holds
-    /// a message once, and failed messages are the newest, so each level is searched from the
-    /// back until every id was found, and only the part behind the oldest one found is
-    /// rebuilt: one pass at most, however many failed.
+    /// a message once, and failed messages are the newest, so each level is taken apart from
+    /// the back until every id was found, and the rest put back: one pass at most, however
+    /// many failed.
     pub(super) fn take_stored(&mut self, ids: &HashSet<u64>) -> Vec<Ready> {
         let failed = |entry: &Ready| {
             entry
@@ -316,29 +315,23 @@ impl ReadyList {
         let mut taken = Vec::new();
         let mut missing = ids.len();
         for level in &mut self.levels {
-            if missing == 0 {
-                break;
-            }
-            let mut oldest = None;
-            for (index, entry) in level.iter().enumerate().rev() {
-                if missing == 0 {
+            let first = taken.len();
+            let mut kept = Vec::new();
+            while missing > 0 {
+                let Some(entry) = level.pop_back() else {
                     break;
-                }
-                if failed(entry) {
-                    missing -= 1;
-                    oldest = Some(index);
-                }
-            }
-            let Some(oldest) = oldest else {
-                continue;
-            };
-            for entry in level.split_off(oldest) {
+                };
                 if failed(&entry) {
+                    missing -= 1;
                     taken.push(entry);
                 } else {
-                    level.push_back(entry);
+                    kept.push(entry);
                 }
             }
+            for entry in kept.into_iter().rev() {
+                level.push_back(entry);
+            }
+            taken[first..].reverse();
         }
         for entry in &taken {
             self.count_out(entry);
@@ -406,7 +399,7 @@ impl ReadyList {
         let mut loaded = 0usize;
         let mut scanned = 0usize;
         for level in self.levels.iter().rev() {
-            for entry in level {
+            for entry in level.iter() {
                 scanned += 1;
                 if scanned > limits.scan {
                     return wanted;
@@ -454,19 +447,15 @@ impl ReadyList {
     /// Takes paged entry `seq` (at `level`) out of the list (its body could not be read).
     pub(super) fn remove_paged(&mut self, seq: MessageSeq, level: u8) -> Option<Ready> {
         let level = self.levels.get_mut(usize::from(level))?;
-        let index = level.binary_search_by_key(&seq, |entry| entry.seq).ok()?;
-        if level[index].is_loaded() {
-            return None;
-        }
-        let entry = level.remove(index)?;
+        let entry = level.remove(&seq, |entry| entry.seq, |entry| !entry.is_loaded())?;
         self.count_out(&entry);
         Some(entry)
     }
 
     fn find_mut(&mut self, seq: MessageSeq, level: u8) -> Option<&mut Ready> {
-        let level = self.levels.get_mut(usize::from(level))?;
-        let index = level.binary_search_by_key(&seq, |entry| entry.seq).ok()?;
-        level.get_mut(index)
+        self.levels
+            .get_mut(usize::from(level))?
+            .find_mut(&seq, |entry| entry.seq)
     }
 
     fn count_in(&mut self, entry: &Ready) {
@@ -492,23 +481,12 @@ impl ReadyList {
     }
 }
 
-/// Gives back the memory of a level that a long backlog grew and that has mostly drained:
-/// below an eighth of its capacity it shrinks to twice its length (so the copy is paid once
-/// per halving, and a backlog of millions does not keep its index resident once consumed).
-fn shrink_if_sparse(level: &mut VecDeque<Ready>) {
-    const SMALL: usize = 4096;
-    if level.capacity() > SMALL && level.len() < level.capacity() / 8 {
-        level.shrink_to(SMALL.max(level.len() * 2));
-    }
-}
-
 /// Puts `back` into `level` (both in sequence order) at their places. Requeued messages go
-/// near the head, and `VecDeque::insert` moves the shorter side, so a requeue costs the
-/// distance from the head, not the length of a long backlog.
-fn merge_by_seq(level: &mut VecDeque<Ready>, back: Vec<Ready>) {
+/// near the head, and an insertion moves entries of one block only, so a requeue costs the
+/// distance from the head within its block, not the length of a long backlog.
+fn merge_by_seq(level: &mut Blocks<Ready>, back: Vec<Ready>) {
     for entry in back.into_iter().rev() {
-        let index = level.partition_point(|other| other.seq < entry.seq);
-        level.insert(index, entry);
+        level.insert_ordered(entry, |entry| entry.seq);
     }
 }
 
