@@ -540,7 +540,10 @@ impl QueueActor {
         // The budget counts what a message costs in memory, not only its body: a backlog of
         // small messages is mostly their headers.
         let cost = message.memory_size();
-        let paged = if self.loaded_bytes + cost > self.max_loaded_bytes {
+        // Once part of the backlog is paged, what comes behind it is paged too: the budget
+        // holds the head, read back in order, not the newest messages (and the paged run
+        // stays unbroken, so it stays compact).
+        let paged = if self.ready.paged() > 0 || self.loaded_bytes + cost > self.max_loaded_bytes {
             self.page_out(&message, stored)
         } else {
             None

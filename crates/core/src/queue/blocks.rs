@@ -32,7 +32,6 @@ impl<T> Default for Blocks<T> {
 }
 
 impl<T> Blocks<T> {
-    #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.len
     }

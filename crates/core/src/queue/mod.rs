@@ -10,6 +10,7 @@ mod blocks;
 mod budget;
 mod credit;
 mod dead_letter;
+mod level;
 mod ready;
 
 use std::collections::HashSet;

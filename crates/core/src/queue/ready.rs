@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::MessageSeq;
 use super::admission::Admission;
-use super::blocks::Blocks;
+use super::level::Level;
 use crate::message::Message;
 use crate::persistence::{PagedAt, StoredAt};
 
@@ -154,8 +154,8 @@ pub(super) struct ReadAhead {
 /// The ready messages.
 pub(super) struct ReadyList {
     /// One list per priority level, lowest first; a single one without priorities. Each is
-    /// in sequence order, in blocks (a long backlog grows and drains without copying).
-    levels: Vec<Blocks<Ready>>,
+    /// in sequence order, and keeps the middle of a long paged backlog compact ([`Level`]).
+    levels: Vec<Level>,
     len: usize,
     bytes: usize,
     /// Entries whose body is paged out.
@@ -168,7 +168,7 @@ impl ReadyList {
     pub(super) fn new(max_priority: Option<u8>, admission: Option<Arc<Admission>>) -> Self {
         let count = usize::from(max_priority.unwrap_or(0)) + 1;
         Self {
-            levels: (0..count).map(|_| Blocks::default()).collect(),
+            levels: (0..count).map(|_| Level::default()).collect(),
             len: 0,
             bytes: 0,
             paged: 0,
@@ -228,7 +228,7 @@ impl ReadyList {
 
     /// The next message to deliver: the head of the highest non-empty level.
     pub(super) fn front(&self) -> Option<&Ready> {
-        self.levels.iter().rev().find_map(Blocks::front)
+        self.levels.iter().rev().find_map(Level::front)
     }
 
     /// Takes the next message to deliver: the head of the highest non-empty level.
@@ -295,7 +295,7 @@ impl ReadyList {
 
     /// Takes every message (purge, deletion).
     pub(super) fn take_all(&mut self) -> Vec<Ready> {
-        let all: Vec<Ready> = self.levels.iter_mut().flat_map(Blocks::take_all).collect();
+        let all: Vec<Ready> = self.levels.iter_mut().flat_map(Level::take_all).collect();
         for entry in &all {
             self.count_out(entry);
         }
@@ -378,7 +378,7 @@ impl ReadyList {
         };
         if let Some(now) = expired_by {
             for level in self.levels.iter().rev() {
-                for entry in level.iter().take(limits.scan) {
+                for entry in level.head().take(limits.scan) {
                     if entry.expires_at.is_none_or(|at| at > now) || !room(entry, &wanted, bytes) {
                         break;
                     }
@@ -399,7 +399,7 @@ impl ReadyList {
         let mut loaded = 0usize;
         let mut scanned = 0usize;
         for level in self.levels.iter().rev() {
-            for entry in level.iter() {
+            for entry in level.head() {
                 scanned += 1;
                 if scanned > limits.scan {
                     return wanted;
@@ -447,15 +447,13 @@ impl ReadyList {
     /// Takes paged entry `seq` (at `level`) out of the list (its body could not be read).
     pub(super) fn remove_paged(&mut self, seq: MessageSeq, level: u8) -> Option<Ready> {
         let level = self.levels.get_mut(usize::from(level))?;
-        let entry = level.remove(&seq, |entry| entry.seq, |entry| !entry.is_loaded())?;
+        let entry = level.remove(seq, |entry| !entry.is_loaded())?;
         self.count_out(&entry);
         Some(entry)
     }
 
     fn find_mut(&mut self, seq: MessageSeq, level: u8) -> Option<&mut Ready> {
-        self.levels
-            .get_mut(usize::from(level))?
-            .find_mut(&seq, |entry| entry.seq)
+        self.levels.get_mut(usize::from(level))?.find_mut(seq)
     }
 
     fn count_in(&mut self, entry: &Ready) {
@@ -484,9 +482,9 @@ impl ReadyList {
 /// Puts `back` into `level` (both in sequence order) at their places. Requeued messages go
 /// near the head, and an insertion moves entries of one block only, so a requeue costs the
 /// distance from the head within its block, not the length of a long backlog.
-fn merge_by_seq(level: &mut Blocks<Ready>, back: Vec<Ready>) {
+fn merge_by_seq(level: &mut Level, back: Vec<Ready>) {
     for entry in back.into_iter().rev() {
-        level.insert_ordered(entry, |entry| entry.seq);
+        level.insert_ordered(entry);
     }
 }
 
