@@ -229,3 +229,72 @@ async fn purging_releases_every_page() {
     assert_eq!(queue.purge().await.expect("purge"), 50);
     assert_eq!(overflow.live(), 0);
 }
+
+/// A backlog several times longer than a level's head (the spill in between holds the rest
+/// compactly): a message with an expiry waits behind the compact run, delivered messages
+/// rejected back return to the front, and every message comes back once, in order, each
+/// page released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_longer_than_the_head_comes_back_in_order_with_requeues_and_expiries() {
+    let overflow = MemoryOverflow::new();
+    let vhost = paging_vhost(&overflow);
+    let queue = declare(&vhost, "q", FieldTable::default()).await;
+    let run = 3 * super::level::HEAD_MIN + 100;
+    for n in 0..run {
+        queue.publish(numbered(n, None)).await.expect("publish");
+    }
+    let mut expiring = Message::clone(&numbered(run, None));
+    expiring.properties.expiration = Some("600000".into());
+    queue.publish(Arc::new(expiring)).await.expect("publish");
+    let total = run + 10;
+    for n in run + 1..total {
+        queue.publish(numbered(n, None)).await.expect("publish");
+    }
+    assert_eq!(queue.stats().await.expect("stats").ready as usize, total);
+    assert_eq!(
+        overflow.live(),
+        total - 3,
+        "all but three bodies left memory"
+    );
+
+    let (sink, mut events) = super::tests::sink_and_events();
+    queue.consume(consumer(10, &sink)).await.expect("consume");
+    let mut first = Vec::new();
+    for _ in 0..10 {
+        first.push(next(&mut events).await);
+    }
+    assert!(queue.cancel(channel(), "c".into()).await);
+    queue
+        .reject(channel(), first.iter().map(|d| d.seq).collect(), true)
+        .await;
+
+    let (sink, mut events) = super::tests::sink_and_events();
+    queue.consume(consumer(0, &sink)).await.expect("consume");
+    let mut got = Vec::new();
+    let mut seqs = Vec::new();
+    for _ in 0..total {
+        let delivery = next(&mut events).await;
+        got.push(number(&delivery.message));
+        seqs.push(delivery.seq);
+    }
+    assert_eq!(got, (0..total).collect::<Vec<_>>());
+    queue.ack(channel(), seqs).await;
+    assert_eq!(queue.stats().await.expect("stats").ready, 0);
+    assert_eq!(overflow.live(), 0, "every page was released");
+}
+
+/// Purging a backlog whose middle is compact releases the pages of all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purging_a_long_backlog_releases_every_page() {
+    let overflow = MemoryOverflow::new();
+    let vhost = paging_vhost(&overflow);
+    let queue = declare(&vhost, "q", FieldTable::default()).await;
+    let total = 4 * super::level::HEAD_MIN;
+    for n in 0..total {
+        queue.publish(numbered(n, None)).await.expect("publish");
+    }
+    assert_eq!(queue.stats().await.expect("stats").ready as usize, total);
+    assert_eq!(overflow.live(), total - 3);
+    assert_eq!(queue.purge().await.expect("purge") as usize, total);
+    assert_eq!(overflow.live(), 0);
+}
