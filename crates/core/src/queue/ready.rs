@@ -6,8 +6,9 @@
 //! they publish, the list counts what comes back (requeues, recovery) and what leaves.
 //!
 //! An entry's body is in memory or paged out (in the message store or in the queue's
-//! overflow). A paged entry is only a small index record ([`Ready`] takes at most 48 bytes),
-//! so a backlog of millions of paged messages fits in memory. The list tells which paged
+//! overflow). A paged entry is only a small index record ([`Ready`] takes at most 48 bytes,
+//! and the middle of a long run of overflow entries 12, see [`Level`]), so a backlog of
+//! millions of paged messages fits in memory. The list tells which paged
 //! entries go next ([`ReadyList::paged_ahead`]) and takes their bodies back in
 //! ([`ReadyList::load`]) once they have been read; it does no I/O itself.
 
