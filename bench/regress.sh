@@ -6,7 +6,9 @@
 #
 # Usage: bench/regress.sh OLD_JUNCTION NEW_JUNCTION [JUNCTION_PERF]
 #   JUNCTION_PERF defaults to target/release/junction-perf (built if missing).
-# Environment: DURATION [10] seconds per run, ROUNDS [3] runs per binary and scenario,
+# Environment: DURATION [10] seconds per run, DRAIN [10] seconds a run may drain after
+#   publishing (a run that has not delivered everything by then still reports its rate, as
+#   messages received per second until the last), ROUNDS [3] runs per binary and scenario,
 #   SCENARIOS [amqp-transient amqp-ack amqp-persistent mqtt-qos1 stomp].
 # Every broker it starts is stopped on exit.
 set -euo pipefail
@@ -17,6 +19,7 @@ new=${2:?usage: bench/regress.sh OLD_JUNCTION NEW_JUNCTION [JUNCTION_PERF]}
 perf=${3:-target/release/junction-perf}
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
+DRAIN=${DRAIN:-10}
 SCENARIOS=${SCENARIOS:-amqp-transient amqp-ack amqp-persistent mqtt-qos1 stomp}
 if [ ! -x "$perf" ]; then
   cargo build --release --locked -p junction-perf
@@ -74,8 +77,8 @@ for name in $SCENARIOS; do
       [ "$which" = new ] && bin=$new
       start "$bin"
       # shellcheck disable=SC2046
-      json=$("$perf" $(scenario "$name") --duration "$DURATION" --drain 10 --quiet 2>/dev/null \
-        | sed -n 's/^JSON //p' | tail -1)
+      json=$({ "$perf" $(scenario "$name") --duration "$DURATION" --drain "$DRAIN" --quiet \
+        2>/dev/null || true; } | sed -n 's/^JSON //p' | tail -1)
       hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$broker_pid/status")
       stop
       rate=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1] or "{}").get("received_per_s", 0))' "$json")
