@@ -214,3 +214,72 @@ async fn a_prefetch_size_is_not_implemented() {
     raw.expect_connection_close(code::NOT_IMPLEMENTED, "prefetch_size=4096")
         .await;
 }
+
+/// connection.close's arguments: reply code, text, and the (absent) failing method.
+fn close_arguments(code: u16, text: &str) -> Vec<u8> {
+    let mut arguments = code.to_be_bytes().to_vec();
+    arguments.extend(short(text));
+    arguments.extend_from_slice(&[0, 0, 0, 0]);
+    arguments
+}
+
+#[tokio::test]
+async fn after_close_ok_the_socket_stays_open_until_the_client_closes_it() {
+    let broker = Broker::start();
+    let mut raw = Raw::open(&broker, 0).await;
+    raw.method(0, 10, 50, &close_arguments(200, "bye")).await;
+    let (channel, method) = raw.next_method().await;
+    assert_eq!(channel, 0);
+    assert!(
+        matches!(method, AMQPClass::Connection(conn::AMQPMethod::CloseOk(_))),
+        "expected connection.close-ok, got {method:?}"
+    );
+    // What the client still had buffered reaches an open socket and is dropped: no reply,
+    // no end of stream, no reset.
+    raw.send(&[FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, 0xCE]).await;
+    raw.method(1, 20, 10, &short("")).await;
+    let mut byte = [0u8; 1];
+    let quiet = tokio::time::timeout(Duration::from_millis(500), raw.stream.read(&mut byte)).await;
+    assert!(
+        quiet.is_err(),
+        "the broker answered or closed the socket after close-ok: {quiet:?}"
+    );
+    // Once the client closes its side, so does the broker.
+    within("shutdown", raw.stream.shutdown())
+        .await
+        .expect("shutdown");
+    assert!(
+        raw.frame().await.is_none(),
+        "the broker closes after the client"
+    );
+}
+
+#[tokio::test]
+async fn a_channel_close_crossing_the_brokers_is_answered_and_its_close_ok_awaited() {
+    let broker = Broker::start();
+    let mut raw = Raw::open(&broker, 0).await;
+    raw.open_channel(1).await;
+    // A passive declare of a missing queue: the broker closes the channel with 404...
+    let mut declare = 0u16.to_be_bytes().to_vec();
+    declare.extend(short("no-such-queue-crossing"));
+    declare.push(1); // passive
+    declare.extend_from_slice(&0u32.to_be_bytes());
+    raw.method(1, 50, 10, &declare).await;
+    // ...while the client, not having read that yet, closes the channel itself.
+    raw.method(1, 20, 40, &close_arguments(200, "done")).await;
+    let (channel, method) = raw.next_method().await;
+    assert_eq!(channel, 1);
+    let AMQPClass::Channel(ch::AMQPMethod::Close(close)) = method else {
+        panic!("expected channel.close, got {method:?}");
+    };
+    assert_eq!(close.reply_code, code::NOT_FOUND);
+    let (channel, method) = raw.next_method().await;
+    assert_eq!(channel, 1);
+    assert!(
+        matches!(method, AMQPClass::Channel(ch::AMQPMethod::CloseOk(_))),
+        "the client's channel.close is answered: got {method:?}"
+    );
+    // The client's close-ok to the broker's close ends the channel, not the connection.
+    raw.method(1, 20, 41, &[]).await;
+    raw.open_channel(1).await;
+}

@@ -33,6 +33,10 @@ const EVENT_BATCH: usize = 512;
 const OUTPUT_BACKLOG: usize = 1024 * 1024;
 /// How long the last output may take to write when the connection closes.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client that closed the connection (and got close-ok) has to close the socket,
+/// as RabbitMQ's closing timeout; until then what it sends is dropped.
+const PEER_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The timer's deadline when nothing is due (no heartbeats).
 const NOTHING_DUE: Duration = Duration::from_secs(3600);
 
@@ -316,7 +320,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     /// Writes the last output and lets the connection's queues and consumers go.
     async fn finish(&mut self) {
         let last = self.connection.take_output();
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.conduit.close(last)).await;
+        if self.connection.peer_closes() {
+            let _ =
+                tokio::time::timeout(PEER_CLOSE_TIMEOUT, self.conduit.close_after_peer(last)).await;
+        } else {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.conduit.close(last)).await;
+        }
         Box::pin(self.connection.cleanup()).await;
     }
 }

@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// The smallest read: quiet connections (most of them, for IoT devices) read this much.
 const READ_CHUNK_MIN: usize = 512;
@@ -149,12 +149,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conduit<S> {
     /// Writes what is left of the output, then `last`, and shuts the write side down (the
     /// peer sees the end of the stream). Errors end it quietly: the connection is closing.
     pub async fn close(&mut self, last: Bytes) {
-        let output = std::mem::take(&mut self.output);
-        if self.stream.write_all(&output).await.is_ok()
-            && self.stream.write_all(&last).await.is_ok()
-        {
+        if self.write_last(last).await {
             let _ = self.stream.shutdown().await;
         }
+    }
+
+    /// Writes what is left of the output, then `last`, and leaves closing to the peer: what
+    /// it still sends is read and dropped until it closes its side (or fails), then the
+    /// stream is shut down. The caller bounds how long that may take.
+    pub async fn close_after_peer(&mut self, last: Bytes) {
+        if !self.write_last(last).await {
+            return;
+        }
+        let mut scratch = [0u8; 4096];
+        while let Ok(n) = self.stream.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+        self.input = BytesMut::new();
+        let _ = self.stream.shutdown().await;
+    }
+
+    /// Writes what is left of the output, then `last`; false when the stream failed.
+    async fn write_last(&mut self, last: Bytes) -> bool {
+        let output = std::mem::take(&mut self.output);
+        self.stream.write_all(&output).await.is_ok() && self.stream.write_all(&last).await.is_ok()
     }
 }
 
@@ -220,5 +240,30 @@ mod tests {
         let mut expected = first;
         expected.extend_from_slice(b"bye");
         assert_eq!(reader.await.unwrap(), expected);
+    }
+
+    #[tokio::test]
+    async fn closing_after_the_peer_drops_what_it_still_sends_until_it_closes() {
+        let (near, mut far) = tokio::io::duplex(64 * 1024);
+        let mut conduit = Conduit::new(near);
+        conduit.send(Bytes::from_static(b"first "));
+        let closing = tokio::spawn(async move {
+            conduit.close_after_peer(Bytes::from_static(b"last")).await;
+        });
+        let mut got = [0u8; 10];
+        far.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"first last");
+        // The peer still sends (publishes it had buffered) and the socket stays open.
+        far.write_all(&[1u8; 50_000]).await.unwrap();
+        tokio::task::yield_now().await;
+        assert!(
+            !closing.is_finished(),
+            "the socket must stay open until the peer closes"
+        );
+        far.shutdown().await.unwrap();
+        closing.await.unwrap();
+        let mut rest = Vec::new();
+        far.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "the write side was shut down");
     }
 }

@@ -75,6 +75,8 @@ pub struct Connection {
     /// The resource alarm as last seen, and whether connection.blocked was sent for it.
     alarm: Option<String>,
     blocked_sent: bool,
+    /// The client asked to close and got close-ok: closing the socket is its turn.
+    peer_closes: bool,
 }
 
 /// The error for a method only a server may send, received from a client.
@@ -140,6 +142,7 @@ impl Connection {
         Self {
             session: Session::new(broker, settings, peer),
             state: State::AwaitingHeader,
+            peer_closes: false,
             channels: Vec::new(),
             generation: 0,
             alarm: None,
@@ -239,6 +242,14 @@ impl Connection {
     /// The state of the connection.
     pub fn state(&self) -> State {
         self.state
+    }
+
+    /// Whether the client closed the connection (its connection.close was answered with
+    /// close-ok): as in RabbitMQ, the socket then stays open, what still arrives is dropped,
+    /// and the client closes it. A client that closes while its publishes are still being
+    /// written would otherwise hit a broken pipe and never read its close-ok.
+    pub fn peer_closes(&self) -> bool {
+        self.peer_closes
     }
 
     /// The negotiated heartbeat interval in seconds (0 = off).
@@ -393,6 +404,7 @@ impl Connection {
                         AMQPClass::Connection(conn::AMQPMethod::CloseOk(conn::CloseOk {})),
                     );
                     self.state = State::Closed;
+                    self.peer_closes = true;
                 }
                 _ => {}
             }
@@ -423,6 +435,7 @@ impl Connection {
                     AMQPClass::Connection(conn::AMQPMethod::CloseOk(conn::CloseOk {})),
                 );
                 self.state = State::Closed;
+                self.peer_closes = true;
                 Ok(())
             }
             (_, conn::AMQPMethod::CloseOk(_)) => {
@@ -598,7 +611,10 @@ impl Connection {
     }
 
     /// Handles a method on a channel the server is closing: only close and close-ok count.
-    /// Returns whether the channel is still waiting.
+    /// Returns whether the channel is still waiting. A channel.close from the client that
+    /// crossed ours is answered with close-ok, and the channel still waits for the client's
+    /// close-ok to ours (as RabbitMQ does): forgetting it there would make that close-ok a
+    /// frame on an unknown channel, which ends the whole connection.
     fn on_method_while_channel_closing(&mut self, channel: &Channel, method: AMQPClass) -> bool {
         match method {
             AMQPClass::Channel(channel_methods::AMQPMethod::CloseOk(_)) => false,
@@ -607,7 +623,7 @@ impl Connection {
                     channel.id.number,
                     AMQPClass::Channel(channel_methods::AMQPMethod::CloseOk(CloseOk {})),
                 );
-                false
+                true
             }
             _ => true,
         }
