@@ -43,6 +43,7 @@ pub struct Broker {
     alarm: watch::Sender<Option<String>>,
     raised: parking_lot::Mutex<std::collections::BTreeMap<&'static str, String>>,
     storage: Storage,
+    refused_logins: crate::auth::RefusalLog,
 }
 
 impl Broker {
@@ -73,6 +74,7 @@ impl Broker {
             alarm: watch::Sender::new(None),
             raised: parking_lot::Mutex::new(std::collections::BTreeMap::new()),
             storage,
+            refused_logins: crate::auth::RefusalLog::new(),
         });
         broker.add_vhost(&broker.config.default_vhost.clone());
         broker
@@ -96,6 +98,12 @@ impl Broker {
     /// The auth backends.
     pub fn auth(&self) -> &AuthChain {
         &self.auth
+    }
+
+    /// Which refused logins get a log line: one per peer address and 10 s, every protocol
+    /// together.
+    pub fn refused_logins(&self) -> &crate::auth::RefusalLog {
+        &self.refused_logins
     }
 
     /// Creates a vhost (or returns the existing one), restoring its stored definitions.

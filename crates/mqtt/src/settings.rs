@@ -30,7 +30,9 @@ pub struct Settings {
     pub max_queued_qos0: u32,
     /// Whether an idle TCP connection leaves its task for the parking lot.
     pub park_idle_connections: bool,
-    /// Clients that send no user name log in as `anonymous_user`; otherwise they are refused.
+    /// Clients that send no user name log in as `anonymous_user` (the default, as RabbitMQ
+    /// and Mosquitto 2 on loopback: guest may only log in from loopback); otherwise they are
+    /// refused.
     pub allow_anonymous: bool,
     /// The user anonymous clients log in as.
     pub anonymous_user: String,
@@ -47,7 +49,7 @@ impl Default for Settings {
             max_inflight: 32,
             max_queued_qos0: 1000,
             park_idle_connections: true,
-            allow_anonymous: false,
+            allow_anonymous: true,
             anonymous_user: "guest".to_owned(),
             anonymous_password: "guest".to_owned(),
         }

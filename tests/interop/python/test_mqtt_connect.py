@@ -115,10 +115,14 @@ def test_an_unknown_user_gets_connack_4(mqtt, names):
     client.close()
 
 
-def test_no_credentials_get_connack_5_when_anonymous_access_is_off(mqtt, names):
-    """With the default configuration (allow_anonymous = false) a CONNECT without a user
-    name gets CONNACK 5 (not authorised)."""
-    client = mqtt(names("c"), username=None, password=None)
+def test_no_credentials_get_connack_5_when_anonymous_access_is_off(
+    start_broker, tmp_path, mqtt, names
+):
+    """With ``[mqtt] allow_anonymous = false`` a CONNECT without a user name gets CONNACK 5
+    (not authorised), from loopback too."""
+    config = write_config(tmp_path, "[mqtt]\nallow_anonymous = false\n")
+    private = start_broker(extra_args=["--config", config])
+    client = mqtt(names("c"), target=private, username=None, password=None)
     client.connect(expect=refused(5))
     client.close()
 
@@ -218,20 +222,31 @@ def test_an_empty_client_id_with_clean_session_is_accepted_with_an_assigned_id(m
 # Anonymous access.
 
 
-def test_anonymous_clients_connect_when_allow_anonymous_is_on(start_broker, tmp_path, mqtt, names):
-    """With ``[mqtt] allow_anonymous = true`` a CONNECT without a user name logs in as the
-    anonymous user (guest) and can publish and subscribe; credentials that are given are still
-    checked (a wrong password is CONNACK 4)."""
-    config = write_config(tmp_path, "[mqtt]\nallow_anonymous = true\n")
-    private = start_broker(extra_args=["--config", config])
-    subscriber = mqtt(names("sub"), target=private, username=None, password=None)
-    publisher = mqtt(names("pub"), target=private, username=None, password=None)
+def test_anonymous_clients_connect_by_default(mqtt, names):
+    """With the default configuration (``allow_anonymous = true``, as RabbitMQ and Mosquitto 2
+    on loopback) a CONNECT without a user name from loopback logs in as the anonymous user
+    (guest) and can publish and subscribe; credentials that are given are still checked (a
+    wrong password is CONNACK 4)."""
+    subscriber = mqtt(names("sub"), username=None, password=None)
+    publisher = mqtt(names("pub"), username=None, password=None)
     subscriber.connect()
     publisher.connect()
     round_trip(subscriber, publisher, topic_for(names, "t"), b"anonymous")
-    wrong = mqtt(names("wrong"), target=private, password="not-the-password")
+    wrong = mqtt(names("wrong"), password="not-the-password")
     wrong.connect(expect=refused(4))
     wrong.close()
+
+
+def test_refused_logins_are_logged_once_per_peer_and_window(start_broker, mqtt, names):
+    """A client retrying with a wrong password in a loop gets CONNACK 4 every time, but the
+    broker writes one log line for it per 10 s window, not one per attempt."""
+    private = start_broker()
+    for n in range(200):
+        client = mqtt(names(f"retry-{n}"), target=private, password="not-the-password")
+        client.connect(expect=refused(4))
+        client.close()
+    lines = private.log_path.read_text(errors="replace").count("login refused")
+    assert 1 <= lines <= 3, f"{lines} log lines for 200 refused logins"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,15 +27,21 @@ pytestmark = pytest.mark.skipif(
 MESSAGE_FORMAT = "message|%t|%q|%r|%p"
 
 
-def login(broker) -> list[str]:
+def address(broker) -> list[str]:
     host, port = broker.listeners["mqtt"]
-    return ["-h", host, "-p", str(port), "-u", "guest", "-P", "guest"]
+    return ["-h", host, "-p", str(port)]
 
 
-def mosquitto_pub(broker, *args: str) -> None:
-    """Runs mosquitto_pub to completion; it must exit 0."""
+def login(broker) -> list[str]:
+    return [*address(broker), "-u", "guest", "-P", "guest"]
+
+
+def mosquitto_pub(broker, *args: str, credentials: bool = True) -> None:
+    """Runs mosquitto_pub to completion; it must exit 0. Without ``credentials`` it sends no
+    user name, as a first try on a fresh install does."""
+    where = login(broker) if credentials else address(broker)
     done = subprocess.run(
-        ["mosquitto_pub", *login(broker), *args], capture_output=True, text=True, timeout=WAIT
+        ["mosquitto_pub", *where, *args], capture_output=True, text=True, timeout=WAIT
     )
     assert done.returncode == 0, f"mosquitto_pub exited {done.returncode}: {done.stderr}"
 
@@ -187,3 +193,15 @@ def test_a_message_retained_with_mosquitto_pub_reaches_a_later_mosquitto_sub(
     code = after_clear.process.wait(timeout=WAIT)
     assert code == 27, f"expected the -W time-out (27), got {code}\n{after_clear.output()}"
     assert [line for line in after_clear.stdout.seen if line.startswith("message|")] == []
+
+
+def test_mosquitto_pub_without_credentials_works_on_the_default_configuration(
+    broker, names, mosquitto_sub
+):
+    """`mosquitto_pub -t t -m hi` with no user name, on the default configuration, from
+    loopback: it logs in as guest (as with RabbitMQ and Mosquitto 2) and the message arrives."""
+    topic = f"first/{names('try')}"
+    watcher = mosquitto_sub("-q", "1", "-t", topic)
+    watcher.wait_subscribed()
+    mosquitto_pub(broker, "-t", topic, "-m", "hi", credentials=False)
+    assert watcher.messages() == [(topic, 0, False, "hi")]

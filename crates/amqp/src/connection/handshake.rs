@@ -78,7 +78,12 @@ impl Connection {
                 self.session.principal = Some(principal);
             }
             Err(reason) => {
-                tracing::warn!(user = %username, peer = ?self.session.peer, %reason, "login refused");
+                // One line per peer address and window: a client retrying in a loop does not
+                // flood the log.
+                let peer = self.session.peer.map(|peer| peer.ip());
+                if let Some(left_out) = self.session.broker.refused_logins().admit(peer) {
+                    tracing::warn!(user = %username, peer = ?self.session.peer, %reason, left_out, "login refused");
+                }
                 let error = AmqpError::connection(
                     code::ACCESS_REFUSED,
                     format!(

@@ -8,12 +8,14 @@
 
 mod cache;
 mod internal;
+mod refusals;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 pub use cache::PermissionCache;
 pub use internal::{InternalUsers, PasswordHash, UserRecord, VhostPermissions};
+pub use refusals::{REFUSAL_LOG_WINDOW, RefusalLog};
 
 /// The three kinds of permission RabbitMQ knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -41,6 +41,7 @@ impl Connection {
         };
 
         let settings = &self.mqtt.settings;
+        let anonymous = connect.username.is_none();
         let (login, password) = match (&connect.username, &connect.password) {
             (Some(user), password) => {
                 let password = match password {
@@ -57,7 +58,7 @@ impl Connection {
                 settings.anonymous_password.clone(),
             ),
             (None, _) => {
-                tracing::info!(peer = ?self.peer, "MQTT login refused: no credentials and anonymous access is off");
+                self.log_refused_login("", &"no credentials and anonymous access is off");
                 return Ok(self.refuse(ConnectReturnCode::NotAuthorized));
             }
         };
@@ -73,18 +74,20 @@ impl Connection {
         }) {
             Ok(principal) => principal,
             Err(reason) => {
-                tracing::info!(peer = ?self.peer, %reason, "MQTT login refused");
-                return Ok(self.refuse(ConnectReturnCode::BadUserNameOrPassword));
+                self.log_refused_login(&user, &reason);
+                // A client that sent no credentials gave no bad ones: it is not authorised
+                // (the anonymous user may not log in from where it is, say).
+                return Ok(self.refuse(if anonymous {
+                    ConnectReturnCode::NotAuthorized
+                } else {
+                    ConnectReturnCode::BadUserNameOrPassword
+                }));
             }
         };
         let vhost = match broker.vhost(&vhost_name) {
             Ok(vhost) if principal.check_vhost(&vhost_name) => vhost,
             _ => {
-                tracing::info!(
-                    user,
-                    vhost = vhost_name,
-                    "MQTT login refused: no access to the vhost"
-                );
+                self.log_refused_login(&user, &format!("no access to vhost '{vhost_name}'"));
                 return Ok(self.refuse(ConnectReturnCode::NotAuthorized));
             }
         };
@@ -105,7 +108,7 @@ impl Connection {
         // while closing), before anything is deleted or resumed.
         if let Err(reason) = self.may_take_session(&principal, &vhost, &key, connect.clean_session)
         {
-            tracing::info!(user, client_id = %key.client_id, %reason, "MQTT login refused");
+            self.log_refused_login(&user, &reason);
             return Ok(self.refuse(ConnectReturnCode::NotAuthorized));
         }
         let claim = self
@@ -115,7 +118,7 @@ impl Connection {
             .await;
         if let Err(reason) = self.may_take_session(&principal, &vhost, &key, connect.clean_session)
         {
-            tracing::info!(user, client_id = %key.client_id, %reason, "MQTT login refused");
+            self.log_refused_login(&user, &reason);
             self.mqtt.sessions.release(claim, self.id, &self.signal);
             return Ok(self.refuse(ConnectReturnCode::NotAuthorized));
         }
@@ -211,6 +214,15 @@ impl Connection {
     }
 
     /// Answers CONNECT with a refusal; the connection then closes.
+    /// Logs a refused login, at most one line per peer address and window (the broker's
+    /// [`junction_core::auth::RefusalLog`]): a client retrying in a loop does not flood the log.
+    fn log_refused_login(&self, user: &str, reason: &dyn std::fmt::Display) {
+        let peer = self.peer.map(|peer| peer.ip());
+        if let Some(left_out) = self.mqtt.broker.refused_logins().admit(peer) {
+            tracing::info!(peer = ?self.peer, user, %reason, left_out, "MQTT login refused");
+        }
+    }
+
     fn refuse(&mut self, code: ConnectReturnCode) -> Next {
         codec::encode(
             &Packet::ConnAck {

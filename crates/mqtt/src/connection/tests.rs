@@ -76,7 +76,11 @@ fn publish(topic: &str, qos: QoS, id: Option<u16>) -> Packet {
 
 #[tokio::test]
 async fn a_client_without_credentials_is_refused_unless_anonymous_access_is_on() {
-    let mqtt = Mqtt::new(broker(), Settings::default(), None);
+    let closed = Settings {
+        allow_anonymous: false,
+        ..Settings::default()
+    };
+    let mqtt = Mqtt::new(broker(), closed, None);
     let (next, replies) = feed(&mut connection(&mqtt), &[connect_packet("dev", None)]).await;
     assert_eq!(
         replies,
@@ -87,11 +91,7 @@ async fn a_client_without_credentials_is_refused_unless_anonymous_access_is_on()
     );
     assert_eq!(next, Next::Close { graceful: true });
 
-    let open = Settings {
-        allow_anonymous: true,
-        ..Settings::default()
-    };
-    let mqtt = Mqtt::new(broker(), open, None);
+    let mqtt = Mqtt::new(broker(), Settings::default(), None);
     let (next, replies) = feed(&mut connection(&mqtt), &[connect_packet("dev", None)]).await;
     assert_eq!(
         replies,
@@ -101,6 +101,39 @@ async fn a_client_without_credentials_is_refused_unless_anonymous_access_is_on()
         }]
     );
     assert_eq!(next, Next::Continue);
+}
+
+/// By default a client without credentials logs in as guest, who may only log in from
+/// loopback (RabbitMQ's `loopback_users`): from another address it gets CONNACK 5.
+#[tokio::test]
+async fn an_anonymous_client_is_guest_from_loopback_only() {
+    let users = InternalUsers::new();
+    users.add_user("guest", "guest", &[], &["/"]);
+    users.set_loopback_only("guest");
+    let mut auth = AuthChain::new();
+    auth.push(Arc::new(users));
+    let broker = Broker::new(
+        BrokerConfig::default(),
+        Arc::new(ExchangeTypeRegistry::with_builtins()),
+        auth,
+    );
+    let mqtt = Mqtt::new(broker, Settings::default(), None);
+    for (peer, code) in [
+        ("127.0.0.1:50000", ConnectReturnCode::Accepted),
+        ("192.0.2.7:50000", ConnectReturnCode::NotAuthorized),
+    ] {
+        let peer = peer.parse().expect("address");
+        let mut connection = Connection::new(mqtt.clone(), Some(peer));
+        let (_, replies) = feed(&mut connection, &[connect_packet("dev", None)]).await;
+        assert_eq!(
+            replies,
+            vec![Packet::ConnAck {
+                session_present: false,
+                code
+            }],
+            "from {peer}"
+        );
+    }
 }
 
 #[tokio::test]
