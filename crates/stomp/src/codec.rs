@@ -83,6 +83,16 @@ impl Frame {
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
+
+    /// The boolean header `name`: `true` or `false` in any case (stomp.py writes Python's
+    /// `True` and `False`, which RabbitMQ reads too); None when absent or anything else.
+    pub fn flag(&self, name: &str) -> Option<bool> {
+        match self.get(name)? {
+            value if value.eq_ignore_ascii_case("true") => Some(true),
+            value if value.eq_ignore_ascii_case("false") => Some(false),
+            _ => None,
+        }
+    }
 }
 
 /// Why a frame could not be decoded. The connection answers with an ERROR frame and closes.
@@ -171,13 +181,11 @@ impl Decoder {
         }
     }
 
-    /// Finds one whole frame at the start of `buffer` (after any heart-beat EOLs), splits it
-    /// off and decodes it. `Ok(None)`: more bytes are needed.
+    /// Finds one whole frame at the start of `buffer` (after any heart-beat EOLs, and stray
+    /// NULs, which RabbitMQ skips too), splits it off and decodes it. `Ok(None)`: more bytes
+    /// are needed.
     pub fn decode(&self, buffer: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
-        let leading = buffer
-            .iter()
-            .take_while(|b| **b == b'\n' || **b == b'\r')
-            .count();
+        let leading = buffer.iter().take_while(|b| is_between_frames(**b)).count();
         buffer.advance(leading);
         if buffer.is_empty() {
             return Ok(None);
@@ -370,6 +378,11 @@ pub fn encode(frame: &Frame, version: Option<Version>, out: &mut BytesMut) {
     out.put_u8(b'\n');
     out.put_slice(&frame.body);
     out.put_u8(0);
+}
+
+/// Whether `byte` may come between frames: a heart-beat's EOL, or a stray NUL.
+pub(crate) fn is_between_frames(byte: u8) -> bool {
+    matches!(byte, b'\n' | b'\r' | b'\0')
 }
 
 #[cfg(test)]

@@ -95,6 +95,7 @@ impl Destination {
         match exchange {
             "" => format!("/queue/{key}"),
             "amq.topic" => format!("/topic/{key}"),
+            other if key.is_empty() => format!("/exchange/{other}"),
             other => format!("/exchange/{other}/{key}"),
         }
     }
@@ -190,5 +191,6 @@ mod tests {
         assert_eq!(Destination::for_message("", "q"), "/queue/q");
         assert_eq!(Destination::for_message("amq.topic", "a.b"), "/topic/a.b");
         assert_eq!(Destination::for_message("logs", "k"), "/exchange/logs/k");
+        assert_eq!(Destination::for_message("logs", ""), "/exchange/logs");
     }
 }

@@ -36,7 +36,8 @@ pub fn properties_from_send(frame: &Frame) -> Properties {
             "content-type" => properties.content_type = Some(value),
             "content-encoding" => properties.content_encoding = Some(value),
             "persistent" => {
-                properties.delivery_mode = Some(if value == "true" { 2 } else { 1 });
+                let persistent = frame.flag("persistent") == Some(true);
+                properties.delivery_mode = Some(if persistent { 2 } else { 1 });
             }
             "priority" => properties.priority = value.parse().ok(),
             "correlation-id" => properties.correlation_id = Some(value),

@@ -241,7 +241,7 @@ for (const transport of Object.keys(TRANSPORTS)) {
       assert.equal(message.headers.destination, `/queue/${queue}`);
       assert.equal(message.command, 'MESSAGE');
       assert.ok(message.headers['message-id']);
-      assert.equal(message.headers.redelivered, undefined);
+      assert.equal(message.headers.redelivered, 'false');
     }
   });
 

@@ -46,17 +46,15 @@ def queue_depth(channel, queue: str) -> int:
 def test_each_version_connects_with_its_stomp_py_connection_and_carries_messages(
     stomp, names, version
 ):
-    """stomp.py's Connection10/11/12 each get CONNECTED naming their version (1.1 and 1.2
-    also get the server's heart-beat offer) and can move a message through a queue."""
+    """stomp.py's Connection10/11/12 each get CONNECTED naming their version and the
+    server's heart-beat offer (1.0 too, as RabbitMQ sends it) and can move a message through a
+    queue."""
     client = stomp(version)
     connected = client.connect()
     assert connected.headers["version"] == version
     assert connected.headers["server"].startswith("Junction/")
     assert connected.headers.get("session")
-    if version == "1.0":
-        assert "heart-beat" not in connected.headers
-    else:
-        assert connected.headers["heart-beat"] == "10000,10000"
+    assert connected.headers["heart-beat"] == "10000,10000"
     client.round_trip(names)
 
 
@@ -371,7 +369,7 @@ def test_nack_requeues_and_the_message_comes_back_redelivered(stomp_connected, n
     client.subscribe(f"/queue/{queue}", ack="client-individual")
     client.send(f"/queue/{queue}", "try again")
     first = client.expect_message()
-    assert "redelivered" not in first.headers
+    assert first.headers["redelivered"] == "false"
     client.nack(first)
     second = client.expect_message()
     assert second.body == "try again"
@@ -414,14 +412,14 @@ def test_prefetch_count_limits_unacknowledged_deliveries(stomp_connected, names)
 
 
 def test_sends_in_a_transaction_are_delivered_only_on_commit(stomp_connected, names):
-    """SENDs naming a transaction are held: a SEND outside it overtakes them, and COMMIT
-    delivers them, in order."""
+    """SENDs naming a transaction are held (their receipts too, until COMMIT): a SEND
+    outside it overtakes them, and COMMIT delivers them, in order."""
     destination = f"/queue/{names('q')}"
     client = stomp_connected("1.2")
     client.subscribe(destination)
     tx = client.begin("tx-commit")
-    client.send(destination, "held 1", transaction=tx)
-    client.send(destination, "held 2", transaction=tx)
+    client.send(destination, "held 1", transaction=tx, wait=False)
+    client.send(destination, "held 2", transaction=tx, wait=False)
     client.send(destination, "outside")
     assert client.expect_message().body == "outside"
     client.expect_no_message(0.3)
@@ -435,7 +433,7 @@ def test_abort_drops_the_transactions_sends(stomp_connected, names):
     client = stomp_connected("1.2")
     client.subscribe(destination)
     tx = client.begin("tx-abort")
-    client.send(destination, "never", transaction=tx)
+    client.send(destination, "never", transaction=tx, wait=False)
     client.abort(tx)
     client.send(destination, "after abort")
     assert client.expect_message().body == "after abort"
@@ -710,3 +708,118 @@ def test_a_persistent_send_to_a_queue_survives_a_restart_and_a_transient_one_doe
         receiver.expect_no_message(0.5)
     finally:
         receiver.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Headers as RabbitMQ's STOMP plugin sends them.
+
+
+@pytest.mark.parametrize("accept_version", [None, "1.0", "1.1", "1.2"])
+def test_connected_always_carries_heart_beat(raw_stomp, accept_version):
+    """CONNECTED names the heart-beats for every version, STOMP 1.0 included, and when the
+    client asked for none (RabbitMQ sends the header in every case; clients read it)."""
+    client = raw_stomp()
+    headers = [("login", "guest"), ("passcode", "guest"), ("heart-beat", "0,0")]
+    if accept_version is not None:
+        headers.insert(0, ("accept-version", accept_version))
+    client.send_frame("CONNECT", headers)
+    connected = client.expect_frame("CONNECTED")
+    sends, wants = connected["heart-beat"].split(",")
+    assert int(sends) >= 0 and int(wants) >= 0
+
+
+def test_a_message_always_says_whether_it_was_redelivered(raw_stomp, names):
+    """MESSAGE carries ``redelivered:false`` on a first delivery (RabbitMQ always sends the
+    header), and ``redelivered:true`` once a NACK requeued it."""
+    destination = f"/queue/{names('q')}"
+    client = raw_stomp()
+    client.connect("1.2")
+    client.send_frame(
+        "SUBSCRIBE",
+        [("destination", destination), ("id", "s"), ("ack", "client-individual")],
+        version="1.2",
+    )
+    client.send_frame("SEND", [("destination", destination)], b"once", version="1.2")
+    first = client.expect_frame("MESSAGE")
+    assert first["redelivered"] == "false"
+    client.send_frame("NACK", [("id", first["ack"])], version="1.2")
+    again = client.expect_frame("MESSAGE")
+    assert (again["redelivered"], again.body) == ("true", b"once")
+
+
+def test_an_exchange_destination_with_an_empty_key_comes_back_without_a_slash(
+    raw_stomp, names, channel
+):
+    """A message published to exchange X with an empty routing key reaches a STOMP
+    subscriber with ``destination:/exchange/X``, not ``/exchange/X/``."""
+    exchange = names("x")
+    channel.exchange_declare(exchange, "fanout", auto_delete=True)
+    client = raw_stomp()
+    client.connect("1.2")
+    client.send_frame(
+        "SUBSCRIBE",
+        [("destination", f"/exchange/{exchange}"), ("id", "s"), ("receipt", "r")],
+        version="1.2",
+    )
+    assert client.expect_frame("RECEIPT")["receipt-id"] == "r"
+    channel.basic_publish(exchange, "", b"fanned")
+    message = client.expect_frame("MESSAGE")
+    assert (message["destination"], message.body) == (f"/exchange/{exchange}", b"fanned")
+
+
+def test_stray_nuls_and_eols_before_a_command_are_skipped(raw_stomp, names):
+    """Bytes a sloppy client leaves between frames, NULs as well as EOLs, are skipped before
+    the next command, as RabbitMQ does."""
+    destination = f"/queue/{names('q')}".encode()
+    client = raw_stomp()
+    client.connect("1.2")
+    client.send(b"\x00\n\x00SUBSCRIBE\ndestination:" + destination + b"\nid:s\nreceipt:r\n\n\x00")
+    assert client.expect_frame("RECEIPT")["receipt-id"] == "r"
+    client.send(b"\x00\x00\r\nSEND\ndestination:" + destination + b"\n\nnul-led\x00")
+    assert client.expect_frame("MESSAGE").body == b"nul-led"
+
+
+def test_boolean_headers_read_true_and_false_in_any_case(stomp_connected, names, channel):
+    """stomp.py passes Python booleans as ``True``/``False``; RabbitMQ reads them, and so does
+    Junction: ``persistent:True`` makes a persistent message, ``requeue:False`` on a NACK drops
+    the message instead of requeueing it."""
+    queue = names("q")
+    channel.queue_declare(queue)
+    client = stomp_connected("1.2")
+    client.send(f"/amq/queue/{queue}", "kept", persistent="True")
+    method, properties, body = channel.basic_get(queue, auto_ack=True)
+    assert (body, properties.delivery_mode) == (b"kept", 2)
+
+    client.subscribe(f"/amq/queue/{queue}", ack="client-individual")
+    client.send(f"/amq/queue/{queue}", "drop me")
+    message = client.expect_message()
+    client.conn.nack(message.headers["ack"], receipt="nacked", requeue="False")
+    client.wait_receipt("nacked")
+    client.send(f"/amq/queue/{queue}", "after")
+    assert client.expect_message().body == "after"
+    client.expect_no_message(0.3)
+
+
+def test_the_receipt_of_a_send_in_a_transaction_comes_at_commit(raw_stomp, names):
+    """A SEND inside a transaction is not applied before COMMIT, and neither is its receipt
+    sent before then (as RabbitMQ answers it): at COMMIT the SEND's receipt comes first, then
+    the COMMIT's."""
+    destination = f"/queue/{names('q')}"
+    client = raw_stomp()
+    client.connect("1.2")
+    client.send_frame("BEGIN", [("transaction", "t")], version="1.2")
+    client.send_frame(
+        "SEND",
+        [("destination", destination), ("transaction", "t"), ("receipt", "sent")],
+        b"in t",
+        version="1.2",
+    )
+    client.send_frame("SUBSCRIBE", [("destination", destination), ("id", "s"), ("receipt", "subscribed")], version="1.2")
+    assert client.expect_frame("RECEIPT")["receipt-id"] == "subscribed", (
+        "the SEND's receipt came before COMMIT"
+    )
+    client.send_frame("COMMIT", [("transaction", "t"), ("receipt", "committed")], version="1.2")
+    frames = [client.read_frame() for _ in range(3)]
+    receipts = [frame["receipt-id"] for frame in frames if frame.command == "RECEIPT"]
+    assert receipts == ["sent", "committed"]
+    assert [frame.body for frame in frames if frame.command == "MESSAGE"] == [b"in t"]

@@ -37,9 +37,15 @@ impl Connection {
         if session.version == Version::V1_2 && subscription.ack != AckMode::Auto {
             frame = frame.header("ack", number.to_string());
         }
-        if delivery.redelivered {
-            frame = frame.header("redelivered", "true");
-        }
+        // Always there, false too, as RabbitMQ sends it.
+        frame = frame.header(
+            "redelivered",
+            if delivery.redelivered {
+                "true"
+            } else {
+                "false"
+            },
+        );
         frame = headers::add_property_headers(frame, &message.properties);
         frame.body = message.body.clone();
         if frame.body.is_empty() {
@@ -107,7 +113,7 @@ impl Connection {
             .iter()
             .filter_map(|n| session.unacked.remove(n))
             .collect();
-        let requeue = frame.get("requeue") != Some("false");
+        let requeue = frame.flag("requeue") != Some(false);
         let channel = session.channel;
         while let Some(first) = settled.first() {
             let queue = first.queue.clone();

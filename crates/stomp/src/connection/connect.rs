@@ -28,10 +28,10 @@ impl Connection {
                 settings.anonymous_password.clone(),
             ),
             (None, _) => {
-                return Err(Refusal::new(
-                    "Bad CONNECT",
-                    "a login and passcode are required",
-                ));
+                return Err(
+                    Refusal::new("Bad CONNECT", "a login and passcode are required")
+                        .of_login(&self.broker, self.peer),
+                );
             }
         };
         let principal = self
@@ -44,6 +44,7 @@ impl Connection {
             })
             .map_err(|reason| {
                 Refusal::new("Bad CONNECT", format!("Authentication failure: {reason}"))
+                    .of_login(&self.broker, self.peer)
             })?;
         let default_vhost = self.broker.config().default_vhost.clone();
         let vhost_name = match frame.get("host") {
@@ -98,13 +99,12 @@ impl Connection {
             permissions: junction_core::auth::PermissionCache::new(),
             receipts: Ledger::new(),
         });
-        let mut connected = Frame::new("CONNECTED")
+        // heart-beat is always there (0,0 and STOMP 1.0 too), as RabbitMQ sends it.
+        let connected = Frame::new("CONNECTED")
             .header("version", version.as_str())
             .header("server", settings.server.clone())
-            .header("session", session_id);
-        if version != Version::V1_0 {
-            connected = connected.header("heart-beat", format!("{ours},{ours}"));
-        }
+            .header("session", session_id)
+            .header("heart-beat", format!("{ours},{ours}"));
         codec::encode(&connected, Some(version), &mut self.out);
         Ok(())
     }

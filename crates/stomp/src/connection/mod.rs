@@ -50,6 +50,9 @@ pub(crate) enum Next {
 pub(crate) struct Refusal {
     message: String,
     detail: String,
+    /// Whether it is logged, and then how many like it were left out of the log before it
+    /// (refused logins are logged at most once per peer and window).
+    log: Option<u64>,
 }
 
 /// The refusal for a persistent SEND the message store could not write (a full disk).
@@ -65,7 +68,19 @@ impl Refusal {
         Self {
             message: message.into(),
             detail: detail.into(),
+            log: Some(0),
         }
+    }
+
+    /// This refusal as a refused login from `peer`: logged only if the broker's
+    /// [`junction_core::auth::RefusalLog`] lets it.
+    pub(crate) fn of_login(
+        mut self,
+        broker: &junction_core::Broker,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Self {
+        self.log = broker.refused_logins().admit(peer.map(|peer| peer.ip()));
+        self
     }
 
     fn missing_header(command: &str, header: &str) -> Self {
@@ -306,7 +321,9 @@ impl Connection {
 
     /// Sends an ERROR frame.
     fn refuse(&mut self, receipt: Option<String>, refusal: Refusal) {
-        tracing::info!(peer = ?self.peer, message = %refusal.message, detail = %refusal.detail, "STOMP error; closing the connection");
+        if let Some(left_out) = refusal.log {
+            tracing::info!(peer = ?self.peer, message = %refusal.message, detail = %refusal.detail, left_out, "STOMP error; closing the connection");
+        }
         let mut frame = Frame::new("ERROR")
             .header("message", refusal.message)
             .header("content-type", "text/plain");
@@ -328,11 +345,14 @@ impl Connection {
                 )),
             };
         }
-        let receipt = frame.get("receipt").map(str::to_owned);
+        let mut receipt = frame.get("receipt").map(str::to_owned);
         match frame.command.as_str() {
             "SEND" => {
                 self.has_published = true;
-                self.on_send(frame).await?;
+                if self.on_send(frame).await? {
+                    // Held in its transaction: its receipt comes at COMMIT.
+                    receipt = None;
+                }
             }
             "SUBSCRIBE" => self.on_subscribe(&frame).await?,
             "UNSUBSCRIBE" => self.on_unsubscribe(&frame).await?,
@@ -367,7 +387,7 @@ impl Connection {
     }
 
     /// Owes a RECEIPT: it goes once every persistent SEND before it is on disk.
-    fn owe_receipt(&mut self, receipt: String) {
+    pub(super) fn owe_receipt(&mut self, receipt: String) {
         if let Some(session) = self.session.as_mut() {
             session.receipts.owe_now(Some(receipt));
         }
@@ -490,10 +510,10 @@ impl Connection {
     }
 }
 
-/// Whether the first frame in `buffer`, after any heart-beat EOLs, is a SEND. Its command
-/// line is enough: the frame need not be whole.
+/// Whether the first frame in `buffer`, after any heart-beat EOLs and stray NULs, is a SEND.
+/// Its command line is enough: the frame need not be whole.
 fn next_command_is_send(buffer: &[u8]) -> bool {
-    let Some(start) = buffer.iter().position(|b| *b != b'\n' && *b != b'\r') else {
+    let Some(start) = buffer.iter().position(|b| !codec::is_between_frames(*b)) else {
         return false;
     };
     let command = &buffer[start..];

@@ -19,8 +19,9 @@ use crate::destination::Destination;
 use crate::headers;
 
 impl Connection {
-    /// Handles a SEND (or queues it in its transaction).
-    pub(super) async fn on_send(&mut self, frame: Frame) -> Result<(), Refusal> {
+    /// Handles a SEND, or queues it in its transaction: then it returns true, and its receipt
+    /// is owed when COMMIT applies it (as RabbitMQ answers it), not now.
+    pub(super) async fn on_send(&mut self, frame: Frame) -> Result<bool, Refusal> {
         let Some(destination) = frame.get("destination") else {
             return Err(Refusal::missing_header("SEND", "destination"));
         };
@@ -36,9 +37,10 @@ impl Connection {
                 ));
             };
             pending.push(frame);
-            return Ok(());
+            return Ok(true);
         }
-        self.publish(&destination, frame).await
+        self.publish(&destination, frame).await?;
+        Ok(false)
     }
 
     /// Publishes a SEND frame to `destination`. A persistent one takes a place in the

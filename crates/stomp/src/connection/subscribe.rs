@@ -44,8 +44,7 @@ impl Connection {
                 Refusal::new("Invalid prefetch-count", format!("'{text}' is not a count"))
             })?,
         };
-        let durable =
-            frame.get("durable") == Some("true") || frame.get("persistent") == Some("true");
+        let durable = frame.flag("durable") == Some(true) || frame.flag("persistent") == Some(true);
         if self.session_mut()?.subscriptions.contains_key(&id) {
             return Err(Refusal::new(
                 "Duplicated subscription identifier",
@@ -174,7 +173,7 @@ impl Connection {
         // `durable:true` ends a durable subscription: its own queue goes, never a queue the
         // destination names (`/queue/`, `/amq/queue/`), and only with configure on it, as
         // RabbitMQ does. The queue is the subscription's, never one the frame names.
-        let asked = frame.get("durable") == Some("true") || frame.get("persistent") == Some("true");
+        let asked = frame.flag("durable") == Some(true) || frame.flag("persistent") == Some(true);
         let forget = asked
             && subscription.queue.spec().durable
             && has_private_queue(&subscription.destination);

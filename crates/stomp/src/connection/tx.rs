@@ -28,7 +28,8 @@ impl Connection {
     }
 
     /// Applies the transaction. Its persistent SENDs take their places in the receipts'
-    /// ledger, so the COMMIT's receipt, owed after them, waits until they are on disk.
+    /// ledger, so the COMMIT's receipt, owed after them, waits until they are on disk. A SEND
+    /// that asked for a receipt gets it now, right after it is applied.
     pub(super) async fn on_commit(&mut self, frame: &Frame) -> Handled {
         let name = Self::transaction_name(frame)?;
         let Some(frames) = self.session_mut()?.transactions.remove(&name) else {
@@ -44,7 +45,11 @@ impl Connection {
                     let destination = held.get("destination").unwrap_or_default();
                     let destination = Destination::parse(destination)
                         .map_err(|e| Refusal::new("Invalid destination", e.to_string()))?;
+                    let receipt = held.get("receipt").map(str::to_owned);
                     self.publish(&destination, held).await?;
+                    if let Some(receipt) = receipt {
+                        self.owe_receipt(receipt);
+                    }
                 }
                 "ACK" => self.on_ack(&held, false).await?,
                 "NACK" => self.on_ack(&held, true).await?,
