@@ -47,7 +47,12 @@ impl Destination {
     /// Parses a destination header.
     pub fn parse(text: &str) -> Result<Destination, InvalidDestination> {
         let invalid = || InvalidDestination(shortened(text));
+        // A name is one path segment: a '/' in it must be percent-encoded (`/queue/a/b` is
+        // no queue, as in RabbitMQ).
         let name = |rest: &str| -> Result<String, InvalidDestination> {
+            if rest.contains('/') {
+                return Err(invalid());
+            }
             let decoded = percent_decode(rest).ok_or_else(invalid)?;
             if decoded.is_empty() || decoded.len() > 255 {
                 return Err(invalid());
@@ -67,6 +72,9 @@ impl Destination {
         } else if let Some(rest) = text.strip_prefix("/exchange/") {
             let (exchange, key) = rest.split_once('/').unwrap_or((rest, ""));
             let exchange = name(exchange)?;
+            if key.contains('/') {
+                return Err(invalid());
+            }
             let key = percent_decode(key).ok_or_else(invalid)?;
             if topic_words(&key) > MAX_TOPIC_WORDS {
                 return Err(invalid());

@@ -8,7 +8,8 @@ pub struct Settings {
     /// Frame size limits.
     pub limits: Limits,
     /// The heart-beat interval the server offers to send and asks to receive, in milliseconds
-    /// (0: none).
+    /// (0: none). A client that asks for heart-beats more often gets them (down to 100 ms):
+    /// this is an offer, not a floor.
     pub heartbeat_ms: u32,
     /// Clients that send no `login` connect as `anonymous_user`; otherwise they are refused.
     pub allow_anonymous: bool,

@@ -317,3 +317,54 @@ def test_random_and_mutated_frames_never_kill_the_broker(broker, bystander, name
         finally:
             client.close()
         assert broker.running, f"the broker died on fuzz case {case}: {data!r}"
+
+
+# ---------------------------------------------------------------------------------------------
+# What RabbitMQ's STOMP plugin refuses, refused alike.
+
+
+@pytest.mark.parametrize(
+    "destination",
+    ["/queue/a/b", "/topic/a/b", "/amq/queue/a/b", "/exchange/amq.topic/a/b", "/queue/"],
+)
+def test_a_name_with_a_slash_or_no_name_is_an_invalid_destination(
+    raw_stomp, bystander, destination
+):
+    """A name is one path segment (a '/' in it must be percent-encoded) and never empty:
+    SUBSCRIBE to such a destination is ERROR 'Invalid destination'."""
+    client = connected_raw(raw_stomp)
+    client.send_frame("SUBSCRIBE", [("destination", destination), ("id", "s")], version="1.2")
+    refused(client, "Invalid destination")
+
+
+def test_a_send_naming_its_own_message_id_is_refused(raw_stomp, bystander, names):
+    """The broker names messages: a SEND carrying message-id is ERROR 'Invalid header'."""
+    client = connected_raw(raw_stomp)
+    client.send_frame(
+        "SEND",
+        [("destination", f"/queue/{names('q')}"), ("message-id", "mine")],
+        b"x",
+        version="1.2",
+    )
+    refused(client, "Invalid header")
+
+
+def test_a_stomp_1_2_ack_needs_id_even_with_a_message_id(raw_stomp, bystander):
+    """STOMP 1.2 names the message to ACK by ``id``; one with only message-id is ERROR
+    'Missing header'."""
+    client = connected_raw(raw_stomp)
+    client.send_frame("ACK", [("message-id", "1")], version="1.2")
+    assert b"id" in refused(client, "Missing header")
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.2"])
+def test_a_durable_subscription_needs_an_id(raw_stomp, bystander, names, version):
+    """The durable queue is named after the subscription, so ``durable:true`` without an
+    ``id`` is ERROR 'Missing header', in STOMP 1.0 too."""
+    client = connected_raw(raw_stomp, version)
+    client.send_frame(
+        "SUBSCRIBE",
+        [("destination", f"/topic/{names('t')}"), ("durable", "true")],
+        version=version,
+    )
+    refused(client, "Missing header")

@@ -519,6 +519,24 @@ def test_the_broker_sends_eol_heartbeats_when_asked(start_broker, tmp_path):
         client.close()
 
 
+def test_a_client_asking_for_one_second_heart_beats_gets_them_on_the_default_configuration(
+    raw_stomp,
+):
+    """``heart-beat:1000,1000`` against the default configuration (``heartbeat_ms`` 10,000
+    is an offer, not a floor): CONNECTED answers 1000,1000, the broker's first heart-beat
+    comes after about a second, and the silent client is disconnected within 2-3 s."""
+    client = raw_stomp()
+    connected = client.connect("1.2", heart_beat="1000,1000")
+    assert connected["heart-beat"] == "1000,1000"
+    started = time.monotonic()
+    # Heart-beats come every second: the first one well before the broker gives up on the
+    # silent client (two missed intervals).
+    client.wait_heartbeats(1, timeout=1.8)
+    client.wait_closed(timeout=6)
+    assert client.closed_at is not None
+    assert 1.8 <= client.closed_at - started <= 4.0, client.closed_at - started
+
+
 def test_no_heartbeats_are_sent_to_a_client_that_wants_none(raw_stomp):
     """heart-beat 0,0 (or none): the idle broker sends nothing at all."""
     client = raw_stomp()

@@ -67,12 +67,19 @@ impl Connection {
     pub(super) async fn on_ack(&mut self, frame: &Frame, nack: bool) -> Handled {
         let command = if nack { "NACK" } else { "ACK" };
         let session = self.session_mut()?;
-        let (preferred, other) = match session.version {
-            Version::V1_2 => ("id", "message-id"),
-            _ => ("message-id", "id"),
+        // STOMP 1.2 names the message by `id` only (RabbitMQ refuses a 1.2 ACK without it);
+        // 1.0 and 1.1 by `message-id`, and `id` is taken too.
+        let named = match session.version {
+            Version::V1_2 => frame.get("id"),
+            _ => frame.get("message-id").or_else(|| frame.get("id")),
         };
-        let Some(text) = frame.get(preferred).or_else(|| frame.get(other)) else {
-            return Err(Refusal::missing_header(command, preferred));
+        let Some(text) = named else {
+            let header = if session.version == Version::V1_2 {
+                "id"
+            } else {
+                "message-id"
+            };
+            return Err(Refusal::missing_header(command, header));
         };
         if let Some(transaction) = frame.get("transaction") {
             let Some(pending) = session.transactions.get_mut(transaction) else {

@@ -67,18 +67,27 @@ impl Connection {
         }
         let (client_sends, client_wants) = parse_heartbeat(frame.get("heart-beat"))
             .ok_or_else(|| Refusal::new("Bad CONNECT", "invalid heart-beat header"))?;
+        // What the server offers each way: `heartbeat_ms`, or more often when the client asks
+        // for it (down to MIN_HEARTBEAT_MS). Then, as the specification says, each direction
+        // is the larger of what one side can send and the other wants, 0 meaning none.
         let ours = u64::from(settings.heartbeat_ms);
-        let send_every = if ours == 0 || client_wants == 0 {
-            0
-        } else {
-            ours.max(client_wants)
+        let offer = |asked: u64| match (ours, asked) {
+            (0, _) => 0,
+            (_, 0) => ours,
+            (_, asked) => ours.min(asked.max(MIN_HEARTBEAT_MS)),
         };
-        let expect_every = if ours == 0 || client_sends == 0 {
-            0
-        } else {
-            ours.max(client_sends)
+        let (server_sends, server_wants) = (offer(client_wants), offer(client_sends));
+        let negotiated = |sends: u64, wants: u64| {
+            if sends == 0 || wants == 0 {
+                0
+            } else {
+                sends.max(wants)
+            }
         };
-        self.heartbeat = (send_every, expect_every);
+        self.heartbeat = (
+            negotiated(server_sends, client_wants),
+            negotiated(client_sends, server_wants),
+        );
         self.decoder.version = Some(version);
         self.decoder.limits = settings.limits;
         let session_id = format!("session-{}", self.id.0);
@@ -104,11 +113,15 @@ impl Connection {
             .header("version", version.as_str())
             .header("server", settings.server.clone())
             .header("session", session_id)
-            .header("heart-beat", format!("{ours},{ours}"));
+            .header("heart-beat", format!("{server_sends},{server_wants}"));
         codec::encode(&connected, Some(version), &mut self.out);
         Ok(())
     }
 }
+
+/// The shortest heart-beat interval the server sends or expects, in milliseconds, whatever
+/// a client asks for.
+const MIN_HEARTBEAT_MS: u64 = 100;
 
 /// `cx,cy` from a heart-beat header (absent: `0,0`).
 fn parse_heartbeat(header: Option<&str>) -> Option<(u64, u64)> {

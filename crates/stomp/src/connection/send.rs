@@ -25,6 +25,13 @@ impl Connection {
         let Some(destination) = frame.get("destination") else {
             return Err(Refusal::missing_header("SEND", "destination"));
         };
+        if frame.get("message-id").is_some() {
+            // The broker names messages; a client may not (RabbitMQ refuses it too).
+            return Err(Refusal::new(
+                "Invalid header",
+                "'message-id' is not allowed on 'SEND'.",
+            ));
+        }
         let destination = Destination::parse(destination)
             .map_err(|e| Refusal::new("Invalid destination", e.to_string()))?;
         if let Some(transaction) = frame.get("transaction") {

@@ -45,6 +45,11 @@ impl Connection {
             })?,
         };
         let durable = frame.flag("durable") == Some(true) || frame.flag("persistent") == Some(true);
+        if durable && frame.get("id").is_none() {
+            // The durable queue is named after the subscription: it needs a name the client
+            // chose, in STOMP 1.0 too (RabbitMQ refuses it the same way).
+            return Err(Refusal::missing_header("SUBSCRIBE", "id"));
+        }
         if self.session_mut()?.subscriptions.contains_key(&id) {
             return Err(Refusal::new(
                 "Duplicated subscription identifier",
