@@ -15,6 +15,7 @@ mod connection;
 pub mod destination;
 pub mod headers;
 mod io;
+pub mod queue_headers;
 mod settings;
 
 pub use io::serve;

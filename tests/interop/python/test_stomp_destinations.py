@@ -492,3 +492,61 @@ def test_an_explicit_temp_queue_subscription_receives_replies_under_its_own_id(
         reply = requester.expect_message()
         assert reply.body == f"re: {expected}"
         assert reply.headers["subscription"] == "my-replies"
+
+
+# ---------------------------------------------------------------------------------------------
+# Queue arguments and properties as headers, as RabbitMQ's STOMP plugin takes them.
+
+
+def test_subscribe_headers_declare_a_queue_with_its_arguments(stomp_connected, names, channel):
+    """SUBSCRIBE /queue/N with x-max-length, x-message-ttl and auto-delete headers declares N
+    with those arguments: a pika redeclaration with the same arguments is accepted, one
+    without them is refused with 406 (inequivalent arg), and the length limit holds."""
+    queue = names("q")
+    client = stomp_connected("1.2")
+    client.subscribe(
+        f"/queue/{queue}",
+        ack="client-individual",
+        prefetch_count="1",
+        x_max_length="2",
+        x_message_ttl="600000",
+        auto_delete="false",
+    )
+    arguments = {"x-max-length": 2, "x-message-ttl": 600000}
+    declared = channel.queue_declare(queue, durable=True, arguments=arguments)
+    assert declared.method.queue == queue
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+        channel.connection.channel().queue_declare(queue, durable=True)
+    assert refused.value.reply_code == 406
+
+
+def test_a_topic_subscription_queue_takes_its_name_and_arguments_from_headers(
+    stomp_connected, names, channel
+):
+    """x-queue-name names the queue of a /topic/ subscription, and its arguments apply: pika
+    finds the queue by that name, with x-max-priority as given."""
+    queue = names("named")
+    client = stomp_connected("1.2")
+    client.subscribe(
+        f"/topic/{names('t')}", x_queue_name=queue, x_max_priority="5", durable="true", id="d"
+    )
+    passive = channel.queue_declare(queue, passive=True)
+    assert passive.method.queue == queue
+    channel.queue_declare(queue, durable=True, arguments={"x-max-priority": 5})
+
+
+def test_a_send_with_other_queue_arguments_than_the_queue_has_is_refused(
+    stomp_connected, stomp, names, channel
+):
+    """A queue declared with pika with x-max-length 5: a SEND to /queue/N with x-max-length
+    10 is refused with the precondition error an AMQP redeclaration gets; a SEND without
+    queue headers takes the queue as it is."""
+    queue = names("q")
+    channel.queue_declare(queue, durable=True, arguments={"x-max-length": 5})
+    plain = stomp_connected("1.2")
+    plain.send(f"/queue/{queue}", "fits")
+    other = stomp("1.2")
+    other.connect()
+    other.send(f"/queue/{queue}", "other limit", wait=False, x_max_length="10")
+    error = other.expect_error()
+    assert "inequivalent" in error.body or "PRECONDITION" in error.headers["message"].upper(), error

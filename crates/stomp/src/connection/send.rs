@@ -6,6 +6,7 @@
 //! configure on a `/queue/` destination's queue and on a temporary queue (read too, which the
 //! connection consumes from).
 
+use crate::queue_headers::QueueHeaders;
 use std::sync::Arc;
 
 use junction_core::publish::Persisted;
@@ -64,7 +65,8 @@ impl Connection {
             ));
         };
         if let Destination::Queue(name) = destination {
-            self.declare_named_queue(name).await?;
+            self.declare_named_queue(name, &QueueHeaders::from_frame(&frame))
+                .await?;
         }
         let mut properties = headers::properties_from_send(&frame);
         if let Some(reply_to) = properties.reply_to.clone()
@@ -130,19 +132,24 @@ impl Connection {
     pub(super) async fn declare_named_queue(
         &mut self,
         name: &str,
+        headers: &QueueHeaders,
     ) -> Result<junction_core::QueueHandle, Refusal> {
         let id = self.id;
         let session = self.session_mut()?;
         session.authorize(ResourceKind::Queue, name, Permission::Configure)?;
-        if let Some(queue) = session.vhost.queue(name) {
+        // A frame that says nothing about the queue takes it as it is; one with queue
+        // headers declares it, so different ones are refused as an AMQP redeclaration is.
+        if headers.is_empty()
+            && let Some(queue) = session.vhost.queue(name)
+        {
             return Ok(queue);
         }
         let spec = QueueSpec {
             name: name.to_owned(),
-            durable: true,
-            exclusive: false,
-            auto_delete: false,
-            arguments: Default::default(),
+            durable: headers.durable.unwrap_or(true),
+            exclusive: headers.exclusive.unwrap_or(false),
+            auto_delete: headers.auto_delete.unwrap_or(false),
+            arguments: headers.arguments.clone(),
         };
         let declared = session.vhost.declare_queue(spec, false, false, id).await?;
         Ok(declared.handle)

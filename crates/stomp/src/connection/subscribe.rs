@@ -6,6 +6,7 @@
 //! and read on the exchange to bind it, read on the queue to consume; UNSUBSCRIBE with
 //! `durable:true` deletes only the subscription's own durable queue, with configure on it.
 
+use crate::queue_headers::QueueHeaders;
 use std::sync::Arc;
 
 use junction_core::{ConsumerSpec, FieldTable, Permission, QueueHandle, QueueSpec, ResourceKind};
@@ -45,6 +46,7 @@ impl Connection {
             })?,
         };
         let durable = frame.flag("durable") == Some(true) || frame.flag("persistent") == Some(true);
+        let queue_headers = QueueHeaders::from_frame(frame);
         if durable && frame.get("id").is_none() {
             // The durable queue is named after the subscription: it needs a name the client
             // chose, in STOMP 1.0 too (RabbitMQ refuses it the same way).
@@ -57,7 +59,7 @@ impl Connection {
             ));
         }
         let queue = match &destination {
-            Destination::Queue(name) => self.declare_named_queue(name).await?,
+            Destination::Queue(name) => self.declare_named_queue(name, &queue_headers).await?,
             Destination::AmqQueue(name) => {
                 let id = self.id;
                 self.session_mut()?
@@ -66,12 +68,12 @@ impl Connection {
                     .map_err(Refusal::from)?
             }
             Destination::Topic(key) => {
-                self.private_queue("amq.topic", key, durable.then_some(&*id))
+                self.private_queue("amq.topic", key, durable.then_some(&*id), &queue_headers)
                     .await?
             }
             Destination::Exchange { exchange, key } => {
                 let exchange = exchange.clone();
-                self.private_queue(&exchange, key, durable.then_some(&*id))
+                self.private_queue(&exchange, key, durable.then_some(&*id), &queue_headers)
                     .await?
             }
             Destination::TempQueue(temp) => {
@@ -113,17 +115,19 @@ impl Connection {
     }
 
     /// A queue of the connection's own bound to `exchange` with `key`; durable and named
-    /// after the subscription when `durable_id` is given.
+    /// after the subscription when `durable_id` is given. The frame's queue headers name it
+    /// (`x-queue-name`), set `auto-delete` and `exclusive`, and give its arguments.
     async fn private_queue(
         &mut self,
         exchange: &str,
         key: &str,
         durable_id: Option<&str>,
+        headers: &QueueHeaders,
     ) -> Result<QueueHandle, Refusal> {
         let id = self.id;
         let session = self.session_mut()?;
         session.vhost.exchange(exchange).map_err(Refusal::from)?;
-        let spec = match durable_id {
+        let mut spec = match durable_id {
             Some(subscription) => QueueSpec {
                 name: format!("stomp-subscription-{subscription}"),
                 durable: true,
@@ -143,6 +147,12 @@ impl Connection {
                 }
             }
         };
+        if let Some(name) = &headers.name {
+            spec.name.clone_from(name);
+        }
+        spec.exclusive = headers.exclusive.unwrap_or(spec.exclusive);
+        spec.auto_delete = headers.auto_delete.unwrap_or(spec.auto_delete);
+        spec.arguments = headers.arguments.clone();
         session.authorize(ResourceKind::Queue, &spec.name, Permission::Configure)?;
         session.authorize(ResourceKind::Queue, &spec.name, Permission::Write)?;
         session.authorize(ResourceKind::Exchange, exchange, Permission::Read)?;
