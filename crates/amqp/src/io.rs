@@ -321,8 +321,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     async fn finish(&mut self) {
         let last = self.connection.take_output();
         if self.connection.peer_closes() {
-            let _ =
-                tokio::time::timeout(PEER_CLOSE_TIMEOUT, self.conduit.close_after_peer(last)).await;
+            // Until the client closes, the timeout passes or the broker shuts down.
+            let mut shutdown = self.shutdown.clone();
+            let closed =
+                tokio::time::timeout(PEER_CLOSE_TIMEOUT, self.conduit.close_after_peer(last));
+            tokio::select! {
+                _ = closed => {}
+                _ = shutdown.wait_for(|down| *down) => {}
+            }
         } else {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.conduit.close(last)).await;
         }

@@ -551,11 +551,14 @@ impl RawClient {
         self.expect_eof();
     }
 
-    /// Closes the connection the polite way: connection.close, close-ok, end of file.
+    /// Closes the connection the polite way: connection.close, close-ok, then the client
+    /// closes its side (after close-ok the broker leaves that to the client, as RabbitMQ
+    /// does) and the broker closes the socket.
     pub fn close(mut self) {
         let close = Method::new(10, 50).u16(200).short("bye").u16(0).u16(0);
         self.send(&close.frame(0));
         self.expect_method(0, (10, 51), "connection.close-ok");
+        let _ = self.stream.shutdown(Shutdown::Write);
         self.expect_eof();
     }
 

@@ -20,6 +20,11 @@ fn broker() -> Arc<Broker> {
 fn broker_with(storage: Storage) -> Arc<Broker> {
     let users = InternalUsers::new();
     users.add_user("guest", "guest", &[], &["/"]);
+    broker_of(users, storage)
+}
+
+/// A broker whose users are `users`, with the vhost `/`.
+fn broker_of(users: InternalUsers, storage: Storage) -> Arc<Broker> {
     let mut auth = AuthChain::new();
     auth.push(Arc::new(users));
     let broker = Broker::with_store(
@@ -110,14 +115,11 @@ async fn an_anonymous_client_is_guest_from_loopback_only() {
     let users = InternalUsers::new();
     users.add_user("guest", "guest", &[], &["/"]);
     users.set_loopback_only("guest");
-    let mut auth = AuthChain::new();
-    auth.push(Arc::new(users));
-    let broker = Broker::new(
-        BrokerConfig::default(),
-        Arc::new(ExchangeTypeRegistry::with_builtins()),
-        auth,
+    let mqtt = Mqtt::new(
+        broker_of(users, Storage::default()),
+        Settings::default(),
+        None,
     );
-    let mqtt = Mqtt::new(broker, Settings::default(), None);
     for (peer, code) in [
         ("127.0.0.1:50000", ConnectReturnCode::Accepted),
         ("192.0.2.7:50000", ConnectReturnCode::NotAuthorized),
