@@ -100,8 +100,7 @@ impl Broker {
         &self.auth
     }
 
-    /// Which refused logins get a log line: one per peer address and 10 s, every protocol
-    /// together.
+    /// Which refused logins get a log line: one per peer address, protocol and 10 s.
     pub fn refused_logins(&self) -> &crate::auth::RefusalLog {
         &self.refused_logins
     }

@@ -81,7 +81,7 @@ impl Connection {
                 // One line per peer address and window: a client retrying in a loop does not
                 // flood the log.
                 let peer = self.session.peer.map(|peer| peer.ip());
-                if let Some(left_out) = self.session.broker.refused_logins().admit(peer) {
+                if let Some(left_out) = self.session.broker.refused_logins().admit("amqp", peer) {
                     tracing::warn!(user = %username, peer = ?self.session.peer, %reason, left_out, "login refused");
                 }
                 let error = AmqpError::connection(

@@ -218,7 +218,7 @@ impl Connection {
     /// [`junction_core::auth::RefusalLog`]): a client retrying in a loop does not flood the log.
     fn log_refused_login(&self, user: &str, reason: &dyn std::fmt::Display) {
         let peer = self.peer.map(|peer| peer.ip());
-        if let Some(left_out) = self.mqtt.broker.refused_logins().admit(peer) {
+        if let Some(left_out) = self.mqtt.broker.refused_logins().admit("mqtt", peer) {
             tracing::info!(peer = ?self.peer, user, %reason, left_out, "MQTT login refused");
         }
     }

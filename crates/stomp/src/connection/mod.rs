@@ -79,7 +79,9 @@ impl Refusal {
         broker: &junction_core::Broker,
         peer: Option<std::net::SocketAddr>,
     ) -> Self {
-        self.log = broker.refused_logins().admit(peer.map(|peer| peer.ip()));
+        self.log = broker
+            .refused_logins()
+            .admit("stomp", peer.map(|peer| peer.ip()));
         self
     }
 
