@@ -340,22 +340,12 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::exchange::ExchangeTypeRegistry;
     use crate::message::Properties;
-    use crate::persistence::Storage;
     use crate::persistence::testing::HeldStore;
     use crate::queue::{ConnectionId, QueueSpec};
 
     async fn durable_queue_on(store: Arc<HeldStore>) -> (Arc<VirtualHost>, QueueHandle) {
-        let storage = Storage {
-            messages: Some(store),
-            ..Default::default()
-        };
-        let vhost = VirtualHost::with_store(
-            "/",
-            Arc::new(ExchangeTypeRegistry::with_builtins()),
-            storage,
-        );
+        let vhost = crate::persistence::testing::vhost_on(store);
         let spec = QueueSpec {
             name: "q".into(),
             durable: true,

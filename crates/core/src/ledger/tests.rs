@@ -4,10 +4,9 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::exchange::ExchangeTypeRegistry;
 use crate::message::{Message, Properties};
+use crate::persistence::OnDurable;
 use crate::persistence::testing::HeldStore;
-use crate::persistence::{OnDurable, Storage};
 use crate::publish::{Persisted, Publication};
 use crate::queue::{ConnectionId, QueueSpec};
 use crate::vhost::VirtualHost;
@@ -166,15 +165,7 @@ fn answers_given_up_are_handed_back_in_order() {
 
 /// A vhost on `store` with a durable queue `durable` and a transient one `transient`.
 async fn vhost_on(store: Arc<HeldStore>) -> Arc<VirtualHost> {
-    let storage = Storage {
-        messages: Some(store),
-        ..Default::default()
-    };
-    let vhost = VirtualHost::with_store(
-        "/",
-        Arc::new(ExchangeTypeRegistry::with_builtins()),
-        storage,
-    );
+    let vhost = crate::persistence::testing::vhost_on(store);
     for (name, durable) in [("durable", true), ("transient", false)] {
         let spec = QueueSpec {
             name: name.into(),

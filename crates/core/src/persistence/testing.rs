@@ -14,7 +14,23 @@ use super::{
     Durability, MessageStore, NotStored, OnDurable, Overflow, OverflowStore, PagedAt, QueueKey,
     Recovered, StoredAt,
 };
+use crate::exchange::ExchangeTypeRegistry;
 use crate::message::Message;
+use crate::vhost::VirtualHost;
+
+/// A vhost `/` with the built-in exchange types whose persistent messages go to `store`
+/// (and nothing else to disk).
+pub fn vhost_on(store: Arc<HeldStore>) -> Arc<VirtualHost> {
+    let storage = super::Storage {
+        messages: Some(store),
+        ..Default::default()
+    };
+    VirtualHost::with_store(
+        "/",
+        Arc::new(ExchangeTypeRegistry::with_builtins()),
+        storage,
+    )
+}
 
 /// An overflow kept in memory, shared by every queue that opens it: it counts what is
 /// paged (live), read back and flushed.

@@ -282,14 +282,7 @@ impl ReadyList {
             }
         }
         for entry in &expired[first..] {
-            self.len = self.len.saturating_sub(1);
-            self.bytes = self.bytes.saturating_sub(entry.size as usize);
-            if !entry.is_loaded() {
-                self.paged = self.paged.saturating_sub(1);
-            }
-            if let Some(admission) = &self.admission {
-                admission.leave(u64::from(entry.size));
-            }
+            self.count_out(entry);
         }
         stopped
     }
