@@ -65,6 +65,16 @@ pub async fn handle(
                 session.authorize(ResourceKind::Queue, &name, Permission::Read)?;
                 vhost.queue_for(&name, session.id)?
             };
+            if queue.arguments().is_quorum() && channel.credit.limit() > 0 {
+                return Err(AmqpError::connection(
+                    code::NOT_IMPLEMENTED,
+                    format!(
+                        "queue '{}' in vhost '{}' does not support global qos",
+                        queue.name(),
+                        vhost.name
+                    ),
+                ));
+            }
             let priority =
                 junction_core::queue::arguments::consumer_priority(&table_from_wire(&m.arguments))
                     .map_err(|error| {

@@ -1,7 +1,7 @@
 //! The publish pipeline, the one path every protocol publishes through (AMQP, MQTT, STOMP;
 //! dead letters too): route the message, ask full queues whether they take it (`x-overflow`
 //! reject-publish), write it to the message store when it is persistent and reached a durable
-//! queue, and only then hand it to the queues; report what happened ([`Published`]) so the
+//! queue (or reached a quorum queue, which keeps every message), and only then hand it to the queues; report what happened ([`Published`]) so the
 //! adapter can answer its publisher (a mandatory return, a refusal, an answer that waits for
 //! the disk through its [`crate::ledger::Ledger`]).
 //!
@@ -188,6 +188,12 @@ pub fn is_durable(queue: &QueueHandle) -> bool {
     queue.spec().durable && !queue.spec().exclusive
 }
 
+/// Whether `queue` keeps `message` in the message store: a durable queue keeps persistent
+/// messages, and a quorum queue keeps every message, as RabbitMQ's quorum queues do.
+fn keeps(queue: &QueueHandle, message: &Message) -> bool {
+    is_durable(queue) && (message.properties.is_persistent() || queue.arguments().is_quorum())
+}
+
 impl VirtualHost {
     /// Publishes through the pipeline: routes the message, admits it to full queues, writes it
     /// to the message store first when it is persistent and reaches a durable queue, and hands
@@ -236,7 +242,7 @@ impl VirtualHost {
         // write fails (then the queues are looked up by name).
         let durable: Arc<[QueueKey]> = queues
             .iter()
-            .filter(|q| is_durable(q))
+            .filter(|q| keeps(q, message))
             .map(|q| QueueKey {
                 vhost: self.name.clone(),
                 queue: q.name().to_owned(),
@@ -271,12 +277,11 @@ impl VirtualHost {
         let admitted = crate::queue::admit(queues, &message).await;
         let (queues, refused) = (admitted.queues, admitted.refused);
         let routed = queues.len();
-        // Only a persistent message that reached a durable queue is written, under an id of
-        // its own (a dead letter's copy does not keep its original's).
+        // Only a message that reached a queue keeping it is written (a persistent message
+        // and a durable queue, or a quorum queue), under an id of its own (a dead letter's
+        // copy does not keep its original's).
         message.store_id = match &self.storage().messages {
-            Some(store) if message.properties.is_persistent() && queues.iter().any(is_durable) => {
-                Some(store.next_id())
-            }
+            Some(store) if queues.iter().any(|q| keeps(q, &message)) => Some(store.next_id()),
             _ => None,
         };
         if message.store_id.is_some()
@@ -308,7 +313,9 @@ impl VirtualHost {
         let mut behind = None;
         for queue in &queues {
             let accepted = match stored {
-                Some(at) if is_durable(queue) => queue.publish_stored(message.clone(), at).await,
+                Some(at) if keeps(queue, &message) => {
+                    queue.publish_stored(message.clone(), at).await
+                }
                 _ => queue.publish(message.clone()).await,
             };
             if accepted.is_ok() {

@@ -10,10 +10,12 @@ use dashmap::mapref::entry::Entry;
 use crate::definitions::{BindingRecord, DefinitionStore, StoreFailure, VhostDefinitions};
 use crate::error::{CoreError, CoreResult, ErrorKind};
 use crate::exchange::{Binding, BindingTarget, Exchange, ExchangeSpec, ExchangeTypeRegistry};
-use crate::field::FieldTable;
+use crate::field::{FieldTable, FieldValue};
 use crate::message::Message;
 use crate::persistence::{QueueKey, Recovered, Storage};
-use crate::queue::{self, ConnectionId, QueueArguments, QueueHandle, QueueSpec, QueueStats};
+use crate::queue::{
+    self, ConnectionId, QueueArguments, QueueHandle, QueueSpec, QueueStats, QueueType,
+};
 
 /// The exchanges every virtual host has, with their types.
 const STANDARD_EXCHANGES: [(&str, &str); 6] = [
@@ -228,6 +230,13 @@ impl VirtualHost {
             let stats = handle.stats().await?;
             return Ok(DeclaredQueue { handle, stats });
         }
+        if (server_named || spec.name.is_empty())
+            && let Some(kind) = durable_only_type(&spec.arguments)
+        {
+            return Err(CoreError::precondition(format!(
+                "Cannot declare a server-named queue for type {kind}"
+            )));
+        }
         if spec.name.is_empty() {
             spec.name = generate_queue_name();
         } else if !server_named && spec.name.starts_with("amq.") {
@@ -236,11 +245,8 @@ impl VirtualHost {
                 spec.name
             )));
         }
-        if let Err(error) = QueueArguments::parse(&spec.arguments) {
-            return Err(CoreError::precondition(
-                error.message(&spec.name, &self.name),
-            ));
-        }
+        let arguments = QueueArguments::parse(&spec.arguments)
+            .map_err(|error| CoreError::precondition(error.message(&spec.name, &self.name)))?;
         let mut redeclared = false;
         let handle = match self.queues.entry(spec.name.clone()) {
             Entry::Occupied(existing) => {
@@ -258,6 +264,10 @@ impl VirtualHost {
                 let vhost = self.me.upgrade().ok_or_else(|| {
                     CoreError::new(ErrorKind::NotAllowed, "vhost is being deleted")
                 })?;
+                if arguments.is_quorum() {
+                    // Checked on a new queue only: a redeclaration is compared instead.
+                    check_quorum_properties(&spec, &self.name)?;
+                }
                 if spec.durable && !spec.exclusive {
                     self.persist(|store| store.save_queue(&self.name, &spec))?;
                 }
@@ -354,6 +364,15 @@ impl VirtualHost {
             Err(e) if e.kind == ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(e),
         };
+        if (if_unused || if_empty) && handle.arguments().is_quorum() {
+            return Err(CoreError::new(
+                ErrorKind::NotImplemented,
+                format!(
+                    "cannot delete queue '{name}' in vhost '{}'. queue.delete operations with if-unused flag set are not supported by quorum queues",
+                    self.name
+                ),
+            ));
+        }
         // The queue removes its record once if-unused / if-empty hold and before it stops:
         // delete-ok promises the queue will not come back at the next start, a refused delete
         // leaves the record alone, and a store that cannot write fails the delete with nothing
@@ -722,6 +741,31 @@ fn alternate_exchange(exchange: &Exchange) -> Option<&str> {
         .arguments
         .get("alternate-exchange")
         .and_then(crate::field::FieldValue::as_str)
+}
+
+/// The type a queue declared with these arguments would have, when that type cannot be
+/// server-named (quorum).
+fn durable_only_type(arguments: &FieldTable) -> Option<&'static str> {
+    (arguments.get("x-queue-type").and_then(FieldValue::as_str) == Some("quorum"))
+        .then(|| QueueType::Quorum.module())
+}
+
+/// A quorum queue is durable, neither exclusive nor auto-deleted: RabbitMQ's checks, in its
+/// order.
+fn check_quorum_properties(spec: &QueueSpec, vhost: &str) -> CoreResult<()> {
+    let refused = if spec.auto_delete {
+        "auto-delete"
+    } else if spec.exclusive {
+        "exclusive-owner"
+    } else if !spec.durable {
+        "non-durable"
+    } else {
+        return Ok(());
+    };
+    Err(CoreError::precondition(format!(
+        "invalid property '{refused}' for queue '{}' in vhost '{vhost}'",
+        spec.name
+    )))
 }
 
 /// Queue arguments compared on redeclaration, as RabbitMQ compares them; others are free-form.

@@ -29,8 +29,7 @@ def settings(environ: Mapping[str, str]) -> dict:
     """Celery configuration for the broker and queue that ``environ`` names."""
     queue = environ.get("JUNCTION_CELERY_QUEUE", "celery")
     return dict(
-        broker_url=environ.get("JUNCTION_CELERY_BROKER", "amqp://guest:guest@127.0.0.1:5672//"),
-        result_backend=environ.get("JUNCTION_CELERY_BACKEND", "rpc://"),
+        common_settings(environ),
         task_default_queue=queue,
         task_queues=[
             Queue(
@@ -44,6 +43,14 @@ def settings(environ: Mapping[str, str]) -> dict:
                 },
             )
         ],
+    )
+
+
+def common_settings(environ: Mapping[str, str]) -> dict:
+    """What every configuration here shares: the broker, the backend, serializers."""
+    return dict(
+        broker_url=environ.get("JUNCTION_CELERY_BROKER", "amqp://guest:guest@127.0.0.1:5672//"),
+        result_backend=environ.get("JUNCTION_CELERY_BACKEND", "rpc://"),
         # Fail fast instead of retrying for minutes when the broker is not there.
         broker_connection_retry_on_startup=False,
         broker_connection_timeout=5,

@@ -47,15 +47,22 @@ RESULT_TIMEOUT = 15.0
 
 
 class CeleryWorker:
-    """``celery -A celery_app worker`` as a child process, its output read line by line."""
+    """``celery -A <app> worker`` as a child process, its output read line by line."""
 
-    def __init__(self, env: dict[str, str], name: str, queue: str, log_path: Path) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        name: str,
+        queue: str,
+        log_path: Path,
+        app: str = "celery_app",
+    ) -> None:
         self.env = env
         self.name = name
         self.queue = queue
         self.log_path = log_path
         command = [
-            sys.executable, "-m", "celery", "-A", "celery_app", "worker",
+            sys.executable, "-m", "celery", "-A", app, "worker",
             "--pool=solo", "--concurrency=1", "--without-gossip", "--without-mingle",
             "--loglevel=INFO", "-n", name, "-Q", queue,
         ]  # fmt: skip

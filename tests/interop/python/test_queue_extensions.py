@@ -326,16 +326,18 @@ def test_a_single_active_consumer_takes_everything_until_it_goes(connect, names)
 # --- x-queue-type and argument checks ----------------------------------------------
 
 
-def test_classic_queues_are_accepted_and_other_types_refused(channel, connection, names):
+def test_classic_queues_are_accepted_and_unknown_types_refused(channel, connection, names):
+    # Quorum queues have their own tests (test_quorum_queues.py); streams are not built.
     channel.queue_declare(names("classic"), arguments={"x-queue-type": "classic"})
-    error = _refused(
-        connection.channel().queue_declare,
-        names("quorum"),
-        durable=True,
-        arguments={"x-queue-type": "quorum"},
-    )
-    assert error.reply_code == 406
-    assert "x-queue-type" in error.reply_text
+    for kind in ("stream", "lazy"):
+        error = _refused(
+            connection.channel().queue_declare,
+            names(kind),
+            durable=True,
+            arguments={"x-queue-type": kind},
+        )
+        assert error.reply_code == 406
+        assert f"\"unsupported queue type '{kind}'\"" in error.reply_text
 
 
 @pytest.mark.parametrize(

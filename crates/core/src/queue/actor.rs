@@ -30,6 +30,7 @@ use super::{
     MessageSeq, Overflow, QueueCommand, QueueHandle, QueueStats,
 };
 use crate::error::{CoreError, CoreResult};
+use crate::field::FieldValue;
 use crate::message::Message;
 use crate::persistence::{
     MessageStore, Overflow as PageOverflow, OverflowStore, QueueKey, Recovered, Storage, StoredAt,
@@ -83,6 +84,7 @@ struct Loaded {
     message: Arc<Message>,
     stored: Option<Stored>,
     redelivered: bool,
+    returns: u16,
     size: usize,
     level: u8,
     expires_at: Option<Deadline>,
@@ -95,6 +97,7 @@ impl Loaded {
             size: Ready::size_of_len(self.size),
             body: Body::Loaded(self.message, self.stored.map(|stored| stored.at)),
             redelivered: self.redelivered,
+            returns: self.returns,
             level: self.level,
             expires_at: self.expires_at,
         }
@@ -103,6 +106,8 @@ impl Loaded {
 
 struct Unacked {
     message: Arc<Message>,
+    /// How often it came back before this delivery.
+    returns: u16,
     stored: Option<Stored>,
     level: u8,
     expires_at: Option<Deadline>,
@@ -120,6 +125,7 @@ impl Unacked {
             size: Ready::size_of(&self.message.body),
             body: Body::Loaded(self.message, self.stored.map(|stored| stored.at)),
             redelivered: true,
+            returns: self.returns.saturating_add(1),
             level: self.level,
             expires_at: self.expires_at,
         }
@@ -257,6 +263,7 @@ pub(crate) fn spawn(
                 at: recovered.at,
             }),
             redelivered: true,
+            returns: 0,
             size: 0,
             level: 0,
             expires_at: handle
@@ -558,6 +565,7 @@ impl QueueActor {
             size: Ready::size_of_len(size),
             level,
             redelivered: false,
+            returns: 0,
             expires_at,
         });
         // With no consumer able to take it now, the limit applies at once (RabbitMQ judges
@@ -825,6 +833,7 @@ impl QueueActor {
                 message,
                 stored,
                 redelivered: entry.redelivered,
+                returns: entry.returns,
                 level: entry.level,
                 expires_at: entry.expires_at,
             });
@@ -947,6 +956,7 @@ impl QueueActor {
                 entry.seq,
                 Unacked {
                     message: entry.message.clone(),
+                    returns: entry.returns,
                     stored: entry.stored,
                     level: entry.level,
                     expires_at: entry.expires_at,
@@ -955,9 +965,10 @@ impl QueueActor {
                 },
             );
         }
+        let message = self.as_handed_out(entry.message, entry.returns);
         Some(Some(GetResult {
             seq: entry.seq,
-            message: entry.message,
+            message,
             redelivered: entry.redelivered,
             remaining: self.ready.len() as u32,
         }))
@@ -1006,8 +1017,37 @@ impl QueueActor {
         self.requeue(back);
     }
 
-    /// Puts messages back in the ready list at their original positions.
-    fn requeue(&mut self, back: Vec<Ready>) {
+    /// A message as the queue hands it out: a quorum queue tells how often it came back in
+    /// `x-delivery-count` (absent on the first delivery).
+    fn as_handed_out(&self, message: Arc<Message>, returns: u16) -> Arc<Message> {
+        if returns == 0 || !self.handle.arguments().is_quorum() {
+            return message;
+        }
+        let mut counted = Message::clone(&message);
+        counted
+            .properties
+            .headers
+            .get_or_insert_with(Default::default)
+            .insert("x-delivery-count", FieldValue::I64(i64::from(returns)));
+        Arc::new(counted)
+    }
+
+    /// Puts messages back in the ready list at their original positions; those that came
+    /// back more often than a quorum queue's `x-delivery-limit` die instead.
+    fn requeue(&mut self, mut back: Vec<Ready>) {
+        if let Some(limit) = self.handle.arguments().delivery_limit {
+            let (over, under): (Vec<Ready>, Vec<Ready>) = back
+                .into_iter()
+                .partition(|entry| u64::from(entry.returns) > limit);
+            for entry in over {
+                // Not yet counted in `loaded_bytes`: only its store record goes.
+                if let Some(message) = entry.message() {
+                    self.dead_letter(message, Reason::DeliveryLimit);
+                }
+                self.forget(entry.stored());
+            }
+            back = under;
+        }
         if back.is_empty() {
             return;
         }
@@ -1133,8 +1173,9 @@ impl QueueActor {
         entry: Loaded,
         mut permit: DeliveryPermit,
     ) -> Result<(), Loaded> {
-        let consumer = &mut self.consumers[index];
         permit.grow(entry.message.memory_size());
+        let message = self.as_handed_out(entry.message.clone(), entry.returns);
+        let consumer = &mut self.consumers[index];
         let needs_ack = !consumer.spec.no_ack
             && (!consumer.spec.settles_transient || entry.message.properties.is_persistent());
         let delivery = Delivery {
@@ -1142,7 +1183,7 @@ impl QueueActor {
             consumer_tag: consumer.spec.tag.clone(),
             queue: self.handle.clone(),
             seq: entry.seq,
-            message: entry.message.clone(),
+            message,
             redelivered: entry.redelivered,
             needs_ack,
             permit,
@@ -1172,6 +1213,7 @@ impl QueueActor {
             let channel = consumer.spec.channel;
             let unacked = Unacked {
                 message: entry.message,
+                returns: entry.returns,
                 stored: entry.stored,
                 level: entry.level,
                 expires_at: entry.expires_at,

@@ -19,8 +19,40 @@ pub enum Overflow {
     RejectPublishDlx,
 }
 
-/// The queue types `x-queue-type` may name. Only classic queues exist in Junction.
-const QUEUE_TYPES_WE_LACK: [&str; 2] = ["quorum", "stream"];
+/// A queue's type (`x-queue-type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum QueueType {
+    /// A classic queue (the default).
+    #[default]
+    Classic,
+    /// A quorum queue: durable only, with a delivery limit and `x-delivery-count`. On one
+    /// node it is a classic queue with those rules; replication comes with clustering.
+    Quorum,
+}
+
+impl QueueType {
+    /// RabbitMQ's module name for the type, as its errors print it.
+    pub fn module(self) -> &'static str {
+        match self {
+            QueueType::Classic => "rabbit_classic_queue",
+            QueueType::Quorum => "rabbit_quorum_queue",
+        }
+    }
+}
+
+/// Arguments only other queue types give a meaning to: declaring a quorum queue with one is
+/// refused, as RabbitMQ refuses it.
+const NOT_FOR_QUORUM: [&str; 9] = [
+    "x-max-priority",
+    "x-queue-mode",
+    "x-queue-version",
+    "x-queue-master-locator",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-stream-filter-size-bytes",
+    "x-initial-cluster-size",
+    "x-max-segment-size-bytes",
+];
 
 /// A queue's arguments, parsed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -44,6 +76,11 @@ pub struct QueueArguments {
     pub max_priority: Option<u8>,
     /// `x-single-active-consumer`: one consumer receives at a time.
     pub single_active_consumer: bool,
+    /// `x-queue-type`.
+    pub queue_type: QueueType,
+    /// `x-delivery-limit` (quorum queues): a message returned more often than this is
+    /// dead-lettered (or dropped) instead of delivered again.
+    pub delivery_limit: Option<u64>,
 }
 
 /// A refused argument: its name and RabbitMQ's reason, such as `{value_negative,-1}`.
@@ -51,24 +88,39 @@ pub struct QueueArguments {
 pub struct ArgumentError {
     /// The argument's name.
     pub argument: &'static str,
-    /// Why, in RabbitMQ's words.
-    pub reason: String,
+    /// Why.
+    pub reason: Refusal,
+}
+
+/// Why an argument is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A bad value, in RabbitMQ's words (`{value_negative,-1}`).
+    Value(String),
+    /// An argument the queue's type has no use for.
+    NotForType(QueueType),
 }
 
 impl ArgumentError {
     fn new(argument: &'static str, reason: impl Into<String>) -> Self {
         Self {
             argument,
-            reason: reason.into(),
+            reason: Refusal::Value(reason.into()),
         }
     }
 
     /// RabbitMQ's text for a declaration it refuses.
     pub fn message(&self, queue: &str, vhost: &str) -> String {
-        format!(
-            "invalid arg '{}' for queue '{queue}' in vhost '{vhost}': {}",
-            self.argument, self.reason
-        )
+        let argument = self.argument;
+        match &self.reason {
+            Refusal::Value(reason) => {
+                format!("invalid arg '{argument}' for queue '{queue}' in vhost '{vhost}': {reason}")
+            }
+            Refusal::NotForType(kind) => format!(
+                "invalid arg '{argument}' for queue '{queue}' in vhost '{vhost}' of queue type {}",
+                kind.module()
+            ),
+        }
     }
 }
 
@@ -77,11 +129,11 @@ impl QueueArguments {
     pub fn parse(arguments: &FieldTable) -> Result<Self, ArgumentError> {
         let mut parsed = QueueArguments::default();
         if let Some(value) = arguments.get("x-message-ttl") {
-            let ms = at_most_u32("x-message-ttl", non_negative("x-message-ttl", value)?)?;
+            let ms = at_most_ten_years("x-message-ttl", non_negative("x-message-ttl", value)?)?;
             parsed.message_ttl = Some(Duration::from_millis(ms));
         }
         if let Some(value) = arguments.get("x-expires") {
-            let ms = at_most_u32("x-expires", non_negative("x-expires", value)?)?;
+            let ms = at_most_ten_years("x-expires", non_negative("x-expires", value)?)?;
             if ms == 0 {
                 return Err(ArgumentError::new("x-expires", "{value_zero,0}"));
             }
@@ -137,24 +189,58 @@ impl QueueArguments {
                 )
             })?;
         }
+        if let Some(value) = arguments.get("x-delivery-limit") {
+            // RabbitMQ checks no value; a negative one (4.x's -1) means no limit.
+            let limit = integer(value).ok_or_else(|| {
+                ArgumentError::new(
+                    "x-delivery-limit",
+                    format!("{{unacceptable_type,{}}}", type_name(value)),
+                )
+            })?;
+            parsed.delivery_limit = u64::try_from(limit).ok();
+        }
         if let Some(value) = arguments.get("x-queue-type") {
-            let kind = string("x-queue-type", value)?;
-            if QUEUE_TYPES_WE_LACK.contains(&kind) {
-                return Err(ArgumentError::new(
-                    "x-queue-type",
-                    format!(
-                        "{{unsupported_queue_type,<<\"{kind}\">>}}: Junction has classic queues only"
-                    ),
-                ));
+            parsed.queue_type = match string("x-queue-type", value)? {
+                "classic" => QueueType::Classic,
+                "quorum" => QueueType::Quorum,
+                // Streams (and any other type) are not built: RabbitMQ's text for a type it
+                // does not know.
+                other => {
+                    return Err(ArgumentError::new(
+                        "x-queue-type",
+                        format!("\"unsupported queue type '{other}'\""),
+                    ));
+                }
+            };
+        }
+        if parsed.queue_type == QueueType::Quorum {
+            if let Some(argument) = NOT_FOR_QUORUM
+                .into_iter()
+                .find(|argument| arguments.get(argument).is_some())
+            {
+                return Err(ArgumentError {
+                    argument,
+                    reason: Refusal::NotForType(QueueType::Quorum),
+                });
             }
-            if kind != "classic" {
-                return Err(ArgumentError::new(
-                    "x-queue-type",
-                    format!("{{unsupported_type,<<\"{kind}\">>}}"),
-                ));
+            // RabbitMQ accepts `reject-publish-dlx` for a quorum queue and, warning, lets it
+            // drop the head instead.
+            if parsed.overflow == Overflow::RejectPublishDlx {
+                tracing::warn!(
+                    "x-overflow reject-publish-dlx is not supported by quorum queues; using drop-head"
+                );
+                parsed.overflow = Overflow::DropHead;
             }
+        } else {
+            // Only quorum queues count deliveries.
+            parsed.delivery_limit = None;
         }
         Ok(parsed)
+    }
+
+    /// Whether the queue is a quorum queue.
+    pub fn is_quorum(&self) -> bool {
+        self.queue_type == QueueType::Quorum
     }
 
     /// Whether the queue has a length limit.
@@ -187,9 +273,12 @@ fn non_negative(argument: &'static str, value: &FieldValue) -> Result<u64, Argum
         .map_err(|_| ArgumentError::new(argument, format!("{{value_negative,{number}}}")))
 }
 
-/// RabbitMQ's limit for durations in milliseconds (2^32 - 1).
-fn at_most_u32(argument: &'static str, ms: u64) -> Result<u64, ArgumentError> {
-    if ms > u64::from(u32::MAX) {
+/// RabbitMQ's limit for durations in milliseconds: ten years. (Celery's native delayed
+/// delivery declares TTLs of 2^27 seconds, above the 2^32 ms older RabbitMQs allowed.)
+const MAX_EXPIRY_MS: u64 = 315_360_000_000;
+
+fn at_most_ten_years(argument: &'static str, ms: u64) -> Result<u64, ArgumentError> {
+    if ms > MAX_EXPIRY_MS {
         return Err(ArgumentError::new(
             argument,
             format!("{{value_too_large,{ms}}}"),
@@ -339,14 +428,51 @@ mod tests {
             refused(&[("x-max-priority", FieldValue::I32(256))]).contains("max_value_exceeded")
         );
         assert!(
-            refused(&[("x-message-ttl", FieldValue::I64(1 << 32))]).contains("value_too_large")
+            refused(&[("x-message-ttl", FieldValue::I64(315_360_000_001))])
+                .contains("value_too_large")
         );
-        assert!(refused(&[("x-queue-type", FieldValue::string("quorum"))]).contains("quorum"));
-        assert!(refused(&[("x-queue-type", FieldValue::string("stream"))]).contains("stream"));
+        assert_eq!(
+            refused(&[("x-queue-type", FieldValue::string("stream"))]),
+            "invalid arg 'x-queue-type' for queue 'q' in vhost '/': \"unsupported queue type 'stream'\""
+        );
         assert!(
             refused(&[("x-single-active-consumer", FieldValue::string("yes"))])
                 .contains("unacceptable_type,longstr")
         );
+    }
+
+    #[test]
+    fn quorum_queues_take_a_delivery_limit_and_refuse_other_types_arguments() {
+        let parsed = QueueArguments::parse(&table(&[
+            ("x-queue-type", FieldValue::string("quorum")),
+            ("x-delivery-limit", FieldValue::I32(3)),
+            ("x-overflow", FieldValue::string("reject-publish-dlx")),
+            (
+                "x-dead-letter-strategy",
+                FieldValue::string("at-least-once"),
+            ),
+        ]))
+        .expect("valid");
+        assert!(parsed.is_quorum());
+        assert_eq!(parsed.delivery_limit, Some(3));
+        assert_eq!(parsed.overflow, Overflow::DropHead);
+        assert_eq!(
+            refused(&[
+                ("x-queue-type", FieldValue::string("quorum")),
+                ("x-max-priority", FieldValue::U8(5)),
+            ]),
+            "invalid arg 'x-max-priority' for queue 'q' in vhost '/' of queue type rabbit_quorum_queue"
+        );
+        let negative = QueueArguments::parse(&table(&[
+            ("x-queue-type", FieldValue::string("quorum")),
+            ("x-delivery-limit", FieldValue::I32(-1)),
+        ]))
+        .expect("valid");
+        assert_eq!(negative.delivery_limit, None);
+        let classic = QueueArguments::parse(&table(&[("x-delivery-limit", FieldValue::I32(3))]))
+            .expect("valid");
+        assert_eq!(classic.delivery_limit, None);
+        assert!(!classic.is_quorum());
     }
 
     #[test]

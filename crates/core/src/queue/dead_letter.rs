@@ -27,6 +27,8 @@ pub(crate) enum Reason {
     Expired,
     /// The queue's length limit pushed it out (or refused it, with `reject-publish-dlx`).
     MaxLen,
+    /// It came back more often than a quorum queue's `x-delivery-limit`.
+    DeliveryLimit,
 }
 
 impl Reason {
@@ -35,6 +37,7 @@ impl Reason {
             Reason::Rejected => "rejected",
             Reason::Expired => "expired",
             Reason::MaxLen => "maxlen",
+            Reason::DeliveryLimit => "delivery_limit",
         }
     }
 }

@@ -72,6 +72,7 @@ impl Spill {
             size: spilled.size,
             level: self.level,
             redelivered: false,
+            returns: 0,
             expires_at: None,
         }
     }
@@ -240,6 +241,7 @@ mod tests {
             size: 10,
             level: 0,
             redelivered: false,
+            returns: 0,
             expires_at: None,
         }
     }

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 pub use admission::{Admitted, admit, release_admission};
-pub use arguments::{Overflow, QueueArguments};
+pub use arguments::{Overflow, QueueArguments, QueueType};
 pub use budget::{
     ConsumerSink, DEFAULT_DELIVERY_BUDGET, DELIVERY_OVERHEAD, DeliveryBudget, DeliveryPermit,
 };
@@ -256,6 +256,11 @@ impl QueueHandle {
         &self.0.spec.name
     }
 
+    /// The name of the vhost it lives in.
+    pub fn vhost_name(&self) -> &str {
+        &self.0.vhost
+    }
+
     /// What the queue was declared with.
     pub fn spec(&self) -> &QueueSpec {
         &self.0.spec
@@ -410,6 +415,14 @@ impl QueueHandle {
 
     /// Takes one message, if any is ready.
     pub async fn get(&self, channel: ChannelId, no_ack: bool) -> CoreResult<Option<GetResult>> {
+        let arguments = self.arguments();
+        if arguments.is_quorum() && arguments.single_active_consumer {
+            return Err(CoreError::locked(format!(
+                "cannot obtain access to locked queue '{}' in vhost '{}'. basic.get operations are not supported by quorum queues with single active consumer",
+                self.name(),
+                self.vhost_name()
+            )));
+        }
         self.ask(|tx| QueueCommand::Get(channel, no_ack, tx)).await
     }
 

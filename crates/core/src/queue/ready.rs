@@ -85,6 +85,10 @@ pub(super) struct Ready {
     /// The priority level it waits at (0 in a queue without priorities).
     pub(super) level: u8,
     pub(super) redelivered: bool,
+    /// How often it came back unsettled: a quorum queue's delivery count (it stops at
+    /// 65,535, which keeps the entry within 48 bytes; a delivery limit above it never
+    /// drops the message).
+    pub(super) returns: u16,
     /// When it expires (message TTL), if it does.
     pub(super) expires_at: Option<Deadline>,
 }
@@ -494,6 +498,7 @@ mod tests {
             seq,
             body: Body::Loaded(Arc::new(message), None),
             redelivered: false,
+            returns: 0,
             size: 10,
             level,
             expires_at: expires_at.map(|at| clock().deadline(at)),
