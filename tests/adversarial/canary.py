@@ -232,7 +232,9 @@ class StompProbe(Probe):
     def __init__(self, listener: tuple[str, int], control: bool, websocket: bool) -> None:
         self.name = "web-stomp" if websocket else "stomp"
         self.control = control
-        options = dict(host_and_ports=[listener], reconnect_attempts_max=1, heartbeats=(0, 0))
+        options = dict(
+            host_and_ports=[listener], reconnect_attempts_max=1, heartbeats=(0, 0), vhost="/"
+        )
         if websocket:
             self.conn = WSStompConnection(
                 ws_path="/ws", header={"Sec-WebSocket-Protocol": "v12.stomp"}, **options

@@ -109,6 +109,9 @@ pub struct StompConfig {
     pub anonymous_user: String,
     /// That user's password.
     pub anonymous_password: String,
+    /// Whether a CONNECT whose `host` names no vhost uses the default vhost (else it is
+    /// refused, as RabbitMQ refuses it).
+    pub unknown_host_uses_default_vhost: bool,
 }
 
 /// Storage policy.

@@ -270,6 +270,7 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
         allow_anonymous: config.stomp.allow_anonymous,
         anonymous_user: config.stomp.anonymous_user.clone(),
         anonymous_password: config.stomp.anonymous_password.clone(),
+        unknown_host_uses_default_vhost: config.stomp.unknown_host_uses_default_vhost,
         ..Default::default()
     });
     let stomp_over_websocket_limits = websocket_limits(

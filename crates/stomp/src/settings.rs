@@ -17,6 +17,9 @@ pub struct Settings {
     pub anonymous_user: String,
     /// That user's password.
     pub anonymous_password: String,
+    /// Whether a `host` header that names no vhost means the default vhost; when false (the
+    /// default, as in RabbitMQ) the CONNECT is refused.
+    pub unknown_host_uses_default_vhost: bool,
     /// The server name in CONNECTED frames.
     pub server: String,
 }
@@ -29,6 +32,7 @@ impl Default for Settings {
             allow_anonymous: false,
             anonymous_user: "guest".to_owned(),
             anonymous_password: "guest".to_owned(),
+            unknown_host_uses_default_vhost: false,
             server: format!("Junction/{}", env!("CARGO_PKG_VERSION")),
         }
     }

@@ -65,7 +65,8 @@ class StompClient:
     """One stomp.py connection with everything the broker sends recorded.
 
     ``listener`` is ``(host, port)``; ``version`` is "1.0", "1.1" or "1.2"; ``heartbeats``
-    (ms: client sends, client wants) and ``vhost`` (the ``host`` header) apply to 1.1 and 1.2.
+    (ms: client sends, client wants) and ``vhost`` (the ``host`` header; "/" as RabbitMQ's users
+pass it, since stomp.py otherwise sends the host it connects to) apply to 1.1 and 1.2.
     ``auto_decode=False`` keeps bodies as bytes. ``over_websocket=True`` connects over a
     WebSocket at ``/ws`` instead (stomp.py's WSStompConnection, 1.2 only) offering the subprotocol
     ``v12.stomp``; ``binary_mode`` then sends binary rather than text messages.
@@ -77,7 +78,7 @@ class StompClient:
         version: str = "1.2",
         *,
         heartbeats: tuple[int, int] = (0, 0),
-        vhost: str | None = None,
+        vhost: str | None = "/",
         auto_decode: bool = True,
         over_websocket: bool = False,
         binary_mode: bool = False,

@@ -3,7 +3,7 @@
 Pinned here: version negotiation (``accept-version``; none at all means 1.0; nothing in
 common is an ERROR and the connection closes), CONNECT and STOMP both opening a session,
 login/passcode checks, the ``host`` header choosing the vhost (a host that names no vhost
-means the default one), SEND/SUBSCRIBE/UNSUBSCRIBE, RECEIPTs, the headers of a MESSAGE, the
+is refused, as in RabbitMQ, unless a setting says it means the default one), SEND/SUBSCRIBE/UNSUBSCRIBE, RECEIPTs, the headers of a MESSAGE, the
 three ack modes with ACK and NACK, ``prefetch-count``, transactions, heart-beats both ways,
 header escaping per version, ``content-length`` bodies with NUL bytes, and persistence across
 a restart.
@@ -178,19 +178,43 @@ def test_the_host_header_names_the_vhost(start_broker, tmp_path, stomp, names):
         connection.close()
 
 
-def test_a_host_header_that_names_no_vhost_means_the_default_vhost(
-    raw_stomp, names, channel
-):
-    """Clients often send the machine's name as host: Junction connects them to '/' instead
-    of refusing, so a message they send to /queue/N is in queue N of '/' (pika sees it)."""
-    queue = names("q")
+def test_a_host_header_that_names_no_vhost_is_refused_as_rabbitmq_refuses_it(raw_stomp):
+    """RabbitMQ reads the host header as the vhost and refuses one that does not exist (or
+    that the user may not use), with the same words for both."""
     client = raw_stomp()
+    client.send_frame(
+        "CONNECT",
+        [("accept-version", "1.2"), ("host", "my-laptop"), ("login", "guest"), ("passcode", "guest")],
+    )
+    error = client.expect_error_and_close()
+    assert error.get("message") == "Bad CONNECT"
+    assert error.body.decode().strip() == "Virtual host 'my-laptop' access denied"
+
+
+def test_a_setting_lets_a_host_that_names_no_vhost_mean_the_default_vhost(
+    start_broker, tmp_path, raw_stomp, names
+):
+    """Some clients send the machine's name as host: with ``[stomp]
+    unknown_host_uses_default_vhost = true`` they are connected to '/' instead of refused, so
+    a message they send to /queue/N is in queue N of '/' (pika sees it)."""
+    lenient = start_broker(
+        extra_args=[
+            "--config",
+            write_config(tmp_path, "[stomp]\nunknown_host_uses_default_vhost = true\n"),
+        ]
+    )
+    queue = names("q")
+    client = raw_stomp(target=lenient)
     client.connect("1.2", host=socket.gethostname())
     client.send_frame(
         "SEND", [("destination", f"/queue/{queue}"), ("receipt", "r")], b"via host", version="1.2"
     )
     client.expect_frame("RECEIPT")
-    method, _, body = channel.basic_get(queue, auto_ack=True)
+    connection = pika.BlockingConnection(lenient.pika_parameters())
+    try:
+        method, _, body = connection.channel().basic_get(queue, auto_ack=True)
+    finally:
+        connection.close()
     assert method is not None and body == b"via host"
 
 

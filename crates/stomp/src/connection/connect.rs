@@ -1,6 +1,7 @@
 //! CONNECT and STOMP: version negotiation, heart-beats, login/passcode through the `AuthChain`,
-//! and the `host` header naming the vhost. Many clients send the machine's host name there;
-//! a host that names no vhost falls back to the default vhost (logged), instead of refusing.
+//! and the `host` header naming the vhost. A host that names no vhost is refused as RabbitMQ
+//! refuses it, unless `unknown_host_uses_default_vhost` says to use the default vhost (some
+//! clients send the machine's host name there).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -49,22 +50,23 @@ impl Connection {
         let default_vhost = self.broker.config().default_vhost.clone();
         let vhost_name = match frame.get("host") {
             Some(host) if self.broker.vhost(host).is_ok() => host.to_owned(),
-            Some(host) => {
+            Some(host) if settings.unknown_host_uses_default_vhost => {
                 tracing::info!(host, vhost = %default_vhost, "STOMP host header names no vhost; using the default vhost");
                 default_vhost
             }
+            Some(host) => host.to_owned(),
             None => default_vhost,
         };
-        let vhost = self.broker.vhost(&vhost_name).map_err(Refusal::from)?;
-        if !principal.check_vhost(&vhost_name) {
-            return Err(Refusal::new(
-                "Bad CONNECT",
-                format!(
-                    "user '{}' has no access to vhost '{vhost_name}'",
-                    principal.user.name
-                ),
-            ));
-        }
+        // A vhost that does not exist and one the user may not use read alike, as in RabbitMQ.
+        let vhost = match self.broker.vhost(&vhost_name) {
+            Ok(vhost) if principal.check_vhost(&vhost_name) => vhost,
+            _ => {
+                return Err(Refusal::new(
+                    "Bad CONNECT",
+                    format!("Virtual host '{vhost_name}' access denied"),
+                ));
+            }
+        };
         let (client_sends, client_wants) = parse_heartbeat(frame.get("heart-beat"))
             .ok_or_else(|| Refusal::new("Bad CONNECT", "invalid heart-beat header"))?;
         // What the server offers each way: `heartbeat_ms`, or more often when the client asks

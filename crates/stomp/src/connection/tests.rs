@@ -6,6 +6,10 @@ use junction_core::{AuthChain, Broker, BrokerConfig, ExchangeTypeRegistry, Inter
 use super::*;
 
 fn connection() -> Connection {
+    connection_with(Settings::default())
+}
+
+fn connection_with(settings: Settings) -> Connection {
     let users = InternalUsers::new();
     users.add_user("guest", "guest", &[], &["/"]);
     let mut auth = AuthChain::new();
@@ -17,7 +21,7 @@ fn connection() -> Connection {
     );
     broker.add_vhost("/");
     let _ = ExchangeTypeRegistry::empty;
-    Connection::new(broker, Arc::new(Settings::default()), None)
+    Connection::new(broker, Arc::new(settings), None)
 }
 
 async fn feed(connection: &mut Connection, input: &[u8]) -> (Next, Vec<Frame>) {
@@ -32,10 +36,31 @@ async fn feed(connection: &mut Connection, input: &[u8]) -> (Next, Vec<Frame>) {
 }
 
 const CONNECT: &[u8] =
-    b"CONNECT\naccept-version:1.0,1.1,1.2\nhost:my-laptop\nlogin:guest\npasscode:guest\n\n\0";
+    b"CONNECT\naccept-version:1.0,1.1,1.2\nhost:/\nlogin:guest\npasscode:guest\n\n\0";
 
 #[tokio::test]
-async fn connect_negotiates_the_highest_version_and_falls_back_to_the_default_vhost() {
+async fn a_host_that_names_no_vhost_is_refused_unless_the_setting_says_otherwise() {
+    const FROM_MY_LAPTOP: &[u8] =
+        b"CONNECT\naccept-version:1.2\nhost:my-laptop\nlogin:guest\npasscode:guest\n\n\0";
+    let (next, frames) = feed(&mut connection(), FROM_MY_LAPTOP).await;
+    assert_eq!(next, Next::Close);
+    assert_eq!(frames[0].command, "ERROR");
+    assert_eq!(frames[0].get("message"), Some("Bad CONNECT"));
+    assert_eq!(
+        String::from_utf8_lossy(&frames[0].body),
+        "Virtual host 'my-laptop' access denied"
+    );
+    let mut lenient = connection_with(Settings {
+        unknown_host_uses_default_vhost: true,
+        ..Settings::default()
+    });
+    let (next, frames) = feed(&mut lenient, FROM_MY_LAPTOP).await;
+    assert_eq!(next, Next::Continue);
+    assert_eq!(frames[0].command, "CONNECTED");
+}
+
+#[tokio::test]
+async fn connect_negotiates_the_highest_version() {
     let mut client = connection();
     let (next, frames) = feed(&mut client, CONNECT).await;
     assert_eq!(next, Next::Continue);
