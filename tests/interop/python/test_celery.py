@@ -18,6 +18,7 @@ wait, then SIGKILL. Every wait has a deadline; a failure shows the worker's outp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -28,6 +29,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import amqp.exceptions
 import kombu
@@ -117,14 +119,18 @@ class CeleryWorker:
         return f"--- celery worker {self.name} ({state}) output ---\n{self.output.text()}"
 
 
-@pytest.fixture(scope="module")
-def worker(
-    broker: JunctionBroker, tmp_path_factory: pytest.TempPathFactory
+@contextlib.contextmanager
+def running_worker(
+    broker: JunctionBroker,
+    tmp_path_factory: pytest.TempPathFactory,
+    application: ModuleType,
+    label: str,
 ) -> Iterator[CeleryWorker]:
-    """One worker for the module, on a queue of its own; the test process's Celery app is
-    configured for the same broker and queue."""
+    """A worker of ``application`` (a module with ``app`` and ``settings``) on a queue of its
+    own, the test process's app configured for the same broker and queue; stopped at the end,
+    failing the test module if it died or did not stop cleanly."""
     run = uuid.uuid4().hex[:8]
-    queue = f"test_celery-tasks-{run}"
+    queue = f"{label}-{run}"
     name = f"junction-{run}@{socket.gethostname()}"
     env = dict(
         os.environ,
@@ -134,16 +140,16 @@ def worker(
         PYTHONPATH=os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
         PYTHONUNBUFFERED="1",
     )
-    celery_app.app.conf.update(celery_app.settings(env))
+    application.app.conf.update(application.settings(env))
     log_path = tmp_path_factory.mktemp("celery") / "worker.log"
-    started = CeleryWorker(env, name, queue, log_path)
+    started = CeleryWorker(env, name, queue, log_path, app=application.__name__)
     try:
         started.wait_ready()
         yield started
     finally:
         died = not started.running
         code = started.stop()
-        _close_client(celery_app.app)
+        _close_client(application.app)
     # SIGTERM is a warm shutdown, which Celery ends with exit code 0.
     if died or code != 0:
         pytest.fail(
@@ -151,6 +157,15 @@ def worker(
             f"(exit code {code})\n{started.diagnostics()}",
             pytrace=False,
         )
+
+
+@pytest.fixture(scope="module")
+def worker(
+    broker: JunctionBroker, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CeleryWorker]:
+    """One worker for the module, on a queue of its own."""
+    with running_worker(broker, tmp_path_factory, celery_app, "test_celery-tasks") as started:
+        yield started
 
 
 def _close_client(app) -> None:

@@ -11,9 +11,6 @@ One worker serves the module, on a queue of its own, stopped at the end as in te
 
 from __future__ import annotations
 
-import os
-import socket
-import uuid
 from collections.abc import Iterator
 
 import pika
@@ -21,40 +18,17 @@ import pytest
 
 import celery_quorum_app
 from processes import JunctionBroker
-from test_celery import HERE, CeleryWorker, _close_client, _result
+from test_celery import CeleryWorker, _result, running_worker
 
 
 @pytest.fixture(scope="module")
 def quorum_worker(
     broker: JunctionBroker, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[CeleryWorker]:
-    run = uuid.uuid4().hex[:8]
-    queue = f"test_celery_quorum-{run}"
-    name = f"junction-quorum-{run}@{socket.gethostname()}"
-    env = dict(
-        os.environ,
-        JUNCTION_CELERY_BROKER=f"amqp://guest:guest@{broker.host}:{broker.port}//",
-        JUNCTION_CELERY_BACKEND="rpc://",
-        JUNCTION_CELERY_QUEUE=queue,
-        PYTHONPATH=os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
-        PYTHONUNBUFFERED="1",
-    )
-    celery_quorum_app.app.conf.update(celery_quorum_app.settings(env))
-    log_path = tmp_path_factory.mktemp("celery") / "worker.log"
-    started = CeleryWorker(env, name, queue, log_path, app="celery_quorum_app")
-    try:
-        started.wait_ready()
+    with running_worker(
+        broker, tmp_path_factory, celery_quorum_app, "test_celery_quorum"
+    ) as started:
         yield started
-    finally:
-        died = not started.running
-        code = started.stop()
-        _close_client(celery_quorum_app.app)
-    if died or code != 0:
-        pytest.fail(
-            f"the celery worker {'died during the tests' if died else 'did not stop cleanly'} "
-            f"(exit code {code})\n{started.diagnostics()}",
-            pytrace=False,
-        )
 
 
 def test_tasks_run_from_a_quorum_queue(quorum_worker, broker):
