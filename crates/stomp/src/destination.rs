@@ -38,51 +38,105 @@ pub enum Destination {
     ReplyQueue(String),
 }
 
-/// Why a destination is not valid.
+/// Why a destination is refused, as RabbitMQ's STOMP plugin words it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("'{0}' is not a valid destination")]
-pub struct InvalidDestination(pub String);
+pub enum InvalidDestination {
+    /// A known kind with a name or key that is not valid: `/queue/a/b`, `/queue`, `/exchange//k`.
+    /// `rest` is what follows the kind's prefix.
+    #[error("'{rest}' is not a valid {kind} destination\n")]
+    Invalid {
+        /// The kind, in RabbitMQ's words (`queue`, `topic`, `exchange`, `amqqueue`,
+        /// `temp_queue`, `reply_queue`).
+        kind: &'static str,
+        /// What follows the prefix.
+        rest: String,
+    },
+    /// No destination kind at all: `/nowhere/a`.
+    #[error(
+        "'{0}' is not a valid destination.\nValid destination types are: /temp-queue, /exchange, /topic, /queue, /amq/queue, /reply-queue/.\n"
+    )]
+    Unknown(String),
+}
+
+impl InvalidDestination {
+    /// The ERROR frame's `message` header for it.
+    pub fn headline(&self) -> &'static str {
+        match self {
+            InvalidDestination::Invalid { .. } => "Invalid destination",
+            InvalidDestination::Unknown(_) => "Unknown destination",
+        }
+    }
+}
+
+/// The kinds of destination: the path segments that name one, and RabbitMQ's word for it.
+const KINDS: [(&[&str], &str); 5] = [
+    (&["queue"], "queue"),
+    (&["topic"], "topic"),
+    (&["exchange"], "exchange"),
+    (&["amq", "queue"], "amqqueue"),
+    (&["temp-queue"], "temp_queue"),
+];
 
 impl Destination {
-    /// Parses a destination header.
+    /// Parses a destination header. A destination is `/<kind>/<name>` (a bare name, without
+    /// any `/`, is a queue, as in RabbitMQ); a `/` inside a name must be percent-encoded.
     pub fn parse(text: &str) -> Result<Destination, InvalidDestination> {
-        let invalid = || InvalidDestination(shortened(text));
-        // A name is one path segment: a '/' in it must be percent-encoded (`/queue/a/b` is
-        // no queue, as in RabbitMQ).
-        let name = |rest: &str| -> Result<String, InvalidDestination> {
-            if rest.contains('/') {
-                return Err(invalid());
-            }
-            let decoded = percent_decode(rest).ok_or_else(invalid)?;
-            if decoded.is_empty() || decoded.len() > 255 {
-                return Err(invalid());
-            }
-            Ok(decoded)
+        if let Some(name) = text.strip_prefix("/reply-queue/")
+            && !name.is_empty()
+        {
+            let invalid = || InvalidDestination::Invalid {
+                kind: "reply_queue",
+                rest: shortened(name),
+            };
+            return Ok(Destination::ReplyQueue(
+                decoded_name(name).ok_or_else(invalid)?,
+            ));
+        }
+        if !text.contains('/') {
+            let invalid = || InvalidDestination::Invalid {
+                kind: "queue",
+                rest: shortened(text),
+            };
+            return Ok(Destination::Queue(decoded_name(text).ok_or_else(invalid)?));
+        }
+        let segments: Vec<&str> = text.split('/').collect();
+        let Some((prefix, kind)) = KINDS
+            .into_iter()
+            .find(|(prefix, _)| segments.first() == Some(&"") && segments[1..].starts_with(prefix))
+        else {
+            return Err(InvalidDestination::Unknown(shortened(text)));
         };
-        if let Some(rest) = text.strip_prefix("/queue/") {
-            Ok(Destination::Queue(name(rest)?))
-        } else if let Some(rest) = text.strip_prefix("/topic/") {
-            Ok(Destination::Topic(name(rest)?))
-        } else if let Some(rest) = text.strip_prefix("/amq/queue/") {
-            Ok(Destination::AmqQueue(name(rest)?))
-        } else if let Some(rest) = text.strip_prefix("/temp-queue/") {
-            Ok(Destination::TempQueue(name(rest)?))
-        } else if let Some(rest) = text.strip_prefix("/reply-queue/") {
-            Ok(Destination::ReplyQueue(name(rest)?))
-        } else if let Some(rest) = text.strip_prefix("/exchange/") {
-            let (exchange, key) = rest.split_once('/').unwrap_or((rest, ""));
-            let exchange = name(exchange)?;
-            if key.contains('/') {
-                return Err(invalid());
-            }
+        // What follows the prefix, with its leading '/', as RabbitMQ quotes it.
+        let prefix_len: usize = prefix.iter().map(|segment| 1 + segment.len()).sum();
+        let rest_text = &text[prefix_len..];
+        let invalid = || InvalidDestination::Invalid {
+            kind,
+            rest: shortened(rest_text),
+        };
+        let rest = &segments[1 + prefix.len()..];
+        if kind == "exchange" {
+            let (exchange, key) = match rest {
+                [exchange] => (*exchange, ""),
+                [exchange, key] => (*exchange, *key),
+                _ => return Err(invalid()),
+            };
+            let exchange = decoded_name(exchange).ok_or_else(invalid)?;
             let key = percent_decode(key).ok_or_else(invalid)?;
             if topic_words(&key) > MAX_TOPIC_WORDS {
                 return Err(invalid());
             }
-            Ok(Destination::Exchange { exchange, key })
-        } else {
-            Err(invalid())
+            return Ok(Destination::Exchange { exchange, key });
         }
+        let [name] = rest else {
+            return Err(invalid());
+        };
+        let name = decoded_name(name).ok_or_else(invalid)?;
+        Ok(match kind {
+            "queue" => Destination::Queue(name),
+            "topic" => Destination::Topic(name),
+            "amqqueue" => Destination::AmqQueue(name),
+            _ => Destination::TempQueue(name),
+        })
     }
 
     /// Where a SEND to this destination is published: exchange and routing key.
@@ -117,6 +171,12 @@ fn shortened(text: &str) -> String {
     } else {
         text.to_owned()
     }
+}
+
+/// A queue, exchange or topic name: percent-decoded, not empty, at most 255 bytes.
+fn decoded_name(text: &str) -> Option<String> {
+    let decoded = percent_decode(text)?;
+    (!decoded.is_empty() && decoded.len() <= 255).then_some(decoded)
 }
 
 fn percent_decode(text: &str) -> Option<String> {
@@ -182,6 +242,10 @@ mod tests {
         assert!(Destination::parse(&long_key).is_err());
         let key_at_limit = format!("/exchange/logs/{}", vec!["w"; MAX_TOPIC_WORDS].join("."));
         assert!(Destination::parse(&key_at_limit).is_ok());
+        assert_eq!(
+            Destination::parse("orders"),
+            Ok(Destination::Queue("orders".into()))
+        );
         for bad in [
             "/queue/",
             "queue/a",
@@ -192,6 +256,45 @@ mod tests {
         ] {
             assert!(Destination::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn refusals_read_as_rabbitmq_words_them() {
+        let refusal = |text: &str| Destination::parse(text).unwrap_err().to_string();
+        assert_eq!(
+            refusal("/queue/bah/baz"),
+            "'/bah/baz' is not a valid queue destination\n"
+        );
+        assert_eq!(refusal("/queue"), "'' is not a valid queue destination\n");
+        assert_eq!(refusal("/topic"), "'' is not a valid topic destination\n");
+        assert_eq!(
+            refusal("/exchange"),
+            "'' is not a valid exchange destination\n"
+        );
+        assert_eq!(
+            refusal("/exchange//foo"),
+            "'//foo' is not a valid exchange destination\n"
+        );
+        assert_eq!(
+            refusal("/exchange/bah/baz/boo"),
+            "'/bah/baz/boo' is not a valid exchange destination\n"
+        );
+        assert_eq!(
+            refusal("/amq/queue/a/b"),
+            "'/a/b' is not a valid amqqueue destination\n"
+        );
+        assert_eq!(
+            refusal("/bah/baz"),
+            "'/bah/baz' is not a valid destination.\nValid destination types are: /temp-queue, /exchange, /topic, /queue, /amq/queue, /reply-queue/.\n"
+        );
+        assert_eq!(
+            Destination::parse("/bah/baz").unwrap_err().headline(),
+            "Unknown destination"
+        );
+        assert_eq!(
+            Destination::parse("/queue").unwrap_err().headline(),
+            "Invalid destination"
+        );
     }
 
     #[test]

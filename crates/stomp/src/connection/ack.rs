@@ -83,10 +83,7 @@ impl Connection {
         };
         if let Some(transaction) = frame.get("transaction") {
             let Some(pending) = session.transactions.get_mut(transaction) else {
-                return Err(Refusal::new(
-                    "Invalid transaction",
-                    format!("transaction '{transaction}' was not begun"),
-                ));
+                return Err(Refusal::bad_transaction(transaction));
             };
             pending.push(frame.clone());
             return Ok(());

@@ -14,11 +14,8 @@ impl Connection {
     pub(super) async fn on_connect(&mut self, frame: Frame) -> Handled {
         let Some(version) = Version::negotiate(frame.get("accept-version")) else {
             return Err(Refusal::new(
-                "Supported protocol versions are 1.0,1.1,1.2",
-                format!(
-                    "the client accepts '{}' only",
-                    frame.get("accept-version").unwrap_or_default()
-                ),
+                "Version mismatch",
+                "Supported versions are 1.0,1.1,1.2\n",
             ));
         };
         let settings = self.settings.clone();
@@ -30,7 +27,7 @@ impl Connection {
             ),
             (None, _) => {
                 return Err(
-                    Refusal::new("Bad CONNECT", "a login and passcode are required")
+                    Refusal::new("Bad CONNECT", "Missing login or passcode header(s)")
                         .of_login(&self.broker, self.peer),
                 );
             }
@@ -44,8 +41,14 @@ impl Connection {
                 peer: self.peer.map(|p| p.ip()),
             })
             .map_err(|reason| {
-                Refusal::new("Bad CONNECT", format!("Authentication failure: {reason}"))
-                    .of_login(&self.broker, self.peer)
+                // RabbitMQ's words; the reason (bad password, unknown user, not from
+                // loopback) goes to the log only.
+                tracing::debug!(%reason, "STOMP login refused");
+                Refusal::new(
+                    "Bad CONNECT",
+                    format!("Access refused for user '{login}'\n"),
+                )
+                .of_login(&self.broker, self.peer)
             })?;
         let default_vhost = self.broker.config().default_vhost.clone();
         let vhost_name = match frame.get("host") {
@@ -110,12 +113,15 @@ impl Connection {
             permissions: junction_core::auth::PermissionCache::new(),
             receipts: Ledger::new(),
         });
-        // heart-beat is always there (0,0 and STOMP 1.0 too), as RabbitMQ sends it.
+        // heart-beat is always there (0,0 and STOMP 1.0 too), and names what was negotiated
+        // (so a client that asked for none reads 0,0), as RabbitMQ sends it. The client's own
+        // negotiation from it comes out the same.
+        let (sends, wants) = self.heartbeat;
         let connected = Frame::new("CONNECTED")
             .header("version", version.as_str())
             .header("server", settings.server.clone())
             .header("session", session_id)
-            .header("heart-beat", format!("{server_sends},{server_wants}"));
+            .header("heart-beat", format!("{sends},{wants}"));
         codec::encode(&connected, Some(version), &mut self.out);
         Ok(())
     }

@@ -85,11 +85,43 @@ impl Refusal {
         self
     }
 
+    /// A frame without a header it needs (RabbitMQ's words, which quote both as Erlang
+    /// strings).
     fn missing_header(command: &str, header: &str) -> Self {
         Self::new(
             "Missing header",
-            format!("{command} frames need a '{header}' header."),
+            format!("\"{command}\" must include the \"{header}\" header\n"),
         )
+    }
+
+    /// A SEND or SUBSCRIBE without a destination.
+    fn missing_destination(command: &str) -> Self {
+        Self::new(
+            "Missing destination",
+            format!("\"{command}\" must include a 'destination' header\n"),
+        )
+    }
+
+    /// BEGIN, COMMIT or ABORT without a transaction.
+    fn missing_transaction(command: &str) -> Self {
+        Self::new(
+            "Missing transaction",
+            format!("\"{command}\" must include a 'transaction' header\n"),
+        )
+    }
+
+    /// A frame naming a transaction that was not begun.
+    fn bad_transaction(name: &str) -> Self {
+        Self::new(
+            "Bad transaction",
+            format!("Invalid transaction identifier: \"{name}\"\n"),
+        )
+    }
+}
+
+impl From<crate::destination::InvalidDestination> for Refusal {
+    fn from(invalid: crate::destination::InvalidDestination) -> Self {
+        Refusal::new(invalid.headline(), invalid.to_string())
     }
 }
 
@@ -328,7 +360,8 @@ impl Connection {
         }
         let mut frame = Frame::new("ERROR")
             .header("message", refusal.message)
-            .header("content-type", "text/plain");
+            .header("content-type", "text/plain")
+            .header("version", "1.0,1.1,1.2");
         if let Some(receipt) = receipt {
             frame = frame.header("receipt-id", receipt);
         }
@@ -341,9 +374,9 @@ impl Connection {
         if self.session.is_none() {
             return match frame.command.as_str() {
                 "CONNECT" | "STOMP" => self.on_connect(frame).await.map(|_| Next::Continue),
-                other => Err(Refusal::new(
-                    "Not connected",
-                    format!("expected CONNECT or STOMP, got '{other}'"),
+                _ => Err(Refusal::new(
+                    "Illegal command",
+                    "You must log in using CONNECT first",
                 )),
             };
         }
@@ -377,8 +410,8 @@ impl Connection {
             }
             other => {
                 return Err(Refusal::new(
-                    "Unknown command",
-                    format!("'{other}' is not a STOMP client command"),
+                    "Bad command",
+                    format!("Could not interpret command \"{other}\"\n"),
                 ));
             }
         }

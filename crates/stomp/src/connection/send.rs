@@ -24,25 +24,21 @@ impl Connection {
     /// is owed when COMMIT applies it (as RabbitMQ answers it), not now.
     pub(super) async fn on_send(&mut self, frame: Frame) -> Result<bool, Refusal> {
         let Some(destination) = frame.get("destination") else {
-            return Err(Refusal::missing_header("SEND", "destination"));
+            return Err(Refusal::missing_destination("SEND"));
         };
         if frame.get("message-id").is_some() {
             // The broker names messages; a client may not (RabbitMQ refuses it too).
             return Err(Refusal::new(
                 "Invalid header",
-                "'message-id' is not allowed on 'SEND'.",
+                "'message-id' is not allowed on 'SEND'.\n",
             ));
         }
-        let destination = Destination::parse(destination)
-            .map_err(|e| Refusal::new("Invalid destination", e.to_string()))?;
+        let destination = Destination::parse(destination)?;
         if let Some(transaction) = frame.get("transaction") {
             let transaction = transaction.to_owned();
             let session = self.session_mut()?;
             let Some(pending) = session.transactions.get_mut(&transaction) else {
-                return Err(Refusal::new(
-                    "Invalid transaction",
-                    format!("transaction '{transaction}' was not begun"),
-                ));
+                return Err(Refusal::bad_transaction(&transaction));
             };
             pending.push(frame);
             return Ok(true);

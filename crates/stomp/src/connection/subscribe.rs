@@ -12,22 +12,18 @@ use std::sync::Arc;
 use junction_core::{ConsumerSpec, FieldTable, Permission, QueueHandle, QueueSpec, ResourceKind};
 
 use super::{AckMode, Connection, Handled, Refusal, Subscription};
-use crate::codec::{Frame, Version};
+use crate::codec::Frame;
 use crate::destination::Destination;
 
 impl Connection {
     pub(super) async fn on_subscribe(&mut self, frame: &Frame) -> Handled {
         let Some(destination_text) = frame.get("destination") else {
-            return Err(Refusal::missing_header("SUBSCRIBE", "destination"));
+            return Err(Refusal::missing_destination("SUBSCRIBE"));
         };
-        let destination = Destination::parse(destination_text)
-            .map_err(|e| Refusal::new("Invalid destination", e.to_string()))?;
-        let version = self.session_mut()?.version;
-        let id: Arc<str> = match (frame.get("id"), version) {
-            (Some(id), _) => id.into(),
-            (None, Version::V1_0) => destination_text.into(),
-            (None, _) => return Err(Refusal::missing_header("SUBSCRIBE", "id")),
-        };
+        let destination = Destination::parse(destination_text)?;
+        // Without an id (any version, as RabbitMQ allows), the destination names the
+        // subscription.
+        let id: Arc<str> = frame.get("id").unwrap_or(destination_text).into();
         let ack = match frame.get("ack").unwrap_or("auto") {
             "auto" => AckMode::Auto,
             "client" => AckMode::Client,
@@ -50,12 +46,21 @@ impl Connection {
         if durable && frame.get("id").is_none() {
             // The durable queue is named after the subscription: it needs a name the client
             // chose, in STOMP 1.0 too (RabbitMQ refuses it the same way).
-            return Err(Refusal::missing_header("SUBSCRIBE", "id"));
+            return Err(Refusal::new(
+                "Missing Header",
+                "Header 'id' is required for durable subscriptions",
+            ));
         }
         if self.session_mut()?.subscriptions.contains_key(&id) {
+            // RabbitMQ names the subscription by its consumer tag: `T_<id>`, or
+            // `Q_<destination>` for one without an id.
+            let tag = match frame.get("id") {
+                Some(id) => format!("T_{id}"),
+                None => format!("Q_{destination_text}"),
+            };
             return Err(Refusal::new(
                 "Duplicated subscription identifier",
-                format!("a subscription with id '{id}' already exists"),
+                format!("A subscription identified by '{tag}' already exists."),
             ));
         }
         let queue = match &destination {
@@ -171,18 +176,23 @@ impl Connection {
     pub(super) async fn on_unsubscribe(&mut self, frame: &Frame) -> Handled {
         let id = self.id;
         let session = self.session_mut()?;
-        let Some(subscription_id) = frame.get("id").or_else(|| {
-            (session.version == super::Version::V1_0)
-                .then(|| frame.get("destination"))
-                .flatten()
-        }) else {
-            return Err(Refusal::missing_header("UNSUBSCRIBE", "id"));
+        let (subscription_id, description) = match (frame.get("id"), frame.get("destination")) {
+            (Some(id), _) => (id, format!("id='{id}'")),
+            (None, Some(destination)) => (destination, format!("destination='{destination}'")),
+            (None, None) => {
+                return Err(Refusal::new(
+                    "Missing destination or id",
+                    "UNSUBSCRIBE must include a 'destination' or 'id' header",
+                ));
+            }
         };
         let tag: Arc<str> = subscription_id.into();
         let Some(subscription) = session.subscriptions.get(&tag) else {
             return Err(Refusal::new(
-                "Subscription not found",
-                format!("there is no subscription with id '{tag}'"),
+                "No subscription found",
+                format!(
+                    "UNSUBSCRIBE must refer to an existing subscription.\nSubscription to \"{description}\" not found.\n"
+                ),
             ));
         };
         // `durable:true` ends a durable subscription: its own queue goes, never a queue the

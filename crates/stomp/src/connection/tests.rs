@@ -67,44 +67,119 @@ async fn connect_negotiates_the_highest_version() {
     assert_eq!(frames.len(), 1);
     assert_eq!(frames[0].command, "CONNECTED");
     assert_eq!(frames[0].get("version"), Some("1.2"));
-    assert_eq!(frames[0].get("heart-beat"), Some("10000,10000"));
+    // The client asked for no heart-beats: none are negotiated, and CONNECTED says so.
+    assert_eq!(frames[0].get("heart-beat"), Some("0,0"));
 }
 
 #[tokio::test]
-async fn refusals_are_error_frames_with_a_message_header() {
-    for (input, message) in [
+async fn refusals_are_error_frames_in_rabbitmq_words() {
+    for (input, message, body) in [
         (
-            &b"CONNECT\naccept-version:1.2\nlogin:guest\npasscode:wrong\n\n\0"[..],
+            &b"CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:wrong\n\n\0"[..],
             "Bad CONNECT",
+            "Access refused for user 'guest'\n",
         ),
         (
             &b"CONNECT\naccept-version:9.9\n\n\0"[..],
-            "Supported protocol versions are 1.0,1.1,1.2",
+            "Version mismatch",
+            "Supported versions are 1.0,1.1,1.2\n",
         ),
-        (&b"SEND\ndestination:/queue/a\n\n\0"[..], "Not connected"),
+        (
+            &b"SEND\ndestination:/queue/a\n\n\0"[..],
+            "Illegal command",
+            "You must log in using CONNECT first",
+        ),
     ] {
         let (next, frames) = feed(&mut connection(), input).await;
         assert_eq!(next, Next::Close);
         assert_eq!(frames[0].command, "ERROR");
         assert_eq!(frames[0].get("message"), Some(message));
-        assert!(!frames[0].body.is_empty(), "a readable body explains it");
+        assert_eq!(String::from_utf8_lossy(&frames[0].body), body);
     }
-    let mut client = connection();
-    feed(&mut client, CONNECT).await;
-    for (input, message) in [
-        (&b"SEND\nreceipt:r1\n\nx\0"[..], "Missing header"),
+    for (input, message, body) in [
         (
-            &b"SEND\ndestination:/nowhere/a\n\n\0"[..],
-            "Invalid destination",
+            &b"SEND\nreceipt:r1\n\nx\0"[..],
+            "Missing destination",
+            "\"SEND\" must include a 'destination' header\n",
         ),
-        (&b"BOGUS\n\n\0"[..], "Unknown command"),
+        (
+            &b"SEND\ndestination:/queue/a/b\n\n\0"[..],
+            "Invalid destination",
+            "'/a/b' is not a valid queue destination\n",
+        ),
+        (
+            &b"SUBSCRIBE\ndestination:/nowhere/a\n\n\0"[..],
+            "Unknown destination",
+            "'/nowhere/a' is not a valid destination.\nValid destination types are: /temp-queue, /exchange, /topic, /queue, /amq/queue, /reply-queue/.\n",
+        ),
+        (
+            &b"BOGUS\n\n\0"[..],
+            "Bad command",
+            "Could not interpret command \"BOGUS\"\n",
+        ),
+        (
+            &b"SEND\ndestination:/queue/a\nmessage-id:m\n\n\0"[..],
+            "Invalid header",
+            "'message-id' is not allowed on 'SEND'.\n",
+        ),
+        (
+            &b"BEGIN\n\n\0"[..],
+            "Missing transaction",
+            "\"BEGIN\" must include a 'transaction' header\n",
+        ),
+        (
+            &b"COMMIT\ntransaction:t9\n\n\0"[..],
+            "Bad transaction",
+            "Invalid transaction identifier: \"t9\"\n",
+        ),
+        (
+            &b"ACK\n\n\0"[..],
+            "Missing header",
+            "\"ACK\" must include the \"id\" header\n",
+        ),
+        (
+            &b"UNSUBSCRIBE\n\n\0"[..],
+            "Missing destination or id",
+            "UNSUBSCRIBE must include a 'destination' or 'id' header",
+        ),
+        (
+            &b"UNSUBSCRIBE\nid:7\n\n\0"[..],
+            "No subscription found",
+            "UNSUBSCRIBE must refer to an existing subscription.\nSubscription to \"id='7'\" not found.\n",
+        ),
+        (
+            &b"SUBSCRIBE\ndestination:/topic/t\ndurable:true\n\n\0"[..],
+            "Missing Header",
+            "Header 'id' is required for durable subscriptions",
+        ),
     ] {
         let mut client = connection();
         feed(&mut client, CONNECT).await;
         let (next, frames) = feed(&mut client, input).await;
         assert_eq!(next, Next::Close, "{message}");
         assert_eq!(frames[0].get("message"), Some(message));
+        assert_eq!(String::from_utf8_lossy(&frames[0].body), body);
+        assert_eq!(frames[0].get("version"), Some("1.0,1.1,1.2"));
     }
+}
+
+#[tokio::test]
+async fn a_second_subscription_with_the_same_id_is_named_by_rabbitmqs_consumer_tag() {
+    let mut client = connection();
+    feed(&mut client, CONNECT).await;
+    let subscribe = b"SUBSCRIBE\ndestination:/queue/dup\nid:1\n\n\0";
+    let (next, _) = feed(&mut client, subscribe).await;
+    assert_eq!(next, Next::Continue);
+    let (next, frames) = feed(&mut client, subscribe).await;
+    assert_eq!(next, Next::Close);
+    assert_eq!(
+        frames[0].get("message"),
+        Some("Duplicated subscription identifier")
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&frames[0].body),
+        "A subscription identified by 'T_1' already exists."
+    );
 }
 
 #[tokio::test]

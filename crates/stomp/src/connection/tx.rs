@@ -11,7 +11,7 @@ impl Connection {
         frame
             .get("transaction")
             .map(str::to_owned)
-            .ok_or_else(|| Refusal::missing_header(&frame.command, "transaction"))
+            .ok_or_else(|| Refusal::missing_transaction(&frame.command))
     }
 
     pub(super) fn on_begin(&mut self, frame: &Frame) -> Handled {
@@ -33,18 +33,14 @@ impl Connection {
     pub(super) async fn on_commit(&mut self, frame: &Frame) -> Handled {
         let name = Self::transaction_name(frame)?;
         let Some(frames) = self.session_mut()?.transactions.remove(&name) else {
-            return Err(Refusal::new(
-                "Invalid transaction",
-                format!("transaction '{name}' was not begun"),
-            ));
+            return Err(Refusal::bad_transaction(&name));
         };
         for held in frames {
             let held = outside_transaction(held);
             match held.command.as_str() {
                 "SEND" => {
                     let destination = held.get("destination").unwrap_or_default();
-                    let destination = Destination::parse(destination)
-                        .map_err(|e| Refusal::new("Invalid destination", e.to_string()))?;
+                    let destination = Destination::parse(destination)?;
                     let receipt = held.get("receipt").map(str::to_owned);
                     self.publish(&destination, held).await?;
                     if let Some(receipt) = receipt {
@@ -62,10 +58,7 @@ impl Connection {
     pub(super) fn on_abort(&mut self, frame: &Frame) -> Handled {
         let name = Self::transaction_name(frame)?;
         if self.session_mut()?.transactions.remove(&name).is_none() {
-            return Err(Refusal::new(
-                "Invalid transaction",
-                format!("transaction '{name}' was not begun"),
-            ));
+            return Err(Refusal::bad_transaction(&name));
         }
         Ok(())
     }
