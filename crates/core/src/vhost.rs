@@ -245,6 +245,19 @@ impl VirtualHost {
                 spec.name
             )));
         }
+        if spec
+            .arguments
+            .get("x-queue-type")
+            .and_then(FieldValue::as_str)
+            == Some("stream")
+        {
+            // What a RabbitMQ node without streams answers (clients and RabbitMQ's own tests
+            // recognise it); as there, it closes an AMQP connection (541).
+            return Err(CoreError::internal(format!(
+                "Cannot declare a queue 'queue '{}' in vhost '{}'' of type 'rabbit_stream_queue' on node 'junction': the corresponding feature flag is disabled",
+                spec.name, self.name
+            )));
+        }
         let arguments = QueueArguments::parse(&spec.arguments)
             .map_err(|error| CoreError::precondition(error.message(&spec.name, &self.name)))?;
         let mut redeclared = false;

@@ -327,9 +327,9 @@ def test_a_single_active_consumer_takes_everything_until_it_goes(connect, names)
 
 
 def test_classic_queues_are_accepted_and_unknown_types_refused(channel, connection, names):
-    # Quorum queues have their own tests (test_quorum_queues.py); streams are not built.
+    # Quorum queues and stream refusals have their own tests (test_quorum_queues.py).
     channel.queue_declare(names("classic"), arguments={"x-queue-type": "classic"})
-    for kind in ("stream", "lazy"):
+    for kind in ("lazy", "bogus"):
         error = _refused(
             connection.channel().queue_declare,
             names(kind),

@@ -67,7 +67,7 @@ def test_a_quorum_queue_cannot_be_server_named(connection):
     )
 
 
-def test_arguments_of_other_queue_types_and_streams_are_refused(connection, names):
+def test_arguments_of_other_queue_types_are_refused(connection, names):
     queue = names("qq")
     error = _refused(
         connection.channel().queue_declare,
@@ -80,17 +80,20 @@ def test_arguments_of_other_queue_types_and_streams_are_refused(connection, name
         f"PRECONDITION_FAILED - invalid arg 'x-max-priority' for queue '{queue}' in vhost '/'"
         " of queue type rabbit_quorum_queue"
     )
+
+
+def test_streams_are_refused_as_a_node_without_them_refuses_them(connect, names):
+    """Streams are not built: the answer is a RabbitMQ node's whose stream feature flag is
+    off (541, closing the connection), which clients and RabbitMQ's tests recognise."""
     stream = names("stream")
-    error = _refused(
-        connection.channel().queue_declare,
-        stream,
-        durable=True,
-        arguments={"x-queue-type": "stream"},
-    )
-    assert error.reply_code == 406
-    assert error.reply_text == (
-        f"PRECONDITION_FAILED - invalid arg 'x-queue-type' for queue '{stream}' in vhost '/':"
-        " \"unsupported queue type 'stream'\""
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as caught:
+        connect().channel().queue_declare(
+            stream, durable=True, arguments={"x-queue-type": "stream"}
+        )
+    assert caught.value.reply_code == 541
+    assert caught.value.reply_text == (
+        f"INTERNAL_ERROR - Cannot declare a queue 'queue '{stream}' in vhost '/'' of type"
+        " 'rabbit_stream_queue' on node 'junction': the corresponding feature flag is disabled"
     )
 
 

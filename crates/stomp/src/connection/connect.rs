@@ -117,11 +117,12 @@ impl Connection {
         // (so a client that asked for none reads 0,0), as RabbitMQ sends it. The client's own
         // negotiation from it comes out the same.
         let (sends, wants) = self.heartbeat;
+        // In RabbitMQ's order: its tests match the frame whole.
         let connected = Frame::new("CONNECTED")
-            .header("version", version.as_str())
             .header("server", settings.server.clone())
             .header("session", session_id)
-            .header("heart-beat", format!("{sends},{wants}"));
+            .header("heart-beat", format!("{sends},{wants}"))
+            .header("version", version.as_str());
         codec::encode(&connected, Some(version), &mut self.out);
         Ok(())
     }

@@ -126,16 +126,22 @@ impl From<crate::destination::InvalidDestination> for Refusal {
 }
 
 impl From<CoreError> for Refusal {
+    /// As RabbitMQ's STOMP plugin reports an AMQP error: the error's name as the message, and
+    /// the AMQP reply text (`NOT_FOUND - no exchange 'x' in vhost '/'`) as the body.
     fn from(error: CoreError) -> Self {
         use junction_core::ErrorKind;
-        let message = match error.kind {
-            ErrorKind::NotFound => "not_found",
-            ErrorKind::AccessRefused => "access_refused",
-            ErrorKind::PreconditionFailed => "precondition_failed",
-            ErrorKind::ResourceLocked => "resource_locked",
-            _ => "internal_error",
+        let (message, name) = match error.kind {
+            ErrorKind::NotFound => ("not_found", "NOT_FOUND"),
+            ErrorKind::AccessRefused => ("access_refused", "ACCESS_REFUSED"),
+            ErrorKind::PreconditionFailed => ("precondition_failed", "PRECONDITION_FAILED"),
+            ErrorKind::ResourceLocked => ("resource_locked", "RESOURCE_LOCKED"),
+            ErrorKind::NotAllowed => ("not_allowed", "NOT_ALLOWED"),
+            ErrorKind::NotImplemented => ("not_implemented", "NOT_IMPLEMENTED"),
+            ErrorKind::CommandInvalid => ("command_invalid", "COMMAND_INVALID"),
+            ErrorKind::ConnectionForced => ("connection_forced", "CONNECTION_FORCED"),
+            ErrorKind::Internal => ("internal_error", "INTERNAL_ERROR"),
         };
-        Refusal::new(message, error.message)
+        Refusal::new(message, format!("{name} - {}", error.message))
     }
 }
 
@@ -188,15 +194,13 @@ impl Session {
         if allowed {
             Ok(())
         } else {
-            Err(Refusal::new(
-                "access_refused",
-                format!(
-                    "access to {} '{name}' in vhost '{}' refused for user '{}'",
-                    kind.as_str(),
-                    self.vhost.name,
-                    self.principal.user.name
-                ),
+            Err(CoreError::access_refused(format!(
+                "access to {} '{name}' in vhost '{}' refused for user '{}'",
+                kind.as_str(),
+                self.vhost.name,
+                self.principal.user.name
             ))
+            .into())
         }
     }
 }

@@ -84,13 +84,11 @@ impl Connection {
         if exchange.spec.internal {
             // As AMQP's basic.publish (403): an internal exchange takes messages only from
             // other exchanges.
-            return Err(Refusal::new(
-                "access_refused",
-                format!(
-                    "cannot publish to internal exchange '{}' in vhost '{}'",
-                    exchange.name, session.vhost.name
-                ),
-            ));
+            return Err(junction_core::CoreError::access_refused(format!(
+                "cannot publish to internal exchange '{}' in vhost '{}'",
+                exchange.name, session.vhost.name
+            ))
+            .into());
         }
         let message = Message::new(exchange_name, key, properties, frame.body);
         let mut publication = Publication::new(&exchange, message);
