@@ -149,15 +149,23 @@ def test_a_subscription_without_an_id_is_named_by_its_destination(
     raw_stomp, bystander, names, version
 ):
     """As RabbitMQ allows it in every version: SUBSCRIBE without an id is a subscription
-    named by its destination, which UNSUBSCRIBE names too."""
+    named by its destination (its MESSAGEs carry no subscription header, and a message-id
+    made from it), which UNSUBSCRIBE names too; ACK takes that message-id."""
     queue = f"/queue/{names('q')}"
     client = connected_raw(raw_stomp, version)
-    client.send_frame("SUBSCRIBE", [("destination", queue)], version=version)
+    client.send_frame(
+        "SUBSCRIBE", [("destination", queue), ("ack", "client")], version=version
+    )
     client.send_frame("SEND", [("destination", queue)], b"hello", version=version)
     message = client.expect_frame("MESSAGE")
-    assert message["subscription"] == queue
+    assert message.get("subscription") is None
+    assert message["message-id"].startswith(f"Q_{queue}@@session-")
+    named = message["ack"] if version == "1.2" else message["message-id"]
+    header = "id" if version == "1.2" else "message-id"
+    client.send_frame("ACK", [(header, named), ("receipt", "a")], version=version)
+    assert client.expect_frame("RECEIPT")["receipt-id"] == "a"
     client.send_frame("UNSUBSCRIBE", [("destination", queue), ("receipt", "r")], version=version)
-    client.expect_frame("RECEIPT")
+    assert client.expect_frame("RECEIPT")["receipt-id"] == "r"
 
 
 @pytest.mark.parametrize(

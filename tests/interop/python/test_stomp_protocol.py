@@ -242,8 +242,9 @@ def test_unsubscribe_stops_deliveries_and_the_queue_keeps_what_follows(
 
 
 def test_stomp_1_0_subscriptions_without_an_id_are_named_by_their_destination(raw_stomp, names):
-    """In STOMP 1.0 a SUBSCRIBE may leave out id: its MESSAGEs name the destination as their
-    subscription, and UNSUBSCRIBE by destination ends it."""
+    """In STOMP 1.0 a SUBSCRIBE may leave out id: as in RabbitMQ its MESSAGEs carry no
+    subscription header and a message-id made from the destination
+    (``Q_<destination>@@<session>@@<n>``), and UNSUBSCRIBE by destination ends it."""
     destination = f"/queue/{names('q')}"
     client = raw_stomp()
     client.connect("1.0")
@@ -251,7 +252,8 @@ def test_stomp_1_0_subscriptions_without_an_id_are_named_by_their_destination(ra
     client.expect_frame("RECEIPT")
     client.send_frame("SEND", [("destination", destination)], b"1.0 style")
     message = client.expect_frame("MESSAGE")
-    assert message["subscription"] == destination
+    assert message.get("subscription") is None
+    assert message["message-id"].startswith(f"Q_{destination}@@session-")
     assert message.body == b"1.0 style"
     client.send_frame("UNSUBSCRIBE", [("destination", destination), ("receipt", "u")])
     assert client.expect_frame("RECEIPT")["receipt-id"] == "u"

@@ -30,22 +30,28 @@ impl Connection {
         } else {
             Destination::for_message(&message.exchange, &message.routing_key)
         };
-        let mut frame = Frame::new("MESSAGE")
-            .header("subscription", delivery.consumer_tag.to_string())
-            .header("destination", destination)
-            .header("message-id", number.to_string());
-        if session.version == Version::V1_2 && subscription.ack != AckMode::Auto {
-            frame = frame.header("ack", number.to_string());
+        // RabbitMQ's headers, in its order (its tests match frames whole): `subscription`
+        // when the client named it, `message-id` as `<consumer tag>@@<session>@@<n>`, and
+        // `redelivered` always, false too.
+        let mut frame = Frame::new("MESSAGE");
+        if let Some(id) = &subscription.id {
+            frame = frame.header("subscription", id.to_string());
         }
-        // Always there, false too, as RabbitMQ sends it.
-        frame = frame.header(
-            "redelivered",
-            if delivery.redelivered {
-                "true"
-            } else {
-                "false"
-            },
-        );
+        let message_id = format!("{}{number}", subscription.message_id_prefix);
+        frame = frame
+            .header("destination", destination)
+            .header("message-id", message_id.clone())
+            .header(
+                "redelivered",
+                if delivery.redelivered {
+                    "true"
+                } else {
+                    "false"
+                },
+            );
+        if session.version == Version::V1_2 && subscription.ack != AckMode::Auto {
+            frame = frame.header("ack", message_id);
+        }
         frame = headers::add_property_headers(frame, &message.properties);
         frame.body = message.body.clone();
         if frame.body.is_empty() {
@@ -88,7 +94,9 @@ impl Connection {
             pending.push(frame.clone());
             return Ok(());
         }
-        let Ok(number) = text.trim().parse::<u64>() else {
+        // The number after the last `@@` of a `message-id` (or the whole of a bare number).
+        let number_text = text.rsplit("@@").next().unwrap_or(text);
+        let Ok(number) = number_text.trim().parse::<u64>() else {
             return Err(Refusal::new(
                 "Invalid message id",
                 format!("'{text}' names no message of this connection"),

@@ -160,6 +160,12 @@ struct Subscription {
     queue: QueueHandle,
     ack: AckMode,
     destination: String,
+    /// The `id` the client gave it, if it gave one (MESSAGE frames carry it as
+    /// `subscription`).
+    id: Option<Arc<str>>,
+    /// What its MESSAGEs' `message-id` starts with: RabbitMQ's `<consumer tag>@@<session>@@`,
+    /// the consumer tag being `T_<id>`, or `Q_<destination>` without an id.
+    message_id_prefix: String,
 }
 
 /// A MESSAGE sent and not yet acknowledged.

@@ -216,11 +216,13 @@ impl Connection {
             })
             .await?;
         session.subscriptions.insert(
-            tag,
+            tag.clone(),
             Subscription {
                 queue: queue.clone(),
                 ack: AckMode::Auto,
                 destination,
+                message_id_prefix: format!("T_{tag}@@session-{}@@", id.0),
+                id: Some(tag),
             },
         );
         // The new consumer is in place before the old one goes, so the auto-delete queue

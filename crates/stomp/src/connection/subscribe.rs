@@ -52,15 +52,12 @@ impl Connection {
             ));
         }
         if self.session_mut()?.subscriptions.contains_key(&id) {
-            // RabbitMQ names the subscription by its consumer tag: `T_<id>`, or
-            // `Q_<destination>` for one without an id.
-            let tag = match frame.get("id") {
-                Some(id) => format!("T_{id}"),
-                None => format!("Q_{destination_text}"),
-            };
             return Err(Refusal::new(
                 "Duplicated subscription identifier",
-                format!("A subscription identified by '{tag}' already exists."),
+                format!(
+                    "A subscription identified by '{}' already exists.",
+                    consumer_tag(frame)
+                ),
             ));
         }
         let queue = match &destination {
@@ -93,6 +90,7 @@ impl Connection {
             }
         };
         let sink = self.consumer_sink();
+        let message_id_prefix = format!("{}@@session-{}@@", consumer_tag(frame), self.id.0);
         let session = self.session_mut()?;
         session.authorize(ResourceKind::Queue, queue.name(), Permission::Read)?;
         queue
@@ -114,6 +112,8 @@ impl Connection {
                 queue,
                 ack,
                 destination: destination_text.to_owned(),
+                id: frame.get("id").map(Arc::from),
+                message_id_prefix,
             },
         );
         Ok(())
@@ -220,6 +220,15 @@ impl Connection {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// RabbitMQ's consumer tag for a SUBSCRIBE: `T_<id>`, or `Q_<destination>` for one without an
+/// id. Its errors and MESSAGE ids name subscriptions by it.
+fn consumer_tag(frame: &Frame) -> String {
+    match frame.get("id") {
+        Some(id) => format!("T_{id}"),
+        None => format!("Q_{}", frame.get("destination").unwrap_or_default()),
     }
 }
 
