@@ -245,12 +245,7 @@ impl VirtualHost {
                 spec.name
             )));
         }
-        if spec
-            .arguments
-            .get("x-queue-type")
-            .and_then(FieldValue::as_str)
-            == Some("stream")
-        {
+        if named_type(&spec.arguments) == Some("stream") {
             // What a RabbitMQ node without streams answers (clients and RabbitMQ's own tests
             // recognise it); as there, it closes an AMQP connection (541).
             return Err(CoreError::internal(format!(
@@ -759,8 +754,12 @@ fn alternate_exchange(exchange: &Exchange) -> Option<&str> {
 /// The type a queue declared with these arguments would have, when that type cannot be
 /// server-named (quorum).
 fn durable_only_type(arguments: &FieldTable) -> Option<&'static str> {
-    (arguments.get("x-queue-type").and_then(FieldValue::as_str) == Some("quorum"))
-        .then(|| QueueType::Quorum.module())
+    (named_type(arguments) == Some("quorum")).then(|| QueueType::Quorum.module())
+}
+
+/// The queue type the arguments name (`x-queue-type`), if they name one.
+fn named_type(arguments: &FieldTable) -> Option<&str> {
+    arguments.get("x-queue-type").and_then(FieldValue::as_str)
 }
 
 /// A quorum queue is durable, neither exclusive nor auto-deleted: RabbitMQ's checks, in its
