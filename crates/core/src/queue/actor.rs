@@ -522,10 +522,15 @@ impl QueueActor {
     }
 
     fn enqueue(&mut self, message: Arc<Message>, at: Option<StoredAt>) {
+        let stored = match (&self.store, message.store_id, at) {
+            (Some(_), Some(id), Some(at)) => Some(Stored { id, at }),
+            _ => None,
+        };
         let limit = self.handle.transient_limit();
         if limit != 0 && self.ready.len() >= limit as usize && !message.properties.is_persistent() {
             // A transient message the queue has no room for (MQTT QoS 0 to a session that
-            // does not keep up): dropped and counted; what is ready stays.
+            // does not keep up): dropped and counted; what is ready stays. (Stored only if a
+            // quorum queue kept it.)
             self.handle
                 .0
                 .dropped_transient
@@ -533,14 +538,11 @@ impl QueueActor {
             if let Some(admission) = &self.handle.0.admission {
                 admission.leave(message.body.len() as u64);
             }
+            self.forget(stored);
             return;
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let stored = match (&self.store, message.store_id, at) {
-            (Some(_), Some(id), Some(at)) => Some(Stored { id, at }),
-            _ => None,
-        };
         let size = message.body.len();
         let level = self.ready.level_for(message.properties.priority);
         let expires_at = self.expiry_of(&message).map(|at| self.clock.deadline(at));
