@@ -9,6 +9,8 @@
 //! 1.0 and CONNECT frames: none). Limits on the header block and the body are checked before
 //! the bytes are buffered whole, so an oversized frame is refused early.
 
+use std::borrow::Cow;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// A STOMP protocol version.
@@ -50,29 +52,30 @@ impl Version {
     }
 }
 
-/// One STOMP frame: command, headers in order, body.
+/// One STOMP frame: command, headers in order, body. The command and header names the broker
+/// writes are `&'static str`s, borrowed: a MESSAGE allocates only its header values.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Frame {
     /// The command (`SEND`, `MESSAGE`, ...).
-    pub command: String,
+    pub command: Cow<'static, str>,
     /// Headers in the order they came; a repeated header's first value is the one that counts.
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(Cow<'static, str>, String)>,
     /// The body.
     pub body: Bytes,
 }
 
 impl Frame {
     /// A frame with no headers and no body.
-    pub fn new(command: &str) -> Self {
+    pub fn new(command: impl Into<Cow<'static, str>>) -> Self {
         Self {
-            command: command.to_owned(),
+            command: command.into(),
             ..Default::default()
         }
     }
 
     /// Adds a header.
-    pub fn header(mut self, name: &str, value: impl Into<String>) -> Self {
-        self.headers.push((name.to_owned(), value.into()));
+    pub fn header(mut self, name: impl Into<Cow<'static, str>>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
         self
     }
 
@@ -222,7 +225,7 @@ impl Decoder {
                 Some(version) => (unescape(name, version)?, unescape(value, version)?),
                 None => (name.to_owned(), value.to_owned()),
             };
-            headers.push((name, value));
+            headers.push((Cow::Owned(name), value));
         }
         let body_start = header_end.end;
         let content_length = headers
@@ -260,7 +263,7 @@ impl Decoder {
         frame_bytes.advance(body_start);
         frame_bytes.truncate(body_end - body_start);
         Ok(Some(Frame {
-            command,
+            command: command.into(),
             headers,
             body: frame_bytes.freeze(),
         }))
@@ -360,7 +363,7 @@ pub fn encode(frame: &Frame, version: Option<Version>, out: &mut BytesMut) {
     out.reserve(frame.command.len() + frame.body.len() + 64);
     out.put_slice(frame.command.as_bytes());
     out.put_u8(b'\n');
-    let escaping = match frame.command.as_str() {
+    let escaping = match frame.command.as_ref() {
         "CONNECTED" | "CONNECT" | "STOMP" => None,
         _ => version,
     };

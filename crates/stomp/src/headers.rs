@@ -27,12 +27,12 @@ pub fn properties_from_send(frame: &Frame) -> Properties {
     let mut seen: Vec<&str> = Vec::new();
     for (name, value) in &frame.headers {
         // The first occurrence of a repeated header counts.
-        if seen.contains(&name.as_str()) {
+        if seen.contains(&name.as_ref()) {
             continue;
         }
         seen.push(name);
         let value = value.clone();
-        match name.as_str() {
+        match name.as_ref() {
             "content-type" => properties.content_type = Some(value),
             "content-encoding" => properties.content_encoding = Some(value),
             "persistent" => {
@@ -93,7 +93,7 @@ pub fn add_property_headers(mut frame: Frame, properties: &Properties) -> Frame 
                 continue;
             }
             if let Some(text) = field_text(value) {
-                frame = frame.header(name, text);
+                frame = frame.header(name.clone(), text);
             }
         }
     }

@@ -382,7 +382,7 @@ impl Connection {
 
     async fn on_frame(&mut self, frame: Frame) -> Result<Next, Refusal> {
         if self.session.is_none() {
-            return match frame.command.as_str() {
+            return match frame.command.as_ref() {
                 "CONNECT" | "STOMP" => self.on_connect(frame).await.map(|_| Next::Continue),
                 _ => Err(Refusal::new(
                     "Illegal command",
@@ -391,7 +391,7 @@ impl Connection {
             };
         }
         let mut receipt = frame.get("receipt").map(str::to_owned);
-        match frame.command.as_str() {
+        match frame.command.as_ref() {
             "SEND" => {
                 self.has_published = true;
                 if self.on_send(frame).await? {

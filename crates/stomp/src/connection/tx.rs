@@ -37,7 +37,7 @@ impl Connection {
         };
         for held in frames {
             let held = outside_transaction(held);
-            match held.command.as_str() {
+            match held.command.as_ref() {
                 "SEND" => {
                     let destination = held.get("destination").unwrap_or_default();
                     let destination = Destination::parse(destination)?;
