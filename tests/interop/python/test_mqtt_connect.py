@@ -241,12 +241,18 @@ def test_refused_logins_are_logged_once_per_peer_and_window(start_broker, mqtt, 
     """A client retrying with a wrong password in a loop gets CONNACK 4 every time, but the
     broker writes one log line for it per 10 s window, not one per attempt."""
     private = start_broker()
+    started = time.monotonic()
     for n in range(200):
         client = mqtt(names(f"retry-{n}"), target=private, password="not-the-password")
         client.connect(expect=refused(4))
         client.close()
-    lines = private.log_path.read_text(errors="replace").count("login refused")
-    assert 1 <= lines <= 3, f"{lines} log lines for 200 refused logins"
+    # One line per 10 s window the loop touched (a slow machine may take several windows),
+    # never one per attempt; each later line says how many it left out.
+    windows = int((time.monotonic() - started) // 10) + 1
+    log = private.log_path.read_text(errors="replace")
+    lines = log.count("login refused")
+    assert 1 <= lines <= windows + 1, f"{lines} log lines for 200 refused logins in {windows} windows"
+    assert lines < 200
 
 
 # ---------------------------------------------------------------------------------------------
