@@ -476,6 +476,16 @@ class RawStompConnection:
         """Sends ``frame_bytes(command, headers, body, **options)``."""
         self.send(frame_bytes(command, headers, body, **options))
 
+    def subscribe(self, destination: str, id: str = "s1", version: str = "1.2") -> None:
+        """SUBSCRIBE to ``destination`` as ``id`` with a receipt, and waits for the RECEIPT
+        (the subscription is in place once it arrives)."""
+        self.send_frame(
+            "SUBSCRIBE",
+            [("destination", destination), ("id", id), ("receipt", "subscribed")],
+            version=version,
+        )
+        assert self.expect_frame("RECEIPT")["receipt-id"] == "subscribed"
+
     def _take_heartbeats(self) -> None:
         at = 0
         while at < len(self.buffer) and self.buffer[at : at + 1] in (b"\n", b"\r"):

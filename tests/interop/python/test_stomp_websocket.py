@@ -13,19 +13,10 @@ from __future__ import annotations
 import pytest
 import websocket
 
-from stomp_clients import GUEST, RawStompWebSocket, StompClient, frame_bytes
+from stomp_clients import GUEST, StompClient, frame_bytes
 
 LISTENERS = ["web-stomp", "http"]
 SUBPROTOCOLS = {"v12.stomp": "1.2", "v11.stomp": "1.1", "v10.stomp": "1.0"}
-
-
-def subscribe(client: RawStompWebSocket, destination: str, version: str = "1.2") -> None:
-    client.send_frame(
-        "SUBSCRIBE",
-        [("destination", destination), ("id", "s1"), ("receipt", "subscribed")],
-        version=version,
-    )
-    assert client.expect_frame("RECEIPT")["receipt-id"] == "subscribed"
 
 
 @pytest.mark.parametrize("listener", LISTENERS)
@@ -41,7 +32,7 @@ def test_each_stomp_subprotocol_carries_stomp_and_is_answered_in_text(
     assert client.subprotocol == subprotocol
     assert client.connect(version)["version"] == version
     destination = f"/queue/{names('q')}"
-    subscribe(client, destination, version)
+    client.subscribe(destination, version=version)
     client.send_frame("SEND", [("destination", destination)], "over websocket", version=version)
     message = client.expect_frame("MESSAGE")
     assert message.body == b"over websocket"
@@ -55,7 +46,7 @@ def test_text_and_binary_messages_are_both_accepted(raw_stomp_ws, names, listene
     client = raw_stomp_ws(listener, ["v12.stomp"], text=text)
     client.connect("1.2")
     destination = f"/queue/{names('q')}"
-    subscribe(client, destination)
+    client.subscribe(destination)
     client.send_frame("SEND", [("destination", destination)], "either kind")
     assert client.expect_frame("MESSAGE").body == b"either kind"
 
@@ -99,7 +90,7 @@ def test_one_frame_split_across_websocket_messages_is_reassembled(raw_stomp_ws, 
     destination = f"/queue/{names('q')}"
     client = raw_stomp_ws(listener, ["v12.stomp"])
     client.connect("1.2")
-    subscribe(client, destination)
+    client.subscribe(destination)
     frame = frame_bytes(
         "SEND", [("destination", destination), ("receipt", "sent")], "split across messages"
     )
@@ -124,7 +115,7 @@ def test_a_one_mebibyte_frame_crosses_the_websocket_both_ways(raw_stomp_ws, name
     destination = f"/queue/{names('q')}"
     client = raw_stomp_ws(listener, ["v12.stomp"], text=False)
     client.connect("1.2")
-    subscribe(client, destination)
+    client.subscribe(destination)
     body = b"z" * (1 << 20)
     client.send_frame("SEND", [("destination", destination)], body)
     message = client.expect_frame("MESSAGE", timeout=20)
@@ -141,7 +132,7 @@ def test_multibyte_utf8_bodies_are_still_answered_in_text_messages(raw_stomp_ws,
     destination = f"/queue/{names('q')}"
     client = raw_stomp_ws(listener, ["v12.stomp"])
     client.connect("1.2")
-    subscribe(client, destination)
+    client.subscribe(destination)
     body = ("é€" * 120_000).encode()
     client.send_frame("SEND", [("destination", destination)], body)
     message = client.expect_frame("MESSAGE", timeout=20)
@@ -175,7 +166,7 @@ def test_an_mqtt_publication_reaches_a_stomp_over_websocket_subscriber(
     base = names("t").replace(".", "_")
     client = raw_stomp_ws(listener, ["v12.stomp"])
     client.connect("1.2")
-    subscribe(client, f"/topic/{base}.x")
+    client.subscribe(f"/topic/{base}.x")
     publisher = mqtt(names("pub"), listener="http" if listener == "http" else "mqtt")
     publisher.connect()
     publisher.publish(f"{base}/x", b"42", qos=1)
