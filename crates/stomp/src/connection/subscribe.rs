@@ -41,7 +41,7 @@ impl Connection {
                 Refusal::new("Invalid prefetch-count", format!("'{text}' is not a count"))
             })?,
         };
-        let durable = frame.flag("durable") == Some(true) || frame.flag("persistent") == Some(true);
+        let durable = asks_durable(frame);
         let queue_headers = QueueHeaders::from_frame(frame);
         if durable && frame.get("id").is_none() {
             // The durable queue is named after the subscription: it needs a name the client
@@ -198,7 +198,7 @@ impl Connection {
         // `durable:true` ends a durable subscription: its own queue goes, never a queue the
         // destination names (`/queue/`, `/amq/queue/`), and only with configure on it, as
         // RabbitMQ does. The queue is the subscription's, never one the frame names.
-        let asked = frame.flag("durable") == Some(true) || frame.flag("persistent") == Some(true);
+        let asked = asks_durable(frame);
         let forget = asked
             && subscription.queue.spec().durable
             && has_private_queue(&subscription.destination);
@@ -221,6 +221,12 @@ impl Connection {
         }
         Ok(())
     }
+}
+
+/// Whether the frame asks for a durable subscription (`durable:true`, or `persistent:true`,
+/// which RabbitMQ reads too), on SUBSCRIBE and on the UNSUBSCRIBE that ends one.
+fn asks_durable(frame: &Frame) -> bool {
+    frame.flag("durable") == Some(true) || frame.flag("persistent") == Some(true)
 }
 
 /// RabbitMQ's consumer tag for a SUBSCRIBE: `T_<id>`, or `Q_<destination>` for one without an
