@@ -20,6 +20,7 @@ pub mod flow;
 pub mod ledger;
 pub mod message;
 pub mod persistence;
+pub mod plugin;
 pub mod publish;
 pub mod queue;
 pub mod vhost;
@@ -32,15 +33,18 @@ pub use broker::{Broker, BrokerConfig};
 pub use definitions::{
     AdapterStateStore, BindingRecord, DefinitionStore, StoreFailure, VhostDefinitions,
 };
+pub use error::CoreResult;
 pub use error::{CoreError, ErrorKind};
 pub use exchange::{
-    Binding, BindingTarget, Exchange, ExchangeSpec, ExchangeType, ExchangeTypeRegistry, Router,
+    Binding, BindingTarget, Exchange, ExchangeEvent, ExchangeHandler, ExchangeSpec, ExchangeType,
+    ExchangeTypeRegistry, HeldMessage, Router, Routing,
 };
 pub use field::{FieldTable, FieldValue};
 pub use flow::FlowHold;
 pub use ledger::Ledger;
 pub use message::{Message, Properties};
 pub use persistence::{MessageStore, OnDurable, QueueKey, Recovered, Storage, StoredAt};
+pub use plugin::{PluginContext, StateStore, StateTable};
 pub use publish::{Publication, Published};
 pub use queue::{
     ChannelCredit, ChannelId, ConnectionId, ConsumerEvent, ConsumerSink, ConsumerSpec,

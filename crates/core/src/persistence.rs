@@ -35,6 +35,9 @@ pub struct Storage {
     /// Where queues page out bodies the message store does not hold (absent: such bodies stay
     /// in memory whatever the budget).
     pub overflow: Option<Arc<dyn OverflowStore>>,
+    /// Where exchange plugins keep durable state (absent: it is kept in memory and lost at
+    /// restart).
+    pub plugin_state: Option<Arc<dyn crate::plugin::StateStore>>,
     /// A queue's ready messages kept in memory, at most, counted by what they cost
     /// ([`Message::memory_size`](crate::Message::memory_size)), persistent and transient
     /// alike; beyond it a persistent message of a durable queue stays only in the message
@@ -51,6 +54,7 @@ impl Default for Storage {
             definitions: None,
             messages: None,
             overflow: None,
+            plugin_state: None,
             max_loaded_bytes_per_queue: 64 * 1024 * 1024,
             queue_mailbox: DEFAULT_QUEUE_MAILBOX,
         }

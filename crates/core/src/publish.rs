@@ -19,7 +19,7 @@ use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::Mutex;
 
-use crate::exchange::Exchange;
+use crate::exchange::{Exchange, ExchangeHandler, HeldMessage};
 use crate::flow::FlowHold;
 use crate::message::Message;
 use crate::persistence::{Durability, NotStored, OnDurable, QueueKey, StoredAt};
@@ -194,6 +194,69 @@ fn keeps(queue: &QueueHandle, message: &Message) -> bool {
     is_durable(queue) && (message.properties.is_persistent() || queue.arguments().is_quorum())
 }
 
+/// One answer for a publisher from several completions: the holders that store a held
+/// message and the message store's write for its queues. It answers once every part has
+/// reported and [`Joint::seal`] says no more parts come, [`Durability::Failed`] when any part
+/// failed; [`Joint::abandon`] drops the answer unrun (the publisher was refused at once).
+struct Joint {
+    state: Arc<Mutex<JointState>>,
+}
+
+struct JointState {
+    /// Parts not yet reported, plus one until sealed.
+    waiting: usize,
+    failed: bool,
+    answer: Option<OnDurable>,
+}
+
+impl Joint {
+    fn new(answer: OnDurable) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(JointState {
+                waiting: 1,
+                failed: false,
+                answer: Some(answer),
+            })),
+        }
+    }
+
+    /// A completion for one more part.
+    fn part(&self) -> OnDurable {
+        self.state.lock().waiting += 1;
+        let state = self.state.clone();
+        Box::new(move |durability| Self::arrive(&state, durability))
+    }
+
+    /// No more parts come.
+    fn seal(&self) {
+        Self::arrive(&self.state, Durability::OnDisk);
+    }
+
+    fn abandon(&self) {
+        self.state.lock().answer = None;
+    }
+
+    fn arrive(state: &Mutex<JointState>, durability: Durability) {
+        let answer = {
+            let mut state = state.lock();
+            state.failed |= durability == Durability::Failed;
+            state.waiting = state.waiting.saturating_sub(1);
+            if state.waiting > 0 {
+                return;
+            }
+            let failed = state.failed;
+            state.answer.take().map(|answer| (answer, failed))
+        };
+        if let Some((answer, failed)) = answer {
+            answer(if failed {
+                Durability::Failed
+            } else {
+                Durability::OnDisk
+            });
+        }
+    }
+}
+
 impl VirtualHost {
     /// Publishes through the pipeline: routes the message, admits it to full queues, writes it
     /// to the message store first when it is persistent and reaches a durable queue, and hands
@@ -206,8 +269,13 @@ impl VirtualHost {
             on_durable,
         } = publication;
         let mut queues = Vec::new();
-        self.route(exchange, &message, &mut queues);
-        self.deliver(queues, message, mandatory, on_durable).await
+        let mut holders = Vec::new();
+        self.route(exchange, &message, &mut queues, &mut holders);
+        if holders.is_empty() {
+            return self.deliver(queues, message, mandatory, on_durable).await;
+        }
+        self.deliver_held(queues, holders, message, on_durable)
+            .await
     }
 
     /// Republishes a dead letter (made by the queue that let it die) through the exchange it
@@ -219,9 +287,77 @@ impl VirtualHost {
             return;
         };
         let mut queues = Vec::new();
-        self.route(&exchange, &message, &mut queues);
+        let mut holders = Vec::new();
+        self.route(&exchange, &message, &mut queues, &mut holders);
         queues.retain(|queue| !crate::queue::is_dead_letter_cycle(&message, queue.name()));
-        self.deliver(queues, message, false, None).await;
+        if holders.is_empty() {
+            self.deliver(queues, message, false, None).await;
+        } else {
+            self.deliver_held(queues, holders, message, None).await;
+        }
+    }
+
+    /// Hands `message` to the exchanges that hold it, then to `queues` as [`Self::deliver`]
+    /// does. A persistent message's publisher is answered once every holder has stored it
+    /// and the message store has written it for the queues (one [`Joint`] answer). A held
+    /// message is never returned as unroutable: its exchange took it.
+    async fn deliver_held(
+        &self,
+        queues: Vec<QueueHandle>,
+        holders: Vec<Arc<dyn ExchangeHandler>>,
+        message: Message,
+        on_durable: Option<MakeOnDurable<'_>>,
+    ) -> Published {
+        let joint = match on_durable {
+            Some(make) if message.properties.is_persistent() => Some(Joint::new(make())),
+            _ => None,
+        };
+        for holder in &holders {
+            let part = joint.as_ref().map(Joint::part);
+            if holder
+                .hold(HeldMessage::new(message.clone(), part))
+                .is_err()
+            {
+                if let Some(joint) = &joint {
+                    joint.abandon();
+                }
+                return Published {
+                    routed: holders.len() + queues.len(),
+                    queues: 0,
+                    stored: Persisted::Refused,
+                    refused: false,
+                    behind: None,
+                    returned: None,
+                };
+            }
+        }
+        let mut make_part = || -> OnDurable {
+            match &joint {
+                Some(joint) => joint.part(),
+                None => Box::new(|_| {}),
+            }
+        };
+        let mut published = self
+            .deliver(
+                queues,
+                message,
+                false,
+                joint
+                    .is_some()
+                    .then_some(&mut make_part as MakeOnDurable<'_>),
+            )
+            .await;
+        published.routed += holders.len();
+        published.queues += holders.len();
+        if let Some(joint) = joint {
+            if published.stored == Persisted::Refused {
+                joint.abandon();
+            } else {
+                published.stored = Persisted::Pending;
+                joint.seal();
+            }
+        }
+        published
     }
 
     /// Writes `message` to the message store when it has a store id (it is persistent and one
@@ -416,6 +552,86 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(store.removed(), [1], "the store hears it left");
+    }
+
+    /// Holds every message and keeps its completion, so a test decides when it is stored.
+    #[derive(Default)]
+    struct Holding {
+        held: Mutex<Vec<HeldMessage>>,
+    }
+
+    struct HoldAll;
+
+    impl crate::exchange::Router for HoldAll {
+        fn route(
+            &self,
+            _message: &Message,
+            _out: &mut Vec<crate::exchange::BindingTarget>,
+        ) -> crate::exchange::Routing {
+            crate::exchange::Routing::Hold
+        }
+    }
+
+    impl ExchangeHandler for Holding {
+        fn compile(
+            &self,
+            _bindings: &[crate::exchange::Binding],
+        ) -> Box<dyn crate::exchange::Router> {
+            Box::new(HoldAll)
+        }
+
+        fn hold(&self, held: HeldMessage) -> Result<(), NotStored> {
+            self.held.lock().push(held);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_held_persistent_message_is_confirmed_once_its_holder_and_the_store_have_it() {
+        let store = Arc::new(HeldStore::new());
+        let (vhost, queue) = durable_queue_on(store.clone()).await;
+        let holding = Arc::new(Holding::default());
+        let holder = Arc::new(Exchange::new(
+            crate::exchange::ExchangeSpec {
+                name: "holder".into(),
+                kind: "test".into(),
+                ..Default::default()
+            },
+            holding.clone(),
+        ));
+        let (tx, mut told) = tokio::sync::mpsc::unbounded_channel();
+        let mut on_durable = move || -> OnDurable {
+            let tx = tx.clone();
+            Box::new(move |durability| {
+                let _ = tx.send(durability);
+            })
+        };
+        let published = vhost
+            .publish(Publication::new(&holder, persistent()).on_durable(&mut on_durable))
+            .await;
+        assert_eq!(published.stored, Persisted::Pending);
+        assert_eq!((published.routed, published.queues), (1, 1));
+        assert!(
+            published.returned.is_none(),
+            "a held message is not returned"
+        );
+        assert_eq!(queue.stats().await.expect("stats").ready, 0);
+        assert!(told.try_recv().is_err(), "not answered before it is stored");
+        let (message, on_stored) = holding.held.lock().remove(0).into_parts();
+        assert_eq!(message.body, persistent().body);
+        on_stored.expect("a completion for a persistent message")(Durability::OnDisk);
+        assert_eq!(told.recv().await, Some(Durability::OnDisk));
+        let transient = vhost
+            .publish(
+                Publication::new(
+                    &holder,
+                    Message::new("", "q", Properties::default(), Bytes::new()),
+                )
+                .on_durable(&mut on_durable),
+            )
+            .await;
+        assert_eq!(transient.stored, Persisted::Unneeded);
+        assert!(holding.held.lock()[0].message().body.is_empty());
     }
 
     /// A failed batch fails many messages at once: withdrawing them takes one command per

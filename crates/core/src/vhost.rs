@@ -9,10 +9,14 @@ use dashmap::mapref::entry::Entry;
 
 use crate::definitions::{BindingRecord, DefinitionStore, StoreFailure, VhostDefinitions};
 use crate::error::{CoreError, CoreResult, ErrorKind};
-use crate::exchange::{Binding, BindingTarget, Exchange, ExchangeSpec, ExchangeTypeRegistry};
+use crate::exchange::{
+    Binding, BindingTarget, Exchange, ExchangeEvent, ExchangeHandler, ExchangeSpec, ExchangeType,
+    ExchangeTypeRegistry, Routing,
+};
 use crate::field::{FieldTable, FieldValue};
 use crate::message::Message;
 use crate::persistence::{QueueKey, Recovered, Storage};
+use crate::plugin::{MemoryState, PluginContext, StateStore};
 use crate::queue::{
     self, ConnectionId, QueueArguments, QueueHandle, QueueSpec, QueueStats, QueueType,
 };
@@ -35,6 +39,8 @@ pub struct VirtualHost {
     queues: DashMap<String, QueueHandle>,
     registry: Arc<ExchangeTypeRegistry>,
     storage: Storage,
+    /// Where exchange handlers keep durable state ([`PluginContext::state`]).
+    plugin_state: Arc<dyn StateStore>,
     me: Weak<VirtualHost>,
     /// Messages whose write failed, waiting to be withdrawn from their queues.
     unstored: crate::publish::Unstored,
@@ -73,6 +79,10 @@ impl VirtualHost {
             exchanges: DashMap::new(),
             queues: DashMap::new(),
             registry,
+            plugin_state: storage
+                .plugin_state
+                .clone()
+                .unwrap_or_else(|| Arc::new(MemoryState::new())),
             storage,
             me: me.clone(),
             unstored: Default::default(),
@@ -87,12 +97,32 @@ impl VirtualHost {
         standard.extend(STANDARD_EXCHANGES.iter().map(|(n, k)| builtin(n, k)));
         for spec in standard {
             if let Some(kind) = vhost.registry.get(&spec.kind) {
-                vhost
-                    .exchanges
-                    .insert(spec.name.clone(), Arc::new(Exchange::new(spec, kind)));
+                match vhost.make_exchange(spec, kind.as_ref()) {
+                    Ok(exchange) => {
+                        vhost.exchanges.insert(exchange.name.clone(), exchange);
+                    }
+                    Err(error) => tracing::error!(%error, "standard exchange not created"),
+                }
             }
         }
         vhost
+    }
+
+    /// Makes exchange `spec` of type `kind`: its handler, with a context of its own.
+    fn make_exchange(
+        &self,
+        spec: ExchangeSpec,
+        kind: &dyn ExchangeType,
+    ) -> CoreResult<Arc<Exchange>> {
+        let context = PluginContext::new(
+            self,
+            &spec.name,
+            kind.name(),
+            self.plugin_state.clone(),
+            self.registry.clone(),
+        );
+        let handler: Arc<dyn ExchangeHandler> = kind.create(&spec, context)?;
+        Ok(Arc::new(Exchange::new(spec, handler)))
     }
 
     fn not_found_exchange(&self, name: &str) -> CoreError {
@@ -149,21 +179,23 @@ impl VirtualHost {
                 spec.name
             )));
         }
-        kind.validate_arguments(&spec.arguments)?;
-        match self.exchanges.entry(spec.name.clone()) {
+        kind.validate(&spec)?;
+        let exchange = match self.exchanges.entry(spec.name.clone()) {
             Entry::Occupied(existing) => {
                 existing.get().check_equivalent(&spec, &self.name)?;
-                Ok(existing.get().clone())
+                return Ok(existing.get().clone());
             }
             Entry::Vacant(slot) => {
-                if spec.durable {
-                    self.persist(|store| store.save_exchange(&self.name, &spec))?;
+                let exchange = self.make_exchange(spec, kind.as_ref())?;
+                if exchange.spec.durable {
+                    self.persist(|store| store.save_exchange(&self.name, &exchange.spec))?;
                 }
-                let exchange = Arc::new(Exchange::new(spec, kind));
                 slot.insert(exchange.clone());
-                Ok(exchange)
+                exchange
             }
-        }
+        };
+        exchange.handler().on_event(ExchangeEvent::Created);
+        Ok(exchange)
     }
 
     /// Deletes an exchange and every binding to and from it. Deleting a missing exchange is not
@@ -194,6 +226,7 @@ impl VirtualHost {
             exchange.unbind(&binding);
             self.forget_binding(&exchange, &binding);
         }
+        exchange.handler().on_event(ExchangeEvent::Deleted);
         Ok(())
     }
 
@@ -497,9 +530,13 @@ impl VirtualHost {
             if exchange.spec.durable {
                 self.persist_quietly(|store| store.delete_exchange(&self.name, &exchange.name));
             }
-            self.exchanges
+            let removed = self
+                .exchanges
                 .remove_if(&exchange.name, |_, current| Arc::ptr_eq(current, exchange));
             self.unbind_everywhere(&BindingTarget::Exchange(exchange.clone()));
+            if removed.is_some() {
+                exchange.handler().on_event(ExchangeEvent::Deleted);
+            }
         }
     }
 
@@ -598,7 +635,14 @@ impl VirtualHost {
     /// exchange-to-exchange bindings (each exchange once) and delivering to each queue once.
     /// An exchange whose bindings take the message nowhere hands it to its alternate exchange
     /// (`alternate-exchange` argument), as in RabbitMQ: each exchange reached uses its own.
-    pub fn route(&self, exchange: &Exchange, message: &Message, queues: &mut Vec<QueueHandle>) {
+    /// An exchange that holds the message ([`Routing::Hold`]) adds its handler to `holders`.
+    pub fn route(
+        &self,
+        exchange: &Exchange,
+        message: &Message,
+        queues: &mut Vec<QueueHandle>,
+        holders: &mut Vec<Arc<dyn ExchangeHandler>>,
+    ) {
         if exchange.name.is_empty() {
             if let Some(queue) = self.queues.get(message.routing_key.as_str()) {
                 queues.push(queue.value().clone());
@@ -608,7 +652,7 @@ impl VirtualHost {
         let mut targets = Vec::new();
         let mut visited: Vec<*const Exchange> = vec![exchange as *const Exchange];
         let mut seen = SeenQueues::default();
-        self.route_one(exchange, message, &mut targets);
+        self.route_one(exchange, message, &mut targets, holders);
         while let Some(target) = targets.pop() {
             match target {
                 BindingTarget::Queue(queue) => {
@@ -620,7 +664,7 @@ impl VirtualHost {
                     let ptr = Arc::as_ptr(&next);
                     if !visited.contains(&ptr) {
                         visited.push(ptr);
-                        self.route_one(&next, message, &mut targets);
+                        self.route_one(&next, message, &mut targets, holders);
                     }
                 }
             }
@@ -628,9 +672,19 @@ impl VirtualHost {
     }
 
     /// One exchange's targets for `message`; its alternate exchange when it has none.
-    fn route_one(&self, exchange: &Exchange, message: &Message, targets: &mut Vec<BindingTarget>) {
+    fn route_one(
+        &self,
+        exchange: &Exchange,
+        message: &Message,
+        targets: &mut Vec<BindingTarget>,
+        holders: &mut Vec<Arc<dyn ExchangeHandler>>,
+    ) {
         let before = targets.len();
-        exchange.route(message, targets);
+        if exchange.route(message, targets) == Routing::Hold {
+            targets.truncate(before);
+            holders.push(exchange.handler().clone());
+            return;
+        }
         if targets.len() > before {
             return;
         }
@@ -655,9 +709,19 @@ impl VirtualHost {
                 tracing::warn!(exchange = %spec.name, kind = %spec.kind, "stored exchange has an unknown type; skipped");
                 continue;
             };
-            self.exchanges
-                .entry(spec.name.clone())
-                .or_insert_with(|| Arc::new(Exchange::new(spec, kind)));
+            if self.exchanges.contains_key(&spec.name) {
+                continue;
+            }
+            let name = spec.name.clone();
+            match self.make_exchange(spec, kind.as_ref()) {
+                Ok(exchange) => {
+                    self.exchanges.insert(name, exchange.clone());
+                    exchange.handler().on_event(ExchangeEvent::Recovered);
+                }
+                Err(error) => {
+                    tracing::warn!(exchange = %name, %error, "stored exchange cannot be recreated; skipped");
+                }
+            }
         }
         for spec in definitions.queues {
             self.queues.entry(spec.name.clone()).or_insert_with(|| {

@@ -207,10 +207,12 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
     let messages = Arc::new(messages);
     // Paged-out transient bodies do not survive a restart: the overflow starts empty.
     let overflow = junction_store::OverflowFiles::open(&data_dir)?;
+    let plugin_state = junction_store::PluginStateFile::open(&data_dir)?;
     let storage = Storage {
         definitions: Some(definitions),
         messages: Some(messages.clone()),
         overflow: Some(Arc::new(overflow)),
+        plugin_state: Some(Arc::new(plugin_state)),
         max_loaded_bytes_per_queue: config.storage.max_loaded_bytes_per_queue,
         queue_mailbox: config.flow.queue_mailbox,
     };

@@ -4,9 +4,12 @@
 
 use std::sync::Arc;
 
-use junction_core::{Binding, BindingTarget, ExchangeType, ExchangeTypeRegistry, Message, Router};
+use junction_core::{
+    Binding, BindingTarget, CoreResult, ExchangeHandler, ExchangeSpec, ExchangeType,
+    ExchangeTypeRegistry, Message, PluginContext, Router, Routing,
+};
 
-/// The `x-random` exchange type.
+/// The `x-random` exchange type; stateless, so one value is also every exchange's handler.
 pub struct RandomExchange;
 
 struct RandomRouter {
@@ -14,12 +17,20 @@ struct RandomRouter {
 }
 
 impl Router for RandomRouter {
-    fn route(&self, _message: &Message, out: &mut Vec<BindingTarget>) {
-        if self.targets.is_empty() {
-            return;
+    fn route(&self, _message: &Message, out: &mut Vec<BindingTarget>) -> Routing {
+        if !self.targets.is_empty() {
+            let index = rand::random_range(0..self.targets.len());
+            out.push(self.targets[index].clone());
         }
-        let index = rand::random_range(0..self.targets.len());
-        out.push(self.targets[index].clone());
+        Routing::Targets
+    }
+}
+
+impl ExchangeHandler for RandomExchange {
+    fn compile(&self, bindings: &[Binding]) -> Box<dyn Router> {
+        Box::new(RandomRouter {
+            targets: bindings.iter().map(|b| b.target.clone()).collect(),
+        })
     }
 }
 
@@ -28,10 +39,12 @@ impl ExchangeType for RandomExchange {
         "x-random"
     }
 
-    fn compile(&self, bindings: &[Binding]) -> Box<dyn Router> {
-        Box::new(RandomRouter {
-            targets: bindings.iter().map(|b| b.target.clone()).collect(),
-        })
+    fn create(
+        &self,
+        _spec: &ExchangeSpec,
+        _context: PluginContext,
+    ) -> CoreResult<Arc<dyn ExchangeHandler>> {
+        Ok(Arc::new(RandomExchange))
     }
 }
 

@@ -1,8 +1,12 @@
 //! The direct exchange: a message goes to every binding whose key equals its routing key.
 
 use super::multiset::Multiset;
-use super::{Binding, BindingTarget, ExchangeType, Router};
+use std::sync::Arc;
+
+use super::{Binding, BindingTarget, ExchangeHandler, ExchangeSpec, ExchangeType, Router, Routing};
+use crate::error::CoreResult;
 use crate::message::Message;
+use crate::plugin::PluginContext;
 
 /// Exact routing-key match, through a persistent hash map from key to targets.
 pub struct DirectExchange;
@@ -22,10 +26,11 @@ impl DirectRouter {
 }
 
 impl Router for DirectRouter {
-    fn route(&self, message: &Message, out: &mut Vec<BindingTarget>) {
+    fn route(&self, message: &Message, out: &mut Vec<BindingTarget>) -> Routing {
         if let Some(targets) = self.by_key.get(message.routing_key.as_str()) {
             out.extend(targets.iter().cloned());
         }
+        Routing::Targets
     }
 
     fn with_binding(&self, binding: &Binding) -> Option<Box<dyn Router>> {
@@ -46,16 +51,26 @@ impl Router for DirectRouter {
     }
 }
 
-impl ExchangeType for DirectExchange {
-    fn name(&self) -> &str {
-        "direct"
-    }
-
+impl ExchangeHandler for DirectExchange {
     fn compile(&self, bindings: &[Binding]) -> Box<dyn Router> {
         let mut router = DirectRouter::default();
         for binding in bindings {
             router.add(binding);
         }
         Box::new(router)
+    }
+}
+
+impl ExchangeType for DirectExchange {
+    fn name(&self) -> &str {
+        "direct"
+    }
+
+    fn create(
+        &self,
+        _spec: &ExchangeSpec,
+        _context: PluginContext,
+    ) -> CoreResult<Arc<dyn ExchangeHandler>> {
+        Ok(Arc::new(DirectExchange))
     }
 }

@@ -5,10 +5,11 @@
 
 use std::sync::Arc;
 
-use super::{Binding, BindingTarget, ExchangeType, Router};
+use super::{Binding, BindingTarget, ExchangeHandler, ExchangeSpec, ExchangeType, Router, Routing};
 use crate::error::{CoreError, CoreResult};
 use crate::field::{FieldTable, FieldValue};
 use crate::message::Message;
+use crate::plugin::PluginContext;
 
 /// Header matching.
 pub struct HeadersExchange;
@@ -78,7 +79,7 @@ impl HeadersRouter {
 }
 
 impl Router for HeadersRouter {
-    fn route(&self, message: &Message, out: &mut Vec<BindingTarget>) {
+    fn route(&self, message: &Message, out: &mut Vec<BindingTarget>) -> Routing {
         let headers = message.properties.headers.as_ref();
         for rules in self.rules.values() {
             for rule in rules {
@@ -87,6 +88,7 @@ impl Router for HeadersRouter {
                 }
             }
         }
+        Routing::Targets
     }
 
     fn with_binding(&self, binding: &Binding) -> Option<Box<dyn Router>> {
@@ -125,11 +127,7 @@ fn parse_x_match(arguments: &FieldTable) -> CoreResult<(MatchMode, bool)> {
     }
 }
 
-impl ExchangeType for HeadersExchange {
-    fn name(&self) -> &str {
-        "headers"
-    }
-
+impl ExchangeHandler for HeadersExchange {
     fn validate_binding(&self, _routing_key: &str, arguments: &FieldTable) -> CoreResult<()> {
         parse_x_match(arguments).map(|_| ())
     }
@@ -140,6 +138,20 @@ impl ExchangeType for HeadersExchange {
             router.add(binding);
         }
         Box::new(router)
+    }
+}
+
+impl ExchangeType for HeadersExchange {
+    fn name(&self) -> &str {
+        "headers"
+    }
+
+    fn create(
+        &self,
+        _spec: &ExchangeSpec,
+        _context: PluginContext,
+    ) -> CoreResult<Arc<dyn ExchangeHandler>> {
+        Ok(Arc::new(HeadersExchange))
     }
 }
 

@@ -1,4 +1,7 @@
-//! Exchanges and the [`ExchangeType`] trait through which every routing algorithm is plugged in.
+//! Exchanges and the plugin API through which every routing algorithm is plugged in: an
+//! [`ExchangeType`] makes one [`ExchangeHandler`] per exchange from its declaration; the
+//! handler checks bindings, compiles [`Router`]s, hears lifecycle events ([`ExchangeEvent`])
+//! and keeps the messages its routers hold ([`Routing::Hold`], [`HeldMessage`]).
 //!
 //! An exchange keeps its bindings in an index guarded by a mutex that only bind and unbind
 //! take, and routes through a [`Router`] published through an `ArcSwap`. A publish only loads
@@ -7,7 +10,7 @@
 //! ([`Router::with_binding`], [`Router::without_binding`]); the built-in routers answer from
 //! persistent data structures that share everything the change does not touch, so a bind costs
 //! O(key words × log bindings), not a rebuild. A router that does not answer (the default, for
-//! plugins that do not care) is rebuilt from every binding by [`ExchangeType::compile`].
+//! plugins that do not care) is rebuilt from every binding by [`ExchangeHandler::compile`].
 //! Recovery at start-up compiles each exchange's stored bindings once.
 
 mod bindings;
@@ -34,6 +37,8 @@ use self::bindings::BindingSet;
 use crate::error::{CoreError, CoreResult};
 use crate::field::FieldTable;
 use crate::message::Message;
+use crate::persistence::{NotStored, OnDurable};
+use crate::plugin::PluginContext;
 use crate::queue::QueueHandle;
 
 /// Where a binding delivers: a queue, or another exchange (an exchange-to-exchange binding).
@@ -110,66 +115,99 @@ impl Binding {
     }
 }
 
+/// What a router decided for a message.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// The message goes to the targets the router appended (none: it is unroutable here).
+    Targets,
+    /// The exchange keeps the message: the pipeline hands it to
+    /// [`ExchangeHandler::hold`], which stores it and publishes it later through its
+    /// [`PluginContext`] (the delayed-message exchange does this).
+    Hold,
+}
+
 /// A routing table: the bindings of one exchange in the form its type routes fastest. A router
 /// is an immutable snapshot that publishes read without locks; a bind or unbind replaces it.
 pub trait Router: Send + Sync {
-    /// Appends to `out` the target of every binding that matches `message`. Duplicates are
+    /// Appends to `out` the target of every binding that matches `message` and answers
+    /// [`Routing::Targets`]; or answers [`Routing::Hold`] to keep the message. Duplicates are
     /// allowed; the virtual host delivers to each queue once.
-    fn route(&self, message: &Message, out: &mut Vec<BindingTarget>);
+    fn route(&self, message: &Message, out: &mut Vec<BindingTarget>) -> Routing;
 
     /// A new router: this one with `binding` added (the exchange has checked it is new and
     /// valid). Return `None` (the default) to have the exchange rebuild the router with
-    /// [`ExchangeType::compile`] instead, which costs every binding; the built-in types share
-    /// this router's unchanged parts and cost O(log bindings).
+    /// [`ExchangeHandler::compile`] instead, which costs every binding; the built-in types
+    /// share this router's unchanged parts and cost O(log bindings).
     fn with_binding(&self, _binding: &Binding) -> Option<Box<dyn Router>> {
         None
     }
 
     /// A new router: this one without `binding` (the exchange has checked it was there; a
     /// binding's identity is its target, key and arguments). `None` (the default) has the
-    /// exchange rebuild the router with [`ExchangeType::compile`].
+    /// exchange rebuild the router with [`ExchangeHandler::compile`].
     fn without_binding(&self, _binding: &Binding) -> Option<Box<dyn Router>> {
         None
     }
 }
 
-/// A routing algorithm. The built-in direct, fanout, topic and headers exchanges implement this
-/// trait and are registered in an [`ExchangeTypeRegistry`] exactly as a plugin's type would be.
-///
-/// # Example: a plugin exchange type
-///
-/// ```
-/// use junction_core::{Binding, BindingTarget, ExchangeType, Message, Router};
-///
-/// /// Delivers each message to the binding whose key is longest (a toy, for illustration).
-/// struct LongestKey;
-/// struct LongestKeyRouter(Option<BindingTarget>);
-///
-/// impl Router for LongestKeyRouter {
-///     fn route(&self, _message: &Message, out: &mut Vec<BindingTarget>) {
-///         out.extend(self.0.clone());
-///     }
-/// }
-///
-/// impl ExchangeType for LongestKey {
-///     fn name(&self) -> &str {
-///         "x-longest-key"
-///     }
-///     fn compile(&self, bindings: &[Binding]) -> Box<dyn Router> {
-///         let best = bindings.iter().max_by_key(|b| b.routing_key.len());
-///         Box::new(LongestKeyRouter(best.map(|b| b.target.clone())))
-///     }
-/// }
-/// ```
-pub trait ExchangeType: Send + Sync + 'static {
-    /// The type name clients declare (`direct`, `x-consistent-hash`, ...).
-    fn name(&self) -> &str;
+/// Something that happened to an exchange, told to its [`ExchangeHandler::on_event`].
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy)]
+pub enum ExchangeEvent<'a> {
+    /// A client declared the exchange (it is new, not recovered).
+    Created,
+    /// The exchange was recreated from the definitions store at start-up; its stored bindings
+    /// follow as [`ExchangeEvent::BindingAdded`] events.
+    Recovered,
+    /// The exchange was deleted; its handler is dropped once the last publish through it ends.
+    Deleted,
+    /// A binding was added (also for each stored binding at start-up).
+    BindingAdded(&'a Binding),
+    /// A binding was removed.
+    BindingRemoved(&'a Binding),
+}
 
-    /// Checks the arguments of an exchange declaration of this type.
-    fn validate_arguments(&self, _arguments: &FieldTable) -> CoreResult<()> {
-        Ok(())
+/// A message an exchange took instead of routing it ([`Routing::Hold`]).
+pub struct HeldMessage {
+    message: Message,
+    on_stored: Option<OnDurable>,
+}
+
+impl std::fmt::Debug for HeldMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldMessage")
+            .field("message", &self.message)
+            .field("waits_for_store", &self.on_stored.is_some())
+            .finish()
+    }
+}
+
+impl HeldMessage {
+    /// A held message; `on_stored` is the publisher's answer, to run once the message is
+    /// stored (present when the message is persistent and its publisher waits for it).
+    pub fn new(message: Message, on_stored: Option<OnDurable>) -> Self {
+        Self { message, on_stored }
     }
 
+    /// The message.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+
+    /// The message, and the completion to run once it is stored durably (the publisher's
+    /// confirm waits for it). A handler that keeps the message only in memory runs it at
+    /// once with [`Durability::OnDisk`](crate::persistence::Durability) only if it is allowed
+    /// to lose it; the built-in plugins store it first.
+    pub fn into_parts(self) -> (Message, Option<OnDurable>) {
+        (self.message, self.on_stored)
+    }
+}
+
+/// The routing behaviour of one exchange, made by its [`ExchangeType`] from the exchange's
+/// declaration. It checks bindings, builds routers, hears what happens to the exchange, and
+/// keeps the messages its routers hold.
+pub trait ExchangeHandler: Send + Sync + 'static {
     /// Checks a new binding's key and arguments before it is added.
     fn validate_binding(&self, _routing_key: &str, _arguments: &FieldTable) -> CoreResult<()> {
         Ok(())
@@ -179,6 +217,85 @@ pub trait ExchangeType: Send + Sync + 'static {
     /// (every stored binding at once), and on a bind or unbind whose router does not implement
     /// [`Router::with_binding`] / [`Router::without_binding`]. Never on the publish path.
     fn compile(&self, bindings: &[Binding]) -> Box<dyn Router>;
+
+    /// Hears that the exchange was created, recovered or deleted, or a binding added or
+    /// removed. Called after the change, outside the publish path; the default ignores it.
+    fn on_event(&self, _event: ExchangeEvent<'_>) {}
+
+    /// Keeps a message one of this exchange's routers held ([`Routing::Hold`]). Answers
+    /// [`NotStored`] when it cannot keep it now: the publisher is then refused (a negative
+    /// confirm), as for a message the message store refuses. The default refuses: a handler
+    /// whose routers never hold has nothing to keep.
+    fn hold(&self, _held: HeldMessage) -> Result<(), NotStored> {
+        Err(NotStored)
+    }
+}
+
+/// A routing algorithm: an exchange type clients declare by name. It checks declarations and
+/// makes one [`ExchangeHandler`] per exchange. The built-in direct, fanout, topic and headers
+/// types implement this trait and are registered in an [`ExchangeTypeRegistry`] exactly as a
+/// plugin's type is.
+///
+/// # Example: a plugin exchange type
+///
+/// ```
+/// use std::sync::Arc;
+///
+/// use junction_core::exchange::{ExchangeHandler, Routing};
+/// use junction_core::plugin::PluginContext;
+/// use junction_core::{
+///     Binding, BindingTarget, CoreResult, ExchangeSpec, ExchangeType, Message, Router,
+/// };
+///
+/// /// Delivers each message to the binding whose key is longest (a toy, for illustration).
+/// struct LongestKey;
+/// struct LongestKeyRouter(Option<BindingTarget>);
+///
+/// impl Router for LongestKeyRouter {
+///     fn route(&self, _message: &Message, out: &mut Vec<BindingTarget>) -> Routing {
+///         out.extend(self.0.clone());
+///         Routing::Targets
+///     }
+/// }
+///
+/// impl ExchangeHandler for LongestKey {
+///     fn compile(&self, bindings: &[Binding]) -> Box<dyn Router> {
+///         let best = bindings.iter().max_by_key(|b| b.routing_key.len());
+///         Box::new(LongestKeyRouter(best.map(|b| b.target.clone())))
+///     }
+/// }
+///
+/// impl ExchangeType for LongestKey {
+///     fn name(&self) -> &str {
+///         "x-longest-key"
+///     }
+///     fn create(
+///         &self,
+///         _spec: &ExchangeSpec,
+///         _context: PluginContext,
+///     ) -> CoreResult<Arc<dyn ExchangeHandler>> {
+///         Ok(Arc::new(LongestKey))
+///     }
+/// }
+/// ```
+pub trait ExchangeType: Send + Sync + 'static {
+    /// The type name clients declare (`direct`, `x-consistent-hash`, ...).
+    fn name(&self) -> &str;
+
+    /// Checks a declaration of an exchange of this type (its arguments, mostly) before it is
+    /// created. A refusal is the client's error (406 PRECONDITION_FAILED, usually).
+    fn validate(&self, _spec: &ExchangeSpec) -> CoreResult<()> {
+        Ok(())
+    }
+
+    /// Makes the handler of one exchange of this type: when a client declares it, and when
+    /// it is recovered at start-up (then [`ExchangeEvent::Recovered`] follows). The context
+    /// gives the exchange's timers, durable state and publish handle.
+    fn create(
+        &self,
+        spec: &ExchangeSpec,
+        context: PluginContext,
+    ) -> CoreResult<Arc<dyn ExchangeHandler>>;
 }
 
 /// The exchange types known to a broker, by name. Plugins register theirs at start-up.
@@ -247,14 +364,14 @@ enum Change<'a> {
     Removed(&'a [Binding]),
 }
 
-/// An exchange: its declaration, its bindings and the compiled router that publishes read.
+/// An exchange: its declaration, its handler, its bindings and the compiled router that
+/// publishes read.
 pub struct Exchange {
     /// The exchange name.
     pub name: String,
-    /// The exchange type.
-    pub kind: Arc<dyn ExchangeType>,
     /// What it was declared with.
     pub spec: ExchangeSpec,
+    handler: Arc<dyn ExchangeHandler>,
     bindings: Mutex<BindingSet>,
     router: ArcSwap<CompiledRouter>,
 }
@@ -263,38 +380,47 @@ impl std::fmt::Debug for Exchange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Exchange")
             .field("name", &self.name)
-            .field("kind", &self.kind.name())
+            .field("kind", &self.spec.kind)
             .finish()
     }
 }
 
 impl Exchange {
-    /// Creates an exchange with no bindings.
-    pub fn new(spec: ExchangeSpec, kind: Arc<dyn ExchangeType>) -> Self {
-        let router = ArcSwap::from_pointee(CompiledRouter(kind.compile(&[])));
+    /// Creates an exchange with no bindings, routing through `handler`.
+    pub fn new(spec: ExchangeSpec, handler: Arc<dyn ExchangeHandler>) -> Self {
+        let router = ArcSwap::from_pointee(CompiledRouter(handler.compile(&[])));
         Self {
             name: spec.name.clone(),
-            kind,
+            handler,
             spec,
             bindings: Mutex::new(BindingSet::default()),
             router,
         }
     }
 
-    /// Routes `message`, appending the targets of matching bindings to `out`. Lock-free.
-    pub fn route(&self, message: &Message, out: &mut Vec<BindingTarget>) {
-        self.router.load().0.route(message, out);
+    /// The handler that routes for this exchange.
+    pub fn handler(&self) -> &Arc<dyn ExchangeHandler> {
+        &self.handler
+    }
+
+    /// Routes `message`, appending the targets of matching bindings to `out`, or holds it.
+    /// Lock-free.
+    pub fn route(&self, message: &Message, out: &mut Vec<BindingTarget>) -> Routing {
+        self.router.load().0.route(message, out)
     }
 
     /// Adds a binding; returns false when an identical one already existed.
     pub fn bind(&self, binding: Binding) -> CoreResult<bool> {
-        self.kind
+        self.handler
             .validate_binding(&binding.routing_key, &binding.arguments)?;
-        let mut bindings = self.bindings.lock();
-        if !bindings.insert(binding.clone()) {
-            return Ok(false);
+        {
+            let mut bindings = self.bindings.lock();
+            if !bindings.insert(binding.clone()) {
+                return Ok(false);
+            }
+            self.update_router(&bindings, Change::Added(std::slice::from_ref(&binding)));
         }
-        self.update_router(&bindings, Change::Added(std::slice::from_ref(&binding)));
+        self.handler.on_event(ExchangeEvent::BindingAdded(&binding));
         Ok(true)
     }
 
@@ -302,30 +428,46 @@ impl Exchange {
     /// bindings are skipped and returned with the reason; duplicates are ignored.
     pub fn bind_all(&self, new: Vec<Binding>) -> Vec<(Binding, CoreError)> {
         let mut refused = Vec::new();
-        let mut bindings = self.bindings.lock();
-        for binding in new {
-            match self
-                .kind
-                .validate_binding(&binding.routing_key, &binding.arguments)
-            {
-                Ok(()) => {
-                    bindings.insert(binding);
+        let mut added = Vec::new();
+        {
+            let mut bindings = self.bindings.lock();
+            for binding in new {
+                match self
+                    .handler
+                    .validate_binding(&binding.routing_key, &binding.arguments)
+                {
+                    Ok(()) => {
+                        if bindings.insert(binding.clone()) {
+                            added.push(binding);
+                        }
+                    }
+                    Err(error) => refused.push((binding, error)),
                 }
-                Err(error) => refused.push((binding, error)),
             }
+            self.router.store(Arc::new(CompiledRouter(
+                self.handler.compile(&bindings.to_vec()),
+            )));
         }
-        self.router.store(Arc::new(CompiledRouter(
-            self.kind.compile(&bindings.to_vec()),
-        )));
+        for binding in &added {
+            self.handler.on_event(ExchangeEvent::BindingAdded(binding));
+        }
         refused
     }
 
     /// Removes the binding equal to `binding`; returns whether one was removed.
     pub fn unbind(&self, binding: &Binding) -> bool {
-        let mut bindings = self.bindings.lock();
-        match bindings.remove(binding) {
+        let removed = {
+            let mut bindings = self.bindings.lock();
+            let removed = bindings.remove(binding);
+            if let Some(removed) = &removed {
+                self.update_router(&bindings, Change::Removed(std::slice::from_ref(removed)));
+            }
+            removed
+        };
+        match removed {
             Some(removed) => {
-                self.update_router(&bindings, Change::Removed(std::slice::from_ref(&removed)));
+                self.handler
+                    .on_event(ExchangeEvent::BindingRemoved(&removed));
                 true
             }
             None => false,
@@ -334,10 +476,17 @@ impl Exchange {
 
     /// Removes every binding whose target is `target`; returns the removed bindings.
     pub fn unbind_target(&self, target: &BindingTarget) -> Vec<Binding> {
-        let mut bindings = self.bindings.lock();
-        let removed = bindings.remove_target(target);
-        if !removed.is_empty() {
-            self.update_router(&bindings, Change::Removed(&removed));
+        let removed = {
+            let mut bindings = self.bindings.lock();
+            let removed = bindings.remove_target(target);
+            if !removed.is_empty() {
+                self.update_router(&bindings, Change::Removed(&removed));
+            }
+            removed
+        };
+        for binding in &removed {
+            self.handler
+                .on_event(ExchangeEvent::BindingRemoved(binding));
         }
         removed
     }
@@ -382,7 +531,7 @@ impl Exchange {
             match updated {
                 Some(router) => next = Some(router),
                 None => {
-                    next = Some(self.kind.compile(&bindings.to_vec()));
+                    next = Some(self.handler.compile(&bindings.to_vec()));
                     break;
                 }
             }

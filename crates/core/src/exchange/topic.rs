@@ -7,10 +7,13 @@
 //! a longer routing key matches no binding (adapters refuse such keys before they get here).
 
 use super::trie::{TopicTrie, check_topic_words};
-use super::{Binding, BindingTarget, ExchangeType, Router};
+use std::sync::Arc;
+
+use super::{Binding, BindingTarget, ExchangeHandler, ExchangeSpec, ExchangeType, Router, Routing};
 use crate::error::{CoreError, CoreResult};
 use crate::field::FieldTable;
 use crate::message::Message;
+use crate::plugin::PluginContext;
 
 /// Pattern routing through a [`TopicTrie`].
 pub struct TopicExchange;
@@ -21,12 +24,13 @@ struct TopicRouter {
 }
 
 impl Router for TopicRouter {
-    fn route(&self, message: &Message, out: &mut Vec<BindingTarget>) {
+    fn route(&self, message: &Message, out: &mut Vec<BindingTarget>) -> Routing {
         if let Err(error) = check_topic_words(&message.routing_key) {
             tracing::debug!(%error, "routing key too long for a topic exchange; not routed");
-            return;
+            return Routing::Targets;
         }
         self.trie.matches(&message.routing_key, out);
+        Routing::Targets
     }
 
     fn with_binding(&self, binding: &Binding) -> Option<Box<dyn Router>> {
@@ -54,11 +58,7 @@ impl TopicRouter {
     }
 }
 
-impl ExchangeType for TopicExchange {
-    fn name(&self) -> &str {
-        "topic"
-    }
-
+impl ExchangeHandler for TopicExchange {
     fn validate_binding(&self, routing_key: &str, _arguments: &FieldTable) -> CoreResult<()> {
         check_topic_words(routing_key)
             .map_err(|error| CoreError::precondition(format!("invalid binding key: {error}")))
@@ -70,6 +70,20 @@ impl ExchangeType for TopicExchange {
             router.add(binding);
         }
         Box::new(router)
+    }
+}
+
+impl ExchangeType for TopicExchange {
+    fn name(&self) -> &str {
+        "topic"
+    }
+
+    fn create(
+        &self,
+        _spec: &ExchangeSpec,
+        _context: PluginContext,
+    ) -> CoreResult<Arc<dyn ExchangeHandler>> {
+        Ok(Arc::new(TopicExchange))
     }
 }
 
