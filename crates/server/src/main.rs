@@ -187,6 +187,7 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
     let registry = Arc::new(ExchangeTypeRegistry::with_builtins());
     junction_plugin_random_exchange::register(&registry);
     junction_plugin_consistent_hash_exchange::register(&registry);
+    junction_plugin_delayed_message_exchange::register(&registry);
     let mut auth = AuthChain::new();
     auth.push(Arc::new(internal_users(&config)?));
     let default_vhost = config
