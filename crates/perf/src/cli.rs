@@ -36,6 +36,46 @@ pub enum Protocol {
     /// session) that holds a backlog, then never reads, while the broker's resident memory
     /// is sampled (see `bench/stalled.sh`).
     Stall(StallArgs),
+    /// Delayed messages at scale: many persistent messages held by an `x-delayed-message`
+    /// exchange at once, then released over a window; reports the broker's memory with all
+    /// of them pending and how late each arrived.
+    Delayed(DelayedArgs),
+}
+
+/// Options of the delayed-messages benchmark.
+#[derive(Debug, Clone, Args)]
+pub struct DelayedArgs {
+    /// Broker host.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Broker AMQP port.
+    #[arg(long, default_value_t = 5672)]
+    pub port: u16,
+    /// User name.
+    #[arg(long, default_value = "guest")]
+    pub user: String,
+    /// Password.
+    #[arg(long, default_value = "guest")]
+    pub password: String,
+    /// How many messages.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub messages: usize,
+    /// Body size in bytes (at least 8: the due time).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Seconds from the start until the first message is due: longer than publishing takes,
+    /// so that every message is pending at once.
+    #[arg(long, default_value_t = 120.0)]
+    pub hold: f64,
+    /// Seconds over which the due times are spread.
+    #[arg(long, default_value_t = 100.0)]
+    pub spread: f64,
+    /// Unconfirmed publishes in flight at most.
+    #[arg(long, default_value_t = 1000)]
+    pub confirm_window: usize,
+    /// The broker's process id, whose memory is sampled.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
 }
 
 /// The protocol of a stalled consumer.

@@ -5,6 +5,7 @@ mod amqp;
 mod bench;
 mod bindings;
 mod cli;
+mod delayed;
 mod memory;
 mod mqtt;
 mod mqtt_wire;
@@ -35,6 +36,7 @@ fn main() -> std::process::ExitCode {
             Protocol::Stomp(args) => stomp::run(args).await,
             Protocol::Bindings(args) => bindings::run(args).await,
             Protocol::Stall(args) => stall::run(args).await,
+            Protocol::Delayed(args) => delayed::run(args).await,
         }
     });
     // Connections that are still closing must not hold the process up.
@@ -71,6 +73,7 @@ fn runtime_for(protocol: &Protocol) -> tokio::runtime::Builder {
         | Protocol::Mqtt(_)
         | Protocol::Stomp(_)
         | Protocol::Bindings(_)
-        | Protocol::Stall(_) => tokio::runtime::Builder::new_multi_thread(),
+        | Protocol::Stall(_)
+        | Protocol::Delayed(_) => tokio::runtime::Builder::new_multi_thread(),
     }
 }
