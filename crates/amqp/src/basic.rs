@@ -62,7 +62,9 @@ pub async fn handle(
                 direct_reply::reply_queue(session, channel, m.no_ack).await?
             } else {
                 let name = channel.queue_name(m.queue.as_str())?;
-                session.authorize(ResourceKind::Queue, &name, Permission::Read)?;
+                session
+                    .authorize(ResourceKind::Queue, &name, Permission::Read)
+                    .await?;
                 vhost.queue_for(&name, session.id)?
             };
             if queue.arguments().is_quorum() && channel.credit.limit() > 0 {
@@ -135,7 +137,9 @@ pub async fn handle(
         AMQPMethod::Get(m) => {
             let vhost = session.vhost()?;
             let name = channel.queue_name(m.queue.as_str())?;
-            session.authorize(ResourceKind::Queue, &name, Permission::Read)?;
+            session
+                .authorize(ResourceKind::Queue, &name, Permission::Read)
+                .await?;
             let queue = vhost.queue_for(&name, session.id)?;
             match queue.get(channel.id, m.no_ack).await? {
                 None => session.send(number, AMQPClass::Basic(AMQPMethod::GetEmpty(GetEmpty {}))),
@@ -260,7 +264,9 @@ pub async fn publish(
     pending: PendingPublish,
 ) -> AmqpResult<()> {
     let vhost = session.vhost()?;
-    session.authorize(ResourceKind::Exchange, &pending.exchange, Permission::Write)?;
+    session
+        .authorize(ResourceKind::Exchange, &pending.exchange, Permission::Write)
+        .await?;
     let exchange = vhost.exchange(&pending.exchange)?;
     if exchange.spec.internal {
         return Err(AmqpError::channel(
@@ -271,6 +277,9 @@ pub async fn publish(
             ),
         ));
     }
+    session
+        .authorize_topic(&exchange, &pending.routing_key, Permission::Write)
+        .await?;
     let mut properties = pending.properties.unwrap_or_default();
     check_expiration(&properties)?;
     direct_reply::rewrite_reply_to(channel, &mut properties)?;

@@ -25,12 +25,14 @@ pub async fn handle(
             if m.passive {
                 // The default exchange is refused by the core (403), as RabbitMQ does first.
                 if !name.is_empty() {
-                    crate::queue::authorize_any(session, ResourceKind::Exchange, name)?;
+                    crate::queue::authorize_any(session, ResourceKind::Exchange, name).await?;
                 }
             } else {
-                session.authorize(ResourceKind::Exchange, name, Permission::Configure)?;
+                session
+                    .authorize(ResourceKind::Exchange, name, Permission::Configure)
+                    .await?;
                 if vhost.exchange(name).is_err() {
-                    authorize_alternate(session, name, &arguments)?;
+                    authorize_alternate(session, name, &arguments).await?;
                 }
             }
             let spec = ExchangeSpec {
@@ -51,7 +53,9 @@ pub async fn handle(
         }
         AMQPMethod::Delete(m) => {
             let name = m.exchange.as_str();
-            session.authorize(ResourceKind::Exchange, name, Permission::Configure)?;
+            session
+                .authorize(ResourceKind::Exchange, name, Permission::Configure)
+                .await?;
             vhost.delete_exchange(name, m.if_unused)?;
             if !m.nowait {
                 session.send(
@@ -61,7 +65,12 @@ pub async fn handle(
             }
         }
         AMQPMethod::Bind(m) => {
-            authorize_binding(session, m.destination.as_str(), m.source.as_str())?;
+            authorize_binding(session, m.destination.as_str(), m.source.as_str()).await?;
+            if let Ok(source) = vhost.exchange(m.source.as_str()) {
+                session
+                    .authorize_topic(&source, m.routing_key.as_str(), Permission::Read)
+                    .await?;
+            }
             vhost.bind_exchange(
                 m.destination.as_str(),
                 m.source.as_str(),
@@ -73,7 +82,12 @@ pub async fn handle(
             }
         }
         AMQPMethod::Unbind(m) => {
-            authorize_binding(session, m.destination.as_str(), m.source.as_str())?;
+            authorize_binding(session, m.destination.as_str(), m.source.as_str()).await?;
+            if let Ok(source) = vhost.exchange(m.source.as_str()) {
+                session
+                    .authorize_topic(&source, m.routing_key.as_str(), Permission::Read)
+                    .await?;
+            }
             vhost.unbind_exchange(
                 m.destination.as_str(),
                 m.source.as_str(),
@@ -93,15 +107,23 @@ pub async fn handle(
 }
 
 /// An exchange-to-exchange binding needs write on the destination and read on the source.
-fn authorize_binding(session: &mut Session, destination: &str, source: &str) -> AmqpResult<()> {
-    session.authorize(ResourceKind::Exchange, destination, Permission::Write)?;
-    session.authorize(ResourceKind::Exchange, source, Permission::Read)
+async fn authorize_binding(
+    session: &mut Session,
+    destination: &str,
+    source: &str,
+) -> AmqpResult<()> {
+    session
+        .authorize(ResourceKind::Exchange, destination, Permission::Write)
+        .await?;
+    session
+        .authorize(ResourceKind::Exchange, source, Permission::Read)
+        .await
 }
 
 /// A new exchange with an `alternate-exchange` passes what it cannot route to that exchange on
 /// the publisher's behalf, so RabbitMQ asks read on the exchange declared and write on the
 /// alternate at declaration.
-fn authorize_alternate(
+async fn authorize_alternate(
     session: &mut Session,
     exchange: &str,
     arguments: &FieldTable,
@@ -112,6 +134,10 @@ fn authorize_alternate(
     else {
         return Ok(());
     };
-    session.authorize(ResourceKind::Exchange, exchange, Permission::Read)?;
-    session.authorize(ResourceKind::Exchange, alternate, Permission::Write)
+    session
+        .authorize(ResourceKind::Exchange, exchange, Permission::Read)
+        .await?;
+    session
+        .authorize(ResourceKind::Exchange, alternate, Permission::Write)
+        .await
 }

@@ -41,11 +41,13 @@ pub async fn handle(
             }
             let arguments = table_from_wire(&m.arguments);
             if m.passive {
-                authorize_any(session, ResourceKind::Queue, &name)?;
+                authorize_any(session, ResourceKind::Queue, &name).await?;
             } else {
-                session.authorize(ResourceKind::Queue, &name, Permission::Configure)?;
+                session
+                    .authorize(ResourceKind::Queue, &name, Permission::Configure)
+                    .await?;
                 if vhost.queue(&name).is_none() {
-                    authorize_dead_lettering(session, &name, &arguments)?;
+                    authorize_dead_lettering(session, &name, &arguments).await?;
                 }
             }
             let spec = QueueSpec {
@@ -72,7 +74,7 @@ pub async fn handle(
         }
         AMQPMethod::Bind(m) => {
             let binding =
-                Binding::resolve(session, channel, &m.queue, &m.exchange, &m.routing_key)?;
+                Binding::resolve(session, channel, &m.queue, &m.exchange, &m.routing_key).await?;
             vhost.bind_queue(
                 &binding.queue,
                 &binding.exchange,
@@ -86,7 +88,7 @@ pub async fn handle(
         }
         AMQPMethod::Unbind(m) => {
             let binding =
-                Binding::resolve(session, channel, &m.queue, &m.exchange, &m.routing_key)?;
+                Binding::resolve(session, channel, &m.queue, &m.exchange, &m.routing_key).await?;
             vhost.unbind_queue(
                 &binding.queue,
                 &binding.exchange,
@@ -98,7 +100,9 @@ pub async fn handle(
         }
         AMQPMethod::Purge(m) => {
             let name = channel.queue_name(m.queue.as_str())?;
-            session.authorize(ResourceKind::Queue, &name, Permission::Read)?;
+            session
+                .authorize(ResourceKind::Queue, &name, Permission::Read)
+                .await?;
             let queue = vhost.queue_for(&name, session.id)?;
             let message_count = queue.purge().await?;
             if !m.nowait {
@@ -110,7 +114,9 @@ pub async fn handle(
         }
         AMQPMethod::Delete(m) => {
             let name = channel.queue_name(m.queue.as_str())?;
-            session.authorize(ResourceKind::Queue, &name, Permission::Configure)?;
+            session
+                .authorize(ResourceKind::Queue, &name, Permission::Configure)
+                .await?;
             let message_count = vhost
                 .delete_queue(&name, m.if_unused, m.if_empty, session.id)
                 .await?;
@@ -130,23 +136,23 @@ pub async fn handle(
 /// queue's counts): as in RabbitMQ (4.2.6 on), any one permission on it is enough, and
 /// without one it is refused, so names cannot be probed. Configure is asked last, so a
 /// refusal reads as a regular declaration's.
-pub(crate) fn authorize_any(
+pub(crate) async fn authorize_any(
     session: &mut Session,
     kind: ResourceKind,
     name: &str,
 ) -> AmqpResult<()> {
     for permission in [Permission::Read, Permission::Write] {
-        if session.authorize(kind, name, permission).is_ok() {
+        if session.authorize(kind, name, permission).await.is_ok() {
             return Ok(());
         }
     }
-    session.authorize(kind, name, Permission::Configure)
+    session.authorize(kind, name, Permission::Configure).await
 }
 
 /// A new queue with `x-dead-letter-exchange` sends messages to that exchange on the user's
 /// behalf, so RabbitMQ asks read on the queue and write on the exchange at declaration
 /// (a value that is not a string is refused by the argument checks).
-fn authorize_dead_lettering(
+async fn authorize_dead_lettering(
     session: &mut Session,
     queue: &str,
     arguments: &FieldTable,
@@ -157,8 +163,12 @@ fn authorize_dead_lettering(
     else {
         return Ok(());
     };
-    session.authorize(ResourceKind::Queue, queue, Permission::Read)?;
-    session.authorize(ResourceKind::Exchange, exchange, Permission::Write)
+    session
+        .authorize(ResourceKind::Queue, queue, Permission::Read)
+        .await?;
+    session
+        .authorize(ResourceKind::Exchange, exchange, Permission::Write)
+        .await
 }
 
 /// A queue binding's names after RabbitMQ's shortcuts, checked against permissions: write on
@@ -170,7 +180,7 @@ struct Binding {
 }
 
 impl Binding {
-    fn resolve(
+    async fn resolve(
         session: &mut Session,
         channel: &Channel,
         queue: &ShortString,
@@ -184,8 +194,17 @@ impl Binding {
         } else {
             routing_key.as_str().to_owned()
         };
-        session.authorize(ResourceKind::Queue, &name, Permission::Write)?;
-        session.authorize(ResourceKind::Exchange, exchange.as_str(), Permission::Read)?;
+        session
+            .authorize(ResourceKind::Queue, &name, Permission::Write)
+            .await?;
+        session
+            .authorize(ResourceKind::Exchange, exchange.as_str(), Permission::Read)
+            .await?;
+        if let Ok(source) = session.vhost()?.exchange(exchange.as_str()) {
+            session
+                .authorize_topic(&source, &routing_key, Permission::Read)
+                .await?;
+        }
         Ok(Self {
             queue: name,
             exchange: exchange.as_str().to_owned(),

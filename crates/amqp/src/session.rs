@@ -7,7 +7,7 @@ use std::sync::Arc;
 use junction_core::persistence::Durability;
 
 use amq_protocol::protocol::{AMQPClass, channel as channel_methods};
-use junction_core::auth::PermissionCache;
+use junction_core::auth::AccessCache;
 use junction_core::{
     Broker, ConnectionId, ConsumerEvent, ConsumerSink, Permission, Principal, ResourceKind,
     VirtualHost,
@@ -64,7 +64,7 @@ pub struct Session {
     /// Where the message store reports persistent messages on disk, or failed: (channel,
     /// confirm seq, outcome); made by the first confirmed persistent publish.
     pub durable: LazyChannel<(junction_core::ChannelId, u64, Durability)>,
-    permissions: PermissionCache,
+    permissions: AccessCache,
 }
 
 impl Session {
@@ -88,7 +88,7 @@ impl Session {
             has_published: false,
             flow: None,
             durable: LazyChannel::default(),
-            permissions: PermissionCache::new(),
+            permissions: AccessCache::new(),
         }
     }
 
@@ -106,8 +106,8 @@ impl Session {
     }
 
     /// Refuses with 403 unless the user may do `permission` on the named resource. Answers are
-    /// cached for the life of the connection (a bounded number of names).
-    pub fn authorize(
+    /// remembered for the authoriser's TTL (a bounded number of names).
+    pub async fn authorize(
         &mut self,
         kind: ResourceKind,
         name: &str,
@@ -121,7 +121,8 @@ impl Session {
         };
         let allowed = self
             .permissions
-            .allowed(principal, &vhost.name, kind, name, permission);
+            .allowed(principal, &vhost.name, kind, name, permission)
+            .await;
         if allowed {
             return Ok(());
         }
@@ -142,6 +143,50 @@ impl Session {
                 "{} access to {} '{shown}' in vhost '{vhost}' refused for user '{user}'",
                 permission.as_str(),
                 kind.as_str()
+            ),
+        ))
+    }
+
+    /// Refuses with 403 unless the user may use `routing_key` for `permission` (write to
+    /// publish, read to bind) on `exchange`, when it is a topic exchange (RabbitMQ's topic
+    /// authorisation; other exchange types are not checked).
+    pub async fn authorize_topic(
+        &mut self,
+        exchange: &junction_core::Exchange,
+        routing_key: &str,
+        permission: Permission,
+    ) -> AmqpResult<()> {
+        if exchange.spec.kind != "topic" {
+            return Ok(());
+        }
+        let (Some(principal), Some(vhost)) = (&self.principal, &self.vhost) else {
+            return Err(AmqpError::connection(
+                code::COMMAND_INVALID,
+                "connection not open",
+            ));
+        };
+        if self
+            .permissions
+            .topic_allowed(
+                principal,
+                &vhost.name,
+                &exchange.name,
+                routing_key,
+                permission,
+                None,
+            )
+            .await
+        {
+            return Ok(());
+        }
+        Err(AmqpError::channel(
+            code::ACCESS_REFUSED,
+            format!(
+                "{} access to topic '{routing_key}' in exchange '{}' in vhost '{}' refused for user '{}'",
+                permission.as_str(),
+                exchange.name,
+                vhost.name,
+                principal.user.name
             ),
         ))
     }

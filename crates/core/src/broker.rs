@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dashmap::DashMap;
 use tokio::sync::watch;
 
-use crate::auth::AuthChain;
+use crate::auth::Authorizer;
 use crate::error::{CoreError, CoreResult, ErrorKind};
 use crate::exchange::ExchangeTypeRegistry;
 use crate::persistence::{MessageStore, Storage};
@@ -37,7 +37,7 @@ impl Default for BrokerConfig {
 pub struct Broker {
     vhosts: DashMap<String, Arc<VirtualHost>>,
     exchange_types: Arc<ExchangeTypeRegistry>,
-    auth: AuthChain,
+    auth: Authorizer,
     next_connection: AtomicU64,
     config: BrokerConfig,
     alarm: watch::Sender<Option<String>>,
@@ -52,7 +52,7 @@ impl Broker {
     pub fn new(
         config: BrokerConfig,
         exchange_types: Arc<ExchangeTypeRegistry>,
-        auth: AuthChain,
+        auth: Authorizer,
     ) -> Arc<Self> {
         Self::with_store(config, exchange_types, auth, Storage::default())
     }
@@ -62,7 +62,7 @@ impl Broker {
     pub fn with_store(
         config: BrokerConfig,
         exchange_types: Arc<ExchangeTypeRegistry>,
-        auth: AuthChain,
+        auth: Authorizer,
         storage: Storage,
     ) -> Arc<Self> {
         let broker = Arc::new(Self {
@@ -95,8 +95,8 @@ impl Broker {
         self.storage.messages.as_ref()
     }
 
-    /// The auth backends.
-    pub fn auth(&self) -> &AuthChain {
+    /// The authoriser: the chain of auth backends and the cache of their answers.
+    pub fn auth(&self) -> &Authorizer {
         &self.auth
     }
 

@@ -6,9 +6,10 @@
 //! [`VirtualHost`], and turn [`ConsumerEvent`]s back into frames.
 //!
 //! Extension points are traits: [`ExchangeType`] (routing algorithms, registered in an
-//! [`ExchangeTypeRegistry`]) and [`AuthBackend`] (authentication and authorisation, chained in an
-//! [`AuthChain`]). The built-in exchange types and the internal user database are registered
-//! through the same traits that plugins use.
+//! [`ExchangeTypeRegistry`]; see [`plugin`] for what they get from the broker) and
+//! [`AuthBackend`] (authentication and authorisation, chained in an [`Authorizer`]). The
+//! built-in exchange types and the internal user database are registered through the same
+//! traits that plugins use.
 
 pub mod auth;
 pub mod broker;
@@ -26,8 +27,8 @@ pub mod queue;
 pub mod vhost;
 
 pub use auth::{
-    AuthBackend, AuthChain, AuthOutcome, InternalUsers, LoginRequest, Permission, Principal,
-    ResourceKind, User,
+    AuthBackend, Authorizer, Decision, InternalUsers, LoginOutcome, LoginRequest, Permission,
+    Principal, Protocol, ResourceKind, User,
 };
 pub use broker::{Broker, BrokerConfig};
 pub use definitions::{

@@ -151,7 +151,7 @@ pub async fn watch_resources(
 
 #[cfg(test)]
 mod tests {
-    use junction_core::auth::AuthChain;
+    use junction_core::auth::Authorizer;
     use junction_core::{BrokerConfig, ExchangeTypeRegistry};
 
     use super::*;
@@ -163,7 +163,7 @@ mod tests {
         let broker = Broker::new(
             BrokerConfig::default(),
             Arc::new(ExchangeTypeRegistry::with_builtins()),
-            AuthChain::new(),
+            Authorizer::new(Vec::new(), std::time::Duration::ZERO),
         );
         let alarm = DiskAlarm::new(broker.clone(), 100);
         assert_eq!(Arc::strong_count(&broker), 1, "only the test holds it");

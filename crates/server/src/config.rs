@@ -155,6 +155,10 @@ pub struct AlarmsConfig {
 pub struct AuthConfig {
     /// Users that may only connect from loopback.
     pub loopback_users: Vec<String>,
+    /// The backends asked, in order (`internal`, and the plugins': `http`, ...).
+    pub backends: Vec<String>,
+    /// How long authorisation answers are cached, in milliseconds (0: ask every time).
+    pub cache_ttl_ms: u64,
 }
 
 /// A virtual host.
@@ -183,6 +187,29 @@ pub struct UserConfig {
     /// Permissions per vhost.
     #[serde(default)]
     pub permissions: Vec<PermissionConfig>,
+    /// Topic permissions per vhost and topic exchange.
+    #[serde(default)]
+    pub topic_permissions: Vec<TopicPermissionConfig>,
+}
+
+/// One user's topic permission on one topic exchange of one vhost.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicPermissionConfig {
+    /// The vhost.
+    pub vhost: String,
+    /// The topic exchange.
+    pub exchange: String,
+    /// Routing keys the user may publish with (unanchored regular expression).
+    #[serde(default = "match_all")]
+    pub write: String,
+    /// Routing keys the user may bind or subscribe with.
+    #[serde(default = "match_all")]
+    pub read: String,
+}
+
+fn match_all() -> String {
+    ".*".to_owned()
 }
 
 /// One user's permissions in one vhost.

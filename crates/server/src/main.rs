@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use junction_core::auth::{PasswordHash, UserRecord, VhostPermissions};
+use junction_core::auth::{PasswordHash, TopicPermission, UserRecord, VhostPermissions};
 use junction_core::{
-    AuthChain, Broker, BrokerConfig, ExchangeTypeRegistry, InternalUsers, Storage,
+    AuthBackend, Authorizer, Broker, BrokerConfig, ExchangeTypeRegistry, InternalUsers, Storage,
 };
 use junction_transport::{ListenAddr, WebSocketLimits, WebSocketRoutes};
 use listeners::Listeners;
@@ -143,6 +143,24 @@ fn listener_addr(flag: Option<ListenAddr>, configured: &str) -> anyhow::Result<L
 }
 
 /// Builds the internal user database from the configuration.
+/// The auth backends `[auth] backends` names, in order, behind one authoriser.
+fn authorizer(config: &config::Config) -> anyhow::Result<Authorizer> {
+    let mut backends: Vec<Arc<dyn AuthBackend>> = Vec::new();
+    for name in &config.auth.backends {
+        match name.as_str() {
+            "internal" => backends.push(Arc::new(internal_users(config)?)),
+            other => {
+                anyhow::bail!("unknown auth backend '{other}' in [auth] backends (known: internal)")
+            }
+        }
+    }
+    anyhow::ensure!(!backends.is_empty(), "[auth] backends names no backend");
+    Ok(Authorizer::new(
+        backends,
+        std::time::Duration::from_millis(config.auth.cache_ttl_ms),
+    ))
+}
+
 fn internal_users(config: &config::Config) -> anyhow::Result<InternalUsers> {
     let users = InternalUsers::new();
     for user in &config.users {
@@ -155,20 +173,20 @@ fn internal_users(config: &config::Config) -> anyhow::Result<InternalUsers> {
                 user.name
             ),
         };
-        let mut permissions = std::collections::HashMap::new();
+        let mut record = UserRecord::new(password, user.tags.clone());
         for p in &user.permissions {
             let compiled = VhostPermissions::new(&p.configure, &p.write, &p.read)
                 .with_context(|| format!("user '{}': invalid permission pattern", user.name))?;
-            permissions.insert(p.vhost.clone(), compiled);
+            record.permissions.insert(p.vhost.clone(), compiled);
         }
-        users.put_user(
-            &user.name,
-            UserRecord {
-                password,
-                tags: user.tags.clone(),
-                permissions,
-            },
-        );
+        for t in &user.topic_permissions {
+            let compiled = TopicPermission::new(&t.vhost, &t.exchange, &t.write, &t.read)
+                .with_context(|| {
+                    format!("user '{}': invalid topic permission pattern", user.name)
+                })?;
+            record.topic_permissions.push(Arc::new(compiled));
+        }
+        users.put_user(&user.name, record);
     }
     for name in &config.auth.loopback_users {
         users.set_loopback_only(name);
@@ -188,8 +206,7 @@ async fn run(cli: Cli, config: config::Config) -> anyhow::Result<()> {
     junction_plugin_random_exchange::register(&registry);
     junction_plugin_consistent_hash_exchange::register(&registry);
     junction_plugin_delayed_message_exchange::register(&registry);
-    let mut auth = AuthChain::new();
-    auth.push(Arc::new(internal_users(&config)?));
+    let auth = authorizer(&config)?;
     let default_vhost = config
         .vhosts
         .first()

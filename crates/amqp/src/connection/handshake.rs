@@ -42,7 +42,7 @@ impl Connection {
         self.state = State::AwaitingStartOk;
     }
 
-    pub(super) fn on_start_ok(&mut self, m: conn::StartOk) -> AmqpResult<()> {
+    pub(super) async fn on_start_ok(&mut self, m: conn::StartOk) -> AmqpResult<()> {
         if let Some(AMQPValue::FieldTable(caps)) = m.client_properties.inner().get("capabilities") {
             let flag =
                 |name: &str| matches!(caps.inner().get(name), Some(AMQPValue::Boolean(true)));
@@ -68,16 +68,14 @@ impl Connection {
                 format!("malformed {mechanism} response"),
             ));
         };
-        let request = LoginRequest {
-            username: &username,
-            password: &password,
-            peer: self.session.peer.map(|p| p.ip()),
-        };
-        match self.session.broker.auth().authenticate(&request) {
+        let request =
+            LoginRequest::new(Protocol::Amqp, &username, &password).with_peer(self.session.peer);
+        match self.session.broker.auth().login(&request).await {
             Ok(principal) => {
                 self.session.principal = Some(principal);
             }
-            Err(reason) => {
+            Err(refused) => {
+                let reason = refused.reason;
                 // One line per peer address and window: a client retrying in a loop does not
                 // flood the log.
                 let peer = self.session.peer.map(|peer| peer.ip());
@@ -145,7 +143,7 @@ impl Connection {
         Ok(())
     }
 
-    pub(super) fn on_open(&mut self, m: conn::Open) -> AmqpResult<()> {
+    pub(super) async fn on_open(&mut self, m: conn::Open) -> AmqpResult<()> {
         let name = m.virtual_host.as_str();
         let vhost = self.session.broker.vhost(name).map_err(|_| {
             AmqpError::connection(code::NOT_ALLOWED, format!("vhost {name} not found"))
@@ -156,7 +154,7 @@ impl Connection {
                 "not logged in",
             ));
         };
-        if !principal.check_vhost(name) {
+        if !principal.check_vhost(name).await {
             return Err(AmqpError::connection(
                 code::NOT_ALLOWED,
                 format!(

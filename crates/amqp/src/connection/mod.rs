@@ -17,7 +17,7 @@ use amq_protocol::types::{AMQPValue, FieldTable as WireTable, LongString};
 use bytes::{BufMut, Bytes, BytesMut};
 use junction_core::field::MAX_DEPTH;
 use junction_core::persistence::Durability;
-use junction_core::{Broker, ChannelId, ConsumerEvent, LoginRequest};
+use junction_core::{Broker, ChannelId, ConsumerEvent, LoginRequest, Protocol};
 use junction_transport::LazyChannel;
 
 use crate::channel::{Channel, ChannelState};
@@ -422,9 +422,9 @@ impl Connection {
             .during(ids));
         };
         match (self.state, method) {
-            (State::AwaitingStartOk, conn::AMQPMethod::StartOk(m)) => self.on_start_ok(m),
+            (State::AwaitingStartOk, conn::AMQPMethod::StartOk(m)) => self.on_start_ok(m).await,
             (State::AwaitingTuneOk, conn::AMQPMethod::TuneOk(m)) => self.on_tune_ok(m),
-            (State::AwaitingOpen, conn::AMQPMethod::Open(m)) => self.on_open(m),
+            (State::AwaitingOpen, conn::AMQPMethod::Open(m)) => self.on_open(m).await,
             (_, conn::AMQPMethod::Close(m)) => {
                 tracing::debug!(code = m.reply_code, text = %m.reply_text, "client closed connection");
                 // Everything the connection held, exclusive queues included, is gone before

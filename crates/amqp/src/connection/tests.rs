@@ -9,7 +9,7 @@ use amq_protocol::protocol::{confirm as confirm_methods, tx as tx_methods};
 use junction_core::persistence::testing::HeldStore;
 use junction_core::queue::ConnectionId;
 use junction_core::{
-    AuthChain, BrokerConfig, ExchangeTypeRegistry, FieldTable, FieldValue, InternalUsers,
+    Authorizer, BrokerConfig, ExchangeTypeRegistry, FieldTable, FieldValue, InternalUsers,
     QueueSpec, Storage,
 };
 
@@ -46,8 +46,7 @@ async fn open_connection() -> Connection {
 async fn open_connection_with(storage: Storage) -> Connection {
     let users = InternalUsers::new();
     users.add_user("guest", "guest", &[], &["/"]);
-    let mut auth = AuthChain::new();
-    auth.push(Arc::new(users));
+    let auth = Authorizer::new(vec![Arc::new(users)], std::time::Duration::from_secs(5));
     let broker = Broker::with_store(
         BrokerConfig::default(),
         Arc::new(ExchangeTypeRegistry::with_builtins()),

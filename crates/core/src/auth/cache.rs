@@ -1,32 +1,50 @@
-//! A connection's cache of authorisation answers, so the publish path does not ask the backend
-//! per message. It is bounded: a client that names ever new resources (each refused, or each
-//! missing) must not grow its connection without limit, so once a kind of question has
-//! [`PermissionCache::NAMES_PER_QUESTION`] answers they are dropped and asked again when
-//! needed (RabbitMQ keeps the last 12). It does not expire answers: permissions changed while
-//! a connection is open apply to its next connection, as in RabbitMQ.
+//! A connection's memo in front of the [`Authorizer`](super::Authorizer): the answers it was
+//! given, looked up by `&str` without allocating, so a publish does not lock the shared cache
+//! or build a key per message. Answers expire with the authoriser's TTL, so a permission
+//! changed in a backend applies to open connections within it. It is bounded: a client that
+//! names ever new resources (each refused, or each missing) must not grow its connection
+//! without limit, so once a kind of question has [`AccessCache::NAMES_PER_QUESTION`] answers
+//! they are dropped and asked again when needed (RabbitMQ keeps the last 12).
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use super::{Permission, Principal, ResourceKind};
 
-/// Answers per (resource kind, permission), by resource name.
+/// Answers by resource name or routing key, with when they were given.
+type Names = HashMap<String, (bool, Instant)>;
+
+/// Answers per (resource kind, permission), and per topic exchange and permission.
 #[derive(Debug, Default)]
-pub struct PermissionCache {
-    answers: HashMap<(ResourceKind, Permission), HashMap<String, bool>>,
+pub struct AccessCache {
+    resources: HashMap<(ResourceKind, Permission), Names>,
+    topics: HashMap<String, HashMap<Permission, Names>>,
 }
 
-impl PermissionCache {
+fn fresh(names: Option<&Names>, name: &str, principal: &Principal) -> Option<bool> {
+    let (allowed, at) = names?.get(name)?;
+    (at.elapsed() < principal.ttl()).then_some(*allowed)
+}
+
+fn remember(names: &mut Names, name: &str, allowed: bool) {
+    if names.len() >= AccessCache::NAMES_PER_QUESTION {
+        names.clear();
+    }
+    names.insert(name.to_owned(), (allowed, Instant::now()));
+}
+
+impl AccessCache {
     /// How many names are remembered per kind of question before the answers are dropped.
     pub const NAMES_PER_QUESTION: usize = 64;
 
-    /// An empty cache.
+    /// An empty memo.
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Whether `principal` may do `permission` on the resource `name` of kind `kind` in
-    /// `vhost`; a cached answer when there is one (a lookup by `&str`, no allocation).
-    pub fn allowed(
+    /// `vhost`.
+    pub async fn allowed(
         &mut self,
         principal: &Principal,
         vhost: &str,
@@ -34,21 +52,63 @@ impl PermissionCache {
         name: &str,
         permission: Permission,
     ) -> bool {
-        let names = self.answers.entry((kind, permission)).or_default();
-        if let Some(allowed) = names.get(name) {
-            return *allowed;
+        if let Some(allowed) = fresh(self.resources.get(&(kind, permission)), name, principal) {
+            return allowed;
         }
-        let allowed = principal.check_resource(vhost, kind, name, permission);
-        if names.len() >= Self::NAMES_PER_QUESTION {
-            names.clear();
+        let allowed = principal
+            .check_resource(vhost, kind, name, permission)
+            .await;
+        remember(
+            self.resources.entry((kind, permission)).or_default(),
+            name,
+            allowed,
+        );
+        allowed
+    }
+
+    /// Whether `principal` may use `routing_key` for `permission` on topic exchange
+    /// `exchange` in `vhost`, on the connection of `client_id` (one connection has one).
+    pub async fn topic_allowed(
+        &mut self,
+        principal: &Principal,
+        vhost: &str,
+        exchange: &str,
+        routing_key: &str,
+        permission: Permission,
+        client_id: Option<&str>,
+    ) -> bool {
+        let names = self
+            .topics
+            .get(exchange)
+            .and_then(|by_permission| by_permission.get(&permission));
+        if let Some(allowed) = fresh(names, routing_key, principal) {
+            return allowed;
         }
-        names.insert(name.to_owned(), allowed);
+        let allowed = principal
+            .check_topic(vhost, exchange, routing_key, permission, client_id)
+            .await;
+        if self.topics.len() >= Self::NAMES_PER_QUESTION && !self.topics.contains_key(exchange) {
+            self.topics.clear();
+        }
+        let names = self
+            .topics
+            .entry(exchange.to_owned())
+            .or_default()
+            .entry(permission)
+            .or_default();
+        remember(names, routing_key, allowed);
         allowed
     }
 
     /// How many answers are kept.
     pub fn len(&self) -> usize {
-        self.answers.values().map(HashMap::len).sum()
+        let topics: usize = self
+            .topics
+            .values()
+            .flat_map(HashMap::values)
+            .map(HashMap::len)
+            .sum();
+        self.resources.values().map(HashMap::len).sum::<usize>() + topics
     }
 
     /// Whether no answer is kept.
@@ -60,41 +120,46 @@ impl PermissionCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{AuthChain, InternalUsers, LoginRequest};
+    use crate::auth::{Authorizer, InternalUsers, LoginRequest, Protocol};
     use std::sync::Arc;
+    use std::time::Duration;
 
-    #[test]
-    fn the_cache_stays_bounded_however_many_names_a_client_asks_about() {
+    #[tokio::test]
+    async fn the_memo_stays_bounded_however_many_names_a_client_asks_about() {
         let users = InternalUsers::new();
         users.add_user("u", "p", &[], &["/"]);
-        let mut chain = AuthChain::new();
-        chain.push(Arc::new(users));
-        let principal = chain
-            .authenticate(&LoginRequest {
-                username: "u",
-                password: "p",
-                peer: None,
-            })
+        let authorizer = Authorizer::new(vec![Arc::new(users)], Duration::from_secs(60));
+        let principal = authorizer
+            .login(&LoginRequest::new(Protocol::Amqp, "u", "p"))
+            .await
             .expect("login");
-        let mut cache = PermissionCache::new();
+        let mut cache = AccessCache::new();
         for n in 0..10_000 {
             let name = format!("queue-{n}");
-            assert!(cache.allowed(
-                &principal,
-                "/",
-                ResourceKind::Queue,
-                &name,
-                Permission::Read
-            ));
-            assert!(cache.len() <= PermissionCache::NAMES_PER_QUESTION);
+            assert!(
+                cache
+                    .allowed(
+                        &principal,
+                        "/",
+                        ResourceKind::Queue,
+                        &name,
+                        Permission::Read
+                    )
+                    .await
+            );
+            assert!(cache.len() <= AccessCache::NAMES_PER_QUESTION);
         }
         // A name asked again is answered the same.
-        assert!(cache.allowed(
-            &principal,
-            "/",
-            ResourceKind::Queue,
-            "queue-1",
-            Permission::Read
-        ));
+        assert!(
+            cache
+                .allowed(
+                    &principal,
+                    "/",
+                    ResourceKind::Queue,
+                    "queue-1",
+                    Permission::Read
+                )
+                .await
+        );
     }
 }

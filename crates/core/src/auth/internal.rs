@@ -3,13 +3,17 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use base64::Engine;
 use parking_lot::RwLock;
 use regex::Regex;
 use sha2::{Digest, Sha256};
 
-use super::{AuthBackend, AuthOutcome, LoginRequest, Permission, ResourceKind, User};
+use super::{
+    AuthBackend, Decision, LoginOutcome, LoginRequest, Permission, ResourceRequest,
+    TopicPermission, TopicRequest, User, async_trait,
+};
 
 /// A password hash in RabbitMQ's `rabbit_password_hashing_sha256` format: base64 of a 4-byte
 /// salt followed by SHA-256(salt ++ password). Definitions exported from RabbitMQ import as is.
@@ -96,6 +100,7 @@ impl VhostPermissions {
 }
 
 /// One user of the internal database.
+#[non_exhaustive]
 #[derive(Debug, Clone)]
 pub struct UserRecord {
     /// The password hash.
@@ -104,6 +109,20 @@ pub struct UserRecord {
     pub tags: Vec<String>,
     /// Permissions by vhost name; a vhost absent here is not accessible.
     pub permissions: HashMap<String, VhostPermissions>,
+    /// Topic permissions (none: every routing key is allowed, as in RabbitMQ).
+    pub topic_permissions: Vec<Arc<TopicPermission>>,
+}
+
+impl UserRecord {
+    /// A user with `password` and `tags`, no permissions yet.
+    pub fn new(password: PasswordHash, tags: Vec<String>) -> Self {
+        Self {
+            password,
+            tags,
+            permissions: HashMap::new(),
+            topic_permissions: Vec::new(),
+        }
+    }
 }
 
 /// The internal user database, the default [`AuthBackend`].
@@ -130,14 +149,12 @@ impl InternalUsers {
             .iter()
             .map(|v| ((*v).to_owned(), VhostPermissions::all()))
             .collect();
-        self.put_user(
-            name,
-            UserRecord {
-                password: PasswordHash::new(password),
-                tags: tags.iter().map(|t| (*t).to_owned()).collect(),
-                permissions,
-            },
+        let mut record = UserRecord::new(
+            PasswordHash::new(password),
+            tags.iter().map(|t| (*t).to_owned()).collect(),
         );
+        record.permissions = permissions;
+        self.put_user(name, record);
     }
 
     /// Sets a user's permissions in a vhost; false when the user does not exist.
@@ -154,6 +171,17 @@ impl InternalUsers {
     /// Restricts `user` to connections from loopback addresses (RabbitMQ's `loopback_users`).
     pub fn set_loopback_only(&self, user: &str) {
         self.loopback_only.write().insert(user.to_owned());
+    }
+
+    /// Adds a topic permission to a user; false when the user does not exist.
+    pub fn add_topic_permission(&self, user: &str, permission: TopicPermission) -> bool {
+        match self.users.write().get_mut(user) {
+            Some(record) => {
+                record.topic_permissions.push(Arc::new(permission));
+                true
+            }
+            None => false,
+        }
     }
 
     fn permissions(&self, user: &str, vhost: &str) -> Option<VhostPermissions> {
@@ -174,56 +202,71 @@ fn is_loopback(peer: Option<IpAddr>) -> bool {
     }
 }
 
+#[async_trait]
 impl AuthBackend for InternalUsers {
     fn name(&self) -> &str {
         "internal"
     }
 
-    fn authenticate(&self, request: &LoginRequest<'_>) -> AuthOutcome {
+    async fn authenticate(&self, request: &LoginRequest) -> LoginOutcome {
         let users = self.users.read();
-        let Some(record) = users.get(request.username) else {
-            return AuthOutcome::Unknown;
+        let Some(record) = users.get(&request.username) else {
+            return LoginOutcome::Next;
         };
         // RabbitMQ's internal backend refuses a blank password whatever the stored hash says,
         // so a user created with an empty password cannot log in with one.
         if request.password.is_empty() {
-            return AuthOutcome::Refused(format!(
+            return LoginOutcome::Deny(format!(
                 "user '{}' attempted to log in with a blank password, which is prohibited by the internal authN backend",
                 request.username
             ));
         }
-        if !record.password.verify(request.password) {
-            return AuthOutcome::Refused(format!(
+        if !record.password.verify(&request.password) {
+            return LoginOutcome::Deny(format!(
                 "user '{}' - invalid credentials",
                 request.username
             ));
         }
-        if self.loopback_only.read().contains(request.username) && !is_loopback(request.peer) {
-            return AuthOutcome::Refused(format!(
+        if self.loopback_only.read().contains(&request.username)
+            && !is_loopback(request.peer.map(|peer| peer.ip()))
+        {
+            return LoginOutcome::Deny(format!(
                 "user '{}' can only connect via localhost",
                 request.username
             ));
         }
-        AuthOutcome::Authenticated(User {
-            name: request.username.to_owned(),
-            tags: record.tags.clone(),
-        })
+        LoginOutcome::Allow(User::new(request.username.clone(), record.tags.clone()))
     }
 
-    fn check_vhost(&self, user: &User, vhost: &str) -> bool {
-        self.permissions(&user.name, vhost).is_some()
+    async fn check_vhost(&self, user: &User, vhost: &str) -> Decision {
+        Decision::from_bool(self.permissions(&user.name, vhost).is_some())
     }
 
-    fn check_resource(
-        &self,
-        user: &User,
-        vhost: &str,
-        _kind: ResourceKind,
-        name: &str,
-        permission: Permission,
-    ) -> bool {
-        self.permissions(&user.name, vhost)
-            .is_some_and(|p| p.allows(permission, name))
+    async fn check_resource(&self, user: &User, request: &ResourceRequest) -> Decision {
+        Decision::from_bool(
+            self.permissions(&user.name, &request.vhost)
+                .is_some_and(|p| p.allows(request.permission, &request.name)),
+        )
+    }
+
+    async fn check_topic(&self, user: &User, request: &TopicRequest) -> Decision {
+        let applying: Vec<Arc<TopicPermission>> = match self.users.read().get(&user.name) {
+            Some(record) => record
+                .topic_permissions
+                .iter()
+                .filter(|p| p.applies_to(&request.vhost, &request.exchange))
+                .cloned()
+                .collect(),
+            None => return Decision::Deny,
+        };
+        // As RabbitMQ: no topic permission for this exchange allows every key; otherwise one
+        // of them must allow it.
+        Decision::from_bool(
+            applying.is_empty()
+                || applying.iter().any(|p| {
+                    p.allows(request.permission, &request.routing_key, &request.variables)
+                }),
+        )
     }
 }
 
@@ -239,53 +282,85 @@ mod tests {
         assert!(!again.verify("wrong"));
     }
 
-    #[test]
-    fn a_blank_password_is_refused_even_when_it_is_the_stored_one() {
+    use crate::auth::{Protocol, ResourceKind, TopicVariables};
+
+    #[tokio::test]
+    async fn a_blank_password_is_refused_even_when_it_is_the_stored_one() {
         let users = InternalUsers::new();
         users.add_user("blank", "", &[], &["/"]);
-        let outcome = users.authenticate(&LoginRequest {
-            username: "blank",
-            password: "",
-            peer: None,
-        });
+        let outcome = users
+            .authenticate(&LoginRequest::new(Protocol::Amqp, "blank", ""))
+            .await;
         assert!(
-            matches!(&outcome, AuthOutcome::Refused(reason) if reason.contains("blank password")),
+            matches!(&outcome, LoginOutcome::Deny(reason) if reason.contains("blank password")),
             "{outcome:?}"
         );
     }
 
-    #[test]
-    fn loopback_users_are_refused_from_elsewhere() {
+    #[tokio::test]
+    async fn loopback_users_are_refused_from_elsewhere() {
         let users = InternalUsers::new();
         users.add_user("guest", "guest", &[], &["/"]);
         users.set_loopback_only("guest");
-        let login = |peer: &str| {
-            users.authenticate(&LoginRequest {
-                username: "guest",
-                password: "guest",
-                peer: Some(peer.parse().expect("ip")),
-            })
-        };
-        assert!(matches!(login("127.0.0.1"), AuthOutcome::Authenticated(_)));
-        assert!(matches!(login("::1"), AuthOutcome::Authenticated(_)));
-        assert!(matches!(login("10.1.2.3"), AuthOutcome::Refused(_)));
+        for (peer, allowed) in [
+            ("127.0.0.1:1", true),
+            ("[::1]:1", true),
+            ("10.1.2.3:1", false),
+        ] {
+            let request = LoginRequest::new(Protocol::Stomp, "guest", "guest")
+                .with_peer(Some(peer.parse().expect("address")));
+            let outcome = users.authenticate(&request).await;
+            assert_eq!(matches!(outcome, LoginOutcome::Allow(_)), allowed, "{peer}");
+        }
+        let unknown = LoginRequest::new(Protocol::Mqtt, "nobody", "x");
+        assert!(matches!(
+            users.authenticate(&unknown).await,
+            LoginOutcome::Next
+        ));
     }
 
-    #[test]
-    fn permission_patterns_are_unanchored_regexes() {
+    #[tokio::test]
+    async fn permission_patterns_are_unanchored_regexes() {
         let users = InternalUsers::new();
         users.add_user("app", "pw", &[], &[]);
         let perms = VhostPermissions::new("^app-", "^(app-.*|amq\\.default)$", ".*").expect("re");
         users.set_permissions("app", "/", perms);
-        let user = User {
-            name: "app".into(),
-            tags: vec![],
+        let user = User::new("app", vec![]);
+        let check = |name: &str, p| {
+            let request = ResourceRequest::new("/", ResourceKind::Queue, name, p);
+            let users = &users;
+            let user = &user;
+            async move { users.check_resource(user, &request).await == Decision::Allow }
         };
-        let check = |name: &str, p| users.check_resource(&user, "/", ResourceKind::Queue, name, p);
-        assert!(check("app-jobs", Permission::Configure));
-        assert!(!check("other", Permission::Configure));
-        assert!(check("amq.default", Permission::Write));
-        assert!(!check("xapp-1", Permission::Write));
-        assert!(!users.check_vhost(&user, "other"));
+        assert!(check("app-jobs", Permission::Configure).await);
+        assert!(!check("other", Permission::Configure).await);
+        assert!(check("amq.default", Permission::Write).await);
+        assert!(!check("xapp-1", Permission::Write).await);
+        assert_eq!(users.check_vhost(&user, "other").await, Decision::Deny);
+    }
+
+    #[tokio::test]
+    async fn topic_permissions_apply_per_exchange_and_allow_everything_without_one() {
+        let users = InternalUsers::new();
+        users.add_user("dev", "pw", &[], &["/"]);
+        let permission =
+            TopicPermission::new("/", "amq.topic", "^sensors\\.", "^alerts\\.").expect("valid");
+        assert!(users.add_topic_permission("dev", permission));
+        let user = User::new("dev", vec![]);
+        let ask = |exchange: &str, key: &str, permission| {
+            let variables = TopicVariables::new("dev", "/", None);
+            let request = TopicRequest::new("/", exchange, key, permission, variables);
+            let users = &users;
+            let user = &user;
+            async move { users.check_topic(user, &request).await == Decision::Allow }
+        };
+        assert!(ask("amq.topic", "sensors.t1", Permission::Write).await);
+        assert!(!ask("amq.topic", "alerts.t1", Permission::Write).await);
+        assert!(ask("amq.topic", "alerts.t1", Permission::Read).await);
+        assert!(!ask("amq.topic", "sensors.t1", Permission::Read).await);
+        assert!(
+            ask("other.topic", "anything", Permission::Write).await,
+            "no permission there"
+        );
     }
 }

@@ -4,7 +4,8 @@
 //! on the session's queue to remove it, read to resume it.
 
 use junction_core::{
-    CoreError, ErrorKind, LoginRequest, Permission, Principal, QueueSpec, ResourceKind, VirtualHost,
+    CoreError, ErrorKind, LoginRequest, Permission, Principal, Protocol, QueueSpec, ResourceKind,
+    VirtualHost,
 };
 
 use super::{Connection, Flow, Handled, Next, Session, Violation};
@@ -67,13 +68,14 @@ impl Connection {
             Some((vhost, user)) if !vhost.is_empty() => (vhost.to_owned(), user.to_owned()),
             _ => (broker.config().default_vhost.clone(), login.clone()),
         };
-        let principal = match broker.auth().authenticate(&LoginRequest {
-            username: &user,
-            password: &password,
-            peer: self.peer.map(|p| p.ip()),
-        }) {
+        let request = LoginRequest::new(Protocol::Mqtt, &user, &password)
+            .with_vhost(&vhost_name)
+            .with_client_id(&client_id)
+            .with_peer(self.peer);
+        let principal = match broker.auth().login(&request).await {
             Ok(principal) => principal,
-            Err(reason) => {
+            Err(refused) => {
+                let reason = refused.reason;
                 self.log_refused_login(&user, &reason);
                 // A client that sent no credentials gave no bad ones: it is not authorised
                 // (the anonymous user may not log in from where it is, say).
@@ -85,7 +87,7 @@ impl Connection {
             }
         };
         let vhost = match broker.vhost(&vhost_name) {
-            Ok(vhost) if principal.check_vhost(&vhost_name) => vhost,
+            Ok(vhost) if principal.check_vhost(&vhost_name).await => vhost,
             _ => {
                 self.log_refused_login(&user, &format!("no access to vhost '{vhost_name}'"));
                 return Ok(self.refuse(ConnectReturnCode::NotAuthorized));
@@ -106,7 +108,9 @@ impl Connection {
         // Asked before the claim, so a user who may not touch the session does not kick the
         // connection holding it, and again after it (the holder may have made the queue
         // while closing), before anything is deleted or resumed.
-        if let Err(reason) = self.may_take_session(&principal, &vhost, &key, connect.clean_session)
+        if let Err(reason) = self
+            .may_take_session(&principal, &vhost, &key, connect.clean_session)
+            .await
         {
             self.log_refused_login(&user, &reason);
             return Ok(self.refuse(ConnectReturnCode::NotAuthorized));
@@ -116,7 +120,9 @@ impl Connection {
             .sessions
             .claim(key.clone(), self.id, self.signal.clone())
             .await;
-        if let Err(reason) = self.may_take_session(&principal, &vhost, &key, connect.clean_session)
+        if let Err(reason) = self
+            .may_take_session(&principal, &vhost, &key, connect.clean_session)
+            .await
         {
             self.log_refused_login(&user, &reason);
             self.mqtt.sessions.release(claim, self.id, &self.signal);
@@ -154,7 +160,7 @@ impl Connection {
                 })
             }),
             will: connect.will.map(Box::new),
-            may_publish: None,
+            access: None,
         });
         // The queue is resumed before the CONNACK, so a refusal can still be its return code
         // (the session's state is saved again when the connection ends).
@@ -185,7 +191,7 @@ impl Connection {
     /// needs configure on its queue; resuming one consumes from its queue, which needs read.
     /// A session that does not exist needs nothing here (its queue is declared, with the
     /// configure check, when first needed). The answer is not cached: a takeover is rare.
-    fn may_take_session(
+    async fn may_take_session(
         &self,
         principal: &Principal,
         vhost: &VirtualHost,
@@ -201,7 +207,10 @@ impl Connection {
         } else {
             Permission::Read
         };
-        if principal.check_resource(&vhost.name, ResourceKind::Queue, &queue, permission) {
+        if principal
+            .check_resource(&vhost.name, ResourceKind::Queue, &queue, permission)
+            .await
+        {
             Ok(())
         } else {
             Err(format!(
@@ -258,7 +267,9 @@ impl Connection {
         let missing = session.vhost.queue(&name).is_none();
         for permission in [Permission::Configure, Permission::Read] {
             if (permission == Permission::Read || missing)
-                && !session.allowed(ResourceKind::Queue, &name, permission)
+                && !session
+                    .allowed(ResourceKind::Queue, &name, permission)
+                    .await
             {
                 return Err(CoreError::access_refused(format!(
                     "{} access to queue '{name}' in vhost '{}' refused for user '{}'",

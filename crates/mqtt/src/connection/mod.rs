@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use junction_core::auth::AccessCache;
 use junction_core::ledger::{Answer, Ledger, Seq};
 use junction_core::persistence::Durability;
 use junction_core::queue::MessageSeq;
@@ -109,7 +110,8 @@ struct Session {
     /// Made on first use: a device that only pings never has one.
     flow: Option<Box<Flow>>,
     will: Option<Box<LastWill>>,
-    may_publish: Option<bool>,
+    /// Authorisation answers, made on first use.
+    access: Option<Box<AccessCache>>,
 }
 
 /// What a session tracks once it subscribes or exchanges packets with identifiers.
@@ -142,9 +144,31 @@ impl Session {
         format!("mqtt-{}", self.claim.key.client_id).into()
     }
 
-    fn allowed(&self, kind: ResourceKind, name: &str, permission: Permission) -> bool {
-        self.principal
-            .check_resource(&self.vhost.name, kind, name, permission)
+    async fn allowed(&mut self, kind: ResourceKind, name: &str, permission: Permission) -> bool {
+        self.access
+            .get_or_insert_with(Box::default)
+            .allowed(&self.principal, &self.vhost.name, kind, name, permission)
+            .await
+    }
+
+    /// Whether the session may use AMQP routing key `routing_key` for `permission` (write:
+    /// publish; read: subscribe) on its exchange, when that is a topic exchange (RabbitMQ's
+    /// topic authorisation; `{client_id}` in a pattern is this session's client id).
+    async fn topic_allowed(&mut self, routing_key: &str, permission: Permission) -> bool {
+        if self.exchange.spec.kind != "topic" {
+            return true;
+        }
+        self.access
+            .get_or_insert_with(Box::default)
+            .topic_allowed(
+                &self.principal,
+                &self.vhost.name,
+                &self.exchange.name,
+                routing_key,
+                permission,
+                Some(&self.claim.key.client_id),
+            )
+            .await
     }
 }
 

@@ -42,22 +42,26 @@ impl Connection {
         let Some(session) = self.session.as_mut() else {
             return Err(Violation("PUBLISH before CONNECT".into()));
         };
-        let allowed = match session.may_publish {
-            Some(allowed) => allowed,
-            None => {
-                let allowed = session.allowed(
-                    ResourceKind::Exchange,
-                    &session.exchange.name,
-                    Permission::Write,
-                );
-                session.may_publish = Some(allowed);
-                allowed
-            }
-        };
-        if !allowed {
+        let exchange = session.exchange.clone();
+        if !session
+            .allowed(ResourceKind::Exchange, &exchange.name, Permission::Write)
+            .await
+        {
             return Err(Violation(format!(
                 "user '{}' may not publish to exchange '{}'",
-                session.principal.user.name, session.exchange.name
+                session.principal.user.name, exchange.name
+            )));
+        }
+        // As RabbitMQ's MQTT plugin for 3.1.1: a PUBLISH the topic permissions refuse closes
+        // the connection.
+        let routing_key = topic::topic_to_routing_key(&publish.topic);
+        if !session.topic_allowed(&routing_key, Permission::Write).await {
+            return Err(Violation(format!(
+                "write access to topic '{}' in exchange '{}' in vhost '{}' refused for user '{}'",
+                topic::shortened(&routing_key),
+                exchange.name,
+                session.vhost.name,
+                session.principal.user.name
             )));
         }
         self.has_published = true;
@@ -121,11 +125,28 @@ impl Connection {
 
     /// Publishes the will of a connection that ended without DISCONNECT.
     pub(super) async fn publish_will(&self, session: &Session, will: LastWill) {
-        if !session.allowed(
-            ResourceKind::Exchange,
-            &session.exchange.name,
-            Permission::Write,
-        ) {
+        let principal = &session.principal;
+        let vhost = &session.vhost.name;
+        let exchange = &session.exchange;
+        let may_write = principal
+            .check_resource(
+                vhost,
+                ResourceKind::Exchange,
+                &exchange.name,
+                Permission::Write,
+            )
+            .await;
+        let may_use_topic = exchange.spec.kind != "topic"
+            || principal
+                .check_topic(
+                    vhost,
+                    &exchange.name,
+                    &topic::topic_to_routing_key(&will.topic),
+                    Permission::Write,
+                    Some(&session.claim.key.client_id),
+                )
+                .await;
+        if !may_write || !may_use_topic {
             tracing::info!(client_id = %session.claim.key.client_id, "will not published: no write permission");
             return;
         }

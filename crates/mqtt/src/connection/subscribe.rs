@@ -62,10 +62,20 @@ impl Connection {
         }
         let id = self.id;
         {
-            let Some(session) = self.session.as_ref() else {
+            let Some(session) = self.session.as_mut() else {
                 return Err("no session".into());
             };
-            session.may_bind()?;
+            session.may_bind().await?;
+            let key = topic::filter_to_binding_key(filter);
+            if !session.topic_allowed(&key, Permission::Read).await {
+                return Err(format!(
+                    "read access to topic '{}' in exchange '{}' in vhost '{}' refused for user '{}'",
+                    topic::shortened(&key),
+                    session.exchange.name,
+                    session.vhost.name,
+                    session.principal.user.name
+                ));
+            }
         }
         // Declares the queue (configure, when it is made) and consumes from it (read).
         let queue = self.session_queue().await.map_err(|e| e.to_string())?;
@@ -97,7 +107,7 @@ impl Connection {
         };
         // Removing a binding needs what adding it did (MQTT 3.1.1's UNSUBACK has no failure
         // code: a refused filter stays subscribed).
-        let permitted = session.may_bind();
+        let permitted = session.may_bind().await;
         for filter in filters {
             if let Err(reason) = &permitted {
                 if session.flow().state.subscriptions.contains_key(&filter) {
@@ -135,18 +145,15 @@ impl Connection {
 impl Session {
     /// Whether the session may bind its queue to (or unbind it from) its exchange: write on
     /// the queue and read on the exchange, as `queue.bind` needs.
-    fn may_bind(&self) -> Result<(), String> {
+    async fn may_bind(&mut self) -> Result<(), String> {
         let queue = self.claim.key.queue_name();
+        let exchange = self.exchange.clone();
         let checks = [
             (ResourceKind::Queue, queue.as_str(), Permission::Write),
-            (
-                ResourceKind::Exchange,
-                &*self.exchange.name,
-                Permission::Read,
-            ),
+            (ResourceKind::Exchange, &*exchange.name, Permission::Read),
         ];
         for (kind, name, permission) in checks {
-            if !self.allowed(kind, name, permission) {
+            if !self.allowed(kind, name, permission).await {
                 return Err(format!(
                     "{} access to {} '{name}' in vhost '{}' refused for user '{}'",
                     permission.as_str(),

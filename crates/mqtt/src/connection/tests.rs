@@ -6,7 +6,7 @@ use bytes::Bytes;
 use junction_core::persistence::Durability;
 use junction_core::persistence::testing::HeldStore;
 use junction_core::{
-    AuthChain, Broker, BrokerConfig, ExchangeTypeRegistry, InternalUsers, Storage,
+    Authorizer, Broker, BrokerConfig, ExchangeTypeRegistry, InternalUsers, Storage,
 };
 
 use super::*;
@@ -25,8 +25,7 @@ fn broker_with(storage: Storage) -> Arc<Broker> {
 
 /// A broker whose users are `users`, with the vhost `/`.
 fn broker_of(users: InternalUsers, storage: Storage) -> Arc<Broker> {
-    let mut auth = AuthChain::new();
-    auth.push(Arc::new(users));
+    let auth = Authorizer::new(vec![Arc::new(users)], std::time::Duration::from_secs(5));
     let broker = Broker::with_store(
         BrokerConfig::default(),
         Arc::new(ExchangeTypeRegistry::with_builtins()),

@@ -1,11 +1,11 @@
-//! CONNECT and STOMP: version negotiation, heart-beats, login/passcode through the `AuthChain`,
+//! CONNECT and STOMP: version negotiation, heart-beats, login/passcode through the `Authorizer`,
 //! and the `host` header naming the vhost. A host that names no vhost is refused as RabbitMQ
 //! refuses it, unless `unknown_host_uses_default_vhost` says to use the default vhost (some
 //! clients send the machine's host name there).
 
 use std::collections::{BTreeMap, HashMap};
 
-use junction_core::{ChannelId, Ledger, LoginRequest};
+use junction_core::{ChannelId, Ledger, LoginRequest, Protocol};
 
 use super::{Connection, Handled, Refusal, Session};
 use crate::codec::{self, Frame, Version};
@@ -32,24 +32,6 @@ impl Connection {
                 );
             }
         };
-        let principal = self
-            .broker
-            .auth()
-            .authenticate(&LoginRequest {
-                username: &login,
-                password: &passcode,
-                peer: self.peer.map(|p| p.ip()),
-            })
-            .map_err(|reason| {
-                // RabbitMQ's words; the reason (bad password, unknown user, not from
-                // loopback) goes to the log only.
-                tracing::debug!(%reason, "STOMP login refused");
-                Refusal::new(
-                    "Bad CONNECT",
-                    format!("Access refused for user '{login}'\n"),
-                )
-                .of_login(&self.broker, self.peer)
-            })?;
         let default_vhost = self.broker.config().default_vhost.clone();
         let vhost_name = match frame.get("host") {
             Some(host) if self.broker.vhost(host).is_ok() => host.to_owned(),
@@ -60,9 +42,27 @@ impl Connection {
             Some(host) => host.to_owned(),
             None => default_vhost,
         };
+        let request = LoginRequest::new(Protocol::Stomp, &login, &passcode)
+            .with_vhost(&vhost_name)
+            .with_peer(self.peer);
+        let principal = self
+            .broker
+            .auth()
+            .login(&request)
+            .await
+            .map_err(|refused| {
+                // RabbitMQ's words; the reason (bad password, unknown user, not from loopback, a
+                // backend that is down) goes to the log only.
+                tracing::debug!(reason = %refused.reason, "STOMP login refused");
+                Refusal::new(
+                    "Bad CONNECT",
+                    format!("Access refused for user '{login}'\n"),
+                )
+                .of_login(&self.broker, self.peer)
+            })?;
         // A vhost that does not exist and one the user may not use read alike, as in RabbitMQ.
         let vhost = match self.broker.vhost(&vhost_name) {
-            Ok(vhost) if principal.check_vhost(&vhost_name) => vhost,
+            Ok(vhost) if principal.check_vhost(&vhost_name).await => vhost,
             _ => {
                 return Err(Refusal::new(
                     "Bad CONNECT",
@@ -110,7 +110,7 @@ impl Connection {
             next_message: 0,
             transactions: HashMap::new(),
             temp_queues: HashMap::new(),
-            permissions: junction_core::auth::PermissionCache::new(),
+            permissions: junction_core::auth::AccessCache::new(),
             receipts: Ledger::new(),
         });
         // heart-beat is always there (0,0 and STOMP 1.0 too), and names what was negotiated

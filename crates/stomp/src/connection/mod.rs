@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use junction_core::FlowHold;
-use junction_core::auth::PermissionCache;
+use junction_core::auth::AccessCache;
 use junction_core::ledger::{Answer, Ledger, Seq};
 use junction_core::persistence::Durability;
 use junction_core::queue::MessageSeq;
@@ -186,17 +186,23 @@ struct Session {
     next_message: u64,
     transactions: HashMap<String, Vec<Frame>>,
     temp_queues: HashMap<String, QueueHandle>,
-    permissions: PermissionCache,
+    permissions: AccessCache,
     /// Receipts owed, in frame order, with a place (None) for each persistent SEND being
     /// written, so a receipt goes only once every SEND before it is on disk.
     receipts: Ledger<Option<String>>,
 }
 
 impl Session {
-    fn authorize(&mut self, kind: ResourceKind, name: &str, permission: Permission) -> Handled {
-        let allowed =
-            self.permissions
-                .allowed(&self.principal, &self.vhost.name, kind, name, permission);
+    async fn authorize(
+        &mut self,
+        kind: ResourceKind,
+        name: &str,
+        permission: Permission,
+    ) -> Handled {
+        let allowed = self
+            .permissions
+            .allowed(&self.principal, &self.vhost.name, kind, name, permission)
+            .await;
         if allowed {
             Ok(())
         } else {
@@ -208,6 +214,44 @@ impl Session {
             ))
             .into())
         }
+    }
+}
+
+impl Session {
+    /// Refuses unless the user may use `routing_key` for `permission` (write to send, read to
+    /// subscribe) on `exchange`, when it is a topic exchange (RabbitMQ's topic
+    /// authorisation).
+    async fn authorize_topic(
+        &mut self,
+        exchange: &junction_core::Exchange,
+        routing_key: &str,
+        permission: Permission,
+    ) -> Handled {
+        if exchange.spec.kind != "topic" {
+            return Ok(());
+        }
+        let allowed = self
+            .permissions
+            .topic_allowed(
+                &self.principal,
+                &self.vhost.name,
+                &exchange.name,
+                routing_key,
+                permission,
+                None,
+            )
+            .await;
+        if allowed {
+            return Ok(());
+        }
+        Err(CoreError::access_refused(format!(
+            "{} access to topic '{routing_key}' in exchange '{}' in vhost '{}' refused for user '{}'",
+            permission.as_str(),
+            exchange.name,
+            self.vhost.name,
+            self.principal.user.name
+        ))
+        .into())
     }
 }
 

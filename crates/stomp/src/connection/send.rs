@@ -76,7 +76,9 @@ impl Connection {
         let Some(session) = self.session.as_mut() else {
             return Err(Refusal::new("Not connected", "CONNECT first"));
         };
-        session.authorize(ResourceKind::Exchange, exchange_name, Permission::Write)?;
+        session
+            .authorize(ResourceKind::Exchange, exchange_name, Permission::Write)
+            .await?;
         let exchange = session
             .vhost
             .exchange(exchange_name)
@@ -90,6 +92,9 @@ impl Connection {
             ))
             .into());
         }
+        session
+            .authorize_topic(&exchange, key, Permission::Write)
+            .await?;
         let message = Message::new(exchange_name, key, properties, frame.body);
         let mut publication = Publication::new(&exchange, message);
         let seq = persistent.then(|| session.receipts.owe(None));
@@ -130,7 +135,9 @@ impl Connection {
     ) -> Result<junction_core::QueueHandle, Refusal> {
         let id = self.id;
         let session = self.session_mut()?;
-        session.authorize(ResourceKind::Queue, name, Permission::Configure)?;
+        session
+            .authorize(ResourceKind::Queue, name, Permission::Configure)
+            .await?;
         // A frame that says nothing about the queue takes it as it is; one with queue
         // headers declares it, so different ones are refused as an AMQP redeclaration is.
         if headers.is_empty()
@@ -177,8 +184,12 @@ impl Connection {
                     "stomp.gen-{}",
                     junction_core::vhost::generate_queue_name().trim_start_matches("amq.gen-")
                 );
-                session.authorize(ResourceKind::Queue, &name, Permission::Configure)?;
-                session.authorize(ResourceKind::Queue, &name, Permission::Read)?;
+                session
+                    .authorize(ResourceKind::Queue, &name, Permission::Configure)
+                    .await?;
+                session
+                    .authorize(ResourceKind::Queue, &name, Permission::Read)
+                    .await?;
                 let spec = QueueSpec {
                     name,
                     durable: false,

@@ -92,7 +92,9 @@ impl Connection {
         let sink = self.consumer_sink();
         let message_id_prefix = format!("{}@@session-{}@@", consumer_tag(frame), self.id.0);
         let session = self.session_mut()?;
-        session.authorize(ResourceKind::Queue, queue.name(), Permission::Read)?;
+        session
+            .authorize(ResourceKind::Queue, queue.name(), Permission::Read)
+            .await?;
         queue
             .consume(ConsumerSpec {
                 tag: id.clone(),
@@ -158,9 +160,20 @@ impl Connection {
         spec.exclusive = headers.exclusive.unwrap_or(spec.exclusive);
         spec.auto_delete = headers.auto_delete.unwrap_or(spec.auto_delete);
         spec.arguments = headers.arguments.clone();
-        session.authorize(ResourceKind::Queue, &spec.name, Permission::Configure)?;
-        session.authorize(ResourceKind::Queue, &spec.name, Permission::Write)?;
-        session.authorize(ResourceKind::Exchange, exchange, Permission::Read)?;
+        session
+            .authorize(ResourceKind::Queue, &spec.name, Permission::Configure)
+            .await?;
+        session
+            .authorize(ResourceKind::Queue, &spec.name, Permission::Write)
+            .await?;
+        session
+            .authorize(ResourceKind::Exchange, exchange, Permission::Read)
+            .await?;
+        if let Ok(source) = session.vhost.exchange(exchange) {
+            session
+                .authorize_topic(&source, key, Permission::Read)
+                .await?;
+        }
         let queue = session
             .vhost
             .declare_queue(spec, false, false, id)
@@ -204,7 +217,9 @@ impl Connection {
             && has_private_queue(&subscription.destination);
         if forget {
             let name = subscription.queue.name().to_owned();
-            session.authorize(ResourceKind::Queue, &name, Permission::Configure)?;
+            session
+                .authorize(ResourceKind::Queue, &name, Permission::Configure)
+                .await?;
         }
         let Some(subscription) = session.subscriptions.remove(&tag) else {
             return Ok(());

@@ -1,7 +1,7 @@
 //! The STOMP connection state machine driven in memory, without sockets.
 
 use bytes::BytesMut;
-use junction_core::{AuthChain, Broker, BrokerConfig, ExchangeTypeRegistry, InternalUsers};
+use junction_core::{Authorizer, Broker, BrokerConfig, ExchangeTypeRegistry, InternalUsers};
 
 use super::*;
 
@@ -12,8 +12,7 @@ fn connection() -> Connection {
 fn connection_with(settings: Settings) -> Connection {
     let users = InternalUsers::new();
     users.add_user("guest", "guest", &[], &["/"]);
-    let mut auth = AuthChain::new();
-    auth.push(Arc::new(users));
+    let auth = Authorizer::new(vec![Arc::new(users)], std::time::Duration::from_secs(5));
     let broker = Broker::new(
         BrokerConfig::default(),
         Arc::new(junction_core::ExchangeTypeRegistry::with_builtins()),
