@@ -159,6 +159,9 @@ pub struct AuthConfig {
     pub backends: Vec<String>,
     /// How long authorisation answers are cached, in milliseconds (0: ask every time).
     pub cache_ttl_ms: u64,
+    /// The HTTP backend's settings (`[auth.http]`), needed when `backends` names `http`.
+    #[serde(default)]
+    pub http: Option<junction_plugin_auth_http::Settings>,
 }
 
 /// A virtual host.

@@ -149,9 +149,19 @@ fn authorizer(config: &config::Config) -> anyhow::Result<Authorizer> {
     for name in &config.auth.backends {
         match name.as_str() {
             "internal" => backends.push(Arc::new(internal_users(config)?)),
-            other => {
-                anyhow::bail!("unknown auth backend '{other}' in [auth] backends (known: internal)")
+            "http" => {
+                let settings = config
+                    .auth
+                    .http
+                    .clone()
+                    .context("[auth] backends names http, but there is no [auth.http]")?;
+                backends.push(Arc::new(junction_plugin_auth_http::HttpBackend::new(
+                    settings,
+                )));
             }
+            other => anyhow::bail!(
+                "unknown auth backend '{other}' in [auth] backends (known: internal, http)"
+            ),
         }
     }
     anyhow::ensure!(!backends.is_empty(), "[auth] backends names no backend");

@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 
 use super::{
     AuthBackend, Decision, LoginOutcome, LoginRequest, Permission, Protocol, ResourceKind,
-    ResourceRequest, TopicRequest, TopicVariables, User,
+    ResourceRequest, TopicRequest, TopicVariables, User, VhostRequest,
 };
 
 /// Answers kept at most; beyond it the cache starts again (a client naming ever new
@@ -31,7 +31,7 @@ pub struct LoginRefused {
 /// identity) and what.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Question {
-    Vhost(String),
+    Vhost(VhostRequest),
     Resource(ResourceRequest),
     Topic(TopicRequest),
 }
@@ -85,9 +85,12 @@ impl Authorizer {
         self.inner.ttl
     }
 
-    /// Logs in with the first backend that decides. A chain where every backend answers
-    /// [`LoginOutcome::Next`] refuses with RabbitMQ's "invalid credentials".
+    /// Logs in with the first backend that allows or denies. A backend that is unavailable
+    /// is logged and passed over, as RabbitMQ passes over a backend that fails; when no later
+    /// backend lets the user in, the login is refused as unavailable. A chain where every
+    /// backend answers [`LoginOutcome::Next`] refuses with RabbitMQ's "invalid credentials".
     pub async fn login(&self, request: &LoginRequest) -> Result<Principal, LoginRefused> {
+        let mut unavailable = None;
         for (index, backend) in self.inner.backends.iter().enumerate() {
             match backend.authenticate(request).await {
                 LoginOutcome::Allow(user) => {
@@ -102,6 +105,7 @@ impl Authorizer {
                         user,
                         backend: index,
                         identity,
+                        peer: request.peer,
                         protocol: request.protocol,
                         authorizer: self.clone(),
                     });
@@ -113,18 +117,24 @@ impl Authorizer {
                     });
                 }
                 LoginOutcome::Unavailable(reason) => {
-                    tracing::warn!(backend = backend.name(), user = %request.username, %reason, "auth backend unavailable; login refused");
-                    return Err(LoginRefused {
-                        reason: format!("auth backend '{}' unavailable: {reason}", backend.name()),
-                        unavailable: true,
-                    });
+                    tracing::warn!(backend = backend.name(), user = %request.username, %reason, "auth backend unavailable");
+                    unavailable.get_or_insert(format!(
+                        "auth backend '{}' unavailable: {reason}",
+                        backend.name()
+                    ));
                 }
-                LoginOutcome::Next => continue,
+                LoginOutcome::Next => {}
             }
         }
-        Err(LoginRefused {
-            reason: format!("user '{}' - invalid credentials", request.username),
-            unavailable: false,
+        Err(match unavailable {
+            Some(reason) => LoginRefused {
+                reason,
+                unavailable: true,
+            },
+            None => LoginRefused {
+                reason: format!("user '{}' - invalid credentials", request.username),
+                unavailable: false,
+            },
         })
     }
 
@@ -164,7 +174,7 @@ impl Authorizer {
         let mut allowed = false;
         for backend in self.inner.backends.iter().skip(principal.backend) {
             let decision = match &question {
-                Question::Vhost(vhost) => backend.check_vhost(&principal.user, vhost).await,
+                Question::Vhost(request) => backend.check_vhost(&principal.user, request).await,
                 Question::Resource(request) => {
                     backend.check_resource(&principal.user, request).await
                 }
@@ -197,6 +207,9 @@ pub struct Principal {
     backend: usize,
     /// The user's name, or a per-login identity when the backend keeps per-login state.
     identity: Arc<str>,
+    /// Where the login came from (asked with the vhost question, as RabbitMQ's HTTP backend
+    /// does).
+    peer: Option<std::net::SocketAddr>,
     protocol: Protocol,
     authorizer: Authorizer,
 }
@@ -235,11 +248,10 @@ impl Principal {
             && Arc::ptr_eq(&self.authorizer.inner, &other.authorizer.inner)
     }
 
-    /// Whether the user may use `vhost`.
+    /// Whether the user may use `vhost` (from the address it logged in from).
     pub async fn check_vhost(&self, vhost: &str) -> bool {
-        self.authorizer
-            .decide(self, Question::Vhost(vhost.to_owned()))
-            .await
+        let request = VhostRequest::new(vhost, self.peer);
+        self.authorizer.decide(self, Question::Vhost(request)).await
     }
 
     /// Whether the user may do `permission` on a resource.
@@ -317,7 +329,7 @@ mod tests {
                 LoginOutcome::Next
             }
         }
-        async fn check_vhost(&self, _user: &User, _vhost: &str) -> Decision {
+        async fn check_vhost(&self, _user: &User, _request: &VhostRequest) -> Decision {
             Decision::Allow
         }
         async fn check_resource(&self, _user: &User, _request: &ResourceRequest) -> Decision {

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     AuthBackend, Decision, LoginOutcome, LoginRequest, Permission, ResourceRequest,
-    TopicPermission, TopicRequest, User, async_trait,
+    TopicPermission, TopicRequest, User, VhostRequest, async_trait,
 };
 
 /// A password hash in RabbitMQ's `rabbit_password_hashing_sha256` format: base64 of a 4-byte
@@ -238,8 +238,8 @@ impl AuthBackend for InternalUsers {
         LoginOutcome::Allow(User::new(request.username.clone(), record.tags.clone()))
     }
 
-    async fn check_vhost(&self, user: &User, vhost: &str) -> Decision {
-        Decision::from_bool(self.permissions(&user.name, vhost).is_some())
+    async fn check_vhost(&self, user: &User, request: &VhostRequest) -> Decision {
+        Decision::from_bool(self.permissions(&user.name, &request.vhost).is_some())
     }
 
     async fn check_resource(&self, user: &User, request: &ResourceRequest) -> Decision {
@@ -336,7 +336,8 @@ mod tests {
         assert!(!check("other", Permission::Configure).await);
         assert!(check("amq.default", Permission::Write).await);
         assert!(!check("xapp-1", Permission::Write).await);
-        assert_eq!(users.check_vhost(&user, "other").await, Decision::Deny);
+        let other = VhostRequest::new("other", None);
+        assert_eq!(users.check_vhost(&user, &other).await, Decision::Deny);
     }
 
     #[tokio::test]

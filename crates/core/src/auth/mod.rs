@@ -268,6 +268,26 @@ impl Decision {
     }
 }
 
+/// May a user use a virtual host?
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct VhostRequest {
+    /// The vhost.
+    pub vhost: String,
+    /// The client's address.
+    pub peer: Option<SocketAddr>,
+}
+
+impl VhostRequest {
+    /// The question for `vhost`, asked by a client at `peer`.
+    pub fn new(vhost: &str, peer: Option<SocketAddr>) -> Self {
+        Self {
+            vhost: vhost.to_owned(),
+            peer,
+        }
+    }
+}
+
 /// May a user do `permission` on a queue or exchange?
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -345,8 +365,8 @@ impl TopicRequest {
 ///
 /// ```
 /// use junction_core::auth::{
-///     async_trait, AuthBackend, Decision, LoginOutcome, LoginRequest, ResourceRequest,
-///     TopicRequest, User,
+///     async_trait, AuthBackend, Decision, LoginOutcome, LoginRequest, ResourceRequest, User,
+///     VhostRequest,
 /// };
 ///
 /// /// Lets `robot` in with one fixed password and lets it read, nothing else.
@@ -364,8 +384,8 @@ impl TopicRequest {
 ///             _ => LoginOutcome::Next,
 ///         }
 ///     }
-///     async fn check_vhost(&self, _user: &User, vhost: &str) -> Decision {
-///         Decision::from_bool(vhost == "/")
+///     async fn check_vhost(&self, _user: &User, request: &VhostRequest) -> Decision {
+///         Decision::from_bool(request.vhost == "/")
 ///     }
 ///     async fn check_resource(&self, _user: &User, request: &ResourceRequest) -> Decision {
 ///         Decision::from_bool(request.permission == junction_core::Permission::Read)
@@ -380,8 +400,8 @@ pub trait AuthBackend: Send + Sync + 'static {
     /// Checks a login.
     async fn authenticate(&self, request: &LoginRequest) -> LoginOutcome;
 
-    /// May `user` use virtual host `vhost`?
-    async fn check_vhost(&self, user: &User, vhost: &str) -> Decision;
+    /// May `user` use the virtual host `request` names?
+    async fn check_vhost(&self, user: &User, request: &VhostRequest) -> Decision;
 
     /// May `user` do what `request` asks on a queue or exchange?
     async fn check_resource(&self, user: &User, request: &ResourceRequest) -> Decision;
