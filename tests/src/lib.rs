@@ -160,8 +160,22 @@ impl Broker {
         broker
     }
 
+    /// Starts another broker binary built on the `junction` crate (a broker with plugins of
+    /// its own), with the AMQP listener and extra arguments.
+    pub fn start_binary(bin: PathBuf, extra: &[&str]) -> Broker {
+        Self::launch_binary(bin, temp_dir("broker"), Listeners::Amqp, extra)
+    }
+
     fn launch(data_dir: PathBuf, listeners: Listeners, extra: &[&str]) -> Broker {
-        let bin = binary();
+        Self::launch_binary(binary(), data_dir, listeners, extra)
+    }
+
+    fn launch_binary(
+        bin: PathBuf,
+        data_dir: PathBuf,
+        listeners: Listeners,
+        extra: &[&str],
+    ) -> Broker {
         assert!(
             bin.exists(),
             "broker binary {} not found: run `cargo build -p junction` first (or set JUNCTION_BIN)",

@@ -149,9 +149,9 @@ pub struct AlarmsConfig {
     pub check_interval_ms: u64,
 }
 
-/// Authentication settings.
+/// Authentication settings. Keys beyond these are the sections of auth backends
+/// (`[auth.http]`), checked against the registered backends when the broker is built.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// Users that may only connect from loopback.
     pub loopback_users: Vec<String>,
@@ -159,9 +159,9 @@ pub struct AuthConfig {
     pub backends: Vec<String>,
     /// How long authorisation answers are cached, in milliseconds (0: ask every time).
     pub cache_ttl_ms: u64,
-    /// The HTTP backend's settings (`[auth.http]`), needed when `backends` names `http`.
-    #[serde(default)]
-    pub http: Option<junction_plugin_auth_http::Settings>,
+    /// The sections of auth backends (`[auth.http]`), by backend name.
+    #[serde(flatten)]
+    pub sections: std::collections::BTreeMap<String, toml::Value>,
 }
 
 /// A virtual host.

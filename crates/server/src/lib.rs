@@ -1,0 +1,571 @@
+//! The Junction broker as a library: [`Junction`] registers exchange types and auth backends
+//! (the built-in plugins, and yours), then [`Junction::run`] parses the usual command line,
+//! loads the configuration, starts the listeners and shuts down cleanly on SIGINT or SIGTERM.
+//! The `junction` binary is `Junction::new().run()`; a broker with out-of-tree plugins is a
+//! crate whose `main` adds them first (see `examples/plugin/`).
+
+mod alarms;
+mod config;
+mod demo;
+mod listeners;
+mod logging;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use junction_core::auth::{PasswordHash, TopicPermission, UserRecord, VhostPermissions};
+use junction_core::{
+    AuthBackend, Authorizer, Broker, BrokerConfig, ExchangeType, ExchangeTypeRegistry,
+    InternalUsers, Storage,
+};
+use junction_transport::{ListenAddr, WebSocketLimits, WebSocketRoutes};
+use listeners::Listeners;
+use tokio::sync::watch;
+
+/// Junction, a multi-protocol message broker.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file, layered over the embedded default.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Directory for durable state.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// AMQP 0-9-1 listener (host:port, port 0 = any free port, or off).
+    #[arg(long)]
+    amqp: Option<ListenAddr>,
+    /// MQTT listener.
+    #[arg(long)]
+    mqtt: Option<ListenAddr>,
+    /// STOMP listener.
+    #[arg(long)]
+    stomp: Option<ListenAddr>,
+    /// HTTP listener (management API, WebSocket).
+    #[arg(long)]
+    http: Option<ListenAddr>,
+    /// STOMP-over-WebSocket listener.
+    #[arg(long)]
+    web_stomp: Option<ListenAddr>,
+    /// MQTT-over-WebSocket listener.
+    #[arg(long)]
+    web_mqtt: Option<ListenAddr>,
+}
+
+/// How long connections get to close after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What a broker registers beyond the built-in types and the internal users.
+type AuthFactory = Box<dyn Fn(&BackendSettings<'_>) -> Result<Arc<dyn AuthBackend>, BuildError>>;
+
+/// Why a plugin could not be built from its settings.
+pub type BuildError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The settings section of one auth backend: `[auth.<name>]` in the configuration.
+pub struct BackendSettings<'a> {
+    name: &'a str,
+    section: Option<&'a toml::Value>,
+}
+
+impl BackendSettings<'_> {
+    /// The backend's name, as `[auth] backends` lists it.
+    pub fn name(&self) -> &str {
+        self.name
+    }
+
+    /// The `[auth.<name>]` section read as `T`; None when the configuration has none.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>, BuildError> {
+        match self.section {
+            None => Ok(None),
+            Some(section) => T::deserialize(section.clone())
+                .map(Some)
+                .map_err(|error| format!("[auth.{}]: {error}", self.name).into()),
+        }
+    }
+
+    /// The `[auth.<name>]` section read as `T`; an error when there is none.
+    pub fn require<T: serde::de::DeserializeOwned>(&self) -> Result<T, BuildError> {
+        self.parse()?.ok_or_else(|| {
+            format!(
+                "[auth] backends names {}, but there is no [auth.{}]",
+                self.name, self.name
+            )
+            .into()
+        })
+    }
+}
+
+/// A Junction broker to build: its exchange types and auth backends, then [`Junction::run`].
+///
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     junction::Junction::new().run()
+/// }
+/// ```
+pub struct Junction {
+    exchange_types: Vec<Arc<dyn ExchangeType>>,
+    auth_backends: Vec<(String, AuthFactory)>,
+}
+
+impl Default for Junction {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Junction {
+    /// A broker with the built-in plugins: the `x-random`, `x-consistent-hash` and
+    /// `x-delayed-message` exchange types, and the `http` auth backend (enabled by naming it
+    /// in `[auth] backends`). The internal user database is always there, as `internal`.
+    pub fn new() -> Self {
+        Self {
+            exchange_types: Vec::new(),
+            auth_backends: Vec::new(),
+        }
+        .exchange_type(junction_plugin_random_exchange::RandomExchange)
+        .exchange_type(junction_plugin_consistent_hash_exchange::ConsistentHashExchange)
+        .exchange_type(junction_plugin_delayed_message_exchange::DelayedMessageExchange)
+        .auth_backend("http", |settings| {
+            let settings: junction_plugin_auth_http::Settings = settings.require()?;
+            Ok(Arc::new(junction_plugin_auth_http::HttpBackend::new(
+                settings,
+            )))
+        })
+    }
+
+    /// Registers an exchange type (replacing a type of the same name).
+    pub fn exchange_type(mut self, kind: impl ExchangeType) -> Self {
+        self.exchange_types.push(Arc::new(kind));
+        self
+    }
+
+    /// Registers an auth backend under `name`: when `[auth] backends` lists `name`, `make`
+    /// builds it from its `[auth.<name>]` section.
+    pub fn auth_backend<F>(mut self, name: &str, make: F) -> Self
+    where
+        F: Fn(&BackendSettings<'_>) -> Result<Arc<dyn AuthBackend>, BuildError> + 'static,
+    {
+        self.auth_backends.retain(|(known, _)| known != name);
+        self.auth_backends.push((name.to_owned(), Box::new(make)));
+        self
+    }
+
+    /// Runs the broker with the process's command line until SIGINT or SIGTERM; the exit
+    /// code says whether it started and stopped cleanly.
+    pub fn run(self) -> std::process::ExitCode {
+        match self.start() {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("junction: {error:#}");
+                std::process::ExitCode::FAILURE
+            }
+        }
+    }
+
+    fn start(self) -> anyhow::Result<()> {
+        let cli = Cli::parse();
+        let config = config::load(cli.config.as_deref())?;
+        init_logging(&config.log.level);
+        raise_open_files_limit();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        runtime.block_on(run(cli, config, self))
+    }
+
+    /// The exchange types: the built-in four, then the registered ones.
+    fn registry(&self) -> Arc<ExchangeTypeRegistry> {
+        let registry = Arc::new(ExchangeTypeRegistry::with_builtins());
+        for kind in &self.exchange_types {
+            registry.register(kind.clone());
+        }
+        registry
+    }
+
+    /// The auth backends `[auth] backends` names, in order, behind one authoriser.
+    fn authorizer(&self, config: &config::Config) -> anyhow::Result<Authorizer> {
+        for section in config.auth.sections.keys() {
+            anyhow::ensure!(
+                self.auth_backends.iter().any(|(name, _)| name == section),
+                "unknown key or section '{section}' in [auth]"
+            );
+        }
+        let mut backends: Vec<Arc<dyn AuthBackend>> = Vec::new();
+        for name in &config.auth.backends {
+            if name == "internal" {
+                backends.push(Arc::new(internal_users(config)?));
+                continue;
+            }
+            let Some((_, make)) = self.auth_backends.iter().find(|(known, _)| known == name) else {
+                let mut known = vec!["internal".to_owned()];
+                known.extend(self.auth_backends.iter().map(|(name, _)| name.clone()));
+                anyhow::bail!(
+                    "unknown auth backend '{name}' in [auth] backends (known: {})",
+                    known.join(", ")
+                );
+            };
+            let settings = BackendSettings {
+                name,
+                section: config.auth.sections.get(name),
+            };
+            backends.push(
+                make(&settings)
+                    .map_err(|error| anyhow::anyhow!("auth backend '{name}': {error}"))?,
+            );
+        }
+        anyhow::ensure!(!backends.is_empty(), "[auth] backends names no backend");
+        Ok(Authorizer::new(
+            backends,
+            Duration::from_millis(config.auth.cache_ttl_ms),
+        ))
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .fmt_fields(logging::EscapedFields)
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Raises the soft limit on open files to the hard limit, as RabbitMQ's start scripts ask
+/// operators to: at the usual default of 1,024 a few hundred idle sockets on one listener
+/// would make every listener refuse new clients ("Too many open files").
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the open files limit");
+            return;
+        }
+    };
+    if soft < hard
+        && let Err(error) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(%error, soft, hard, "cannot raise the open files limit");
+        return;
+    }
+    let raised = getrlimit(Resource::RLIMIT_NOFILE).map_or(soft, |(soft, _)| soft);
+    tracing::info!(
+        open_files_limit = raised,
+        was = soft,
+        hard,
+        "open files limit: {raised}"
+    );
+}
+
+/// WebSocket limits for a protocol whose largest frame is `max_frame` bytes and whose login
+/// frame is at most `max_login_frame`: a WebSocket frame's header takes at most 14 bytes, and
+/// a client may split its login over a few.
+fn websocket_limits(max_frame: usize, max_login_frame: usize) -> WebSocketLimits {
+    WebSocketLimits {
+        max_message_size: max_frame.saturating_add(64),
+        pre_login_bytes: max_login_frame.saturating_add(1024),
+    }
+}
+
+fn listener_addr(flag: Option<ListenAddr>, configured: &str) -> anyhow::Result<ListenAddr> {
+    match flag {
+        Some(addr) => Ok(addr),
+        None => configured
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("invalid listener address in configuration: {e}")),
+    }
+}
+
+/// Builds the internal user database from the configuration.
+fn internal_users(config: &config::Config) -> anyhow::Result<InternalUsers> {
+    let users = InternalUsers::new();
+    for user in &config.users {
+        let password = match (&user.password, &user.password_hash) {
+            (_, Some(hash)) => PasswordHash::from_base64(hash)
+                .with_context(|| format!("user '{}': invalid password_hash", user.name))?,
+            (Some(plain), None) => PasswordHash::new(plain),
+            (None, None) => anyhow::bail!(
+                "user '{}' has neither password nor password_hash",
+                user.name
+            ),
+        };
+        let mut record = UserRecord::new(password, user.tags.clone());
+        for p in &user.permissions {
+            let compiled = VhostPermissions::new(&p.configure, &p.write, &p.read)
+                .with_context(|| format!("user '{}': invalid permission pattern", user.name))?;
+            record.permissions.insert(p.vhost.clone(), compiled);
+        }
+        for t in &user.topic_permissions {
+            let compiled = TopicPermission::new(&t.vhost, &t.exchange, &t.write, &t.read)
+                .with_context(|| {
+                    format!("user '{}': invalid topic permission pattern", user.name)
+                })?;
+            record.topic_permissions.push(Arc::new(compiled));
+        }
+        users.put_user(&user.name, record);
+    }
+    for name in &config.auth.loopback_users {
+        users.set_loopback_only(name);
+    }
+    Ok(users)
+}
+
+async fn run(cli: Cli, config: config::Config, junction: Junction) -> anyhow::Result<()> {
+    let data_dir = cli
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| config.data_dir.clone());
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+
+    let registry = junction.registry();
+    let auth = junction.authorizer(&config)?;
+    let default_vhost = config
+        .vhosts
+        .first()
+        .map(|v| v.name.clone())
+        .unwrap_or_else(|| "/".to_owned());
+    let definitions = Arc::new(junction_store::Definitions::open(&data_dir)?);
+    let adapter_state: Arc<dyn junction_core::AdapterStateStore> = definitions.clone();
+    let started = std::time::Instant::now();
+    let (messages, report) = junction_store::MessageLog::open(&data_dir)?;
+    tracing::info!(
+        messages = report.messages,
+        segments = report.segments,
+        truncated = report.truncated.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "message log recovered"
+    );
+    let messages = Arc::new(messages);
+    // Paged-out transient bodies do not survive a restart: the overflow starts empty.
+    let overflow = junction_store::OverflowFiles::open(&data_dir)?;
+    let plugin_state = junction_store::PluginStateFile::open(&data_dir)?;
+    let storage = Storage {
+        definitions: Some(definitions),
+        messages: Some(messages.clone()),
+        overflow: Some(Arc::new(overflow)),
+        plugin_state: Some(Arc::new(plugin_state)),
+        max_loaded_bytes_per_queue: config.storage.max_loaded_bytes_per_queue,
+        queue_mailbox: config.flow.queue_mailbox,
+    };
+    let broker = Broker::with_store(
+        BrokerConfig {
+            default_vhost,
+            delivery_budget: config.flow.delivery_budget,
+        },
+        registry,
+        auth,
+        storage,
+    );
+    for vhost in &config.vhosts {
+        broker.add_vhost(&vhost.name);
+    }
+    let disk_alarm = Arc::new(alarms::DiskAlarm::new(
+        broker.clone(),
+        config.alarms.disk_free_limit,
+    ));
+    let watched = disk_alarm.clone();
+    messages.watch_space(Box::new(move |free| watched.update(free)));
+
+    let amqp_settings = Arc::new(junction_amqp::Settings {
+        frame_max: config.amqp.frame_max.max(4096),
+        channel_max: config.amqp.channel_max,
+        heartbeat: config.amqp.heartbeat,
+        max_message_size: config.amqp.max_message_size,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        ..Default::default()
+    });
+
+    let mqtt_settings = junction_mqtt::Settings {
+        exchange: config.mqtt.exchange.clone(),
+        max_packet_size: config.mqtt.max_packet_size,
+        max_inflight: config.mqtt.max_inflight.max(1),
+        max_queued_qos0: config.mqtt.max_queued_qos0,
+        park_idle_connections: config.mqtt.park_idle_connections,
+        allow_anonymous: config.mqtt.allow_anonymous,
+        anonymous_user: config.mqtt.anonymous_user.clone(),
+        anonymous_password: config.mqtt.anonymous_password.clone(),
+        ..Default::default()
+    };
+    // An MQTT fixed header adds at most 5 bytes to the remaining length.
+    let mqtt_over_websocket_limits = websocket_limits(
+        mqtt_settings.max_packet_size.saturating_add(5),
+        mqtt_settings.max_connect_size.saturating_add(5),
+    );
+    let mqtt = junction_mqtt::Mqtt::new(broker.clone(), mqtt_settings, Some(adapter_state));
+
+    let stomp_settings = Arc::new(junction_stomp::Settings {
+        limits: junction_stomp::codec::Limits {
+            max_header_bytes: config.stomp.max_header_size.max(1024),
+            max_body_bytes: config.stomp.max_body_size,
+            ..Default::default()
+        },
+        heartbeat_ms: config.stomp.heartbeat_ms,
+        allow_anonymous: config.stomp.allow_anonymous,
+        anonymous_user: config.stomp.anonymous_user.clone(),
+        anonymous_password: config.stomp.anonymous_password.clone(),
+        unknown_host_uses_default_vhost: config.stomp.unknown_host_uses_default_vhost,
+        ..Default::default()
+    });
+    let stomp_over_websocket_limits = websocket_limits(
+        stomp_settings.limits.max_frame_bytes(),
+        stomp_settings.limits.pre_login().max_frame_bytes(),
+    );
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let listeners = &config.listeners;
+    let amqp = listener_addr(cli.amqp.clone(), &listeners.amqp)?;
+    let mqtt_addr = listener_addr(cli.mqtt.clone(), &listeners.mqtt)?;
+    let http_addr = listener_addr(cli.http.clone(), &listeners.http)?;
+    let web_mqtt_addr = listener_addr(cli.web_mqtt.clone(), &listeners.web_mqtt)?;
+    let stomp_addr = listener_addr(cli.stomp.clone(), &listeners.stomp)?;
+    let web_stomp_addr = listener_addr(cli.web_stomp.clone(), &listeners.web_stomp)?;
+
+    tokio::spawn(alarms::watch_resources(
+        broker.clone(),
+        config.alarms.clone(),
+        data_dir.clone(),
+        disk_alarm,
+        shutdown_rx.clone(),
+    ));
+    let mut running = Listeners::new(shutdown_rx.clone());
+    let amqp_broker = broker.clone();
+    running
+        .tcp("amqp", amqp, move |stream, peer, shutdown| {
+            junction_amqp::serve(
+                stream,
+                Some(peer),
+                amqp_broker.clone(),
+                amqp_settings.clone(),
+                shutdown,
+            )
+        })
+        .await?;
+    tokio::spawn(mqtt.clone().close_connections_on(shutdown_rx.clone()));
+    let mqtt_at_shutdown = mqtt.clone();
+    let over_tcp = mqtt.clone();
+    running
+        .tcp("mqtt", mqtt_addr, move |stream, peer, _shutdown| {
+            junction_mqtt::serve(stream, Some(peer), over_tcp.clone())
+        })
+        .await?;
+    let mqtt_over_websocket = running.websocket_protocol(
+        vec!["mqtt"],
+        false,
+        mqtt_over_websocket_limits,
+        move |stream, peer, _shutdown| junction_mqtt::serve(stream, Some(peer), mqtt.clone()),
+    );
+    let stomp_broker = broker.clone();
+    let stomp_over_tcp = stomp_settings.clone();
+    running
+        .tcp("stomp", stomp_addr, move |stream, peer, shutdown| {
+            junction_stomp::serve(
+                stream,
+                Some(peer),
+                stomp_broker.clone(),
+                stomp_over_tcp.clone(),
+                shutdown,
+            )
+        })
+        .await?;
+    let stomp_broker = broker.clone();
+    let stomp_over_websocket = running.websocket_protocol(
+        vec!["v12.stomp", "v11.stomp", "v10.stomp"],
+        true,
+        stomp_over_websocket_limits,
+        move |stream, peer, shutdown| {
+            junction_stomp::serve(
+                stream,
+                Some(peer),
+                stomp_broker.clone(),
+                stomp_settings.clone(),
+                shutdown,
+            )
+        },
+    );
+    let http_routes = WebSocketRoutes {
+        protocols: vec![mqtt_over_websocket.clone(), stomp_over_websocket.clone()],
+        fallback: None,
+        files: demo::FILES.to_vec(),
+    };
+    running.websocket("http", http_addr, http_routes).await?;
+    let web_mqtt_routes = WebSocketRoutes {
+        protocols: vec![mqtt_over_websocket],
+        fallback: Some(0),
+        files: Vec::new(),
+    };
+    running
+        .websocket("web-mqtt", web_mqtt_addr, web_mqtt_routes)
+        .await?;
+    let web_stomp_routes = WebSocketRoutes {
+        protocols: vec![stomp_over_websocket],
+        fallback: Some(0),
+        files: Vec::new(),
+    };
+    running
+        .websocket("web-stomp", web_stomp_addr, web_stomp_routes)
+        .await?;
+    // Signal handlers go in before `ready`, so a SIGTERM right after it is a clean stop.
+    let signals = Signals::install()?;
+    println!("ready");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    tracing::info!(data_dir = %data_dir.display(), "junction is ready");
+
+    signals.wait().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    let listeners_closed = running.stopped(SHUTDOWN_GRACE).await;
+    // Parked MQTT connections have no task the listeners could wait for.
+    let mqtt_closed = tokio::time::timeout_at(deadline, mqtt_at_shutdown.connections_closed())
+        .await
+        .is_ok();
+    if !(listeners_closed && mqtt_closed) {
+        tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway");
+    }
+    // The removals that closing connections and queues sent (acks, no-ack gets) are on disk
+    // before the process ends, so a clean stop never brings a settled message back.
+    let (synced_tx, synced) = tokio::sync::oneshot::channel();
+    junction_core::persistence::MessageStore::sync(
+        &*messages,
+        Box::new(move |_| {
+            let _ = synced_tx.send(());
+        }),
+    );
+    if tokio::time::timeout(SHUTDOWN_GRACE, synced).await.is_err() {
+        tracing::warn!("the message log did not finish writing within {SHUTDOWN_GRACE:?}");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGTERM and SIGINT, installed once.
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! `examples/plugin`, a broker built on the `junction` crate with an exchange type and an auth
+//! backend of its own: its binary runs with the usual command line, a lapin client logs in
+//! through its backend and its exchange type routes.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use junction_tests::Broker;
+use lapin::ExchangeKind;
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions};
+use lapin::types::FieldTable;
+
+/// `junction-with-plugins`, beside the broker binary under test (both are workspace members,
+/// built by the same `cargo build`).
+fn example_binary() -> PathBuf {
+    junction_tests::binary().with_file_name("junction-with-plugins")
+}
+
+#[tokio::test]
+async fn the_example_broker_logs_in_through_its_backend_and_routes_round_robin() {
+    let bin = example_binary();
+    assert!(
+        bin.exists(),
+        "{} not found: `cargo build --workspace` builds it",
+        bin.display()
+    );
+    let config = junction_tests::temp_dir("plugin-config").join("plugin.toml");
+    std::fs::write(
+        &config,
+        "[auth]\nbackends = [\"shared-secret\", \"internal\"]\n\n[auth.shared-secret]\nsecret = \"s3cret\"\nvhosts = [\"/\"]\n",
+    )
+    .expect("write the configuration");
+    let broker = Broker::start_binary(bin, &["--config", config.to_str().expect("utf-8 path")]);
+    let url =
+        |user: &str, password: &str| format!("amqp://{user}:{password}@{}/%2f", broker.amqp_addr());
+    // Its backend lets any name in with the secret; the internal users still work after it.
+    let connection = try_connect(&url("robot-7", "s3cret"))
+        .await
+        .expect("shared secret");
+    try_connect(&url("guest", "guest"))
+        .await
+        .expect("internal user");
+    assert!(try_connect(&url("robot-7", "wrong")).await.is_err());
+
+    let ch = channel(&connection).await;
+    within(
+        "exchange.declare",
+        ch.exchange_declare(
+            "turns".into(),
+            ExchangeKind::Custom("x-round-robin".into()),
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("declare the plugin's exchange type");
+    for queue in ["turn-a", "turn-b"] {
+        declare(&ch, queue).await;
+        within(
+            "queue.bind",
+            ch.queue_bind(
+                queue.into(),
+                "turns".into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .expect("bind");
+    }
+    for n in 0..6 {
+        publish(&ch, "turns", "", format!("m{n}").as_bytes()).await;
+    }
+    assert_eq!(ready(&ch, "turn-a").await, 3);
+    assert_eq!(ready(&ch, "turn-b").await, 3);
+}
