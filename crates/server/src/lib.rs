@@ -118,8 +118,9 @@ impl Default for Junction {
 
 impl Junction {
     /// A broker with the built-in plugins: the `x-random`, `x-consistent-hash` and
-    /// `x-delayed-message` exchange types, and the `http` auth backend (enabled by naming it
-    /// in `[auth] backends`). The internal user database is always there, as `internal`.
+    /// `x-delayed-message` exchange types, and the `http` and `jwt` auth backends (enabled by
+    /// naming them in `[auth] backends`). The internal user database is always there, as
+    /// `internal`.
     pub fn new() -> Self {
         Self {
             exchange_types: Vec::new(),
@@ -133,6 +134,12 @@ impl Junction {
             Ok(Arc::new(junction_plugin_auth_http::HttpBackend::new(
                 settings,
             )))
+        })
+        .auth_backend("jwt", |settings| {
+            let settings: junction_plugin_auth_jwt::Settings = settings.require()?;
+            Ok(Arc::new(junction_plugin_auth_jwt::JwtBackend::new(
+                settings,
+            )?))
         })
     }
 
