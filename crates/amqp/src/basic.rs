@@ -294,13 +294,12 @@ pub async fn publish(
             ),
         ));
     }
-    let message = Message {
-        exchange: pending.exchange,
-        routing_key: pending.routing_key,
+    let message = Message::new(
+        pending.exchange,
+        pending.routing_key,
         properties,
-        body: pending.body.finish(),
-        store_id: None,
-    };
+        pending.body.finish(),
+    );
     if let Some(tx) = channel.tx.as_mut() {
         tx.publishes.push((message, pending.mandatory));
         return Ok(());

@@ -35,14 +35,11 @@ pub async fn handle(
                     authorize_alternate(session, name, &arguments).await?;
                 }
             }
-            let spec = ExchangeSpec {
-                name: name.to_owned(),
-                kind: m.kind.as_str().to_owned(),
-                durable: m.durable,
-                auto_delete: m.auto_delete,
-                internal: m.internal,
-                arguments,
-            };
+            let mut spec = ExchangeSpec::new(name, m.kind.as_str());
+            spec.durable = m.durable;
+            spec.auto_delete = m.auto_delete;
+            spec.internal = m.internal;
+            spec.arguments = arguments;
             vhost.declare_exchange(spec, m.passive)?;
             if !m.nowait {
                 session.send(

@@ -94,22 +94,22 @@ fn short(value: &Option<String>) -> Option<ShortString> {
 
 /// Wire properties as core properties.
 pub fn properties_from_wire(p: &BasicProperties) -> Properties {
-    Properties {
-        content_type: text(p.content_type()),
-        content_encoding: text(p.content_encoding()),
-        headers: p.headers().as_ref().map(table_from_wire),
-        delivery_mode: *p.delivery_mode(),
-        priority: *p.priority(),
-        correlation_id: text(p.correlation_id()),
-        reply_to: text(p.reply_to()),
-        expiration: text(p.expiration()),
-        message_id: text(p.message_id()),
-        timestamp: *p.timestamp(),
-        kind: text(p.kind()),
-        user_id: text(p.user_id()),
-        app_id: text(p.app_id()),
-        cluster_id: text(p.cluster_id()),
-    }
+    let mut properties = Properties::default();
+    properties.content_type = text(p.content_type());
+    properties.content_encoding = text(p.content_encoding());
+    properties.headers = p.headers().as_ref().map(table_from_wire);
+    properties.delivery_mode = *p.delivery_mode();
+    properties.priority = *p.priority();
+    properties.correlation_id = text(p.correlation_id());
+    properties.reply_to = text(p.reply_to());
+    properties.expiration = text(p.expiration());
+    properties.message_id = text(p.message_id());
+    properties.timestamp = *p.timestamp();
+    properties.kind = text(p.kind());
+    properties.user_id = text(p.user_id());
+    properties.app_id = text(p.app_id());
+    properties.cluster_id = text(p.cluster_id());
+    properties
 }
 
 /// Core properties as wire properties.
@@ -173,16 +173,17 @@ mod tests {
             "a",
             FieldValue::Array(vec![FieldValue::Bool(true), FieldValue::Void]),
         );
-        let props = Properties {
-            content_type: Some("text/plain".into()),
-            headers: Some(headers),
-            delivery_mode: Some(2),
-            priority: Some(5),
-            correlation_id: Some("c1".into()),
-            reply_to: Some("r".into()),
-            timestamp: Some(12345),
-            kind: Some("t".into()),
-            ..Default::default()
+        let props = {
+            let mut properties = Properties::default();
+            properties.content_type = Some("text/plain".into());
+            properties.headers = Some(headers);
+            properties.delivery_mode = Some(2);
+            properties.priority = Some(5);
+            properties.correlation_id = Some("c1".into());
+            properties.reply_to = Some("r".into());
+            properties.timestamp = Some(12345);
+            properties.kind = Some("t".into());
+            properties
         };
         assert_eq!(properties_from_wire(&properties_to_wire(&props)), props);
     }

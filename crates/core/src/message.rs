@@ -5,7 +5,9 @@ use bytes::Bytes;
 
 use crate::field::FieldTable;
 
-/// Protocol-neutral message properties, a superset of what AMQP, MQTT and STOMP carry.
+/// Protocol-neutral message properties, a superset of what AMQP, MQTT and STOMP carry. Start
+/// from `Properties::default()` and set the fields wanted.
+#[non_exhaustive]
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Properties {
     /// MIME content type of the body.
@@ -45,7 +47,9 @@ impl Properties {
     }
 }
 
-/// A published message: where it was published, its properties and its body.
+/// A published message: where it was published, its properties and its body. Made with
+/// [`Message::new`].
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
     /// The exchange it was published to (`""` is the default exchange).

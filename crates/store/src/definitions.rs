@@ -309,11 +309,12 @@ mod tests {
         };
         {
             let store = Definitions::open(&dir).expect("open");
-            let exchange = ExchangeSpec {
-                name: "events".into(),
-                kind: "topic".into(),
-                durable: true,
-                ..Default::default()
+            let exchange = {
+                let mut spec = ExchangeSpec::default();
+                spec.name = "events".into();
+                spec.kind = "topic".into();
+                spec.durable = true;
+                spec
             };
             store.save_exchange("/", &exchange).expect("save");
             store
@@ -407,12 +408,13 @@ mod tests {
         let dir = dir("deep");
         let arguments = nested_arguments(MAX_DEPTH);
         assert_eq!(arguments.depth(), MAX_DEPTH);
-        let exchange = ExchangeSpec {
-            name: "deep-x".into(),
-            kind: "headers".into(),
-            durable: true,
-            arguments: arguments.clone(),
-            ..Default::default()
+        let exchange = {
+            let mut spec = ExchangeSpec::default();
+            spec.name = "deep-x".into();
+            spec.kind = "headers".into();
+            spec.durable = true;
+            spec.arguments = arguments.clone();
+            spec
         };
         let queue = QueueSpec {
             name: "deep-q".into(),

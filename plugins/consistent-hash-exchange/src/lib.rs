@@ -152,7 +152,8 @@ impl Candidate {
     fn new(binding: &Binding) -> CoreResult<Self> {
         let kind = match binding.target {
             BindingTarget::Queue(_) => "q",
-            BindingTarget::Exchange(_) => "e",
+            // An exchange, or a kind of target a later version adds.
+            _ => "e",
         };
         let identity = format!("{kind}\0{}\0{}", binding.target.name(), binding.routing_key);
         Ok(Self {

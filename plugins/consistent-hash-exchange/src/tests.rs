@@ -5,11 +5,7 @@ use junction_core::{Exchange, FieldValue, Properties};
 use super::*;
 
 fn target(name: &str) -> BindingTarget {
-    let spec = ExchangeSpec {
-        name: name.to_owned(),
-        kind: TYPE_NAME.to_owned(),
-        ..Default::default()
-    };
+    let spec = ExchangeSpec::new(name, TYPE_NAME);
     let handler = Arc::new(ConsistentHash {
         on: HashOn::RoutingKey,
     });
@@ -17,11 +13,7 @@ fn target(name: &str) -> BindingTarget {
 }
 
 fn binding(target: &BindingTarget, weight: u32) -> Binding {
-    Binding {
-        routing_key: weight.to_string(),
-        arguments: FieldTable::new(),
-        target: target.clone(),
-    }
+    Binding::new(weight.to_string(), FieldTable::new(), target.clone())
 }
 
 fn handler() -> ConsistentHash {
@@ -124,9 +116,10 @@ fn a_header_or_a_property_can_be_hashed_instead_of_the_routing_key() {
     let with_user = |key: &str, user: &str| {
         let mut headers = FieldTable::new();
         headers.insert("user", FieldValue::string(user));
-        let properties = Properties {
-            headers: Some(headers),
-            ..Default::default()
+        let properties = {
+            let mut properties = Properties::default();
+            properties.headers = Some(headers);
+            properties
         };
         Message::new("e", key, properties, bytes::Bytes::new())
     };
@@ -149,9 +142,10 @@ fn a_header_or_a_property_can_be_hashed_instead_of_the_routing_key() {
     }
     .compile(&bindings);
     let with_id = |key: &str, id: &str| {
-        let properties = Properties {
-            message_id: Some(id.to_owned()),
-            ..Default::default()
+        let properties = {
+            let mut properties = Properties::default();
+            properties.message_id = Some(id.to_owned());
+            properties
         };
         Message::new("e", key, properties, bytes::Bytes::new())
     };

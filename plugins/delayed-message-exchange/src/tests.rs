@@ -19,21 +19,16 @@ fn delayed_spec(name: &str, inner: Option<&str>) -> ExchangeSpec {
     if let Some(inner) = inner {
         arguments.insert(DELAYED_TYPE, FieldValue::string(inner));
     }
-    ExchangeSpec {
-        name: name.to_owned(),
-        kind: TYPE_NAME.to_owned(),
-        arguments,
-        ..Default::default()
-    }
+    let mut spec = ExchangeSpec::new(name, TYPE_NAME);
+    spec.arguments = arguments;
+    spec
 }
 
 fn with_delay(key: &str, delay: FieldValue, body: &'static str) -> Message {
     let mut headers = FieldTable::new();
     headers.insert(DELAY_HEADER, delay);
-    let properties = Properties {
-        headers: Some(headers),
-        ..Default::default()
-    };
+    let mut properties = Properties::default();
+    properties.headers = Some(headers);
     Message::new(
         "later",
         key,

@@ -42,6 +42,7 @@ use crate::plugin::PluginContext;
 use crate::queue::QueueHandle;
 
 /// Where a binding delivers: a queue, or another exchange (an exchange-to-exchange binding).
+#[non_exhaustive]
 #[derive(Clone)]
 pub enum BindingTarget {
     /// A queue.
@@ -96,6 +97,7 @@ impl std::fmt::Debug for BindingTarget {
 }
 
 /// A binding from an exchange to a target, with the routing key and arguments it was made with.
+#[non_exhaustive]
 #[derive(Clone, Debug)]
 pub struct Binding {
     /// The binding key (a topic pattern for topic exchanges).
@@ -107,6 +109,19 @@ pub struct Binding {
 }
 
 impl Binding {
+    /// A binding to `target` with `routing_key` and `arguments`.
+    pub fn new(
+        routing_key: impl Into<String>,
+        arguments: FieldTable,
+        target: BindingTarget,
+    ) -> Self {
+        Self {
+            routing_key: routing_key.into(),
+            arguments,
+            target,
+        }
+    }
+
     /// Whether this binding is the same (target, key, arguments) triple as `other`.
     pub fn same(&self, other: &Binding) -> bool {
         self.target.same(&other.target)
@@ -339,7 +354,9 @@ impl ExchangeTypeRegistry {
     }
 }
 
-/// What a client asks for when it declares an exchange.
+/// What a client asks for when it declares an exchange. Made with [`ExchangeSpec::new`]; the
+/// fields are public to read and to set.
+#[non_exhaustive]
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ExchangeSpec {
     /// The exchange name.
@@ -354,6 +371,18 @@ pub struct ExchangeSpec {
     pub internal: bool,
     /// Declaration arguments (`alternate-exchange`, ...).
     pub arguments: FieldTable,
+}
+
+impl ExchangeSpec {
+    /// Exchange `name` of type `kind`: not durable, not auto-delete, not internal, no
+    /// arguments.
+    pub fn new(name: impl Into<String>, kind: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            kind: kind.into(),
+            ..Default::default()
+        }
+    }
 }
 
 struct CompiledRouter(Box<dyn Router>);

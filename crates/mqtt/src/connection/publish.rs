@@ -177,14 +177,13 @@ async fn route(
 ) -> junction_core::Published {
     let headers = PUBLISH_QOS_HEADERS[qos as usize].clone();
     let persistent = qos != QoS::AtMostOnce;
+    let mut properties = Properties::default();
+    properties.headers = Some(headers);
+    properties.delivery_mode = Some(if persistent { 2 } else { 1 });
     let message = Message::new(
         session.exchange.name.clone(),
         topic::topic_to_routing_key(topic_name),
-        Properties {
-            headers: Some(headers),
-            delivery_mode: Some(if persistent { 2 } else { 1 }),
-            ..Default::default()
-        },
+        properties,
         payload,
     );
     let mut publication = Publication::new(&session.exchange, message);

@@ -156,19 +156,17 @@ fn read_paged_properties(data: &[u8]) -> Option<Properties> {
             Some(None)
         }
     };
-    let mut properties = Properties {
-        content_type: string(0)?,
-        content_encoding: string(1)?,
-        correlation_id: string(2)?,
-        reply_to: string(3)?,
-        expiration: string(4)?,
-        message_id: string(5)?,
-        kind: string(6)?,
-        user_id: string(7)?,
-        app_id: string(8)?,
-        cluster_id: string(9)?,
-        ..Properties::default()
-    };
+    let mut properties = Properties::default();
+    properties.content_type = string(0)?;
+    properties.content_encoding = string(1)?;
+    properties.correlation_id = string(2)?;
+    properties.reply_to = string(3)?;
+    properties.expiration = string(4)?;
+    properties.message_id = string(5)?;
+    properties.kind = string(6)?;
+    properties.user_id = string(7)?;
+    properties.app_id = string(8)?;
+    properties.cluster_id = string(9)?;
     if has(10) {
         properties.headers = Some(serde_json::from_slice(r.bytes()?).ok()?);
     }
@@ -352,10 +350,11 @@ mod tests {
     fn deep_message() -> Message {
         let headers = nested_headers(MAX_DEPTH);
         assert_eq!(headers.depth(), MAX_DEPTH);
-        let properties = Properties {
-            headers: Some(headers),
-            delivery_mode: Some(2),
-            ..Default::default()
+        let properties = {
+            let mut properties = Properties::default();
+            properties.headers = Some(headers);
+            properties.delivery_mode = Some(2);
+            properties
         };
         Message::new("amq.direct", "k", properties, Bytes::from_static(b"body"))
     }
@@ -378,21 +377,22 @@ mod tests {
     #[test]
     fn a_paged_message_reads_back_with_its_store_id_or_without() {
         let mut message = deep_message();
-        let everything = Properties {
-            content_type: Some("text/plain".into()),
-            content_encoding: Some("gzip".into()),
-            delivery_mode: Some(1),
-            priority: Some(7),
-            correlation_id: Some("c".into()),
-            reply_to: Some("r".into()),
-            expiration: Some("60000".into()),
-            message_id: Some("m".into()),
-            timestamp: Some(1_700_000_000),
-            kind: Some("k".into()),
-            user_id: Some("guest".into()),
-            app_id: Some("a".into()),
-            cluster_id: Some("x".into()),
-            ..message.properties.clone()
+        let everything = {
+            let mut properties = Properties::default();
+            properties.content_type = Some("text/plain".into());
+            properties.content_encoding = Some("gzip".into());
+            properties.delivery_mode = Some(1);
+            properties.priority = Some(7);
+            properties.correlation_id = Some("c".into());
+            properties.reply_to = Some("r".into());
+            properties.expiration = Some("60000".into());
+            properties.message_id = Some("m".into());
+            properties.timestamp = Some(1_700_000_000);
+            properties.kind = Some("k".into());
+            properties.user_id = Some("guest".into());
+            properties.app_id = Some("a".into());
+            properties.cluster_id = Some("x".into());
+            properties
         };
         for (store_id, properties) in [
             (None, message.properties.clone()),
