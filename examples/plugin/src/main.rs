@@ -1,5 +1,4 @@
 //! A Junction broker with one exchange type and one auth backend of its own.
-
 mod round_robin;
 mod shared_secret;
 

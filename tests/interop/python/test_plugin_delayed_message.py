@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 
+import pika
+
 from stomp_clients import StompClient
 
 
@@ -63,3 +65,36 @@ def test_a_send_without_x_delay_routes_at_once(stomp_connected, names, channel):
     publisher: StompClient = stomp_connected("1.2")
     publisher.send(f"/exchange/{exchange}/now", "at once")
     assert subscriber.expect_message(timeout=0.5).body == "at once"
+
+
+def test_stomp_sends_with_receipts_survive_a_sigkill_and_arrive_in_due_order(
+    start_broker, stomp, names
+):
+    """persistent:true SENDs to /exchange/ get their RECEIPT once the held message is stored;
+    after a SIGKILL and a restart on the same data directory they still arrive, in due
+    order, none before it is due."""
+    first = start_broker()
+    exchange, queue = names("delayed"), names("after-kill")
+    connection = pika.BlockingConnection(first.pika_parameters())
+    channel = connection.channel()
+    declare_delayed(channel, exchange, "direct")
+    channel.queue_declare(queue, durable=True)
+    channel.queue_bind(queue, exchange, "jobs")
+    connection.close()
+    publisher: StompClient = stomp(target=first)
+    publisher.connect()
+    sent_at = time.time()
+    for body, delay in [("late", 3000), ("soon", 1200), ("middle", 2000)]:
+        publisher.send(
+            f"/exchange/{exchange}/jobs", body, persistent="true", x_delay=str(delay)
+        )
+    first.process.kill()
+    first.process.wait()
+
+    second = start_broker(data_dir=first.data_dir)
+    subscriber: StompClient = stomp(target=second)
+    subscriber.connect()
+    subscriber.subscribe(f"/amq/queue/{queue}")
+    received = subscriber.expect_messages(3, timeout=15)
+    assert [m.body for m in received] == ["soon", "middle", "late"]
+    assert time.time() - sent_at >= 3.0, "nothing arrives before it is due"
