@@ -7,8 +7,8 @@ mod common;
 use common::*;
 use junction_tests::Broker;
 use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, QueueDeclareOptions,
+    QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
@@ -22,20 +22,6 @@ async fn declare_with(
     within(
         "queue.declare",
         ch.queue_declare(name.into(), options, arguments),
-    )
-    .await
-}
-
-async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) -> lapin::Result<()> {
-    within(
-        "queue.bind",
-        ch.queue_bind(
-            queue.into(),
-            exchange.into(),
-            key.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        ),
     )
     .await
 }

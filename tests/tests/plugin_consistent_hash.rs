@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use common::*;
 use junction_tests::Broker;
-use lapin::options::{BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions};
+use lapin::options::{BasicConsumeOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 
@@ -22,20 +22,6 @@ async fn hash_exchange(ch: &Channel, name: &str, arguments: FieldTable) -> lapin
             ExchangeKind::Custom(TYPE.into()),
             ExchangeDeclareOptions::default(),
             arguments,
-        ),
-    )
-    .await
-}
-
-async fn bind(ch: &Channel, queue: &str, exchange: &str, weight: &str) -> lapin::Result<()> {
-    within(
-        "queue.bind",
-        ch.queue_bind(
-            queue.into(),
-            exchange.into(),
-            weight.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
         ),
     )
     .await

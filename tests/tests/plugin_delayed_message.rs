@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use junction_tests::Broker;
-use lapin::options::{BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions};
+use lapin::options::{BasicConsumeOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, ExchangeKind};
 
@@ -38,18 +38,7 @@ async fn durable_bound_queue(ch: &Channel, queue: &str, exchange: &str, key: &st
     declare_durable(ch, queue, FieldTable::default())
         .await
         .expect("declare");
-    within(
-        "queue.bind",
-        ch.queue_bind(
-            queue.into(),
-            exchange.into(),
-            key.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        ),
-    )
-    .await
-    .expect("bind");
+    bind(ch, queue, exchange, key).await.expect("bind");
 }
 
 /// Persistent, with `x-delay` and the wall-clock time (ms) it is due, in a header.

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use common::*;
 use junction_tests::Broker;
 use lapin::ExchangeKind;
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions};
+use lapin::options::ExchangeDeclareOptions;
 use lapin::types::FieldTable;
 
 /// `junction-with-plugins`, beside the broker binary under test (both are workspace members,
@@ -58,18 +58,7 @@ async fn the_example_broker_logs_in_through_its_backend_and_routes_round_robin()
     .expect("declare the plugin's exchange type");
     for queue in ["turn-a", "turn-b"] {
         declare(&ch, queue).await;
-        within(
-            "queue.bind",
-            ch.queue_bind(
-                queue.into(),
-                "turns".into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            ),
-        )
-        .await
-        .expect("bind");
+        bind(&ch, queue, "turns", "").await.expect("bind");
     }
     for n in 0..6 {
         publish(&ch, "turns", "", format!("m{n}").as_bytes()).await;

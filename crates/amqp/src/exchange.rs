@@ -62,12 +62,13 @@ pub async fn handle(
             }
         }
         AMQPMethod::Bind(m) => {
-            authorize_binding(session, m.destination.as_str(), m.source.as_str()).await?;
-            if let Ok(source) = vhost.exchange(m.source.as_str()) {
-                session
-                    .authorize_topic(&source, m.routing_key.as_str(), Permission::Read)
-                    .await?;
-            }
+            authorize_binding(
+                session,
+                m.destination.as_str(),
+                m.source.as_str(),
+                m.routing_key.as_str(),
+            )
+            .await?;
             vhost.bind_exchange(
                 m.destination.as_str(),
                 m.source.as_str(),
@@ -79,12 +80,13 @@ pub async fn handle(
             }
         }
         AMQPMethod::Unbind(m) => {
-            authorize_binding(session, m.destination.as_str(), m.source.as_str()).await?;
-            if let Ok(source) = vhost.exchange(m.source.as_str()) {
-                session
-                    .authorize_topic(&source, m.routing_key.as_str(), Permission::Read)
-                    .await?;
-            }
+            authorize_binding(
+                session,
+                m.destination.as_str(),
+                m.source.as_str(),
+                m.routing_key.as_str(),
+            )
+            .await?;
             vhost.unbind_exchange(
                 m.destination.as_str(),
                 m.source.as_str(),
@@ -103,18 +105,21 @@ pub async fn handle(
     Ok(())
 }
 
-/// An exchange-to-exchange binding needs write on the destination and read on the source.
+/// An exchange-to-exchange binding needs write on the destination and read on the source
+/// (and on its routing key, when the source is a topic exchange).
 async fn authorize_binding(
     session: &mut Session,
     destination: &str,
     source: &str,
+    routing_key: &str,
 ) -> AmqpResult<()> {
     session
         .authorize(ResourceKind::Exchange, destination, Permission::Write)
         .await?;
     session
         .authorize(ResourceKind::Exchange, source, Permission::Read)
-        .await
+        .await?;
+    session.authorize_binding_key(source, routing_key).await
 }
 
 /// A new exchange with an `alternate-exchange` passes what it cannot route to that exchange on

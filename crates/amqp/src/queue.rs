@@ -200,11 +200,9 @@ impl Binding {
         session
             .authorize(ResourceKind::Exchange, exchange.as_str(), Permission::Read)
             .await?;
-        if let Ok(source) = session.vhost()?.exchange(exchange.as_str()) {
-            session
-                .authorize_topic(&source, &routing_key, Permission::Read)
-                .await?;
-        }
+        session
+            .authorize_binding_key(exchange.as_str(), &routing_key)
+            .await?;
         Ok(Self {
             queue: name,
             exchange: exchange.as_str().to_owned(),

@@ -191,6 +191,23 @@ impl Session {
         ))
     }
 
+    /// Refuses with 403 unless the user may bind with `routing_key` on exchange `source`
+    /// (topic read, when `source` exists and is a topic exchange; a missing one is refused
+    /// by the bind itself, with 404).
+    pub async fn authorize_binding_key(
+        &mut self,
+        source: &str,
+        routing_key: &str,
+    ) -> AmqpResult<()> {
+        match self.vhost()?.exchange(source) {
+            Ok(exchange) => {
+                self.authorize_topic(&exchange, routing_key, Permission::Read)
+                    .await
+            }
+            Err(_) => Ok(()),
+        }
+    }
+
     /// Writes a method frame.
     pub fn send(&mut self, channel: u16, method: AMQPClass) {
         self.out.method(channel, &method);

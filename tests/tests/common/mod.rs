@@ -179,6 +179,21 @@ pub async fn declare(channel: &Channel, name: &str) {
     .expect("queue.declare");
 }
 
+/// Binds `queue` to `exchange` with `key` (no arguments), returning lapin's answer.
+pub async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) -> lapin::Result<()> {
+    within(
+        "queue.bind",
+        ch.queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            lapin::options::QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+}
+
 /// Declares a durable queue with `arguments`, returning lapin's answer.
 pub async fn declare_durable(
     channel: &Channel,
