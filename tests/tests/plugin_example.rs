@@ -1,6 +1,6 @@
 //! `examples/plugin`, a broker built on the `junction` crate with an exchange type and an auth
-//! backend of its own: its binary runs with the usual command line, a lapin client logs in
-//! through its backend and its exchange type routes.
+//! backend of its own: the test builds it with cargo, runs its binary with the usual command
+//! line, logs in through its backend with lapin and routes through its exchange type.
 
 mod common;
 
@@ -12,20 +12,32 @@ use lapin::ExchangeKind;
 use lapin::options::ExchangeDeclareOptions;
 use lapin::types::FieldTable;
 
-/// `junction-with-plugins`, beside the broker binary under test (both are workspace members,
-/// built by the same `cargo build`).
-fn example_binary() -> PathBuf {
-    junction_tests::binary().with_file_name("junction-with-plugins")
+/// Builds `examples/plugin` with cargo (a no-op when the workspace build already did) and
+/// returns its binary, `junction-with-plugins`.
+fn build_example() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let status = std::process::Command::new(cargo)
+        .current_dir(&root)
+        .args([
+            "build",
+            "--locked",
+            "--quiet",
+            "-p",
+            "junction-example-plugin",
+        ])
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "examples/plugin does not build");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    target.join("debug").join("junction-with-plugins")
 }
 
 #[tokio::test]
 async fn the_example_broker_logs_in_through_its_backend_and_routes_round_robin() {
-    let bin = example_binary();
-    assert!(
-        bin.exists(),
-        "{} not found: `cargo build --workspace` builds it",
-        bin.display()
-    );
+    let bin = build_example();
     let config = junction_tests::temp_dir("plugin-config").join("plugin.toml");
     std::fs::write(
         &config,
