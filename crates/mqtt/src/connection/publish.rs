@@ -90,7 +90,7 @@ impl Connection {
         let seq = ack.map(|ack| session.flow().acks.owe(ack));
         let published = route(
             session,
-            &publish.topic,
+            routing_key,
             publish.qos,
             publish.payload,
             seq.map(|seq| (seq, durable)),
@@ -136,12 +136,13 @@ impl Connection {
                 Permission::Write,
             )
             .await;
+        let routing_key = topic::topic_to_routing_key(&will.topic);
         let may_use_topic = exchange.spec.kind != "topic"
             || principal
                 .check_topic(
                     vhost,
                     &exchange.name,
-                    &topic::topic_to_routing_key(&will.topic),
+                    &routing_key,
                     Permission::Write,
                     Some(&session.claim.key.client_id),
                 )
@@ -159,7 +160,7 @@ impl Connection {
                 will.payload.clone(),
             );
         }
-        route(session, &will.topic, will.qos, will.payload, None).await;
+        route(session, routing_key, will.qos, will.payload, None).await;
     }
 }
 
@@ -167,10 +168,10 @@ impl Connection {
 /// written to the message store reports there, under its acknowledgement's place in the
 /// ledger, once on disk (or failed). Returns what became of it: whether it is being written
 /// (so its acknowledgement must wait) or was refused by the store, and a queue that fell
-/// behind (credit flow).
+/// behind (credit flow). `routing_key` is the topic in AMQP form.
 async fn route(
     session: &Session,
-    topic_name: &str,
+    routing_key: String,
     qos: QoS,
     payload: Bytes,
     notify: Option<(Seq, &mut LazyChannel<(Seq, Durability)>)>,
@@ -182,7 +183,7 @@ async fn route(
     properties.delivery_mode = Some(if persistent { 2 } else { 1 });
     let message = Message::new(
         session.exchange.name.clone(),
-        topic::topic_to_routing_key(topic_name),
+        routing_key,
         properties,
         payload,
     );
