@@ -161,6 +161,7 @@ impl Connection {
             }),
             will: connect.will.map(Box::new),
             access: None,
+            last_publish: None,
         });
         // The queue is resumed before the CONNACK, so a refusal can still be its return code
         // (the session's state is saved again when the connection ends).

@@ -112,6 +112,8 @@ struct Session {
     will: Option<Box<LastWill>>,
     /// Authorisation answers, made on first use.
     access: Option<Box<AccessCache>>,
+    /// The routing key of the last PUBLISH allowed, and until when that answer holds.
+    last_publish: Option<(Box<str>, std::time::Instant)>,
 }
 
 /// What a session tracks once it subscribes or exchanges packets with identifiers.

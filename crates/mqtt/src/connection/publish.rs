@@ -42,28 +42,10 @@ impl Connection {
         let Some(session) = self.session.as_mut() else {
             return Err(Violation("PUBLISH before CONNECT".into()));
         };
-        let exchange = session.exchange.clone();
-        if !session
-            .allowed(ResourceKind::Exchange, &exchange.name, Permission::Write)
-            .await
-        {
-            return Err(Violation(format!(
-                "user '{}' may not publish to exchange '{}'",
-                session.principal.user.name, exchange.name
-            )));
-        }
-        // As RabbitMQ's MQTT plugin for 3.1.1: a PUBLISH the topic permissions refuse closes
-        // the connection.
+        // As RabbitMQ's MQTT plugin for 3.1.1: a PUBLISH the permissions refuse (write on the
+        // exchange, or the topic permissions) closes the connection.
         let routing_key = topic::topic_to_routing_key(&publish.topic);
-        if !session.topic_allowed(&routing_key, Permission::Write).await {
-            return Err(Violation(format!(
-                "write access to topic '{}' in exchange '{}' in vhost '{}' refused for user '{}'",
-                topic::shortened(&routing_key),
-                exchange.name,
-                session.vhost.name,
-                session.principal.user.name
-            )));
-        }
+        session.may_publish(&routing_key).await?;
         self.has_published = true;
         if let (QoS::ExactlyOnce, Some(id)) = (publish.qos, publish.packet_id)
             && !session.flow().state.incoming.insert(id)
@@ -199,4 +181,40 @@ async fn route(
         publication = publication.on_durable(&mut on_durable);
     }
     session.vhost.publish(publication).await
+}
+
+impl Session {
+    /// Whether the session may publish with `routing_key`: write on its exchange and the topic
+    /// permissions. The last allowed key is remembered for the authoriser's TTL, so a device
+    /// that keeps publishing to one topic costs a clock read and a comparison per message.
+    async fn may_publish(&mut self, routing_key: &str) -> Result<(), Violation> {
+        let now = std::time::Instant::now();
+        if let Some((key, until)) = &self.last_publish
+            && *until > now
+            && **key == *routing_key
+        {
+            return Ok(());
+        }
+        let exchange = self.exchange.clone();
+        if !self
+            .allowed(ResourceKind::Exchange, &exchange.name, Permission::Write)
+            .await
+        {
+            return Err(Violation(format!(
+                "user '{}' may not publish to exchange '{}'",
+                self.principal.user.name, exchange.name
+            )));
+        }
+        if !self.topic_allowed(routing_key, Permission::Write).await {
+            return Err(Violation(format!(
+                "write access to topic '{}' in exchange '{}' in vhost '{}' refused for user '{}'",
+                topic::shortened(routing_key),
+                exchange.name,
+                self.vhost.name,
+                self.principal.user.name
+            )));
+        }
+        self.last_publish = Some((routing_key.into(), now + self.principal.ttl()));
+        Ok(())
+    }
 }
