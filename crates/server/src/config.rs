@@ -235,6 +235,19 @@ pub struct PermissionConfig {
 pub struct LogConfig {
     /// An env-filter directive.
     pub level: String,
+    /// Lines of text for people, or one JSON object per line for log collectors.
+    pub format: LogFormat,
+}
+
+/// How log lines are written on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `time level target: message fields`, with control characters escaped.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target` and the event's fields
+    /// (`message` among them), strings JSON-escaped.
+    Json,
 }
 
 /// Merges `overlay` into `base`: tables merge key by key, everything else is replaced.

@@ -175,7 +175,7 @@ impl Junction {
     fn start(self) -> anyhow::Result<()> {
         let cli = Cli::parse();
         let config = config::load(cli.config.as_deref())?;
-        init_logging(&config.log.level);
+        init_logging(&config.log.level, config.log.format);
         raise_open_files_limit();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -232,16 +232,27 @@ impl Junction {
     }
 }
 
-fn init_logging(level: &str) {
+fn init_logging(level: &str, format: config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .fmt_fields(logging::EscapedFields)
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    match format {
+        config::LogFormat::Text => tracing_subscriber::fmt()
+            .fmt_fields(logging::EscapedFields)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // JSON escapes every string itself, so a field from the network cannot forge a line.
+        config::LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+    }
 }
 
 /// Raises the soft limit on open files to the hard limit, as RabbitMQ's start scripts ask
