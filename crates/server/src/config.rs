@@ -37,6 +37,16 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     /// Logging.
     pub log: LogConfig,
+    /// Definitions loaded at start.
+    pub definitions: DefinitionsConfig,
+}
+
+/// Definitions loaded at start (RabbitMQ's `load_definitions`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefinitionsConfig {
+    /// A file in RabbitMQ's `definitions.json` format; empty: none.
+    pub load: String,
 }
 
 /// Listener addresses, `host:port` or `off`.

@@ -6,6 +6,7 @@
 
 mod alarms;
 mod config;
+mod definitions_file;
 mod demo;
 mod listeners;
 mod logging;
@@ -194,7 +195,11 @@ impl Junction {
     }
 
     /// The auth backends `[auth] backends` names, in order, behind one authoriser.
-    fn authorizer(&self, config: &config::Config) -> anyhow::Result<Authorizer> {
+    fn authorizer(
+        &self,
+        config: &config::Config,
+        definitions: Option<&definitions_file::DefinitionsFile>,
+    ) -> anyhow::Result<Authorizer> {
         for section in config.auth.sections.keys() {
             anyhow::ensure!(
                 self.auth_backends.iter().any(|(name, _)| name == section),
@@ -204,7 +209,11 @@ impl Junction {
         let mut backends: Vec<Arc<dyn AuthBackend>> = Vec::new();
         for name in &config.auth.backends {
             if name == "internal" {
-                backends.push(Arc::new(internal_users(config)?));
+                let users = internal_users(config)?;
+                if let Some(definitions) = definitions {
+                    definitions.add_users(&users)?;
+                }
+                backends.push(Arc::new(users));
                 continue;
             }
             let Some((_, make)) = self.auth_backends.iter().find(|(known, _)| known == name) else {
@@ -344,7 +353,13 @@ async fn run(cli: Cli, config: config::Config, junction: Junction) -> anyhow::Re
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
 
     let registry = junction.registry();
-    let auth = junction.authorizer(&config)?;
+    let definitions_to_load = match config.definitions.load.as_str() {
+        "" => None,
+        path => Some(definitions_file::DefinitionsFile::read(
+            std::path::Path::new(path),
+        )?),
+    };
+    let auth = junction.authorizer(&config, definitions_to_load.as_ref())?;
     let default_vhost = config
         .vhosts
         .first()
@@ -384,6 +399,9 @@ async fn run(cli: Cli, config: config::Config, junction: Junction) -> anyhow::Re
     );
     for vhost in &config.vhosts {
         broker.add_vhost(&vhost.name);
+    }
+    if let Some(file) = &definitions_to_load {
+        file.apply(&broker).await?;
     }
     let disk_alarm = Arc::new(alarms::DiskAlarm::new(
         broker.clone(),
