@@ -195,6 +195,7 @@ pub struct PluginContext {
     state: StateTable,
     registry: Arc<ExchangeTypeRegistry>,
     runtime: Option<tokio::runtime::Handle>,
+    recovery: bool,
 }
 
 impl std::fmt::Debug for PluginContext {
@@ -207,23 +208,41 @@ impl std::fmt::Debug for PluginContext {
 }
 
 impl PluginContext {
-    /// The context of exchange `exchange` of type `kind` in `vhost`; its state is the table
-    /// `<kind>/<vhost>/<exchange>` of `store`.
+    /// The context of exchange `exchange` of type `kind` in `vhost`, made at start-up for a
+    /// stored exchange when `recovery`; its state is a table of `store` named after the three
+    /// (each name length-prefixed, since names may hold any character).
     pub(crate) fn new(
         vhost: &VirtualHost,
         exchange: &str,
         kind: &str,
         store: Arc<dyn StateStore>,
         registry: Arc<ExchangeTypeRegistry>,
+        recovery: bool,
     ) -> Self {
+        let table = format!(
+            "{}:{kind}/{}:{}/{}:{exchange}",
+            kind.len(),
+            vhost.name.len(),
+            vhost.name,
+            exchange.len()
+        );
         Self {
             vhost: vhost.me(),
             vhost_name: vhost.name.as_str().into(),
             exchange: exchange.into(),
-            state: StateTable::new(store, format!("{kind}/{}/{exchange}", vhost.name)),
+            state: StateTable::new(store, table),
             registry,
             runtime: tokio::runtime::Handle::try_current().ok(),
+            recovery,
         }
+    }
+
+    /// Whether the exchange is being recreated from the definitions store at start-up (its
+    /// state is its own from before), rather than declared by a client (any state under its
+    /// name is a leftover of an earlier exchange, which a handler clears in `create`, before
+    /// the exchange can be published to).
+    pub fn is_recovery(&self) -> bool {
+        self.recovery
     }
 
     /// The virtual host's name.

@@ -297,9 +297,10 @@ impl VirtualHost {
         }
     }
 
-    /// Hands `message` to the exchanges that hold it, then to `queues` as [`Self::deliver`]
-    /// does. A persistent message's publisher is answered once every holder has stored it
-    /// and the message store has written it for the queues (one [`Joint`] answer). A held
+    /// Hands `message` to `queues` as [`Self::deliver`] does, then to the exchanges that hold
+    /// it. A publisher waiting for an answer gets one ([`Joint`]) once the message store has
+    /// written the message for the queues and, for a persistent message, every holder has
+    /// stored it; a transient held message is answered without waiting for its holders. A held
     /// message is never returned as unroutable: its exchange took it.
     async fn deliver_held(
         &self,
@@ -308,29 +309,10 @@ impl VirtualHost {
         message: Message,
         on_durable: Option<MakeOnDurable<'_>>,
     ) -> Published {
-        let joint = match on_durable {
-            Some(make) if message.properties.is_persistent() => Some(Joint::new(make())),
-            _ => None,
-        };
-        for holder in &holders {
-            let part = joint.as_ref().map(Joint::part);
-            if holder
-                .hold(HeldMessage::new(message.clone(), part))
-                .is_err()
-            {
-                if let Some(joint) = &joint {
-                    joint.abandon();
-                }
-                return Published {
-                    routed: holders.len() + queues.len(),
-                    queues: 0,
-                    stored: Persisted::Refused,
-                    refused: false,
-                    behind: None,
-                    returned: None,
-                };
-            }
-        }
+        // One answer for the publisher: the store's write for the queues (a quorum queue keeps
+        // even a transient message) and, for a persistent message, every holder's.
+        let joint = on_durable.map(|make| Joint::new(make()));
+        let held = message.clone();
         let mut make_part = || -> OnDurable {
             match &joint {
                 Some(joint) => joint.part(),
@@ -348,14 +330,33 @@ impl VirtualHost {
             )
             .await;
         published.routed += holders.len();
-        published.queues += holders.len();
-        if let Some(joint) = joint {
-            if published.stored == Persisted::Refused {
+        // Held only once the queues took it: a message a full queue or the store refused is
+        // refused to its publisher, and no holder keeps it to deliver later.
+        if published.refused || published.stored == Persisted::Refused {
+            if let Some(joint) = &joint {
                 joint.abandon();
-            } else {
-                published.stored = Persisted::Pending;
-                joint.seal();
             }
+            return published;
+        }
+        let persistent = held.properties.is_persistent();
+        for holder in &holders {
+            let part = if persistent {
+                joint.as_ref().map(Joint::part)
+            } else {
+                None
+            };
+            if holder.hold(HeldMessage::new(held.clone(), part)).is_err() {
+                if let Some(joint) = &joint {
+                    joint.abandon();
+                }
+                published.stored = Persisted::Refused;
+                return published;
+            }
+            published.queues += 1;
+        }
+        if let Some(joint) = joint {
+            published.stored = Persisted::Pending;
+            joint.seal();
         }
         published
     }
@@ -630,8 +631,15 @@ mod tests {
                 .on_durable(&mut on_durable),
             )
             .await;
-        assert_eq!(transient.stored, Persisted::Unneeded);
-        assert!(holding.held.lock()[0].message().body.is_empty());
+        // A transient held message is answered at once, without waiting for its holder.
+        assert_eq!(transient.stored, Persisted::Pending);
+        assert_eq!(told.recv().await, Some(Durability::OnDisk));
+        let (message, on_stored) = holding.held.lock().remove(0).into_parts();
+        assert!(message.body.is_empty());
+        assert!(
+            on_stored.is_none(),
+            "nothing waits for a transient message's holder"
+        );
     }
 
     /// A failed batch fails many messages at once: withdrawing them takes one command per

@@ -97,7 +97,7 @@ impl VirtualHost {
         standard.extend(STANDARD_EXCHANGES.iter().map(|(n, k)| builtin(n, k)));
         for spec in standard {
             if let Some(kind) = vhost.registry.get(&spec.kind) {
-                match vhost.make_exchange(spec, kind.as_ref()) {
+                match vhost.make_exchange(spec, kind.as_ref(), false) {
                     Ok(exchange) => {
                         vhost.exchanges.insert(exchange.name.clone(), exchange);
                     }
@@ -113,6 +113,7 @@ impl VirtualHost {
         &self,
         spec: ExchangeSpec,
         kind: &dyn ExchangeType,
+        recovery: bool,
     ) -> CoreResult<Arc<Exchange>> {
         let context = PluginContext::new(
             self,
@@ -120,6 +121,7 @@ impl VirtualHost {
             kind.name(),
             self.plugin_state.clone(),
             self.registry.clone(),
+            recovery,
         );
         let handler: Arc<dyn ExchangeHandler> = kind.create(&spec, context)?;
         Ok(Arc::new(Exchange::new(spec, handler)))
@@ -186,7 +188,7 @@ impl VirtualHost {
                 return Ok(existing.get().clone());
             }
             Entry::Vacant(slot) => {
-                let exchange = self.make_exchange(spec, kind.as_ref())?;
+                let exchange = self.make_exchange(spec, kind.as_ref(), false)?;
                 if exchange.spec.durable {
                     self.persist(|store| store.save_exchange(&self.name, &exchange.spec))?;
                 }
@@ -704,6 +706,7 @@ impl VirtualHost {
         let Some(vhost) = self.me.upgrade() else {
             return;
         };
+        let mut recovered = Vec::new();
         for spec in definitions.exchanges {
             let Some(kind) = self.registry.get(&spec.kind) else {
                 tracing::warn!(exchange = %spec.name, kind = %spec.kind, "stored exchange has an unknown type; skipped");
@@ -713,10 +716,10 @@ impl VirtualHost {
                 continue;
             }
             let name = spec.name.clone();
-            match self.make_exchange(spec, kind.as_ref()) {
+            match self.make_exchange(spec, kind.as_ref(), true) {
                 Ok(exchange) => {
                     self.exchanges.insert(name, exchange.clone());
-                    exchange.handler().on_event(ExchangeEvent::Recovered);
+                    recovered.push(exchange);
                 }
                 Err(error) => {
                     tracing::warn!(exchange = %name, %error, "stored exchange cannot be recreated; skipped");
@@ -764,6 +767,11 @@ impl VirtualHost {
             for (binding, error) in source.bind_all(bindings) {
                 tracing::warn!(exchange = %source.name, target = ?binding.target, %error, "stored binding is invalid; skipped");
             }
+        }
+        // Told once everything is back, so what a handler publishes at once (a delayed
+        // message due while the broker was down) finds its bindings.
+        for exchange in recovered {
+            exchange.handler().on_event(ExchangeEvent::Recovered);
         }
     }
 

@@ -7,12 +7,12 @@
 //! in a read transaction of their own (redb readers never wait for the writer), so they see
 //! what has been committed: a request whose completion has run.
 //!
-//! A failed commit fails every completion of its batch, and puts are refused
-//! ([`NotStored`]) until a later commit succeeds; redb commits atomically, so the file keeps
-//! the last committed state.
+//! A failed commit fails every completion of its batch (a held message's publisher is
+//! refused); the next batch tries again, so the store works again as soon as the disk has
+//! room. redb commits atomically, so the file keeps the last committed state. Put is refused
+//! ([`NotStored`]) only once the writer has stopped.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 
 use junction_core::persistence::{Durability, NotStored, OnDurable};
@@ -56,8 +56,6 @@ pub struct PluginStateFile {
     /// None once dropping: the writer sees the channel close, finishes and is joined.
     requests: Option<mpsc::Sender<Request>>,
     writer: Option<std::thread::JoinHandle<()>>,
-    /// Set while the last commit failed: puts are refused until one succeeds.
-    failing: Arc<AtomicBool>,
 }
 
 /// Stops the writer after it has applied every request made (so the file can be opened again
@@ -94,10 +92,8 @@ impl PluginStateFile {
             })?;
         let db = Arc::new(db);
         let (requests, receiver) = mpsc::channel();
-        let failing = Arc::new(AtomicBool::new(false));
         let writer = Writer {
             db: db.clone(),
-            failing: failing.clone(),
             path: path.clone(),
         };
         let writer = std::thread::Builder::new()
@@ -108,7 +104,6 @@ impl PluginStateFile {
             db,
             requests: Some(requests),
             writer: Some(writer),
-            failing,
         })
     }
 
@@ -132,9 +127,6 @@ impl StateStore for PluginStateFile {
         value: Vec<u8>,
         on_durable: Option<OnDurable>,
     ) -> Result<(), NotStored> {
-        if self.failing.load(Ordering::Acquire) {
-            return Err(NotStored);
-        }
         self.send(
             Change::Put {
                 table: table.to_owned(),
@@ -196,7 +188,6 @@ impl StateStore for PluginStateFile {
 /// The writer thread: batches, commits, completes.
 struct Writer {
     db: Arc<Database>,
-    failing: Arc<AtomicBool>,
     path: PathBuf,
 }
 
@@ -211,13 +202,9 @@ impl Writer {
                 }
             }
             let durability = match self.commit(&batch) {
-                Ok(()) => {
-                    self.failing.store(false, Ordering::Release);
-                    Durability::OnDisk
-                }
+                Ok(()) => Durability::OnDisk,
                 Err(error) => {
                     tracing::error!(path = %self.path.display(), %error, "plugin state not written");
-                    self.failing.store(true, Ordering::Release);
                     Durability::Failed
                 }
             };

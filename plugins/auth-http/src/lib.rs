@@ -179,10 +179,7 @@ impl AuthBackend for HttpBackend {
     }
 
     async fn check_vhost(&self, user: &User, request: &VhostRequest) -> Decision {
-        let ip = request
-            .peer
-            .map(|peer| peer.ip().to_string())
-            .unwrap_or_default();
+        let ip = request.peer.map(|ip| ip.to_string()).unwrap_or_default();
         let tags = user.tags.join(" ");
         let parameters = [
             ("username", user.name.as_str()),

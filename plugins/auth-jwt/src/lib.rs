@@ -194,13 +194,21 @@ impl JwtBackend {
             .and_then(serde_json::Value::as_str)
             .map(str::to_owned);
         let prefix = format!("{}.", self.settings.resource_server_id);
-        let scopes = Scopes::from_claim(claims.get("scope"), &prefix);
+        let exp = claims.get("exp").and_then(serde_json::Value::as_u64);
+        let scopes = Scopes::from_claim(claims.get("scope"), &prefix).until(exp);
         Ok((subject, scopes))
     }
 }
 
+/// The scopes of a JWT login; an expired token's grant nothing.
 fn scopes_of(user: &User) -> Option<&Scopes> {
-    user.state.as_ref()?.downcast_ref::<Scopes>()
+    static NOTHING: std::sync::OnceLock<Scopes> = std::sync::OnceLock::new();
+    let scopes = user.state.as_ref()?.downcast_ref::<Scopes>()?;
+    Some(if scopes.expired() {
+        NOTHING.get_or_init(Scopes::default)
+    } else {
+        scopes
+    })
 }
 
 #[async_trait]

@@ -57,11 +57,13 @@ impl Scope {
     }
 }
 
-/// Everything a token grants.
+/// Everything a token grants, until it expires.
 #[derive(Debug, Clone, Default)]
 pub struct Scopes {
     grants: Vec<Scope>,
     tags: Vec<String>,
+    /// The token's `exp`, seconds since the epoch.
+    expires_at: Option<u64>,
 }
 
 impl Scopes {
@@ -89,6 +91,20 @@ impl Scopes {
             }
         }
         scopes
+    }
+
+    /// The scopes, valid until `exp` (seconds since the epoch).
+    pub fn until(mut self, exp: Option<u64>) -> Self {
+        self.expires_at = exp;
+        self
+    }
+
+    /// Whether the token has expired: then it grants nothing more.
+    pub fn expired(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs());
+        self.expires_at.is_some_and(|exp| now >= exp)
     }
 
     /// The tags the token gives.

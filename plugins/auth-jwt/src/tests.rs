@@ -142,6 +142,25 @@ async fn expired_forged_and_foreign_tokens_are_refused() {
     assert!(matches!(login(&backend, "guest").await, LoginOutcome::Next));
 }
 
+#[tokio::test]
+async fn a_token_that_expires_after_login_grants_nothing_more() {
+    let backend = backend();
+    let token = token(Some("hmac"), claims("rabbitmq.read:*/*", now() + 1));
+    let LoginOutcome::Allow(user) = login(&backend, &token).await else {
+        panic!("refused");
+    };
+    let request = ResourceRequest::new("/", ResourceKind::Queue, "q", Permission::Read);
+    assert_eq!(
+        backend.check_resource(&user, &request).await,
+        Decision::Allow
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(
+        backend.check_resource(&user, &request).await,
+        Decision::Deny
+    );
+}
+
 #[test]
 fn bad_key_settings_are_refused_at_start() {
     let settings = |algorithm: &str| Settings {

@@ -164,6 +164,11 @@ impl ExchangeType for DelayedMessageExchange {
         inner_spec.kind = kind.to_owned();
         inner_type.validate(&inner_spec)?;
         let inner = inner_type.create(&inner_spec, context.clone())?;
+        if !context.is_recovery() {
+            // A new exchange: whatever an earlier one of this name left is not its own. Cleared
+            // here, before the exchange can be published to, so no hold is ordered before it.
+            context.state().clear(None);
+        }
         Ok(Arc::new(Delayed {
             inner,
             schedule: Schedule::new(context),

@@ -84,13 +84,8 @@ impl Schedule {
         })
     }
 
-    /// Starts releasing. A recovered exchange first loads its stored keys; a new one first
-    /// forgets whatever an earlier exchange of the same name left (the clear is ordered
-    /// before any hold's write).
+    /// Starts releasing; a recovered exchange first loads its stored keys.
     pub(crate) fn start(&self, recovered: bool) {
-        if !recovered {
-            self.context.state().clear(None);
-        }
         let Some(me) = self.me.upgrade() else {
             return;
         };
@@ -218,8 +213,9 @@ impl Schedule {
         }
     }
 
-    /// Releases up to [`BATCH`] messages due at `now`, in due order. False when the message
-    /// store refused one (it is put back and the release waits).
+    /// Releases up to [`BATCH`] messages due at `now`, in due order. False when the release
+    /// should wait a moment: the message store refused a release, or the state store could
+    /// not be read. What was not released goes back into the schedule.
     async fn release_due(&self, now: u64) -> bool {
         let mut due = Vec::new();
         {
@@ -240,28 +236,40 @@ impl Schedule {
             .map(|(key, _)| *key)
             .collect();
         let mut read = self.read(unread).await.into_iter();
-        for (key, message) in due {
+        let mut due = due.into_iter();
+        let mut all_went = true;
+        while let Some((key, message)) = due.next() {
             let message = match message {
                 Some(message) => *message,
-                None => match read.next().flatten() {
-                    Some(message) => message,
-                    None => {
-                        tracing::warn!(exchange = %self.context.exchange(), "a delayed message could not be read; dropped");
-                        self.context.state().delete(&encode_key(key), None);
+                None => match read.next() {
+                    Some(Read::Found(message)) => *message,
+                    Some(Read::Missing) => {
+                        tracing::warn!(exchange = %self.context.exchange(), "a delayed message is not in the state store; dropped");
+                        continue;
+                    }
+                    // Tried again after a pause.
+                    Some(Read::Failed) | None => {
+                        self.pending.lock().insert(key, None);
+                        all_went = false;
                         continue;
                     }
                 },
             };
-            if !self.release(key, message).await {
-                self.pending.lock().insert(key, None);
+            if let Err(message) = self.release(key, message).await {
+                // The message store refuses now: this one and the rest wait.
+                let mut pending = self.pending.lock();
+                pending.insert(key, Some(Box::new(message)));
+                for (key, message) in due.by_ref() {
+                    pending.insert(key, message);
+                }
                 return false;
             }
         }
-        true
+        all_went
     }
 
-    /// Reads the stored messages of `keys`, in order (None for one that cannot be read).
-    async fn read(&self, keys: Vec<Key>) -> Vec<Option<Message>> {
+    /// Reads the stored messages of `keys`, in order.
+    async fn read(&self, keys: Vec<Key>) -> Vec<Read> {
         if keys.is_empty() {
             return Vec::new();
         }
@@ -270,50 +278,68 @@ impl Schedule {
         let read = tokio::task::spawn_blocking(move || {
             keys.into_iter()
                 .map(|key| match state.get(&encode_key(key)) {
-                    Ok(Some(bytes)) => decode_message(&bytes),
-                    Ok(None) => None,
+                    Ok(Some(bytes)) => match decode_message(&bytes) {
+                        Some(message) => Read::Found(Box::new(message)),
+                        None => Read::Missing,
+                    },
+                    Ok(None) => Read::Missing,
                     Err(error) => {
-                        tracing::warn!(%error, "delayed message not read");
-                        None
+                        tracing::warn!(%error, "delayed message not read; tried again");
+                        Read::Failed
                     }
                 })
                 .collect()
         })
         .await;
-        read.unwrap_or_else(|_| vec![None; count])
+        read.unwrap_or_else(|_| (0..count).map(|_| Read::Failed).collect())
     }
 
-    /// Publishes one due message through the exchange and forgets its key once that is safe.
-    /// False when the message store refused it.
-    async fn release(&self, key: Key, message: Message) -> bool {
+    /// Publishes one due message through the exchange and forgets its key once that is safe;
+    /// a release whose write then fails goes back into the schedule. The message back when the
+    /// message store refused it.
+    async fn release(&self, key: Key, message: Message) -> Result<(), Message> {
         let delay = delay_of(&message).unwrap_or(0);
-        let message = released(message, delay);
+        let released_message = released(message.clone(), delay);
         let state = self.context.state().clone();
         let stored_key = encode_key(key);
-        let forget: OnDurable = Box::new(move |durability| {
-            if durability == Durability::OnDisk {
-                state.delete(&stored_key, None);
+        let me = self.me.clone();
+        let forget: OnDurable = Box::new(move |durability| match durability {
+            Durability::OnDisk => state.delete(&stored_key, None),
+            Durability::Failed => {
+                if let Some(schedule) = me.upgrade() {
+                    schedule.pending.lock().insert(key, None);
+                    schedule.wake.notify_one();
+                }
             }
         });
         match self
             .context
-            .publish(self.context.exchange(), message, Some(forget))
+            .publish(self.context.exchange(), released_message, Some(forget))
             .await
         {
             Ok(published) => match published.stored {
-                Persisted::Pending => true,
+                Persisted::Pending => Ok(()),
                 Persisted::Unneeded => {
                     self.context.state().delete(&stored_key, None);
-                    true
+                    Ok(())
                 }
-                Persisted::Refused => false,
+                Persisted::Refused => Err(message),
             },
             Err(error) => {
                 tracing::warn!(exchange = %self.context.exchange(), %error, "delayed message not released");
-                true
+                Ok(())
             }
         }
     }
+}
+
+/// What reading one stored message gave.
+enum Read {
+    Found(Box<Message>),
+    /// Not there (or not a message): nothing to release.
+    Missing,
+    /// The store could not be read now.
+    Failed,
 }
 
 #[cfg(test)]

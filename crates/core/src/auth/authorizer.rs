@@ -166,10 +166,11 @@ impl Authorizer {
         );
     }
 
-    /// Asks the principal's backend, then those after it while they answer "next".
-    async fn decide(&self, principal: &Principal, question: Question) -> bool {
+    /// Asks the principal's backend, then those after it while they answer "next". None when
+    /// a backend was unavailable (refused, and not to be remembered anywhere).
+    async fn decide(&self, principal: &Principal, question: Question) -> Option<bool> {
         if let Some(allowed) = self.cached(principal, &question) {
-            return allowed;
+            return Some(allowed);
         }
         let mut allowed = false;
         for backend in self.inner.backends.iter().skip(principal.backend) {
@@ -189,13 +190,13 @@ impl Authorizer {
                 Decision::Unavailable(reason) => {
                     tracing::warn!(backend = backend.name(), user = %principal.user.name, ?question, %reason, "auth backend unavailable; refused");
                     // Not cached: the next question asks again.
-                    return false;
+                    return None;
                 }
                 Decision::Next => continue,
             }
         }
         self.remember(principal, question, allowed);
-        allowed
+        Some(allowed)
     }
 }
 
@@ -250,8 +251,11 @@ impl Principal {
 
     /// Whether the user may use `vhost` (from the address it logged in from).
     pub async fn check_vhost(&self, vhost: &str) -> bool {
-        let request = VhostRequest::new(vhost, self.peer);
-        self.authorizer.decide(self, Question::Vhost(request)).await
+        let request = VhostRequest::new(vhost, self.peer.map(|peer| peer.ip()));
+        self.authorizer
+            .decide(self, Question::Vhost(request))
+            .await
+            .unwrap_or(false)
     }
 
     /// Whether the user may do `permission` on a resource.
@@ -262,6 +266,19 @@ impl Principal {
         name: &str,
         permission: Permission,
     ) -> bool {
+        self.resource_answer(vhost, kind, name, permission)
+            .await
+            .unwrap_or(false)
+    }
+
+    /// [`Self::check_resource`]; None when a backend was unavailable.
+    pub(crate) async fn resource_answer(
+        &self,
+        vhost: &str,
+        kind: ResourceKind,
+        name: &str,
+        permission: Permission,
+    ) -> Option<bool> {
         let request = ResourceRequest::new(vhost, kind, name, permission);
         self.authorizer
             .decide(self, Question::Resource(request))
@@ -279,6 +296,20 @@ impl Principal {
         permission: Permission,
         client_id: Option<&str>,
     ) -> bool {
+        self.topic_answer(vhost, exchange, routing_key, permission, client_id)
+            .await
+            .unwrap_or(false)
+    }
+
+    /// [`Self::check_topic`]; None when a backend was unavailable.
+    pub(crate) async fn topic_answer(
+        &self,
+        vhost: &str,
+        exchange: &str,
+        routing_key: &str,
+        permission: Permission,
+        client_id: Option<&str>,
+    ) -> Option<bool> {
         let variables = TopicVariables::new(&self.user.name, vhost, client_id);
         let request = TopicRequest::new(vhost, exchange, routing_key, permission, variables);
         self.authorizer.decide(self, Question::Topic(request)).await
@@ -389,10 +420,22 @@ mod tests {
             !ann.check_resource("/", ResourceKind::Queue, "q", Permission::Read)
                 .await
         );
+        // A connection's memo does not keep the refusal either.
+        let mut memo = crate::auth::AccessCache::new();
+        assert!(
+            !memo
+                .allowed(&ann, "/", ResourceKind::Queue, "q", Permission::Read)
+                .await
+        );
         *flaky.resource.lock() = Decision::Allow;
         assert!(
             ann.check_resource("/", ResourceKind::Queue, "q", Permission::Read)
                 .await
+        );
+        assert!(
+            memo.allowed(&ann, "/", ResourceKind::Queue, "q", Permission::Read)
+                .await,
+            "asked again once the backend answers"
         );
     }
 

@@ -55,9 +55,13 @@ impl AccessCache {
         if let Some(allowed) = fresh(self.resources.get(&(kind, permission)), name, principal) {
             return allowed;
         }
-        let allowed = principal
-            .check_resource(vhost, kind, name, permission)
-            .await;
+        // An unavailable backend's refusal is not remembered: the next question asks again.
+        let Some(allowed) = principal
+            .resource_answer(vhost, kind, name, permission)
+            .await
+        else {
+            return false;
+        };
         remember(
             self.resources.entry((kind, permission)).or_default(),
             name,
@@ -84,9 +88,12 @@ impl AccessCache {
         if let Some(allowed) = fresh(names, routing_key, principal) {
             return allowed;
         }
-        let allowed = principal
-            .check_topic(vhost, exchange, routing_key, permission, client_id)
-            .await;
+        let Some(allowed) = principal
+            .topic_answer(vhost, exchange, routing_key, permission, client_id)
+            .await
+        else {
+            return false;
+        };
         if self.topics.len() >= Self::NAMES_PER_QUESTION && !self.topics.contains_key(exchange) {
             self.topics.clear();
         }

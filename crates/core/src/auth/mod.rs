@@ -274,13 +274,13 @@ impl Decision {
 pub struct VhostRequest {
     /// The vhost.
     pub vhost: String,
-    /// The client's address.
-    pub peer: Option<SocketAddr>,
+    /// The client's address (without its port, so answers are shared by its connections).
+    pub peer: Option<std::net::IpAddr>,
 }
 
 impl VhostRequest {
     /// The question for `vhost`, asked by a client at `peer`.
-    pub fn new(vhost: &str, peer: Option<SocketAddr>) -> Self {
+    pub fn new(vhost: &str, peer: Option<std::net::IpAddr>) -> Self {
         Self {
             vhost: vhost.to_owned(),
             peer,

@@ -172,8 +172,9 @@ pub trait Router: Send + Sync {
 pub enum ExchangeEvent<'a> {
     /// A client declared the exchange (it is new, not recovered).
     Created,
-    /// The exchange was recreated from the definitions store at start-up; its stored bindings
-    /// follow as [`ExchangeEvent::BindingAdded`] events.
+    /// The exchange was recreated from the definitions store at start-up; told once every
+    /// stored exchange, queue and binding is back (its bindings came before it as
+    /// [`ExchangeEvent::BindingAdded`] events).
     Recovered,
     /// The exchange was deleted; its handler is dropped once the last publish through it ends.
     Deleted,
@@ -304,8 +305,10 @@ pub trait ExchangeType: Send + Sync + 'static {
     }
 
     /// Makes the handler of one exchange of this type: when a client declares it, and when
-    /// it is recovered at start-up (then [`ExchangeEvent::Recovered`] follows). The context
-    /// gives the exchange's timers, durable state and publish handle.
+    /// it is recovered at start-up ([`PluginContext::is_recovery`]; then
+    /// [`ExchangeEvent::Recovered`] follows). The context gives the exchange's timers, durable
+    /// state and publish handle. It runs while the vhost holds the exchange's name: it must
+    /// not block, nor touch the vhost; start work in [`ExchangeHandler::on_event`].
     fn create(
         &self,
         spec: &ExchangeSpec,
