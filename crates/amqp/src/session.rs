@@ -156,9 +156,6 @@ impl Session {
         routing_key: &str,
         permission: Permission,
     ) -> AmqpResult<()> {
-        if exchange.spec.kind != "topic" {
-            return Ok(());
-        }
         let (Some(principal), Some(vhost)) = (&self.principal, &self.vhost) else {
             return Err(AmqpError::connection(
                 code::COMMAND_INVALID,
@@ -170,7 +167,7 @@ impl Session {
             .topic_allowed(
                 principal,
                 &vhost.name,
-                &exchange.name,
+                exchange,
                 routing_key,
                 permission,
                 None,
@@ -181,12 +178,12 @@ impl Session {
         }
         Err(AmqpError::channel(
             code::ACCESS_REFUSED,
-            format!(
-                "{} access to topic '{routing_key}' in exchange '{}' in vhost '{}' refused for user '{}'",
-                permission.as_str(),
-                exchange.name,
-                vhost.name,
-                principal.user.name
+            junction_core::auth::topic_refusal(
+                permission,
+                routing_key,
+                &exchange.name,
+                &vhost.name,
+                &principal.user.name,
             ),
         ))
     }

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::exchange::Exchange;
+
 use super::{
     AuthBackend, Decision, LoginOutcome, LoginRequest, Permission, Protocol, ResourceKind,
     ResourceRequest, TopicRequest, TopicVariables, User, VhostRequest,
@@ -286,12 +288,12 @@ impl Principal {
     }
 
     /// Whether the user may use `routing_key` for `permission` (write: publish; read: bind
-    /// or subscribe) on topic exchange `exchange`, from the connection of `client_id` (MQTT's
-    /// client id; patterns may name it).
+    /// or subscribe) on `exchange`, from the connection of `client_id` (MQTT's client id;
+    /// patterns may name it). Only topic exchanges are limited, as in RabbitMQ.
     pub async fn check_topic(
         &self,
         vhost: &str,
-        exchange: &str,
+        exchange: &Exchange,
         routing_key: &str,
         permission: Permission,
         client_id: Option<&str>,
@@ -305,13 +307,16 @@ impl Principal {
     pub(crate) async fn topic_answer(
         &self,
         vhost: &str,
-        exchange: &str,
+        exchange: &Exchange,
         routing_key: &str,
         permission: Permission,
         client_id: Option<&str>,
     ) -> Option<bool> {
+        if !super::topic::limits_topics(exchange) {
+            return Some(true);
+        }
         let variables = TopicVariables::new(&self.user.name, vhost, client_id);
-        let request = TopicRequest::new(vhost, exchange, routing_key, permission, variables);
+        let request = TopicRequest::new(vhost, &exchange.name, routing_key, permission, variables);
         self.authorizer.decide(self, Question::Topic(request)).await
     }
 }

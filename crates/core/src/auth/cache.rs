@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use super::{Permission, Principal, ResourceKind};
+use crate::exchange::Exchange;
 
 /// Answers by resource name or routing key, with when they were given.
 type Names = HashMap<String, (bool, Instant)>;
@@ -70,20 +71,25 @@ impl AccessCache {
         allowed
     }
 
-    /// Whether `principal` may use `routing_key` for `permission` on topic exchange
-    /// `exchange` in `vhost`, on the connection of `client_id` (one connection has one).
+    /// Whether `principal` may use `routing_key` for `permission` on `exchange` in `vhost`,
+    /// on the connection of `client_id` (one connection has one). Only topic exchanges are
+    /// limited, as in RabbitMQ.
     pub async fn topic_allowed(
         &mut self,
         principal: &Principal,
         vhost: &str,
-        exchange: &str,
+        exchange: &Exchange,
         routing_key: &str,
         permission: Permission,
         client_id: Option<&str>,
     ) -> bool {
+        if !super::topic::limits_topics(exchange) {
+            return true;
+        }
+        // One map per exchange: the key of the lookup is the routing key alone.
         let names = self
             .topics
-            .get(exchange)
+            .get(exchange.name.as_str())
             .and_then(|by_permission| by_permission.get(&permission));
         if let Some(allowed) = fresh(names, routing_key, principal) {
             return allowed;
@@ -94,12 +100,14 @@ impl AccessCache {
         else {
             return false;
         };
-        if self.topics.len() >= Self::NAMES_PER_QUESTION && !self.topics.contains_key(exchange) {
+        if self.topics.len() >= Self::NAMES_PER_QUESTION
+            && !self.topics.contains_key(exchange.name.as_str())
+        {
             self.topics.clear();
         }
         let names = self
             .topics
-            .entry(exchange.to_owned())
+            .entry(exchange.name.clone())
             .or_default()
             .entry(permission)
             .or_default();

@@ -29,7 +29,7 @@ pub use authorizer::{Authorizer, LoginRefused, Principal};
 pub use cache::AccessCache;
 pub use internal::{InternalUsers, PasswordHash, UserRecord, VhostPermissions};
 pub use refusals::{REFUSAL_LOG_WINDOW, RefusalLog};
-pub use topic::{TopicPermission, TopicVariables};
+pub use topic::{TopicPermission, TopicVariables, topic_refusal};
 
 /// The three kinds of permission RabbitMQ knows.
 #[non_exhaustive]

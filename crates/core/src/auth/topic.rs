@@ -35,6 +35,25 @@ impl TopicVariables {
     }
 }
 
+/// Whether topic permissions apply to `exchange`: only to topic exchanges, as in RabbitMQ.
+pub(crate) fn limits_topics(exchange: &crate::exchange::Exchange) -> bool {
+    exchange.spec.kind == "topic"
+}
+
+/// RabbitMQ's words for a refused topic permission, shared by every protocol's refusal.
+pub fn topic_refusal(
+    permission: Permission,
+    routing_key: &str,
+    exchange: &str,
+    vhost: &str,
+    user: &str,
+) -> String {
+    format!(
+        "{} access to topic '{routing_key}' in exchange '{exchange}' in vhost '{vhost}' refused for user '{user}'",
+        permission.as_str()
+    )
+}
+
 /// Compiled patterns kept at most; beyond it the cache starts again.
 const MAX_COMPILED: usize = 1024;
 

@@ -155,22 +155,35 @@ impl Session {
 
     /// Whether the session may use AMQP routing key `routing_key` for `permission` (write:
     /// publish; read: subscribe) on its exchange, when that is a topic exchange (RabbitMQ's
-    /// topic authorisation; `{client_id}` in a pattern is this session's client id).
-    async fn topic_allowed(&mut self, routing_key: &str, permission: Permission) -> bool {
-        if self.exchange.spec.kind != "topic" {
-            return true;
-        }
-        self.access
+    /// topic authorisation; `{client_id}` in a pattern is this session's client id); the
+    /// refusal's text when not.
+    async fn topic_allowed(
+        &mut self,
+        routing_key: &str,
+        permission: Permission,
+    ) -> Result<(), String> {
+        let allowed = self
+            .access
             .get_or_insert_with(Box::default)
             .topic_allowed(
                 &self.principal,
                 &self.vhost.name,
-                &self.exchange.name,
+                &self.exchange,
                 routing_key,
                 permission,
                 Some(&self.claim.key.client_id),
             )
-            .await
+            .await;
+        if allowed {
+            return Ok(());
+        }
+        Err(junction_core::auth::topic_refusal(
+            permission,
+            crate::topic::shortened(routing_key),
+            &self.exchange.name,
+            &self.vhost.name,
+            &self.principal.user.name,
+        ))
     }
 }
 

@@ -119,16 +119,15 @@ impl Connection {
             )
             .await;
         let routing_key = topic::topic_to_routing_key(&will.topic);
-        let may_use_topic = exchange.spec.kind != "topic"
-            || principal
-                .check_topic(
-                    vhost,
-                    &exchange.name,
-                    &routing_key,
-                    Permission::Write,
-                    Some(&session.claim.key.client_id),
-                )
-                .await;
+        let may_use_topic = principal
+            .check_topic(
+                vhost,
+                exchange,
+                &routing_key,
+                Permission::Write,
+                Some(&session.claim.key.client_id),
+            )
+            .await;
         if !may_write || !may_use_topic {
             tracing::info!(client_id = %session.claim.key.client_id, "will not published: no write permission");
             return;
@@ -205,15 +204,9 @@ impl Session {
                 self.principal.user.name, exchange.name
             )));
         }
-        if !self.topic_allowed(routing_key, Permission::Write).await {
-            return Err(Violation(format!(
-                "write access to topic '{}' in exchange '{}' in vhost '{}' refused for user '{}'",
-                topic::shortened(routing_key),
-                exchange.name,
-                self.vhost.name,
-                self.principal.user.name
-            )));
-        }
+        self.topic_allowed(routing_key, Permission::Write)
+            .await
+            .map_err(Violation)?;
         self.last_publish = Some((routing_key.into(), now + self.principal.ttl()));
         Ok(())
     }

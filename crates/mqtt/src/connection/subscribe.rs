@@ -67,15 +67,7 @@ impl Connection {
             };
             session.may_bind().await?;
             let key = topic::filter_to_binding_key(filter);
-            if !session.topic_allowed(&key, Permission::Read).await {
-                return Err(format!(
-                    "read access to topic '{}' in exchange '{}' in vhost '{}' refused for user '{}'",
-                    topic::shortened(&key),
-                    session.exchange.name,
-                    session.vhost.name,
-                    session.principal.user.name
-                ));
-            }
+            session.topic_allowed(&key, Permission::Read).await?;
         }
         // Declares the queue (configure, when it is made) and consumes from it (read).
         let queue = self.session_queue().await.map_err(|e| e.to_string())?;

@@ -227,15 +227,12 @@ impl Session {
         routing_key: &str,
         permission: Permission,
     ) -> Handled {
-        if exchange.spec.kind != "topic" {
-            return Ok(());
-        }
         let allowed = self
             .permissions
             .topic_allowed(
                 &self.principal,
                 &self.vhost.name,
-                &exchange.name,
+                exchange,
                 routing_key,
                 permission,
                 None,
@@ -244,14 +241,16 @@ impl Session {
         if allowed {
             return Ok(());
         }
-        Err(CoreError::access_refused(format!(
-            "{} access to topic '{routing_key}' in exchange '{}' in vhost '{}' refused for user '{}'",
-            permission.as_str(),
-            exchange.name,
-            self.vhost.name,
-            self.principal.user.name
-        ))
-        .into())
+        Err(
+            CoreError::access_refused(junction_core::auth::topic_refusal(
+                permission,
+                routing_key,
+                &exchange.name,
+                &self.vhost.name,
+                &self.principal.user.name,
+            ))
+            .into(),
+        )
     }
 }
 
