@@ -503,6 +503,21 @@ mod tests {
         (vhost, queue)
     }
 
+    /// A maker of completions that report on the returned receiver, as an adapter's do.
+    fn reported() -> (
+        impl FnMut() -> OnDurable + Send,
+        tokio::sync::mpsc::UnboundedReceiver<Durability>,
+    ) {
+        let (tx, told) = tokio::sync::mpsc::unbounded_channel();
+        let make = move || -> OnDurable {
+            let tx = tx.clone();
+            Box::new(move |durability| {
+                let _ = tx.send(durability);
+            })
+        };
+        (make, told)
+    }
+
     fn persistent() -> Message {
         Message::new(
             "",
@@ -533,13 +548,7 @@ mod tests {
         let store = Arc::new(HeldStore::new());
         let (vhost, queue) = durable_queue_on(store.clone()).await;
         let exchange = vhost.exchange("").expect("default exchange");
-        let (tx, mut told) = tokio::sync::mpsc::unbounded_channel();
-        let mut on_durable = move || -> OnDurable {
-            let tx = tx.clone();
-            Box::new(move |durability| {
-                let _ = tx.send(durability);
-            })
-        };
+        let (mut on_durable, mut told) = reported();
         let published = vhost
             .publish(Publication::new(&exchange, persistent()).on_durable(&mut on_durable))
             .await;
@@ -600,13 +609,7 @@ mod tests {
             },
             holding.clone(),
         ));
-        let (tx, mut told) = tokio::sync::mpsc::unbounded_channel();
-        let mut on_durable = move || -> OnDurable {
-            let tx = tx.clone();
-            Box::new(move |durability| {
-                let _ = tx.send(durability);
-            })
-        };
+        let (mut on_durable, mut told) = reported();
         let published = vhost
             .publish(Publication::new(&holder, persistent()).on_durable(&mut on_durable))
             .await;
