@@ -333,6 +333,9 @@ pub async fn publish_message(
     let id = channel.id;
     let durable = &mut session.durable;
     let mut publication = Publication::new(exchange, message).mandatory(mandatory);
+    if let Some(registration) = &session.registration {
+        publication = publication.counted(&registration.counters);
+    }
     let (mut confirm_on_disk, mut commit_on_disk);
     if let Some(seq) = seq {
         confirm_on_disk = move || -> OnDurable {

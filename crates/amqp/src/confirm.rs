@@ -47,10 +47,17 @@ pub fn flush(session: &mut Session, channel: &mut Channel) {
     let number = channel.id.number;
     while let Some(confirm) = channel.confirm.as_mut().and_then(Ledger::next_confirm) {
         let method = match confirm {
-            Confirm::Ack { upto, multiple } => Basic::Ack(Ack {
-                delivery_tag: upto,
+            Confirm::Ack {
+                upto,
                 multiple,
-            }),
+                covered,
+            } => {
+                session.count_confirmed(covered);
+                Basic::Ack(Ack {
+                    delivery_tag: upto,
+                    multiple,
+                })
+            }
             Confirm::Nack(seq) => Basic::Nack(Nack {
                 delivery_tag: seq,
                 multiple: false,

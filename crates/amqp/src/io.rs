@@ -76,6 +76,8 @@ enum Wake {
     Control(BrokerSignal),
     /// The queue that held this publisher by credit flow has caught up.
     FlowResumed,
+    /// An operator asked to close the connection, with this reason.
+    CloseRequested(String),
 }
 
 /// One connection's state between wake-ups.
@@ -144,6 +146,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 _ => {}
             }
             let wake = poll_fn(|cx| self.poll_wake(cx)).await;
+            self.connection.report(self.conduit.traffic());
             match wake {
                 Wake::Gone => return,
                 Wake::Input => {
@@ -190,6 +193,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                         return;
                     }
                 }
+                Wake::CloseRequested(reason) => {
+                    if self.closing_since.is_none() {
+                        Box::pin(self.connection.close(code::CONNECTION_FORCED, &reason)).await;
+                    }
+                }
             }
         }
     }
@@ -231,6 +239,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             && let Poll::Ready(control) = self.control.as_mut().poll(cx)
         {
             return Poll::Ready(Wake::Control(control));
+        }
+        if let Poll::Ready(reason) = self.connection.poll_close_request(cx) {
+            return Poll::Ready(Wake::CloseRequested(reason));
         }
         if let Poll::Ready(Some((channel, seq, durability))) =
             self.connection.durable_notices().poll_recv(cx)

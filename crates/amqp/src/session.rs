@@ -16,7 +16,8 @@ use junction_core::{
 use crate::error::{AmqpError, AmqpResult, code};
 use crate::frame::Outbox;
 use crate::settings::Settings;
-use junction_transport::LazyChannel;
+use junction_core::stats::{ConnectionCounters, ConnectionDetails, Registration};
+use junction_transport::{CloseRequest, LazyChannel};
 
 /// Capabilities the client announced in its client-properties.
 #[derive(Debug, Clone, Copy, Default)]
@@ -65,6 +66,12 @@ pub struct Session {
     /// confirm seq, outcome); made by the first confirmed persistent publish.
     pub durable: LazyChannel<(junction_core::ChannelId, u64, Durability)>,
     permissions: AccessCache,
+    /// The client's client-properties, from connection.start-ok.
+    pub client_properties: junction_core::FieldTable,
+    /// The connection in the broker's list, once it is open.
+    pub registration: Option<Registration>,
+    /// An operator's request to close the connection.
+    pub close_request: Arc<CloseRequest>,
 }
 
 impl Session {
@@ -89,6 +96,39 @@ impl Session {
             flow: None,
             durable: LazyChannel::default(),
             permissions: AccessCache::new(),
+            client_properties: junction_core::FieldTable::new(),
+            registration: None,
+            close_request: Arc::new(CloseRequest::default()),
+        }
+    }
+
+    /// Lists the connection in the broker's registry (once it is open on `vhost`), closable
+    /// through its close request.
+    pub fn register(&mut self, vhost: &str) {
+        let user = self
+            .principal
+            .as_ref()
+            .map(|p| p.user.name.clone())
+            .unwrap_or_default();
+        let details = ConnectionDetails::new("AMQP 0-9-1", self.peer, user, vhost)
+            .with_client_properties(std::mem::take(&mut self.client_properties));
+        let close_request = self.close_request.clone();
+        self.registration = Some(self.broker.connections().register(
+            self.id,
+            details,
+            Box::new(move |reason| close_request.request(reason)),
+        ));
+    }
+
+    /// The connection's counters, once it is open.
+    pub fn counters(&self) -> Option<&ConnectionCounters> {
+        self.registration.as_ref().map(|r| &r.counters)
+    }
+
+    /// `count` publishes confirmed.
+    pub fn count_confirmed(&self, count: u64) {
+        if let Some(counters) = self.counters() {
+            counters.confirmed(count);
         }
     }
 

@@ -12,6 +12,7 @@ use crate::error::{CoreError, CoreResult, ErrorKind};
 use crate::exchange::ExchangeTypeRegistry;
 use crate::persistence::{MessageStore, Storage};
 use crate::queue::ConnectionId;
+use crate::stats::Connections;
 use crate::vhost::VirtualHost;
 
 /// Settings the core needs from the configuration.
@@ -44,6 +45,8 @@ pub struct Broker {
     raised: parking_lot::Mutex<std::collections::BTreeMap<&'static str, String>>,
     storage: Storage,
     refused_logins: crate::auth::RefusalLog,
+    connections: Arc<Connections>,
+    started: std::time::SystemTime,
 }
 
 impl Broker {
@@ -75,6 +78,8 @@ impl Broker {
             raised: parking_lot::Mutex::new(std::collections::BTreeMap::new()),
             storage,
             refused_logins: crate::auth::RefusalLog::new(),
+            connections: Arc::new(Connections::default()),
+            started: std::time::SystemTime::now(),
         });
         broker.add_vhost(&broker.config.default_vhost.clone());
         broker
@@ -161,6 +166,23 @@ impl Broker {
     /// Watches the resource alarm: `Some(reason)` while raised.
     pub fn alarm(&self) -> watch::Receiver<Option<String>> {
         self.alarm.subscribe()
+    }
+
+    /// The logged-in connections of every protocol.
+    pub fn connections(&self) -> &Arc<Connections> {
+        &self.connections
+    }
+
+    /// When the broker started.
+    pub fn started(&self) -> std::time::SystemTime {
+        self.started
+    }
+
+    /// The vhosts, in name order.
+    pub fn vhosts(&self) -> Vec<Arc<VirtualHost>> {
+        let mut vhosts: Vec<_> = self.vhosts.iter().map(|v| v.value().clone()).collect();
+        vhosts.sort_by(|a, b| a.name.cmp(&b.name));
+        vhosts
     }
 
     /// A fresh connection identifier.

@@ -62,6 +62,8 @@ pub enum Confirm {
         upto: Seq,
         /// Whether it covers more than `upto` alone.
         multiple: bool,
+        /// How many answers it covers.
+        covered: u64,
     },
     /// Answer `Seq` is negative.
     Nack(Seq),
@@ -221,6 +223,7 @@ impl<A> Ledger<A> {
             return Some(Confirm::Ack {
                 upto: self.first - 1,
                 multiple: covered > 1,
+                covered,
             });
         }
         let (seq, _) = self.next_failure()?;

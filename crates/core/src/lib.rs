@@ -24,6 +24,7 @@ pub mod persistence;
 pub mod plugin;
 pub mod publish;
 pub mod queue;
+pub mod stats;
 pub mod vhost;
 
 pub use auth::{

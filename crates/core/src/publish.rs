@@ -24,6 +24,7 @@ use crate::flow::FlowHold;
 use crate::message::Message;
 use crate::persistence::{Durability, NotStored, OnDurable, QueueKey, StoredAt};
 use crate::queue::QueueHandle;
+use crate::stats::ConnectionCounters;
 use crate::vhost::VirtualHost;
 
 /// Messages of a vhost whose write failed, waiting to be withdrawn from the durable queues
@@ -105,6 +106,8 @@ pub struct Publication<'a> {
     pub mandatory: bool,
     /// Where the store reports the message on disk, when it is written.
     pub on_durable: Option<MakeOnDurable<'a>>,
+    /// The publishing connection's counters.
+    pub counters: Option<&'a ConnectionCounters>,
 }
 
 impl<'a> Publication<'a> {
@@ -115,7 +118,14 @@ impl<'a> Publication<'a> {
             message,
             mandatory: false,
             on_durable: None,
+            counters: None,
         }
+    }
+
+    /// Counts the publish in the publishing connection's `counters`.
+    pub fn counted(mut self, counters: &'a ConnectionCounters) -> Self {
+        self.counters = Some(counters);
+        self
     }
 
     /// Asks for the message back when no queue takes it.
@@ -267,15 +277,23 @@ impl VirtualHost {
             message,
             mandatory,
             on_durable,
+            counters,
         } = publication;
         let mut queues = Vec::new();
         let mut holders = Vec::new();
         self.route(exchange, &message, &mut queues, &mut holders);
-        if holders.is_empty() {
-            return self.deliver(queues, message, mandatory, on_durable).await;
+        exchange.counters().count(queues.len());
+        let held = !holders.is_empty();
+        let published = if held {
+            self.deliver_held(queues, holders, message, on_durable)
+                .await
+        } else {
+            self.deliver(queues, message, mandatory, on_durable).await
+        };
+        if let Some(counters) = counters {
+            counters.published(held || published.routed > 0, published.returned.is_some());
         }
-        self.deliver_held(queues, holders, message, on_durable)
-            .await
+        published
     }
 
     /// Republishes a dead letter (made by the queue that let it die) through the exchange it

@@ -20,6 +20,7 @@ use crate::plugin::{MemoryState, PluginContext, StateStore};
 use crate::queue::{
     self, ConnectionId, QueueArguments, QueueHandle, QueueSpec, QueueStats, QueueType,
 };
+use crate::stats::QueueTally;
 
 /// The exchanges every virtual host has, with their types.
 const STANDARD_EXCHANGES: [(&str, &str); 6] = [
@@ -44,6 +45,8 @@ pub struct VirtualHost {
     me: Weak<VirtualHost>,
     /// Messages whose write failed, waiting to be withdrawn from their queues.
     unstored: crate::publish::Unstored,
+    /// The totals of queues gone.
+    retired_queues: parking_lot::Mutex<QueueTally>,
 }
 
 impl std::fmt::Debug for VirtualHost {
@@ -86,6 +89,7 @@ impl VirtualHost {
             storage,
             me: me.clone(),
             unstored: Default::default(),
+            retired_queues: Default::default(),
         });
         let builtin = |name: &str, kind: &str| ExchangeSpec {
             name: name.to_owned(),
@@ -146,6 +150,21 @@ impl VirtualHost {
     /// Every exchange, in no particular order.
     pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
         self.exchanges.iter().map(|e| e.value().clone()).collect()
+    }
+
+    /// Adds the totals of a queue that is gone, so the vhost's totals never go back.
+    pub(crate) fn retire_queue(&self, tally: &QueueTally) {
+        self.retired_queues.lock().add_totals(tally);
+    }
+
+    /// The totals of the vhost's queues since the broker started (queues gone included)
+    /// and the gauges of those there now.
+    pub fn queue_totals(&self) -> QueueTally {
+        let mut totals = *self.retired_queues.lock();
+        for queue in self.queues.iter() {
+            totals.add(&queue.value().counters());
+        }
+        totals
     }
 
     /// Every queue, in no particular order.

@@ -214,8 +214,9 @@ impl<S: AsyncRead + AsyncWrite + Detach + Unpin> Driver<S> {
         } else {
             None
         };
+        let traffic = connection.traffic;
         let mut driver = Self {
-            conduit: Conduit::new(stream),
+            conduit: Conduit::resuming(stream, traffic),
             connection,
             alarm,
             alarm_wait: None,
@@ -276,6 +277,7 @@ impl<S: AsyncRead + AsyncWrite + Detach + Unpin> Driver<S> {
             if let Some(graceful) = ended {
                 return Ended::Closed(graceful);
             }
+            self.connection.report(self.conduit.traffic(), false);
             self.await_alarm_if_blocked();
         }
     }
@@ -327,6 +329,10 @@ impl<S: AsyncRead + AsyncWrite + Detach + Unpin> Driver<S> {
             }
             Wake::Close(Close::Kicked) => {
                 tracing::info!(peer = ?self.connection.peer(), "session taken over by a new connection");
+                Step::End(false)
+            }
+            Wake::Close(Close::Forced) => {
+                tracing::info!(peer = ?self.connection.peer(), "connection closed by an operator");
                 Step::End(false)
             }
             Wake::AlarmChanged => {
@@ -390,9 +396,11 @@ impl<S: AsyncRead + AsyncWrite + Detach + Unpin> Driver<S> {
     fn park(self, lot: &ParkingLot, spot: &Arc<Spot>) -> Result<(), Box<Connection>> {
         let Driver {
             conduit,
-            connection,
+            mut connection,
             ..
         } = self;
+        connection.traffic = conduit.traffic();
+        connection.report(connection.traffic, true);
         match conduit.into_stream().detach() {
             Ok(socket) => {
                 lot.park(spot, socket, connection);

@@ -20,11 +20,14 @@ pub(crate) enum Close {
     Kicked,
     /// The broker is shutting down (the will is not published).
     Shutdown,
+    /// An operator closed the connection (the will is published).
+    Forced,
 }
 
 const KICKED: u8 = 1;
 const SHUTDOWN: u8 = 2;
 const FINISHED: u8 = 4;
+const FORCED: u8 = 8;
 
 /// One connection's close signal, and whether it has finished closing.
 #[derive(Default)]
@@ -42,6 +45,11 @@ impl Signal {
     /// Tells the connection that another one took its session over.
     pub(crate) fn kick(&self) {
         self.raise(KICKED);
+    }
+
+    /// Tells the connection that an operator closed it.
+    pub(crate) fn force(&self) {
+        self.raise(FORCED);
     }
 
     /// Ready once the connection must close; shutdown wins over a takeover.
@@ -63,6 +71,8 @@ impl Signal {
             Some(Close::Shutdown)
         } else if raised & KICKED != 0 {
             Some(Close::Kicked)
+        } else if raised & FORCED != 0 {
+            Some(Close::Forced)
         } else {
             None
         }

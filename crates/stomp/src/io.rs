@@ -76,6 +76,8 @@ enum Wake {
     Control(BrokerSignal),
     /// The queue that held this publisher by credit flow has caught up.
     FlowResumed,
+    /// An operator asked to close the connection, with this reason.
+    CloseRequested(String),
 }
 
 /// What is left to do after a wake-up's immediate work.
@@ -133,6 +135,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             // state across the awaits below.
             let step = {
                 let wake = poll_fn(|cx| self.poll_wake(cx)).await;
+                self.connection.report(self.conduit.traffic());
                 self.on_wake(wake)
             };
             match step {
@@ -191,6 +194,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 }
             }
             Wake::Control(BrokerSignal::Shutdown) => Step::End,
+            Wake::CloseRequested(reason) => {
+                self.connection.close_by_operator(reason);
+                Step::End
+            }
             Wake::FlowResumed => self.unblocked(),
             Wake::Control(BrokerSignal::AlarmChanged) => {
                 let was_blocked = self.connection.is_blocked();
@@ -238,6 +245,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         }
         if let Poll::Ready(control) = self.control.as_mut().poll(cx) {
             return Poll::Ready(Wake::Control(control));
+        }
+        if let Poll::Ready(reason) = self.connection.poll_close_request(cx) {
+            return Poll::Ready(Wake::CloseRequested(reason));
         }
         if let Poll::Ready(Some(ticket)) = self.connection.durable.poll_recv(cx) {
             return Poll::Ready(Wake::Durable(ticket));

@@ -18,12 +18,26 @@ const READ_CHUNK_MIN: usize = 512;
 /// The largest read, reached by doubling while reads fill the buffer.
 const READ_CHUNK_MAX: usize = 64 * 1024;
 
+/// What a conduit has moved: bytes and the reads and writes that moved them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Bytes read.
+    pub received: u64,
+    /// Reads that brought bytes.
+    pub reads: u64,
+    /// Bytes written.
+    pub sent: u64,
+    /// Writes.
+    pub writes: u64,
+}
+
 /// A byte stream, its unconsumed input and its unwritten output.
 pub struct Conduit<S> {
     stream: S,
     input: BytesMut,
     output: Bytes,
     read_chunk: usize,
+    traffic: Traffic,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conduit<S> {
@@ -34,7 +48,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conduit<S> {
             input: BytesMut::new(),
             output: Bytes::new(),
             read_chunk: READ_CHUNK_MIN,
+            traffic: Traffic::default(),
         }
+    }
+
+    /// Wraps a stream whose earlier traffic (on another conduit) counts on.
+    pub fn resuming(stream: S, traffic: Traffic) -> Self {
+        let mut conduit = Self::new(stream);
+        conduit.traffic = traffic;
+        conduit
+    }
+
+    /// What the conduit has moved since it was made.
+    pub fn traffic(&self) -> Traffic {
+        self.traffic
     }
 
     /// The stream itself, once the conduit is quiet (see [`Conduit::is_quiet`]): what was
@@ -73,6 +100,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conduit<S> {
             let mut buf = ReadBuf::new(&mut scratch);
             ready!(Pin::new(&mut self.stream).poll_read(cx, &mut buf))?;
             let filled = buf.filled();
+            self.count_read(filled.len());
             if filled.len() == READ_CHUNK_MIN {
                 self.read_chunk = (READ_CHUNK_MIN * 2).min(READ_CHUNK_MAX);
             }
@@ -85,6 +113,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conduit<S> {
         let spare = self.input.capacity() - self.input.len();
         match tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.input) {
             Poll::Ready(Ok(n)) => {
+                self.count_read(n);
                 if n == spare {
                     self.read_chunk = (self.read_chunk * 2).min(READ_CHUNK_MAX);
                 }
@@ -99,6 +128,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conduit<S> {
                 Poll::Pending
             }
             other => other,
+        }
+    }
+
+    fn count_read(&mut self, n: usize) {
+        if n > 0 {
+            self.traffic.received += n as u64;
+            self.traffic.reads += 1;
         }
     }
 
@@ -140,6 +176,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conduit<S> {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.output.advance(n);
+            self.traffic.sent += n as u64;
+            self.traffic.writes += 1;
         }
         // An empty chunk still holds its buffer.
         self.output = Bytes::new();

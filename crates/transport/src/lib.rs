@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 mod allowance;
 mod bridge;
+mod close_request;
 mod conduit;
 mod driver;
 mod http;
@@ -26,7 +27,8 @@ mod park;
 mod websocket;
 
 pub use allowance::{Allowance, Metered};
-pub use conduit::Conduit;
+pub use close_request::CloseRequest;
+pub use conduit::{Conduit, Traffic};
 pub use driver::{Arrival, BrokerSignal, BrokerSignals, Turns, broker_signals};
 pub use http::{HEADER_READ_TIMEOUT, MAX_HEAD_BUFFER};
 pub use lazy_channel::LazyChannel;

@@ -51,6 +51,7 @@ impl Connection {
                 flag("authentication_failure_close");
             self.session.capabilities.connection_blocked = flag("connection.blocked");
         }
+        self.session.client_properties = crate::properties::table_from_wire(&m.client_properties);
         let mechanism = m.mechanism.as_str();
         let credentials = match mechanism {
             "PLAIN" => plain_credentials(m.response.as_bytes()),
@@ -164,6 +165,7 @@ impl Connection {
             ));
         }
         self.session.vhost = Some(vhost);
+        self.session.register(name);
         self.session.send(
             0,
             AMQPClass::Connection(conn::AMQPMethod::OpenOk(OpenOk {})),

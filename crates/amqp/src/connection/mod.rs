@@ -17,6 +17,7 @@ use amq_protocol::types::{AMQPValue, FieldTable as WireTable, LongString};
 use bytes::{BufMut, Bytes, BytesMut};
 use junction_core::field::MAX_DEPTH;
 use junction_core::persistence::Durability;
+use junction_core::stats::ConnectionState;
 use junction_core::{Broker, ChannelId, ConsumerEvent, LoginRequest, Protocol};
 use junction_transport::LazyChannel;
 
@@ -182,6 +183,33 @@ impl Connection {
     pub fn is_blocked(&self) -> bool {
         (self.alarm.is_some() && self.session.has_published && self.state == State::Open)
             || self.session.flow.is_some()
+    }
+
+    /// Ready with the reason once an operator asked to close the connection.
+    pub fn poll_close_request(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<String> {
+        self.session.close_request.poll(cx)
+    }
+
+    /// Records the socket's traffic and what the connection is doing, for the broker's
+    /// connection list.
+    pub fn report(&self, traffic: junction_transport::Traffic) {
+        let Some(counters) = self.session.counters() else {
+            return;
+        };
+        counters.set_traffic(
+            traffic.received,
+            traffic.reads,
+            traffic.sent,
+            traffic.writes,
+        );
+        let state = if self.session.flow.is_some() {
+            ConnectionState::Flow
+        } else if self.is_blocked() {
+            ConnectionState::Blocked
+        } else {
+            ConnectionState::Running
+        };
+        counters.set_state(state);
     }
 
     /// Ready when the queue that held this connection by credit flow has caught up (the hold
@@ -477,6 +505,16 @@ impl Connection {
     }
 
     async fn on_channel_method(&mut self, number: u16, method: AMQPClass) -> AmqpResult<()> {
+        // Channels open and close only through the channel class.
+        let channel_class = matches!(method, AMQPClass::Channel(_));
+        let outcome = self.handle_channel_method(number, method).await;
+        if channel_class && let Some(counters) = self.session.counters() {
+            counters.set_channels(self.channels.iter().flatten().count());
+        }
+        outcome
+    }
+
+    async fn handle_channel_method(&mut self, number: u16, method: AMQPClass) -> AmqpResult<()> {
         let ids = (method.get_amqp_class_id(), method.get_amqp_method_id());
         if self.state != State::Open {
             return Err(AmqpError::connection(

@@ -406,6 +406,7 @@ pub struct Exchange {
     handler: Arc<dyn ExchangeHandler>,
     bindings: Mutex<BindingSet>,
     router: ArcSwap<CompiledRouter>,
+    counters: crate::stats::ExchangeCounters,
 }
 
 impl std::fmt::Debug for Exchange {
@@ -427,7 +428,13 @@ impl Exchange {
             spec,
             bindings: Mutex::new(BindingSet::default()),
             router,
+            counters: crate::stats::ExchangeCounters::default(),
         }
+    }
+
+    /// Messages in and out, counted by the publish pipeline.
+    pub fn counters(&self) -> &crate::stats::ExchangeCounters {
+        &self.counters
     }
 
     /// The handler that routes for this exchange.

@@ -19,8 +19,12 @@ fn confirms<A>(ledger: &mut Ledger<A>) -> Vec<Confirm> {
     std::iter::from_fn(|| ledger.next_confirm()).collect()
 }
 
-fn ack(upto: Seq, multiple: bool) -> Confirm {
-    Confirm::Ack { upto, multiple }
+fn ack(upto: Seq, covered: u64) -> Confirm {
+    Confirm::Ack {
+        upto,
+        multiple: covered > 1,
+        covered,
+    }
 }
 
 #[test]
@@ -77,11 +81,11 @@ fn confirms_go_as_one_multiple_ack_up_to_the_first_answer_still_waiting() {
         let seq = ledger.owe(());
         ledger.ready(seq);
     }
-    assert_eq!(confirms(&mut ledger), [ack(3, true)]);
+    assert_eq!(confirms(&mut ledger), [ack(3, 3)]);
     ledger.settle(stored, Durability::OnDisk);
-    assert_eq!(confirms(&mut ledger), [ack(6, true)]);
+    assert_eq!(confirms(&mut ledger), [ack(6, 3)]);
     let single = ledger.owe_now(());
-    assert_eq!(confirms(&mut ledger), [ack(single, false)]);
+    assert_eq!(confirms(&mut ledger), [ack(single, 1)]);
 }
 
 #[test]
@@ -97,10 +101,7 @@ fn a_failed_write_is_answered_at_once_and_no_ack_covers_it() {
         "a failure needs no disk: it goes ahead of the answer still waiting"
     );
     ledger.settle(first, Durability::OnDisk);
-    assert_eq!(
-        confirms(&mut ledger),
-        [ack(first, false), ack(after, false)]
-    );
+    assert_eq!(confirms(&mut ledger), [ack(first, 1), ack(after, 1)]);
     assert!(ledger.is_empty());
 }
 
@@ -113,7 +114,7 @@ fn acks_around_a_refused_publication_split_in_two() {
     ledger.fail(3);
     assert_eq!(
         confirms(&mut ledger),
-        [ack(2, true), Confirm::Nack(3), ack(5, true)]
+        [ack(2, 2), Confirm::Nack(3), ack(5, 2)]
     );
 }
 
@@ -131,7 +132,7 @@ fn nothing_is_answered_twice() {
     ledger.settle(refused, Durability::Failed);
     ledger.settle(next, Durability::Failed);
     ledger.settle(99, Durability::Failed);
-    assert_eq!(confirms(&mut ledger), [ack(next, false)]);
+    assert_eq!(confirms(&mut ledger), [ack(next, 1)]);
     assert_eq!(confirms(&mut ledger), []);
 }
 
@@ -143,12 +144,9 @@ fn a_failure_behind_an_answer_still_waiting_is_stepped_over_later() {
     let refused = ledger.owe_now(());
     ledger.owe_now(());
     ledger.fail(refused);
-    assert_eq!(
-        confirms(&mut ledger),
-        [ack(1, false), Confirm::Nack(refused)]
-    );
+    assert_eq!(confirms(&mut ledger), [ack(1, 1), Confirm::Nack(refused)]);
     ledger.settle(waiting, Durability::OnDisk);
-    assert_eq!(confirms(&mut ledger), [ack(2, false), ack(4, false)]);
+    assert_eq!(confirms(&mut ledger), [ack(2, 1), ack(4, 1)]);
 }
 
 #[test]

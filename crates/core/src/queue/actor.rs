@@ -35,6 +35,7 @@ use crate::message::Message;
 use crate::persistence::{
     MessageStore, Overflow as PageOverflow, OverflowStore, QueueKey, Recovered, Storage, StoredAt,
 };
+use crate::stats::QueueTally;
 use crate::vhost::VirtualHost;
 
 /// How many commands the queue handles before it dispatches.
@@ -203,6 +204,8 @@ struct QueueActor {
     started: Instant,
     /// Where round-robin resumes in each priority group, when consumers' priorities differ.
     group_cursors: HashMap<i64, usize>,
+    /// What the task counts; stored for readers after each batch.
+    tally: QueueTally,
 }
 
 /// Starts the task of a new queue and returns its handle.
@@ -299,6 +302,7 @@ pub(crate) fn spawn(
         recovered: count as MessageSeq,
         started: now,
         group_cursors: HashMap::new(),
+        tally: QueueTally::default(),
     };
     tokio::spawn(actor.run(rx, settle_rx));
     handle
@@ -377,6 +381,11 @@ impl QueueActor {
             }
             self.read_ahead();
             self.flush_overflow();
+            self.report();
+        }
+        self.report();
+        if let Some(vhost) = self.vhost.upgrade() {
+            vhost.retire_queue(&self.tally);
         }
         // Publishes still in the mailbox will never be enqueued: their store records go.
         rx.close();
@@ -392,6 +401,16 @@ impl QueueActor {
             drop(tokio::task::spawn_blocking(move || overflow.close()));
         }
         tracing::debug!(queue = self.handle.name(), "queue task stopped");
+    }
+
+    /// Stores the tally, with the gauges as they are now, for readers.
+    fn report(&mut self) {
+        self.tally.ready = self.ready.len() as u64;
+        self.tally.ready_bytes = self.ready.bytes() as u64;
+        self.tally.paged = self.ready.paged() as u64;
+        self.tally.unacked = self.unacked.values().map(|m| m.len() as u64).sum();
+        self.tally.consumers = self.consumers.len() as u64;
+        self.handle.0.counters.store(&self.tally);
     }
 
     /// Handles the settlements waiting on their lane (acks, rejects, wake-ups: none stops
@@ -541,6 +560,7 @@ impl QueueActor {
             self.forget(stored);
             return;
         }
+        self.tally.published += 1;
         let seq = self.next_seq;
         self.next_seq += 1;
         let size = message.body.len();
@@ -948,10 +968,15 @@ impl QueueActor {
         self.last_used = self.now;
         let entry = match self.next_ready() {
             Head::Ready(entry) => entry,
-            Head::Empty => return Some(None),
+            Head::Empty => {
+                self.tally.got_empty += 1;
+                return Some(None);
+            }
             Head::Waiting => return None,
         };
+        self.tally.redelivered += u64::from(entry.redelivered);
         if no_ack {
+            self.tally.got_auto_ack += 1;
             self.forget(entry.stored);
         } else {
             self.unacked.entry(channel).or_default().insert(
@@ -966,6 +991,7 @@ impl QueueActor {
                     credit: None,
                 },
             );
+            self.tally.got_manual_ack += 1;
         }
         let message = self.as_handed_out(entry.message, entry.returns);
         Some(Some(GetResult {
@@ -992,6 +1018,7 @@ impl QueueActor {
             if requeue == Some(true) {
                 back.push(unacked.into_ready(*seq));
             } else {
+                self.tally.acked += u64::from(requeue.is_none());
                 gone.push(unacked);
             }
         }
@@ -1208,6 +1235,12 @@ impl QueueActor {
             }
             return Err(entry);
         }
+        if needs_ack {
+            self.tally.delivered_manual_ack += 1;
+        } else {
+            self.tally.delivered_auto_ack += 1;
+        }
+        self.tally.redelivered += u64::from(entry.redelivered);
         if !needs_ack {
             self.forget(entry.stored);
         } else {

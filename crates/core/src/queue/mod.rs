@@ -214,6 +214,8 @@ pub(crate) struct QueueShared {
     transient_limit: AtomicU32,
     /// How many were.
     pub(crate) dropped_transient: AtomicU64,
+    /// What the task has counted, as of its last batch.
+    pub(crate) counters: crate::stats::QueueCounters,
 }
 
 /// A cheap, clonable reference to a running queue.
@@ -248,6 +250,7 @@ impl QueueHandle {
             awaited: AtomicBool::new(false),
             transient_limit: AtomicU32::new(0),
             dropped_transient: AtomicU64::new(0),
+            counters: crate::stats::QueueCounters::default(),
         }))
     }
 
@@ -429,6 +432,11 @@ impl QueueHandle {
     /// Drops every ready message; returns how many.
     pub async fn purge(&self) -> CoreResult<u32> {
         self.ask(QueueCommand::Purge).await
+    }
+
+    /// The queue's counters as of its task's last batch (no message to the task).
+    pub fn counters(&self) -> crate::stats::QueueTally {
+        self.0.counters.load()
     }
 
     /// Reports the queue's counts.

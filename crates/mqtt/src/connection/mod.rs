@@ -21,6 +21,7 @@ use junction_core::auth::AccessCache;
 use junction_core::ledger::{Answer, Ledger, Seq};
 use junction_core::persistence::Durability;
 use junction_core::queue::MessageSeq;
+use junction_core::stats::{ConnectionCounters, ConnectionDetails, ConnectionState, Registration};
 use junction_core::{
     ChannelId, ConnectionId, ConsumerEvent, Exchange, Permission, Principal, QueueHandle,
     ResourceKind, VirtualHost,
@@ -207,6 +208,10 @@ pub(crate) struct Connection {
     alarm: bool,
     /// When the last bytes arrived from the client (the keep-alive counts from it).
     pub(crate) last_packet: tokio::time::Instant,
+    /// The socket's traffic before the connection's current conduit (it parks and resumes).
+    pub(crate) traffic: junction_transport::Traffic,
+    /// The connection in the broker's list, once CONNECT is accepted.
+    registration: Option<Registration>,
 }
 
 impl Connection {
@@ -227,7 +232,50 @@ impl Connection {
             flow: None,
             alarm: false,
             last_packet: tokio::time::Instant::now(),
+            traffic: junction_transport::Traffic::default(),
+            registration: None,
         }
+    }
+
+    /// Lists the connection in the broker's registry once CONNECT is accepted; an operator's
+    /// close raises its signal.
+    pub(crate) fn register(&mut self, user: &str, vhost: &str, client_id: &str) {
+        let details =
+            ConnectionDetails::new("MQTT 3.1.1", self.peer, user, vhost).with_client_id(client_id);
+        let signal = self.signal.clone();
+        self.registration = Some(self.mqtt.broker.connections().register(
+            self.id,
+            details,
+            Box::new(move |_reason| signal.force()),
+        ));
+    }
+
+    /// The connection's counters, once it is registered.
+    pub(crate) fn counters(&self) -> Option<&ConnectionCounters> {
+        self.registration.as_ref().map(|r| &r.counters)
+    }
+
+    /// Records the socket's traffic and what the connection is doing.
+    pub(crate) fn report(&self, traffic: junction_transport::Traffic, parked: bool) {
+        let Some(counters) = self.counters() else {
+            return;
+        };
+        counters.set_traffic(
+            traffic.received,
+            traffic.reads,
+            traffic.sent,
+            traffic.writes,
+        );
+        let state = if parked {
+            ConnectionState::Parked
+        } else if self.flow.is_some() {
+            ConnectionState::Flow
+        } else if self.is_blocked() {
+            ConnectionState::Blocked
+        } else {
+            ConnectionState::Running
+        };
+        counters.set_state(state);
     }
 
     /// The adapter's shared state.
@@ -444,9 +492,17 @@ impl Connection {
         let Some(flow) = self.session.as_mut().and_then(|s| s.flow.as_mut()) else {
             return false;
         };
+        let counters = self.registration.as_ref().map(|r| &r.counters);
         while let Some(answer) = flow.acks.next_answer() {
             match answer {
-                Answer::Ready(_, ack) => codec::encode(&ack.packet(), &mut self.out),
+                Answer::Ready(_, ack) => {
+                    if let (OwedAck::Puback(_) | OwedAck::Pubrec(_), Some(counters)) =
+                        (ack, counters)
+                    {
+                        counters.confirmed(1);
+                    }
+                    codec::encode(&ack.packet(), &mut self.out)
+                }
                 Answer::Failed(_, failed) => {
                     // None of the acknowledgements still owed goes; a QoS 2 publication among
                     // them must be routed again when the client resends it, not taken for a

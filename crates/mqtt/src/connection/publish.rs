@@ -9,6 +9,7 @@ use bytes::Bytes;
 use junction_core::ledger::Seq;
 use junction_core::persistence::Durability;
 use junction_core::publish::Persisted;
+use junction_core::stats::ConnectionCounters;
 use junction_core::{
     FieldTable, FieldValue, Message, OnDurable, Permission, Properties, Publication, ResourceKind,
 };
@@ -39,6 +40,7 @@ impl Connection {
         }
         let mqtt = self.mqtt.clone();
         let durable = &mut self.durable;
+        let counters = self.registration.as_ref().map(|r| &r.counters);
         let Some(session) = self.session.as_mut() else {
             return Err(Violation("PUBLISH before CONNECT".into()));
         };
@@ -72,6 +74,7 @@ impl Connection {
         let seq = ack.map(|ack| session.flow().acks.owe(ack));
         let published = route(
             session,
+            counters,
             routing_key,
             publish.qos,
             publish.payload,
@@ -141,7 +144,8 @@ impl Connection {
                 will.payload.clone(),
             );
         }
-        route(session, routing_key, will.qos, will.payload, None).await;
+        let counters = self.registration.as_ref().map(|r| &r.counters);
+        route(session, counters, routing_key, will.qos, will.payload, None).await;
     }
 }
 
@@ -152,6 +156,7 @@ impl Connection {
 /// behind (credit flow). `routing_key` is the topic in AMQP form.
 async fn route(
     session: &Session,
+    counters: Option<&ConnectionCounters>,
     routing_key: String,
     qos: QoS,
     payload: Bytes,
@@ -169,6 +174,9 @@ async fn route(
         payload,
     );
     let mut publication = Publication::new(&session.exchange, message);
+    if let Some(counters) = counters {
+        publication = publication.counted(counters);
+    }
     let mut on_durable;
     if let Some((seq, durable)) = notify {
         on_durable = move || -> OnDurable {

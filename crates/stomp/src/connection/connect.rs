@@ -124,6 +124,7 @@ impl Connection {
             .header("heart-beat", format!("{sends},{wants}"))
             .header("version", version.as_str());
         codec::encode(&connected, Some(version), &mut self.out);
+        self.register(version);
         Ok(())
     }
 }

@@ -27,10 +27,12 @@ use junction_core::auth::AccessCache;
 use junction_core::ledger::{Answer, Ledger, Seq};
 use junction_core::persistence::Durability;
 use junction_core::queue::MessageSeq;
+use junction_core::stats::{ConnectionCounters, ConnectionDetails, ConnectionState, Registration};
 use junction_core::{
     Broker, ChannelId, ConnectionId, ConsumerEvent, ConsumerSink, CoreError, Permission, Principal,
     QueueHandle, ResourceKind, VirtualHost,
 };
+use junction_transport::CloseRequest;
 use junction_transport::LazyChannel;
 
 use crate::codec::{self, Decoder, Frame, Version};
@@ -280,6 +282,10 @@ pub(crate) struct Connection {
     queue_acks: Vec<(QueueHandle, MessageSeq)>,
     /// Deliveries that arrived for a subscription already gone: back to their queues.
     queue_returns: Vec<(QueueHandle, MessageSeq)>,
+    /// The connection in the broker's list, once CONNECT is accepted.
+    registration: Option<Registration>,
+    /// An operator's request to close the connection.
+    close_request: Arc<CloseRequest>,
 }
 
 impl Connection {
@@ -309,6 +315,8 @@ impl Connection {
             alarm: false,
             queue_acks: Vec::new(),
             queue_returns: Vec::new(),
+            registration: None,
+            close_request: Arc::new(CloseRequest::default()),
         }
     }
 
@@ -404,6 +412,70 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Lists the connection in the broker's registry once CONNECT is accepted.
+    pub(super) fn register(&mut self, version: Version) {
+        let Some(session) = &self.session else {
+            return;
+        };
+        let protocol = match version {
+            Version::V1_0 => "STOMP 1.0",
+            Version::V1_1 => "STOMP 1.1",
+            Version::V1_2 => "STOMP 1.2",
+        };
+        let details = ConnectionDetails::new(
+            protocol,
+            self.peer,
+            session.principal.user.name.clone(),
+            session.vhost.name.clone(),
+        );
+        let close_request = self.close_request.clone();
+        self.registration = Some(self.broker.connections().register(
+            self.id,
+            details,
+            Box::new(move |reason| close_request.request(reason)),
+        ));
+    }
+
+    /// The connection's counters, once it is registered.
+    pub(crate) fn counters(&self) -> Option<&ConnectionCounters> {
+        self.registration.as_ref().map(|r| &r.counters)
+    }
+
+    /// Ready with the reason once an operator asked to close the connection.
+    pub(crate) fn poll_close_request(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<String> {
+        self.close_request.poll(cx)
+    }
+
+    /// Tells the client an operator closed the connection (an ERROR frame); the driver then
+    /// ends it.
+    pub(crate) fn close_by_operator(&mut self, reason: String) {
+        self.refuse(None, Refusal::new("Connection closed", reason));
+    }
+
+    /// Records the socket's traffic and what the connection is doing.
+    pub(crate) fn report(&self, traffic: junction_transport::Traffic) {
+        let Some(counters) = self.counters() else {
+            return;
+        };
+        counters.set_traffic(
+            traffic.received,
+            traffic.reads,
+            traffic.sent,
+            traffic.writes,
+        );
+        let state = if self.flow.is_some() {
+            ConnectionState::Flow
+        } else if self.is_blocked() {
+            ConnectionState::Blocked
+        } else {
+            ConnectionState::Running
+        };
+        counters.set_state(state);
     }
 
     /// Sends an ERROR frame.
@@ -508,6 +580,9 @@ impl Connection {
         while let Some(answer) = session.receipts.next_answer() {
             match answer {
                 Answer::Ready(_, Some(receipt)) => {
+                    if let Some(registration) = &self.registration {
+                        registration.counters.confirmed(1);
+                    }
                     let frame = Frame::new("RECEIPT").header("receipt-id", receipt);
                     codec::encode(&frame, Some(session.version), &mut self.out);
                 }

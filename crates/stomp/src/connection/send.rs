@@ -73,6 +73,7 @@ impl Connection {
         }
         let persistent = properties.is_persistent();
         let durable = &mut self.durable;
+        let registration = self.registration.as_ref();
         let Some(session) = self.session.as_mut() else {
             return Err(Refusal::new("Not connected", "CONNECT first"));
         };
@@ -97,6 +98,9 @@ impl Connection {
             .await?;
         let message = Message::new(exchange_name, key, properties, frame.body);
         let mut publication = Publication::new(&exchange, message);
+        if let Some(registration) = registration {
+            publication = publication.counted(&registration.counters);
+        }
         let seq = persistent.then(|| session.receipts.owe(None));
         let mut on_durable;
         if let Some(seq) = seq {
