@@ -134,6 +134,32 @@ impl Broker {
             .clone()
     }
 
+    /// Deletes a vhost with everything in it: its queues (and their stored messages), its
+    /// exchanges and bindings, and the connections using it, which are closed. False when
+    /// there was no such vhost.
+    pub async fn delete_vhost(&self, name: &str) -> CoreResult<bool> {
+        let Some((_, vhost)) = self.vhosts.remove(name) else {
+            return Ok(false);
+        };
+        for connection in self.connections.list() {
+            if connection.details.vhost == name {
+                connection.close(&format!("CONNECTION_FORCED - vhost '{name}' is deleted"));
+            }
+        }
+        for queue in vhost.queues() {
+            let owner = queue.owner().unwrap_or(ConnectionId(0));
+            vhost
+                .delete_queue(queue.name(), false, false, owner)
+                .await?;
+        }
+        for exchange in vhost.exchanges() {
+            if !exchange.name.is_empty() && !exchange.name.starts_with("amq.") {
+                vhost.delete_exchange(&exchange.name, false)?;
+            }
+        }
+        Ok(true)
+    }
+
     /// The vhost called `name`.
     pub fn vhost(&self, name: &str) -> CoreResult<Arc<VirtualHost>> {
         self.vhosts
@@ -161,6 +187,15 @@ impl Broker {
             *current = combined;
             true
         });
+    }
+
+    /// The alarms raised now: resource and reason.
+    pub fn alarms(&self) -> Vec<(&'static str, String)> {
+        self.raised
+            .lock()
+            .iter()
+            .map(|(resource, reason)| (*resource, reason.clone()))
+            .collect()
     }
 
     /// Watches the resource alarm: `Some(reason)` while raised.

@@ -50,7 +50,7 @@ pub use plugin::{PluginContext, StateStore, StateTable};
 pub use publish::{Publication, Published};
 pub use queue::{
     ChannelCredit, ChannelId, ConnectionId, ConsumerEvent, ConsumerSink, ConsumerSpec,
-    DEFAULT_DELIVERY_BUDGET, Delivery, DeliveryBudget, DeliveryPermit, GetResult, QueueHandle,
-    QueueSpec, QueueStats,
+    ConsumerSummary, DEFAULT_DELIVERY_BUDGET, Delivery, DeliveryBudget, DeliveryPermit, GetResult,
+    QueueHandle, QueueSpec, QueueStats,
 };
 pub use vhost::VirtualHost;

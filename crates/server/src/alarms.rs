@@ -50,6 +50,29 @@ fn available_bytes(path: &Path) -> Option<u64> {
     )
 }
 
+/// Open file descriptors of this process and their limit.
+fn file_descriptors() -> (u64, u64) {
+    let used = std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count() as u64);
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(0, |(soft, _)| soft);
+    (used, limit)
+}
+
+/// Measures the node's resources for the management API.
+pub fn resource_probe(config: AlarmsConfig, data_dir: PathBuf) -> junction_admin::ResourceProbe {
+    Arc::new(move || {
+        let (fd_used, fd_total) = file_descriptors();
+        junction_admin::NodeResources {
+            mem_used: resident_bytes().unwrap_or(0),
+            mem_limit: watermark(&config).unwrap_or(0),
+            disk_free: available_bytes(&data_dir).unwrap_or(0),
+            disk_free_limit: config.disk_free_limit,
+            fd_used,
+            fd_total,
+        }
+    })
+}
+
 /// One resource alarm: raised and cleared with a log line on each change.
 struct Alarm {
     resource: &'static str,

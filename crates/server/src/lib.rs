@@ -6,7 +6,6 @@
 
 mod alarms;
 mod config;
-mod definitions_file;
 mod demo;
 mod listeners;
 mod logging;
@@ -195,11 +194,11 @@ impl Junction {
     }
 
     /// The auth backends `[auth] backends` names, in order, behind one authoriser.
+    /// Also returns the internal user database, when `[auth] backends` names it.
     fn authorizer(
         &self,
         config: &config::Config,
-        definitions: Option<&definitions_file::DefinitionsFile>,
-    ) -> anyhow::Result<Authorizer> {
+    ) -> anyhow::Result<(Authorizer, Option<Arc<InternalUsers>>)> {
         for section in config.auth.sections.keys() {
             anyhow::ensure!(
                 self.auth_backends.iter().any(|(name, _)| name == section),
@@ -207,13 +206,12 @@ impl Junction {
             );
         }
         let mut backends: Vec<Arc<dyn AuthBackend>> = Vec::new();
+        let mut internal = None;
         for name in &config.auth.backends {
             if name == "internal" {
-                let users = internal_users(config)?;
-                if let Some(definitions) = definitions {
-                    definitions.add_users(&users)?;
-                }
-                backends.push(Arc::new(users));
+                let users = Arc::new(internal_users(config)?);
+                internal = Some(users.clone());
+                backends.push(users);
                 continue;
             }
             let Some((_, make)) = self.auth_backends.iter().find(|(known, _)| known == name) else {
@@ -234,10 +232,8 @@ impl Junction {
             );
         }
         anyhow::ensure!(!backends.is_empty(), "[auth] backends names no backend");
-        Ok(Authorizer::new(
-            backends,
-            Duration::from_millis(config.auth.cache_ttl_ms),
-        ))
+        let authorizer = Authorizer::new(backends, Duration::from_millis(config.auth.cache_ttl_ms));
+        Ok((authorizer, internal))
     }
 }
 
@@ -355,11 +351,11 @@ async fn run(cli: Cli, config: config::Config, junction: Junction) -> anyhow::Re
     let registry = junction.registry();
     let definitions_to_load = match config.definitions.load.as_str() {
         "" => None,
-        path => Some(definitions_file::DefinitionsFile::read(
+        path => Some(junction_admin::definitions::Definitions::read(
             std::path::Path::new(path),
         )?),
     };
-    let auth = junction.authorizer(&config, definitions_to_load.as_ref())?;
+    let (auth, internal_users) = junction.authorizer(&config)?;
     let default_vhost = config
         .vhosts
         .first()
@@ -367,6 +363,7 @@ async fn run(cli: Cli, config: config::Config, junction: Junction) -> anyhow::Re
         .unwrap_or_else(|| "/".to_owned());
     let definitions = Arc::new(junction_store::Definitions::open(&data_dir)?);
     let adapter_state: Arc<dyn junction_core::AdapterStateStore> = definitions.clone();
+    let managed_state = adapter_state.clone();
     let started = std::time::Instant::now();
     let (messages, report) = junction_store::MessageLog::open(&data_dir)?;
     tracing::info!(
@@ -400,9 +397,19 @@ async fn run(cli: Cli, config: config::Config, junction: Junction) -> anyhow::Re
     for vhost in &config.vhosts {
         broker.add_vhost(&vhost.name);
     }
-    if let Some(file) = &definitions_to_load {
-        file.apply(&broker).await?;
+    let admin = junction_admin::Admin::new(broker.clone(), internal_users, Some(managed_state));
+    if let Some(definitions) = &definitions_to_load {
+        admin.import(definitions, None, false).await?;
     }
+    // What operators changed through the API is newer than the configuration and the file.
+    admin
+        .restore()
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot restore managed users and vhosts: {error}"))?;
+    admin.set_resource_probe(alarms::resource_probe(
+        config.alarms.clone(),
+        data_dir.clone(),
+    ));
     let disk_alarm = Arc::new(alarms::DiskAlarm::new(
         broker.clone(),
         config.alarms.disk_free_limit,
@@ -471,7 +478,8 @@ async fn run(cli: Cli, config: config::Config, junction: Junction) -> anyhow::Re
         disk_alarm,
         shutdown_rx.clone(),
     ));
-    let mut running = Listeners::new(shutdown_rx.clone());
+    tokio::spawn(admin.clone().sample_rates(shutdown_rx.clone()));
+    let mut running = Listeners::new(shutdown_rx.clone(), admin.clone());
     let amqp_broker = broker.clone();
     running
         .tcp("amqp", amqp, move |stream, peer, shutdown| {
@@ -530,12 +538,14 @@ async fn run(cli: Cli, config: config::Config, junction: Junction) -> anyhow::Re
         protocols: vec![mqtt_over_websocket.clone(), stomp_over_websocket.clone()],
         fallback: None,
         files: demo::FILES.to_vec(),
+        extra: Some(admin.router()),
     };
     running.websocket("http", http_addr, http_routes).await?;
     let web_mqtt_routes = WebSocketRoutes {
         protocols: vec![mqtt_over_websocket],
         fallback: Some(0),
         files: Vec::new(),
+        extra: None,
     };
     running
         .websocket("web-mqtt", web_mqtt_addr, web_mqtt_routes)
@@ -544,6 +554,7 @@ async fn run(cli: Cli, config: config::Config, junction: Junction) -> anyhow::Re
         protocols: vec![stomp_over_websocket],
         fallback: Some(0),
         files: Vec::new(),
+        extra: None,
     };
     running
         .websocket("web-stomp", web_stomp_addr, web_stomp_routes)

@@ -20,22 +20,34 @@ pub struct Listeners {
     tasks: JoinSet<()>,
     shutdown: watch::Receiver<bool>,
     connections: Tracker,
+    /// Told of each bound listener, for the management API's overview.
+    admin: Arc<junction_admin::Admin>,
 }
 
 impl Listeners {
     /// No listeners yet; `shutdown` turning true stops them all.
-    pub fn new(shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(shutdown: watch::Receiver<bool>, admin: Arc<junction_admin::Admin>) -> Self {
         Self {
             tasks: JoinSet::new(),
             shutdown,
             connections: Tracker::default(),
+            admin,
         }
     }
 
-    async fn bind(name: &str, addr: &str) -> anyhow::Result<TcpListener> {
+    /// Binds listener `name`, prints its `listening` line and tells the management API.
+    pub async fn bind(&self, name: &str, addr: &str) -> anyhow::Result<TcpListener> {
         let listener = bind_tcp(addr).await?;
         let bound = listener.local_addr().context("listener has no address")?;
         println!("listening {name} {bound}");
+        // RabbitMQ's protocol names for the overview's listeners.
+        let protocol = match name {
+            "web-stomp" => "http/web-stomp",
+            "web-mqtt" => "http/web-mqtt",
+            "prometheus" => "http/prometheus",
+            other => other,
+        };
+        self.admin.add_listener(protocol, bound);
         Ok(listener)
     }
 
@@ -57,7 +69,7 @@ impl Listeners {
         let ListenAddr::At(addr) = addr else {
             return Ok(());
         };
-        let listener = Self::bind(name, &addr).await?;
+        let listener = self.bind(name, &addr).await?;
         let shutdown = self.shutdown.clone();
         let connections = self.connections.clone();
         self.tasks.spawn(accept_loop(
@@ -118,7 +130,7 @@ impl Listeners {
         let ListenAddr::At(addr) = addr else {
             return Ok(());
         };
-        let listener = Self::bind(name, &addr).await?;
+        let listener = self.bind(name, &addr).await?;
         self.tasks
             .spawn(serve_websockets(listener, self.shutdown.clone(), routes));
         Ok(())

@@ -85,6 +85,8 @@ pub struct WebSocketRoutes {
     pub fallback: Option<usize>,
     /// Static files served beside `/ws`.
     pub files: Vec<StaticFile>,
+    /// More routes served on the same port (the management API and console).
+    pub extra: Option<Router>,
 }
 
 impl WebSocketRoutes {
@@ -107,12 +109,13 @@ impl WebSocketRoutes {
 
 /// Serves HTTP on `listener` until `shutdown` turns true: WebSocket upgrades on `/ws` go to
 /// the protocol chosen by the client's subprotocol, the static files are served at their
-/// paths, and other paths are 404 (the management API is to come).
+/// paths, then the extra routes; other paths are 404.
 pub async fn serve_websockets(
     listener: TcpListener,
     shutdown: watch::Receiver<bool>,
-    routes: WebSocketRoutes,
+    mut routes: WebSocketRoutes,
 ) {
+    let extra = routes.extra.take();
     let mut app = Router::new().route("/ws", get(upgrade));
     for file in &routes.files {
         let file = *file;
@@ -126,7 +129,10 @@ pub async fn serve_websockets(
             }),
         );
     }
-    let app = app.with_state(Arc::new(routes));
+    let mut app = app.with_state(Arc::new(routes));
+    if let Some(extra) = extra {
+        app = app.merge(extra);
+    }
     serve_http(listener, shutdown, app).await;
 }
 

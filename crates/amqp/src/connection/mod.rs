@@ -508,8 +508,14 @@ impl Connection {
         // Channels open and close only through the channel class.
         let channel_class = matches!(method, AMQPClass::Channel(_));
         let outcome = self.handle_channel_method(number, method).await;
-        if channel_class && let Some(counters) = self.session.counters() {
-            counters.set_channels(self.channels.iter().flatten().count());
+        if channel_class && let Some(registration) = &self.session.registration {
+            let numbers = self
+                .channels
+                .iter()
+                .flatten()
+                .map(|channel| channel.id.number)
+                .collect();
+            registration.set_channel_numbers(numbers);
         }
         outcome
     }

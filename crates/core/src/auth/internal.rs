@@ -36,8 +36,17 @@ impl PasswordHash {
         Self(bytes)
     }
 
-    /// Reads a base64-encoded hash; None when it is not valid.
+    /// No password: no password matches it (RabbitMQ's empty `password_hash`, for users that
+    /// log in otherwise, with a certificate or a token).
+    pub fn none() -> Self {
+        Self(Vec::new())
+    }
+
+    /// Reads a base64-encoded hash (empty: [`PasswordHash::none`]); None when it is not valid.
     pub fn from_base64(encoded: &str) -> Option<Self> {
+        if encoded.is_empty() {
+            return Some(Self::none());
+        }
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(encoded)
             .ok()?;
@@ -87,6 +96,21 @@ impl VhostPermissions {
     /// Full access.
     pub fn all() -> Self {
         Self::new(".*", ".*", ".*").unwrap_or_else(|_| unreachable!("constant patterns compile"))
+    }
+
+    /// The configure pattern, as given.
+    pub fn configure_pattern(&self) -> &str {
+        self.configure.as_str()
+    }
+
+    /// The write pattern, as given.
+    pub fn write_pattern(&self) -> &str {
+        self.write.as_str()
+    }
+
+    /// The read pattern, as given.
+    pub fn read_pattern(&self) -> &str {
+        self.read.as_str()
     }
 
     fn allows(&self, permission: Permission, name: &str) -> bool {
@@ -166,6 +190,55 @@ impl InternalUsers {
             }
             None => false,
         }
+    }
+
+    /// Every user, in name order.
+    pub fn users(&self) -> Vec<(String, UserRecord)> {
+        let mut users: Vec<_> = self
+            .users
+            .read()
+            .iter()
+            .map(|(name, record)| (name.clone(), record.clone()))
+            .collect();
+        users.sort_by(|a, b| a.0.cmp(&b.0));
+        users
+    }
+
+    /// The user called `name`.
+    pub fn user(&self, name: &str) -> Option<UserRecord> {
+        self.users.read().get(name).cloned()
+    }
+
+    /// Removes a user; false when there was none.
+    pub fn delete_user(&self, name: &str) -> bool {
+        self.users.write().remove(name).is_some()
+    }
+
+    /// Removes a user's permissions in a vhost; false when it had none there.
+    pub fn clear_permissions(&self, user: &str, vhost: &str) -> bool {
+        self.users
+            .write()
+            .get_mut(user)
+            .is_some_and(|record| record.permissions.remove(vhost).is_some())
+    }
+
+    /// Removes a user's topic permissions in a vhost (on `exchange` only, when given);
+    /// false when it had none.
+    pub fn clear_topic_permissions(&self, user: &str, vhost: &str, exchange: Option<&str>) -> bool {
+        let mut users = self.users.write();
+        let Some(record) = users.get_mut(user) else {
+            return false;
+        };
+        let before = record.topic_permissions.len();
+        record
+            .topic_permissions
+            .retain(|t| !(t.vhost() == vhost && exchange.is_none_or(|x| t.exchange() == x)));
+        record.topic_permissions.len() != before
+    }
+
+    /// Whether `user` may only log in from loopback addresses.
+    pub fn is_loopback_only(&self, user: &str) -> bool {
+        self.loopback_only.read().contains(user)
     }
 
     /// Restricts `user` to connections from loopback addresses (RabbitMQ's `loopback_users`).

@@ -83,6 +83,13 @@ fn has_variables(source: &str) -> bool {
 }
 
 impl Pattern {
+    fn source(&self) -> &str {
+        match self {
+            Pattern::Fixed(regex) => regex.as_str(),
+            Pattern::WithVariables { source, .. } => source,
+        }
+    }
+
     fn new(source: &str) -> Result<Self, regex::Error> {
         if has_variables(source) {
             // Checked with placeholder values, so a broken pattern fails at start-up.
@@ -138,6 +145,26 @@ impl TopicPermission {
             write: Pattern::new(write)?,
             read: Pattern::new(read)?,
         })
+    }
+
+    /// The vhost it applies in.
+    pub fn vhost(&self) -> &str {
+        &self.vhost
+    }
+
+    /// The exchange it applies to.
+    pub fn exchange(&self) -> &str {
+        &self.exchange
+    }
+
+    /// The write pattern, as given.
+    pub fn write_pattern(&self) -> &str {
+        self.write.source()
+    }
+
+    /// The read pattern, as given.
+    pub fn read_pattern(&self) -> &str {
+        self.read.source()
     }
 
     /// Whether it applies to `exchange` in `vhost`.

@@ -464,6 +464,24 @@ impl QueueActor {
             QueueCommand::Stats(reply) => {
                 let _ = reply.send(self.stats());
             }
+            QueueCommand::Consumers(reply) => {
+                let single = self.handle.arguments().single_active_consumer;
+                let listed = self
+                    .consumers
+                    .iter()
+                    .enumerate()
+                    .map(|(index, c)| super::ConsumerSummary {
+                        tag: c.spec.tag.clone(),
+                        channel: c.spec.channel,
+                        ack_required: !c.spec.no_ack,
+                        exclusive: c.spec.exclusive,
+                        prefetch: c.spec.prefetch,
+                        priority: c.spec.priority,
+                        active: !single || index == 0,
+                    })
+                    .collect();
+                let _ = reply.send(listed);
+            }
             QueueCommand::ChannelClosed(channel) => {
                 let before = self.consumers.len();
                 self.consumers.retain(|c| c.spec.channel != channel);

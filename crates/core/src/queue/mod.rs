@@ -149,6 +149,25 @@ pub struct QueueStats {
     pub dropped_transient: u64,
 }
 
+/// A consumer as the management API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerSummary {
+    /// Its tag.
+    pub tag: Arc<str>,
+    /// Its channel.
+    pub channel: ChannelId,
+    /// Whether it acknowledges.
+    pub ack_required: bool,
+    /// Whether it is the queue's exclusive consumer.
+    pub exclusive: bool,
+    /// Its prefetch (0: unlimited).
+    pub prefetch: u32,
+    /// Its priority.
+    pub priority: i64,
+    /// Whether it receives: false for a single-active-consumer queue's waiting consumers.
+    pub active: bool,
+}
+
 /// The answer to a basic.get that found a message.
 #[derive(Debug, Clone)]
 pub struct GetResult {
@@ -178,6 +197,7 @@ pub(crate) enum QueueCommand {
     Get(ChannelId, bool, oneshot::Sender<Option<GetResult>>),
     Purge(oneshot::Sender<u32>),
     Stats(oneshot::Sender<QueueStats>),
+    Consumers(oneshot::Sender<Vec<ConsumerSummary>>),
     ChannelClosed(ChannelId),
     Recover(ChannelId),
     Wake,
@@ -437,6 +457,11 @@ impl QueueHandle {
     /// The queue's counters as of its task's last batch (no message to the task).
     pub fn counters(&self) -> crate::stats::QueueTally {
         self.0.counters.load()
+    }
+
+    /// Lists the queue's consumers.
+    pub async fn consumers(&self) -> CoreResult<Vec<ConsumerSummary>> {
+        self.ask(QueueCommand::Consumers).await
     }
 
     /// Reports the queue's counts.

@@ -160,7 +160,7 @@ impl ConnectionCounters {
     }
 
     /// Stores how many channels (AMQP) or sessions are open.
-    pub fn set_channels(&self, channels: usize) {
+    fn set_channels(&self, channels: usize) {
         self.channels.store(channels as u64, Ordering::Relaxed);
     }
 
@@ -226,6 +226,8 @@ pub struct ConnectionInfo {
     pub connected_at: SystemTime,
     /// Its counters.
     pub counters: ConnectionCounters,
+    /// The numbers of its open channels (AMQP), in order.
+    channel_numbers: Mutex<Vec<u16>>,
     closer: Closer,
 }
 
@@ -239,6 +241,17 @@ impl std::fmt::Debug for ConnectionInfo {
 }
 
 impl ConnectionInfo {
+    /// Records the numbers of the open channels (AMQP), which the channel count follows.
+    pub fn set_channel_numbers(&self, numbers: Vec<u16>) {
+        self.counters.set_channels(numbers.len());
+        *self.channel_numbers.lock() = numbers;
+    }
+
+    /// The numbers of the open channels, in order.
+    pub fn channel_numbers(&self) -> Vec<u16> {
+        self.channel_numbers.lock().clone()
+    }
+
     /// Asks the connection to close, telling its client `reason`.
     pub fn close(&self, reason: &str) {
         (self.closer)(reason);
@@ -281,6 +294,7 @@ impl Connections {
             details,
             connected_at: SystemTime::now(),
             counters: ConnectionCounters::default(),
+            channel_numbers: Mutex::new(Vec::new()),
             closer,
         });
         self.open.insert(id, info.clone());
@@ -297,6 +311,11 @@ impl Connections {
             .iter()
             .map(|entry| entry.value().clone())
             .collect()
+    }
+
+    /// The open connection `id`.
+    pub fn get(&self, id: ConnectionId) -> Option<Arc<ConnectionInfo>> {
+        self.open.get(&id).map(|entry| entry.value().clone())
     }
 
     /// The open connection called `name`.

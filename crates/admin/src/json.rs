@@ -1,0 +1,105 @@
+//! Field tables as JSON, both ways, as RabbitMQ's API shows arguments, headers and client
+//! properties: strings as strings, numbers as numbers, tables as objects, arrays as lists.
+
+use base64::Engine;
+use junction_core::{FieldTable, FieldValue};
+use serde_json::{Map, Value};
+
+/// A field table as a JSON object.
+pub fn table_to_json(table: &FieldTable) -> Value {
+    let mut map = Map::new();
+    for (key, value) in table.iter() {
+        map.insert(key.clone(), value_to_json(value));
+    }
+    Value::Object(map)
+}
+
+/// A field value as JSON. Bytes that are not UTF-8 are shown in base64.
+pub fn value_to_json(value: &FieldValue) -> Value {
+    match value {
+        FieldValue::Bool(b) => Value::Bool(*b),
+        FieldValue::I8(v) => (*v).into(),
+        FieldValue::U8(v) => (*v).into(),
+        FieldValue::I16(v) => (*v).into(),
+        FieldValue::U16(v) => (*v).into(),
+        FieldValue::I32(v) => (*v).into(),
+        FieldValue::U32(v) => (*v).into(),
+        FieldValue::I64(v) => (*v).into(),
+        FieldValue::Timestamp(v) => (*v).into(),
+        FieldValue::F32(v) => {
+            serde_json::Number::from_f64(f64::from(*v)).map_or(Value::Null, Value::Number)
+        }
+        FieldValue::F64(v) => serde_json::Number::from_f64(*v).map_or(Value::Null, Value::Number),
+        FieldValue::Decimal { scale, value } => {
+            let number = f64::from(*value) / 10f64.powi(i32::from(*scale));
+            serde_json::Number::from_f64(number).map_or(Value::Null, Value::Number)
+        }
+        FieldValue::String(bytes) | FieldValue::Bytes(bytes) => match std::str::from_utf8(bytes) {
+            Ok(text) => Value::String(text.to_owned()),
+            Err(_) => Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        },
+        FieldValue::Array(items) => Value::Array(items.iter().map(value_to_json).collect()),
+        FieldValue::Table(table) => table_to_json(table),
+        FieldValue::Void => Value::Null,
+    }
+}
+
+/// A JSON value as a field value: integers as 64-bit integers, other numbers as doubles.
+pub fn json_to_value(value: &Value) -> FieldValue {
+    match value {
+        Value::Null => FieldValue::Void,
+        Value::Bool(b) => FieldValue::Bool(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => FieldValue::I64(i),
+            None => FieldValue::F64(n.as_f64().unwrap_or_default()),
+        },
+        Value::String(s) => FieldValue::string(s.as_str()),
+        Value::Array(items) => FieldValue::Array(items.iter().map(json_to_value).collect()),
+        Value::Object(map) => FieldValue::Table(json_to_table(map)),
+    }
+}
+
+/// A JSON object as a field table.
+pub fn json_to_table(map: &Map<String, Value>) -> FieldTable {
+    let mut table = FieldTable::new();
+    for (key, value) in map {
+        table.insert(key.as_str(), json_to_value(value));
+    }
+    table
+}
+
+/// How deeply a JSON value nests (iteratively: a request body is a stranger's input).
+pub fn depth(value: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 1usize)];
+    while let Some((value, level)) = stack.pop() {
+        deepest = deepest.max(level);
+        match value {
+            Value::Array(items) => stack.extend(items.iter().map(|v| (v, level + 1))),
+            Value::Object(map) => stack.extend(map.values().map(|v| (v, level + 1))),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn tables_round_trip_through_json() {
+        let json = json!({"x-max-length": 10, "x-queue-type": "quorum", "nested": {"a": [1, "b", true]}, "f": 1.5});
+        let Value::Object(map) = &json else {
+            unreachable!()
+        };
+        let table = json_to_table(map);
+        assert_eq!(
+            table.get("x-max-length").and_then(FieldValue::as_i64),
+            Some(10)
+        );
+        assert_eq!(table_to_json(&table), json);
+        assert_eq!(depth(&json), 4);
+    }
+}

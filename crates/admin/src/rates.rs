@@ -1,0 +1,87 @@
+//! Message rates, as RabbitMQ shows them beside each counter (`publish_details.rate`): a
+//! background task samples every counter every [`SAMPLE_INTERVAL`] and keeps, per object,
+//! the rate of each counter over the last interval. Objects that are gone are forgotten at
+//! the next sample.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+/// How often counters are sampled (RabbitMQ's `collect_statistics_interval` default).
+pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// One object's last sample and the rates it gave.
+struct Sample {
+    at: Instant,
+    values: Vec<u64>,
+    rates: Vec<f64>,
+}
+
+/// Rates per object (`queue:/:orders`, `node`, ...), per counter.
+#[derive(Default)]
+pub struct Rates {
+    samples: Mutex<HashMap<String, Sample>>,
+}
+
+impl Rates {
+    /// Records the counters of every object now (`objects`: key and counter values); keys not
+    /// in it are forgotten.
+    pub fn sample(&self, objects: Vec<(String, Vec<u64>)>) {
+        let now = Instant::now();
+        let mut samples = self.samples.lock();
+        let mut next = HashMap::with_capacity(objects.len());
+        for (key, values) in objects {
+            let rates = match samples.remove(&key) {
+                Some(previous) if previous.values.len() == values.len() => {
+                    let seconds = now.duration_since(previous.at).as_secs_f64().max(0.001);
+                    values
+                        .iter()
+                        .zip(&previous.values)
+                        .map(|(now, before)| now.saturating_sub(*before) as f64 / seconds)
+                        .collect()
+                }
+                _ => vec![0.0; values.len()],
+            };
+            next.insert(
+                key,
+                Sample {
+                    at: now,
+                    values,
+                    rates,
+                },
+            );
+        }
+        *samples = next;
+    }
+
+    /// The rates of `key`'s counters over the last interval (zeros before two samples).
+    pub fn of(&self, key: &str, counters: usize) -> Vec<f64> {
+        self.samples
+            .lock()
+            .get(key)
+            .map(|s| s.rates.clone())
+            .filter(|rates| rates.len() == counters)
+            .unwrap_or_else(|| vec![0.0; counters])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_the_change_over_the_interval_and_gone_objects_are_forgotten() {
+        let rates = Rates::default();
+        rates.sample(vec![("q".into(), vec![0, 10])]);
+        assert_eq!(rates.of("q", 2), vec![0.0, 0.0]);
+        std::thread::sleep(Duration::from_millis(20));
+        rates.sample(vec![("q".into(), vec![100, 10])]);
+        let [publish, ack] = rates.of("q", 2)[..] else {
+            panic!("two rates")
+        };
+        assert!(publish > 0.0 && ack == 0.0);
+        rates.sample(Vec::new());
+        assert_eq!(rates.of("q", 2), vec![0.0, 0.0]);
+    }
+}
