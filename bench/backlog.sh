@@ -14,7 +14,7 @@ export AMQP_URL="amqp://guest:guest@127.0.0.1:$port/%2f"
 
 start_broker() {
   target/release/junction --data-dir "$data" --amqp "127.0.0.1:$port" --mqtt off --stomp off \
-    --http off --web-stomp off --web-mqtt off > "$data/broker.out" 2>> "$data/broker.log" &
+    --http off --web-stomp off --web-mqtt off --prometheus off > "$data/broker.out" 2>> "$data/broker.log" &
   broker=$!
   for _ in $(seq 1 600); do grep -q '^ready$' "$data/broker.out" 2>/dev/null && return; sleep 0.2; done
   echo "broker did not start" >&2; exit 1

@@ -19,7 +19,7 @@ start_broker() {
   local started
   started=$(date +%s.%N)
   target/release/junction --data-dir "$data" --amqp 127.0.0.1:0 --mqtt 127.0.0.1:0 --stomp off \
-    --http off --web-stomp off --web-mqtt off > "$data/broker.out" 2>> "$data/broker.log" &
+    --http off --web-stomp off --web-mqtt off --prometheus off > "$data/broker.out" 2>> "$data/broker.log" &
   broker=$!
   for _ in $(seq 1 6000); do
     if grep -q '^ready$' "$data/broker.out" 2>/dev/null; then

@@ -25,7 +25,7 @@ fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/junction-delayed.XXXXXX")
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 target/release/junction --data-dir "$work/data" --amqp 127.0.0.1:0 --mqtt off --stomp off \
-  --http off --web-stomp off --web-mqtt off >"$work/broker.log" 2>&1 &
+  --http off --web-stomp off --web-mqtt off --prometheus off >"$work/broker.log" 2>&1 &
 pid=$!
 port=""
 for _ in $(seq 100); do

@@ -27,7 +27,7 @@ trap cleanup EXIT
 # The broker needs a descriptor per connection too.
 ulimit -n "$(ulimit -Hn)"
 target/release/junction --data-dir "$data" --amqp off --mqtt 127.0.0.1:0 --stomp off \
-  --http off --web-stomp off --web-mqtt off > "$data/broker.out" 2> "$data/broker.log" &
+  --http off --web-stomp off --web-mqtt off --prometheus off > "$data/broker.out" 2> "$data/broker.log" &
 broker=$!
 for _ in $(seq 1 300); do grep -q '^ready$' "$data/broker.out" 2>/dev/null && break; sleep 0.1; done
 grep -q '^ready$' "$data/broker.out" || { echo "broker did not start" >&2; exit 1; }

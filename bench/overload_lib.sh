@@ -31,7 +31,7 @@ start_broker() {
       local data=$work/junction-$RANDOM
       mkdir -p "$data"
       target/release/junction --data-dir "$data/data" --amqp 127.0.0.1:0 --mqtt 127.0.0.1:0 \
-        --stomp 127.0.0.1:0 --http off --web-stomp off --web-mqtt off \
+        --stomp 127.0.0.1:0 --http off --web-stomp off --web-mqtt off --prometheus off \
         > "$data/broker.out" 2> "$data/broker.log" < /dev/null &
       junction_pid=$!
       for _ in $(seq 1 300); do

@@ -37,8 +37,11 @@ trap cleanup EXIT
 start() {
   local data=$work/data-$RANDOM
   mkdir -p "$data"
+  # Builds before the Prometheus listener existed do not know its flag.
+  local extra=()
+  if "$1" --help | grep -q -- --prometheus; then extra=(--prometheus off); fi
   "$1" --data-dir "$data/d" --amqp 127.0.0.1:0 --mqtt 127.0.0.1:0 --stomp 127.0.0.1:0 \
-    --http off --web-stomp off --web-mqtt off > "$data/out" 2> "$data/log" < /dev/null &
+    --http off --web-stomp off --web-mqtt off "${extra[@]}" > "$data/out" 2> "$data/log" < /dev/null &
   broker_pid=$!
   for _ in $(seq 1 300); do
     grep -q '^ready$' "$data/out" 2>/dev/null && break

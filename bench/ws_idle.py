@@ -73,7 +73,7 @@ def measure(args, data: str, name: str, listener: str, opener) -> None:
         [
             str(args.binary), "--data-dir", data,
             "--amqp", "off", "--mqtt", "off", "--stomp", "off", "--http", "off",
-            "--web-stomp", "127.0.0.1:0", "--web-mqtt", "127.0.0.1:0",
+            "--web-stomp", "127.0.0.1:0", "--web-mqtt", "127.0.0.1:0", "--prometheus", "127.0.0.1:0",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

@@ -6,6 +6,7 @@
 #   - Node: amqplib, MQTT.js and @stomp/stompjs tests, with packages from
 #     tests/interop/node/package-lock.json, and the browser demo driven by playwright-core in
 #     Debian's Chromium (installed with apt-get when missing);
+#   - Debian's prometheus server, which scrapes the broker in a test (installed when missing);
 #   - last, the adversarial suite (scripts/adversarial.sh): attacks on the release binary while
 #     a canary client per protocol keeps working.
 # Usage: scripts/test.sh            (from anywhere; it works from the repository root)
@@ -21,10 +22,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r tests/interop/python/requirements.txt
 
-step "Debian packages: mosquitto-clients, chromium"
+step "Debian packages: mosquitto-clients, chromium, prometheus"
 missing=()
 command -v mosquitto_pub >/dev/null && command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v prometheus >/dev/null || missing+=(prometheus)
 if [ "${#missing[@]}" -gt 0 ]; then
   sudo_cmd=""
   if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi

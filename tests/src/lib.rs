@@ -68,6 +68,8 @@ impl Listeners {
                 "off",
                 "--web-mqtt",
                 "off",
+                "--prometheus",
+                "off",
             ],
             Listeners::WithMqtt => &[
                 "--amqp",
@@ -82,6 +84,8 @@ impl Listeners {
                 "off",
                 "--web-mqtt",
                 "127.0.0.1:0",
+                "--prometheus",
+                "off",
             ],
             Listeners::Tcp => &[
                 "--amqp",
@@ -95,6 +99,8 @@ impl Listeners {
                 "--web-stomp",
                 "off",
                 "--web-mqtt",
+                "off",
+                "--prometheus",
                 "off",
             ],
         }

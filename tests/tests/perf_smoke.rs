@@ -179,7 +179,16 @@ impl StompBroker {
             .arg("--data-dir")
             .arg(junction_tests::temp_dir("perf-stomp"))
             .args(["--amqp", "off", "--mqtt", "off", "--stomp", "127.0.0.1:0"])
-            .args(["--http", "off", "--web-stomp", "off", "--web-mqtt", "off"])
+            .args([
+                "--http",
+                "off",
+                "--web-stomp",
+                "off",
+                "--web-mqtt",
+                "off",
+                "--prometheus",
+                "off",
+            ])
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn broker");

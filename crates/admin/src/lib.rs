@@ -16,6 +16,7 @@ mod error;
 mod exchanges;
 mod json;
 mod listing;
+mod metrics;
 mod node;
 mod queues;
 mod rates;

@@ -41,11 +41,11 @@ pub struct NodeResources {
 pub type ResourceProbe = Arc<dyn Fn() -> NodeResources + Send + Sync>;
 
 impl Admin {
-    fn resources(&self) -> NodeResources {
+    pub(crate) fn resources(&self) -> NodeResources {
         self.probe.lock().as_ref().map(|p| p()).unwrap_or_default()
     }
 
-    fn uptime_ms(&self) -> u64 {
+    pub(crate) fn uptime_ms(&self) -> u64 {
         SystemTime::now()
             .duration_since(self.broker.started())
             .map(|d| d.as_millis() as u64)
@@ -73,8 +73,24 @@ impl Admin {
         let alarms = self.broker.alarms();
         let raised = |resource: &str| alarms.iter().any(|(r, _)| *r == resource);
         let connections = self.broker.connections().list();
+        let store = self
+            .broker
+            .message_store()
+            .map(|s| s.stats())
+            .unwrap_or_default();
+        let per_fsync = if store.message_syncs == 0 {
+            0.0
+        } else {
+            store.messages as f64 / store.message_syncs as f64
+        };
         json!({
             "name": self.node_name,
+            "message_store": {
+                "messages_written": store.messages,
+                "bytes_written": store.bytes,
+                "fsyncs": store.syncs,
+                "messages_per_fsync": per_fsync,
+            },
             "type": "disc",
             "running": true,
             "being_drained": false,

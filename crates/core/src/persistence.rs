@@ -109,6 +109,20 @@ pub struct Recovered {
     pub at: StoredAt,
 }
 
+/// What a message store has done since it opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Messages written.
+    pub messages: u64,
+    /// Batches made durable (one fsync each).
+    pub syncs: u64,
+    /// Of those, batches that wrote messages (not only removals): messages over these is
+    /// how many messages share an fsync.
+    pub message_syncs: u64,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
 /// Where persistent messages are kept.
 pub trait MessageStore: Send + Sync + 'static {
     /// A fresh identity for a persistent message.
@@ -140,6 +154,11 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// Takes the messages recovered for a queue at start-up, oldest first (once).
     fn take_recovered(&self, queue: &QueueKey) -> Vec<Recovered>;
+
+    /// What the store has written so far.
+    fn stats(&self) -> StoreStats {
+        StoreStats::default()
+    }
 
     /// When what waits for the store's writer is at its bound, a future that resolves once
     /// there is room; None when a publish may go now. The pipeline awaits it before it

@@ -65,6 +65,8 @@ pub struct Listeners {
     pub web_stomp: String,
     /// MQTT over WebSocket.
     pub web_mqtt: String,
+    /// Prometheus metrics.
+    pub prometheus: String,
 }
 
 /// AMQP tuning.

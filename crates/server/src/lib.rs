@@ -53,6 +53,9 @@ struct Cli {
     /// MQTT-over-WebSocket listener.
     #[arg(long)]
     web_mqtt: Option<ListenAddr>,
+    /// Prometheus metrics listener (/metrics).
+    #[arg(long)]
+    prometheus: Option<ListenAddr>,
 }
 
 /// How long connections get to close after a shutdown signal.
@@ -470,6 +473,7 @@ async fn run(cli: Cli, config: config::Config, junction: Junction) -> anyhow::Re
     let web_mqtt_addr = listener_addr(cli.web_mqtt.clone(), &listeners.web_mqtt)?;
     let stomp_addr = listener_addr(cli.stomp.clone(), &listeners.stomp)?;
     let web_stomp_addr = listener_addr(cli.web_stomp.clone(), &listeners.web_stomp)?;
+    let prometheus_addr = listener_addr(cli.prometheus.clone(), &listeners.prometheus)?;
 
     tokio::spawn(alarms::watch_resources(
         broker.clone(),
@@ -558,6 +562,9 @@ async fn run(cli: Cli, config: config::Config, junction: Junction) -> anyhow::Re
     };
     running
         .websocket("web-stomp", web_stomp_addr, web_stomp_routes)
+        .await?;
+    running
+        .http("prometheus", prometheus_addr, admin.metrics_router())
         .await?;
     // Signal handlers go in before `ready`, so a SIGTERM right after it is a clean stop.
     let signals = Signals::install()?;

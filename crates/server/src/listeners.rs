@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use anyhow::Context;
 use junction_transport::{
     ListenAddr, WebSocketLimits, WebSocketProtocol, WebSocketRoutes, accept_loop, bind_tcp,
-    serve_websockets,
+    serve_http, serve_websockets,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
@@ -133,6 +133,22 @@ impl Listeners {
         let listener = self.bind(name, &addr).await?;
         self.tasks
             .spawn(serve_websockets(listener, self.shutdown.clone(), routes));
+        Ok(())
+    }
+
+    /// Serves plain HTTP routes on `addr` (nothing when it is `off`).
+    pub async fn http(
+        &mut self,
+        name: &str,
+        addr: ListenAddr,
+        routes: axum::Router,
+    ) -> anyhow::Result<()> {
+        let ListenAddr::At(addr) = addr else {
+            return Ok(());
+        };
+        let listener = self.bind(name, &addr).await?;
+        self.tasks
+            .spawn(serve_http(listener, self.shutdown.clone(), routes));
         Ok(())
     }
 

@@ -30,7 +30,7 @@ pub use allowance::{Allowance, Metered};
 pub use close_request::CloseRequest;
 pub use conduit::{Conduit, Traffic};
 pub use driver::{Arrival, BrokerSignal, BrokerSignals, Turns, broker_signals};
-pub use http::{HEADER_READ_TIMEOUT, MAX_HEAD_BUFFER};
+pub use http::{HEADER_READ_TIMEOUT, MAX_HEAD_BUFFER, serve_http};
 pub use lazy_channel::LazyChannel;
 pub use park::{Detach, ParkingLot, Resume, Spot};
 

@@ -48,7 +48,7 @@ export async function startBroker({ args = [] } = {}) {
     JUNCTION_BIN,
     ['--data-dir', dataDir, '--amqp', '127.0.0.1:0',
       '--mqtt', '127.0.0.1:0', '--stomp', '127.0.0.1:0', '--http', '127.0.0.1:0',
-      '--web-stomp', '127.0.0.1:0', '--web-mqtt', '127.0.0.1:0', ...args],
+      '--web-stomp', '127.0.0.1:0', '--web-mqtt', '127.0.0.1:0', '--prometheus', '127.0.0.1:0', ...args],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   const stderr = [];

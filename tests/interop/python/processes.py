@@ -123,6 +123,8 @@ class JunctionBroker:
             "127.0.0.1:0",
             "--web-mqtt",
             "127.0.0.1:0",
+            "--prometheus",
+            "127.0.0.1:0",
             *self.extra_args,
         ]
         with open(self.log_path, "ab") as log:

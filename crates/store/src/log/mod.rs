@@ -121,6 +121,8 @@ pub struct MessageLog {
     backlog: Arc<Backlog>,
     /// Segment files open for reading.
     files: Arc<ReadFiles>,
+    /// What the writer has done.
+    stats: Arc<writer::LogStats>,
     /// Unit tests inject write failures through it.
     #[cfg_attr(not(test), allow(dead_code))]
     faults: Arc<Faults>,
@@ -164,6 +166,7 @@ impl MessageLog {
         let faults = Arc::new(Faults::default());
         let backlog = Arc::new(Backlog::new(queued_bytes));
         let files = Arc::new(ReadFiles::default());
+        let stats = Arc::new(writer::LogStats::default());
         let writer = Writer::start(
             dir.clone(),
             active,
@@ -173,7 +176,7 @@ impl MessageLog {
             space.clone(),
             faults.clone(),
         )?
-        .sharing(backlog.clone(), files.clone());
+        .sharing(backlog.clone(), files.clone(), stats.clone());
         std::thread::Builder::new()
             .name("junction-log".into())
             .spawn(move || {
@@ -191,6 +194,7 @@ impl MessageLog {
                 backlog,
                 files,
                 faults,
+                stats,
             },
             recovered.report,
         ))
@@ -256,6 +260,15 @@ fn stopped() -> NotStored {
 impl MessageStore for MessageLog {
     fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn stats(&self) -> junction_core::persistence::StoreStats {
+        junction_core::persistence::StoreStats {
+            messages: self.stats.messages.load(Ordering::Relaxed),
+            syncs: self.stats.syncs.load(Ordering::Relaxed),
+            message_syncs: self.stats.message_syncs.load(Ordering::Relaxed),
+            bytes: self.stats.bytes.load(Ordering::Relaxed),
+        }
     }
 
     fn publish(

@@ -160,6 +160,21 @@ pub struct Writer {
     backlog: Arc<Backlog>,
     /// Segment files open for reading: a deleted segment leaves them.
     files: Arc<ReadFiles>,
+    /// What the writer has done, for metrics.
+    stats: Arc<LogStats>,
+}
+
+/// What the writer has done since the log opened, read by [`super::MessageLog`]'s `stats`.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    /// Messages written.
+    pub messages: std::sync::atomic::AtomicU64,
+    /// Batches synced.
+    pub syncs: std::sync::atomic::AtomicU64,
+    /// Batches synced that wrote messages.
+    pub message_syncs: std::sync::atomic::AtomicU64,
+    /// Bytes written.
+    pub bytes: std::sync::atomic::AtomicU64,
 }
 
 /// Lets waiting publishes go once the writer stops, however it stops.
@@ -210,6 +225,7 @@ impl Writer {
             faults,
             backlog: Arc::new(Backlog::new(u64::MAX)),
             files: Arc::default(),
+            stats: Arc::default(),
         };
         writer.delete_dead_prefix();
         Ok(writer)
@@ -217,9 +233,15 @@ impl Writer {
 
     /// Shares the log's backlog (the writer takes from it) and its open segment files (the
     /// writer evicts those it deletes).
-    pub fn sharing(mut self, backlog: Arc<Backlog>, files: Arc<ReadFiles>) -> Self {
+    pub fn sharing(
+        mut self,
+        backlog: Arc<Backlog>,
+        files: Arc<ReadFiles>,
+        stats: Arc<LogStats>,
+    ) -> Self {
         self.backlog = backlog;
         self.files = files;
+        self.stats = stats;
         self
     }
 
@@ -332,6 +354,17 @@ impl Writer {
             Ok(()) => {
                 self.written += bytes;
                 self.bytes_written += bytes;
+                if bytes > 0 {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    self.stats.syncs.fetch_add(1, Relaxed);
+                    self.stats.bytes.fetch_add(bytes, Relaxed);
+                    if !batch.publishes.is_empty() {
+                        self.stats.message_syncs.fetch_add(1, Relaxed);
+                        self.stats
+                            .messages
+                            .fetch_add(batch.publishes.len() as u64, Relaxed);
+                    }
+                }
                 for (_, holders) in &batch.publishes {
                     if *holders > 0 {
                         *self.live.entry(self.active).or_default() += holders;
