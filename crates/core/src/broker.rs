@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use crate::auth::Authorizer;
 use crate::error::{CoreError, CoreResult, ErrorKind};
+use crate::events::EventBus;
 use crate::exchange::ExchangeTypeRegistry;
 use crate::persistence::{MessageStore, Storage};
 use crate::queue::ConnectionId;
@@ -47,6 +48,7 @@ pub struct Broker {
     refused_logins: crate::auth::RefusalLog,
     connections: Arc<Connections>,
     started: std::time::SystemTime,
+    events: Arc<EventBus>,
 }
 
 impl Broker {
@@ -68,6 +70,8 @@ impl Broker {
         auth: Authorizer,
         storage: Storage,
     ) -> Arc<Self> {
+        let events = Arc::new(EventBus::default());
+        auth.set_events(events.clone());
         let broker = Arc::new(Self {
             vhosts: DashMap::new(),
             exchange_types,
@@ -78,10 +82,15 @@ impl Broker {
             raised: parking_lot::Mutex::new(std::collections::BTreeMap::new()),
             storage,
             refused_logins: crate::auth::RefusalLog::new(),
-            connections: Arc::new(Connections::default()),
+            connections: Arc::new(Connections::with_events(events.clone())),
             started: std::time::SystemTime::now(),
+            events: events.clone(),
         });
-        broker.add_vhost(&broker.config.default_vhost.clone());
+        let default_vhost = broker.add_vhost(&broker.config.default_vhost.clone());
+        events.attach(&default_vhost);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(events.run());
+        }
         broker
     }
 
@@ -120,6 +129,7 @@ impl Broker {
                     self.exchange_types.clone(),
                     self.storage.clone(),
                 );
+                vhost.set_events(self.events.clone());
                 if let Some(store) = &self.storage.definitions {
                     match store.load(name) {
                         Ok(definitions) => vhost.restore(definitions),
@@ -206,6 +216,11 @@ impl Broker {
     /// The logged-in connections of every protocol.
     pub fn connections(&self) -> &Arc<Connections> {
         &self.connections
+    }
+
+    /// Where the broker's events go (`amq.rabbitmq.event`).
+    pub fn events(&self) -> &Arc<EventBus> {
+        &self.events
     }
 
     /// When the broker started.

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod broker;
 pub mod definitions;
 pub mod error;
+pub mod events;
 pub mod exchange;
 pub mod field;
 pub mod flow;

@@ -23,13 +23,14 @@ use crate::queue::{
 use crate::stats::QueueTally;
 
 /// The exchanges every virtual host has, with their types.
-const STANDARD_EXCHANGES: [(&str, &str); 6] = [
+const STANDARD_EXCHANGES: [(&str, &str); 7] = [
     ("amq.direct", "direct"),
     ("amq.fanout", "fanout"),
     ("amq.topic", "topic"),
     ("amq.headers", "headers"),
     ("amq.match", "headers"),
     ("amq.rabbitmq.trace", "topic"),
+    (crate::events::EVENT_EXCHANGE, "topic"),
 ];
 
 /// One virtual host.
@@ -47,6 +48,8 @@ pub struct VirtualHost {
     unstored: crate::publish::Unstored,
     /// The totals of queues gone.
     retired_queues: parking_lot::Mutex<QueueTally>,
+    /// Where the broker's events go.
+    events: std::sync::OnceLock<Arc<crate::events::EventBus>>,
 }
 
 impl std::fmt::Debug for VirtualHost {
@@ -90,6 +93,7 @@ impl VirtualHost {
             me: me.clone(),
             unstored: Default::default(),
             retired_queues: Default::default(),
+            events: std::sync::OnceLock::new(),
         });
         let builtin = |name: &str, kind: &str| ExchangeSpec {
             name: name.to_owned(),
@@ -150,6 +154,21 @@ impl VirtualHost {
     /// Every exchange, in no particular order.
     pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
         self.exchanges.iter().map(|e| e.value().clone()).collect()
+    }
+
+    /// Sends this vhost's events (queues, consumers) to `events`.
+    pub(crate) fn set_events(&self, events: Arc<crate::events::EventBus>) {
+        let _ = self.events.set(events);
+    }
+
+    /// Emits event `kind` with the headers `fill` sets (the vhost's name added).
+    pub(crate) fn emit(&self, kind: &'static str, fill: impl FnOnce(&mut FieldTable)) {
+        if let Some(events) = self.events.get() {
+            events.emit(kind, |headers| {
+                headers.insert("vhost", crate::events::text(self.name.as_str()));
+                fill(headers);
+            });
+        }
     }
 
     /// Adds the totals of a queue that is gone, so the vhost's totals never go back.
@@ -334,6 +353,13 @@ impl VirtualHost {
                     self.persist(|store| store.save_queue(&self.name, &spec))?;
                 }
                 let owner = spec.exclusive.then_some(owner);
+                self.emit("queue.created", |headers| {
+                    headers.insert("name", crate::events::text(spec.name.as_str()));
+                    headers.insert("durable", FieldValue::Bool(spec.durable));
+                    headers.insert("auto_delete", FieldValue::Bool(spec.auto_delete));
+                    headers.insert("exclusive", FieldValue::Bool(spec.exclusive));
+                    headers.insert("arguments", FieldValue::Table(spec.arguments.clone()));
+                });
                 let handle = self.spawn_queue(spec, owner, &vhost, Vec::new());
                 slot.insert(handle.clone());
                 handle
@@ -457,6 +483,9 @@ impl VirtualHost {
         }
         self.queues
             .remove_if(handle.name(), |_, current| current.same(handle));
+        self.emit("queue.deleted", |headers| {
+            headers.insert("name", crate::events::text(handle.name()));
+        });
         if handle.spec().durable && !handle.spec().exclusive {
             self.persist_quietly(|store| store.delete_queue(&self.name, handle.name()));
         }

@@ -46,6 +46,7 @@ struct Inner {
     ttl: Duration,
     answers: Mutex<HashMap<(Asker, Question), (bool, Instant)>>,
     logins: AtomicU64,
+    events: std::sync::OnceLock<Arc<crate::events::EventBus>>,
 }
 
 /// The chain of backends and the cache of their answers (see the module documentation).
@@ -73,6 +74,7 @@ impl Authorizer {
                 ttl,
                 answers: Mutex::new(HashMap::new()),
                 logins: AtomicU64::new(0),
+                events: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -87,11 +89,41 @@ impl Authorizer {
         self.inner.ttl
     }
 
+    /// Reports logins as `user.authentication.success` / `failure` events to `events`.
+    pub(crate) fn set_events(&self, events: Arc<crate::events::EventBus>) {
+        let _ = self.inner.events.set(events);
+    }
+
+    /// Logs in through the chain (see [`Authorizer::authenticate`]) and reports the outcome
+    /// as an event.
+    pub async fn login(&self, request: &LoginRequest) -> Result<Principal, LoginRefused> {
+        let outcome = self.authenticate(request).await;
+        if let Some(events) = self.inner.events.get() {
+            let kind = match outcome {
+                Ok(_) => "user.authentication.success",
+                Err(_) => "user.authentication.failure",
+            };
+            events.emit(kind, |headers| {
+                use crate::events::text;
+                headers.insert("name", text(request.username.as_str()));
+                headers.insert("connection_type", text("network"));
+                headers.insert("protocol", text(request.protocol.as_str()));
+                if let Some(peer) = request.peer {
+                    headers.insert("peer_host", text(peer.ip().to_string()));
+                }
+                if let Err(refused) = &outcome {
+                    headers.insert("error", text(refused.reason.as_str()));
+                }
+            });
+        }
+        outcome
+    }
+
     /// Logs in with the first backend that allows or denies. A backend that is unavailable
     /// is logged and passed over, as RabbitMQ passes over a backend that fails; when no later
     /// backend lets the user in, the login is refused as unavailable. A chain where every
     /// backend answers [`LoginOutcome::Next`] refuses with RabbitMQ's "invalid credentials".
-    pub async fn login(&self, request: &LoginRequest) -> Result<Principal, LoginRefused> {
+    async fn authenticate(&self, request: &LoginRequest) -> Result<Principal, LoginRefused> {
         let mut unavailable = None;
         for (index, backend) in self.inner.backends.iter().enumerate() {
             match backend.authenticate(request).await {

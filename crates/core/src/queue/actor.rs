@@ -483,9 +483,10 @@ impl QueueActor {
                 let _ = reply.send(listed);
             }
             QueueCommand::ChannelClosed(channel) => {
-                let before = self.consumers.len();
-                self.consumers.retain(|c| c.spec.channel != channel);
-                if self.consumers.len() != before {
+                if !self
+                    .remove_consumers_where(|c| c.spec.channel == channel)
+                    .is_empty()
+                {
                     self.note_consumers_changed();
                 }
                 self.requeue_channel(channel);
@@ -922,6 +923,39 @@ impl QueueActor {
         }
     }
 
+    /// Emits a consumer event (`consumer.created`, `consumer.deleted`).
+    fn consumer_event(&self, kind: &'static str, spec: &ConsumerSpec) {
+        let Some(vhost) = self.vhost.upgrade() else {
+            return;
+        };
+        vhost.emit(kind, |headers| {
+            use crate::events::text;
+            headers.insert("consumer_tag", text(&*spec.tag));
+            headers.insert("queue", text(self.handle.name()));
+            headers.insert("channel", FieldValue::I32(i32::from(spec.channel.number)));
+            headers.insert("exclusive", FieldValue::Bool(spec.exclusive));
+            headers.insert("ack_required", FieldValue::Bool(!spec.no_ack));
+            headers.insert("prefetch_count", FieldValue::I64(i64::from(spec.prefetch)));
+        });
+    }
+
+    /// Removes the consumers `gone` says, with a `consumer.deleted` event each.
+    fn remove_consumers_where(&mut self, gone: impl Fn(&Consumer) -> bool) -> Vec<ConsumerSpec> {
+        let mut removed = Vec::new();
+        self.consumers.retain(|c| {
+            if gone(c) {
+                removed.push(c.spec.clone());
+                false
+            } else {
+                true
+            }
+        });
+        for spec in &removed {
+            self.consumer_event("consumer.deleted", spec);
+        }
+        removed
+    }
+
     fn add_consumer(&mut self, spec: ConsumerSpec) -> CoreResult<()> {
         let in_exclusive_use = self.consumers.iter().any(|c| c.spec.exclusive)
             || (spec.exclusive && !self.consumers.is_empty());
@@ -944,16 +978,16 @@ impl QueueActor {
                 .position(|c| c.spec.priority < spec.priority)
                 .unwrap_or(self.consumers.len())
         };
+        self.consumer_event("consumer.created", &spec);
         self.consumers
             .insert(position, Consumer { spec, unacked: 0 });
         Ok(())
     }
 
     fn remove_consumer(&mut self, channel: ChannelId, tag: &str) -> bool {
-        let before = self.consumers.len();
-        self.consumers
-            .retain(|c| !(c.spec.channel == channel && &*c.spec.tag == tag));
-        let removed = before != self.consumers.len();
+        let removed = !self
+            .remove_consumers_where(|c| c.spec.channel == channel && &*c.spec.tag == tag)
+            .is_empty();
         if removed {
             self.note_consumers_changed();
         }
@@ -1138,17 +1172,10 @@ impl QueueActor {
 
     /// Removes consumers whose connection has gone away and requeues what they held.
     fn drop_disconnected_consumers(&mut self) {
-        let mut gone = Vec::new();
-        self.consumers.retain(|c| {
-            let closed = c.spec.sink.is_closed();
-            if closed {
-                gone.push(c.spec.channel);
-            }
-            !closed
-        });
+        let gone = self.remove_consumers_where(|c| c.spec.sink.is_closed());
         self.note_consumers_changed();
-        for channel in gone {
-            self.requeue_channel(channel);
+        for spec in gone {
+            self.requeue_channel(spec.channel);
         }
     }
 
@@ -1308,10 +1335,10 @@ impl QueueActor {
     }
 
     fn cancel_all_consumers(&mut self) {
-        for consumer in self.consumers.drain(..) {
-            let _ = consumer.spec.sink.send(ConsumerEvent::Cancelled {
-                channel: consumer.spec.channel,
-                consumer_tag: consumer.spec.tag.clone(),
+        for spec in self.remove_consumers_where(|_| true) {
+            let _ = spec.sink.send(ConsumerEvent::Cancelled {
+                channel: spec.channel,
+                consumer_tag: spec.tag.clone(),
             });
         }
     }

@@ -13,7 +13,8 @@ use std::time::SystemTime;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
-use crate::field::FieldTable;
+use crate::events::{EventBus, text};
+use crate::field::{FieldTable, FieldValue};
 use crate::queue::ConnectionId;
 
 /// Who a connection is, as its adapter tells at registration.
@@ -265,6 +266,7 @@ pub struct Connections {
     retired: Mutex<BTreeMap<&'static str, ConnectionTotals>>,
     opened: AtomicU64,
     closed: AtomicU64,
+    events: Option<Arc<EventBus>>,
 }
 
 impl std::fmt::Debug for Connections {
@@ -276,6 +278,38 @@ impl std::fmt::Debug for Connections {
 }
 
 impl Connections {
+    /// A registry that reports `connection.created` and `connection.closed` to `events`.
+    pub fn with_events(events: Arc<EventBus>) -> Self {
+        Self {
+            events: Some(events),
+            ..Self::default()
+        }
+    }
+
+    fn emit(&self, kind: &'static str, info: &ConnectionInfo) {
+        let Some(events) = &self.events else {
+            return;
+        };
+        events.emit(kind, |headers| {
+            headers.insert("name", text(info.name.as_str()));
+            headers.insert("vhost", text(info.details.vhost.as_str()));
+            headers.insert("user", text(info.details.user.as_str()));
+            headers.insert("protocol", text(info.details.protocol));
+            headers.insert("type", text("network"));
+            if let Some(peer) = info.details.peer {
+                headers.insert("peer_host", text(peer.ip().to_string()));
+                headers.insert("peer_port", FieldValue::I32(i32::from(peer.port())));
+            }
+            if let Some(client_id) = &info.details.client_id {
+                headers.insert("client_id", text(client_id.as_str()));
+            }
+            headers.insert(
+                "client_properties",
+                FieldValue::Table(info.details.client_properties.clone()),
+            );
+        });
+    }
+
     /// Lists connection `id` until the returned registration is dropped; `closer` closes it
     /// when an operator asks.
     pub fn register(
@@ -299,6 +333,7 @@ impl Connections {
         });
         self.open.insert(id, info.clone());
         self.opened.fetch_add(1, Ordering::Relaxed);
+        self.emit("connection.created", &info);
         Registration {
             info,
             registry: self.clone(),
@@ -393,6 +428,7 @@ impl Drop for Registration {
             .add(&totals);
         self.registry.open.remove(&self.info.id);
         self.registry.closed.fetch_add(1, Ordering::Relaxed);
+        self.registry.emit("connection.closed", &self.info);
     }
 }
 
