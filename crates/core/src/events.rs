@@ -126,9 +126,11 @@ impl EventBus {
                 "timestamp_in_ms",
                 FieldValue::I64(i64::try_from(now.as_millis()).unwrap_or(i64::MAX)),
             );
-            let mut properties = Properties::default();
-            properties.headers = Some(headers);
-            properties.timestamp = Some(now.as_secs());
+            let properties = Properties {
+                headers: Some(headers),
+                timestamp: Some(now.as_secs()),
+                ..Properties::default()
+            };
             let message = Message::new(EVENT_EXCHANGE, event.kind, properties, Bytes::new());
             vhost.publish(Publication::new(&exchange, message)).await;
         }
