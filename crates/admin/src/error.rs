@@ -12,6 +12,9 @@ pub struct ApiError {
     status: StatusCode,
     error: &'static str,
     reason: String,
+    /// Ask for credentials (`WWW-Authenticate`): only when the request brought none, so a
+    /// browser page that sent wrong ones gets no login dialog of the browser's own.
+    challenge: bool,
 }
 
 /// What a handler returns.
@@ -24,6 +27,15 @@ impl ApiError {
             status: StatusCode::UNAUTHORIZED,
             error: "not_authorized",
             reason: reason.into(),
+            challenge: false,
+        }
+    }
+
+    /// 401 asking for credentials: the request brought none.
+    pub fn credentials_needed() -> Self {
+        Self {
+            challenge: true,
+            ..Self::not_authorised("Login failed")
         }
     }
 
@@ -33,6 +45,7 @@ impl ApiError {
             status: StatusCode::NOT_FOUND,
             error: "Object Not Found",
             reason: "Not Found".into(),
+            challenge: false,
         }
     }
 
@@ -42,6 +55,7 @@ impl ApiError {
             status: StatusCode::BAD_REQUEST,
             error: "bad_request",
             reason: reason.into(),
+            challenge: false,
         }
     }
 
@@ -51,6 +65,7 @@ impl ApiError {
             status: StatusCode::METHOD_NOT_ALLOWED,
             error: "method_not_allowed",
             reason: "Method Not Allowed".into(),
+            challenge: false,
         }
     }
 
@@ -60,6 +75,7 @@ impl ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             error: "internal_server_error",
             reason: reason.into(),
+            challenge: false,
         }
     }
 }
@@ -81,7 +97,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": self.error, "reason": self.reason});
         let mut response = (self.status, axum::Json(body)).into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
+        if self.challenge {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"Junction Management\""),

@@ -11,12 +11,14 @@ mod access;
 mod auth;
 mod bindings;
 mod connections;
+mod console;
 pub mod definitions;
 mod error;
 mod exchanges;
 mod json;
 mod listing;
 mod metrics;
+pub mod mqtt;
 mod node;
 mod queues;
 mod rates;
@@ -41,6 +43,7 @@ pub struct Admin {
     listeners: Mutex<Vec<Listener>>,
     probe: Mutex<Option<ResourceProbe>>,
     rates: rates::Rates,
+    mqtt: Mutex<Option<Arc<dyn mqtt::MqttView>>>,
 }
 
 /// A listener the node runs, as `/api/overview` lists it.
@@ -71,6 +74,7 @@ impl Admin {
             listeners: Mutex::new(Vec::new()),
             probe: Mutex::new(None),
             rates: rates::Rates::default(),
+            mqtt: Mutex::new(None),
         })
     }
 
@@ -86,6 +90,11 @@ impl Admin {
             protocol: protocol.to_owned(),
             addr,
         });
+    }
+
+    /// Shows MQTT's sessions and retained messages through `view`.
+    pub fn set_mqtt_view(&self, view: Arc<dyn mqtt::MqttView>) {
+        *self.mqtt.lock() = Some(view);
     }
 
     /// Sets how the node's resources (memory, disk, file descriptors) are measured.
@@ -116,7 +125,7 @@ impl Admin {
         }
     }
 
-    /// The management API's routes, under `/api`.
+    /// The management API's routes, under `/api`, and the web console at `/`.
     pub fn router(self: &Arc<Self>) -> Router {
         let api = Router::new()
             .route("/overview", get(node::overview))
@@ -253,6 +262,8 @@ impl Admin {
                 "/definitions/{vhost}",
                 get(definitions::export_vhost).post(definitions::import_vhost),
             )
+            .route("/mqtt/sessions", get(mqtt::sessions))
+            .route("/mqtt/retained/{vhost}", get(mqtt::retained))
             .route("/exchange-types", get(node::exchange_types))
             .route("/parameters", get(node::empty_list))
             .route("/policies", get(node::empty_list))
@@ -263,6 +274,6 @@ impl Admin {
             .route("/user-limits", get(node::empty_list))
             .fallback(node::not_found)
             .with_state(self.clone());
-        Router::new().nest("/api", api)
+        Router::new().nest("/api", api).merge(console::router())
     }
 }

@@ -23,4 +23,4 @@ mod signal;
 pub mod topic;
 
 pub use io::serve;
-pub use settings::{Mqtt, Settings};
+pub use settings::{Mqtt, SessionSummary, Settings};

@@ -227,6 +227,22 @@ impl SessionRegistry {
         }
     }
 
+    /// Every session: (key, connected now, saved state of a disconnected persistent one).
+    pub fn list(&self) -> Vec<(SessionKey, bool, Option<SessionState>)> {
+        let mut out: Vec<_> = self
+            .live
+            .iter()
+            .map(|entry| (SessionKey::clone(entry.key()), true, None))
+            .collect();
+        for entry in self.saved.iter() {
+            if !out.iter().any(|(key, _, _)| key == entry.key()) {
+                out.push((entry.key().clone(), false, Some(entry.value().clone())));
+            }
+        }
+        out.sort_by(|a, b| (&a.0.vhost, &a.0.client_id).cmp(&(&b.0.vhost, &b.0.client_id)));
+        out
+    }
+
     /// Forgets a session everywhere.
     pub fn forget(&self, key: &SessionKey) {
         self.saved.remove(key);

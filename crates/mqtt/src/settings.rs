@@ -147,6 +147,61 @@ impl Mqtt {
         self.connections.shut_down();
     }
 
+    /// Every session as the management API shows it: connected ones with the filters bound
+    /// to their queue, and disconnected persistent ones with their saved subscriptions.
+    pub fn session_summaries(&self) -> Vec<SessionSummary> {
+        self.sessions
+            .list()
+            .into_iter()
+            .map(|(key, connected, saved)| {
+                let subscriptions = match saved {
+                    Some(state) => state
+                        .subscriptions
+                        .into_iter()
+                        .map(|(filter, qos)| (filter, Some(qos)))
+                        .collect(),
+                    None => self.bound_filters(&key),
+                };
+                SessionSummary {
+                    vhost: key.vhost.to_string(),
+                    client_id: key.client_id.clone(),
+                    connected,
+                    subscriptions,
+                }
+            })
+            .collect()
+    }
+
+    /// The filters bound to a live session's queue (their QoS lives in the connection).
+    fn bound_filters(&self, key: &crate::sessions::SessionKey) -> Vec<(String, Option<u8>)> {
+        let Ok(vhost) = self.broker.vhost(&key.vhost) else {
+            return Vec::new();
+        };
+        let (Some(queue), Ok(exchange)) = (
+            vhost.queue(&key.queue_name()),
+            vhost.exchange(&self.settings.exchange),
+        ) else {
+            return Vec::new();
+        };
+        exchange
+            .bindings()
+            .into_iter()
+            .filter(
+                |b| matches!(&b.target, junction_core::BindingTarget::Queue(q) if q.same(&queue)),
+            )
+            .map(|b| (crate::topic::binding_key_to_filter(&b.routing_key), None))
+            .collect()
+    }
+
+    /// The retained messages of `vhost`: topic, QoS and payload.
+    pub fn retained_messages(&self, vhost: &str) -> Vec<(String, u8, bytes::Bytes)> {
+        self.retained
+            .matching(vhost, "#")
+            .into_iter()
+            .map(|(topic, retained)| (topic, retained.qos as u8, retained.payload))
+            .collect()
+    }
+
     /// Resolves once every MQTT connection has finished closing after the broker began to
     /// shut down (see [`Mqtt::close_connections_on`]): wills published or not, deliveries
     /// back in their queues, sessions saved. Parked connections have no task for the
@@ -154,4 +209,17 @@ impl Mqtt {
     pub async fn connections_closed(&self) {
         self.connections.all_closed().await;
     }
+}
+
+/// One MQTT session, as the management API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    /// Its vhost.
+    pub vhost: String,
+    /// Its client id.
+    pub client_id: String,
+    /// Whether a connection holds it now.
+    pub connected: bool,
+    /// Its filters, with the QoS granted when known (a disconnected session's saved state).
+    pub subscriptions: Vec<(String, Option<u8>)>,
 }

@@ -88,6 +88,18 @@ pub fn routing_key_to_topic(key: &str) -> String {
     swap_separators(key)
 }
 
+/// The MQTT filter of an AMQP binding key (`*` becomes `+`): the inverse of
+/// [`filter_to_binding_key`].
+pub fn binding_key_to_filter(key: &str) -> String {
+    key.split('.')
+        .map(|word| match word {
+            "*" => "+".to_owned(),
+            other => other.replace('/', "."),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 /// The AMQP binding key for an MQTT filter (`+` becomes `*`).
 pub fn filter_to_binding_key(filter: &str) -> String {
     filter

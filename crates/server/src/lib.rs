@@ -446,6 +446,7 @@ async fn run(cli: Cli, config: config::Config, junction: Junction) -> anyhow::Re
         mqtt_settings.max_connect_size.saturating_add(5),
     );
     let mqtt = junction_mqtt::Mqtt::new(broker.clone(), mqtt_settings, Some(adapter_state));
+    admin.set_mqtt_view(Arc::new(MqttView(mqtt.clone())));
 
     let stomp_settings = Arc::new(junction_stomp::Settings {
         limits: junction_stomp::codec::Limits {
@@ -599,6 +600,38 @@ async fn run(cli: Cli, config: config::Config, junction: Junction) -> anyhow::Re
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// MQTT's sessions and retained messages, for the management API.
+struct MqttView(Arc<junction_mqtt::Mqtt>);
+
+impl junction_admin::mqtt::MqttView for MqttView {
+    fn sessions(&self) -> Vec<junction_admin::mqtt::MqttSession> {
+        self.0
+            .session_summaries()
+            .into_iter()
+            .map(|s| junction_admin::mqtt::MqttSession {
+                vhost: s.vhost,
+                client_id: s.client_id,
+                connected: s.connected,
+                subscriptions: s.subscriptions,
+            })
+            .collect()
+    }
+
+    fn retained(&self, vhost: &str) -> Vec<junction_admin::mqtt::RetainedMessage> {
+        self.0
+            .retained_messages(vhost)
+            .into_iter()
+            .map(
+                |(topic, qos, payload)| junction_admin::mqtt::RetainedMessage {
+                    topic,
+                    qos,
+                    payload,
+                },
+            )
+            .collect()
+    }
 }
 
 /// SIGTERM and SIGINT, installed once.

@@ -106,4 +106,4 @@ def test_a_rabbitmq_definitions_file_is_applied_at_start_and_again_idempotently(
     ops_connection = connect(again, "ops", "ops-pw")
     assert ops_connection.channel().queue_declare("orders-q", passive=True).method.message_count == 2
     ops_connection.close()
-    assert "definitions loaded" in again.log_path.read_text()
+    assert "definitions imported" in again.log_path.read_text()
