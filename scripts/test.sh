@@ -7,6 +7,7 @@
 #     tests/interop/node/package-lock.json, and the browser demo driven by playwright-core in
 #     Debian's Chromium (installed with apt-get when missing);
 #   - Debian's prometheus server, which scrapes the broker in a test (installed when missing);
+#   - rabbitmqadmin v2 (cargo install), which the management API tests drive;
 #   - last, the adversarial suite (scripts/adversarial.sh): attacks on the release binary while
 #     a canary client per protocol keeps working.
 # Usage: scripts/test.sh            (from anywhere; it works from the repository root)
@@ -35,6 +36,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 # The browser test must run here, not skip.
 export JUNCTION_REQUIRE_BROWSER=1
+
+step "rabbitmqadmin v2 (cargo install, kept in cargo's bin directory between runs)"
+# The management API's tests drive RabbitMQ's own CLI unchanged; cargo install does nothing
+# when this version is installed already.
+cargo install --locked --quiet rabbitmqadmin@2.35.0
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
 step "Node clients (tests/interop/node)"
 (cd tests/interop/node && npm ci --no-audit --no-fund --loglevel=error)

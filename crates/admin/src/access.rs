@@ -403,6 +403,13 @@ pub async fn put_vhost(
         default_queue_type: body.default_queue_type,
     };
     admin.managed.save_vhost(&name, Some(meta)).await?;
+    // As RabbitMQ's API: whoever creates a vhost gets full permissions in it.
+    if !existed
+        && let Ok(users) = admin.managed.users()
+        && users.set_permissions(caller.name(), &name, VhostPermissions::all())
+    {
+        admin.managed.save_user(caller.name()).await?;
+    }
     Ok(if existed {
         StatusCode::NO_CONTENT
     } else {

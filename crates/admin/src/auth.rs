@@ -120,6 +120,9 @@ impl FromRequestParts<Arc<Admin>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, admin: &Arc<Admin>) -> ApiResult<Self> {
+        if !parts.headers.contains_key(header::AUTHORIZATION) {
+            return Err(ApiError::credentials_needed());
+        }
         let (user, password) =
             basic_credentials(parts).ok_or_else(|| ApiError::not_authorised("Login failed"))?;
         let peer = parts

@@ -216,3 +216,40 @@ pub async fn channels_in_vhost(
         .collect();
     query.respond(items)
 }
+
+/// GET /api/connections/username/{user}: the user's connections.
+pub async fn of_user(
+    State(admin): State<Arc<Admin>>,
+    Path(user): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    caller: Caller,
+) -> ApiResult<Response> {
+    let query = ListQuery::parse(&query)?;
+    let items = admin
+        .visible_connections(&caller, None)
+        .iter()
+        .filter(|c| c.details.user == user)
+        .map(|c| admin.connection_json(c))
+        .collect();
+    query.respond(items)
+}
+
+/// DELETE /api/connections/username/{user}: closes every connection the user logged in.
+pub async fn close_of_user(
+    State(admin): State<Arc<Admin>>,
+    Path(user): Path<String>,
+    headers: HeaderMap,
+    caller: Caller,
+) -> ApiResult<StatusCode> {
+    let reason = headers
+        .get("x-reason")
+        .and_then(|v| v.to_str().ok())
+        .filter(|r| !r.is_empty())
+        .unwrap_or(DEFAULT_CLOSE_REASON);
+    for info in admin.visible_connections(&caller, None) {
+        if info.details.user == user {
+            info.close(&format!("CONNECTION_FORCED - {reason}"));
+        }
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -152,6 +152,10 @@ impl Admin {
                 get(connections::one).delete(connections::close),
             )
             .route(
+                "/connections/username/{user}",
+                get(connections::of_user).delete(connections::close_of_user),
+            )
+            .route(
                 "/connections/{name}/channels",
                 get(connections::channels_of),
             )

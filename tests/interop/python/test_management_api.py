@@ -423,7 +423,7 @@ def test_vhosts_users_and_permissions_are_managed_and_survive_a_restart(junction
         assert api.put("permissions", "nope", "u1", json={"configure": ".*", "write": ".*", "read": ".*"}).status_code == 400
         assert api.put("permissions", "v1", "u1", json={"configure": "(", "write": ".*", "read": ".*"}).status_code == 400
         assert api.get("permissions", "v1", "u1")["write"] == ".*"
-        assert {p["user"] for p in api.get("vhosts", "v1", "permissions")} == {"u1"}
+        assert {p["user"] for p in api.get("vhosts", "v1", "permissions")} == {"guest", "u1"}, "its creator and u1"
         assert api.get("users", "u1", "topic-permissions")[0]["write"] == "^u1\\."
         assert api.delete("users", "leaving").status_code == 204
         assert api.call("GET", "users", "leaving").status_code == 404
