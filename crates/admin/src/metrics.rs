@@ -6,7 +6,6 @@
 //! messages per fsync). Everything is read from the core's counters at scrape time
 //! (prometheus-client collectors), so series of deleted queues disappear with them.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -25,17 +24,6 @@ use prometheus_client::registry::Registry;
 
 use crate::Admin;
 use crate::stats_json::node_totals;
-
-/// RabbitMQ's `protocol` label for a connection's protocol.
-fn protocol_label(protocol: &str) -> &'static str {
-    if protocol.starts_with("AMQP") {
-        "amqp091"
-    } else if protocol.starts_with("MQTT") {
-        "mqtt311"
-    } else {
-        "stomp"
-    }
-}
 
 type Labels = Vec<(String, String)>;
 
@@ -133,7 +121,8 @@ impl BrokerCollector {
         let admin = &self.admin;
         let broker = &admin.broker;
         let mut out = Vec::new();
-        let connections = broker.connections().list();
+        let registry = broker.connections();
+        let states = registry.count_states();
         let (_, queues) = node_totals(admin);
         let vhosts = broker.vhosts();
         let queue_count: usize = vhosts.iter().map(|v| v.queues().len()).sum();
@@ -145,19 +134,23 @@ impl BrokerCollector {
         out.push(Family::gauge(
             "rabbitmq_connections",
             "Connections currently open",
-            connections.len() as f64,
+            registry.len() as f64,
         ));
         out.push(Family::counter(
             "rabbitmq_connections_opened",
             "Total number of connections opened",
-            broker.connections().opened(),
+            registry.opened_total(),
         ));
         out.push(Family::counter(
             "rabbitmq_connections_closed",
             "Total number of connections closed or terminated",
-            broker.connections().closed(),
+            registry.closed_total(),
         ));
-        let channels: u64 = connections.iter().map(|c| c.counters.channels()).sum();
+        let channels: usize = registry
+            .snapshots_of(junction_core::stats::Family::Amqp)
+            .iter()
+            .map(|c| c.channels.len())
+            .sum();
         out.push(Family::gauge(
             "rabbitmq_channels",
             "Channels currently open",
@@ -233,17 +226,9 @@ impl BrokerCollector {
             "Total number of messages routed to queues or streams",
             MetricType::Counter,
         );
-        let mut by_protocol: BTreeMap<&'static str, junction_core::stats::ConnectionTotals> =
-            BTreeMap::new();
-        for (protocol, totals) in broker.connections().totals() {
-            by_protocol
-                .entry(protocol_label(protocol))
-                .or_default()
-                .add(&totals);
-        }
-        for label in ["amqp091", "mqtt311", "stomp"] {
-            let totals = by_protocol.get(label).copied().unwrap_or_default();
-            let labels = vec![("protocol".to_owned(), label.to_owned())];
+        for family in junction_core::stats::Family::ALL {
+            let totals = registry.messages(family).totals();
+            let labels = vec![("protocol".to_owned(), family.label().to_owned())];
             received.add(labels.clone(), totals.published as f64);
             confirmed.add(labels.clone(), totals.confirmed as f64);
             returned.add(labels.clone(), totals.returned as f64);
@@ -374,26 +359,14 @@ impl BrokerCollector {
             "Connections currently open, per protocol",
             MetricType::Gauge,
         );
-        let mut counts: BTreeMap<&'static str, usize> =
-            [("amqp091", 0), ("mqtt311", 0), ("stomp", 0)].into();
-        for connection in &connections {
-            *counts
-                .entry(protocol_label(connection.details.protocol))
-                .or_default() += 1;
-        }
-        for (label, count) in counts {
+        for (family, count) in registry.count_families() {
             per_protocol.add(
-                vec![("protocol".to_owned(), label.to_owned())],
+                vec![("protocol".to_owned(), family.label().to_owned())],
                 count as f64,
             );
         }
         out.push(per_protocol);
-        let in_state = |state: ConnectionState| {
-            connections
-                .iter()
-                .filter(|c| c.counters.state() == state)
-                .count() as f64
-        };
+        let in_state = |state: ConnectionState| states[usize::from(state.as_u8())] as f64;
         out.push(Family::gauge(
             "junction_mqtt_parked_connections",
             "Idle MQTT connections parked without a task",

@@ -72,7 +72,7 @@ impl Admin {
         let resources = self.resources();
         let alarms = self.broker.alarms();
         let raised = |resource: &str| alarms.iter().any(|(r, _)| *r == resource);
-        let connections = self.broker.connections().list();
+        let connections = self.broker.connections().len();
         let store = self
             .broker
             .message_store()
@@ -105,7 +105,7 @@ impl Admin {
             "disk_free_alarm": raised("disk"),
             "fd_used": resources.fd_used,
             "fd_total": resources.fd_total,
-            "sockets_used": connections.len(),
+            "sockets_used": connections,
             "sockets_total": resources.fd_total,
             "proc_used": 0,
             "proc_total": 0,
@@ -158,14 +158,8 @@ pub async fn overview(State(admin): State<Arc<Admin>>, caller: Caller) -> ApiRes
             vhosts.push(vhost);
         }
     }
-    let connections: Vec<_> = admin
-        .broker
-        .connections()
-        .list()
-        .into_iter()
-        .filter(|c| caller.is_monitor() || c.details.user == caller.name())
-        .collect();
-    let channels: u64 = connections.iter().map(|c| c.counters.channels()).sum();
+    let connections = admin.visible_connections(&caller, None);
+    let channels: usize = connections.iter().map(|c| c.channels.len()).sum();
     let (mut queues, mut exchanges, mut consumers) = (0, 0, 0u64);
     for vhost in &vhosts {
         let listed = vhost.queues();
@@ -187,9 +181,9 @@ pub async fn overview(State(admin): State<Arc<Admin>>, caller: Caller) -> ApiRes
     body.insert(
         "churn_rates".into(),
         json!({
-            "connection_created": registry.opened(),
+            "connection_created": registry.opened_total(),
             "connection_created_details": {"rate": 0.0},
-            "connection_closed": registry.closed(),
+            "connection_closed": registry.closed_total(),
             "connection_closed_details": {"rate": 0.0},
         }),
     );

@@ -57,11 +57,11 @@ impl Admin {
             (t.ready - t.paged.min(t.ready)).into(),
         );
         if let Some(owner) = queue.owner().filter(|_| spec.exclusive)
-            && let Some(connection) = self.broker.connections().get(owner)
+            && let Some(connection) = self.broker.connections().snapshot(owner)
         {
             map.insert(
                 "owner_pid_details".into(),
-                json!({"name": connection.name, "peer_host": connection.details.peer.map(|p| p.ip().to_string())}),
+                json!({"name": connection.name(), "peer_host": connection.peer.map(|p| p.ip().to_string())}),
             );
         }
         stats_json::queue_stats(self, &stats_json::queue_key(queue), &t, &mut map);
@@ -400,13 +400,9 @@ async fn consumers_json(admin: &Admin, queue: &QueueHandle) -> Vec<Value> {
     consumers
         .into_iter()
         .map(|c| {
-            let connection = admin.broker.connections().get(c.channel.connection);
+            let connection = admin.broker.connections().snapshot(c.channel.connection);
             let (connection_name, peer, user) = match &connection {
-                Some(info) => (
-                    info.name.clone(),
-                    info.details.peer,
-                    info.details.user.clone(),
-                ),
+                Some(connection) => (connection.name(), connection.peer, connection.user.clone()),
                 None => (String::new(), None, String::new()),
             };
             json!({

@@ -1,7 +1,7 @@
 //! Counters as RabbitMQ's API shows them: `message_stats` with a `<name>_details.rate` beside
 //! each counter, and the sampling of every counter for [`crate::rates`].
 
-use junction_core::stats::{ConnectionTotals, QueueTally};
+use junction_core::stats::{Family, MessageTotals, QueueTally};
 use junction_core::{Exchange, QueueHandle};
 use serde_json::{Map, Value, json};
 
@@ -27,18 +27,11 @@ fn queue_values(t: &QueueTally) -> Vec<u64> {
     ]
 }
 
-/// The connection counters sampled for rates, in this order.
-const CONNECTION_COUNTERS: usize = 6;
+/// The node's message counters sampled for rates, in this order.
+const MESSAGE_COUNTERS: usize = 4;
 
-fn connection_values(t: &ConnectionTotals) -> Vec<u64> {
-    vec![
-        t.recv_oct,
-        t.send_oct,
-        t.published,
-        t.confirmed,
-        t.returned,
-        t.dropped,
-    ]
+fn message_values(t: &MessageTotals) -> Vec<u64> {
+    vec![t.published, t.confirmed, t.returned, t.dropped]
 }
 
 /// Adds `name` and `name_details: {rate}`.
@@ -55,11 +48,6 @@ pub fn queue_key(queue: &QueueHandle) -> String {
 /// The rates key of an exchange.
 pub fn exchange_key(vhost: &str, exchange: &Exchange) -> String {
     format!("exchange\u{0}{vhost}\u{0}{}", exchange.name)
-}
-
-/// The rates key of a connection.
-pub fn connection_key(name: &str) -> String {
-    format!("connection\u{0}{name}")
 }
 
 /// The rates key of a vhost.
@@ -87,20 +75,6 @@ pub fn queue_stats(admin: &Admin, key: &str, t: &QueueTally, into: &mut Map<Stri
     counter(into, "messages", t.ready + t.unacked, rates[11]);
 }
 
-/// A connection's traffic counters and their rates.
-pub fn connection_stats(
-    admin: &Admin,
-    name: &str,
-    t: &ConnectionTotals,
-    into: &mut Map<String, Value>,
-) {
-    let rates = admin.rates.of(&connection_key(name), CONNECTION_COUNTERS);
-    counter(into, "recv_oct", t.recv_oct, rates[0]);
-    counter(into, "send_oct", t.send_oct, rates[1]);
-    into.insert("recv_cnt".into(), t.recv_cnt.into());
-    into.insert("send_cnt".into(), t.send_cnt.into());
-}
-
 /// `message_stats` of an exchange.
 pub fn exchange_stats(admin: &Admin, vhost: &str, exchange: &Exchange) -> Value {
     let rates = admin.rates.of(&exchange_key(vhost, exchange), 2);
@@ -111,12 +85,15 @@ pub fn exchange_stats(admin: &Admin, vhost: &str, exchange: &Exchange) -> Value 
     Value::Object(stats)
 }
 
-/// The node's totals: what every connection published (gone ones included), and what every
-/// queue did.
-pub fn node_totals(admin: &Admin) -> (ConnectionTotals, QueueTally) {
-    let mut published = ConnectionTotals::default();
-    for totals in admin.broker.connections().totals().values() {
-        published.add(totals);
+/// The node's totals: what every protocol's publishers sent, and what every queue did.
+pub fn node_totals(admin: &Admin) -> (MessageTotals, QueueTally) {
+    let mut published = MessageTotals::default();
+    for family in Family::ALL {
+        let totals = admin.broker.connections().messages(family).totals();
+        published.published += totals.published;
+        published.confirmed += totals.confirmed;
+        published.returned += totals.returned;
+        published.dropped += totals.dropped;
     }
     let mut queues = QueueTally::default();
     for vhost in admin.broker.vhosts() {
@@ -134,17 +111,17 @@ pub fn node_stats(admin: &Admin, into: &mut Map<String, Value>) {
         Some(Value::Object(stats)) => stats,
         _ => Map::new(),
     };
-    let rates = admin.rates.of("node\u{0}connections", CONNECTION_COUNTERS);
+    let rates = admin.rates.of("node\u{0}messages", MESSAGE_COUNTERS);
     // The queues' own publish count is copies enqueued; the node's is messages published.
-    counter(&mut stats, "publish", connections.published, rates[2]);
-    counter(&mut stats, "confirm", connections.confirmed, rates[3]);
+    counter(&mut stats, "publish", connections.published, rates[0]);
+    counter(&mut stats, "confirm", connections.confirmed, rates[1]);
     counter(
         &mut stats,
         "return_unroutable",
         connections.returned,
-        rates[4],
+        rates[2],
     );
-    counter(&mut stats, "drop_unroutable", connections.dropped, rates[5]);
+    counter(&mut stats, "drop_unroutable", connections.dropped, rates[3]);
     into.insert("message_stats".into(), Value::Object(stats));
     into.insert("queue_totals".into(), Value::Object(queue_part));
 }
@@ -154,10 +131,7 @@ pub fn sample(admin: &Admin) -> Vec<(String, Vec<u64>)> {
     let mut objects = Vec::new();
     let (connections, queues) = node_totals(admin);
     objects.push(("node".to_owned(), queue_values(&queues)));
-    objects.push((
-        "node\u{0}connections".to_owned(),
-        connection_values(&connections),
-    ));
+    objects.push(("node\u{0}messages".to_owned(), message_values(&connections)));
     for vhost in admin.broker.vhosts() {
         objects.push((vhost_key(&vhost.name), queue_values(&vhost.queue_totals())));
         for queue in vhost.queues() {
@@ -170,12 +144,6 @@ pub fn sample(admin: &Admin) -> Vec<(String, Vec<u64>)> {
                 vec![counters.publish_in(), counters.publish_out()],
             ));
         }
-    }
-    for connection in admin.broker.connections().list() {
-        objects.push((
-            connection_key(&connection.name),
-            connection_values(&connection.counters.totals()),
-        ));
     }
     objects
 }

@@ -334,7 +334,7 @@ pub async fn publish_message(
     let durable = &mut session.durable;
     let mut publication = Publication::new(exchange, message).mandatory(mandatory);
     if let Some(registration) = &session.registration {
-        publication = publication.counted(&registration.counters);
+        publication = publication.counted(registration.messages());
     }
     let (mut confirm_on_disk, mut commit_on_disk);
     if let Some(seq) = seq {

@@ -16,7 +16,7 @@ use junction_core::{
 use crate::error::{AmqpError, AmqpResult, code};
 use crate::frame::Outbox;
 use crate::settings::Settings;
-use junction_core::stats::{ConnectionCounters, ConnectionDetails, Registration};
+use junction_core::stats::{ConnectionCounters, ConnectionDetails, Family, Registration};
 use junction_transport::{CloseRequest, LazyChannel};
 
 /// Capabilities the client announced in its client-properties.
@@ -110,7 +110,7 @@ impl Session {
             .as_ref()
             .map(|p| p.user.name.clone())
             .unwrap_or_default();
-        let details = ConnectionDetails::new("AMQP 0-9-1", self.peer, user, vhost)
+        let details = ConnectionDetails::new(Family::Amqp, "AMQP 0-9-1", self.peer, user, vhost)
             .with_client_properties(std::mem::take(&mut self.client_properties));
         let close_request = self.close_request.clone();
         self.registration = Some(self.broker.connections().register(
@@ -127,8 +127,8 @@ impl Session {
 
     /// `count` publishes confirmed.
     pub fn count_confirmed(&self, count: u64) {
-        if let Some(counters) = self.counters() {
-            counters.confirmed(count);
+        if let Some(registration) = &self.registration {
+            registration.messages().confirmed(count);
         }
     }
 

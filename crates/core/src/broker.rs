@@ -151,9 +151,10 @@ impl Broker {
         let Some((_, vhost)) = self.vhosts.remove(name) else {
             return Ok(false);
         };
-        for connection in self.connections.list() {
-            if connection.details.vhost == name {
-                connection.close(&format!("CONNECTION_FORCED - vhost '{name}' is deleted"));
+        for connection in self.connections.snapshots() {
+            if connection.vhost == name {
+                self.connections
+                    .close(connection.id, &format!("vhost '{name}' is deleted"));
             }
         }
         for queue in vhost.queues() {

@@ -24,7 +24,7 @@ use crate::flow::FlowHold;
 use crate::message::Message;
 use crate::persistence::{Durability, NotStored, OnDurable, QueueKey, StoredAt};
 use crate::queue::QueueHandle;
-use crate::stats::ConnectionCounters;
+use crate::stats::MessageCounters;
 use crate::vhost::VirtualHost;
 
 /// Messages of a vhost whose write failed, waiting to be withdrawn from the durable queues
@@ -106,8 +106,8 @@ pub struct Publication<'a> {
     pub mandatory: bool,
     /// Where the store reports the message on disk, when it is written.
     pub on_durable: Option<MakeOnDurable<'a>>,
-    /// The publishing connection's counters.
-    pub counters: Option<&'a ConnectionCounters>,
+    /// The publishing protocol's message counters.
+    pub counters: Option<&'a MessageCounters>,
 }
 
 impl<'a> Publication<'a> {
@@ -122,8 +122,8 @@ impl<'a> Publication<'a> {
         }
     }
 
-    /// Counts the publish in the publishing connection's `counters`.
-    pub fn counted(mut self, counters: &'a ConnectionCounters) -> Self {
+    /// Counts the publish in its protocol's `counters`.
+    pub fn counted(mut self, counters: &'a MessageCounters) -> Self {
         self.counters = Some(counters);
         self
     }

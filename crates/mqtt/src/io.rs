@@ -120,6 +120,7 @@ fn resumed_driver(
         Ok(0) => Some(Wake::Gone),
         Ok(n) => {
             driver.conduit.input().extend_from_slice(&scratch[..n]);
+            driver.conduit.note_read(n);
             // A full read may have left more: the reactor must report it before the
             // connection parks again.
             driver.settled = n < RESUME_READ;
@@ -214,7 +215,12 @@ impl<S: AsyncRead + AsyncWrite + Detach + Unpin> Driver<S> {
         } else {
             None
         };
-        let traffic = connection.traffic;
+        let (received, sent) = connection.signal.traffic();
+        let traffic = junction_transport::Traffic {
+            received,
+            sent,
+            ..Default::default()
+        };
         let mut driver = Self {
             conduit: Conduit::resuming(stream, traffic),
             connection,
@@ -396,11 +402,10 @@ impl<S: AsyncRead + AsyncWrite + Detach + Unpin> Driver<S> {
     fn park(self, lot: &ParkingLot, spot: &Arc<Spot>) -> Result<(), Box<Connection>> {
         let Driver {
             conduit,
-            mut connection,
+            connection,
             ..
         } = self;
-        connection.traffic = conduit.traffic();
-        connection.report(connection.traffic, true);
+        connection.report(conduit.traffic(), true);
         match conduit.into_stream().detach() {
             Ok(socket) => {
                 lot.park(spot, socket, connection);

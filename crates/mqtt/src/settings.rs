@@ -69,7 +69,7 @@ pub struct Mqtt {
     /// Live and saved sessions.
     pub sessions: SessionRegistry,
     /// Every open connection's close signal.
-    pub(crate) connections: Connections,
+    pub(crate) connections: Arc<Connections>,
     /// Where idle TCP connections wait without a task (made on first use).
     parking: OnceLock<Option<ParkingLot>>,
     /// The principal each user's connections share, by user name.
@@ -86,12 +86,19 @@ impl Mqtt {
         settings: Settings,
         store: Option<Arc<dyn AdapterStateStore>>,
     ) -> Arc<Self> {
+        let connections = Arc::new(Connections::default());
+        let started = broker
+            .started()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        connections.set_started(started);
+        broker.connections().add_source(connections.clone());
         Arc::new(Self {
             broker,
             settings,
             retained: RetainedStore::load(store.clone()),
             sessions: SessionRegistry::new(store),
-            connections: Connections::default(),
+            connections,
             parking: OnceLock::new(),
             principals: DashMap::new(),
             vhost_names: DashMap::new(),

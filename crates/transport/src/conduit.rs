@@ -131,6 +131,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conduit<S> {
         }
     }
 
+    /// Counts `n` bytes read outside the conduit and put in its input.
+    pub fn note_read(&mut self, n: usize) {
+        self.count_read(n);
+    }
+
     fn count_read(&mut self, n: usize) {
         if n > 0 {
             self.traffic.received += n as u64;

@@ -586,3 +586,47 @@ def test_rates_follow_a_publisher(api, managed, names):
     connection.close()
     assert rate > 0, "no publish rate within 20 s"
     api.delete("queues", "/", queue)
+
+
+# --- every endpoint, every tag -----------------------------------------------------------------
+
+#: GET endpoints any management user may call (for the vhosts it sees).
+EVERYONE = [
+    ("overview",), ("whoami",), ("cluster-name",), ("connections",), ("channels",), ("consumers",),
+    ("exchanges",), ("queues",), ("bindings",), ("vhosts",), ("exchange-types",), ("extensions",),
+    ("health", "checks", "alarms"), ("health", "checks", "local-alarms"), ("health", "checks", "virtual-hosts"),
+    ("mqtt", "sessions"), ("policies",), ("parameters",), ("feature-flags",),
+]
+#: GET endpoints in vhost `/`, which `tenant` (management, no permissions there) may not see.
+IN_VHOST = [
+    ("exchanges", "/"), ("exchanges", "/", "amq.direct"), ("exchanges", "/", "amq.direct", "bindings", "source"),
+    ("exchanges", "/", "amq.direct", "bindings", "destination"), ("queues", "/"), ("bindings", "/"),
+    ("vhosts", "/"), ("consumers", "/"), ("vhosts", "/", "connections"), ("vhosts", "/", "channels"),
+    ("mqtt", "retained", "/"),
+]
+#: GET endpoints for administrators only.
+ADMINISTRATORS = [
+    ("users",), ("users", "guest"), ("users", "guest", "permissions"), ("users", "guest", "topic-permissions"),
+    ("users", "without-permissions"), ("permissions",), ("permissions", "/", "guest"), ("topic-permissions",),
+    ("vhosts", "/", "permissions"), ("vhosts", "/", "topic-permissions"), ("definitions",), ("definitions", "/"),
+]
+#: GET endpoints for monitoring users and administrators.
+MONITORS = [("nodes",)]
+
+
+@pytest.mark.parametrize("path", EVERYONE + IN_VHOST + ADMINISTRATORS + MONITORS, ids=lambda p: "/".join(p))
+def test_every_endpoint_answers_each_tag_as_rabbitmq_does(managed, path):
+    assert Api(managed).call("GET", *path).status_code == 200, path
+    untagged = Api(managed, "device").call("GET", *path)
+    assert untagged.status_code == 401 and untagged.json()["reason"] == "Not management user"
+    tenant = Api(managed, "tenant").call("GET", *path)
+    if path in ADMINISTRATORS:
+        assert tenant.status_code == 401 and tenant.json()["reason"] == "Not administrator user"
+    elif path in IN_VHOST:
+        assert tenant.status_code == 401 and "access to vhost '/' refused" in tenant.json()["reason"]
+        assert Api(managed, "watcher").call("GET", *path).status_code == 200
+    elif path in MONITORS:
+        assert tenant.status_code == 401 and tenant.json()["reason"] == "Not monitor user"
+        assert Api(managed, "watcher").call("GET", *path).status_code == 200
+    else:
+        assert tenant.status_code == 200, (path, tenant.text)

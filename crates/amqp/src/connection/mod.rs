@@ -196,12 +196,12 @@ impl Connection {
         let Some(counters) = self.session.counters() else {
             return;
         };
-        counters.set_traffic(
-            traffic.received,
-            traffic.reads,
-            traffic.sent,
-            traffic.writes,
-        );
+        counters.set_traffic(junction_core::stats::Traffic {
+            recv_oct: traffic.received,
+            recv_cnt: traffic.reads,
+            send_oct: traffic.sent,
+            send_cnt: traffic.writes,
+        });
         let state = if self.session.flow.is_some() {
             ConnectionState::Flow
         } else if self.is_blocked() {

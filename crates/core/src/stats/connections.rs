@@ -1,69 +1,142 @@
 //! The connections of every protocol as the broker knows them: who is connected over what,
-//! to which vhost, with their traffic counters, and a way to close each one. An adapter
-//! registers a connection once its client has logged in and keeps the [`Registration`] for
-//! the connection's life; dropping it takes the connection off the list and adds its totals
-//! to those of its protocol, so node totals never go backwards.
+//! to which vhost, with their traffic, and a way to close each one; and what each protocol's
+//! publishers have sent, counted per protocol.
+//!
+//! Connections are listed from *sources*. AMQP and STOMP register each logged-in connection
+//! here ([`Connections::register`], a small shared record the connection updates and drops
+//! when it ends). MQTT, whose idle connections must stay as small as Mosquitto's, keeps what
+//! the list needs in the close signal it has anyway and shows its connections through a
+//! [`ConnectionSource`]. Either way the management API sees [`ConnectionSnapshot`]s, made when
+//! it asks.
+//!
+//! Message counts (published, confirmed, returned, dropped) are per protocol, in striped
+//! counters ([`MessageCounters`]): a publish adds to its thread's stripe, so publishers on
+//! different cores do not share a cache line, and the totals only grow.
 
-use std::collections::BTreeMap;
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use crate::events::{EventBus, text};
 use crate::field::{FieldTable, FieldValue};
 use crate::queue::ConnectionId;
 
-/// Who a connection is, as its adapter tells at registration.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct ConnectionDetails {
-    /// The protocol and version, as RabbitMQ names them (`AMQP 0-9-1`, `MQTT 3.1.1`,
-    /// `STOMP 1.2`).
-    pub protocol: &'static str,
-    /// The client's address.
-    pub peer: Option<SocketAddr>,
-    /// The logged-in user.
-    pub user: String,
-    /// The vhost the connection uses.
-    pub vhost: String,
-    /// AMQP's client properties (empty for other protocols).
-    pub client_properties: FieldTable,
-    /// MQTT's client id.
-    pub client_id: Option<String>,
+/// The protocols counted apart, with RabbitMQ's `protocol` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    /// AMQP 0-9-1.
+    Amqp,
+    /// MQTT 3.1.1.
+    Mqtt,
+    /// STOMP 1.0-1.2.
+    Stomp,
 }
 
-impl ConnectionDetails {
-    /// A connection of `protocol` from `peer`, logged in as `user` on `vhost`.
-    pub fn new(
-        protocol: &'static str,
-        peer: Option<SocketAddr>,
-        user: impl Into<String>,
-        vhost: impl Into<String>,
-    ) -> Self {
-        Self {
-            protocol,
-            peer,
-            user: user.into(),
-            vhost: vhost.into(),
-            client_properties: FieldTable::new(),
-            client_id: None,
+impl Family {
+    /// Every family.
+    pub const ALL: [Family; 3] = [Family::Amqp, Family::Mqtt, Family::Stomp];
+
+    /// RabbitMQ's Prometheus label (`amqp091`, `mqtt311`, `stomp`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Family::Amqp => "amqp091",
+            Family::Mqtt => "mqtt311",
+            Family::Stomp => "stomp",
         }
     }
 
-    /// With AMQP's client properties.
-    pub fn with_client_properties(mut self, properties: FieldTable) -> Self {
-        self.client_properties = properties;
-        self
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Stripes per protocol's message counters.
+const STRIPES: usize = 8;
+
+/// One stripe, on a cache line of its own.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Stripe {
+    published: AtomicU64,
+    confirmed: AtomicU64,
+    returned: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// What one protocol's publishers have sent, counted in stripes.
+#[derive(Debug, Default)]
+pub struct MessageCounters {
+    stripes: [Stripe; STRIPES],
+}
+
+/// A protocol's message totals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MessageTotals {
+    /// Messages published.
+    pub published: u64,
+    /// Publishes confirmed: AMQP confirms, MQTT PUBACK/PUBREC, STOMP persistent SENDs on
+    /// disk (those a receipt waits for).
+    pub confirmed: u64,
+    /// Unroutable messages returned to their publisher (AMQP mandatory).
+    pub returned: u64,
+    /// Unroutable messages dropped.
+    pub dropped: u64,
+}
+
+thread_local! {
+    /// This thread's stripe.
+    static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
+
+fn stripe_index() -> usize {
+    STRIPE.with(|slot| {
+        let mut index = slot.get();
+        if index == usize::MAX {
+            index = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES;
+            slot.set(index);
+        }
+        index
+    })
+}
+
+impl MessageCounters {
+    fn stripe(&self) -> &Stripe {
+        &self.stripes[stripe_index()]
     }
 
-    /// With MQTT's client id.
-    pub fn with_client_id(mut self, client_id: impl Into<String>) -> Self {
-        self.client_id = Some(client_id.into());
-        self
+    /// One message published (by the publish pipeline): routed, returned or dropped.
+    pub(crate) fn published(&self, routed: bool, returned: bool) {
+        let stripe = self.stripe();
+        stripe.published.fetch_add(1, Ordering::Relaxed);
+        if returned {
+            stripe.returned.fetch_add(1, Ordering::Relaxed);
+        } else if !routed {
+            stripe.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `count` publishes confirmed.
+    pub fn confirmed(&self, count: u64) {
+        self.stripe().confirmed.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// The totals so far.
+    pub fn totals(&self) -> MessageTotals {
+        let mut totals = MessageTotals::default();
+        for stripe in &self.stripes {
+            totals.published += stripe.published.load(Ordering::Relaxed);
+            totals.confirmed += stripe.confirmed.load(Ordering::Relaxed);
+            totals.returned += stripe.returned.load(Ordering::Relaxed);
+            totals.dropped += stripe.dropped.load(Ordering::Relaxed);
+        }
+        totals
     }
 }
 
@@ -91,7 +164,13 @@ impl ConnectionState {
         }
     }
 
-    fn from_u8(value: u8) -> Self {
+    /// The state stored as a number ([`ConnectionState::from_u8`] reads it back).
+    pub fn as_u8(self) -> u8 {
+        self as u8
+    }
+
+    /// The state a number stands for (unknown numbers read as running).
+    pub fn from_u8(value: u8) -> Self {
         match value {
             1 => Self::Blocked,
             2 => Self::Flow,
@@ -101,24 +180,9 @@ impl ConnectionState {
     }
 }
 
-/// One connection's counters, written by its own task.
-#[derive(Debug, Default)]
-pub struct ConnectionCounters {
-    recv_oct: AtomicU64,
-    recv_cnt: AtomicU64,
-    send_oct: AtomicU64,
-    send_cnt: AtomicU64,
-    channels: AtomicU64,
-    published: AtomicU64,
-    confirmed: AtomicU64,
-    returned: AtomicU64,
-    dropped: AtomicU64,
-    state: AtomicU8,
-}
-
-/// A connection's totals: a snapshot of its counters, or the sum over many.
+/// A connection's socket traffic.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ConnectionTotals {
+pub struct Traffic {
     /// Bytes read from the client.
     pub recv_oct: u64,
     /// Reads that brought bytes.
@@ -127,67 +191,152 @@ pub struct ConnectionTotals {
     pub send_oct: u64,
     /// Writes.
     pub send_cnt: u64,
-    /// Messages the client published.
-    pub published: u64,
-    /// Publishes confirmed to it (AMQP confirms, MQTT PUBACK/PUBREC, STOMP receipts).
-    pub confirmed: u64,
-    /// Unroutable messages returned to it (AMQP mandatory).
-    pub returned: u64,
-    /// Unroutable messages dropped.
-    pub dropped: u64,
 }
 
-impl ConnectionTotals {
-    /// Adds `other` to these.
-    pub fn add(&mut self, other: &ConnectionTotals) {
-        self.recv_oct += other.recv_oct;
-        self.recv_cnt += other.recv_cnt;
-        self.send_oct += other.send_oct;
-        self.send_cnt += other.send_cnt;
-        self.published += other.published;
-        self.confirmed += other.confirmed;
-        self.returned += other.returned;
-        self.dropped += other.dropped;
+/// One connection as the management API shows it: a copy made when it asks.
+#[derive(Debug, Clone)]
+pub struct ConnectionSnapshot {
+    /// Its identifier.
+    pub id: ConnectionId,
+    /// Its protocol family.
+    pub family: Family,
+    /// The protocol and version, as RabbitMQ names them (`AMQP 0-9-1`, `MQTT 3.1.1`,
+    /// `STOMP 1.2`).
+    pub protocol: &'static str,
+    /// The client's address.
+    pub peer: Option<SocketAddr>,
+    /// The logged-in user.
+    pub user: String,
+    /// The vhost.
+    pub vhost: String,
+    /// AMQP's client properties (empty for other protocols).
+    pub client_properties: FieldTable,
+    /// MQTT's client id.
+    pub client_id: Option<String>,
+    /// When it logged in, in milliseconds since the Unix epoch.
+    pub connected_at_ms: u64,
+    /// What it is doing.
+    pub state: ConnectionState,
+    /// Its open AMQP channels' numbers.
+    pub channels: Vec<u16>,
+    /// Its traffic so far.
+    pub traffic: Traffic,
+}
+
+impl ConnectionSnapshot {
+    /// Its unique name: the peer's address and the connection's number (the management API
+    /// names, shows and closes connections by it).
+    pub fn name(&self) -> String {
+        connection_name(self.peer, self.id)
     }
+}
+
+/// The name of connection `id` from `peer`.
+pub fn connection_name(peer: Option<SocketAddr>, id: ConnectionId) -> String {
+    match peer {
+        Some(peer) => format!("{peer} #{}", id.0),
+        None => format!("#{}", id.0),
+    }
+}
+
+/// The connection id a name ends with.
+pub fn id_of_name(name: &str) -> Option<ConnectionId> {
+    let (_, number) = name.rsplit_once('#')?;
+    number.parse().ok().map(ConnectionId)
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// An adapter that keeps its connections' records itself and shows them on request.
+pub trait ConnectionSource: Send + Sync + 'static {
+    /// The protocol family of its connections.
+    fn family(&self) -> Family;
+    /// Appends a snapshot of every logged-in connection.
+    fn collect(&self, out: &mut Vec<ConnectionSnapshot>);
+    /// How many logged-in connections there are.
+    fn count(&self) -> usize;
+    /// A snapshot of logged-in connection `id`, if it is this source's.
+    fn snapshot(&self, id: ConnectionId) -> Option<ConnectionSnapshot>;
+    /// Adds how many logged-in connections are in each state (indexed by
+    /// [`ConnectionState::as_u8`]) to `counts`.
+    fn count_states(&self, counts: &mut [usize; 4]);
+    /// Asks connection `id` to close, telling its client `reason`; false if it is not this
+    /// source's.
+    fn close(&self, id: ConnectionId, reason: &str) -> bool;
+}
+
+/// Who a connection is, as AMQP and STOMP tell at registration.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConnectionDetails {
+    /// The protocol family.
+    pub family: Family,
+    /// The protocol and version, as RabbitMQ names them.
+    pub protocol: &'static str,
+    /// The client's address.
+    pub peer: Option<SocketAddr>,
+    /// The logged-in user.
+    pub user: String,
+    /// The vhost the connection uses.
+    pub vhost: String,
+    /// AMQP's client properties.
+    pub client_properties: FieldTable,
+}
+
+impl ConnectionDetails {
+    /// A connection of `protocol` (in `family`) from `peer`, logged in as `user` on `vhost`.
+    pub fn new(
+        family: Family,
+        protocol: &'static str,
+        peer: Option<SocketAddr>,
+        user: impl Into<String>,
+        vhost: impl Into<String>,
+    ) -> Self {
+        Self {
+            family,
+            protocol,
+            peer,
+            user: user.into(),
+            vhost: vhost.into(),
+            client_properties: FieldTable::new(),
+        }
+    }
+
+    /// With AMQP's client properties.
+    pub fn with_client_properties(mut self, properties: FieldTable) -> Self {
+        self.client_properties = properties;
+        self
+    }
+}
+
+/// A registered connection's traffic and state, written by its own task.
+#[derive(Debug, Default)]
+pub struct ConnectionCounters {
+    recv_oct: AtomicU64,
+    recv_cnt: AtomicU64,
+    send_oct: AtomicU64,
+    send_cnt: AtomicU64,
+    state: AtomicU8,
 }
 
 impl ConnectionCounters {
     /// Stores the socket traffic so far (the connection's own running totals).
-    pub fn set_traffic(&self, recv_oct: u64, recv_cnt: u64, send_oct: u64, send_cnt: u64) {
-        self.recv_oct.store(recv_oct, Ordering::Relaxed);
-        self.recv_cnt.store(recv_cnt, Ordering::Relaxed);
-        self.send_oct.store(send_oct, Ordering::Relaxed);
-        self.send_cnt.store(send_cnt, Ordering::Relaxed);
-    }
-
-    /// Stores how many channels (AMQP) or sessions are open.
-    fn set_channels(&self, channels: usize) {
-        self.channels.store(channels as u64, Ordering::Relaxed);
+    pub fn set_traffic(&self, traffic: Traffic) {
+        self.recv_oct.store(traffic.recv_oct, Ordering::Relaxed);
+        self.recv_cnt.store(traffic.recv_cnt, Ordering::Relaxed);
+        self.send_oct.store(traffic.send_oct, Ordering::Relaxed);
+        self.send_cnt.store(traffic.send_cnt, Ordering::Relaxed);
     }
 
     /// Stores what the connection is doing.
     pub fn set_state(&self, state: ConnectionState) {
-        self.state.store(state as u8, Ordering::Relaxed);
-    }
-
-    /// `count` publishes confirmed to the client.
-    pub fn confirmed(&self, count: u64) {
-        self.confirmed.fetch_add(count, Ordering::Relaxed);
-    }
-
-    /// One message published (by the publish pipeline): routed, returned or dropped.
-    pub(crate) fn published(&self, routed: bool, returned: bool) {
-        self.published.fetch_add(1, Ordering::Relaxed);
-        if returned {
-            self.returned.fetch_add(1, Ordering::Relaxed);
-        } else if !routed {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Open channels (AMQP) or sessions.
-    pub fn channels(&self) -> u64 {
-        self.channels.load(Ordering::Relaxed)
+        self.state.store(state.as_u8(), Ordering::Relaxed);
     }
 
     /// What the connection is doing.
@@ -195,37 +344,31 @@ impl ConnectionCounters {
         ConnectionState::from_u8(self.state.load(Ordering::Relaxed))
     }
 
-    /// The counters now.
-    pub fn totals(&self) -> ConnectionTotals {
+    /// The traffic so far.
+    pub fn traffic(&self) -> Traffic {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        ConnectionTotals {
+        Traffic {
             recv_oct: load(&self.recv_oct),
             recv_cnt: load(&self.recv_cnt),
             send_oct: load(&self.send_oct),
             send_cnt: load(&self.send_cnt),
-            published: load(&self.published),
-            confirmed: load(&self.confirmed),
-            returned: load(&self.returned),
-            dropped: load(&self.dropped),
         }
     }
 }
 
-/// Closes a connection on request: the adapter's way of telling its driver (the reason is
-/// what the client is told).
+/// Closes a registered connection on request: the adapter's way of telling its driver (the
+/// reason is what the client is told).
 pub type Closer = Box<dyn Fn(&str) + Send + Sync>;
 
-/// A registered connection.
+/// A connection registered by AMQP or STOMP.
 pub struct ConnectionInfo {
     /// Its identifier.
     pub id: ConnectionId,
-    /// Its unique name, as the management API shows it and closes it by.
-    pub name: String,
     /// Who it is.
     pub details: ConnectionDetails,
-    /// When it logged in.
-    pub connected_at: SystemTime,
-    /// Its counters.
+    /// When it logged in, in milliseconds since the Unix epoch.
+    pub connected_at_ms: u64,
+    /// Its traffic and state.
     pub counters: ConnectionCounters,
     /// The numbers of its open channels (AMQP), in order.
     channel_numbers: Mutex<Vec<u16>>,
@@ -235,35 +378,44 @@ pub struct ConnectionInfo {
 impl std::fmt::Debug for ConnectionInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectionInfo")
-            .field("name", &self.name)
+            .field("id", &self.id)
             .field("details", &self.details)
             .finish()
     }
 }
 
 impl ConnectionInfo {
-    /// Records the numbers of the open channels (AMQP), which the channel count follows.
+    /// Records the numbers of the open channels (AMQP).
     pub fn set_channel_numbers(&self, numbers: Vec<u16>) {
-        self.counters.set_channels(numbers.len());
         *self.channel_numbers.lock() = numbers;
     }
 
-    /// The numbers of the open channels, in order.
-    pub fn channel_numbers(&self) -> Vec<u16> {
-        self.channel_numbers.lock().clone()
-    }
-
-    /// Asks the connection to close, telling its client `reason`.
-    pub fn close(&self, reason: &str) {
-        (self.closer)(reason);
+    /// A snapshot of the connection now.
+    pub fn snapshot(&self) -> ConnectionSnapshot {
+        let details = &self.details;
+        ConnectionSnapshot {
+            id: self.id,
+            family: details.family,
+            protocol: details.protocol,
+            peer: details.peer,
+            user: details.user.clone(),
+            vhost: details.vhost.clone(),
+            client_properties: details.client_properties.clone(),
+            client_id: None,
+            connected_at_ms: self.connected_at_ms,
+            state: self.counters.state(),
+            channels: self.channel_numbers.lock().clone(),
+            traffic: self.counters.traffic(),
+        }
     }
 }
 
-/// Every logged-in connection, and the totals of those gone, per protocol.
+/// Every logged-in connection, from every source, and each protocol's message counters.
 #[derive(Default)]
 pub struct Connections {
-    open: DashMap<ConnectionId, Arc<ConnectionInfo>>,
-    retired: Mutex<BTreeMap<&'static str, ConnectionTotals>>,
+    records: DashMap<ConnectionId, Arc<ConnectionInfo>>,
+    sources: RwLock<Vec<Arc<dyn ConnectionSource>>>,
+    messages: [MessageCounters; 3],
     opened: AtomicU64,
     closed: AtomicU64,
     events: Option<Arc<EventBus>>,
@@ -272,7 +424,7 @@ pub struct Connections {
 impl std::fmt::Debug for Connections {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connections")
-            .field("open", &self.open.len())
+            .field("records", &self.records.len())
             .finish()
     }
 }
@@ -286,28 +438,14 @@ impl Connections {
         }
     }
 
-    fn emit(&self, kind: &'static str, info: &ConnectionInfo) {
-        let Some(events) = &self.events else {
-            return;
-        };
-        events.emit(kind, |headers| {
-            headers.insert("name", text(info.name.as_str()));
-            headers.insert("vhost", text(info.details.vhost.as_str()));
-            headers.insert("user", text(info.details.user.as_str()));
-            headers.insert("protocol", text(info.details.protocol));
-            headers.insert("type", text("network"));
-            if let Some(peer) = info.details.peer {
-                headers.insert("peer_host", text(peer.ip().to_string()));
-                headers.insert("peer_port", FieldValue::I32(i32::from(peer.port())));
-            }
-            if let Some(client_id) = &info.details.client_id {
-                headers.insert("client_id", text(client_id.as_str()));
-            }
-            headers.insert(
-                "client_properties",
-                FieldValue::Table(info.details.client_properties.clone()),
-            );
-        });
+    /// What `family`'s publishers have sent.
+    pub fn messages(&self, family: Family) -> &MessageCounters {
+        &self.messages[family.index()]
+    }
+
+    /// Lists the connections of `source` too.
+    pub fn add_source(&self, source: Arc<dyn ConnectionSource>) {
+        self.sources.write().push(source);
     }
 
     /// Lists connection `id` until the returned registration is dropped; `closer` closes it
@@ -318,84 +456,164 @@ impl Connections {
         details: ConnectionDetails,
         closer: Closer,
     ) -> Registration {
-        let name = match details.peer {
-            Some(peer) => format!("{peer} #{}", id.0),
-            None => format!("#{}", id.0),
-        };
         let info = Arc::new(ConnectionInfo {
             id,
-            name,
             details,
-            connected_at: SystemTime::now(),
+            connected_at_ms: now_ms(),
             counters: ConnectionCounters::default(),
             channel_numbers: Mutex::new(Vec::new()),
             closer,
         });
-        self.open.insert(id, info.clone());
-        self.opened.fetch_add(1, Ordering::Relaxed);
-        self.emit("connection.created", &info);
+        self.records.insert(id, info.clone());
+        self.opened(&info.snapshot());
         Registration {
             info,
             registry: self.clone(),
         }
     }
 
-    /// The open connections, in no particular order.
-    pub fn list(&self) -> Vec<Arc<ConnectionInfo>> {
-        self.open
+    /// Counts a connection that logged in (a source calls it; registration does it) and
+    /// reports `connection.created`.
+    pub fn opened(&self, connection: &ConnectionSnapshot) {
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        self.emit("connection.created", connection);
+    }
+
+    /// Counts a logged-in connection that ended and reports `connection.closed`.
+    pub fn closed(&self, connection: &ConnectionSnapshot) {
+        self.closed.fetch_add(1, Ordering::Relaxed);
+        self.emit("connection.closed", connection);
+    }
+
+    fn emit(&self, kind: &'static str, connection: &ConnectionSnapshot) {
+        let Some(events) = &self.events else {
+            return;
+        };
+        events.emit(kind, |headers| {
+            headers.insert("name", text(connection.name()));
+            headers.insert("vhost", text(connection.vhost.as_str()));
+            headers.insert("user", text(connection.user.as_str()));
+            headers.insert("protocol", text(connection.protocol));
+            headers.insert("type", text("network"));
+            if let Some(peer) = connection.peer {
+                headers.insert("peer_host", text(peer.ip().to_string()));
+                headers.insert("peer_port", FieldValue::I32(i32::from(peer.port())));
+            }
+            if let Some(client_id) = &connection.client_id {
+                headers.insert("client_id", text(client_id.as_str()));
+            }
+            headers.insert(
+                "client_properties",
+                FieldValue::Table(connection.client_properties.clone()),
+            );
+        });
+    }
+
+    /// A snapshot of every logged-in connection, in no particular order.
+    pub fn snapshots(&self) -> Vec<ConnectionSnapshot> {
+        let mut out: Vec<ConnectionSnapshot> = self
+            .records
             .iter()
-            .map(|entry| entry.value().clone())
+            .map(|entry| entry.value().snapshot())
+            .collect();
+        for source in self.sources.read().iter() {
+            source.collect(&mut out);
+        }
+        out
+    }
+
+    /// Snapshots of the registered connections of `family` (AMQP or STOMP; sources' are
+    /// left out).
+    pub fn snapshots_of(&self, family: Family) -> Vec<ConnectionSnapshot> {
+        self.records
+            .iter()
+            .filter(|entry| entry.value().details.family == family)
+            .map(|entry| entry.value().snapshot())
             .collect()
     }
 
-    /// The open connection `id`.
-    pub fn get(&self, id: ConnectionId) -> Option<Arc<ConnectionInfo>> {
-        self.open.get(&id).map(|entry| entry.value().clone())
-    }
-
-    /// The open connection called `name`.
-    pub fn find(&self, name: &str) -> Option<Arc<ConnectionInfo>> {
-        self.open
+    /// A snapshot of logged-in connection `id`.
+    pub fn snapshot(&self, id: ConnectionId) -> Option<ConnectionSnapshot> {
+        if let Some(record) = self.records.get(&id).map(|r| r.value().clone()) {
+            return Some(record.snapshot());
+        }
+        self.sources
+            .read()
             .iter()
-            .find(|entry| entry.value().name == name)
-            .map(|entry| entry.value().clone())
+            .find_map(|source| source.snapshot(id))
     }
 
-    /// How many are open.
+    /// The logged-in connection called `name`.
+    pub fn find(&self, name: &str) -> Option<ConnectionSnapshot> {
+        self.snapshot(id_of_name(name)?)
+            .filter(|snapshot| snapshot.name() == name)
+    }
+
+    /// How many logged-in connections are in each state (indexed by
+    /// [`ConnectionState::as_u8`]), without a snapshot of each.
+    pub fn count_states(&self) -> [usize; 4] {
+        let mut counts = [0; 4];
+        for record in self.records.iter() {
+            counts[usize::from(record.value().counters.state().as_u8())] += 1;
+        }
+        for source in self.sources.read().iter() {
+            source.count_states(&mut counts);
+        }
+        counts
+    }
+
+    /// How many logged-in connections each protocol family has.
+    pub fn count_families(&self) -> [(Family, usize); 3] {
+        let mut counts = Family::ALL.map(|family| (family, 0));
+        for record in self.records.iter() {
+            counts[record.value().details.family.index()].1 += 1;
+        }
+        for source in self.sources.read().iter() {
+            counts[source.family().index()].1 += source.count();
+        }
+        counts
+    }
+
+    /// Asks connection `id` to close, telling its client `reason`; false if there is none.
+    pub fn close(&self, id: ConnectionId, reason: &str) -> bool {
+        if let Some(record) = self.records.get(&id).map(|r| r.value().clone()) {
+            (record.closer)(reason);
+            return true;
+        }
+        self.sources
+            .read()
+            .iter()
+            .any(|source| source.close(id, reason))
+    }
+
+    /// How many are logged in.
     pub fn len(&self) -> usize {
-        self.open.len()
+        self.records.len()
+            + self
+                .sources
+                .read()
+                .iter()
+                .map(|source| source.count())
+                .sum::<usize>()
     }
 
-    /// Whether none is open.
+    /// Whether none is.
     pub fn is_empty(&self) -> bool {
-        self.open.is_empty()
+        self.len() == 0
     }
 
-    /// Connections registered since the broker started.
-    pub fn opened(&self) -> u64 {
+    /// Logins since the broker started.
+    pub fn opened_total(&self) -> u64 {
         self.opened.load(Ordering::Relaxed)
     }
 
-    /// Registered connections closed since the broker started.
-    pub fn closed(&self) -> u64 {
+    /// Logged-in connections closed since the broker started.
+    pub fn closed_total(&self) -> u64 {
         self.closed.load(Ordering::Relaxed)
-    }
-
-    /// Totals per protocol since the broker started: connections gone and open alike.
-    pub fn totals(&self) -> BTreeMap<&'static str, ConnectionTotals> {
-        let mut totals = self.retired.lock().clone();
-        for entry in self.open.iter() {
-            let info = entry.value();
-            totals
-                .entry(info.details.protocol)
-                .or_default()
-                .add(&info.counters.totals());
-        }
-        totals
     }
 }
 
-/// Keeps a connection listed; dropping it unlists the connection and keeps its totals.
+/// Keeps an AMQP or STOMP connection listed; dropping it unlists the connection.
 pub struct Registration {
     info: Arc<ConnectionInfo>,
     registry: Arc<Connections>,
@@ -403,7 +621,7 @@ pub struct Registration {
 
 impl std::fmt::Debug for Registration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Registration({})", self.info.name)
+        write!(f, "Registration({:?})", self.info.id)
     }
 }
 
@@ -415,20 +633,18 @@ impl std::ops::Deref for Registration {
     }
 }
 
+impl Registration {
+    /// What the connection's protocol family has sent (for the publish pipeline and
+    /// confirms).
+    pub fn messages(&self) -> &MessageCounters {
+        self.registry.messages(self.info.details.family)
+    }
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
-        // Totals go to the retired sum before the connection leaves the list, so a reader
-        // summing both may count it twice for a moment but never loses it.
-        let totals = self.info.counters.totals();
-        self.registry
-            .retired
-            .lock()
-            .entry(self.info.details.protocol)
-            .or_default()
-            .add(&totals);
-        self.registry.open.remove(&self.info.id);
-        self.registry.closed.fetch_add(1, Ordering::Relaxed);
-        self.registry.emit("connection.closed", &self.info);
+        self.registry.records.remove(&self.info.id);
+        self.registry.closed(&self.info.snapshot());
     }
 }
 
@@ -438,31 +654,71 @@ mod tests {
     use std::sync::atomic::AtomicBool;
 
     #[test]
-    fn registered_connections_are_listed_closable_and_their_totals_outlive_them() {
+    fn registered_connections_are_listed_found_by_name_and_closable() {
         let connections = Arc::new(Connections::default());
         let asked = Arc::new(AtomicBool::new(false));
         let told = asked.clone();
-        let details = ConnectionDetails::new("MQTT 3.1.1", None, "guest", "/").with_client_id("d1");
+        let peer: SocketAddr = "127.0.0.1:5555".parse().unwrap();
+        let details = ConnectionDetails::new(Family::Amqp, "AMQP 0-9-1", Some(peer), "guest", "/");
         let registration = connections.register(
             ConnectionId(7),
             details,
             Box::new(move |_| told.store(true, Ordering::Relaxed)),
         );
-        registration.counters.published(true, false);
-        registration.counters.published(false, false);
-        registration.counters.set_traffic(100, 2, 50, 1);
-        assert_eq!(connections.len(), 1);
-        let listed = connections.find(&registration.name).expect("listed");
-        listed.close("Closed via management plugin");
+        registration.counters.set_traffic(Traffic {
+            recv_oct: 100,
+            recv_cnt: 2,
+            send_oct: 50,
+            send_cnt: 1,
+        });
+        registration.messages().published(true, false);
+        registration.messages().published(false, false);
+        let listed = connections.find("127.0.0.1:5555 #7").expect("listed");
+        assert_eq!(listed.traffic.recv_oct, 100);
+        assert!(
+            connections.find("127.0.0.1:5556 #7").is_none(),
+            "the whole name counts"
+        );
+        assert!(connections.close(ConnectionId(7), "Closed via management plugin"));
         assert!(asked.load(Ordering::Relaxed));
+        assert_eq!(connections.len(), 1);
 
         drop(registration);
         assert!(connections.is_empty());
-        assert_eq!((connections.opened(), connections.closed()), (1, 1));
-        let totals = connections.totals()["MQTT 3.1.1"];
         assert_eq!(
-            (totals.published, totals.dropped, totals.recv_oct),
-            (2, 1, 100)
+            (connections.opened_total(), connections.closed_total()),
+            (1, 1)
         );
+        let totals = connections.messages(Family::Amqp).totals();
+        assert_eq!(
+            (totals.published, totals.dropped),
+            (2, 1),
+            "totals outlive the connection"
+        );
+        assert_eq!(
+            connections.messages(Family::Mqtt).totals(),
+            MessageTotals::default()
+        );
+    }
+
+    #[test]
+    fn threads_count_in_their_own_stripes_and_totals_add_them_up() {
+        let counters = Arc::new(MessageCounters::default());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let counters = counters.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        counters.published(true, false);
+                    }
+                    counters.confirmed(10);
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let totals = counters.totals();
+        assert_eq!((totals.published, totals.confirmed), (4000, 40));
     }
 }

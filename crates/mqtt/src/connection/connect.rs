@@ -181,7 +181,7 @@ impl Connection {
             &mut self.out,
         );
         tracing::debug!(client_id = %key.client_id, session_present, "MQTT client connected");
-        self.register(&user, &vhost_name, &key.client_id);
+        self.log_in();
         for id in released {
             codec::encode(&Packet::PubRel(id), &mut self.out);
         }

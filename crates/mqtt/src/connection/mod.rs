@@ -21,7 +21,7 @@ use junction_core::auth::AccessCache;
 use junction_core::ledger::{Answer, Ledger, Seq};
 use junction_core::persistence::Durability;
 use junction_core::queue::MessageSeq;
-use junction_core::stats::{ConnectionCounters, ConnectionDetails, ConnectionState, Registration};
+use junction_core::stats::{ConnectionState, Family};
 use junction_core::{
     ChannelId, ConnectionId, ConsumerEvent, Exchange, Permission, Principal, QueueHandle,
     ResourceKind, VirtualHost,
@@ -208,10 +208,6 @@ pub(crate) struct Connection {
     alarm: bool,
     /// When the last bytes arrived from the client (the keep-alive counts from it).
     pub(crate) last_packet: tokio::time::Instant,
-    /// The socket's traffic before the connection's current conduit (it parks and resumes).
-    pub(crate) traffic: junction_transport::Traffic,
-    /// The connection in the broker's list, once CONNECT is accepted.
-    registration: Option<Registration>,
 }
 
 impl Connection {
@@ -232,40 +228,33 @@ impl Connection {
             flow: None,
             alarm: false,
             last_packet: tokio::time::Instant::now(),
-            traffic: junction_transport::Traffic::default(),
-            registration: None,
         }
     }
 
-    /// Lists the connection in the broker's registry once CONNECT is accepted; an operator's
-    /// close raises its signal.
-    pub(crate) fn register(&mut self, user: &str, vhost: &str, client_id: &str) {
-        let details =
-            ConnectionDetails::new("MQTT 3.1.1", self.peer, user, vhost).with_client_id(client_id);
-        let signal = self.signal.clone();
-        self.registration = Some(self.mqtt.broker.connections().register(
-            self.id,
-            details,
-            Box::new(move |_reason| signal.force()),
-        ));
-    }
-
-    /// The connection's counters, once it is registered.
-    pub(crate) fn counters(&self) -> Option<&ConnectionCounters> {
-        self.registration.as_ref().map(|r| &r.counters)
+    /// Lists the connection for the management API once CONNECT is accepted (its signal
+    /// keeps who it is; an operator's close raises it) and reports `connection.created`.
+    pub(crate) fn log_in(&mut self) {
+        let Some(session) = &self.session else {
+            return;
+        };
+        let started = self.mqtt.connections.started_ms();
+        let after = junction_core::stats::now_ms().saturating_sub(started) / 1000;
+        let logged_in = self.signal.log_in(
+            session.claim.key.clone(),
+            session.principal.clone(),
+            self.peer,
+            u32::try_from(after).unwrap_or(u32::MAX),
+        );
+        if logged_in {
+            self.mqtt.connections.logged_in();
+            if let Some(snapshot) = self.signal.snapshot(self.id, started) {
+                self.mqtt.broker.connections().opened(&snapshot);
+            }
+        }
     }
 
     /// Records the socket's traffic and what the connection is doing.
     pub(crate) fn report(&self, traffic: junction_transport::Traffic, parked: bool) {
-        let Some(counters) = self.counters() else {
-            return;
-        };
-        counters.set_traffic(
-            traffic.received,
-            traffic.reads,
-            traffic.sent,
-            traffic.writes,
-        );
         let state = if parked {
             ConnectionState::Parked
         } else if self.flow.is_some() {
@@ -275,7 +264,7 @@ impl Connection {
         } else {
             ConnectionState::Running
         };
-        counters.set_state(state);
+        self.signal.report(traffic.received, traffic.sent, state);
     }
 
     /// The adapter's shared state.
@@ -492,14 +481,12 @@ impl Connection {
         let Some(flow) = self.session.as_mut().and_then(|s| s.flow.as_mut()) else {
             return false;
         };
-        let counters = self.registration.as_ref().map(|r| &r.counters);
+        let messages = self.mqtt.broker.connections().messages(Family::Mqtt);
         while let Some(answer) = flow.acks.next_answer() {
             match answer {
                 Answer::Ready(_, ack) => {
-                    if let (OwedAck::Puback(_) | OwedAck::Pubrec(_), Some(counters)) =
-                        (ack, counters)
-                    {
-                        counters.confirmed(1);
+                    if let OwedAck::Puback(_) | OwedAck::Pubrec(_) = ack {
+                        messages.confirmed(1);
                     }
                     codec::encode(&ack.packet(), &mut self.out)
                 }
@@ -525,7 +512,9 @@ impl Connection {
     pub(crate) async fn finish(&mut self, graceful: bool) {
         self.end_session(graceful).await;
         // Last: shutdown waits until every connection is out of the registry.
-        self.mqtt.connections.closed(self.id);
+        if let Some(snapshot) = self.mqtt.connections.closed(self.id) {
+            self.mqtt.broker.connections().closed(&snapshot);
+        }
     }
 
     /// A kept session must not save as received a QoS 2 publication whose PUBREC was never

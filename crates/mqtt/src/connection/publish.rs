@@ -9,7 +9,7 @@ use bytes::Bytes;
 use junction_core::ledger::Seq;
 use junction_core::persistence::Durability;
 use junction_core::publish::Persisted;
-use junction_core::stats::ConnectionCounters;
+use junction_core::stats::{Family, MessageCounters};
 use junction_core::{
     FieldTable, FieldValue, Message, OnDurable, Permission, Properties, Publication, ResourceKind,
 };
@@ -40,7 +40,7 @@ impl Connection {
         }
         let mqtt = self.mqtt.clone();
         let durable = &mut self.durable;
-        let counters = self.registration.as_ref().map(|r| &r.counters);
+        let counters = Some(mqtt.broker.connections().messages(Family::Mqtt));
         let Some(session) = self.session.as_mut() else {
             return Err(Violation("PUBLISH before CONNECT".into()));
         };
@@ -144,7 +144,7 @@ impl Connection {
                 will.payload.clone(),
             );
         }
-        let counters = self.registration.as_ref().map(|r| &r.counters);
+        let counters = Some(self.mqtt.broker.connections().messages(Family::Mqtt));
         route(session, counters, routing_key, will.qos, will.payload, None).await;
     }
 }
@@ -156,7 +156,7 @@ impl Connection {
 /// behind (credit flow). `routing_key` is the topic in AMQP form.
 async fn route(
     session: &Session,
-    counters: Option<&ConnectionCounters>,
+    counters: Option<&MessageCounters>,
     routing_key: String,
     qos: QoS,
     payload: Bytes,

@@ -27,7 +27,9 @@ use junction_core::auth::AccessCache;
 use junction_core::ledger::{Answer, Ledger, Seq};
 use junction_core::persistence::Durability;
 use junction_core::queue::MessageSeq;
-use junction_core::stats::{ConnectionCounters, ConnectionDetails, ConnectionState, Registration};
+use junction_core::stats::{
+    ConnectionCounters, ConnectionDetails, ConnectionState, Family, Registration,
+};
 use junction_core::{
     Broker, ChannelId, ConnectionId, ConsumerEvent, ConsumerSink, CoreError, Permission, Principal,
     QueueHandle, ResourceKind, VirtualHost,
@@ -425,6 +427,7 @@ impl Connection {
             Version::V1_2 => "STOMP 1.2",
         };
         let details = ConnectionDetails::new(
+            Family::Stomp,
             protocol,
             self.peer,
             session.principal.user.name.clone(),
@@ -462,12 +465,12 @@ impl Connection {
         let Some(counters) = self.counters() else {
             return;
         };
-        counters.set_traffic(
-            traffic.received,
-            traffic.reads,
-            traffic.sent,
-            traffic.writes,
-        );
+        counters.set_traffic(junction_core::stats::Traffic {
+            recv_oct: traffic.received,
+            recv_cnt: traffic.reads,
+            send_oct: traffic.sent,
+            send_cnt: traffic.writes,
+        });
         let state = if self.flow.is_some() {
             ConnectionState::Flow
         } else if self.is_blocked() {
@@ -580,13 +583,15 @@ impl Connection {
         while let Some(answer) = session.receipts.next_answer() {
             match answer {
                 Answer::Ready(_, Some(receipt)) => {
-                    if let Some(registration) = &self.registration {
-                        registration.counters.confirmed(1);
-                    }
                     let frame = Frame::new("RECEIPT").header("receipt-id", receipt);
                     codec::encode(&frame, Some(session.version), &mut self.out);
                 }
-                Answer::Ready(_, None) => {}
+                // A persistent SEND on disk: what STOMP's confirms count.
+                Answer::Ready(_, None) => {
+                    if let Some(registration) = &self.registration {
+                        registration.messages().confirmed(1);
+                    }
+                }
                 Answer::Failed(_, failed) => {
                     // Receipts still owed wait for this or an earlier SEND: none of them goes.
                     let receipt = std::iter::once(failed)

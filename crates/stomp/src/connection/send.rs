@@ -99,7 +99,7 @@ impl Connection {
         let message = Message::new(exchange_name, key, properties, frame.body);
         let mut publication = Publication::new(&exchange, message);
         if let Some(registration) = registration {
-            publication = publication.counted(&registration.counters);
+            publication = publication.counted(registration.messages());
         }
         let seq = persistent.then(|| session.receipts.owe(None));
         let mut on_durable;
