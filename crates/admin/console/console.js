@@ -492,7 +492,16 @@ const VIEWS = {
           field('Name', 'name', { required: true }), field('Password', 'password', { type: 'password' }),
           field('Tags', 'tags', { placeholder: 'management,monitoring' }),
         ], 'Save', async (v) => {
-          await api('PUT', `/users/${enc(v.name)}`, { password: v.password, tags: v.tags });
+          // A blank password keeps an existing user's password (the API would clear it).
+          const body = { tags: v.tags };
+          if (v.password) {
+            body.password = v.password;
+          } else {
+            const existing = await api('GET', `/users/${enc(v.name)}`).catch(() => null);
+            if (!existing) throw new Error('a new user needs a password');
+            body.password_hash = existing.password_hash;
+          }
+          await api('PUT', `/users/${enc(v.name)}`, body);
           return `user ${v.name} saved`;
         })),
         h('div', { class: 'card' }, h('h2', {}, 'Add a vhost'), actionForm([field('Name', 'name', { required: true }), field('Description', 'description')], 'Add', async (v) => {

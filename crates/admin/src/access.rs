@@ -381,7 +381,7 @@ pub async fn put_vhost(
     State(admin): State<Arc<Admin>>,
     Path(name): Path<String>,
     caller: Caller,
-    body: axum::body::Bytes,
+    crate::queues::JsonBody(body): crate::queues::JsonBody,
 ) -> ApiResult<StatusCode> {
     caller.require_administrator()?;
     let body: VhostBody = read_body(&body)?;
@@ -428,6 +428,16 @@ pub async fn delete_vhost(
         return Err(ApiError::not_found());
     }
     admin.managed.save_vhost(&name, None).await?;
+    // Its permissions go with it, so a vhost made again later starts without them.
+    if let Ok(users) = admin.managed.users() {
+        for (user, _) in users.users() {
+            let had = users.clear_permissions(&user, &name);
+            let had_topic = users.clear_topic_permissions(&user, &name, None);
+            if had || had_topic {
+                admin.managed.save_user(&user).await?;
+            }
+        }
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -560,7 +570,7 @@ pub async fn put_user(
     State(admin): State<Arc<Admin>>,
     Path(name): Path<String>,
     caller: Caller,
-    body: axum::body::Bytes,
+    crate::queues::JsonBody(body): crate::queues::JsonBody,
 ) -> ApiResult<StatusCode> {
     caller.require_administrator()?;
     let body: UserBody = read_body(&body)?;
@@ -611,7 +621,18 @@ pub async fn delete_user(
         return Err(ApiError::not_found());
     }
     admin.managed.save_user(&name).await?;
+    close_connections_of(&admin, &name);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Closes the connections of a deleted user, as RabbitMQ does.
+fn close_connections_of(admin: &Admin, user: &str) {
+    let connections = admin.broker.connections();
+    for connection in connections.snapshots() {
+        if connection.user == user {
+            connections.close(connection.id, &format!("user '{user}' is deleted"));
+        }
+    }
 }
 
 /// The body of a bulk delete.
@@ -624,7 +645,7 @@ pub struct BulkDelete {
 pub async fn bulk_delete_users(
     State(admin): State<Arc<Admin>>,
     caller: Caller,
-    body: axum::body::Bytes,
+    crate::queues::JsonBody(body): crate::queues::JsonBody,
 ) -> ApiResult<StatusCode> {
     caller.require_administrator()?;
     let body: BulkDelete = read_body(&body)?;
@@ -632,6 +653,7 @@ pub async fn bulk_delete_users(
     for name in &body.users {
         if users.delete_user(name) {
             admin.managed.save_user(name).await?;
+            close_connections_of(&admin, name);
         }
     }
     Ok(StatusCode::NO_CONTENT)
@@ -704,7 +726,7 @@ pub async fn put_permission(
     State(admin): State<Arc<Admin>>,
     Path((vhost, user)): Path<(String, String)>,
     caller: Caller,
-    body: axum::body::Bytes,
+    crate::queues::JsonBody(body): crate::queues::JsonBody,
 ) -> ApiResult<StatusCode> {
     caller.require_administrator()?;
     let body: PermissionBody = read_body(&body)?;
@@ -779,7 +801,7 @@ pub async fn put_topic_permission(
     State(admin): State<Arc<Admin>>,
     Path((vhost, user)): Path<(String, String)>,
     caller: Caller,
-    body: axum::body::Bytes,
+    crate::queues::JsonBody(body): crate::queues::JsonBody,
 ) -> ApiResult<StatusCode> {
     caller.require_administrator()?;
     let body: TopicPermissionBody = read_body(&body)?;

@@ -301,7 +301,7 @@ pub async fn create(
     State(admin): State<Arc<Admin>>,
     Path((vhost_name, source, kind, destination)): Path<(String, String, String, String)>,
     caller: Caller,
-    body: axum::body::Bytes,
+    crate::queues::JsonBody(body): crate::queues::JsonBody,
 ) -> ApiResult<Response> {
     let to_exchange = to_exchange_kind(&kind)?;
     let body: BindingBody = read_body(&body)?;
@@ -317,6 +317,25 @@ pub async fn create(
         return Err(ApiError::not_authorised(
             "operation not permitted on the default exchange",
         ));
+    }
+    // Topic permissions limit binding keys on topic exchanges (read), as for AMQP.
+    if let Ok(exchange) = vhost.exchange(source)
+        && !caller
+            .principal
+            .check_topic(
+                &vhost_name,
+                &exchange,
+                &body.routing_key,
+                Permission::Read,
+                None,
+            )
+            .await
+    {
+        return Err(ApiError::not_authorised(format!(
+            "read access to topic '{}' in exchange '{source}' in vhost '{vhost_name}' refused for user '{}'",
+            body.routing_key,
+            caller.name()
+        )));
     }
     if to_exchange {
         vhost.bind_exchange(&destination, source, &body.routing_key, arguments.clone())?;

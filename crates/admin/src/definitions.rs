@@ -317,7 +317,14 @@ impl Admin {
                     user.name
                 ))
             })?;
-            users.put_user(&user.name, UserRecord::new(hash, user.tags.to_vec()));
+            // An imported user keeps the permissions it has here (the document's own
+            // permissions follow), as RabbitMQ's import does.
+            let mut record = UserRecord::new(hash, user.tags.to_vec());
+            if let Some(existing) = users.user(&user.name) {
+                record.permissions = existing.permissions;
+                record.topic_permissions = existing.topic_permissions;
+            }
+            users.put_user(&user.name, record);
             changed.push(user.name.clone());
         }
         for p in &definitions.permissions {
@@ -539,7 +546,7 @@ pub async fn export_vhost(
 pub async fn import(
     State(admin): State<Arc<Admin>>,
     caller: Caller,
-    body: axum::body::Bytes,
+    crate::queues::JsonBody(body): crate::queues::JsonBody,
 ) -> ApiResult<StatusCode> {
     caller.require_administrator()?;
     let definitions = Definitions::parse(&body).map_err(|e| ApiError::bad_request(e.0))?;
@@ -555,7 +562,7 @@ pub async fn import_vhost(
     State(admin): State<Arc<Admin>>,
     Path(vhost): Path<String>,
     caller: Caller,
-    body: axum::body::Bytes,
+    crate::queues::JsonBody(body): crate::queues::JsonBody,
 ) -> ApiResult<StatusCode> {
     caller.require_administrator()?;
     admin.vhost_or_404(&vhost)?;

@@ -69,6 +69,16 @@ impl ApiError {
         }
     }
 
+    /// 415: a body that is not JSON.
+    pub fn unsupported_media_type() -> Self {
+        Self {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            error: "unsupported_media_type",
+            reason: "the body must be application/json".into(),
+            challenge: false,
+        }
+    }
+
     /// 500: the broker failed.
     pub fn internal(reason: impl Into<String>) -> Self {
         Self {

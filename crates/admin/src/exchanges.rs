@@ -118,7 +118,7 @@ pub async fn declare(
     State(admin): State<Arc<Admin>>,
     Path((vhost_name, name)): Path<(String, String)>,
     caller: Caller,
-    body: axum::body::Bytes,
+    crate::queues::JsonBody(body): crate::queues::JsonBody,
 ) -> ApiResult<StatusCode> {
     let body: ExchangeBody = read_body(&body)?;
     let vhost = admin.vhost_or_404(&vhost_name)?;
@@ -138,16 +138,35 @@ pub async fn declare(
             "the default exchange cannot be declared",
         ));
     }
+    let arguments = body
+        .arguments
+        .as_ref()
+        .map(json_to_table)
+        .unwrap_or_default();
+    // An alternate exchange receives what this one cannot route, on the publisher's behalf:
+    // RabbitMQ asks read on the exchange declared and write on the alternate.
+    if let Some(alternate) = arguments
+        .get("alternate-exchange")
+        .and_then(junction_core::FieldValue::as_str)
+    {
+        caller
+            .require_permission(&vhost_name, ResourceKind::Exchange, &name, Permission::Read)
+            .await?;
+        caller
+            .require_permission(
+                &vhost_name,
+                ResourceKind::Exchange,
+                alternate,
+                Permission::Write,
+            )
+            .await?;
+    }
     let existed = vhost.exchange(&name).is_ok();
     let mut spec = ExchangeSpec::new(&name, kind);
     spec.durable = body.durable.unwrap_or(true);
     spec.auto_delete = body.auto_delete;
     spec.internal = body.internal;
-    spec.arguments = body
-        .arguments
-        .as_ref()
-        .map(json_to_table)
-        .unwrap_or_default();
+    spec.arguments = arguments;
     vhost.declare_exchange(spec, false)?;
     Ok(if existed {
         StatusCode::NO_CONTENT
@@ -201,7 +220,7 @@ pub async fn publish(
     State(admin): State<Arc<Admin>>,
     Path((vhost_name, name)): Path<(String, String)>,
     caller: Caller,
-    body: axum::body::Bytes,
+    crate::queues::JsonBody(body): crate::queues::JsonBody,
 ) -> ApiResult<Json<Value>> {
     let body: PublishBody = read_body(&body)?;
     let vhost = admin.vhost_or_404(&vhost_name)?;
@@ -246,6 +265,15 @@ pub async fn publish(
         }
     };
     let properties = properties_from_json(&body.properties)?;
+    // As AMQP's basic.publish: a message may not claim another user.
+    if let Some(claimed) = &properties.user_id
+        && claimed != caller.name()
+    {
+        return Err(ApiError::bad_request(format!(
+            "user_id property set to '{claimed}' but authenticated user was '{}'",
+            caller.name()
+        )));
+    }
     let message = Message::new(name, body.routing_key, properties, payload);
     let published = vhost.publish(Publication::new(&exchange, message)).await;
     Ok(Json(json!({ "routed": published.routed > 0 })))

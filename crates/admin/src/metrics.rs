@@ -27,6 +27,22 @@ use crate::stats_json::node_totals;
 
 type Labels = Vec<(String, String)>;
 
+/// A label value escaped as the exposition format requires (`\`, `"` and line feeds): the
+/// encoder writes values as they are, and a queue named by a client must not end a label or
+/// start a series of its own.
+fn escape_label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// One metric family: name (counters without `_total`, which the encoder adds), help, type
 /// and its samples.
 struct Family {
@@ -65,6 +81,10 @@ impl Family {
     }
 
     fn add(&mut self, labels: Labels, value: f64) {
+        let labels = labels
+            .into_iter()
+            .map(|(key, value)| (key, escape_label(&value)))
+            .collect();
         self.samples.push((labels, value));
     }
 
@@ -512,5 +532,16 @@ impl Admin {
             .route("/metrics", get(aggregated))
             .route("/metrics/per-object", get(per_object))
             .with_state(self.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_cannot_end_a_label_or_a_line() {
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        assert_eq!(escape_label("orders"), "orders");
     }
 }

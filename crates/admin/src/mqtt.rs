@@ -50,8 +50,9 @@ fn view(admin: &Admin) -> ApiResult<Arc<dyn MqttView>> {
     admin.mqtt.lock().clone().ok_or_else(ApiError::not_found)
 }
 
-/// GET /api/mqtt/sessions: the sessions of the vhosts the caller sees.
+/// GET /api/mqtt/sessions (monitors): every session, with its client id and filters.
 pub async fn sessions(State(admin): State<Arc<Admin>>, caller: Caller) -> ApiResult<Json<Value>> {
+    caller.require_monitor()?;
     let view = view(&admin)?;
     let mut out = Vec::new();
     for session in view.sessions() {
@@ -73,13 +74,15 @@ pub async fn sessions(State(admin): State<Arc<Admin>>, caller: Caller) -> ApiRes
     Ok(Json(out.into()))
 }
 
-/// GET /api/mqtt/retained/{vhost}: topic, QoS and payload (text when it is UTF-8, else
-/// base64) of each retained message.
+/// GET /api/mqtt/retained/{vhost} (monitors): topic, QoS and payload (text when it is
+/// UTF-8, else base64) of each retained message. Payloads are messages: only monitors, who
+/// see every vhost's objects, read them here.
 pub async fn retained(
     State(admin): State<Arc<Admin>>,
     Path(vhost): Path<String>,
     caller: Caller,
 ) -> ApiResult<Json<Value>> {
+    caller.require_monitor()?;
     admin.vhosts_for(&caller, Some(&vhost)).await?;
     let view = view(&admin)?;
     let out: Vec<Value> = view

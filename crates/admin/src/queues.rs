@@ -100,8 +100,16 @@ impl Admin {
         }
     }
 
+    /// Queue `name`, or 404.
     fn queue_or_404(&self, vhost: &VirtualHost, name: &str) -> ApiResult<QueueHandle> {
         vhost.queue(name).ok_or_else(ApiError::not_found)
+    }
+
+    /// Queue `name` to take messages from: not another connection's exclusive queue
+    /// (RabbitMQ's resource-locked refusal, as for a client's basic.get or purge).
+    fn usable_queue(&self, vhost: &VirtualHost, name: &str) -> ApiResult<QueueHandle> {
+        self.queue_or_404(vhost, name)?;
+        Ok(vhost.queue_for(name, self.api_connection())?)
     }
 }
 
@@ -171,6 +179,38 @@ pub struct QueueBody {
 
 /// Reads a JSON body, refusing what is not JSON or nests too deeply.
 pub(crate) fn read_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    read_json(body)
+}
+
+/// A request body that must be JSON: one with another `Content-Type` is refused (415), so a
+/// page elsewhere cannot make a browser that knows the user's credentials post a form to the
+/// API.
+pub struct JsonBody(pub axum::body::Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> ApiResult<Self> {
+        let is_json = request
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(';')
+                    .next()
+                    .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+            });
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|error| ApiError::bad_request(error.to_string()))?;
+        if !bytes.is_empty() && !is_json {
+            return Err(ApiError::unsupported_media_type());
+        }
+        Ok(Self(bytes))
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     let value: Value = if body.is_empty() {
         json!({})
     } else {
@@ -189,7 +229,7 @@ pub async fn declare(
     State(admin): State<Arc<Admin>>,
     Path((vhost_name, name)): Path<(String, String)>,
     caller: Caller,
-    body: axum::body::Bytes,
+    crate::queues::JsonBody(body): crate::queues::JsonBody,
 ) -> ApiResult<StatusCode> {
     let body: QueueBody = read_body(&body)?;
     let vhost = admin.vhost_or_404(&vhost_name)?;
@@ -206,17 +246,36 @@ pub async fn declare(
             "a queue declared over HTTP needs a name",
         ));
     }
+    let arguments = body
+        .arguments
+        .as_ref()
+        .map(json_to_table)
+        .unwrap_or_default();
+    // A dead-letter exchange receives messages on the declaring user's behalf: RabbitMQ asks
+    // read on the queue and write on that exchange.
+    if let Some(exchange) = arguments
+        .get("x-dead-letter-exchange")
+        .and_then(junction_core::FieldValue::as_str)
+    {
+        caller
+            .require_permission(&vhost_name, ResourceKind::Queue, &name, Permission::Read)
+            .await?;
+        caller
+            .require_permission(
+                &vhost_name,
+                ResourceKind::Exchange,
+                exchange,
+                Permission::Write,
+            )
+            .await?;
+    }
     let existed = vhost.queue(&name).is_some();
     let spec = QueueSpec {
         name,
         durable: body.durable.unwrap_or(true),
         exclusive: false,
         auto_delete: body.auto_delete,
-        arguments: body
-            .arguments
-            .as_ref()
-            .map(json_to_table)
-            .unwrap_or_default(),
+        arguments,
     };
     vhost
         .declare_queue(spec, false, false, admin.api_connection())
@@ -244,14 +303,15 @@ pub async fn delete(
             Permission::Configure,
         )
         .await?;
-    admin.queue_or_404(&vhost, &name)?;
+    let queue = admin.queue_or_404(&vhost, &name)?;
     let flag = |key: &str| query.get(key).is_some_and(|v| v == "true");
     vhost
         .delete_queue(
             &name,
             flag("if-unused"),
             flag("if-empty"),
-            admin.api_connection(),
+            // An operator may delete another connection's exclusive queue, as in RabbitMQ's UI.
+            queue.owner().unwrap_or(admin.api_connection()),
         )
         .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -267,7 +327,7 @@ pub async fn purge(
     caller
         .require_permission(&vhost_name, ResourceKind::Queue, &name, Permission::Read)
         .await?;
-    let queue = admin.queue_or_404(&vhost, &name)?;
+    let queue = admin.usable_queue(&vhost, &name)?;
     queue.purge().await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -307,7 +367,7 @@ pub async fn get(
     State(admin): State<Arc<Admin>>,
     Path((vhost_name, name)): Path<(String, String)>,
     caller: Caller,
-    body: axum::body::Bytes,
+    crate::queues::JsonBody(body): crate::queues::JsonBody,
 ) -> ApiResult<Json<Value>> {
     let body: GetBody = read_body(&body)?;
     let (requeue, reject) = match body.ackmode.as_str() {
@@ -331,36 +391,52 @@ pub async fn get(
     caller
         .require_permission(&vhost_name, ResourceKind::Queue, &name, Permission::Read)
         .await?;
-    let queue = admin.queue_or_404(&vhost, &name)?;
+    let queue = admin.usable_queue(&vhost, &name)?;
     // The messages are taken on a channel of their own, then settled all at once: requeued
-    // ones go back to their places, marked redelivered, as RabbitMQ does.
+    // ones go back to their places, marked redelivered, as RabbitMQ does. The work runs in a
+    // task of its own, so a client that goes away midway cannot leave messages taken.
     let channel = ChannelId {
         connection: admin.broker.next_connection_id(),
         number: 1,
         generation: 0,
     };
-    let mut taken = Vec::new();
-    let mut shown = Vec::new();
-    for _ in 0..body.count {
-        let Some(got) = queue.get(channel, false).await? else {
-            break;
-        };
-        shown.push(message_json(
-            &got.message,
-            got.redelivered,
-            got.remaining,
-            base64,
-            body.truncate,
-        ));
-        taken.push(got.seq);
-    }
-    if reject || requeue {
-        queue.reject(channel, taken, requeue).await;
-    } else {
-        queue.ack(channel, taken).await;
-    }
-    queue.channel_closed(channel).await;
-    Ok(Json(Value::Array(shown)))
+    let work = async move {
+        let mut taken = Vec::new();
+        let mut shown = Vec::new();
+        let mut failed = None;
+        for _ in 0..body.count {
+            match queue.get(channel, false).await {
+                Ok(Some(got)) => {
+                    shown.push(message_json(
+                        &got.message,
+                        got.redelivered,
+                        got.remaining,
+                        base64,
+                        body.truncate,
+                    ));
+                    taken.push(got.seq);
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    failed = Some(error);
+                    break;
+                }
+            }
+        }
+        if reject || requeue {
+            queue.reject(channel, taken, requeue).await;
+        } else {
+            queue.ack(channel, taken).await;
+        }
+        queue.channel_closed(channel).await;
+        match failed {
+            Some(error) => Err(ApiError::from(error)),
+            None => Ok(Json(Value::Array(shown))),
+        }
+    };
+    tokio::spawn(work)
+        .await
+        .map_err(|error| ApiError::internal(error.to_string()))?
 }
 
 /// A message as the get endpoint shows it.

@@ -102,7 +102,12 @@ impl VirtualHost {
             ..Default::default()
         };
         let mut standard = vec![builtin("", "direct")];
-        standard.extend(STANDARD_EXCHANGES.iter().map(|(n, k)| builtin(n, k)));
+        standard.extend(STANDARD_EXCHANGES.iter().map(|(n, k)| {
+            let mut spec = builtin(n, k);
+            // Only the broker publishes events (RabbitMQ's event exchange is internal too).
+            spec.internal = *n == crate::events::EVENT_EXCHANGE;
+            spec
+        }));
         for spec in standard {
             if let Some(kind) = vhost.registry.get(&spec.kind) {
                 match vhost.make_exchange(spec, kind.as_ref(), false) {

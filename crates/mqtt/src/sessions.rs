@@ -234,8 +234,10 @@ impl SessionRegistry {
             .iter()
             .map(|entry| (SessionKey::clone(entry.key()), true, None))
             .collect();
+        let live: std::collections::HashSet<SessionKey> =
+            out.iter().map(|(key, _, _)| key.clone()).collect();
         for entry in self.saved.iter() {
-            if !out.iter().any(|(key, _, _)| key == entry.key()) {
+            if !live.contains(entry.key()) {
                 out.push((entry.key().clone(), false, Some(entry.value().clone())));
             }
         }

@@ -157,47 +157,61 @@ impl Mqtt {
     /// Every session as the management API shows it: connected ones with the filters bound
     /// to their queue, and disconnected persistent ones with their saved subscriptions.
     pub fn session_summaries(&self) -> Vec<SessionSummary> {
-        self.sessions
-            .list()
-            .into_iter()
-            .map(|(key, connected, saved)| {
-                let subscriptions = match saved {
-                    Some(state) => state
-                        .subscriptions
+        // The filters bound to each session queue, gathered once per vhost.
+        let mut bound: std::collections::HashMap<(String, String), Vec<String>> =
+            std::collections::HashMap::new();
+        let mut gathered = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for (key, connected, saved) in self.sessions.list() {
+            let subscriptions = match saved {
+                Some(state) => state
+                    .subscriptions
+                    .into_iter()
+                    .map(|(filter, qos)| (filter, Some(qos)))
+                    .collect(),
+                None => {
+                    if gathered.insert(key.vhost.to_string()) {
+                        self.gather_filters(&key.vhost, &mut bound);
+                    }
+                    bound
+                        .remove(&(key.vhost.to_string(), key.queue_name()))
+                        .unwrap_or_default()
                         .into_iter()
-                        .map(|(filter, qos)| (filter, Some(qos)))
-                        .collect(),
-                    None => self.bound_filters(&key),
-                };
-                SessionSummary {
-                    vhost: key.vhost.to_string(),
-                    client_id: key.client_id.clone(),
-                    connected,
-                    subscriptions,
+                        .map(|filter| (filter, None))
+                        .collect()
                 }
-            })
-            .collect()
+            };
+            out.push(SessionSummary {
+                vhost: key.vhost.to_string(),
+                client_id: key.client_id.clone(),
+                connected,
+                subscriptions,
+            });
+        }
+        out
     }
 
-    /// The filters bound to a live session's queue (their QoS lives in the connection).
-    fn bound_filters(&self, key: &crate::sessions::SessionKey) -> Vec<(String, Option<u8>)> {
-        let Ok(vhost) = self.broker.vhost(&key.vhost) else {
-            return Vec::new();
+    /// The filters bound to each queue of `vhost` on the MQTT exchange (their QoS lives in
+    /// the connections), by (vhost, queue name).
+    fn gather_filters(
+        &self,
+        vhost: &str,
+        bound: &mut std::collections::HashMap<(String, String), Vec<String>>,
+    ) {
+        let Ok(host) = self.broker.vhost(vhost) else {
+            return;
         };
-        let (Some(queue), Ok(exchange)) = (
-            vhost.queue(&key.queue_name()),
-            vhost.exchange(&self.settings.exchange),
-        ) else {
-            return Vec::new();
+        let Ok(exchange) = host.exchange(&self.settings.exchange) else {
+            return;
         };
-        exchange
-            .bindings()
-            .into_iter()
-            .filter(
-                |b| matches!(&b.target, junction_core::BindingTarget::Queue(q) if q.same(&queue)),
-            )
-            .map(|b| (crate::topic::binding_key_to_filter(&b.routing_key), None))
-            .collect()
+        for binding in exchange.bindings() {
+            if let junction_core::BindingTarget::Queue(queue) = &binding.target {
+                bound
+                    .entry((vhost.to_owned(), queue.name().to_owned()))
+                    .or_default()
+                    .push(crate::topic::binding_key_to_filter(&binding.routing_key));
+            }
+        }
     }
 
     /// The retained messages of `vhost`: topic, QoS and payload.

@@ -65,6 +65,13 @@ permissions = [{ vhost = "/", configure = ".*", write = ".*", read = ".*" }]
 name = "leaving"
 password = "leaving"
 tags = ["management"]
+
+[[users]]
+name = "limited"
+password = "limited"
+tags = ["management"]
+permissions = [{ vhost = "/", configure = "^limited\\.", write = "^limited\\.", read = ".*" }]
+topic_permissions = [{ vhost = "/", exchange = "amq.topic", write = ".*", read = "^public\\." }]
 """
 
 
@@ -549,8 +556,10 @@ def test_definitions_from_rabbitmq_import_and_round_trip(junction_bin, tmp_path)
         assert comparable(again) == comparable(exported)
         mine = comparable(RABBITMQ_DEFINITIONS)
         theirs = comparable(again)
-        for part in ("queues", "exchanges", "bindings", "topic_permissions"):
+        for part in ("queues", "exchanges", "bindings"):
             assert theirs[part] == mine[part], part
+        imported = [t for t in theirs["topic_permissions"] if t["user"] in ("ops", "app")]
+        assert imported == mine["topic_permissions"]
         assert {u["name"] for u in theirs["users"]} >= {"ops", "app"}
     finally:
         second.stop()
@@ -595,14 +604,13 @@ EVERYONE = [
     ("overview",), ("whoami",), ("cluster-name",), ("connections",), ("channels",), ("consumers",),
     ("exchanges",), ("queues",), ("bindings",), ("vhosts",), ("exchange-types",), ("extensions",),
     ("health", "checks", "alarms"), ("health", "checks", "local-alarms"), ("health", "checks", "virtual-hosts"),
-    ("mqtt", "sessions"), ("policies",), ("parameters",), ("feature-flags",),
+    ("policies",), ("parameters",), ("feature-flags",),
 ]
 #: GET endpoints in vhost `/`, which `tenant` (management, no permissions there) may not see.
 IN_VHOST = [
     ("exchanges", "/"), ("exchanges", "/", "amq.direct"), ("exchanges", "/", "amq.direct", "bindings", "source"),
     ("exchanges", "/", "amq.direct", "bindings", "destination"), ("queues", "/"), ("bindings", "/"),
     ("vhosts", "/"), ("consumers", "/"), ("vhosts", "/", "connections"), ("vhosts", "/", "channels"),
-    ("mqtt", "retained", "/"),
 ]
 #: GET endpoints for administrators only.
 ADMINISTRATORS = [
@@ -611,7 +619,7 @@ ADMINISTRATORS = [
     ("vhosts", "/", "permissions"), ("vhosts", "/", "topic-permissions"), ("definitions",), ("definitions", "/"),
 ]
 #: GET endpoints for monitoring users and administrators.
-MONITORS = [("nodes",)]
+MONITORS = [("nodes",), ("mqtt", "sessions"), ("mqtt", "retained", "/")]
 
 
 @pytest.mark.parametrize("path", EVERYONE + IN_VHOST + ADMINISTRATORS + MONITORS, ids=lambda p: "/".join(p))
@@ -630,3 +638,95 @@ def test_every_endpoint_answers_each_tag_as_rabbitmq_does(managed, path):
         assert Api(managed, "watcher").call("GET", *path).status_code == 200
     else:
         assert tenant.status_code == 200, (path, tenant.text)
+
+
+# --- what a user may not do through the API either ------------------------------------------
+
+
+def test_the_api_asks_the_permissions_amqp_asks(managed, names):
+    limited = Api(managed, "limited")
+    # configure on the queue is not enough for a dead-letter exchange it may not write to.
+    refused = limited.put("queues", "/", "limited.q", json={"arguments": {"x-dead-letter-exchange": "amq.direct"}})
+    assert refused.status_code == 401 and "amq.direct" in refused.json()["reason"]
+    assert limited.put("queues", "/", "limited.q", json={"arguments": {"x-dead-letter-exchange": "limited.dlx"}}).status_code == 201
+    refused = limited.put("exchanges", "/", "limited.x", json={"type": "fanout", "arguments": {"alternate-exchange": "amq.fanout"}})
+    assert refused.status_code == 401
+    # Topic permissions limit binding keys (read) on topic exchanges.
+    refused = limited.post("bindings", "/", "e", "amq.topic", "q", "limited.q", json={"routing_key": "#"})
+    assert refused.status_code == 401 and "topic" in refused.json()["reason"]
+    assert limited.post("bindings", "/", "e", "amq.topic", "q", "limited.q", json={"routing_key": "public.news"}).status_code == 201
+    # A message may not claim another user.
+    assert limited.put("exchanges", "/", "limited.out", json={"type": "fanout"}).status_code == 201
+    forged = limited.post("exchanges", "/", "limited.out", "publish", json={"routing_key": "", "payload": "x", "payload_encoding": "string", "properties": {"user_id": "guest"}})
+    assert forged.status_code == 400 and "user_id" in forged.json()["reason"]
+    honest = limited.post("exchanges", "/", "limited.out", "publish", json={"routing_key": "", "payload": "x", "payload_encoding": "string", "properties": {"user_id": "limited"}})
+    assert honest.status_code == 200
+    Api(managed).delete("exchanges", "/", "limited.out")
+    # Bodies are JSON: a form post from a page elsewhere is refused.
+    form = Api(managed).session.post(Api(managed).url("definitions"), data="x=1", auth=("guest", "guest"), headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=10)
+    assert form.status_code == 415
+    Api(managed).delete("queues", "/", "limited.q")
+
+
+def test_exclusive_queues_and_other_users_connections_are_not_theirs(managed, names):
+    guest, watcher = Api(managed), Api(managed, "watcher")
+    owner = pika.BlockingConnection(managed.pika_parameters())
+    queue = owner.channel().queue_declare("", exclusive=True).method.queue
+    owner.channel().basic_publish("", queue, b"private")
+    eventually(lambda: guest.get("queues", "/", queue)["messages"] == 1)
+    for response in (
+        guest.post("queues", "/", queue, "get", json={"count": 1, "ackmode": "ack_requeue_false", "encoding": "auto"}),
+        guest.delete("queues", "/", queue, "contents"),
+    ):
+        assert response.status_code == 400 and "exclusive" in response.json()["reason"], response.text
+    # A monitor sees the connection but may not close it; an administrator may.
+    name = eventually(lambda: [c["name"] for c in watcher.get("connections") if c["user"] == "guest"])[0]
+    assert watcher.delete("connections", name).status_code == 401
+    assert guest.delete("connections", name).status_code == 204
+    # The owner's connection is gone; its exclusive queue with it.
+    eventually(lambda: guest.call("GET", "queues", "/", queue).status_code == 404)
+
+
+def test_deleting_a_user_closes_its_connections_and_a_vhost_takes_its_permissions(junction_bin, tmp_path):
+    broker = start(junction_bin, tmp_path)
+    try:
+        api = Api(broker)
+        assert api.put("users", "gone", json={"password": "pw", "tags": ""}).status_code == 201
+        assert api.put("permissions", "/", "gone", json={"configure": ".*", "write": ".*", "read": ".*"}).status_code == 201
+        connection = pika_connection(broker, user="gone", password="pw")
+        assert api.delete("users", "gone").status_code == 204
+        with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+            connection.process_data_events(time_limit=5)
+            connection.process_data_events(time_limit=5)
+        assert closed.value.reply_code == 320 and "is deleted" in closed.value.reply_text
+
+        assert api.put("vhosts", "again").status_code == 201
+        assert api.put("permissions", "again", "tenant", json={"configure": ".*", "write": ".*", "read": ".*"}).status_code == 201
+        assert api.delete("vhosts", "again").status_code == 204
+        assert api.put("vhosts", "again").status_code == 201
+        assert {p["user"] for p in api.get("vhosts", "again", "permissions")} == {"guest"}, "only its new creator"
+    finally:
+        broker.stop()
+
+
+def test_prometheus_labels_carry_any_queue_name(managed):
+    connection = pika_connection(managed)
+    odd = 'odd "name" \\ here'
+    connection.channel().queue_declare(odd)
+    connection.close()
+    host, port = managed.listeners["prometheus"]
+    text = requests.get(f"http://{host}:{port}/metrics/per-object", timeout=10).text
+    escaped = odd.replace("\\", "\\\\").replace('"', '\\"')
+    assert f'queue="{escaped}"' in text
+    assert all(line.startswith("#") or line.count('"') % 2 == 0 for line in text.splitlines())
+    Api(managed).delete("queues", "/", odd)
+
+
+def test_the_event_exchange_takes_no_publishes(managed):
+    connection = pika_connection(managed)
+    channel = connection.channel()
+    channel.basic_publish("amq.rabbitmq.event", "user.authentication.success", b"forged")
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as closed:
+        channel.basic_get("amq.rabbitmq.event-nothing")
+    assert closed.value.reply_code == 403
+    connection.close()

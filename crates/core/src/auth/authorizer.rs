@@ -98,7 +98,10 @@ impl Authorizer {
     /// as an event.
     pub async fn login(&self, request: &LoginRequest) -> Result<Principal, LoginRefused> {
         let outcome = self.authenticate(request).await;
-        if let Some(events) = self.inner.events.get() {
+        // Messaging logins only: the management API logs in on every request.
+        if request.protocol != Protocol::Http
+            && let Some(events) = self.inner.events.get()
+        {
             let kind = match outcome {
                 Ok(_) => "user.authentication.success",
                 Err(_) => "user.authentication.failure",

@@ -206,6 +206,9 @@ struct QueueActor {
     group_cursors: HashMap<i64, usize>,
     /// What the task counts; stored for readers after each batch.
     tally: QueueTally,
+    /// Deliveries not yet acknowledged, across channels (kept as `unacked` changes, so
+    /// reporting does not walk the channels).
+    unacked_count: u64,
 }
 
 /// Starts the task of a new queue and returns its handle.
@@ -303,6 +306,7 @@ pub(crate) fn spawn(
         started: now,
         group_cursors: HashMap::new(),
         tally: QueueTally::default(),
+        unacked_count: 0,
     };
     tokio::spawn(actor.run(rx, settle_rx));
     handle
@@ -408,7 +412,12 @@ impl QueueActor {
         self.tally.ready = self.ready.len() as u64;
         self.tally.ready_bytes = self.ready.bytes() as u64;
         self.tally.paged = self.ready.paged() as u64;
-        self.tally.unacked = self.unacked.values().map(|m| m.len() as u64).sum();
+        debug_assert_eq!(
+            self.unacked_count,
+            self.unacked.values().map(|m| m.len() as u64).sum::<u64>(),
+            "the unacknowledged count follows the map"
+        );
+        self.tally.unacked = self.unacked_count;
         self.tally.consumers = self.consumers.len() as u64;
         self.handle.0.counters.store(&self.tally);
     }
@@ -899,6 +908,7 @@ impl QueueActor {
             self.discard(&entry);
         }
         self.loaded_bytes = 0;
+        self.unacked_count = 0;
         for (_, pending) in std::mem::take(&mut self.unacked) {
             for unacked in pending.into_values() {
                 // The channel-wide credit it holds is free again: no ack will reach us now.
@@ -913,7 +923,7 @@ impl QueueActor {
     fn stats(&self) -> QueueStats {
         QueueStats {
             ready: self.ready.len() as u32,
-            unacked: self.unacked.values().map(|m| m.len() as u32).sum(),
+            unacked: u32::try_from(self.unacked_count).unwrap_or(u32::MAX),
             consumers: self.consumers.len() as u32,
             dropped_transient: self
                 .handle
@@ -1044,6 +1054,7 @@ impl QueueActor {
                 },
             );
             self.tally.got_manual_ack += 1;
+            self.unacked_count += 1;
         }
         let message = self.as_handed_out(entry.message, entry.returns);
         Some(Some(GetResult {
@@ -1066,6 +1077,7 @@ impl QueueActor {
             let Some(unacked) = pending.remove(seq) else {
                 continue;
             };
+            self.unacked_count = self.unacked_count.saturating_sub(1);
             unacked.release(&mut self.consumers, channel);
             if requeue == Some(true) {
                 back.push(unacked.into_ready(*seq));
@@ -1090,6 +1102,7 @@ impl QueueActor {
         let Some(pending) = self.unacked.remove(&channel) else {
             return;
         };
+        self.unacked_count = self.unacked_count.saturating_sub(pending.len() as u64);
         let mut back = Vec::with_capacity(pending.len());
         for (seq, unacked) in pending {
             unacked.release(&mut self.consumers, channel);
@@ -1304,6 +1317,7 @@ impl QueueActor {
                 .entry(channel)
                 .or_default()
                 .insert(entry.seq, unacked);
+            self.unacked_count += 1;
         }
         Ok(())
     }

@@ -134,8 +134,10 @@ impl QueueCounters {
     }
 }
 
-/// Messages into and out of an exchange, counted by the publish pipeline.
+/// Messages into and out of an exchange, counted by the publish pipeline. On a cache line of
+/// its own, so the adds do not disturb the router pointer every publish reads beside it.
 #[derive(Debug, Default)]
+#[repr(align(64))]
 pub struct ExchangeCounters {
     publish_in: AtomicU64,
     publish_out: AtomicU64,
