@@ -176,15 +176,11 @@ impl VirtualHost {
         }
     }
 
-    /// Adds the totals of a queue that is gone, so the vhost's totals never go back.
-    pub(crate) fn retire_queue(&self, tally: &QueueTally) {
-        self.retired_queues.lock().add_totals(tally);
-    }
-
     /// The totals of the vhost's queues since the broker started (queues gone included)
     /// and the gauges of those there now.
     pub fn queue_totals(&self) -> QueueTally {
-        let mut totals = *self.retired_queues.lock();
+        let retired = self.retired_queues.lock();
+        let mut totals = *retired;
         for queue in self.queues.iter() {
             totals.add(&queue.value().counters());
         }
@@ -486,8 +482,17 @@ impl VirtualHost {
         if !handle.mark_deleted() {
             return;
         }
-        self.queues
-            .remove_if(handle.name(), |_, current| current.same(handle));
+        {
+            // The queue leaves the list and its totals join the retired ones in one step under
+            // the lock `queue_totals` reads under, so the vhost's totals never go back.
+            let mut retired = self.retired_queues.lock();
+            let removed = self
+                .queues
+                .remove_if(handle.name(), |_, current| current.same(handle));
+            if removed.is_some() {
+                retired.add_totals(&handle.counters());
+            }
+        }
         self.emit("queue.deleted", |headers| {
             headers.insert("name", crate::events::text(handle.name()));
         });

@@ -388,9 +388,6 @@ impl QueueActor {
             self.report();
         }
         self.report();
-        if let Some(vhost) = self.vhost.upgrade() {
-            vhost.retire_queue(&self.tally);
-        }
         // Publishes still in the mailbox will never be enqueued: their store records go.
         rx.close();
         self.handle.tell_caught_up(true);
@@ -515,6 +512,8 @@ impl QueueActor {
                 if stop {
                     self.cancel_all_consumers();
                     self.forget_everything();
+                    // The vhost retires what the queue counted once it is told: count it all.
+                    self.report();
                 }
                 let _ = reply.send(outcome);
                 if stop {
@@ -825,6 +824,7 @@ impl QueueActor {
         tracing::debug!(queue = self.handle.name(), "queue expired unused");
         self.forget_everything();
         if let Some(vhost) = self.vhost.upgrade() {
+            self.report();
             vhost.forget_queue(&self.handle);
         }
     }
@@ -1365,6 +1365,7 @@ impl QueueActor {
         tracing::debug!(queue = self.handle.name(), "auto-deleting queue");
         self.forget_everything();
         if let Some(vhost) = self.vhost.upgrade() {
+            self.report();
             vhost.forget_queue(&self.handle);
         }
     }
