@@ -116,6 +116,32 @@ impl Caller {
     }
 }
 
+impl Caller {
+    /// Refuses unless the caller may have `name` (a queue or exchange being declared) pass
+    /// messages to the exchange its `argument` names (`x-dead-letter-exchange`,
+    /// `alternate-exchange`) on its behalf: read on `name` and write on that exchange, as
+    /// RabbitMQ asks. Nothing is asked when the argument is absent.
+    pub async fn require_forwarding(
+        &self,
+        vhost: &str,
+        kind: ResourceKind,
+        name: &str,
+        arguments: &junction_core::FieldTable,
+        argument: &str,
+    ) -> ApiResult<()> {
+        let Some(target) = arguments
+            .get(argument)
+            .and_then(junction_core::FieldValue::as_str)
+        else {
+            return Ok(());
+        };
+        self.require_permission(vhost, kind, name, Permission::Read)
+            .await?;
+        self.require_permission(vhost, ResourceKind::Exchange, target, Permission::Write)
+            .await
+    }
+}
+
 impl FromRequestParts<Arc<Admin>> for Caller {
     type Rejection = ApiError;
 

@@ -143,24 +143,15 @@ pub async fn declare(
         .as_ref()
         .map(json_to_table)
         .unwrap_or_default();
-    // An alternate exchange receives what this one cannot route, on the publisher's behalf:
-    // RabbitMQ asks read on the exchange declared and write on the alternate.
-    if let Some(alternate) = arguments
-        .get("alternate-exchange")
-        .and_then(junction_core::FieldValue::as_str)
-    {
-        caller
-            .require_permission(&vhost_name, ResourceKind::Exchange, &name, Permission::Read)
-            .await?;
-        caller
-            .require_permission(
-                &vhost_name,
-                ResourceKind::Exchange,
-                alternate,
-                Permission::Write,
-            )
-            .await?;
-    }
+    caller
+        .require_forwarding(
+            &vhost_name,
+            ResourceKind::Exchange,
+            &name,
+            &arguments,
+            "alternate-exchange",
+        )
+        .await?;
     let existed = vhost.exchange(&name).is_ok();
     let mut spec = ExchangeSpec::new(&name, kind);
     spec.durable = body.durable.unwrap_or(true);

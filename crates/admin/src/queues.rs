@@ -251,24 +251,15 @@ pub async fn declare(
         .as_ref()
         .map(json_to_table)
         .unwrap_or_default();
-    // A dead-letter exchange receives messages on the declaring user's behalf: RabbitMQ asks
-    // read on the queue and write on that exchange.
-    if let Some(exchange) = arguments
-        .get("x-dead-letter-exchange")
-        .and_then(junction_core::FieldValue::as_str)
-    {
-        caller
-            .require_permission(&vhost_name, ResourceKind::Queue, &name, Permission::Read)
-            .await?;
-        caller
-            .require_permission(
-                &vhost_name,
-                ResourceKind::Exchange,
-                exchange,
-                Permission::Write,
-            )
-            .await?;
-    }
+    caller
+        .require_forwarding(
+            &vhost_name,
+            ResourceKind::Queue,
+            &name,
+            &arguments,
+            "x-dead-letter-exchange",
+        )
+        .await?;
     let existed = vhost.queue(&name).is_some();
     let spec = QueueSpec {
         name,

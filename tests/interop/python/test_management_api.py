@@ -680,7 +680,9 @@ def test_exclusive_queues_and_other_users_connections_are_not_theirs(managed, na
     ):
         assert response.status_code == 400 and "exclusive" in response.json()["reason"], response.text
     # A monitor sees the connection but may not close it; an administrator may.
-    name = eventually(lambda: [c["name"] for c in watcher.get("connections") if c["user"] == "guest"])[0]
+    # The queue names the connection that owns it.
+    name = guest.get("queues", "/", queue)["owner_pid_details"]["name"]
+    assert any(c["name"] == name for c in watcher.get("connections"))
     assert watcher.delete("connections", name).status_code == 401
     assert guest.delete("connections", name).status_code == 204
     # The owner's connection is gone; its exclusive queue with it.
