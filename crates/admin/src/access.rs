@@ -25,8 +25,8 @@ use serde_json::{Value, json};
 use crate::Admin;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
+use crate::json::Body;
 use crate::listing::ListQuery;
-use crate::queues::read_body;
 use crate::stats_json;
 
 const USERS_TABLE: &str = "management.users";
@@ -269,7 +269,7 @@ impl Tags {
     }
 }
 
-fn user_json(name: &str, record: &UserRecord) -> Value {
+pub(crate) fn user_json(name: &str, record: &UserRecord) -> Value {
     json!({
         "name": name,
         "password_hash": record.password.to_base64(),
@@ -279,7 +279,7 @@ fn user_json(name: &str, record: &UserRecord) -> Value {
     })
 }
 
-fn permission_json(user: &str, vhost: &str, p: &VhostPermissions) -> Value {
+pub(crate) fn permission_json(user: &str, vhost: &str, p: &VhostPermissions) -> Value {
     json!({
         "user": user,
         "vhost": vhost,
@@ -289,7 +289,7 @@ fn permission_json(user: &str, vhost: &str, p: &VhostPermissions) -> Value {
     })
 }
 
-fn topic_permission_json(user: &str, t: &TopicPermission) -> Value {
+pub(crate) fn topic_permission_json(user: &str, t: &TopicPermission) -> Value {
     json!({
         "user": user,
         "vhost": t.vhost(),
@@ -381,10 +381,9 @@ pub async fn put_vhost(
     State(admin): State<Arc<Admin>>,
     Path(name): Path<String>,
     caller: Caller,
-    crate::queues::JsonBody(body): crate::queues::JsonBody,
+    Body(body): Body<VhostBody>,
 ) -> ApiResult<StatusCode> {
     caller.require_administrator()?;
-    let body: VhostBody = read_body(&body)?;
     if name.is_empty() {
         return Err(ApiError::bad_request("a vhost needs a name"));
     }
@@ -570,10 +569,9 @@ pub async fn put_user(
     State(admin): State<Arc<Admin>>,
     Path(name): Path<String>,
     caller: Caller,
-    crate::queues::JsonBody(body): crate::queues::JsonBody,
+    Body(body): Body<UserBody>,
 ) -> ApiResult<StatusCode> {
     caller.require_administrator()?;
-    let body: UserBody = read_body(&body)?;
     let users = admin.managed.users()?;
     if name.is_empty() {
         return Err(ApiError::bad_request("a user needs a name"));
@@ -645,10 +643,9 @@ pub struct BulkDelete {
 pub async fn bulk_delete_users(
     State(admin): State<Arc<Admin>>,
     caller: Caller,
-    crate::queues::JsonBody(body): crate::queues::JsonBody,
+    Body(body): Body<BulkDelete>,
 ) -> ApiResult<StatusCode> {
     caller.require_administrator()?;
-    let body: BulkDelete = read_body(&body)?;
     let users = admin.managed.users()?;
     for name in &body.users {
         if users.delete_user(name) {
@@ -726,10 +723,9 @@ pub async fn put_permission(
     State(admin): State<Arc<Admin>>,
     Path((vhost, user)): Path<(String, String)>,
     caller: Caller,
-    crate::queues::JsonBody(body): crate::queues::JsonBody,
+    Body(body): Body<PermissionBody>,
 ) -> ApiResult<StatusCode> {
     caller.require_administrator()?;
-    let body: PermissionBody = read_body(&body)?;
     let users = admin.managed.users()?;
     admin
         .broker
@@ -801,10 +797,9 @@ pub async fn put_topic_permission(
     State(admin): State<Arc<Admin>>,
     Path((vhost, user)): Path<(String, String)>,
     caller: Caller,
-    crate::queues::JsonBody(body): crate::queues::JsonBody,
+    Body(body): Body<TopicPermissionBody>,
 ) -> ApiResult<StatusCode> {
     caller.require_administrator()?;
-    let body: TopicPermissionBody = read_body(&body)?;
     let users = admin.managed.users()?;
     admin
         .broker

@@ -20,9 +20,9 @@ use crate::Admin;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::exchanges::exchange_name;
+use crate::json::Body;
 use crate::json::{json_to_table, table_to_json};
 use crate::listing::ListQuery;
-use crate::queues::read_body;
 
 /// One binding, by names.
 #[derive(Debug, Clone)]
@@ -301,10 +301,9 @@ pub async fn create(
     State(admin): State<Arc<Admin>>,
     Path((vhost_name, source, kind, destination)): Path<(String, String, String, String)>,
     caller: Caller,
-    crate::queues::JsonBody(body): crate::queues::JsonBody,
+    Body(body): Body<BindingBody>,
 ) -> ApiResult<Response> {
     let to_exchange = to_exchange_kind(&kind)?;
-    let body: BindingBody = read_body(&body)?;
     let vhost = admin.vhost_or_404(&vhost_name)?;
     let source = exchange_name(&source);
     may_bind(&caller, &vhost_name, source, &destination, to_exchange).await?;

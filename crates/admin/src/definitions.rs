@@ -18,11 +18,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::Admin;
-use crate::access::{HASHING_ALGORITHM, Tags, VhostMeta};
+use crate::access::{
+    HASHING_ALGORITHM, Tags, VhostMeta, permission_json, topic_permission_json, user_json,
+};
 use crate::auth::Caller;
 use crate::bindings::vhost_bindings;
 use crate::error::{ApiError, ApiResult};
-use crate::json::{json_to_table, table_to_json};
+use crate::json::{JsonBytes, json_to_table, table_to_json};
 
 /// A definitions document: the parts Junction applies, and the rest kept to be reported.
 #[derive(Debug, Default, Deserialize)]
@@ -131,16 +133,9 @@ struct BindingDef {
 }
 
 /// Why definitions could not be read or applied.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub struct DefinitionsError(pub String);
-
-impl std::fmt::Display for DefinitionsError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for DefinitionsError {}
 
 fn fail(message: impl Into<String>) -> DefinitionsError {
     DefinitionsError(message.into())
@@ -162,7 +157,7 @@ impl Definitions {
     /// Reads definitions from JSON.
     pub fn parse(json: &[u8]) -> Result<Self, DefinitionsError> {
         let value: Value = serde_json::from_slice(json).map_err(|e| fail(e.to_string()))?;
-        if crate::json::depth(&value) > crate::queues::MAX_ARGUMENT_DEPTH {
+        if crate::json::depth(&value) > crate::json::MAX_BODY_DEPTH {
             return Err(fail("the definitions nest too deeply"));
         }
         serde_json::from_value(value).map_err(|e| fail(e.to_string()))
@@ -490,26 +485,14 @@ impl Admin {
             (Vec::new(), Vec::new(), Vec::new());
         if let Ok(database) = self.managed.users() {
             for (name, record) in database.users() {
-                users.push(json!({
-                    "name": name,
-                    "password_hash": record.password.to_base64(),
-                    "hashing_algorithm": HASHING_ALGORITHM,
-                    "tags": record.tags,
-                    "limits": {},
-                }));
+                users.push(user_json(&name, &record));
                 let mut vhosts: Vec<_> = record.permissions.iter().collect();
                 vhosts.sort_by(|a, b| a.0.cmp(b.0));
                 for (vhost, p) in vhosts {
-                    permissions.push(json!({
-                        "user": name, "vhost": vhost,
-                        "configure": p.configure_pattern(), "write": p.write_pattern(), "read": p.read_pattern(),
-                    }));
+                    permissions.push(permission_json(&name, vhost, p));
                 }
                 for t in &record.topic_permissions {
-                    topic_permissions.push(json!({
-                        "user": name, "vhost": t.vhost(), "exchange": t.exchange(),
-                        "write": t.write_pattern(), "read": t.read_pattern(),
-                    }));
+                    topic_permissions.push(topic_permission_json(&name, t));
                 }
             }
         }
@@ -546,7 +529,7 @@ pub async fn export_vhost(
 pub async fn import(
     State(admin): State<Arc<Admin>>,
     caller: Caller,
-    crate::queues::JsonBody(body): crate::queues::JsonBody,
+    JsonBytes(body): JsonBytes,
 ) -> ApiResult<StatusCode> {
     caller.require_administrator()?;
     let definitions = Definitions::parse(&body).map_err(|e| ApiError::bad_request(e.0))?;
@@ -562,7 +545,7 @@ pub async fn import_vhost(
     State(admin): State<Arc<Admin>>,
     Path(vhost): Path<String>,
     caller: Caller,
-    crate::queues::JsonBody(body): crate::queues::JsonBody,
+    JsonBytes(body): JsonBytes,
 ) -> ApiResult<StatusCode> {
     caller.require_administrator()?;
     admin.vhost_or_404(&vhost)?;

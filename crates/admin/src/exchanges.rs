@@ -18,9 +18,9 @@ use serde_json::{Map, Value, json};
 use crate::Admin;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
+use crate::json::Body;
 use crate::json::{json_to_table, table_to_json};
 use crate::listing::ListQuery;
-use crate::queues::read_body;
 use crate::stats_json;
 
 impl Admin {
@@ -118,9 +118,8 @@ pub async fn declare(
     State(admin): State<Arc<Admin>>,
     Path((vhost_name, name)): Path<(String, String)>,
     caller: Caller,
-    crate::queues::JsonBody(body): crate::queues::JsonBody,
+    Body(body): Body<ExchangeBody>,
 ) -> ApiResult<StatusCode> {
-    let body: ExchangeBody = read_body(&body)?;
     let vhost = admin.vhost_or_404(&vhost_name)?;
     caller
         .require_permission(
@@ -211,9 +210,8 @@ pub async fn publish(
     State(admin): State<Arc<Admin>>,
     Path((vhost_name, name)): Path<(String, String)>,
     caller: Caller,
-    crate::queues::JsonBody(body): crate::queues::JsonBody,
+    Body(body): Body<PublishBody>,
 ) -> ApiResult<Json<Value>> {
-    let body: PublishBody = read_body(&body)?;
     let vhost = admin.vhost_or_404(&vhost_name)?;
     let name = exchange_name(&name);
     caller

@@ -1,9 +1,71 @@
 //! Field tables as JSON, both ways, as RabbitMQ's API shows arguments, headers and client
 //! properties: strings as strings, numbers as numbers, tables as objects, arrays as lists.
 
+use axum::extract::{FromRequest, Request};
+use axum::http::header;
 use base64::Engine;
+use bytes::Bytes;
 use junction_core::{FieldTable, FieldValue};
-use serde_json::{Map, Value};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+
+use crate::error::{ApiError, ApiResult};
+
+/// The deepest a request body may nest: the core's field table limit (arguments and headers
+/// become field tables).
+pub const MAX_BODY_DEPTH: usize = junction_core::field::MAX_DEPTH;
+
+/// A request body that must be JSON: one with another `Content-Type` is refused (415), so a
+/// page elsewhere cannot make a browser that knows the user's credentials post a form to the
+/// API.
+pub struct JsonBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> ApiResult<Self> {
+        let is_json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(';')
+                    .next()
+                    .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+            });
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|error| ApiError::bad_request(error.to_string()))?;
+        if !bytes.is_empty() && !is_json {
+            return Err(ApiError::unsupported_media_type());
+        }
+        Ok(Self(bytes))
+    }
+}
+
+/// A JSON request body read as `T` (an empty body reads as `{}`), refused when it is not
+/// JSON, nests deeper than [`MAX_BODY_DEPTH`] or is not a `T`.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> ApiResult<Self> {
+        let JsonBytes(bytes) = JsonBytes::from_request(request, state).await?;
+        let value: Value = if bytes.is_empty() {
+            json!({})
+        } else {
+            serde_json::from_slice(&bytes)
+                .map_err(|e| ApiError::bad_request(format!("body is not JSON: {e}")))?
+        };
+        if depth(&value) > MAX_BODY_DEPTH {
+            return Err(ApiError::bad_request("body nests too deeply"));
+        }
+        serde_json::from_value(value)
+            .map(Body)
+            .map_err(|e| ApiError::bad_request(e.to_string()))
+    }
+}
 
 /// A field table as a JSON object.
 pub fn table_to_json(table: &FieldTable) -> Value {

@@ -16,12 +16,10 @@ use serde_json::{Map, Value, json};
 use crate::Admin;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::json::{depth, json_to_table, table_to_json};
+use crate::json::Body;
+use crate::json::{json_to_table, table_to_json};
 use crate::listing::ListQuery;
 use crate::stats_json;
-
-/// The deepest JSON a declaration's arguments may nest (the core's field table limit).
-pub const MAX_ARGUMENT_DEPTH: usize = junction_core::field::MAX_DEPTH;
 
 impl Admin {
     /// The vhost called `name`, or 404.
@@ -177,61 +175,14 @@ pub struct QueueBody {
     arguments: Option<Map<String, Value>>,
 }
 
-/// Reads a JSON body, refusing what is not JSON or nests too deeply.
-pub(crate) fn read_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
-    read_json(body)
-}
-
-/// A request body that must be JSON: one with another `Content-Type` is refused (415), so a
-/// page elsewhere cannot make a browser that knows the user's credentials post a form to the
-/// API.
-pub struct JsonBody(pub axum::body::Bytes);
-
-impl<S: Send + Sync> axum::extract::FromRequest<S> for JsonBody {
-    type Rejection = ApiError;
-
-    async fn from_request(request: axum::extract::Request, state: &S) -> ApiResult<Self> {
-        let is_json = request
-            .headers()
-            .get(axum::http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(';')
-                    .next()
-                    .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
-            });
-        let bytes = axum::body::Bytes::from_request(request, state)
-            .await
-            .map_err(|error| ApiError::bad_request(error.to_string()))?;
-        if !bytes.is_empty() && !is_json {
-            return Err(ApiError::unsupported_media_type());
-        }
-        Ok(Self(bytes))
-    }
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
-    let value: Value = if body.is_empty() {
-        json!({})
-    } else {
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("body is not JSON: {e}")))?
-    };
-    if depth(&value) > MAX_ARGUMENT_DEPTH {
-        return Err(ApiError::bad_request("body nests too deeply"));
-    }
-    serde_json::from_value(value).map_err(|e| ApiError::bad_request(e.to_string()))
-}
-
 /// PUT /api/queues/{vhost}/{name}: 201 when created, 204 when it existed (and is
 /// equivalent).
 pub async fn declare(
     State(admin): State<Arc<Admin>>,
     Path((vhost_name, name)): Path<(String, String)>,
     caller: Caller,
-    crate::queues::JsonBody(body): crate::queues::JsonBody,
+    Body(body): Body<QueueBody>,
 ) -> ApiResult<StatusCode> {
-    let body: QueueBody = read_body(&body)?;
     let vhost = admin.vhost_or_404(&vhost_name)?;
     caller
         .require_permission(
@@ -358,9 +309,8 @@ pub async fn get(
     State(admin): State<Arc<Admin>>,
     Path((vhost_name, name)): Path<(String, String)>,
     caller: Caller,
-    crate::queues::JsonBody(body): crate::queues::JsonBody,
+    Body(body): Body<GetBody>,
 ) -> ApiResult<Json<Value>> {
-    let body: GetBody = read_body(&body)?;
     let (requeue, reject) = match body.ackmode.as_str() {
         "ack_requeue_true" => (true, false),
         "ack_requeue_false" => (false, false),

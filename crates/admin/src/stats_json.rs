@@ -89,11 +89,7 @@ pub fn exchange_stats(admin: &Admin, vhost: &str, exchange: &Exchange) -> Value 
 pub fn node_totals(admin: &Admin) -> (MessageTotals, QueueTally) {
     let mut published = MessageTotals::default();
     for family in Family::ALL {
-        let totals = admin.broker.connections().messages(family).totals();
-        published.published += totals.published;
-        published.confirmed += totals.confirmed;
-        published.returned += totals.returned;
-        published.dropped += totals.dropped;
+        published.add(&admin.broker.connections().messages(family).totals());
     }
     let mut queues = QueueTally::default();
     for vhost in admin.broker.vhosts() {

@@ -88,6 +88,16 @@ pub struct MessageTotals {
     pub dropped: u64,
 }
 
+impl MessageTotals {
+    /// Adds `other` to these.
+    pub fn add(&mut self, other: &MessageTotals) {
+        self.published += other.published;
+        self.confirmed += other.confirmed;
+        self.returned += other.returned;
+        self.dropped += other.dropped;
+    }
+}
+
 thread_local! {
     /// This thread's stripe.
     static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
@@ -131,10 +141,12 @@ impl MessageCounters {
     pub fn totals(&self) -> MessageTotals {
         let mut totals = MessageTotals::default();
         for stripe in &self.stripes {
-            totals.published += stripe.published.load(Ordering::Relaxed);
-            totals.confirmed += stripe.confirmed.load(Ordering::Relaxed);
-            totals.returned += stripe.returned.load(Ordering::Relaxed);
-            totals.dropped += stripe.dropped.load(Ordering::Relaxed);
+            totals.add(&MessageTotals {
+                published: stripe.published.load(Ordering::Relaxed),
+                confirmed: stripe.confirmed.load(Ordering::Relaxed),
+                returned: stripe.returned.load(Ordering::Relaxed),
+                dropped: stripe.dropped.load(Ordering::Relaxed),
+            });
         }
         totals
     }
