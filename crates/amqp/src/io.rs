@@ -16,7 +16,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use junction_core::{Broker, ChannelId, ConsumerEvent};
-use junction_transport::{Arrival, BrokerSignal, BrokerSignals, Conduit, Turns, broker_signals};
+use junction_transport::{
+    Arrival, BrokerSignal, BrokerSignals, Conduit, Peer, Turns, broker_signals,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
@@ -44,7 +46,7 @@ const NOTHING_DUE: Duration = Duration::from_secs(3600);
 /// connection-forced.
 pub fn serve<S>(
     stream: S,
-    peer: Option<SocketAddr>,
+    peer: Peer,
     broker: Arc<Broker>,
     settings: Arc<Settings>,
     shutdown: watch::Receiver<bool>,
@@ -100,13 +102,15 @@ struct Driver<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     fn new(
         stream: S,
-        peer: Option<SocketAddr>,
+        peer: Peer,
         broker: Arc<Broker>,
         settings: Arc<Settings>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let mut alarm = broker.alarm();
-        let mut connection = Connection::new(broker, settings, peer);
+        let mut connection = Connection::new(broker, settings, peer.addr);
+        connection.set_certificate_user(peer.certificate_user().map(str::to_owned));
+        let peer = peer.addr;
         connection.set_alarm(alarm.borrow_and_update().clone());
         let started = Instant::now();
         Self {

@@ -40,6 +40,8 @@ pub struct Session {
     pub id: ConnectionId,
     /// The client's address.
     pub peer: Option<SocketAddr>,
+    /// The user name the client's verified TLS certificate carries, for `EXTERNAL`.
+    pub certificate_user: Option<String>,
     /// Frames waiting to be written.
     pub out: Outbox,
     /// Where queues send this connection's deliveries (made by the first consumer).
@@ -83,6 +85,7 @@ impl Session {
             settings,
             id,
             peer,
+            certificate_user: None,
             out: Outbox::new(),
             sink: LazyChannel::default(),
             consumer_sink: None,

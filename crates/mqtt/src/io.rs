@@ -14,7 +14,7 @@
 
 use std::future::{Future, poll_fn};
 use std::io::Read;
-use std::net::{SocketAddr, TcpStream as StdTcpStream};
+use std::net::TcpStream as StdTcpStream;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -23,7 +23,7 @@ use std::time::Duration;
 use junction_core::ConsumerEvent;
 use junction_core::ledger::Seq;
 use junction_core::persistence::Durability;
-use junction_transport::{Arrival, Conduit, Detach, ParkingLot, Resume, Spot, Turns};
+use junction_transport::{Arrival, Conduit, Detach, ParkingLot, Peer, Resume, Spot, Turns};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
@@ -53,16 +53,13 @@ const NOTHING_DUE: Duration = Duration::from_secs(3600);
 
 /// Serves one MQTT connection until it closes. [`Mqtt::close_connections_on`] closes it when
 /// the broker shuts down.
-pub fn serve<S>(
-    stream: S,
-    peer: Option<SocketAddr>,
-    mqtt: Arc<Mqtt>,
-) -> impl Future<Output = ()> + Send + 'static
+pub fn serve<S>(stream: S, peer: Peer, mqtt: Arc<Mqtt>) -> impl Future<Output = ()> + Send + 'static
 where
     S: AsyncRead + AsyncWrite + Detach + Send + Unpin + 'static,
 {
     // Made before the future, so the task holds only the pointer, not the arguments.
-    let connection = Box::new(Connection::new(mqtt, peer));
+    let mut connection = Box::new(Connection::new(mqtt, peer.addr));
+    connection.set_certificate_user(peer.certificate_user());
     drive(Box::new(Driver::new(stream, connection)))
 }
 

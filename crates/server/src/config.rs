@@ -39,6 +39,66 @@ pub struct Config {
     pub log: LogConfig,
     /// Definitions loaded at start.
     pub definitions: DefinitionsConfig,
+    /// TLS: the certificate the TLS listeners present, and what they ask of clients.
+    pub tls: TlsConfig,
+    /// Limits on what clients may open and how long they may take.
+    pub limits: LimitsConfig,
+}
+
+/// TLS settings (RabbitMQ's `ssl_options`). The TLS listeners start only when `certfile` is
+/// set. Relative paths are relative to the configuration file's directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate chain, PEM; empty: no TLS listeners.
+    pub certfile: PathBuf,
+    /// The server's private key, PEM.
+    pub keyfile: PathBuf,
+    /// CA certificates that client certificates are verified against, PEM.
+    pub cacertfile: PathBuf,
+    /// Ask clients for a certificate and verify it.
+    pub verify_peer: bool,
+    /// Refuse clients without a certificate (with `verify_peer`).
+    pub fail_if_no_peer_cert: bool,
+    /// Log in clients by their verified certificate: AMQP's `EXTERNAL`, MQTT and STOMP
+    /// clients that send no user name.
+    pub ssl_cert_login: bool,
+    /// Which name of the certificate is the user name: `common_name` or
+    /// `subject_alternative_name`.
+    pub ssl_cert_login_from: CertLoginFrom,
+    /// With `subject_alternative_name`: `dns`, `email` or `uri` (the first of that kind).
+    pub ssl_cert_login_san_type: SanType,
+}
+
+/// Which name of a client certificate is its user name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertLoginFrom {
+    /// The subject's CN.
+    CommonName,
+    /// A subject alternative name.
+    SubjectAlternativeName,
+}
+
+/// A kind of subject alternative name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SanType {
+    /// DNS name.
+    Dns,
+    /// E-mail address.
+    Email,
+    /// URI.
+    Uri,
+}
+
+/// Limits on what clients may open and how long they may take.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Time from accepting a connection to its protocol's login being complete (TLS
+    /// handshake, WebSocket upgrade, AMQP handshake, MQTT and STOMP CONNECT), in ms.
+    pub handshake_timeout_ms: u64,
 }
 
 /// Definitions loaded at start (RabbitMQ's `load_definitions`).
@@ -67,6 +127,20 @@ pub struct Listeners {
     pub web_mqtt: String,
     /// Prometheus metrics.
     pub prometheus: String,
+    /// AMQP 0-9-1 over TLS.
+    pub amqps: String,
+    /// MQTT over TLS.
+    pub mqtts: String,
+    /// STOMP over TLS.
+    pub stomps: String,
+    /// HTTPS: management API, console and WebSocket.
+    pub https: String,
+    /// STOMP over WebSocket over TLS.
+    pub web_stomps: String,
+    /// MQTT over WebSocket over TLS.
+    pub web_mqtts: String,
+    /// Prometheus metrics over TLS.
+    pub prometheus_tls: String,
 }
 
 /// AMQP tuning.
@@ -290,7 +364,15 @@ pub fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
             .with_context(|| format!("invalid configuration file {}", path.display()))?;
         merge(&mut value, overlay);
     }
-    let config: Config = value.try_into().context("invalid configuration")?;
+    let mut config: Config = value.try_into().context("invalid configuration")?;
+    if let Some(dir) = path.and_then(std::path::Path::parent) {
+        let tls = &mut config.tls;
+        for file in [&mut tls.certfile, &mut tls.keyfile, &mut tls.cacertfile] {
+            if !file.as_os_str().is_empty() && file.is_relative() {
+                *file = dir.join(&*file);
+            }
+        }
+    }
     Ok(config)
 }
 

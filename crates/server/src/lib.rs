@@ -21,7 +21,9 @@ use junction_core::{
     AuthBackend, Authorizer, Broker, BrokerConfig, ExchangeType, ExchangeTypeRegistry,
     InternalUsers, Storage,
 };
-use junction_transport::{ListenAddr, WebSocketLimits, WebSocketRoutes};
+use junction_transport::{
+    Alpn, CertificateName, ListenAddr, SanKind, TlsListener, WebSocketLimits, WebSocketRoutes,
+};
 use listeners::Listeners;
 use tokio::sync::watch;
 
@@ -56,6 +58,27 @@ struct Cli {
     /// Prometheus metrics listener (/metrics).
     #[arg(long)]
     prometheus: Option<ListenAddr>,
+    /// AMQP 0-9-1 over TLS (starts when [tls] certfile is set).
+    #[arg(long)]
+    amqps: Option<ListenAddr>,
+    /// MQTT over TLS.
+    #[arg(long)]
+    mqtts: Option<ListenAddr>,
+    /// STOMP over TLS.
+    #[arg(long)]
+    stomps: Option<ListenAddr>,
+    /// HTTPS listener (management API, console, WebSocket).
+    #[arg(long)]
+    https: Option<ListenAddr>,
+    /// STOMP-over-WebSocket over TLS.
+    #[arg(long)]
+    web_stomps: Option<ListenAddr>,
+    /// MQTT-over-WebSocket over TLS.
+    #[arg(long)]
+    web_mqtts: Option<ListenAddr>,
+    /// Prometheus metrics over TLS.
+    #[arg(long)]
+    prometheus_tls: Option<ListenAddr>,
 }
 
 /// How long connections get to close after a shutdown signal.
@@ -467,14 +490,57 @@ async fn run(cli: Cli, config: config::Config, junction: Junction) -> anyhow::Re
     );
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let handshake_timeout = Duration::from_millis(config.limits.handshake_timeout_ms.max(1));
+    let tls = match tls_files(&config.tls) {
+        None => None,
+        Some(files) => Some(junction_transport::Tls::load(files).context("cannot start TLS")?),
+    };
+    // A TLS listener offering `alpn`, when TLS is configured.
+    let secure = |alpn| {
+        tls.clone().map(|tls| TlsListener {
+            tls,
+            alpn,
+            handshake_timeout,
+        })
+    };
     let listeners = &config.listeners;
-    let amqp = listener_addr(cli.amqp.clone(), &listeners.amqp)?;
-    let mqtt_addr = listener_addr(cli.mqtt.clone(), &listeners.mqtt)?;
-    let http_addr = listener_addr(cli.http.clone(), &listeners.http)?;
-    let web_mqtt_addr = listener_addr(cli.web_mqtt.clone(), &listeners.web_mqtt)?;
-    let stomp_addr = listener_addr(cli.stomp.clone(), &listeners.stomp)?;
-    let web_stomp_addr = listener_addr(cli.web_stomp.clone(), &listeners.web_stomp)?;
-    let prometheus_addr = listener_addr(cli.prometheus.clone(), &listeners.prometheus)?;
+    // The plain and the TLS address of each listener; a TLS listener is off without TLS.
+    let addrs = |plain: (Option<ListenAddr>, &str), secured: (Option<ListenAddr>, &str)| {
+        let plain = listener_addr(plain.0, plain.1)?;
+        let secured = match tls {
+            Some(_) => listener_addr(secured.0, secured.1)?,
+            None => ListenAddr::Off,
+        };
+        anyhow::Ok((plain, secured))
+    };
+    let (amqp_addr, amqps_addr) = addrs(
+        (cli.amqp.clone(), &listeners.amqp),
+        (cli.amqps.clone(), &listeners.amqps),
+    )?;
+    let (mqtt_addr, mqtts_addr) = addrs(
+        (cli.mqtt.clone(), &listeners.mqtt),
+        (cli.mqtts.clone(), &listeners.mqtts),
+    )?;
+    let (stomp_addr, stomps_addr) = addrs(
+        (cli.stomp.clone(), &listeners.stomp),
+        (cli.stomps.clone(), &listeners.stomps),
+    )?;
+    let (http_addr, https_addr) = addrs(
+        (cli.http.clone(), &listeners.http),
+        (cli.https.clone(), &listeners.https),
+    )?;
+    let (web_mqtt_addr, web_mqtts_addr) = addrs(
+        (cli.web_mqtt.clone(), &listeners.web_mqtt),
+        (cli.web_mqtts.clone(), &listeners.web_mqtts),
+    )?;
+    let (web_stomp_addr, web_stomps_addr) = addrs(
+        (cli.web_stomp.clone(), &listeners.web_stomp),
+        (cli.web_stomps.clone(), &listeners.web_stomps),
+    )?;
+    let (prometheus_addr, prometheus_tls_addr) = addrs(
+        (cli.prometheus.clone(), &listeners.prometheus),
+        (cli.prometheus_tls.clone(), &listeners.prometheus_tls),
+    )?;
 
     tokio::spawn(alarms::watch_resources(
         broker.clone(),
@@ -485,45 +551,49 @@ async fn run(cli: Cli, config: config::Config, junction: Junction) -> anyhow::Re
     ));
     tokio::spawn(admin.clone().sample_rates(shutdown_rx.clone()));
     let mut running = Listeners::new(shutdown_rx.clone(), admin.clone());
-    let amqp_broker = broker.clone();
-    running
-        .tcp("amqp", amqp, move |stream, peer, shutdown| {
-            junction_amqp::serve(
-                stream,
-                Some(peer),
-                amqp_broker.clone(),
-                amqp_settings.clone(),
-                shutdown,
-            )
-        })
-        .await?;
+    for (name, addr, tls) in [
+        ("amqp", amqp_addr, None),
+        ("amqps", amqps_addr, secure(Alpn::None)),
+    ] {
+        let broker = broker.clone();
+        let settings = amqp_settings.clone();
+        running
+            .tcp(name, addr, tls, move |stream, peer, shutdown| {
+                junction_amqp::serve(stream, peer, broker.clone(), settings.clone(), shutdown)
+            })
+            .await?;
+    }
     tokio::spawn(mqtt.clone().close_connections_on(shutdown_rx.clone()));
     let mqtt_at_shutdown = mqtt.clone();
-    let over_tcp = mqtt.clone();
-    running
-        .tcp("mqtt", mqtt_addr, move |stream, peer, _shutdown| {
-            junction_mqtt::serve(stream, Some(peer), over_tcp.clone())
-        })
-        .await?;
+    for (name, addr, tls) in [
+        ("mqtt", mqtt_addr, None),
+        ("mqtts", mqtts_addr, secure(Alpn::Mqtt)),
+    ] {
+        let mqtt = mqtt.clone();
+        running
+            .tcp(name, addr, tls, move |stream, peer, _shutdown| {
+                junction_mqtt::serve(stream, peer, mqtt.clone())
+            })
+            .await?;
+    }
     let mqtt_over_websocket = running.websocket_protocol(
         vec!["mqtt"],
         false,
         mqtt_over_websocket_limits,
-        move |stream, peer, _shutdown| junction_mqtt::serve(stream, Some(peer), mqtt.clone()),
+        move |stream, peer, _shutdown| junction_mqtt::serve(stream, peer, mqtt.clone()),
     );
-    let stomp_broker = broker.clone();
-    let stomp_over_tcp = stomp_settings.clone();
-    running
-        .tcp("stomp", stomp_addr, move |stream, peer, shutdown| {
-            junction_stomp::serve(
-                stream,
-                Some(peer),
-                stomp_broker.clone(),
-                stomp_over_tcp.clone(),
-                shutdown,
-            )
-        })
-        .await?;
+    for (name, addr, tls) in [
+        ("stomp", stomp_addr, None),
+        ("stomps", stomps_addr, secure(Alpn::None)),
+    ] {
+        let broker = broker.clone();
+        let settings = stomp_settings.clone();
+        running
+            .tcp(name, addr, tls, move |stream, peer, shutdown| {
+                junction_stomp::serve(stream, peer, broker.clone(), settings.clone(), shutdown)
+            })
+            .await?;
+    }
     let stomp_broker = broker.clone();
     let stomp_over_websocket = running.websocket_protocol(
         vec!["v12.stomp", "v11.stomp", "v10.stomp"],
@@ -532,7 +602,7 @@ async fn run(cli: Cli, config: config::Config, junction: Junction) -> anyhow::Re
         move |stream, peer, shutdown| {
             junction_stomp::serve(
                 stream,
-                Some(peer),
+                peer,
                 stomp_broker.clone(),
                 stomp_settings.clone(),
                 shutdown,
@@ -545,27 +615,48 @@ async fn run(cli: Cli, config: config::Config, junction: Junction) -> anyhow::Re
         files: demo::FILES.to_vec(),
         extra: Some(admin.router()),
     };
-    running.websocket("http", http_addr, http_routes).await?;
     let web_mqtt_routes = WebSocketRoutes {
         protocols: vec![mqtt_over_websocket],
         fallback: Some(0),
         files: Vec::new(),
         extra: None,
     };
-    running
-        .websocket("web-mqtt", web_mqtt_addr, web_mqtt_routes)
-        .await?;
     let web_stomp_routes = WebSocketRoutes {
         protocols: vec![stomp_over_websocket],
         fallback: Some(0),
         files: Vec::new(),
         extra: None,
     };
+    for (name, addr, tls, routes) in [
+        ("http", http_addr, None, http_routes.clone()),
+        ("https", https_addr, secure(Alpn::Http), http_routes),
+        ("web-mqtt", web_mqtt_addr, None, web_mqtt_routes.clone()),
+        (
+            "web-mqtts",
+            web_mqtts_addr,
+            secure(Alpn::Http),
+            web_mqtt_routes,
+        ),
+        ("web-stomp", web_stomp_addr, None, web_stomp_routes.clone()),
+        (
+            "web-stomps",
+            web_stomps_addr,
+            secure(Alpn::Http),
+            web_stomp_routes,
+        ),
+    ] {
+        running.websocket(name, addr, tls, routes).await?;
+    }
     running
-        .websocket("web-stomp", web_stomp_addr, web_stomp_routes)
+        .http("prometheus", prometheus_addr, None, admin.metrics_router())
         .await?;
     running
-        .http("prometheus", prometheus_addr, admin.metrics_router())
+        .http(
+            "prometheus-tls",
+            prometheus_tls_addr,
+            secure(Alpn::Http),
+            admin.metrics_router(),
+        )
         .await?;
     // Signal handlers go in before `ready`, so a SIGTERM right after it is a clean stop.
     let signals = Signals::install()?;
@@ -574,7 +665,7 @@ async fn run(cli: Cli, config: config::Config, junction: Junction) -> anyhow::Re
     let _ = std::io::stdout().flush();
     tracing::info!(data_dir = %data_dir.display(), "junction is ready");
 
-    signals.wait().await;
+    signals.wait(tls.as_deref()).await;
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
@@ -634,10 +725,12 @@ impl junction_admin::mqtt::MqttView for MqttView {
     }
 }
 
-/// SIGTERM and SIGINT, installed once.
+/// SIGTERM and SIGINT, which stop the broker, and SIGHUP, which reloads the TLS files;
+/// installed once.
 struct Signals {
     terminate: tokio::signal::unix::Signal,
     interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -646,13 +739,51 @@ impl Signals {
         Ok(Self {
             terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
             interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            hangup: signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?,
         })
     }
 
-    async fn wait(mut self) {
-        tokio::select! {
-            _ = self.terminate.recv() => {}
-            _ = self.interrupt.recv() => {}
+    /// Waits for SIGTERM or SIGINT, reloading `tls` at each SIGHUP meanwhile.
+    async fn wait(mut self, tls: Option<&junction_transport::Tls>) {
+        loop {
+            tokio::select! {
+                _ = self.terminate.recv() => return,
+                _ = self.interrupt.recv() => return,
+                _ = self.hangup.recv() => match tls {
+                    None => tracing::info!("SIGHUP: no TLS configured, nothing to reload"),
+                    Some(tls) => match tls.reload() {
+                        Ok(()) => tracing::info!("SIGHUP: TLS certificate, key and CA reloaded"),
+                        Err(error) => tracing::error!(%error, "SIGHUP: cannot reload TLS; the previous certificate stays in force"),
+                    },
+                },
+            }
         }
     }
+}
+
+/// What the TLS listeners need from `[tls]`; None when no certificate is configured.
+fn tls_files(config: &config::TlsConfig) -> Option<junction_transport::TlsFiles> {
+    if config.certfile.as_os_str().is_empty() {
+        return None;
+    }
+    let login_name = config
+        .ssl_cert_login
+        .then_some(match config.ssl_cert_login_from {
+            config::CertLoginFrom::CommonName => CertificateName::CommonName,
+            config::CertLoginFrom::SubjectAlternativeName => {
+                CertificateName::SubjectAltName(match config.ssl_cert_login_san_type {
+                    config::SanType::Dns => SanKind::Dns,
+                    config::SanType::Email => SanKind::Email,
+                    config::SanType::Uri => SanKind::Uri,
+                })
+            }
+        });
+    Some(junction_transport::TlsFiles {
+        certfile: config.certfile.clone(),
+        keyfile: config.keyfile.clone(),
+        cacertfile: (!config.cacertfile.as_os_str().is_empty()).then(|| config.cacertfile.clone()),
+        verify_peer: config.verify_peer,
+        fail_if_no_peer_cert: config.fail_if_no_peer_cert,
+        login_name,
+    })
 }

@@ -2,14 +2,13 @@
 //! connections until shutdown, counted so shutdown can wait for them to close.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Context;
 use junction_transport::{
-    ListenAddr, WebSocketLimits, WebSocketProtocol, WebSocketRoutes, accept_loop, bind_tcp,
-    serve_http, serve_websockets,
+    ClientStream, ListenAddr, Peer, TlsListener, WebSocketLimits, WebSocketProtocol,
+    WebSocketRoutes, accept_clients, bind_tcp, serve_http, serve_websockets,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
@@ -45,25 +44,30 @@ impl Listeners {
             "web-stomp" => "http/web-stomp",
             "web-mqtt" => "http/web-mqtt",
             "prometheus" => "http/prometheus",
+            "amqps" => "amqp/ssl",
+            "mqtts" => "mqtt/ssl",
+            "stomps" => "stomp/ssl",
+            "https" => "https",
+            "web-stomps" => "https/web-stomp",
+            "web-mqtts" => "https/web-mqtt",
+            "prometheus-tls" => "https/prometheus",
             other => other,
         };
         self.admin.add_listener(protocol, bound);
         Ok(listener)
     }
 
-    /// Serves a protocol on TCP at `addr` (nothing when it is `off`). `serve` runs one
-    /// connection: stream, peer, shutdown signal.
+    /// Serves a protocol on TCP at `addr` (nothing when it is `off`), over TLS when `tls`
+    /// is given. `serve` runs one connection: stream, peer, shutdown signal.
     pub async fn tcp<F, Fut>(
         &mut self,
         name: &str,
         addr: ListenAddr,
+        tls: Option<TlsListener>,
         serve: F,
     ) -> anyhow::Result<()>
     where
-        F: Fn(tokio::net::TcpStream, SocketAddr, watch::Receiver<bool>) -> Fut
-            + Send
-            + Sync
-            + 'static,
+        F: Fn(ClientStream, Peer, watch::Receiver<bool>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let ListenAddr::At(addr) = addr else {
@@ -72,9 +76,10 @@ impl Listeners {
         let listener = self.bind(name, &addr).await?;
         let shutdown = self.shutdown.clone();
         let connections = self.connections.clone();
-        self.tasks.spawn(accept_loop(
+        self.tasks.spawn(accept_clients(
             listener,
             self.shutdown.clone(),
+            tls,
             move |stream, peer| {
                 let guard = connections.enter();
                 let connection = serve(stream, peer, shutdown.clone());
@@ -97,10 +102,7 @@ impl Listeners {
         serve: F,
     ) -> WebSocketProtocol
     where
-        F: Fn(tokio::io::DuplexStream, SocketAddr, watch::Receiver<bool>) -> Fut
-            + Send
-            + Sync
-            + 'static,
+        F: Fn(tokio::io::DuplexStream, Peer, watch::Receiver<bool>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let shutdown = self.shutdown.clone();
@@ -120,27 +122,35 @@ impl Listeners {
         }
     }
 
-    /// Serves WebSocket upgrades at `/ws` on `addr` (nothing when it is `off`).
+    /// Serves WebSocket upgrades at `/ws` on `addr` (nothing when it is `off`), over TLS
+    /// when `tls` is given.
     pub async fn websocket(
         &mut self,
         name: &str,
         addr: ListenAddr,
+        tls: Option<TlsListener>,
         routes: WebSocketRoutes,
     ) -> anyhow::Result<()> {
         let ListenAddr::At(addr) = addr else {
             return Ok(());
         };
         let listener = self.bind(name, &addr).await?;
-        self.tasks
-            .spawn(serve_websockets(listener, self.shutdown.clone(), routes));
+        self.tasks.spawn(serve_websockets(
+            listener,
+            self.shutdown.clone(),
+            tls,
+            routes,
+        ));
         Ok(())
     }
 
-    /// Serves plain HTTP routes on `addr` (nothing when it is `off`).
+    /// Serves plain HTTP routes on `addr` (nothing when it is `off`), over TLS when `tls` is
+    /// given.
     pub async fn http(
         &mut self,
         name: &str,
         addr: ListenAddr,
+        tls: Option<TlsListener>,
         routes: axum::Router,
     ) -> anyhow::Result<()> {
         let ListenAddr::At(addr) = addr else {
@@ -148,7 +158,7 @@ impl Listeners {
         };
         let listener = self.bind(name, &addr).await?;
         self.tasks
-            .spawn(serve_http(listener, self.shutdown.clone(), routes));
+            .spawn(serve_http(listener, self.shutdown.clone(), tls, routes));
         Ok(())
     }
 

@@ -10,7 +10,7 @@
 //! deadline.
 
 use std::future::{Future, poll_fn};
-use std::net::SocketAddr;
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -19,7 +19,9 @@ use std::time::Duration;
 use junction_core::ledger::Seq;
 use junction_core::persistence::Durability;
 use junction_core::{Broker, ConsumerEvent};
-use junction_transport::{Arrival, BrokerSignal, BrokerSignals, Conduit, Turns, broker_signals};
+use junction_transport::{
+    Arrival, BrokerSignal, BrokerSignals, Conduit, Peer, Turns, broker_signals,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
@@ -43,7 +45,7 @@ const NOTHING_DUE: Duration = Duration::from_secs(3600);
 /// Serves one STOMP connection until it closes. `shutdown` turning true closes it.
 pub fn serve<S>(
     stream: S,
-    peer: Option<SocketAddr>,
+    peer: Peer,
     broker: Arc<Broker>,
     settings: Arc<Settings>,
     shutdown: watch::Receiver<bool>,
@@ -105,13 +107,14 @@ struct Driver<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     fn new(
         stream: S,
-        peer: Option<SocketAddr>,
+        peer: Peer,
         broker: Arc<Broker>,
         settings: Arc<Settings>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let mut alarm = broker.alarm();
-        let mut connection = Connection::new(broker, settings, peer);
+        let mut connection = Connection::new(broker, settings, peer.addr);
+        connection.set_certificate_user(peer.certificate_user().map(str::to_owned));
         connection.set_alarm(alarm.borrow_and_update().clone());
         let started = Instant::now();
         Self {

@@ -18,7 +18,6 @@
 //! Idle, the bridge holds no output buffer (it is dropped when the pipe is drained).
 
 use std::future::poll_fn;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -30,6 +29,7 @@ use futures_util::{Sink, SinkExt, Stream};
 use tokio::io::{AsyncWrite, DuplexStream};
 
 use crate::allowance::Allowance;
+use crate::peer::Peer;
 use crate::websocket::WebSocketProtocol;
 
 /// Bytes buffered in the pipe between the bridge and the adapter, in each direction.
@@ -50,7 +50,7 @@ const ROUNDS: usize = 64;
 /// until either side ends; then closes the socket (bounded) and waits for the handler.
 pub(crate) async fn run(
     socket: WebSocket,
-    peer: SocketAddr,
+    peer: Peer,
     protocol: WebSocketProtocol,
     allowance: Arc<Allowance>,
 ) {

@@ -18,11 +18,14 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::accept_loop;
+use crate::accept_clients;
 use crate::allowance::{Allowance, Metered};
+use crate::peer::Peer;
+use crate::stream::ClientStream;
+use crate::tls::TlsListener;
 
 /// How long a client has to send a request head (the WebSocket upgrade included), and how
 /// long a keep-alive connection may wait for its next request.
@@ -36,24 +39,33 @@ pub struct ConnectionAllowance(pub Arc<Allowance>);
 
 /// Serves `app` on `listener` until `shutdown` turns true. Requests in flight then finish;
 /// idle connections close.
-pub async fn serve_http(listener: TcpListener, shutdown: watch::Receiver<bool>, app: Router) {
+pub async fn serve_http(
+    listener: TcpListener,
+    shutdown: watch::Receiver<bool>,
+    tls: Option<TlsListener>,
+    app: Router,
+) {
     let connections = shutdown.clone();
-    accept_loop(listener, shutdown, move |stream, peer| {
+    accept_clients(listener, shutdown, tls, move |stream, peer| {
         serve_connection(stream, peer, app.clone(), connections.clone())
     })
     .await;
 }
 
 async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
+    stream: ClientStream,
+    peer: Peer,
     app: Router,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let allowance = Allowance::unlimited();
     let io = TokioIo::new(Metered::new(stream, allowance.clone()));
+    let addr = peer
+        .addr
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
     let service = Requests {
         app,
+        addr,
         peer,
         allowance,
     };
@@ -79,16 +91,17 @@ async fn serve_connection(
         }
     };
     if let Err(error) = result {
-        tracing::debug!(%peer, %error, "HTTP connection ended");
+        tracing::debug!(peer = %addr, %error, "HTTP connection ended");
     }
 }
 
-/// The requests of one connection, handed to the router with the peer's address and the
-/// connection's allowance.
+/// The requests of one connection, handed to the router with the peer (its address also as
+/// axum's `ConnectInfo`) and the connection's allowance.
 #[derive(Clone)]
 struct Requests {
     app: Router,
-    peer: SocketAddr,
+    addr: SocketAddr,
+    peer: Peer,
     allowance: Arc<Allowance>,
 }
 
@@ -98,7 +111,8 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Requests {
     type Future = <Router as tower_service::Service<hyper::Request<Incoming>>>::Future;
 
     fn call(&self, mut request: hyper::Request<Incoming>) -> Self::Future {
-        request.extensions_mut().insert(ConnectInfo(self.peer));
+        request.extensions_mut().insert(ConnectInfo(self.addr));
+        request.extensions_mut().insert(self.peer.clone());
         request
             .extensions_mut()
             .insert(ConnectionAllowance(self.allowance.clone()));

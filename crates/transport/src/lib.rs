@@ -24,6 +24,9 @@ mod driver;
 mod http;
 mod lazy_channel;
 mod park;
+mod peer;
+mod stream;
+mod tls;
 mod websocket;
 
 pub use allowance::{Allowance, Metered};
@@ -33,6 +36,11 @@ pub use driver::{Arrival, BrokerSignal, BrokerSignals, Turns, broker_signals};
 pub use http::{HEADER_READ_TIMEOUT, MAX_HEAD_BUFFER, serve_http};
 pub use lazy_channel::LazyChannel;
 pub use park::{Detach, ParkingLot, Resume, Spot};
+pub use peer::{Peer, TlsInfo};
+pub use stream::ClientStream;
+pub use tls::{
+    Alpn, CertificateName, SanKind, Tls, TlsError, TlsFiles, TlsListener, certificate_name,
+};
 
 pub use websocket::{
     HandlerFuture, StaticFile, StreamHandler, WebSocketLimits, WebSocketProtocol, WebSocketRoutes,
@@ -115,6 +123,36 @@ pub async fn accept_loop<F, Fut>(
             }
         }
     }
+}
+
+/// Accepts clients as [`accept_loop`] does, runs each one's TLS handshake when `tls` is
+/// given (within its handshake timeout, in the client's own task), and spawns `handle` for
+/// the connections that got through.
+pub async fn accept_clients<F, Fut>(
+    listener: TcpListener,
+    shutdown: watch::Receiver<bool>,
+    tls: Option<TlsListener>,
+    handle: F,
+) where
+    F: Fn(ClientStream, Peer) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let handle = std::sync::Arc::new(handle);
+    accept_loop(listener, shutdown, move |stream, addr| {
+        let handle = handle.clone();
+        let tls = tls.clone();
+        async move {
+            let (stream, peer) = match tls {
+                None => (ClientStream::Tcp(stream), Peer::plain(addr)),
+                Some(tls) => match tls.accept(stream, addr).await {
+                    Some(accepted) => accepted,
+                    None => return,
+                },
+            };
+            handle(stream, peer).await;
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -12,12 +12,11 @@
 //! run by `http.rs` (request-head timeout) and bridged by `bridge.rs` (bounded buffers).
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -28,12 +27,14 @@ use tokio::sync::watch;
 
 use crate::bridge::{self, MAX_WRITE_BUFFER};
 use crate::http::{ConnectionAllowance, serve_http};
+use crate::peer::Peer;
+use crate::tls::TlsListener;
 
 /// The boxed future a [`StreamHandler`] returns.
 pub type HandlerFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Serves one protocol connection over a byte stream (the adapter's `serve`).
-pub type StreamHandler = Arc<dyn Fn(DuplexStream, SocketAddr) -> HandlerFuture + Send + Sync>;
+pub type StreamHandler = Arc<dyn Fn(DuplexStream, Peer) -> HandlerFuture + Send + Sync>;
 
 /// What tungstenite reads from the socket at once. Its read buffer is allocated (and
 /// touched) at this size for every connection, so it is small: idle connections are many.
@@ -113,6 +114,7 @@ impl WebSocketRoutes {
 pub async fn serve_websockets(
     listener: TcpListener,
     shutdown: watch::Receiver<bool>,
+    tls: Option<TlsListener>,
     mut routes: WebSocketRoutes,
 ) {
     let extra = routes.extra.take();
@@ -133,12 +135,12 @@ pub async fn serve_websockets(
     if let Some(extra) = extra {
         app = app.merge(extra);
     }
-    serve_http(listener, shutdown, app).await;
+    serve_http(listener, shutdown, tls, app).await;
 }
 
 async fn upgrade(
     ws: WebSocketUpgrade,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(peer): Extension<Peer>,
     Extension(ConnectionAllowance(allowance)): Extension<ConnectionAllowance>,
     State(routes): State<Arc<WebSocketRoutes>>,
 ) -> Response {

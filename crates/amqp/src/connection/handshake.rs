@@ -35,7 +35,13 @@ impl Connection {
                 version_major: 0,
                 version_minor: 9,
                 server_properties: properties,
-                mechanisms: "PLAIN AMQPLAIN".into(),
+                // RabbitMQ offers EXTERNAL when its plugin is on; Junction offers it to
+                // clients whose certificate names a user.
+                mechanisms: if self.session.certificate_user.is_some() {
+                    "PLAIN AMQPLAIN EXTERNAL".into()
+                } else {
+                    "PLAIN AMQPLAIN".into()
+                },
                 locales: "en_US".into(),
             })),
         );
@@ -56,6 +62,15 @@ impl Connection {
         let credentials = match mechanism {
             "PLAIN" => plain_credentials(m.response.as_bytes()),
             "AMQPLAIN" => amqplain_credentials(m.response.as_bytes()),
+            "EXTERNAL" => match &self.session.certificate_user {
+                Some(user) => Some((user.clone(), String::new())),
+                None => {
+                    return Err(AmqpError::connection(
+                        code::ACCESS_REFUSED,
+                        "EXTERNAL login mechanism needs a verified TLS client certificate",
+                    ));
+                }
+            },
             other => {
                 return Err(AmqpError::connection(
                     code::ACCESS_REFUSED,
@@ -69,8 +84,12 @@ impl Connection {
                 format!("malformed {mechanism} response"),
             ));
         };
-        let request =
-            LoginRequest::new(Protocol::Amqp, &username, &password).with_peer(self.session.peer);
+        let request = if mechanism == "EXTERNAL" {
+            LoginRequest::by_certificate(Protocol::Amqp, &username)
+        } else {
+            LoginRequest::new(Protocol::Amqp, &username, &password)
+        }
+        .with_peer(self.session.peer);
         match self.session.broker.auth().login(&request).await {
             Ok(principal) => {
                 self.session.principal = Some(principal);

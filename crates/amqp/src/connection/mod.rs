@@ -272,6 +272,12 @@ impl Connection {
         self.state
     }
 
+    /// The user name the client's verified TLS certificate carries: the connection then
+    /// offers the `EXTERNAL` mechanism, which logs in as that user without a password.
+    pub fn set_certificate_user(&mut self, user: Option<String>) {
+        self.session.certificate_user = user;
+    }
+
     /// Whether the client closed the connection (its connection.close was answered with
     /// close-ok): as in RabbitMQ, the socket then stays open, what still arrives is dropped,
     /// and the client closes it. A client that closes while its publishes are still being

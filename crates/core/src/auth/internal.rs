@@ -287,18 +287,21 @@ impl AuthBackend for InternalUsers {
             return LoginOutcome::Next;
         };
         // RabbitMQ's internal backend refuses a blank password whatever the stored hash says,
-        // so a user created with an empty password cannot log in with one.
-        if request.password.is_empty() {
-            return LoginOutcome::Deny(format!(
-                "user '{}' attempted to log in with a blank password, which is prohibited by the internal authN backend",
-                request.username
-            ));
-        }
-        if !record.password.verify(&request.password) {
-            return LoginOutcome::Deny(format!(
-                "user '{}' - invalid credentials",
-                request.username
-            ));
+        // so a user created with an empty password cannot log in with one. A certificate
+        // login has no password to check: TLS verified the name.
+        if !request.certificate {
+            if request.password.is_empty() {
+                return LoginOutcome::Deny(format!(
+                    "user '{}' attempted to log in with a blank password, which is prohibited by the internal authN backend",
+                    request.username
+                ));
+            }
+            if !record.password.verify(&request.password) {
+                return LoginOutcome::Deny(format!(
+                    "user '{}' - invalid credentials",
+                    request.username
+                ));
+            }
         }
         if self.loopback_only.read().contains(&request.username)
             && !is_loopback(request.peer.map(|peer| peer.ip()))
@@ -368,6 +371,36 @@ mod tests {
             matches!(&outcome, LoginOutcome::Deny(reason) if reason.contains("blank password")),
             "{outcome:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_certificate_login_needs_no_password_but_a_known_user_from_an_allowed_place() {
+        let users = InternalUsers::new();
+        users.add_user("device-7", "pw", &[], &["/"]);
+        users.add_user("guest", "guest", &[], &["/"]);
+        users.set_loopback_only("guest");
+        let remote = Some("10.1.2.3:1".parse().expect("address"));
+        let device = LoginRequest::by_certificate(Protocol::Mqtt, "device-7").with_peer(remote);
+        assert!(matches!(
+            users.authenticate(&device).await,
+            LoginOutcome::Allow(user) if user.name == "device-7"
+        ));
+        // Without the certificate flag the same empty password is refused.
+        let forged = LoginRequest::new(Protocol::Mqtt, "device-7", "").with_peer(remote);
+        assert!(matches!(
+            users.authenticate(&forged).await,
+            LoginOutcome::Deny(_)
+        ));
+        let guest = LoginRequest::by_certificate(Protocol::Amqp, "guest").with_peer(remote);
+        assert!(matches!(
+            users.authenticate(&guest).await,
+            LoginOutcome::Deny(reason) if reason.contains("localhost")
+        ));
+        let unknown = LoginRequest::by_certificate(Protocol::Stomp, "stranger");
+        assert!(matches!(
+            users.authenticate(&unknown).await,
+            LoginOutcome::Next
+        ));
     }
 
     #[tokio::test]

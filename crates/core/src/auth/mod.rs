@@ -117,6 +117,10 @@ pub struct LoginRequest {
     pub client_id: Option<String>,
     /// The client's address.
     pub peer: Option<SocketAddr>,
+    /// The user name came from a client certificate that TLS verified against the configured
+    /// CA (RabbitMQ's `EXTERNAL` mechanism and `ssl_cert_login`): the password is empty and
+    /// is not checked; the user must still exist and may connect from where it may.
+    pub certificate: bool,
 }
 
 impl std::fmt::Debug for LoginRequest {
@@ -127,6 +131,7 @@ impl std::fmt::Debug for LoginRequest {
             .field("protocol", &self.protocol)
             .field("client_id", &self.client_id)
             .field("peer", &self.peer)
+            .field("certificate", &self.certificate)
             .finish_non_exhaustive()
     }
 }
@@ -145,6 +150,16 @@ impl LoginRequest {
             protocol,
             client_id: None,
             peer: None,
+            certificate: false,
+        }
+    }
+
+    /// A login of `username`, the name a verified client certificate carries: no password is
+    /// checked (see [`LoginRequest::certificate`]).
+    pub fn by_certificate(protocol: Protocol, username: impl Into<String>) -> Self {
+        Self {
+            certificate: true,
+            ..Self::new(protocol, username, "")
         }
     }
 

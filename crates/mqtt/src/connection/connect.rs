@@ -42,7 +42,9 @@ impl Connection {
         };
 
         let settings = &self.mqtt.settings;
-        let anonymous = connect.username.is_none();
+        let certificate_user = self.certificate_user.take();
+        let by_certificate = connect.username.is_none() && certificate_user.is_some();
+        let anonymous = connect.username.is_none() && !by_certificate;
         let (login, password) = match (&connect.username, &connect.password) {
             (Some(user), password) => {
                 let password = match password {
@@ -54,6 +56,7 @@ impl Connection {
                 };
                 (user.clone(), password)
             }
+            (None, _) if let Some(user) = certificate_user => (user.into(), String::new()),
             (None, _) if settings.allow_anonymous => (
                 settings.anonymous_user.clone(),
                 settings.anonymous_password.clone(),
@@ -68,10 +71,14 @@ impl Connection {
             Some((vhost, user)) if !vhost.is_empty() => (vhost.to_owned(), user.to_owned()),
             _ => (broker.config().default_vhost.clone(), login.clone()),
         };
-        let request = LoginRequest::new(Protocol::Mqtt, &user, &password)
-            .with_vhost(&vhost_name)
-            .with_client_id(&client_id)
-            .with_peer(self.peer);
+        let request = if by_certificate {
+            LoginRequest::by_certificate(Protocol::Mqtt, &user)
+        } else {
+            LoginRequest::new(Protocol::Mqtt, &user, &password)
+        }
+        .with_vhost(&vhost_name)
+        .with_client_id(&client_id)
+        .with_peer(self.peer);
         let principal = match broker.auth().login(&request).await {
             Ok(principal) => principal,
             Err(refused) => {

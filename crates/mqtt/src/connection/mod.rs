@@ -193,6 +193,8 @@ pub(crate) struct Connection {
     mqtt: Arc<Mqtt>,
     id: ConnectionId,
     peer: Option<SocketAddr>,
+    /// The user name the client's verified TLS certificate carries (until CONNECT).
+    certificate_user: Option<Box<str>>,
     out: BytesMut,
     /// Deliveries from the session's queue (made when the session first needs its queue).
     pub(crate) events: LazyChannel<ConsumerEvent>,
@@ -220,6 +222,7 @@ impl Connection {
             mqtt,
             id,
             peer,
+            certificate_user: None,
             out: BytesMut::new(),
             events: LazyChannel::default(),
             durable: LazyChannel::default(),
@@ -279,6 +282,12 @@ impl Connection {
     }
 
     /// The client's address.
+    /// The user name the client's verified TLS certificate carries: a CONNECT without a user
+    /// name logs in as that user, with no password (RabbitMQ's `mqtt.ssl_cert_login`).
+    pub(crate) fn set_certificate_user(&mut self, user: Option<&str>) {
+        self.certificate_user = user.map(Box::from);
+    }
+
     pub(crate) fn peer(&self) -> Option<SocketAddr> {
         self.peer
     }

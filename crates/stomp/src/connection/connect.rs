@@ -19,8 +19,10 @@ impl Connection {
             ));
         };
         let settings = self.settings.clone();
+        let by_certificate = frame.get("login").is_none() && self.certificate_user.is_some();
         let (login, passcode) = match (frame.get("login"), frame.get("passcode")) {
             (Some(login), passcode) => (login.to_owned(), passcode.unwrap_or_default().to_owned()),
+            (None, _) if let Some(user) = &self.certificate_user => (user.clone(), String::new()),
             (None, _) if settings.allow_anonymous => (
                 settings.anonymous_user.clone(),
                 settings.anonymous_password.clone(),
@@ -42,9 +44,13 @@ impl Connection {
             Some(host) => host.to_owned(),
             None => default_vhost,
         };
-        let request = LoginRequest::new(Protocol::Stomp, &login, &passcode)
-            .with_vhost(&vhost_name)
-            .with_peer(self.peer);
+        let request = if by_certificate {
+            LoginRequest::by_certificate(Protocol::Stomp, &login)
+        } else {
+            LoginRequest::new(Protocol::Stomp, &login, &passcode)
+        }
+        .with_vhost(&vhost_name)
+        .with_peer(self.peer);
         let principal = self
             .broker
             .auth()

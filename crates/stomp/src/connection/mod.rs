@@ -264,6 +264,9 @@ pub(crate) struct Connection {
     settings: Arc<Settings>,
     id: ConnectionId,
     peer: Option<SocketAddr>,
+    /// The user name the client's verified TLS certificate carries: a CONNECT without a
+    /// login logs in as that user, with no passcode (RabbitMQ's `stomp.ssl_cert_login`).
+    certificate_user: Option<String>,
     out: BytesMut,
     decoder: Decoder,
     /// Deliveries from the queues of this connection's subscriptions (made by the first).
@@ -305,6 +308,7 @@ impl Connection {
             settings,
             id,
             peer,
+            certificate_user: None,
             out: BytesMut::new(),
             decoder,
             events: LazyChannel::default(),
@@ -377,6 +381,11 @@ impl Connection {
     }
 
     /// The client's address.
+    /// The user name the client's verified TLS certificate carries (see the field).
+    pub fn set_certificate_user(&mut self, user: Option<String>) {
+        self.certificate_user = user;
+    }
+
     pub(crate) fn peer(&self) -> Option<SocketAddr> {
         self.peer
     }

@@ -1,0 +1,41 @@
+//! Who is at the other end of a connection, as far as the transport knows: the address and,
+//! over TLS, the session's version and the user name the client's certificate carries.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The far end of a connection.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    /// The client's address (None for in-process streams).
+    pub addr: Option<SocketAddr>,
+    /// The TLS session, when the connection came over TLS.
+    pub tls: Option<Arc<TlsInfo>>,
+}
+
+impl Peer {
+    /// A plain TCP (or WebSocket over TCP) client at `addr`.
+    pub fn plain(addr: SocketAddr) -> Self {
+        Self {
+            addr: Some(addr),
+            tls: None,
+        }
+    }
+
+    /// The user name the client's verified certificate carries, if any.
+    pub fn certificate_user(&self) -> Option<&str> {
+        self.tls.as_ref()?.certificate_user.as_deref()
+    }
+}
+
+/// A TLS session's facts, for certificate login and the management API.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub version: &'static str,
+    /// The negotiated cipher suite's name.
+    pub cipher: &'static str,
+    /// The user name from the client's certificate, verified against the configured CA
+    /// (only with `verify_peer`; None when the client sent no certificate).
+    pub certificate_user: Option<String>,
+}
