@@ -27,8 +27,6 @@ use crate::connection::{Connection, Next, State};
 use crate::error::code;
 use crate::settings::Settings;
 
-/// How long a client has to finish the handshake, and to answer a server's connection.close.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Consumer events handled before the connection writes and reads again.
 const EVENT_BATCH: usize = 512;
 /// Output waiting beyond this stops reading and taking deliveries until the socket drains.
@@ -97,6 +95,8 @@ struct Driver<S> {
     last_heartbeat_sent: Instant,
     closing_since: Option<Instant>,
     turns: Turns,
+    /// The settings' handshake timeout.
+    handshake_timeout: Duration,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
@@ -108,6 +108,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let mut alarm = broker.alarm();
+        let handshake_timeout = settings.handshake_timeout;
         let mut connection = Connection::new(broker, settings, peer.addr);
         connection.set_certificate_user(peer.certificate_user().map(str::to_owned));
         let peer = peer.addr;
@@ -121,7 +122,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             shutdown,
             alarm,
             shutting_down: false,
-            timer: Box::pin(tokio::time::sleep_until(started + HANDSHAKE_TIMEOUT)),
+            timer: Box::pin(tokio::time::sleep_until(started + handshake_timeout)),
+            handshake_timeout,
             started,
             last_read: started,
             last_heartbeat_sent: started,
@@ -145,7 +147,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 State::Closing if self.closing_since.is_none() => {
                     let now = Instant::now();
                     self.closing_since = Some(now);
-                    self.timer.as_mut().reset(now + HANDSHAKE_TIMEOUT);
+                    self.timer.as_mut().reset(now + self.handshake_timeout);
                 }
                 _ => {}
             }
@@ -280,12 +282,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     fn on_timer(&mut self) -> bool {
         let now = Instant::now();
         if let Some(since) = self.closing_since
-            && now - since >= HANDSHAKE_TIMEOUT
+            && now - since >= self.handshake_timeout
         {
             return true;
         }
         if !matches!(self.connection.state(), State::Open | State::Closing)
-            && now - self.started >= HANDSHAKE_TIMEOUT
+            && now - self.started >= self.handshake_timeout
         {
             tracing::info!(peer = ?self.peer, "handshake timed out");
             return true;
@@ -316,10 +318,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     fn reset_timer(&mut self) {
         let mut deadline = Instant::now() + NOTHING_DUE;
         if let Some(since) = self.closing_since {
-            deadline = deadline.min(since + HANDSHAKE_TIMEOUT);
+            deadline = deadline.min(since + self.handshake_timeout);
         }
         if !matches!(self.connection.state(), State::Open | State::Closing) {
-            deadline = deadline.min(self.started + HANDSHAKE_TIMEOUT);
+            deadline = deadline.min(self.started + self.handshake_timeout);
         }
         let heartbeat = u64::from(self.connection.heartbeat());
         if heartbeat > 0 {

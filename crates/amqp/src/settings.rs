@@ -20,6 +20,9 @@ pub struct Settings {
     pub version: String,
     /// Cluster name reported in server-properties.
     pub cluster_name: String,
+    /// How long a client has from connecting to `connection.open` (and a closing handshake
+    /// to finish).
+    pub handshake_timeout: std::time::Duration,
 }
 
 impl Default for Settings {
@@ -32,6 +35,7 @@ impl Default for Settings {
             product: "Junction".to_owned(),
             version: "0.1.0".to_owned(),
             cluster_name: "junction".to_owned(),
+            handshake_timeout: std::time::Duration::from_secs(10),
         }
     }
 }

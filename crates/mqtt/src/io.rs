@@ -40,8 +40,6 @@ const BUSY: Duration = Duration::from_millis(100);
 const LINGER: Duration = Duration::from_secs(1);
 /// The most a resumed connection reads before its socket is back in the runtime.
 const RESUME_READ: usize = 512;
-/// How long a client has to send CONNECT.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Consumer events handled before the connection writes and reads again.
 const EVENT_BATCH: usize = 512;
 /// Output waiting beyond this stops reading and taking deliveries until the socket drains.
@@ -223,7 +221,9 @@ impl<S: AsyncRead + AsyncWrite + Detach + Unpin> Driver<S> {
             connection,
             alarm,
             alarm_wait: None,
-            timer: Box::pin(tokio::time::sleep_until(Instant::now() + CONNECT_TIMEOUT)),
+            timer: Box::pin(tokio::time::sleep_until(
+                Instant::now() + mqtt.settings.connect_timeout,
+            )),
             lot,
             settled: true,
             first: None,

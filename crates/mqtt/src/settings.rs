@@ -38,6 +38,8 @@ pub struct Settings {
     pub anonymous_user: String,
     /// That user's password.
     pub anonymous_password: String,
+    /// How long a client has from connecting to sending CONNECT.
+    pub connect_timeout: std::time::Duration,
 }
 
 impl Default for Settings {
@@ -52,6 +54,7 @@ impl Default for Settings {
             allow_anonymous: true,
             anonymous_user: "guest".to_owned(),
             anonymous_password: "guest".to_owned(),
+            connect_timeout: std::time::Duration::from_secs(10),
         }
     }
 }

@@ -449,6 +449,7 @@ async fn run(cli: Cli, config: config::Config, junction: Junction) -> anyhow::Re
         heartbeat: config.amqp.heartbeat,
         max_message_size: config.amqp.max_message_size,
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        handshake_timeout: Duration::from_millis(config.limits.handshake_timeout_ms.max(1)),
         ..Default::default()
     });
 
@@ -461,6 +462,7 @@ async fn run(cli: Cli, config: config::Config, junction: Junction) -> anyhow::Re
         allow_anonymous: config.mqtt.allow_anonymous,
         anonymous_user: config.mqtt.anonymous_user.clone(),
         anonymous_password: config.mqtt.anonymous_password.clone(),
+        connect_timeout: Duration::from_millis(config.limits.handshake_timeout_ms.max(1)),
         ..Default::default()
     };
     // An MQTT fixed header adds at most 5 bytes to the remaining length.
@@ -482,6 +484,7 @@ async fn run(cli: Cli, config: config::Config, junction: Junction) -> anyhow::Re
         anonymous_user: config.stomp.anonymous_user.clone(),
         anonymous_password: config.stomp.anonymous_password.clone(),
         unknown_host_uses_default_vhost: config.stomp.unknown_host_uses_default_vhost,
+        connect_timeout: Duration::from_millis(config.limits.handshake_timeout_ms.max(1)),
         ..Default::default()
     });
     let stomp_over_websocket_limits = websocket_limits(
@@ -550,7 +553,7 @@ async fn run(cli: Cli, config: config::Config, junction: Junction) -> anyhow::Re
         shutdown_rx.clone(),
     ));
     tokio::spawn(admin.clone().sample_rates(shutdown_rx.clone()));
-    let mut running = Listeners::new(shutdown_rx.clone(), admin.clone());
+    let mut running = Listeners::new(shutdown_rx.clone(), admin.clone(), handshake_timeout);
     for (name, addr, tls) in [
         ("amqp", amqp_addr, None),
         ("amqps", amqps_addr, secure(Alpn::None)),

@@ -21,16 +21,24 @@ pub struct Listeners {
     connections: Tracker,
     /// Told of each bound listener, for the management API's overview.
     admin: Arc<junction_admin::Admin>,
+    /// How long an HTTP client has to send a request head (the WebSocket upgrade included).
+    head_timeout: std::time::Duration,
 }
 
 impl Listeners {
     /// No listeners yet; `shutdown` turning true stops them all.
-    pub fn new(shutdown: watch::Receiver<bool>, admin: Arc<junction_admin::Admin>) -> Self {
+    /// HTTP clients get `head_timeout` to send each request head.
+    pub fn new(
+        shutdown: watch::Receiver<bool>,
+        admin: Arc<junction_admin::Admin>,
+        head_timeout: std::time::Duration,
+    ) -> Self {
         Self {
             tasks: JoinSet::new(),
             shutdown,
             connections: Tracker::default(),
             admin,
+            head_timeout,
         }
     }
 
@@ -139,6 +147,7 @@ impl Listeners {
             listener,
             self.shutdown.clone(),
             tls,
+            self.head_timeout,
             routes,
         ));
         Ok(())
@@ -157,8 +166,13 @@ impl Listeners {
             return Ok(());
         };
         let listener = self.bind(name, &addr).await?;
-        self.tasks
-            .spawn(serve_http(listener, self.shutdown.clone(), tls, routes));
+        self.tasks.spawn(serve_http(
+            listener,
+            self.shutdown.clone(),
+            tls,
+            self.head_timeout,
+            routes,
+        ));
         Ok(())
     }
 

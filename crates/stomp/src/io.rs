@@ -29,8 +29,6 @@ use tokio::time::{Instant, Sleep};
 use crate::connection::{Connection, Next};
 use crate::settings::Settings;
 
-/// How long a client has to send CONNECT.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Consumer events handled before the connection writes and reads again.
 const EVENT_BATCH: usize = 512;
 /// How long a closing connection waits for the disk to confirm what its receipts cover.
@@ -102,6 +100,8 @@ struct Driver<S> {
     last_read: Instant,
     last_write: Instant,
     turns: Turns,
+    /// The settings' CONNECT timeout.
+    connect_timeout: Duration,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
@@ -113,6 +113,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let mut alarm = broker.alarm();
+        let connect_timeout = settings.connect_timeout;
         let mut connection = Connection::new(broker, settings, peer.addr);
         connection.set_certificate_user(peer.certificate_user().map(str::to_owned));
         connection.set_alarm(alarm.borrow_and_update().clone());
@@ -123,7 +124,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             control: broker_signals(&shutdown, &alarm),
             shutdown,
             alarm,
-            timer: Box::pin(tokio::time::sleep_until(started + CONNECT_TIMEOUT)),
+            timer: Box::pin(tokio::time::sleep_until(started + connect_timeout)),
+            connect_timeout,
             started,
             last_read: started,
             last_write: started,
@@ -304,7 +306,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     fn on_timer(&mut self) -> bool {
         let now = Instant::now();
         if !self.connection.is_connected() {
-            if now - self.started >= CONNECT_TIMEOUT {
+            if now - self.started >= self.connect_timeout {
                 tracing::info!(peer = ?self.connection.peer(), "no CONNECT in time");
                 return true;
             }
@@ -333,7 +335,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     /// when the client's heart-beats count as missed.
     fn reset_timer(&mut self) {
         let deadline = if !self.connection.is_connected() {
-            self.started + CONNECT_TIMEOUT
+            self.started + self.connect_timeout
         } else {
             let (send_every, expect_every) = self.connection.heartbeat;
             let mut deadline = Instant::now() + NOTHING_DUE;

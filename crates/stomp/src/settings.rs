@@ -22,6 +22,8 @@ pub struct Settings {
     pub unknown_host_uses_default_vhost: bool,
     /// The server name in CONNECTED frames.
     pub server: String,
+    /// How long a client has from connecting to sending CONNECT.
+    pub connect_timeout: std::time::Duration,
 }
 
 impl Default for Settings {
@@ -34,6 +36,7 @@ impl Default for Settings {
             anonymous_password: "guest".to_owned(),
             unknown_host_uses_default_vhost: false,
             server: format!("Junction/{}", env!("CARGO_PKG_VERSION")),
+            connect_timeout: std::time::Duration::from_secs(10),
         }
     }
 }

@@ -28,7 +28,8 @@ use crate::stream::ClientStream;
 use crate::tls::TlsListener;
 
 /// How long a client has to send a request head (the WebSocket upgrade included), and how
-/// long a keep-alive connection may wait for its next request.
+/// long a keep-alive connection may wait for its next request, unless the listener is given
+/// another (the configuration's handshake timeout).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most bytes of a request head buffered (hyper answers 431 beyond).
 pub const MAX_HEAD_BUFFER: usize = 32 * 1024;
@@ -38,16 +39,17 @@ pub const MAX_HEAD_BUFFER: usize = 32 * 1024;
 pub struct ConnectionAllowance(pub Arc<Allowance>);
 
 /// Serves `app` on `listener` until `shutdown` turns true. Requests in flight then finish;
-/// idle connections close.
+/// idle connections close. A request head must arrive within `head_timeout`.
 pub async fn serve_http(
     listener: TcpListener,
     shutdown: watch::Receiver<bool>,
     tls: Option<TlsListener>,
+    head_timeout: Duration,
     app: Router,
 ) {
     let connections = shutdown.clone();
     accept_clients(listener, shutdown, tls, move |stream, peer| {
-        serve_connection(stream, peer, app.clone(), connections.clone())
+        serve_connection(stream, peer, app.clone(), head_timeout, connections.clone())
     })
     .await;
 }
@@ -56,6 +58,7 @@ async fn serve_connection(
     stream: ClientStream,
     peer: Peer,
     app: Router,
+    head_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let allowance = Allowance::unlimited();
@@ -72,7 +75,7 @@ async fn serve_connection(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(head_timeout)
         .max_buf_size(MAX_HEAD_BUFFER);
     let connection = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(connection);

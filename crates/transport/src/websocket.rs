@@ -115,6 +115,7 @@ pub async fn serve_websockets(
     listener: TcpListener,
     shutdown: watch::Receiver<bool>,
     tls: Option<TlsListener>,
+    head_timeout: std::time::Duration,
     mut routes: WebSocketRoutes,
 ) {
     let extra = routes.extra.take();
@@ -135,7 +136,7 @@ pub async fn serve_websockets(
     if let Some(extra) = extra {
         app = app.merge(extra);
     }
-    serve_http(listener, shutdown, tls, app).await;
+    serve_http(listener, shutdown, tls, head_timeout, app).await;
 }
 
 async fn upgrade(
