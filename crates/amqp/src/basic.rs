@@ -58,6 +58,14 @@ pub async fn handle(
         }
         AMQPMethod::Consume(m) => {
             let vhost = session.vhost()?;
+            let most = session.settings.consumer_max_per_channel;
+            if most > 0 && channel.consumers.len() >= most {
+                tracing::info!(peer = ?session.peer, most, "consumer refused: per-channel limit");
+                return Err(AmqpError::connection(
+                    code::NOT_ALLOWED,
+                    format!("reached maximum ({most}) of consumers per channel"),
+                ));
+            }
             let queue = if m.queue.as_str() == direct_reply::PSEUDO_QUEUE {
                 direct_reply::reply_queue(session, channel, m.no_ack).await?
             } else {

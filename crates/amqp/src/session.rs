@@ -42,6 +42,9 @@ pub struct Session {
     pub peer: Option<SocketAddr>,
     /// The user name the client's verified TLS certificate carries, for `EXTERNAL`.
     pub certificate_user: Option<String>,
+    /// This connection's place within the connection and channel limits (from
+    /// `connection.open`).
+    pub limit_slot: Option<junction_core::limits::ConnectionSlot>,
     /// Frames waiting to be written.
     pub out: Outbox,
     /// Where queues send this connection's deliveries (made by the first consumer).
@@ -86,6 +89,7 @@ impl Session {
             id,
             peer,
             certificate_user: None,
+            limit_slot: None,
             out: Outbox::new(),
             sink: LazyChannel::default(),
             consumer_sink: None,

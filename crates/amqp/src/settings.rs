@@ -23,6 +23,9 @@ pub struct Settings {
     /// How long a client has from connecting to `connection.open` (and a closing handshake
     /// to finish).
     pub handshake_timeout: std::time::Duration,
+    /// Consumers one channel may have at once (0: unlimited); RabbitMQ's
+    /// `consumer_max_per_channel`.
+    pub consumer_max_per_channel: usize,
 }
 
 impl Default for Settings {
@@ -36,6 +39,7 @@ impl Default for Settings {
             version: "0.1.0".to_owned(),
             cluster_name: "junction".to_owned(),
             handshake_timeout: std::time::Duration::from_secs(10),
+            consumer_max_per_channel: 0,
         }
     }
 }

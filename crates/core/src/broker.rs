@@ -49,6 +49,7 @@ pub struct Broker {
     connections: Arc<Connections>,
     started: std::time::SystemTime,
     events: Arc<EventBus>,
+    limits: crate::limits::ConnectionLimits,
 }
 
 impl Broker {
@@ -85,6 +86,7 @@ impl Broker {
             connections: Arc::new(Connections::with_events(events.clone())),
             started: std::time::SystemTime::now(),
             events: events.clone(),
+            limits: Default::default(),
         });
         let default_vhost = broker.add_vhost(&broker.config.default_vhost.clone());
         events.attach(&default_vhost);
@@ -130,6 +132,7 @@ impl Broker {
                     self.storage.clone(),
                 );
                 vhost.set_events(self.events.clone());
+                vhost.set_limits(self.limits.clone());
                 if let Some(store) = &self.storage.definitions {
                     match store.load(name) {
                         Ok(definitions) => vhost.restore(definitions),
@@ -212,6 +215,11 @@ impl Broker {
     /// Watches the resource alarm: `Some(reason)` while raised.
     pub fn alarm(&self) -> watch::Receiver<Option<String>> {
         self.alarm.subscribe()
+    }
+
+    /// The connection, channel and queue limits, and what is open against them.
+    pub fn limits(&self) -> &crate::limits::ConnectionLimits {
+        &self.limits
     }
 
     /// The logged-in connections of every protocol.

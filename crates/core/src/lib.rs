@@ -20,6 +20,7 @@ pub mod exchange;
 pub mod field;
 pub mod flow;
 pub mod ledger;
+pub mod limits;
 pub mod message;
 pub mod persistence;
 pub mod plugin;

@@ -50,6 +50,8 @@ pub struct VirtualHost {
     retired_queues: parking_lot::Mutex<QueueTally>,
     /// Where the broker's events go.
     events: std::sync::OnceLock<Arc<crate::events::EventBus>>,
+    /// The broker's limits, for this vhost's `max_queues`.
+    limits: std::sync::OnceLock<crate::limits::ConnectionLimits>,
 }
 
 impl std::fmt::Debug for VirtualHost {
@@ -94,6 +96,7 @@ impl VirtualHost {
             unstored: Default::default(),
             retired_queues: Default::default(),
             events: std::sync::OnceLock::new(),
+            limits: std::sync::OnceLock::new(),
         });
         let builtin = |name: &str, kind: &str| ExchangeSpec {
             name: name.to_owned(),
@@ -159,6 +162,11 @@ impl VirtualHost {
     /// Every exchange, in no particular order.
     pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
         self.exchanges.iter().map(|e| e.value().clone()).collect()
+    }
+
+    /// Applies the broker's `limits` (this vhost's `max_queues`).
+    pub(crate) fn set_limits(&self, limits: crate::limits::ConnectionLimits) {
+        let _ = self.limits.set(limits);
     }
 
     /// Sends this vhost's events (queues, consumers) to `events`.
@@ -329,6 +337,20 @@ impl VirtualHost {
         }
         let arguments = QueueArguments::parse(&spec.arguments)
             .map_err(|error| CoreError::precondition(error.message(&spec.name, &self.name)))?;
+        // Checked before the entry is taken (the count reads every shard of the map); two
+        // declarations racing for the last place may both get in.
+        if let Some(max) = self
+            .limits
+            .get()
+            .and_then(|limits| limits.vhost_limits(&self.name).max_queues)
+            && !self.queues.contains_key(&spec.name)
+            && self.queues.len() >= max
+        {
+            return Err(CoreError::precondition(format!(
+                "cannot declare queue '{}': queue limit in vhost '{}' ({max}) is reached",
+                spec.name, self.name
+            )));
+        }
         let mut redeclared = false;
         let handle = match self.queues.entry(spec.name.clone()) {
             Entry::Occupied(existing) => {

@@ -99,6 +99,10 @@ pub struct LimitsConfig {
     /// Time from accepting a connection to its protocol's login being complete (TLS
     /// handshake, WebSocket upgrade, AMQP handshake, MQTT and STOMP CONNECT), in ms.
     pub handshake_timeout_ms: u64,
+    /// Logged-in connections the whole broker takes at once, all protocols (0: unlimited).
+    pub connection_max: usize,
+    /// Consumers one AMQP channel may have at once (0: unlimited).
+    pub consumer_max_per_channel: usize,
 }
 
 /// Definitions loaded at start (RabbitMQ's `load_definitions`).
@@ -256,6 +260,12 @@ pub struct AuthConfig {
 pub struct VhostConfig {
     /// Its name.
     pub name: String,
+    /// Connections open to it at once (RabbitMQ's `max-connections` vhost limit).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Queues it may hold (RabbitMQ's `max-queues`).
+    #[serde(default)]
+    pub max_queues: Option<usize>,
 }
 
 /// A user of the internal database.
@@ -279,6 +289,12 @@ pub struct UserConfig {
     /// Topic permissions per vhost and topic exchange.
     #[serde(default)]
     pub topic_permissions: Vec<TopicPermissionConfig>,
+    /// Connections the user may have open at once (RabbitMQ's `max-connections` user limit).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// AMQP channels the user may have open at once, over all its connections.
+    #[serde(default)]
+    pub max_channels: Option<usize>,
 }
 
 /// One user's topic permission on one topic exchange of one vhost.

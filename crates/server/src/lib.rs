@@ -420,8 +420,28 @@ async fn run(cli: Cli, config: config::Config, junction: Junction) -> anyhow::Re
         auth,
         storage,
     );
+    let limits = broker.limits();
+    limits.set_connection_max(
+        (config.limits.connection_max > 0).then_some(config.limits.connection_max),
+    );
     for vhost in &config.vhosts {
+        limits.set_vhost_limits(
+            &vhost.name,
+            junction_core::limits::VhostLimits {
+                max_connections: vhost.max_connections,
+                max_queues: vhost.max_queues,
+            },
+        );
         broker.add_vhost(&vhost.name);
+    }
+    for user in &config.users {
+        limits.set_user_limits(
+            &user.name,
+            junction_core::limits::UserLimits {
+                max_connections: user.max_connections,
+                max_channels: user.max_channels,
+            },
+        );
     }
     let admin = junction_admin::Admin::new(broker.clone(), internal_users, Some(managed_state));
     if let Some(definitions) = &definitions_to_load {
@@ -450,6 +470,7 @@ async fn run(cli: Cli, config: config::Config, junction: Junction) -> anyhow::Re
         max_message_size: config.amqp.max_message_size,
         version: env!("CARGO_PKG_VERSION").to_owned(),
         handshake_timeout: Duration::from_millis(config.limits.handshake_timeout_ms.max(1)),
+        consumer_max_per_channel: config.limits.consumer_max_per_channel,
         ..Default::default()
     });
 

@@ -95,3 +95,180 @@ def test_a_thousand_silent_sockets_are_closed_after_the_handshake_timeout(
     for sock in silent:
         sock.close()
     assert "handshake timed out" in broker.log_tail(3000) or "no CONNECT in time" in broker.log_tail(3000)
+
+
+def limited_broker(start_broker, tmp_path, toml: str) -> JunctionBroker:
+    config = tmp_path / "limits.toml"
+    config.write_text(toml)
+    return start_broker(extra_args=["--config", str(config)])
+
+
+def mqtt_connack(broker: JunctionBroker, client_id: str, user: str = "guest", password: str = "guest") -> int:
+    """The return code of a raw MQTT 3.1.1 CONNECT; the socket is closed afterwards."""
+    from mqtt_raw import connect_packet
+
+    host, port = broker.listeners["mqtt"]
+    with socket.create_connection((host, port), timeout=WAIT) as sock:
+        sock.sendall(connect_packet(client_id, username=user, password=password))
+        data = b""
+        while len(data) < 4:
+            chunk = sock.recv(4 - len(data))
+            if not chunk:
+                break
+            data += chunk
+        assert data[:2] == b"\x20\x02", data
+        return data[3]
+
+
+def stomp_connect(broker: JunctionBroker, login: str = "guest", passcode: str = "guest") -> str:
+    """CONNECT over raw STOMP; returns the whole answer (command, headers, body)."""
+    host, port = broker.listeners["stomp"]
+    with socket.create_connection((host, port), timeout=WAIT) as sock:
+        sock.sendall(
+            f"CONNECT\naccept-version:1.2\nhost:/\nlogin:{login}\npasscode:{passcode}\n\n\x00".encode()
+        )
+        data = b""
+        while b"\x00" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return data.decode(errors="replace")
+
+
+def refused_amqp(broker: JunctionBroker, **overrides) -> str:
+    """Opens a pika connection that the broker must refuse at connection.open; returns the
+    refusal as pika reports it (it wraps a close during the handshake as "probable access
+    denied"), reply code included."""
+    with pytest.raises(pika.exceptions.AMQPConnectionError) as refused:
+        pika.BlockingConnection(broker.pika_parameters(**overrides))
+    return str(refused.value)
+
+
+def test_connection_max_refuses_every_protocol_past_it_and_frees_places_on_close(
+    start_broker, tmp_path
+):
+    broker = limited_broker(start_broker, tmp_path, "[limits]\nconnection_max = 2\n")
+    first = pika.BlockingConnection(broker.pika_parameters())
+    second = pika.BlockingConnection(broker.pika_parameters())
+    refused = refused_amqp(broker)
+    assert "(530)" in refused and "node connection limit (2) is reached" in refused
+    assert mqtt_connack(broker, "over-the-limit") == 3  # server unavailable
+    assert stomp_connect(broker).startswith("ERROR")
+    assert "node connection limit (2)" in stomp_connect(broker)
+    # The two inside carry on.
+    channel = first.channel()
+    channel.queue_declare("connection-max", exclusive=True)
+    second.close()
+    third = pika.BlockingConnection(broker.pika_parameters())
+    assert third.is_open
+    assert "node connection limit" in broker.log_tail(200)
+    first.close()
+    third.close()
+
+
+def test_vhost_limits_cap_its_connections_and_queues(start_broker, tmp_path):
+    broker = limited_broker(
+        start_broker,
+        tmp_path,
+        """
+[[vhosts]]
+name = "/"
+max_queues = 3
+
+[[vhosts]]
+name = "small"
+max_connections = 1
+
+[[users]]
+name = "guest"
+password = "guest"
+tags = ["administrator"]
+permissions = [
+    { vhost = "/", configure = ".*", write = ".*", read = ".*" },
+    { vhost = "small", configure = ".*", write = ".*", read = ".*" },
+]
+""",
+    )
+    inside = pika.BlockingConnection(broker.pika_parameters(virtual_host="small"))
+    refused = refused_amqp(broker, virtual_host="small")
+    assert "(530)" in refused
+    assert "access to vhost 'small' refused for user 'guest': connection limit (1) is reached" in refused
+    assert mqtt_connack(broker, "small-vhost", user="small:guest") == 5
+    # Other vhosts are not affected.
+    other = pika.BlockingConnection(broker.pika_parameters())
+    channel = other.channel()
+    for i in range(3):
+        channel.queue_declare(f"max-queues-{i}")
+    channel.queue_declare("max-queues-0")  # a redeclaration is no new queue
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as full:
+        channel.queue_declare("max-queues-3")
+    assert full.value.reply_code == 406
+    assert "queue limit in vhost '/' (3) is reached" in full.value.reply_text
+    channel = other.channel()
+    channel.queue_delete("max-queues-2")
+    channel.queue_declare("max-queues-3")
+    inside.close()
+    other.close()
+
+
+def test_user_limits_cap_its_connections_and_channels(start_broker, tmp_path):
+    broker = limited_broker(
+        start_broker,
+        tmp_path,
+        """
+[[users]]
+name = "guest"
+password = "guest"
+tags = ["administrator"]
+permissions = [{ vhost = "/", configure = ".*", write = ".*", read = ".*" }]
+
+[[users]]
+name = "capped"
+password = "capped"
+max_connections = 2
+max_channels = 3
+permissions = [{ vhost = "/", configure = ".*", write = ".*", read = ".*" }]
+""",
+    )
+    capped = pika.PlainCredentials("capped", "capped")
+    one = pika.BlockingConnection(broker.pika_parameters(credentials=capped))
+    two = pika.BlockingConnection(broker.pika_parameters(credentials=capped))
+    refused = refused_amqp(broker, credentials=capped)
+    assert "(530)" in refused and "user connection limit (2) is reached" in refused
+    assert mqtt_connack(broker, "capped-user", user="capped", password="capped") == 5
+    assert "user connection limit" in stomp_connect(broker, "capped", "capped")
+    # guest is not capped.
+    guest = pika.BlockingConnection(broker.pika_parameters())
+    # Channels count over both connections.
+    one.channel()
+    one.channel()
+    kept = two.channel()
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as too_many:
+        two.channel()
+    assert too_many.value.reply_code == 530
+    assert "maximum allowed user limit of (3)" in too_many.value.reply_text
+    # A closed channel gives its place back (the connection that went over is gone too).
+    three = pika.BlockingConnection(broker.pika_parameters(credentials=capped))
+    three.channel()
+    assert guest.channel().is_open
+    for connection in (one, three, guest):
+        connection.close()
+    del kept
+
+
+def test_consumer_max_per_channel(start_broker, tmp_path):
+    broker = limited_broker(start_broker, tmp_path, "[limits]\nconsumer_max_per_channel = 2\n")
+    connection = pika.BlockingConnection(broker.pika_parameters())
+    channel = connection.channel()
+    channel.queue_declare("consumer-max", exclusive=True)
+    for _ in range(2):
+        channel.basic_consume("consumer-max", lambda *args: None)
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as refused:
+        channel.basic_consume("consumer-max", lambda *args: None)
+    assert refused.value.reply_code == 530
+    assert "reached maximum (2) of consumers per channel" in refused.value.reply_text
+    # Other clients carry on.
+    other = pika.BlockingConnection(broker.pika_parameters())
+    other.channel().queue_declare("", exclusive=True)
+    other.close()

@@ -183,6 +183,16 @@ impl Connection {
                 ),
             ));
         }
+        let slot = self
+            .session
+            .broker
+            .limits()
+            .admit(&principal.user.name, name)
+            .map_err(|exceeded| {
+                tracing::info!(peer = ?self.session.peer, %exceeded, "connection refused");
+                AmqpError::connection(code::NOT_ALLOWED, exceeded.to_string())
+            })?;
+        self.session.limit_slot = slot;
         self.session.vhost = Some(vhost);
         self.session.register(name);
         self.session.send(

@@ -514,14 +514,19 @@ impl Connection {
         // Channels open and close only through the channel class.
         let channel_class = matches!(method, AMQPClass::Channel(_));
         let outcome = self.handle_channel_method(number, method).await;
-        if channel_class && let Some(registration) = &self.session.registration {
-            let numbers = self
-                .channels
-                .iter()
-                .flatten()
-                .map(|channel| channel.id.number)
-                .collect();
-            registration.set_channel_numbers(numbers);
+        if channel_class {
+            if let Some(slot) = &mut self.session.limit_slot {
+                slot.channels_left(self.channels.iter().flatten().count());
+            }
+            if let Some(registration) = &self.session.registration {
+                let numbers = self
+                    .channels
+                    .iter()
+                    .flatten()
+                    .map(|channel| channel.id.number)
+                    .collect();
+                registration.set_channel_numbers(numbers);
+            }
         }
         outcome
     }
@@ -698,6 +703,12 @@ impl Connection {
                 code::CHANNEL_ERROR,
                 "second 'channel.open' seen",
             ));
+        }
+        if let Some(slot) = &mut self.session.limit_slot {
+            slot.open_channel().map_err(|exceeded| {
+                tracing::info!(peer = ?self.session.peer, %exceeded, "channel refused");
+                AmqpError::connection(code::NOT_ALLOWED, exceeded.to_string())
+            })?;
         }
         self.generation = self.generation.wrapping_add(1);
         let id = ChannelId {

@@ -100,6 +100,20 @@ impl Connection {
                 return Ok(self.refuse(ConnectReturnCode::NotAuthorized));
             }
         };
+        let limit_slot = match broker.limits().admit(&principal.user.name, &vhost_name) {
+            Ok(slot) => slot.map(Box::new),
+            Err(exceeded) => {
+                tracing::info!(peer = ?self.peer, %exceeded, "MQTT connection refused");
+                // RabbitMQ answers a node limit with "server unavailable", a vhost or user
+                // limit with "not authorised".
+                return Ok(self.refuse(match exceeded {
+                    junction_core::limits::LimitExceeded::Node(_) => {
+                        ConnectReturnCode::ServerUnavailable
+                    }
+                    _ => ConnectReturnCode::NotAuthorized,
+                }));
+            }
+        };
         let exchange = match vhost.exchange(&settings.exchange) {
             Ok(exchange) => exchange,
             Err(error) => {
@@ -169,6 +183,7 @@ impl Connection {
             will: connect.will.map(Box::new),
             access: None,
             last_publish: None,
+            _limit_slot: limit_slot,
         });
         // The queue is resumed before the CONNACK, so a refusal can still be its return code
         // (the session's state is saved again when the connection ends).

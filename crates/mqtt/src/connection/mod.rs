@@ -115,6 +115,8 @@ struct Session {
     access: Option<Box<AccessCache>>,
     /// The routing key of the last PUBLISH allowed, and until when that answer holds.
     last_publish: Option<(Box<str>, std::time::Instant)>,
+    /// Its place within the connection limits (None while no limit is set).
+    _limit_slot: Option<Box<junction_core::limits::ConnectionSlot>>,
 }
 
 /// What a session tracks once it subscribes or exchanges packets with identifiers.

@@ -76,6 +76,14 @@ impl Connection {
                 ));
             }
         };
+        let limit_slot = self
+            .broker
+            .limits()
+            .admit(&principal.user.name, &vhost_name)
+            .map_err(|exceeded| {
+                tracing::info!(peer = ?self.peer, %exceeded, "STOMP connection refused");
+                Refusal::new("Bad CONNECT", exceeded.to_string())
+            })?;
         let (client_sends, client_wants) = parse_heartbeat(frame.get("heart-beat"))
             .ok_or_else(|| Refusal::new("Bad CONNECT", "invalid heart-beat header"))?;
         // What the server offers each way: `heartbeat_ms`, or more often when the client asks
@@ -118,6 +126,7 @@ impl Connection {
             temp_queues: HashMap::new(),
             permissions: junction_core::auth::AccessCache::new(),
             receipts: Ledger::new(),
+            _limit_slot: limit_slot,
         });
         // heart-beat is always there (0,0 and STOMP 1.0 too), and names what was negotiated
         // (so a client that asked for none reads 0,0), as RabbitMQ sends it. The client's own

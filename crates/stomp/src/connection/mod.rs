@@ -194,6 +194,8 @@ struct Session {
     /// Receipts owed, in frame order, with a place (None) for each persistent SEND being
     /// written, so a receipt goes only once every SEND before it is on disk.
     receipts: Ledger<Option<String>>,
+    /// Its place within the connection limits (None while no limit is set).
+    _limit_slot: Option<junction_core::limits::ConnectionSlot>,
 }
 
 impl Session {
