@@ -15,7 +15,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use junction_core::auth::{
-    InternalUsers, PasswordHash, TopicPermission, UserRecord, VhostPermissions,
+    ARGON2_ALGORITHM, InternalUsers, PasswordHash, SHA256_ALGORITHM, TopicPermission, UserRecord,
+    VhostPermissions,
 };
 use junction_core::{AdapterStateStore, Broker};
 use parking_lot::Mutex;
@@ -31,8 +32,6 @@ use crate::stats_json;
 
 const USERS_TABLE: &str = "management.users";
 const VHOSTS_TABLE: &str = "management.vhosts";
-/// RabbitMQ's name for the salted SHA-256 hashes Junction keeps.
-pub const HASHING_ALGORITHM: &str = "rabbit_password_hashing_sha256";
 
 /// A user as it is stored and exported.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,7 +50,7 @@ impl StoredUser {
     /// The record of `user` as the database holds it.
     pub fn of(record: &UserRecord) -> Self {
         Self {
-            password_hash: record.password.to_base64(),
+            password_hash: record.password.encoded(),
             tags: record.tags.clone(),
             permissions: record
                 .permissions
@@ -84,7 +83,7 @@ impl StoredUser {
 
     /// The database record.
     pub fn to_record(&self) -> Result<UserRecord, String> {
-        let password = PasswordHash::from_base64(&self.password_hash)
+        let password = PasswordHash::from_encoded(&self.password_hash)
             .ok_or_else(|| "invalid password_hash".to_owned())?;
         let mut record = UserRecord::new(password, self.tags.clone());
         for (vhost, [configure, write, read]) in &self.permissions {
@@ -272,8 +271,8 @@ impl Tags {
 pub(crate) fn user_json(name: &str, record: &UserRecord) -> Value {
     json!({
         "name": name,
-        "password_hash": record.password.to_base64(),
-        "hashing_algorithm": HASHING_ALGORITHM,
+        "password_hash": record.password.encoded(),
+        "hashing_algorithm": record.password.algorithm(),
         "tags": record.tags,
         "limits": {},
     })
@@ -577,20 +576,20 @@ pub async fn put_user(
         return Err(ApiError::bad_request("a user needs a name"));
     }
     let password = match (&body.password, &body.password_hash) {
-        (Some(password), _) => PasswordHash::new(password),
-        (None, Some(hash)) => {
-            let algorithm = body
-                .hashing_algorithm
-                .as_deref()
-                .unwrap_or(HASHING_ALGORITHM);
-            if algorithm != HASHING_ALGORITHM {
-                return Err(ApiError::bad_request(format!(
-                    "hashing_algorithm {algorithm} is not supported (only {HASHING_ALGORITHM})"
-                )));
-            }
-            PasswordHash::from_base64(hash)
-                .ok_or_else(|| ApiError::bad_request("invalid password_hash"))?
+        // Argon2 takes tens of milliseconds: off the async workers.
+        (Some(password), _) => {
+            let password = password.clone();
+            tokio::task::spawn_blocking(move || PasswordHash::new(&password))
+                .await
+                .map_err(|_| ApiError::internal("password hashing failed"))?
         }
+        (None, Some(hash)) => PasswordHash::from_definitions(body.hashing_algorithm.as_deref(), hash)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "invalid password_hash for hashing_algorithm {} (supported: {SHA256_ALGORITHM}, {ARGON2_ALGORITHM})",
+                    body.hashing_algorithm.as_deref().unwrap_or(SHA256_ALGORITHM)
+                ))
+            })?,
         (None, None) => PasswordHash::none(),
     };
     let existing = users.user(&name);

@@ -11,16 +11,16 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use junction_core::auth::{PasswordHash, TopicPermission, UserRecord, VhostPermissions};
+use junction_core::auth::{
+    ARGON2_ALGORITHM, PasswordHash, SHA256_ALGORITHM, TopicPermission, UserRecord, VhostPermissions,
+};
 use junction_core::queue::{ConnectionId, QueueSpec};
 use junction_core::{ExchangeSpec, VirtualHost};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::Admin;
-use crate::access::{
-    HASHING_ALGORITHM, Tags, VhostMeta, permission_json, topic_permission_json, user_json,
-};
+use crate::access::{Tags, VhostMeta, permission_json, topic_permission_json, user_json};
 use crate::auth::Caller;
 use crate::bindings::vhost_bindings;
 use crate::error::{ApiError, ApiResult};
@@ -296,20 +296,15 @@ impl Admin {
         })?;
         let mut changed = Vec::new();
         for user in &definitions.users {
-            let algorithm = user
-                .hashing_algorithm
-                .as_deref()
-                .unwrap_or(HASHING_ALGORITHM);
-            if algorithm != HASHING_ALGORITHM {
-                return Err(fail(format!(
-                    "definitions: user '{}' has a {algorithm} hash; only {HASHING_ALGORITHM} is supported",
-                    user.name
-                )));
-            }
-            let hash = PasswordHash::from_base64(&user.password_hash).ok_or_else(|| {
+            let hash = PasswordHash::from_definitions(
+                user.hashing_algorithm.as_deref(),
+                &user.password_hash,
+            )
+            .ok_or_else(|| {
                 fail(format!(
-                    "definitions: user '{}': invalid password_hash",
-                    user.name
+                    "definitions: user '{}': invalid password_hash for hashing_algorithm {} (supported: {SHA256_ALGORITHM}, {ARGON2_ALGORITHM})",
+                    user.name,
+                    user.hashing_algorithm.as_deref().unwrap_or(SHA256_ALGORITHM)
                 ))
             })?;
             // An imported user keeps the permissions it has here (the document's own

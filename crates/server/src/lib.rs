@@ -337,7 +337,7 @@ fn internal_users(config: &config::Config) -> anyhow::Result<InternalUsers> {
     let users = InternalUsers::new();
     for user in &config.users {
         let password = match (&user.password, &user.password_hash) {
-            (_, Some(hash)) => PasswordHash::from_base64(hash)
+            (_, Some(hash)) => PasswordHash::from_encoded(hash)
                 .with_context(|| format!("user '{}': invalid password_hash", user.name))?,
             (Some(plain), None) => PasswordHash::new(plain),
             (None, None) => anyhow::bail!(

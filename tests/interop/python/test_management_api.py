@@ -424,7 +424,9 @@ def test_vhosts_users_and_permissions_are_managed_and_survive_a_restart(junction
         assert api.get("vhosts", "v1")["description"] == "tenant one"
         assert api.put("users", "u1", json={"password": "secret-1", "tags": "management"}).status_code == 201
         assert api.get("users", "u1")["tags"] == ["management"]
-        assert api.get("users", "u1")["hashing_algorithm"] == "rabbit_password_hashing_sha256"
+        # New passwords are hashed with Argon2id (RabbitMQ's SHA-256 hashes still import).
+        assert api.get("users", "u1")["hashing_algorithm"] == "junction_password_hashing_argon2"
+        assert api.get("users", "u1")["password_hash"].startswith("$argon2id$v=19$")
         assert api.put("permissions", "v1", "u1", json={"configure": ".*", "write": ".*", "read": ".*"}).status_code == 201
         assert api.put("topic-permissions", "v1", "u1", json={"exchange": "amq.topic", "write": "^u1\\.", "read": ".*"}).status_code == 201
         assert api.put("permissions", "nope", "u1", json={"configure": ".*", "write": ".*", "read": ".*"}).status_code == 400

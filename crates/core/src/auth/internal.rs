@@ -5,74 +5,14 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use base64::Engine;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use regex::Regex;
 use sha2::{Digest, Sha256};
 
 use super::{
-    AuthBackend, Decision, LoginOutcome, LoginRequest, Permission, ResourceRequest,
+    AuthBackend, Decision, LoginOutcome, LoginRequest, PasswordHash, Permission, ResourceRequest,
     TopicPermission, TopicRequest, User, VhostRequest, async_trait,
 };
-
-/// A password hash in RabbitMQ's `rabbit_password_hashing_sha256` format: base64 of a 4-byte
-/// salt followed by SHA-256(salt ++ password). Definitions exported from RabbitMQ import as is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PasswordHash(Vec<u8>);
-
-impl PasswordHash {
-    /// Hashes `password` with a fresh random salt.
-    pub fn new(password: &str) -> Self {
-        let salt: [u8; 4] = rand::random();
-        Self::with_salt(salt, password)
-    }
-
-    fn with_salt(salt: [u8; 4], password: &str) -> Self {
-        let mut hasher = Sha256::new();
-        hasher.update(salt);
-        hasher.update(password.as_bytes());
-        let mut bytes = salt.to_vec();
-        bytes.extend_from_slice(&hasher.finalize());
-        Self(bytes)
-    }
-
-    /// No password: no password matches it (RabbitMQ's empty `password_hash`, for users that
-    /// log in otherwise, with a certificate or a token).
-    pub fn none() -> Self {
-        Self(Vec::new())
-    }
-
-    /// Reads a base64-encoded hash (empty: [`PasswordHash::none`]); None when it is not valid.
-    pub fn from_base64(encoded: &str) -> Option<Self> {
-        if encoded.is_empty() {
-            return Some(Self::none());
-        }
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .ok()?;
-        (bytes.len() == 36).then_some(Self(bytes))
-    }
-
-    /// The hash in base64, as RabbitMQ's definitions store it.
-    pub fn to_base64(&self) -> String {
-        base64::engine::general_purpose::STANDARD.encode(&self.0)
-    }
-
-    /// Whether `password` matches, compared without early exit.
-    pub fn verify(&self, password: &str) -> bool {
-        let Some(salt) = self.0.get(..4).and_then(|s| <[u8; 4]>::try_from(s).ok()) else {
-            return false;
-        };
-        let candidate = Self::with_salt(salt, password);
-        candidate.0.len() == self.0.len()
-            && candidate
-                .0
-                .iter()
-                .zip(&self.0)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    }
-}
 
 /// Permission patterns of one user in one vhost. Patterns are unanchored regular expressions,
 /// as in RabbitMQ: `.*` allows everything, `^$` nothing but the empty name.
@@ -150,16 +90,69 @@ impl UserRecord {
 }
 
 /// The internal user database, the default [`AuthBackend`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct InternalUsers {
     users: RwLock<HashMap<String, UserRecord>>,
     loopback_only: RwLock<HashSet<String>>,
+    /// Per user, SHA-256 of the stored hash and the last password that matched it: a client
+    /// that reconnects with the same password skips the Argon2 check (tens of milliseconds
+    /// and 19 MiB each). A changed password or hash no longer matches its entry.
+    verified: Mutex<HashMap<String, [u8; 32]>>,
+    /// Argon2 checks running at once, at most: a flood of wrong passwords waits here instead
+    /// of taking 19 MiB per attempt.
+    slow_checks: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for InternalUsers {
+    fn default() -> Self {
+        let parallel = std::thread::available_parallelism().map_or(2, usize::from);
+        Self {
+            users: RwLock::default(),
+            loopback_only: RwLock::default(),
+            verified: Mutex::default(),
+            slow_checks: Arc::new(tokio::sync::Semaphore::new(parallel)),
+        }
+    }
 }
 
 impl InternalUsers {
     /// An empty database.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Whether `password` matches `user`'s stored `hash`; Argon2 checks run on the blocking
+    /// pool, a few at a time, and are remembered (see `verified`).
+    async fn password_matches(&self, user: &str, hash: PasswordHash, password: &str) -> bool {
+        if !hash.is_slow() {
+            return hash.verify(password);
+        }
+        let mut memo = Sha256::new();
+        memo.update(hash.encoded().as_bytes());
+        memo.update([0]);
+        memo.update(password.as_bytes());
+        let memo: [u8; 32] = memo.finalize().into();
+        let remembered = self.verified.lock().get(user).copied();
+        if remembered.is_some_and(|known| {
+            known
+                .iter()
+                .zip(&memo)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+        }) {
+            return true;
+        }
+        let Ok(_permit) = self.slow_checks.clone().acquire_owned().await else {
+            return false;
+        };
+        let password = password.to_owned();
+        let matches = tokio::task::spawn_blocking(move || hash.verify(&password))
+            .await
+            .unwrap_or(false);
+        if matches {
+            self.verified.lock().insert(user.to_owned(), memo);
+        }
+        matches
     }
 
     /// Adds or replaces a user.
@@ -211,6 +204,7 @@ impl InternalUsers {
 
     /// Removes a user; false when there was none.
     pub fn delete_user(&self, name: &str) -> bool {
+        self.verified.lock().remove(name);
         self.users.write().remove(name).is_some()
     }
 
@@ -282,9 +276,9 @@ impl AuthBackend for InternalUsers {
     }
 
     async fn authenticate(&self, request: &LoginRequest) -> LoginOutcome {
-        let users = self.users.read();
-        let Some(record) = users.get(&request.username) else {
-            return LoginOutcome::Next;
+        let (hash, tags) = match self.users.read().get(&request.username) {
+            Some(record) => (record.password.clone(), record.tags.clone()),
+            None => return LoginOutcome::Next,
         };
         // RabbitMQ's internal backend refuses a blank password whatever the stored hash says,
         // so a user created with an empty password cannot log in with one. A certificate
@@ -296,7 +290,10 @@ impl AuthBackend for InternalUsers {
                     request.username
                 ));
             }
-            if !record.password.verify(&request.password) {
+            if !self
+                .password_matches(&request.username, hash, &request.password)
+                .await
+            {
                 return LoginOutcome::Deny(format!(
                     "user '{}' - invalid credentials",
                     request.username
@@ -311,7 +308,7 @@ impl AuthBackend for InternalUsers {
                 request.username
             ));
         }
-        LoginOutcome::Allow(User::new(request.username.clone(), record.tags.clone()))
+        LoginOutcome::Allow(User::new(request.username.clone(), tags))
     }
 
     async fn check_vhost(&self, user: &User, request: &VhostRequest) -> Decision {
@@ -350,12 +347,34 @@ impl AuthBackend for InternalUsers {
 mod tests {
     use super::*;
 
-    #[test]
-    fn password_hash_round_trips_through_base64() {
-        let hash = PasswordHash::new("s3cret");
-        let again = PasswordHash::from_base64(&hash.to_base64()).expect("valid");
-        assert!(again.verify("s3cret"));
-        assert!(!again.verify("wrong"));
+    #[tokio::test]
+    async fn argon2_logins_are_checked_once_per_password_then_remembered() {
+        let users = InternalUsers::new();
+        users.add_user("ann", "first", &[], &["/"]);
+        let login = |password: &str| LoginRequest::new(Protocol::Amqp, "ann", password);
+        assert!(matches!(
+            users.authenticate(&login("first")).await,
+            LoginOutcome::Allow(_)
+        ));
+        assert!(users.verified.lock().contains_key("ann"));
+        assert!(matches!(
+            users.authenticate(&login("first")).await,
+            LoginOutcome::Allow(_)
+        ));
+        assert!(matches!(
+            users.authenticate(&login("wrong")).await,
+            LoginOutcome::Deny(_)
+        ));
+        // A new password: the remembered one no longer logs in.
+        users.add_user("ann", "second", &[], &["/"]);
+        assert!(matches!(
+            users.authenticate(&login("first")).await,
+            LoginOutcome::Deny(_)
+        ));
+        assert!(matches!(
+            users.authenticate(&login("second")).await,
+            LoginOutcome::Allow(_)
+        ));
     }
 
     use crate::auth::{Protocol, ResourceKind, TopicVariables};

@@ -19,6 +19,7 @@
 mod authorizer;
 mod cache;
 mod internal;
+mod password;
 mod refusals;
 mod topic;
 
@@ -27,7 +28,8 @@ use std::net::SocketAddr;
 pub use async_trait::async_trait;
 pub use authorizer::{Authorizer, LoginRefused, Principal};
 pub use cache::AccessCache;
-pub use internal::{InternalUsers, PasswordHash, UserRecord, VhostPermissions};
+pub use internal::{InternalUsers, UserRecord, VhostPermissions};
+pub use password::{ARGON2_ALGORITHM, PasswordHash, SHA256_ALGORITHM};
 pub use refusals::{REFUSAL_LOG_WINDOW, RefusalLog};
 pub use topic::{TopicPermission, TopicVariables, topic_refusal};
 
