@@ -272,3 +272,47 @@ def test_consumer_max_per_channel(start_broker, tmp_path):
     other = pika.BlockingConnection(broker.pika_parameters())
     other.channel().queue_declare("", exclusive=True)
     other.close()
+
+
+def test_max_queues_refuses_mqtt_and_stomp_subscriptions_that_need_a_new_queue(
+    start_broker, tmp_path
+):
+    from mqtt_raw import connect_packet, subscribe_packet
+
+    broker = limited_broker(
+        start_broker,
+        tmp_path,
+        """
+[[vhosts]]
+name = "/"
+max_queues = 1
+""",
+    )
+    connection = pika.BlockingConnection(broker.pika_parameters())
+    connection.channel().queue_declare("the-only-queue")
+    # MQTT: the session's queue cannot be made: SUBACK says failure (0x80).
+    host, port = broker.listeners["mqtt"]
+    with socket.create_connection((host, port), timeout=WAIT) as sock:
+        sock.sendall(connect_packet("max-queues-device"))
+        assert sock.recv(4) == b"\x20\x02\x00\x00"
+        sock.sendall(subscribe_packet(1, ("sensors/#", 1)))
+        suback = b""
+        while len(suback) < 5:
+            chunk = sock.recv(5 - len(suback))
+            if not chunk:
+                break
+            suback += chunk
+        assert suback[:1] == b"\x90" and suback[-1:] == b"\x80", suback
+    # STOMP: a /topic/ subscription needs a queue: ERROR.
+    host, port = broker.listeners["stomp"]
+    with socket.create_connection((host, port), timeout=WAIT) as sock:
+        sock.sendall(b"CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\n\n\x00")
+        sock.sendall(b"SUBSCRIBE\nid:1\ndestination:/topic/news\nreceipt:r1\n\n\x00")
+        data = b""
+        while b"ERROR" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        assert b"ERROR" in data and b"queue limit in vhost '/' (1) is reached" in data, data
+    connection.close()
