@@ -111,6 +111,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         let handshake_timeout = settings.handshake_timeout;
         let mut connection = Connection::new(broker, settings, peer.addr);
         connection.set_certificate_user(peer.certificate_user().map(str::to_owned));
+        connection.set_login_ticket(peer.login_ticket.clone());
         let peer = peer.addr;
         connection.set_alarm(alarm.borrow_and_update().clone());
         let started = Instant::now();

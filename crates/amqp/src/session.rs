@@ -45,6 +45,8 @@ pub struct Session {
     /// This connection's place within the connection and channel limits (from
     /// `connection.open`).
     pub limit_slot: Option<junction_core::limits::ConnectionSlot>,
+    /// Its place among the connections logging in, until `connection.open`.
+    pub login_ticket: Option<Arc<junction_transport::LoginTicket>>,
     /// Frames waiting to be written.
     pub out: Outbox,
     /// Where queues send this connection's deliveries (made by the first consumer).
@@ -90,6 +92,7 @@ impl Session {
             peer,
             certificate_user: None,
             limit_slot: None,
+            login_ticket: None,
             out: Outbox::new(),
             sink: LazyChannel::default(),
             consumer_sink: None,

@@ -58,6 +58,7 @@ where
     // Made before the future, so the task holds only the pointer, not the arguments.
     let mut connection = Box::new(Connection::new(mqtt, peer.addr));
     connection.set_certificate_user(peer.certificate_user());
+    connection.set_login_ticket(peer.login_ticket);
     drive(Box::new(Driver::new(stream, connection)))
 }
 

@@ -103,6 +103,9 @@ pub struct LimitsConfig {
     pub connection_max: usize,
     /// Consumers one AMQP channel may have at once (0: unlimited).
     pub consumer_max_per_channel: usize,
+    /// AMQP, MQTT and STOMP connections (TCP and TLS) that may be logging in at once (0: no
+    /// cap); past it new ones are closed at once.
+    pub unauthenticated_connection_max: usize,
 }
 
 /// Definitions loaded at start (RabbitMQ's `load_definitions`).

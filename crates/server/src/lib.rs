@@ -574,7 +574,12 @@ async fn run(cli: Cli, config: config::Config, junction: Junction) -> anyhow::Re
         shutdown_rx.clone(),
     ));
     tokio::spawn(admin.clone().sample_rates(shutdown_rx.clone()));
-    let mut running = Listeners::new(shutdown_rx.clone(), admin.clone(), handshake_timeout);
+    let mut running = Listeners::new(
+        shutdown_rx.clone(),
+        admin.clone(),
+        handshake_timeout,
+        junction_transport::LoginGate::new(config.limits.unauthenticated_connection_max),
+    );
     for (name, addr, tls) in [
         ("amqp", amqp_addr, None),
         ("amqps", amqps_addr, secure(Alpn::None)),

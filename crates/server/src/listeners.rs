@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Context;
 use junction_transport::{
-    ClientStream, ListenAddr, Peer, TlsListener, WebSocketLimits, WebSocketProtocol,
+    ClientStream, ListenAddr, LoginGate, Peer, TlsListener, WebSocketLimits, WebSocketProtocol,
     WebSocketRoutes, accept_clients, bind_tcp, serve_http, serve_websockets,
 };
 use tokio::net::TcpListener;
@@ -23,15 +23,19 @@ pub struct Listeners {
     admin: Arc<junction_admin::Admin>,
     /// How long an HTTP client has to send a request head (the WebSocket upgrade included).
     head_timeout: std::time::Duration,
+    /// The cap on AMQP, MQTT and STOMP connections logging in at once.
+    gate: LoginGate,
 }
 
 impl Listeners {
     /// No listeners yet; `shutdown` turning true stops them all.
-    /// HTTP clients get `head_timeout` to send each request head.
+    /// HTTP clients get `head_timeout` to send each request head; protocol clients pass
+    /// `gate` before they log in.
     pub fn new(
         shutdown: watch::Receiver<bool>,
         admin: Arc<junction_admin::Admin>,
         head_timeout: std::time::Duration,
+        gate: LoginGate,
     ) -> Self {
         Self {
             tasks: JoinSet::new(),
@@ -39,6 +43,7 @@ impl Listeners {
             connections: Tracker::default(),
             admin,
             head_timeout,
+            gate,
         }
     }
 
@@ -88,6 +93,7 @@ impl Listeners {
             listener,
             self.shutdown.clone(),
             tls,
+            Some(self.gate.clone()),
             move |stream, peer| {
                 let guard = connections.enter();
                 let connection = serve(stream, peer, shutdown.clone());

@@ -48,7 +48,9 @@ pub async fn serve_http(
     app: Router,
 ) {
     let connections = shutdown.clone();
-    accept_clients(listener, shutdown, tls, move |stream, peer| {
+    // No login gate: HTTP requests log in one by one, and WebSocket clients are bounded by
+    // the head timeout and their protocol's own login timeout.
+    accept_clients(listener, shutdown, tls, None, move |stream, peer| {
         serve_connection(stream, peer, app.clone(), head_timeout, connections.clone())
     })
     .await;

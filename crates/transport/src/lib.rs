@@ -21,6 +21,7 @@ mod bridge;
 mod close_request;
 mod conduit;
 mod driver;
+mod gate;
 mod http;
 mod lazy_channel;
 mod park;
@@ -33,6 +34,7 @@ pub use allowance::{Allowance, Metered};
 pub use close_request::CloseRequest;
 pub use conduit::{Conduit, Traffic};
 pub use driver::{Arrival, BrokerSignal, BrokerSignals, Turns, broker_signals};
+pub use gate::{LoginGate, LoginTicket};
 pub use http::{HEADER_READ_TIMEOUT, MAX_HEAD_BUFFER, serve_http};
 pub use lazy_channel::LazyChannel;
 pub use park::{Detach, ParkingLot, Resume, Spot};
@@ -127,11 +129,13 @@ pub async fn accept_loop<F, Fut>(
 
 /// Accepts clients as [`accept_loop`] does, runs each one's TLS handshake when `tls` is
 /// given (within its handshake timeout, in the client's own task), and spawns `handle` for
-/// the connections that got through.
+/// the connections that got through. With a `gate`, each client first takes a login ticket
+/// (closed at once when there is none), which it hands to its protocol in its [`Peer`].
 pub async fn accept_clients<F, Fut>(
     listener: TcpListener,
     shutdown: watch::Receiver<bool>,
     tls: Option<TlsListener>,
+    gate: Option<LoginGate>,
     handle: F,
 ) where
     F: Fn(ClientStream, Peer) -> Fut + Send + Sync + 'static,
@@ -141,14 +145,24 @@ pub async fn accept_clients<F, Fut>(
     accept_loop(listener, shutdown, move |stream, addr| {
         let handle = handle.clone();
         let tls = tls.clone();
+        let ticket = match &gate {
+            None => Ok(None),
+            Some(gate) => gate
+                .enter()
+                .map(|ticket| Some(std::sync::Arc::new(ticket)))
+                .ok_or(()),
+        };
         async move {
-            let (stream, peer) = match tls {
+            // Dropping the stream closes it.
+            let Ok(login_ticket) = ticket else { return };
+            let (stream, mut peer) = match tls {
                 None => (ClientStream::Tcp(stream), Peer::plain(addr)),
                 Some(tls) => match tls.accept(stream, addr).await {
                     Some(accepted) => accepted,
                     None => return,
                 },
             };
+            peer.login_ticket = login_ticket;
             handle(stream, peer).await;
         }
     })

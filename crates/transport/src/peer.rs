@@ -11,6 +11,9 @@ pub struct Peer {
     pub addr: Option<SocketAddr>,
     /// The TLS session, when the connection came over TLS.
     pub tls: Option<Arc<TlsInfo>>,
+    /// Its place among the connections logging in (see [`crate::LoginGate`]): the protocol
+    /// drops it once the client has logged in.
+    pub login_ticket: Option<Arc<crate::gate::LoginTicket>>,
 }
 
 impl Peer {
@@ -19,6 +22,7 @@ impl Peer {
         Self {
             addr: Some(addr),
             tls: None,
+            login_ticket: None,
         }
     }
 

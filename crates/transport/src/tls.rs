@@ -203,6 +203,7 @@ impl TlsListener {
             Peer {
                 addr: Some(addr),
                 tls: Some(Arc::new(info)),
+                login_ticket: None,
             },
         ))
     }

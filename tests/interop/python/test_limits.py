@@ -316,3 +316,43 @@ max_queues = 1
             data += chunk
         assert b"ERROR" in data and b"queue limit in vhost '/' (1) is reached" in data, data
     connection.close()
+
+
+def test_strangers_past_the_unauthenticated_cap_are_closed_at_once(start_broker, tmp_path):
+    broker = limited_broker(
+        start_broker,
+        tmp_path,
+        "[limits]\nhandshake_timeout_ms = 30000\nunauthenticated_connection_max = 10\n",
+    )
+    inside = pika.BlockingConnection(broker.pika_parameters())
+    channel = inside.channel()
+    channel.queue_declare("cap-canary", exclusive=True)
+    names = ["amqp", "mqtt", "stomp"]
+    silent = [socket.create_connection(broker.listeners[names[i % 3]], timeout=WAIT) for i in range(10)]
+    # Each holds its place for the handshake timeout (30 s) unless it logs in or leaves; one
+    # more, on any protocol listener, is closed at once.
+    for name in names:
+        extra = socket.create_connection(broker.listeners[name], timeout=WAIT)
+        started = time.monotonic()
+        extra.settimeout(WAIT)
+        assert extra.recv(1) == b""
+        assert time.monotonic() - started < 5
+        extra.close()
+    # Logged-in clients carry on.
+    channel.basic_publish("", "cap-canary", b"still here")
+    assert channel.basic_get("cap-canary", auto_ack=True)[2] == b"still here"
+    assert "too many connections logging in at once" in broker.log_tail(200)
+    # A stranger that leaves frees its place.
+    silent.pop().close()
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            late = pika.BlockingConnection(broker.pika_parameters())
+            break
+        except pika.exceptions.AMQPConnectionError:
+            assert time.monotonic() < deadline, "the freed place was not given back"
+            time.sleep(0.05)
+    late.close()
+    for sock in silent:
+        sock.close()
+    inside.close()

@@ -193,6 +193,7 @@ impl Connection {
                 AmqpError::connection(code::NOT_ALLOWED, exceeded.to_string())
             })?;
         self.session.limit_slot = slot;
+        self.session.login_ticket = None;
         self.session.vhost = Some(vhost);
         self.session.register(name);
         self.session.send(

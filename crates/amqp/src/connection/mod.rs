@@ -278,6 +278,11 @@ impl Connection {
         self.session.certificate_user = user;
     }
 
+    /// The connection's place among those logging in, given back at `connection.open`.
+    pub fn set_login_ticket(&mut self, ticket: Option<Arc<junction_transport::LoginTicket>>) {
+        self.session.login_ticket = ticket;
+    }
+
     /// Whether the client closed the connection (its connection.close was answered with
     /// close-ok): as in RabbitMQ, the socket then stays open, what still arrives is dropped,
     /// and the client closes it. A client that closes while its publishes are still being

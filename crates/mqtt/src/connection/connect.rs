@@ -185,6 +185,7 @@ impl Connection {
             last_publish: None,
             _limit_slot: limit_slot,
         });
+        self.login_ticket = None;
         // The queue is resumed before the CONNACK, so a refusal can still be its return code
         // (the session's state is saved again when the connection ends).
         if resume && let Err(error) = self.session_queue().await {

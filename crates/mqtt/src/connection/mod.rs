@@ -197,6 +197,8 @@ pub(crate) struct Connection {
     peer: Option<SocketAddr>,
     /// The user name the client's verified TLS certificate carries (until CONNECT).
     certificate_user: Option<Box<str>>,
+    /// Its place among the connections logging in (until CONNECT is accepted).
+    login_ticket: Option<Arc<junction_transport::LoginTicket>>,
     out: BytesMut,
     /// Deliveries from the session's queue (made when the session first needs its queue).
     pub(crate) events: LazyChannel<ConsumerEvent>,
@@ -225,6 +227,7 @@ impl Connection {
             id,
             peer,
             certificate_user: None,
+            login_ticket: None,
             out: BytesMut::new(),
             events: LazyChannel::default(),
             durable: LazyChannel::default(),
@@ -288,6 +291,14 @@ impl Connection {
     /// name logs in as that user, with no password (RabbitMQ's `mqtt.ssl_cert_login`).
     pub(crate) fn set_certificate_user(&mut self, user: Option<&str>) {
         self.certificate_user = user.map(Box::from);
+    }
+
+    /// The connection's place among those logging in, given back once CONNECT is accepted.
+    pub(crate) fn set_login_ticket(
+        &mut self,
+        ticket: Option<Arc<junction_transport::LoginTicket>>,
+    ) {
+        self.login_ticket = ticket;
     }
 
     pub(crate) fn peer(&self) -> Option<SocketAddr> {

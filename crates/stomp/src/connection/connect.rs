@@ -128,6 +128,7 @@ impl Connection {
             receipts: Ledger::new(),
             _limit_slot: limit_slot,
         });
+        self.login_ticket = None;
         // heart-beat is always there (0,0 and STOMP 1.0 too), and names what was negotiated
         // (so a client that asked for none reads 0,0), as RabbitMQ sends it. The client's own
         // negotiation from it comes out the same.

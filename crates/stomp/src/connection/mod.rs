@@ -269,6 +269,8 @@ pub(crate) struct Connection {
     /// The user name the client's verified TLS certificate carries: a CONNECT without a
     /// login logs in as that user, with no passcode (RabbitMQ's `stomp.ssl_cert_login`).
     certificate_user: Option<String>,
+    /// Its place among the connections logging in (until CONNECTED).
+    login_ticket: Option<Arc<junction_transport::LoginTicket>>,
     out: BytesMut,
     decoder: Decoder,
     /// Deliveries from the queues of this connection's subscriptions (made by the first).
@@ -311,6 +313,7 @@ impl Connection {
             id,
             peer,
             certificate_user: None,
+            login_ticket: None,
             out: BytesMut::new(),
             decoder,
             events: LazyChannel::default(),
@@ -386,6 +389,11 @@ impl Connection {
     /// The user name the client's verified TLS certificate carries (see the field).
     pub fn set_certificate_user(&mut self, user: Option<String>) {
         self.certificate_user = user;
+    }
+
+    /// The connection's place among those logging in, given back at CONNECTED.
+    pub fn set_login_ticket(&mut self, ticket: Option<Arc<junction_transport::LoginTicket>>) {
+        self.login_ticket = ticket;
     }
 
     pub(crate) fn peer(&self) -> Option<SocketAddr> {
