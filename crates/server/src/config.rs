@@ -196,6 +196,8 @@ pub struct StompConfig {
     pub max_body_size: usize,
     /// Largest header block accepted, in bytes.
     pub max_header_size: usize,
+    /// Most headers in one frame.
+    pub max_headers: usize,
     /// Whether clients without a login may connect (as `anonymous_user`).
     pub allow_anonymous: bool,
     /// The user anonymous clients log in as.

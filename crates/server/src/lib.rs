@@ -497,6 +497,7 @@ async fn run(cli: Cli, config: config::Config, junction: Junction) -> anyhow::Re
     let stomp_settings = Arc::new(junction_stomp::Settings {
         limits: junction_stomp::codec::Limits {
             max_header_bytes: config.stomp.max_header_size.max(1024),
+            max_headers: config.stomp.max_headers.max(8),
             max_body_bytes: config.stomp.max_body_size,
             ..Default::default()
         },

@@ -231,7 +231,7 @@ def test_malformed_frames_are_errors(raw_stomp, bystander, data):
     refused(client, "Malformed frame")
 
 
-SMALL_FRAMES = "[stomp]\nmax_body_size = 1024\nmax_header_size = 1024\n"
+SMALL_FRAMES = "[stomp]\nmax_body_size = 1024\nmax_header_size = 1024\nmax_headers = 16\n"
 
 
 def write_config(tmp_path: Path, text: str) -> str:
@@ -246,13 +246,14 @@ def write_config(tmp_path: Path, text: str) -> str:
         frame_bytes("SEND", [("destination", "/queue/big")], b"x" * 2048, content_length=True),
         frame_bytes("SEND", [("destination", "/queue/big")], b"x" * 2048),
         frame_bytes("SEND", [("destination", "/queue/big"), ("x-big", "y" * 2048)], b"x"),
+        frame_bytes("SEND", [("destination", "/queue/big")] + [(f"h{i}", "v") for i in range(20)], b"x"),
     ],
-    ids=["body-with-content-length", "body-without-content-length", "headers"],
+    ids=["body-with-content-length", "body-without-content-length", "headers", "header-count"],
 )
 def test_a_frame_over_the_size_limit_is_an_error(start_broker, tmp_path, names, frame):
-    """With max_body_size and max_header_size 1024, a 2 KiB body (announced or not) or a 2 KiB
-    header block is refused with ERROR 'Frame too large'; the broker goes on serving others,
-    and a 1000-byte body is fine."""
+    """With max_body_size and max_header_size 1024 and max_headers 16, a 2 KiB body (announced
+    or not), a 2 KiB header block or 21 headers are refused with ERROR 'Frame too large'; the
+    broker goes on serving others, and a 1000-byte body is fine."""
     private = start_broker(extra_args=["--config", write_config(tmp_path, SMALL_FRAMES)])
     bystander = StompClient(private.listeners["stomp"], "1.2")
     client = RawStomp(private.listeners["stomp"])
