@@ -340,6 +340,7 @@ pub async fn publish_message(
     let seq = channel.confirm.as_mut().map(|confirms| confirms.owe(()));
     let id = channel.id;
     let durable = &mut session.durable;
+    let size = message.body.len();
     let mut publication = Publication::new(exchange, message).mandatory(mandatory);
     if let Some(registration) = &session.registration {
         publication = publication.counted(registration.messages());
@@ -359,6 +360,9 @@ pub async fn publish_message(
     }
     let published = vhost.publish(publication).await;
     published.hold(&mut session.flow);
+    if let Some(slot) = &mut session.limit_slot {
+        slot.charge_publish(size, &mut session.flow);
+    }
     if let Some(returned) = &published.returned {
         let number = channel.id.number;
         session.send(

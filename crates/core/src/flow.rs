@@ -40,6 +40,13 @@ impl FlowHold {
         }
     }
 
+    /// Holds the connection until `deadline` (a publish rate limit's pause).
+    pub fn until(deadline: tokio::time::Instant) -> Self {
+        Self {
+            caught_up: Box::pin(tokio::time::sleep_until(deadline)),
+        }
+    }
+
     /// Ready once the queue has caught up (or gone).
     pub fn poll_caught_up(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         self.caught_up.as_mut().poll(cx)

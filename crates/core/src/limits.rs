@@ -1,8 +1,15 @@
 //! Connection and channel limits: the whole broker's `connection_max`, each vhost's
 //! `max_connections`, each user's `max_connections` and `max_channels` (RabbitMQ's node
-//! limit, vhost limits and user limits). Every protocol asks here once a client has logged
-//! in and named its vhost, and holds the [`ConnectionSlot`] it gets until it closes; AMQP
-//! also counts its channels through the slot.
+//! limit, vhost limits and user limits), and publish rates per user and per connection.
+//! Every protocol asks here once a client has logged in and named its vhost, and holds the
+//! [`ConnectionSlot`] it gets until it closes; AMQP also counts its channels through the slot,
+//! and every publish is charged to it.
+//!
+//! A publish rate (messages and bytes per second, which neither RabbitMQ nor Mosquitto
+//! offer) is a token bucket holding one second's worth: a publisher past it is not refused
+//! and nothing is dropped; its connection is held by flow control ([`FlowHold::until`]),
+//! unread until the bucket has refilled, so TCP pushes back on the client. A user's bucket is
+//! shared by all its connections (a mutex per user, taken only when that user has a rate).
 //!
 //! Logins and channel opens are rare next to messages, so one mutex guards the counts. While
 //! no connection or channel limit is set, nothing is counted and connections hold no slot
@@ -12,6 +19,83 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use tokio::time::{Duration, Instant};
+
+use crate::flow::FlowHold;
+
+/// A publish rate limit (None: unlimited).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PublishRate {
+    /// Messages per second.
+    pub messages: Option<u32>,
+    /// Body bytes per second.
+    pub bytes: Option<u64>,
+}
+
+impl PublishRate {
+    fn is_set(&self) -> bool {
+        self.messages.is_some() || self.bytes.is_some()
+    }
+
+    fn meter(&self) -> Option<Meter> {
+        self.is_set().then(|| Meter {
+            messages: self.messages.map(|rate| Bucket::new(f64::from(rate))),
+            bytes: self.bytes.map(|rate| Bucket::new(rate as f64)),
+        })
+    }
+}
+
+/// A token bucket: `rate` tokens a second, holding at most one second's worth.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: f64) -> Self {
+        let rate = rate.max(1.0);
+        Self {
+            rate,
+            tokens: rate,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes `amount` tokens (going into debt if need be); how long until the debt is paid.
+    fn charge(&mut self, amount: f64, now: Instant) -> Duration {
+        let refill = now.saturating_duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.rate) - amount;
+        self.last = now;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+}
+
+/// The buckets of one publish rate.
+#[derive(Debug)]
+struct Meter {
+    messages: Option<Bucket>,
+    bytes: Option<Bucket>,
+}
+
+impl Meter {
+    fn charge(&mut self, bytes: usize, now: Instant) -> Duration {
+        let messages = self
+            .messages
+            .as_mut()
+            .map_or(Duration::ZERO, |b| b.charge(1.0, now));
+        let bytes = self
+            .bytes
+            .as_mut()
+            .map_or(Duration::ZERO, |b| b.charge(bytes as f64, now));
+        messages.max(bytes)
+    }
+}
 
 /// Limits of one vhost (None: unlimited).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -29,6 +113,8 @@ pub struct UserLimits {
     pub max_connections: Option<usize>,
     /// AMQP channels the user may have open at once, over all its connections.
     pub max_channels: Option<usize>,
+    /// What the user may publish, over all its connections.
+    pub publish_rate: PublishRate,
 }
 
 /// A limit a client ran into; the messages are RabbitMQ's.
@@ -83,6 +169,8 @@ struct Shared {
     vhosts: HashMap<String, VhostLimits>,
     users: HashMap<String, UserLimits>,
     counts: Counts,
+    /// Each rate-limited user's bucket, shared by its connections.
+    meters: HashMap<String, Arc<Mutex<Meter>>>,
 }
 
 /// The broker's connection limits and what is open against them. Cheap to clone.
@@ -137,17 +225,23 @@ impl ConnectionLimits {
             .unwrap_or_default()
     }
 
-    /// Admits a connection of `user` to `vhost`, or says which limit it would exceed. The
-    /// slot counts it until dropped; None when no connection or channel limit is set.
-    pub fn admit(&self, user: &str, vhost: &str) -> Result<Option<ConnectionSlot>, LimitExceeded> {
+    /// Admits a connection of `user` to `vhost`, with `own` publish rate for itself alone,
+    /// or says which limit it would exceed. The slot counts it until dropped; None when no
+    /// connection, channel or rate limit is set.
+    pub fn admit(
+        &self,
+        user: &str,
+        vhost: &str,
+        own: PublishRate,
+    ) -> Result<Option<ConnectionSlot>, LimitExceeded> {
         let mut shared = self.shared.lock();
         let shared = &mut *shared;
-        let any_limit = shared.connection_max.is_some()
+        let any_limit = own.is_set()
+            || shared.connection_max.is_some()
             || shared.vhosts.values().any(|l| l.max_connections.is_some())
-            || shared
-                .users
-                .values()
-                .any(|l| l.max_connections.is_some() || l.max_channels.is_some());
+            || shared.users.values().any(|l| {
+                l.max_connections.is_some() || l.max_channels.is_some() || l.publish_rate.is_set()
+            });
         if !any_limit {
             return Ok(None);
         }
@@ -178,11 +272,24 @@ impl ConnectionLimits {
         shared.counts.total += 1;
         *shared.counts.by_vhost.entry(vhost.to_owned()).or_default() += 1;
         shared.counts.by_user.entry(user.to_owned()).or_default().0 += 1;
+        let user_meter = match shared.users.get(user).and_then(|l| l.publish_rate.meter()) {
+            None => None,
+            Some(meter) => Some(
+                shared
+                    .meters
+                    .entry(user.to_owned())
+                    .or_insert_with(|| Arc::new(Mutex::new(meter)))
+                    .clone(),
+            ),
+        };
         Ok(Some(ConnectionSlot {
             limits: self.clone(),
             user: user.to_owned(),
             vhost: vhost.to_owned(),
             channels: 0,
+            user_meter,
+            own_meter: own.meter(),
+            paused_until: None,
         }))
     }
 
@@ -198,6 +305,10 @@ pub struct ConnectionSlot {
     user: String,
     vhost: String,
     channels: usize,
+    user_meter: Option<Arc<Mutex<Meter>>>,
+    own_meter: Option<Meter>,
+    /// Until when the publisher is paused by its rate.
+    paused_until: Option<Instant>,
 }
 
 impl std::fmt::Debug for ConnectionSlot {
@@ -211,6 +322,48 @@ impl std::fmt::Debug for ConnectionSlot {
 }
 
 impl ConnectionSlot {
+    /// Charges one published message of `bytes` to the user's and the connection's rates;
+    /// past either, holds the connection (in `flow`, unless something holds it already)
+    /// until the debt is paid.
+    pub fn charge_publish(&mut self, bytes: usize, flow: &mut Option<FlowHold>) {
+        if self.user_meter.is_none() && self.own_meter.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let mut wait = self
+            .own_meter
+            .as_mut()
+            .map_or(Duration::ZERO, |meter| meter.charge(bytes, now));
+        if let Some(meter) = &self.user_meter {
+            wait = wait.max(meter.lock().charge(bytes, now));
+        }
+        if !wait.is_zero() {
+            tracing::debug!(user = %self.user, ?wait, "publisher held by its publish rate");
+            self.paused_until = Some(now + wait);
+            if flow.is_none() {
+                *flow = Some(FlowHold::until(now + wait));
+            }
+        }
+    }
+
+    /// Whether the next publish must wait for the rate's pause to end: the adapter leaves it
+    /// unhandled in its buffer (a read brings many), and the connection is held (in `flow`)
+    /// until then.
+    pub fn holds_publish(&mut self, flow: &mut Option<FlowHold>) -> bool {
+        match self.paused_until {
+            Some(until) if Instant::now() < until => {
+                if flow.is_none() {
+                    *flow = Some(FlowHold::until(until));
+                }
+                true
+            }
+            _ => {
+                self.paused_until = None;
+                false
+            }
+        }
+    }
+
     /// Counts a channel this connection opens, or refuses it: the user's `max_channels`.
     pub fn open_channel(&mut self) -> Result<(), LimitExceeded> {
         let mut shared = self.limits.shared.lock();
@@ -275,10 +428,76 @@ impl Drop for ConnectionSlot {
 mod tests {
     use super::*;
 
+    impl ConnectionLimits {
+        fn admit_plain(
+            &self,
+            user: &str,
+            vhost: &str,
+        ) -> Result<Option<ConnectionSlot>, LimitExceeded> {
+            self.admit(user, vhost, PublishRate::default())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_publisher_past_its_rate_is_held_until_the_bucket_refills() {
+        let limits = ConnectionLimits::default();
+        limits.set_user_limits(
+            "sensor",
+            UserLimits {
+                publish_rate: PublishRate {
+                    messages: Some(10),
+                    bytes: None,
+                },
+                ..Default::default()
+            },
+        );
+        let mut first = limits
+            .admit_plain("sensor", "/")
+            .expect("in")
+            .expect("slot");
+        let mut second = limits
+            .admit_plain("sensor", "/")
+            .expect("in")
+            .expect("slot");
+        let mut flow = None;
+        // One second's worth is there at once, shared by the user's connections.
+        for _ in 0..5 {
+            first.charge_publish(10, &mut flow);
+            second.charge_publish(10, &mut flow);
+        }
+        assert!(flow.is_none());
+        second.charge_publish(10, &mut flow);
+        let mut held = flow.take().expect("held past 10 messages");
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        assert!(held.poll_caught_up(&mut cx).is_pending());
+        tokio::time::advance(Duration::from_millis(101)).await;
+        assert!(
+            held.poll_caught_up(&mut cx).is_ready(),
+            "a tenth of a second pays one message"
+        );
+        // A byte rate of its own, for one connection only (MQTT's per-client rate).
+        let mut own = limits
+            .admit(
+                "other",
+                "/",
+                PublishRate {
+                    messages: None,
+                    bytes: Some(1000),
+                },
+            )
+            .expect("in")
+            .expect("slot");
+        own.charge_publish(1000, &mut flow);
+        assert!(flow.is_none());
+        own.charge_publish(500, &mut flow);
+        assert!(flow.is_some());
+    }
+
     #[test]
     fn without_limits_nothing_is_counted() {
         let limits = ConnectionLimits::default();
-        assert!(limits.admit("ann", "/").expect("admitted").is_none());
+        assert!(limits.admit_plain("ann", "/").expect("admitted").is_none());
         assert_eq!(limits.open_connections(), 0);
     }
 
@@ -298,25 +517,34 @@ mod tests {
             UserLimits {
                 max_connections: Some(1),
                 max_channels: Some(2),
+                publish_rate: PublishRate::default(),
             },
         );
         let first = limits
-            .admit("bob", "small")
+            .admit_plain("bob", "small")
             .expect("first in small")
             .expect("counted");
         assert!(matches!(
-            limits.admit("cy", "small"),
+            limits.admit_plain("cy", "small"),
             Err(LimitExceeded::Vhost { limit: 1, .. })
         ));
-        let mut ann = limits.admit("ann", "/").expect("ann").expect("counted");
+        let mut ann = limits
+            .admit_plain("ann", "/")
+            .expect("ann")
+            .expect("counted");
         assert!(matches!(
-            limits.admit("ann", "/"),
+            limits.admit_plain("ann", "/"),
             Err(LimitExceeded::UserConnections { limit: 1, .. })
         ));
-        let _bob = limits.admit("bob", "/").expect("bob");
-        assert_eq!(limits.admit("dee", "/").err(), Some(LimitExceeded::Node(3)));
+        let _bob = limits.admit_plain("bob", "/").expect("bob");
+        assert_eq!(
+            limits.admit_plain("dee", "/").err(),
+            Some(LimitExceeded::Node(3))
+        );
         drop(first);
-        let _cy = limits.admit("cy", "small").expect("a place was freed");
+        let _cy = limits
+            .admit_plain("cy", "small")
+            .expect("a place was freed");
 
         ann.open_channel().expect("1");
         ann.open_channel().expect("2");
@@ -328,7 +556,7 @@ mod tests {
         ann.open_channel().expect("a channel was closed");
         drop(ann);
         let mut again = limits
-            .admit("ann", "/")
+            .admit_plain("ann", "/")
             .expect("ann's slot was freed")
             .expect("counted");
         again

@@ -40,6 +40,9 @@ pub struct Settings {
     pub anonymous_password: String,
     /// How long a client has from connecting to sending CONNECT.
     pub connect_timeout: std::time::Duration,
+    /// What one client (connection) may publish; past it the connection is not read until
+    /// its bucket refills.
+    pub publish_rate_per_client: junction_core::limits::PublishRate,
 }
 
 impl Default for Settings {
@@ -55,6 +58,7 @@ impl Default for Settings {
             anonymous_user: "guest".to_owned(),
             anonymous_password: "guest".to_owned(),
             connect_timeout: std::time::Duration::from_secs(10),
+            publish_rate_per_client: Default::default(),
         }
     }
 }

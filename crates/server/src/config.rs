@@ -184,6 +184,10 @@ pub struct MqttConfig {
     pub anonymous_user: String,
     /// That user's password.
     pub anonymous_password: String,
+    /// Messages per second one client may publish (0: unlimited).
+    pub max_publish_rate_per_client: u32,
+    /// Payload bytes per second one client may publish (0: unlimited).
+    pub max_publish_bytes_rate_per_client: u64,
 }
 
 /// STOMP settings.
@@ -300,6 +304,12 @@ pub struct UserConfig {
     /// AMQP channels the user may have open at once, over all its connections.
     #[serde(default)]
     pub max_channels: Option<usize>,
+    /// Messages per second the user may publish, over all its connections.
+    #[serde(default)]
+    pub max_publish_rate: Option<u32>,
+    /// Body bytes per second the user may publish, over all its connections.
+    #[serde(default)]
+    pub max_publish_bytes_rate: Option<u64>,
 }
 
 /// One user's topic permission on one topic exchange of one vhost.

@@ -440,6 +440,10 @@ async fn run(cli: Cli, config: config::Config, junction: Junction) -> anyhow::Re
             junction_core::limits::UserLimits {
                 max_connections: user.max_connections,
                 max_channels: user.max_channels,
+                publish_rate: junction_core::limits::PublishRate {
+                    messages: user.max_publish_rate,
+                    bytes: user.max_publish_bytes_rate,
+                },
             },
         );
     }
@@ -484,6 +488,12 @@ async fn run(cli: Cli, config: config::Config, junction: Junction) -> anyhow::Re
         anonymous_user: config.mqtt.anonymous_user.clone(),
         anonymous_password: config.mqtt.anonymous_password.clone(),
         connect_timeout: Duration::from_millis(config.limits.handshake_timeout_ms.max(1)),
+        publish_rate_per_client: junction_core::limits::PublishRate {
+            messages: (config.mqtt.max_publish_rate_per_client > 0)
+                .then_some(config.mqtt.max_publish_rate_per_client),
+            bytes: (config.mqtt.max_publish_bytes_rate_per_client > 0)
+                .then_some(config.mqtt.max_publish_bytes_rate_per_client),
+        },
         ..Default::default()
     };
     // An MQTT fixed header adds at most 5 bytes to the remaining length.
@@ -499,7 +509,6 @@ async fn run(cli: Cli, config: config::Config, junction: Junction) -> anyhow::Re
             max_header_bytes: config.stomp.max_header_size.max(1024),
             max_headers: config.stomp.max_headers.max(8),
             max_body_bytes: config.stomp.max_body_size,
-            ..Default::default()
         },
         heartbeat_ms: config.stomp.heartbeat_ms,
         allow_anonymous: config.stomp.allow_anonymous,

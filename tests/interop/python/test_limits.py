@@ -356,3 +356,89 @@ def test_strangers_past_the_unauthenticated_cap_are_closed_at_once(start_broker,
     for sock in silent:
         sock.close()
     inside.close()
+
+
+def queue_depth(channel, queue: str) -> int:
+    return channel.queue_declare(queue, passive=True).method.message_count
+
+
+def test_a_user_past_its_publish_rate_is_slowed_by_flow_control_and_loses_nothing(
+    start_broker, tmp_path
+):
+    """max_publish_rate = 50 for one user: 150 messages need at least 2 s (50 at once, then
+    50 a second), all of them arrive, and another user publishing meanwhile is not slowed."""
+    broker = limited_broker(
+        start_broker,
+        tmp_path,
+        """
+[[users]]
+name = "guest"
+password = "guest"
+tags = ["administrator"]
+permissions = [{ vhost = "/", configure = ".*", write = ".*", read = ".*" }]
+
+[[users]]
+name = "meter"
+password = "meter"
+max_publish_rate = 50
+permissions = [{ vhost = "/", configure = ".*", write = ".*", read = ".*" }]
+""",
+    )
+    observer = pika.BlockingConnection(broker.pika_parameters())
+    watch = observer.channel()
+    watch.queue_declare("rate-limited")
+    watch.queue_declare("rate-free")
+    limited = pika.BlockingConnection(broker.pika_parameters(credentials=pika.PlainCredentials("meter", "meter")))
+    limited_channel = limited.channel()
+    started = time.monotonic()
+    for i in range(150):
+        limited_channel.basic_publish("", "rate-limited", str(i).encode())
+    # guest is not limited: its 500 are all in while meter's are still coming.
+    free = pika.BlockingConnection(broker.pika_parameters())
+    free_channel = free.channel()
+    free_channel.confirm_delivery()
+    for i in range(500):
+        free_channel.basic_publish("", "rate-free", b"x")
+    assert queue_depth(watch, "rate-free") == 500
+    assert queue_depth(watch, "rate-limited") < 150
+    deadline = time.monotonic() + 30
+    while queue_depth(watch, "rate-limited") < 150:
+        assert time.monotonic() < deadline, "the limited publisher's messages did not all arrive"
+        limited.process_data_events(time_limit=0.05)
+    elapsed = time.monotonic() - started
+    assert elapsed >= 1.8, f"150 messages at 50/s took only {elapsed:.2f} s"
+    bodies = [watch.basic_get("rate-limited", auto_ack=True)[2] for _ in range(150)]
+    assert bodies == [str(i).encode() for i in range(150)], "nothing dropped, order kept"
+    for connection in (limited, free, observer):
+        connection.close()
+
+
+def test_an_mqtt_client_past_its_publish_rate_is_slowed_and_loses_nothing(start_broker, tmp_path):
+    import paho.mqtt.client as paho
+
+    broker = limited_broker(start_broker, tmp_path, "[mqtt]\nmax_publish_rate_per_client = 50\n")
+    observer = pika.BlockingConnection(broker.pika_parameters())
+    watch = observer.channel()
+    watch.queue_declare("mqtt-rate")
+    watch.queue_bind("mqtt-rate", "amq.topic", "meter.readings")
+    device = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="rate-device")
+    device.username_pw_set("guest", "guest")
+    host, port = broker.listeners["mqtt"]
+    device.connect(host, port)
+    device.loop_start()
+    try:
+        started = time.monotonic()
+        for i in range(150):
+            device.publish("meter/readings", str(i).encode(), qos=1)
+        deadline = time.monotonic() + 30
+        while queue_depth(watch, "mqtt-rate") < 150:
+            assert time.monotonic() < deadline, "the device's messages did not all arrive"
+            time.sleep(0.05)
+        elapsed = time.monotonic() - started
+        assert elapsed >= 1.8, f"150 messages at 50/s took only {elapsed:.2f} s"
+    finally:
+        device.loop_stop()
+        device.disconnect()
+    bodies = [watch.basic_get("mqtt-rate", auto_ack=True)[2] for _ in range(150)]
+    assert bodies == [str(i).encode() for i in range(150)]
+    observer.close()

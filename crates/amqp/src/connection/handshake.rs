@@ -187,7 +187,7 @@ impl Connection {
             .session
             .broker
             .limits()
-            .admit(&principal.user.name, name)
+            .admit(&principal.user.name, name, Default::default())
             .map_err(|exceeded| {
                 tracing::info!(peer = ?self.session.peer, %exceeded, "connection refused");
                 AmqpError::connection(code::NOT_ALLOWED, exceeded.to_string())

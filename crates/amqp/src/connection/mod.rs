@@ -225,13 +225,19 @@ impl Connection {
     fn holds_publish(&mut self, buffer: &[u8]) -> bool {
         /// Frame type, channel and payload size come before a method frame's class and method.
         const METHOD_IDS_AT: usize = 7;
-        let held = self.alarm.is_some()
-            && self.state == State::Open
+        let publish = self.state == State::Open
             && buffer.first() == Some(&FRAME_METHOD)
             && buffer
                 .get(METHOD_IDS_AT..)
                 .and_then(method_ids)
                 .is_some_and(|ids| ids == BASIC_PUBLISH);
+        let session = &mut self.session;
+        let paused = publish
+            && session
+                .limit_slot
+                .as_mut()
+                .is_some_and(|slot| slot.holds_publish(&mut session.flow));
+        let held = publish && (self.alarm.is_some() || paused);
         self.session.has_published |= held;
         held
     }

@@ -100,7 +100,11 @@ impl Connection {
                 return Ok(self.refuse(ConnectReturnCode::NotAuthorized));
             }
         };
-        let limit_slot = match broker.limits().admit(&principal.user.name, &vhost_name) {
+        let limit_slot = match broker.limits().admit(
+            &principal.user.name,
+            &vhost_name,
+            settings.publish_rate_per_client,
+        ) {
             Ok(slot) => slot.map(Box::new),
             Err(exceeded) => {
                 tracing::info!(peer = ?self.peer, %exceeded, "MQTT connection refused");
@@ -183,7 +187,7 @@ impl Connection {
             will: connect.will.map(Box::new),
             access: None,
             last_publish: None,
-            _limit_slot: limit_slot,
+            limit_slot,
         });
         self.login_ticket = None;
         // The queue is resumed before the CONNACK, so a refusal can still be its return code

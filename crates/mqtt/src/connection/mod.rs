@@ -116,7 +116,7 @@ struct Session {
     /// The routing key of the last PUBLISH allowed, and until when that answer holds.
     last_publish: Option<(Box<str>, std::time::Instant)>,
     /// Its place within the connection limits (None while no limit is set).
-    _limit_slot: Option<Box<junction_core::limits::ConnectionSlot>>,
+    limit_slot: Option<Box<junction_core::limits::ConnectionSlot>>,
 }
 
 /// What a session tracks once it subscribes or exchanges packets with identifiers.
@@ -342,11 +342,18 @@ impl Connection {
     /// so the driver stops reading it: the alarm blocks a connection's first publication as
     /// well as later ones, and a stream of fresh connections cannot queue one message each.
     fn holds_publish(&mut self, buffer: &[u8]) -> bool {
-        let held = self.alarm
-            && self.session.is_some()
-            && buffer
-                .first()
-                .is_some_and(|first| first >> 4 == PUBLISH_TYPE);
+        let publish = buffer
+            .first()
+            .is_some_and(|first| first >> 4 == PUBLISH_TYPE);
+        let Some(session) = &mut self.session else {
+            return false;
+        };
+        let paused = publish
+            && session
+                .limit_slot
+                .as_mut()
+                .is_some_and(|slot| slot.holds_publish(&mut self.flow));
+        let held = publish && (self.alarm || paused);
         self.has_published |= held;
         held
     }

@@ -72,6 +72,7 @@ impl Connection {
         // The acknowledgement is owed in PUBLISH order, waiting until the publication says
         // whether its message goes to disk.
         let seq = ack.map(|ack| session.flow().acks.owe(ack));
+        let size = publish.payload.len();
         let published = route(
             session,
             counters,
@@ -82,6 +83,9 @@ impl Connection {
         )
         .await;
         published.hold(&mut self.flow);
+        if let Some(slot) = &mut session.limit_slot {
+            slot.charge_publish(size, &mut self.flow);
+        }
         match (published.stored, seq) {
             (Persisted::Pending, _) | (_, None) => {}
             // Not written: it goes as soon as those before it have.

@@ -79,7 +79,7 @@ impl Connection {
         let limit_slot = self
             .broker
             .limits()
-            .admit(&principal.user.name, &vhost_name)
+            .admit(&principal.user.name, &vhost_name, Default::default())
             .map_err(|exceeded| {
                 tracing::info!(peer = ?self.peer, %exceeded, "STOMP connection refused");
                 Refusal::new("Bad CONNECT", exceeded.to_string())
@@ -126,7 +126,7 @@ impl Connection {
             temp_queues: HashMap::new(),
             permissions: junction_core::auth::AccessCache::new(),
             receipts: Ledger::new(),
-            _limit_slot: limit_slot,
+            limit_slot,
         });
         self.login_ticket = None;
         // heart-beat is always there (0,0 and STOMP 1.0 too), and names what was negotiated

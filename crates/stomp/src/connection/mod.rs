@@ -195,7 +195,7 @@ struct Session {
     /// written, so a receipt goes only once every SEND before it is on disk.
     receipts: Ledger<Option<String>>,
     /// Its place within the connection limits (None while no limit is set).
-    _limit_slot: Option<junction_core::limits::ConnectionSlot>,
+    limit_slot: Option<junction_core::limits::ConnectionSlot>,
 }
 
 impl Session {
@@ -358,7 +358,16 @@ impl Connection {
     /// so the driver stops reading it: the alarm blocks a connection's first SEND as well as
     /// later ones, and a stream of fresh connections cannot queue one message each.
     fn holds_send(&mut self, buffer: &[u8]) -> bool {
-        let held = self.alarm && self.session.is_some() && next_command_is_send(buffer);
+        let send = next_command_is_send(buffer);
+        let Some(session) = &mut self.session else {
+            return false;
+        };
+        let paused = send
+            && session
+                .limit_slot
+                .as_mut()
+                .is_some_and(|slot| slot.holds_publish(&mut self.flow));
+        let held = send && (self.alarm || paused);
         self.has_published |= held;
         held
     }

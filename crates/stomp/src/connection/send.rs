@@ -96,6 +96,7 @@ impl Connection {
         session
             .authorize_topic(&exchange, key, Permission::Write)
             .await?;
+        let size = frame.body.len();
         let message = Message::new(exchange_name, key, properties, frame.body);
         let mut publication = Publication::new(&exchange, message);
         if let Some(registration) = registration {
@@ -114,6 +115,9 @@ impl Connection {
         }
         let published = session.vhost.publish(publication).await;
         published.hold(&mut self.flow);
+        if let Some(slot) = &mut session.limit_slot {
+            slot.charge_publish(size, &mut self.flow);
+        }
         match (published.stored, seq) {
             (Persisted::Pending, _) | (_, None) => Ok(()),
             (Persisted::Unneeded, Some(seq)) => {
