@@ -455,3 +455,66 @@ def test_a_silent_tls_client_is_closed_after_the_handshake_timeout(start_broker,
         started = time.monotonic()
         assert silent.recv(1) == b""
         assert time.monotonic() - started < WAIT
+
+
+def non_loopback_address() -> str | None:
+    """An IPv4 address of this machine that is not loopback, if it has one."""
+    try:
+        out = subprocess.run(
+            ["ip", "-o", "-4", "addr", "show", "scope", "global"], capture_output=True, text=True, timeout=5
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in out.splitlines():
+        words = line.split()
+        if "inet" in words:
+            return words[words.index("inet") + 1].split("/")[0]
+    return None
+
+
+def test_guest_stays_loopback_only_over_tls_and_by_certificate(start_broker, junction_bin, tmp_path):
+    address = non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    certs = make_certs(junction_bin, tmp_path / "certs", "guest", "device-7")
+    config = tls_config(tmp_path / "tls.toml", certs)
+    broker = start_broker(
+        extra_args=["--config", str(config), "--amqps", "0.0.0.0:0", "--mqtts", "0.0.0.0:0", "--stomps", "0.0.0.0:0"]
+    )
+    amqps = broker.listeners["amqps"][1]
+
+    def pika_from_afar(context, credentials):
+        return pika.BlockingConnection(
+            pika.ConnectionParameters(
+                host=address,
+                port=amqps,
+                ssl_options=pika.SSLOptions(context, "localhost"),
+                credentials=credentials,
+                connection_attempts=1,
+                socket_timeout=5,
+            )
+        )
+
+    with pytest.raises(pika.exceptions.AMQPError):
+        pika_from_afar(client_context(certs), pika.PlainCredentials("guest", "guest"))
+    with pytest.raises(pika.exceptions.AMQPError):
+        pika_from_afar(client_context(certs, "guest"), pika.credentials.ExternalCredentials())
+    # device-7 may log in from anywhere, by certificate too.
+    connection = pika_from_afar(client_context(certs, "device-7"), pika.credentials.ExternalCredentials())
+    assert round_trip(connection) == b"over TLS"
+    connection.close()
+    # MQTT: guest's certificate, and the anonymous login (guest), are refused from afar.
+    mqtts = broker.listeners["mqtts"][1]
+    for client in ("guest", None):
+        mqtt = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"afar-{uuid.uuid4().hex[:8]}")
+        context = client_context(certs, client)
+        context.check_hostname = False
+        mqtt.tls_set_context(context)
+        codes: list = []
+        mqtt.on_connect = lambda c, u, f, reason, p: codes.append(reason)
+        mqtt.connect(address, mqtts)
+        deadline = time.monotonic() + WAIT
+        while not codes and time.monotonic() < deadline:
+            mqtt.loop(timeout=0.1)
+        assert codes and codes[0].value != 0, f"guest logged in from {address} ({client})"
+    assert "can only connect via localhost" in broker.log_tail(200)
