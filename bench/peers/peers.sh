@@ -100,6 +100,21 @@ start_rabbitmq() {
   head -c 20 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$rmq_dir/home/.erlang.cookie"
   chmod 400 "$rmq_dir/home/.erlang.cookie"
   cp "$here/rabbitmq.conf" "$rmq_dir/rabbitmq.conf"
+  # PEER_TLS_DIR (ca.pem, server.pem, server.key, as junction-test-certs makes them) adds
+  # RabbitMQ's TLS listeners: AMQPS on 5681 and MQTTS on 8893.
+  if [ -n "${PEER_TLS_DIR:-}" ]; then
+    cat >> "$rmq_dir/rabbitmq.conf" <<TLS
+listeners.ssl.default = 127.0.0.1:5681
+mqtt.listeners.ssl.default = 127.0.0.1:8893
+ssl_options.cacertfile = $PEER_TLS_DIR/ca.pem
+ssl_options.certfile = $PEER_TLS_DIR/server.pem
+ssl_options.keyfile = $PEER_TLS_DIR/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
+ssl_options.versions.1 = tlsv1.3
+ssl_options.versions.2 = tlsv1.2
+TLS
+  fi
   rmq_env "$rmq_bin/rabbitmq-plugins" enable --offline rabbitmq_mqtt rabbitmq_stomp >/dev/null
 
   # Erlang opens a descriptor per connection; the idle-connection scenario needs thousands.

@@ -31,6 +31,8 @@ use crate::report::{Summary, report};
 /// How a run publishes and routes, worked out from the options.
 struct Plan {
     url: String,
+    /// The CA to trust over TLS (amqps).
+    cacert: Option<std::path::PathBuf>,
     exchange: String,
     queues: Vec<String>,
     /// Whether every queue gets a copy of every message.
@@ -57,8 +59,13 @@ impl Plan {
                 } else {
                     endpoint.host
                 };
+                let scheme = if common.cacert.is_some() {
+                    "amqps"
+                } else {
+                    "amqp"
+                };
                 format!(
-                    "amqp://{}:{}@{host}:{}/%2f",
+                    "{scheme}://{}:{}@{host}:{}/%2f",
                     endpoint.user, endpoint.password, endpoint.port
                 )
             }
@@ -75,6 +82,7 @@ impl Plan {
         );
         Ok(Plan {
             url,
+            cacert: common.cacert.clone(),
             to_every_queue: !exchange.is_empty() && (fanout || args.routing_key.is_some()),
             declare_exchange: !exchange.is_empty() && !exchange.starts_with("amq."),
             exchange,
@@ -91,10 +99,25 @@ impl Plan {
     }
 }
 
-async fn connect(url: &str) -> anyhow::Result<Connection> {
-    Connection::connect(url, ConnectionProperties::default())
-        .await
-        .with_context(|| format!("cannot connect to {url}"))
+async fn connect(url: &str, cacert: Option<&std::path::Path>) -> anyhow::Result<Connection> {
+    let connected = match cacert {
+        None => Connection::connect(url, ConnectionProperties::default()).await,
+        Some(path) => {
+            let chain = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            Connection::connect_with_config(
+                url,
+                ConnectionProperties::default(),
+                lapin::tcp::OwnedTLSConfig {
+                    identity: None,
+                    cert_chain: Some(chain),
+                },
+                lapin::runtime::default_runtime()?,
+            )
+            .await
+        }
+    };
+    connected.with_context(|| format!("cannot connect to {url}"))
 }
 
 /// Deletes what earlier runs may have left, then declares the exchange, the queues and their
@@ -194,7 +217,7 @@ pub async fn run(args: AmqpArgs) -> anyhow::Result<i32> {
     let mut bench = Bench::new(&args.common)?;
     let plan = Arc::new(Plan::new(&args)?);
     let common = bench.common.clone();
-    let setup = connect(&plan.url).await?;
+    let setup = connect(&plan.url, plan.cacert.as_deref()).await?;
     if !args.existing {
         declare(&setup, &plan, &args).await?;
     }
@@ -206,7 +229,7 @@ pub async fn run(args: AmqpArgs) -> anyhow::Result<i32> {
     });
     let mut consumers = Vec::with_capacity(common.consumers);
     for index in 0..common.consumers {
-        let connection = connect(&plan.url).await?;
+        let connection = connect(&plan.url, plan.cacert.as_deref()).await?;
         let channel = connection.create_channel().await?;
         if !args.auto_ack {
             channel
@@ -257,9 +280,10 @@ pub async fn run(args: AmqpArgs) -> anyhow::Result<i32> {
             confirm_deadline: bench.confirm_deadline(),
         };
         let url = plan.url.clone();
+        let cacert = plan.cacert.clone();
         let pacer = bench.pacer(index);
         producers.push(tokio::spawn(async move {
-            let connection = connect(&url).await?;
+            let connection = connect(&url, cacert.as_deref()).await?;
             let result = producer.run(&connection, pacer).await;
             let _ = connection.close(200, "bye".into()).await;
             result

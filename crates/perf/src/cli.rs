@@ -245,6 +245,9 @@ pub struct Common {
     /// No progress line every second, only the summary and the JSON line.
     #[arg(long)]
     pub quiet: bool,
+    /// Connect over TLS, trusting the CA certificates in this PEM file (AMQP: amqps).
+    #[arg(long)]
+    pub cacert: Option<std::path::PathBuf>,
 }
 
 /// Options of an AMQP run.
@@ -373,6 +376,8 @@ pub struct Endpoint {
     pub user: String,
     /// Password.
     pub password: String,
+    /// TLS, when the run is over TLS.
+    pub tls: Option<crate::net::Tls>,
 }
 
 impl Common {
@@ -384,6 +389,10 @@ impl Common {
             port: self.port.unwrap_or(default_port),
             user: self.user.clone(),
             password: self.password.clone(),
+            tls: match &self.cacert {
+                Some(cacert) => Some(crate::net::Tls::trusting(cacert)?),
+                None => None,
+            },
         };
         let Some(url) = &self.url else {
             return Ok(endpoint);

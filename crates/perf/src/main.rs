@@ -9,6 +9,7 @@ mod delayed;
 mod memory;
 mod mqtt;
 mod mqtt_wire;
+mod net;
 mod payload;
 mod report;
 mod stall;

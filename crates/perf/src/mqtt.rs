@@ -13,12 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::net::{ReadHalf as OwnedReadHalf, WriteHalf as OwnedWriteHalf};
 use anyhow::Context;
 use bytes::{Buf, BytesMut};
 use serde_json::{Map, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Mutex, Semaphore, watch};
 
 use crate::amqp::rate_text;
@@ -231,15 +230,12 @@ pub async fn connect(
     client_id: &str,
     clean_session: bool,
 ) -> anyhow::Result<(Reader, OwnedWriteHalf)> {
-    let stream = tokio::time::timeout(
+    let (read, mut write) = tokio::time::timeout(
         SETUP_TIMEOUT,
-        TcpStream::connect((endpoint.host.as_str(), endpoint.port)),
+        crate::net::open(&endpoint.host, endpoint.port, endpoint.tls.as_ref()),
     )
     .await
-    .context("connecting took too long")?
-    .with_context(|| format!("cannot connect to {}:{}", endpoint.host, endpoint.port))?;
-    stream.set_nodelay(true)?;
-    let (read, mut write) = stream.into_split();
+    .context("connecting took too long")??;
     let mut out = Vec::new();
     mqtt_wire::connect(
         &mut out,

@@ -34,6 +34,7 @@ pub async fn run(args: StallArgs) -> anyhow::Result<i32> {
         }),
         user: args.user.clone(),
         password: args.password.clone(),
+        tls: None,
     };
     if args.prepare {
         anyhow::ensure!(

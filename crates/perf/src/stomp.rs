@@ -6,12 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::net::{ReadHalf as OwnedReadHalf, WriteHalf as OwnedWriteHalf};
 use anyhow::Context;
 use bytes::{Buf, Bytes, BytesMut};
 use serde_json::{Map, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, watch};
 
 use crate::amqp::rate_text;
@@ -192,11 +191,8 @@ pub async fn connect(
     endpoint: &Endpoint,
     vhost: &str,
 ) -> anyhow::Result<(Reader, OwnedWriteHalf, String)> {
-    let stream = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
-        .await
-        .with_context(|| format!("cannot connect to {}:{}", endpoint.host, endpoint.port))?;
-    stream.set_nodelay(true)?;
-    let (read, mut write) = stream.into_split();
+    let (read, mut write) =
+        crate::net::open(&endpoint.host, endpoint.port, endpoint.tls.as_ref()).await?;
     let connect = format!(
         "CONNECT\naccept-version:1.0,1.1,1.2\nhost:{vhost}\nlogin:{}\npasscode:{}\nheart-beat:0,0\n\n\0",
         endpoint.user, endpoint.password

@@ -1,0 +1,78 @@
+//! Connections of the MQTT and STOMP clients: plain TCP, or TLS when `--cacert` names the CA
+//! the broker's certificate is checked against (rustls, the same library the broker uses, so a
+//! TLS run costs both brokers under test the same on the client side).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+/// The reading half of a connection.
+pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The writing half of a connection.
+pub type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// A TLS client configuration trusting one CA file.
+#[derive(Clone)]
+pub struct Tls {
+    connector: tokio_rustls::TlsConnector,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tls")
+    }
+}
+
+impl Tls {
+    /// Trusts the CA certificates in the PEM file `cacert`.
+    pub fn trusting(cacert: &Path) -> anyhow::Result<Self> {
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in CertificateDer::pem_file_iter(cacert)
+            .with_context(|| format!("cannot read {}", cacert.display()))?
+        {
+            roots.add(certificate.with_context(|| format!("bad PEM in {}", cacert.display()))?)?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(Self {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        })
+    }
+}
+
+/// Connects to `host:port`, over TLS with `tls` (the certificate must name `host`).
+pub async fn open(
+    host: &str,
+    port: u16,
+    tls: Option<&Tls>,
+) -> anyhow::Result<(ReadHalf, WriteHalf)> {
+    let stream = TcpStream::connect((host, port))
+        .await
+        .with_context(|| format!("cannot connect to {host}:{port}"))?;
+    stream.set_nodelay(true)?;
+    match tls {
+        None => {
+            let (read, write) = stream.into_split();
+            Ok((Box::new(read), Box::new(write)))
+        }
+        Some(tls) => {
+            let name = ServerName::try_from(host.to_owned())?;
+            let stream = tls
+                .connector
+                .connect(name, stream)
+                .await
+                .with_context(|| format!("TLS handshake with {host}:{port} failed"))?;
+            let (read, write) = tokio::io::split(stream);
+            Ok((Box::new(read), Box::new(write)))
+        }
+    }
+}
