@@ -17,6 +17,15 @@ from processes import JunctionBroker
 
 WAIT = 10.0
 
+#: guest as the default configuration has it (arrays of tables replace the default's).
+GUEST = """
+[[users]]
+name = "guest"
+password = "guest"
+tags = ["administrator"]
+permissions = [{ vhost = "/", configure = ".*", write = ".*", read = ".*" }]
+"""
+
 
 def raise_open_files(needed: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -216,12 +225,7 @@ def test_user_limits_cap_its_connections_and_channels(start_broker, tmp_path):
     broker = limited_broker(
         start_broker,
         tmp_path,
-        """
-[[users]]
-name = "guest"
-password = "guest"
-tags = ["administrator"]
-permissions = [{ vhost = "/", configure = ".*", write = ".*", read = ".*" }]
+        GUEST + """
 
 [[users]]
 name = "capped"
@@ -370,12 +374,7 @@ def test_a_user_past_its_publish_rate_is_slowed_by_flow_control_and_loses_nothin
     broker = limited_broker(
         start_broker,
         tmp_path,
-        """
-[[users]]
-name = "guest"
-password = "guest"
-tags = ["administrator"]
-permissions = [{ vhost = "/", configure = ".*", write = ".*", read = ".*" }]
+        GUEST + """
 
 [[users]]
 name = "meter"
