@@ -441,3 +441,34 @@ def test_an_mqtt_client_past_its_publish_rate_is_slowed_and_loses_nothing(start_
     bodies = [watch.basic_get("mqtt-rate", auto_ack=True)[2] for _ in range(150)]
     assert bodies == [str(i).encode() for i in range(150)]
     observer.close()
+
+
+def test_channel_max_and_max_message_size_over_amqp(start_broker, tmp_path):
+    """[amqp] channel_max = 4: channel 5 closes the connection with 504; max_message_size =
+    1024: a 2 KiB body closes its channel with 406; other clients and channels carry on."""
+    from amqp_raw import Closed, RawAmqp, method, shortstr
+
+    broker = limited_broker(start_broker, tmp_path, "[amqp]\nchannel_max = 4\nmax_message_size = 1024\n")
+    client = RawAmqp(broker.listeners["amqp"]).open()
+    for number in (2, 3, 4):
+        client.send(method(number, 20, 10, shortstr("")))
+        client.read_method()
+    client.send(method(5, 20, 10, shortstr("")))
+    with pytest.raises(Closed) as refused:
+        client.read_method()
+    assert (refused.value.scope, refused.value.code) == ("connection", 504)
+    assert "channel number 5 exceeds channel_max 4" in refused.value.text
+    client.close()
+
+    connection = pika.BlockingConnection(broker.pika_parameters())
+    channel = connection.channel()
+    channel.queue_declare("size-limited", exclusive=True)
+    channel.confirm_delivery()
+    channel.basic_publish("", "size-limited", b"x" * 1000)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as too_big:
+        channel.basic_publish("", "size-limited", b"x" * 2048)
+    assert too_big.value.reply_code == 406
+    assert "message size 2048 is larger than configured max size 1024" in too_big.value.reply_text
+    other = connection.channel()
+    assert other.queue_declare("size-limited", passive=True).method.message_count == 1
+    connection.close()
