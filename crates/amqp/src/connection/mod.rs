@@ -225,6 +225,10 @@ impl Connection {
     fn holds_publish(&mut self, buffer: &[u8]) -> bool {
         /// Frame type, channel and payload size come before a method frame's class and method.
         const METHOD_IDS_AT: usize = 7;
+        // Nothing can hold a publish (the usual case): no look at the frame.
+        if self.alarm.is_none() && self.session.limit_slot.is_none() {
+            return false;
+        }
         let publish = self.state == State::Open
             && buffer.first() == Some(&FRAME_METHOD)
             && buffer

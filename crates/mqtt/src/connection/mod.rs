@@ -342,12 +342,16 @@ impl Connection {
     /// so the driver stops reading it: the alarm blocks a connection's first publication as
     /// well as later ones, and a stream of fresh connections cannot queue one message each.
     fn holds_publish(&mut self, buffer: &[u8]) -> bool {
-        let publish = buffer
-            .first()
-            .is_some_and(|first| first >> 4 == PUBLISH_TYPE);
         let Some(session) = &mut self.session else {
             return false;
         };
+        // Nothing can hold a publish (the usual case): no look at the packet.
+        if !self.alarm && session.limit_slot.is_none() {
+            return false;
+        }
+        let publish = buffer
+            .first()
+            .is_some_and(|first| first >> 4 == PUBLISH_TYPE);
         let paused = publish
             && session
                 .limit_slot

@@ -358,10 +358,14 @@ impl Connection {
     /// so the driver stops reading it: the alarm blocks a connection's first SEND as well as
     /// later ones, and a stream of fresh connections cannot queue one message each.
     fn holds_send(&mut self, buffer: &[u8]) -> bool {
-        let send = next_command_is_send(buffer);
         let Some(session) = &mut self.session else {
             return false;
         };
+        // Nothing can hold a SEND (the usual case): no look at the frame.
+        if !self.alarm && session.limit_slot.is_none() {
+            return false;
+        }
+        let send = next_command_is_send(buffer);
         let paused = send
             && session
                 .limit_slot
