@@ -57,8 +57,7 @@ where
 {
     // Made before the future, so the task holds only the pointer, not the arguments.
     let mut connection = Box::new(Connection::new(mqtt, peer.addr));
-    connection.set_certificate_user(peer.certificate_user());
-    connection.set_login_ticket(peer.login_ticket);
+    connection.set_pre_login(peer);
     drive(Box::new(Driver::new(stream, connection)))
 }
 

@@ -42,7 +42,9 @@ impl Connection {
         };
 
         let settings = &self.mqtt.settings;
-        let certificate_user = self.certificate_user.take();
+        // Its login ticket goes with it at the end of this CONNECT, accepted or not.
+        let pre_login = self.pre_login.take();
+        let certificate_user = pre_login.as_ref().and_then(|p| p.certificate_user.clone());
         let by_certificate = connect.username.is_none() && certificate_user.is_some();
         let anonymous = connect.username.is_none() && !by_certificate;
         let (login, password) = match (&connect.username, &connect.password) {
@@ -56,7 +58,7 @@ impl Connection {
                 };
                 (user.clone(), password)
             }
-            (None, _) if let Some(user) = certificate_user => (user.into(), String::new()),
+            (None, _) if let Some(user) = certificate_user => (user, String::new()),
             (None, _) if settings.allow_anonymous => (
                 settings.anonymous_user.clone(),
                 settings.anonymous_password.clone(),
@@ -189,7 +191,6 @@ impl Connection {
             last_publish: None,
             limit_slot,
         });
-        self.login_ticket = None;
         // The queue is resumed before the CONNACK, so a refusal can still be its return code
         // (the session's state is saved again when the connection ends).
         if resume && let Err(error) = self.session_queue().await {

@@ -190,15 +190,21 @@ impl Session {
     }
 }
 
+/// What a connection keeps from its transport until CONNECT.
+struct PreLogin {
+    certificate_user: Option<String>,
+    /// Held until CONNECT is handled (see `junction_transport::LoginGate`).
+    _ticket: Option<Arc<junction_transport::LoginTicket>>,
+}
+
 /// One MQTT connection.
 pub(crate) struct Connection {
     mqtt: Arc<Mqtt>,
     id: ConnectionId,
     peer: Option<SocketAddr>,
-    /// The user name the client's verified TLS certificate carries (until CONNECT).
-    certificate_user: Option<Box<str>>,
-    /// Its place among the connections logging in (until CONNECT is accepted).
-    login_ticket: Option<Arc<junction_transport::LoginTicket>>,
+    /// What the transport said of the client, until CONNECT (one word while it is gone:
+    /// connections are many).
+    pre_login: Option<Box<PreLogin>>,
     out: BytesMut,
     /// Deliveries from the session's queue (made when the session first needs its queue).
     pub(crate) events: LazyChannel<ConsumerEvent>,
@@ -226,8 +232,7 @@ impl Connection {
             mqtt,
             id,
             peer,
-            certificate_user: None,
-            login_ticket: None,
+            pre_login: None,
             out: BytesMut::new(),
             events: LazyChannel::default(),
             durable: LazyChannel::default(),
@@ -287,18 +292,16 @@ impl Connection {
     }
 
     /// The client's address.
-    /// The user name the client's verified TLS certificate carries: a CONNECT without a user
-    /// name logs in as that user, with no password (RabbitMQ's `mqtt.ssl_cert_login`).
-    pub(crate) fn set_certificate_user(&mut self, user: Option<&str>) {
-        self.certificate_user = user.map(Box::from);
-    }
-
-    /// The connection's place among those logging in, given back once CONNECT is accepted.
-    pub(crate) fn set_login_ticket(
-        &mut self,
-        ticket: Option<Arc<junction_transport::LoginTicket>>,
-    ) {
-        self.login_ticket = ticket;
+    /// What the transport said of the client: the user name its verified TLS certificate
+    /// carries (a CONNECT without a user name logs in as that user, with no password, as
+    /// RabbitMQ's `mqtt.ssl_cert_login`), and its place among the connections logging in.
+    pub(crate) fn set_pre_login(&mut self, peer: junction_transport::Peer) {
+        if peer.certificate_user().is_some() || peer.login_ticket.is_some() {
+            self.pre_login = Some(Box::new(PreLogin {
+                certificate_user: peer.certificate_user().map(str::to_owned),
+                _ticket: peer.login_ticket,
+            }));
+        }
     }
 
     pub(crate) fn peer(&self) -> Option<SocketAddr> {
