@@ -63,7 +63,7 @@ pub async fn run(args: MqttArgs) -> anyhow::Result<i32> {
         let (mut reader, mut write) = connect(&endpoint, &name, true).await?;
         let mut out = Vec::new();
         mqtt_wire::subscribe(&mut out, 1, &topic, qos);
-        write.write_all(&out).await?;
+        crate::net::send(&mut write, &out).await?;
         tokio::time::timeout(SETUP_TIMEOUT, reader.expect(mqtt_wire::SUBACK))
             .await
             .context("no SUBACK in time")??
@@ -246,7 +246,7 @@ pub async fn connect(
             credentials: Some((&endpoint.user, &endpoint.password)),
         },
     );
-    write.write_all(&out).await?;
+    crate::net::send(&mut write, &out).await?;
     let mut reader = Reader {
         read,
         buf: BytesMut::with_capacity(READ_GROW),
@@ -304,7 +304,7 @@ async fn subscribe(
                     _ => {}
                 })?;
                 if !acks.is_empty() {
-                    write.write_all(&acks).await?;
+                    crate::net::send(&mut write, &acks).await?;
                     acks.clear();
                 }
                 if coalesce && reader.last_read < SMALL_READ {
@@ -314,7 +314,7 @@ async fn subscribe(
         }
     }
     mqtt_wire::disconnect(&mut acks);
-    let _ = write.write_all(&acks).await;
+    let _ = crate::net::send(&mut write, &acks).await;
     Ok(stats)
 }
 
@@ -400,7 +400,7 @@ impl Publisher {
             if batch == 0 {
                 continue;
             }
-            if let Err(error) = write.lock().await.write_all(&frames).await {
+            if let Err(error) = crate::net::send(&mut *write.lock().await, &frames).await {
                 return Err(match listener.await {
                     Ok(Err(broker)) => broker.context("publisher connection failed"),
                     _ => error.into(),
@@ -426,7 +426,7 @@ impl Publisher {
             let mut write = write.lock().await;
             let mut bye = Vec::new();
             mqtt_wire::disconnect(&mut bye);
-            let _ = write.write_all(&bye).await;
+            let _ = crate::net::send(&mut write, &bye).await;
             let _ = write.shutdown().await;
         }
         match tokio::time::timeout(Duration::from_millis(500), listener).await {
@@ -489,7 +489,7 @@ async fn listen(
             _ => {}
         })?;
         if !releases.is_empty() {
-            write.lock().await.write_all(&releases).await?;
+            crate::net::send(&mut *write.lock().await, &releases).await?;
             releases.clear();
         }
         if done > 0 {

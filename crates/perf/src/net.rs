@@ -49,6 +49,14 @@ impl Tls {
     }
 }
 
+/// Writes `bytes` and flushes: over TLS the last records may otherwise wait in the
+/// session's buffer (over TCP the flush does nothing).
+pub async fn send(write: &mut WriteHalf, bytes: &[u8]) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    write.write_all(bytes).await?;
+    write.flush().await
+}
+
 /// Connects to `host:port`, over TLS with `tls` (the certificate must name `host`).
 pub async fn open(
     host: &str,

@@ -197,7 +197,7 @@ pub async fn connect(
         "CONNECT\naccept-version:1.0,1.1,1.2\nhost:{vhost}\nlogin:{}\npasscode:{}\nheart-beat:0,0\n\n\0",
         endpoint.user, endpoint.password
     );
-    write.write_all(connect.as_bytes()).await?;
+    crate::net::send(&mut write, connect.as_bytes()).await?;
     let mut reader = Reader {
         read,
         buf: BytesMut::with_capacity(64 * 1024),
@@ -234,7 +234,7 @@ pub async fn run(args: StompArgs) -> anyhow::Result<i32> {
             subscribe.push_str(&format!("prefetch-count:{}\n", args.prefetch));
         }
         subscribe.push_str("\n\0");
-        write.write_all(subscribe.as_bytes()).await?;
+        crate::net::send(&mut write, subscribe.as_bytes()).await?;
         let mut stats = bench.consumer_stats();
         tokio::time::timeout(SETUP_TIMEOUT, async {
             loop {
@@ -393,7 +393,7 @@ async fn consume(
                         if let Some(every) = ack_every {
                             unacked += 1;
                             if unacked >= every {
-                                write.write_all(ack(&frame).as_bytes()).await?;
+                                crate::net::send(&mut write, ack(&frame).as_bytes()).await?;
                                 unacked = 0;
                                 last = None;
                             } else {
@@ -408,9 +408,9 @@ async fn consume(
         }
     }
     if let Some(frame) = last {
-        let _ = write.write_all(ack(&frame).as_bytes()).await;
+        let _ = crate::net::send(&mut write, ack(&frame).as_bytes()).await;
     }
-    let _ = write.write_all(b"DISCONNECT\n\n\0").await;
+    let _ = crate::net::send(&mut write, b"DISCONNECT\n\n\0").await;
     Ok(stats)
 }
 
@@ -518,7 +518,7 @@ impl Producer {
                     None => break,
                 }
             }
-            if let Err(error) = write.write_all(&frames).await {
+            if let Err(error) = crate::net::send(&mut write, &frames).await {
                 return Err(match listener.await {
                     Ok(Err(broker)) => broker,
                     _ => error.into(),
@@ -540,7 +540,7 @@ impl Producer {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
-        let _ = write.write_all(b"DISCONNECT\n\n\0").await;
+        let _ = crate::net::send(&mut write, b"DISCONNECT\n\n\0").await;
         let _ = write.shutdown().await;
         match tokio::time::timeout(Duration::from_secs(2), listener).await {
             Ok(Ok(Err(error))) => Err(error),

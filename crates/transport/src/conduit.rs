@@ -38,6 +38,9 @@ pub struct Conduit<S> {
     output: Bytes,
     read_chunk: usize,
     traffic: Traffic,
+    /// A flush is owed: the stream took the output but has not sent all of it (TLS keeps
+    /// records in its own buffer while the socket would block; plain TCP never does).
+    unflushed: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conduit<S> {
@@ -49,6 +52,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conduit<S> {
             output: Bytes::new(),
             read_chunk: READ_CHUNK_MIN,
             traffic: Traffic::default(),
+            unflushed: false,
         }
     }
 
@@ -83,7 +87,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conduit<S> {
 
     /// Whether the connection is quiet: no read buffer held, nothing being written.
     pub fn is_quiet(&self) -> bool {
-        self.input.capacity() == 0 && self.output.is_empty()
+        self.input.capacity() == 0 && self.output.is_empty() && !self.unflushed
     }
 
     /// Reads what the socket has. `Ready(Ok(0))` is the end of the stream. Reads double while
@@ -162,6 +166,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conduit<S> {
             if !self.is_writing() {
                 match next() {
                     Some(chunk) => self.send(chunk),
+                    None if self.unflushed => {
+                        return match self.poll_flush(cx) {
+                            Poll::Ready(result) => result,
+                            Poll::Pending => Ok(()),
+                        };
+                    }
                     None => return Ok(()),
                 }
             }
@@ -186,7 +196,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conduit<S> {
         }
         // An empty chunk still holds its buffer.
         self.output = Bytes::new();
-        Pin::new(&mut self.stream).poll_flush(cx)
+        self.poll_flush(cx)
+    }
+
+    /// Flushes the stream, remembering a flush that could not finish (the socket would
+    /// block) so the next [`Conduit::write_from`] tries again.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let flushed = Pin::new(&mut self.stream).poll_flush(cx);
+        self.unflushed = flushed.is_pending();
+        flushed
     }
 
     /// Writes what is left of the output, then `last`, and shuts the write side down (the
@@ -226,6 +244,68 @@ mod tests {
     use super::*;
     use std::future::poll_fn;
     use tokio::io::AsyncReadExt;
+
+    /// A stream that, as TLS does, takes writes into a buffer of its own and sends them only
+    /// when flushed, and whose first flush finds the socket full.
+    #[derive(Default)]
+    struct Buffering {
+        held: Vec<u8>,
+        sent: Vec<u8>,
+        flushes: usize,
+    }
+
+    impl AsyncRead for Buffering {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Buffering {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.held.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.flushes += 1;
+            if self.flushes == 1 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let held = std::mem::take(&mut self.held);
+            self.sent.extend(held);
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn output_a_flush_could_not_send_is_flushed_at_the_next_wake_up() {
+        let mut conduit = Conduit::new(Buffering::default());
+        let mut chunks = vec![Bytes::from_static(b"PUBACK")];
+        poll_fn(|cx| Poll::Ready(conduit.write_from(cx, || chunks.pop())))
+            .await
+            .expect("written");
+        assert!(!conduit.is_quiet(), "a flush is owed");
+        assert!(conduit.stream.sent.is_empty());
+        // Nothing new to write: the owed flush is tried again, and the bytes go out.
+        poll_fn(|cx| Poll::Ready(conduit.write_from(cx, || None)))
+            .await
+            .expect("flushed");
+        assert_eq!(conduit.stream.sent, b"PUBACK");
+        assert!(conduit.is_quiet());
+    }
 
     #[tokio::test]
     async fn reads_grow_while_full_and_the_buffer_goes_when_quiet() {
