@@ -386,13 +386,20 @@ fn merge(base: &mut toml::Value, overlay: toml::Value) {
 
 /// Loads the embedded default, with the file at `path` (if any) layered over it.
 pub fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    let Some(path) = path else {
+        return layered(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read configuration file {}", path.display()))?;
+    layered(Some(&text)).with_context(|| format!("invalid configuration file {}", path.display()))
+}
+
+/// The embedded default with `text` (a configuration file's contents, if any) layered over it.
+pub fn layered(text: Option<&str>) -> anyhow::Result<Config> {
     let mut value: toml::Value =
         toml::from_str(DEFAULT_CONFIG).context("the embedded default configuration is invalid")?;
-    if let Some(path) = path {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read configuration file {}", path.display()))?;
-        let overlay: toml::Value = toml::from_str(&text)
-            .with_context(|| format!("invalid configuration file {}", path.display()))?;
+    if let Some(text) = text {
+        let overlay: toml::Value = toml::from_str(text)?;
         merge(&mut value, overlay);
     }
     let mut config: Config = value.try_into().context("invalid configuration")?;

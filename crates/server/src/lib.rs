@@ -316,6 +316,15 @@ fn raise_open_files_limit() {
 /// WebSocket limits for a protocol whose largest frame is `max_frame` bytes and whose login
 /// frame is at most `max_login_frame`: a WebSocket frame's header takes at most 14 bytes, and
 /// a client may split its login over a few.
+/// Checks a configuration file's contents as `--config` reads them: layered over the embedded
+/// default, deserialised, and the users' passwords, hashes and permission patterns compiled.
+/// Starts nothing; the `config_toml` fuzz target and tools use it.
+pub fn check_config(text: &str) -> anyhow::Result<()> {
+    let config = config::layered(Some(text))?;
+    internal_users(&config)?;
+    Ok(())
+}
+
 fn websocket_limits(max_frame: usize, max_login_frame: usize) -> WebSocketLimits {
     WebSocketLimits {
         max_message_size: max_frame.saturating_add(64),

@@ -194,7 +194,9 @@ impl Decoder {
             return Ok(None);
         }
         let Some(header_end) = find_blank_line(buffer) else {
-            if buffer.len() > self.limits.max_header_bytes {
+            // A header block of the largest size may be followed by the first bytes of its
+            // blank line (`\n`, `\n\r`) while the rest is still on its way.
+            if buffer.len() > self.limits.max_header_bytes.saturating_add(2) {
                 return Err(DecodeError::TooLarge("header block"));
             }
             return Ok(None);

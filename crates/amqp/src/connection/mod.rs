@@ -849,7 +849,9 @@ impl Connection {
 }
 
 /// Decodes a method frame's payload, telling unknown methods (540) from malformed ones (502).
-fn decode_method(payload: &[u8]) -> AmqpResult<AMQPClass> {
+/// Public so the `amqp_method` fuzz target drives the same checks (field-table depth first,
+/// then `amq-protocol`) as a connection does.
+pub fn decode_method(payload: &[u8]) -> AmqpResult<AMQPClass> {
     let Some((class, method)) = method_ids(payload) else {
         return Err(AmqpError::connection(
             code::FRAME_ERROR,

@@ -131,6 +131,37 @@ fn limits_and_malformations_are_named() {
 }
 
 #[test]
+fn a_header_block_of_the_largest_size_is_accepted_however_its_blank_line_arrives() {
+    // Found by the stomp_frame fuzz target: with the blank line cut after its first bytes,
+    // a header block of exactly `max_header_bytes` was refused as too large.
+    let head = b"SEND\ndestination:/queue/a";
+    for terminator in [&b"\n\n"[..], &b"\n\r\n"[..]] {
+        let decoder = Decoder {
+            limits: Limits {
+                max_header_bytes: head.len(),
+                ..Limits::default()
+            },
+            version: Some(Version::V1_2),
+        };
+        for cut in 1..terminator.len() {
+            let mut input = BytesMut::from(&head[..]);
+            input.extend_from_slice(&terminator[..cut]);
+            assert_eq!(decoder.decode(&mut input), Ok(None), "cut after {cut}");
+            input.extend_from_slice(&terminator[cut..]);
+            input.extend_from_slice(b"body\0");
+            let frame = decoder.decode(&mut input).expect("valid").expect("whole");
+            assert_eq!(frame.get("destination"), Some("/queue/a"));
+            assert_eq!(&frame.body[..], b"body");
+        }
+        let mut longer = BytesMut::from(&b"SEND\ndestination:/queue/ab\n\r"[..]);
+        assert_eq!(
+            decoder.decode(&mut longer),
+            Err(DecodeError::TooLarge("header block"))
+        );
+    }
+}
+
+#[test]
 fn versions_are_negotiated_to_the_highest_common_one() {
     assert_eq!(Version::negotiate(None), Some(Version::V1_0));
     assert_eq!(Version::negotiate(Some("1.0,1.1,1.2")), Some(Version::V1_2));
