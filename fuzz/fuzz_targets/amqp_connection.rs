@@ -12,12 +12,13 @@
 
 #![no_main]
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use junction_amqp::Settings;
+use junction_core::auth::{PasswordHash, UserRecord, VhostPermissions};
 use junction_core::{Authorizer, Broker, BrokerConfig, ExchangeTypeRegistry, InternalUsers};
+use junction_transport::Peer;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
@@ -26,8 +27,14 @@ use tokio::sync::watch;
 const WAIT: Duration = Duration::from_secs(3600);
 
 fn broker() -> Arc<Broker> {
+    // RabbitMQ's SHA-256 hash, not Argon2: an Argon2 check per run would be most of the
+    // run, and it runs on the blocking pool, outside the paused clock.
     let users = InternalUsers::new();
-    users.add_user("guest", "guest", &["administrator"], &["/"]);
+    let mut guest = UserRecord::new(PasswordHash::sha256("guest"), vec!["administrator".into()]);
+    guest
+        .permissions
+        .insert("/".into(), VhostPermissions::all());
+    users.put_user("guest", guest);
     let auth = Authorizer::new(vec![Arc::new(users)], Duration::from_secs(5));
     Broker::new(
         BrokerConfig::default(),
@@ -45,10 +52,10 @@ async fn run(data: &[u8]) {
     });
     let (client, server) = tokio::io::duplex(64 * 1024);
     let (_stop, shutdown) = watch::channel(false);
-    let peer: SocketAddr = ([127, 0, 0, 1], 40000).into();
+    let peer = Peer::plain(([127, 0, 0, 1], 40000).into());
     let connection = tokio::spawn(junction_amqp::serve(
         server,
-        Some(peer),
+        peer,
         broker.clone(),
         settings,
         shutdown,

@@ -12,12 +12,13 @@
 
 #![no_main]
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use junction_core::auth::{PasswordHash, UserRecord, VhostPermissions};
 use junction_core::{Authorizer, Broker, BrokerConfig, ExchangeTypeRegistry, InternalUsers};
 use junction_mqtt::{Mqtt, Settings};
+use junction_transport::Peer;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -25,8 +26,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const WAIT: Duration = Duration::from_secs(3600);
 
 fn broker() -> Arc<Broker> {
+    // RabbitMQ's SHA-256 hash, not Argon2: an Argon2 check per run would be most of the
+    // run, and it runs on the blocking pool, outside the paused clock.
     let users = InternalUsers::new();
-    users.add_user("guest", "guest", &["administrator"], &["/"]);
+    let mut guest = UserRecord::new(PasswordHash::sha256("guest"), vec!["administrator".into()]);
+    guest
+        .permissions
+        .insert("/".into(), VhostPermissions::all());
+    users.put_user("guest", guest);
     let auth = Authorizer::new(vec![Arc::new(users)], Duration::from_secs(5));
     Broker::new(
         BrokerConfig::default(),
@@ -44,8 +51,8 @@ async fn run(data: &[u8]) {
     };
     let mqtt = Mqtt::new(broker.clone(), settings, None);
     let (client, server) = tokio::io::duplex(64 * 1024);
-    let peer: SocketAddr = ([127, 0, 0, 1], 40000).into();
-    let connection = tokio::spawn(junction_mqtt::serve(server, Some(peer), mqtt));
+    let peer = Peer::plain(([127, 0, 0, 1], 40000).into());
+    let connection = tokio::spawn(junction_mqtt::serve(server, peer, mqtt));
     let (mut reader, mut writer) = tokio::io::split(client);
     let write = async move {
         let _ = writer.write_all(data).await;

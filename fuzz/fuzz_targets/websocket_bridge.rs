@@ -91,7 +91,13 @@ fn server() -> &'static Server {
                 .await
                 .expect("a loopback port");
             let addr = listener.local_addr().expect("an address");
-            tokio::spawn(serve_websockets(listener, shutdown, routes));
+            tokio::spawn(serve_websockets(
+                listener,
+                shutdown,
+                None,
+                Duration::from_secs(10),
+                routes,
+            ));
             addr
         });
         Server {

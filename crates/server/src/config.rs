@@ -384,14 +384,25 @@ fn merge(base: &mut toml::Value, overlay: toml::Value) {
     }
 }
 
-/// Loads the embedded default, with the file at `path` (if any) layered over it.
+/// Loads the embedded default, with the file at `path` (if any) layered over it. TLS file
+/// names relative to the file are made relative to its directory.
 pub fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
     let Some(path) = path else {
         return layered(None);
     };
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read configuration file {}", path.display()))?;
-    layered(Some(&text)).with_context(|| format!("invalid configuration file {}", path.display()))
+    let mut config = layered(Some(&text))
+        .with_context(|| format!("invalid configuration file {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        let tls = &mut config.tls;
+        for file in [&mut tls.certfile, &mut tls.keyfile, &mut tls.cacertfile] {
+            if !file.as_os_str().is_empty() && file.is_relative() {
+                *file = dir.join(&*file);
+            }
+        }
+    }
+    Ok(config)
 }
 
 /// The embedded default with `text` (a configuration file's contents, if any) layered over it.
@@ -402,16 +413,7 @@ pub fn layered(text: Option<&str>) -> anyhow::Result<Config> {
         let overlay: toml::Value = toml::from_str(text)?;
         merge(&mut value, overlay);
     }
-    let mut config: Config = value.try_into().context("invalid configuration")?;
-    if let Some(dir) = path.and_then(std::path::Path::parent) {
-        let tls = &mut config.tls;
-        for file in [&mut tls.certfile, &mut tls.keyfile, &mut tls.cacertfile] {
-            if !file.as_os_str().is_empty() && file.is_relative() {
-                *file = dir.join(&*file);
-            }
-        }
-    }
-    Ok(config)
+    value.try_into().context("invalid configuration")
 }
 
 #[cfg(test)]
