@@ -326,7 +326,6 @@ pub fn check_config(text: &str) -> anyhow::Result<()> {
 /// WebSocket limits for a protocol whose largest frame is `max_frame` bytes and whose login
 /// frame is at most `max_login_frame`: a WebSocket frame's header takes at most 14 bytes, and
 /// a client may split its login over a few.
-
 fn websocket_limits(max_frame: usize, max_login_frame: usize) -> WebSocketLimits {
     WebSocketLimits {
         max_message_size: max_frame.saturating_add(64),
