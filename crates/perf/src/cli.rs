@@ -248,6 +248,9 @@ pub struct Common {
     /// Connect over TLS, trusting the CA certificates in this PEM file (AMQP: amqps).
     #[arg(long)]
     pub cacert: Option<std::path::PathBuf>,
+    /// With --cacert, MQTT and STOMP offer TLS 1.2 only (lapin's AMQP keeps 1.2 and 1.3).
+    #[arg(long)]
+    pub tls12: bool,
 }
 
 /// Options of an AMQP run.
@@ -390,7 +393,7 @@ impl Common {
             user: self.user.clone(),
             password: self.password.clone(),
             tls: match &self.cacert {
-                Some(cacert) => Some(crate::net::Tls::trusting(cacert)?),
+                Some(cacert) => Some(crate::net::Tls::trusting(cacert, self.tls12)?),
                 None => None,
             },
         };

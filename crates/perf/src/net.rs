@@ -16,6 +16,8 @@ pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
 /// The writing half of a connection.
 pub type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
+const TLS12_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+
 /// A TLS client configuration trusting one CA file.
 #[derive(Clone)]
 pub struct Tls {
@@ -29,8 +31,8 @@ impl std::fmt::Debug for Tls {
 }
 
 impl Tls {
-    /// Trusts the CA certificates in the PEM file `cacert`.
-    pub fn trusting(cacert: &Path) -> anyhow::Result<Self> {
+    /// Trusts the CA certificates in the PEM file `cacert`; TLS 1.2 only with `tls12`.
+    pub fn trusting(cacert: &Path, tls12: bool) -> anyhow::Result<Self> {
         let mut roots = rustls::RootCertStore::empty();
         for certificate in CertificateDer::pem_file_iter(cacert)
             .with_context(|| format!("cannot read {}", cacert.display()))?
@@ -40,7 +42,11 @@ impl Tls {
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
-        .with_safe_default_protocol_versions()?
+        .with_protocol_versions(if tls12 {
+            TLS12_ONLY
+        } else {
+            rustls::DEFAULT_VERSIONS
+        })?
         .with_root_certificates(roots)
         .with_no_client_auth();
         Ok(Self {
