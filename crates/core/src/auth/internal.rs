@@ -101,6 +101,9 @@ pub struct InternalUsers {
     /// Argon2 checks running at once, at most: a flood of wrong passwords waits here instead
     /// of taking 19 MiB per attempt.
     slow_checks: Arc<tokio::sync::Semaphore>,
+    /// Argon2 checks run so far (for the tests).
+    #[cfg(test)]
+    argon2_runs: std::sync::atomic::AtomicUsize,
 }
 
 impl Default for InternalUsers {
@@ -111,6 +114,8 @@ impl Default for InternalUsers {
             loopback_only: RwLock::default(),
             verified: Mutex::default(),
             slow_checks: Arc::new(tokio::sync::Semaphore::new(parallel)),
+            #[cfg(test)]
+            argon2_runs: Default::default(),
         }
     }
 }
@@ -145,6 +150,20 @@ impl InternalUsers {
         let Ok(_permit) = self.slow_checks.clone().acquire_owned().await else {
             return false;
         };
+        // A burst of logins (a reconnect storm) waits here behind the first check; once that
+        // one has matched, the rest find it remembered and run no Argon2 of their own.
+        if self.verified.lock().get(user).is_some_and(|known| {
+            known
+                .iter()
+                .zip(&memo)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+        }) {
+            return true;
+        }
+        #[cfg(test)]
+        self.argon2_runs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let password = password.to_owned();
         let matches = tokio::task::spawn_blocking(move || hash.verify(&password))
             .await
@@ -346,6 +365,33 @@ impl AuthBackend for InternalUsers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_logins_runs_one_argon2_check() {
+        let users = Arc::new(InternalUsers::new());
+        users.add_user("fleet", "pw", &[], &["/"]);
+        let logins: Vec<_> = (0..50)
+            .map(|_| {
+                let users = users.clone();
+                tokio::spawn(async move {
+                    users
+                        .authenticate(&LoginRequest::new(Protocol::Mqtt, "fleet", "pw"))
+                        .await
+                })
+            })
+            .collect();
+        for login in logins {
+            assert!(matches!(
+                login.await.expect("joined"),
+                LoginOutcome::Allow(_)
+            ));
+        }
+        let runs = users.argon2_runs.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            runs <= 2,
+            "{runs} Argon2 checks for one password (at most one per permit)"
+        );
+    }
 
     #[tokio::test]
     async fn argon2_logins_are_checked_once_per_password_then_remembered() {
