@@ -126,6 +126,14 @@ impl InternalUsers {
         Self::default()
     }
 
+    /// Whether `memo` is the password `user` last logged in with (see `verified`).
+    fn remembers(&self, user: &str, memo: &[u8; 32]) -> bool {
+        self.verified
+            .lock()
+            .get(user)
+            .is_some_and(|known| super::password::same_bytes(known, memo))
+    }
+
     /// Whether `password` matches `user`'s stored `hash`; Argon2 checks run on the blocking
     /// pool, a few at a time, and are remembered (see `verified`).
     async fn password_matches(&self, user: &str, hash: PasswordHash, password: &str) -> bool {
@@ -137,14 +145,7 @@ impl InternalUsers {
         memo.update([0]);
         memo.update(password.as_bytes());
         let memo: [u8; 32] = memo.finalize().into();
-        let remembered = self.verified.lock().get(user).copied();
-        if remembered.is_some_and(|known| {
-            known
-                .iter()
-                .zip(&memo)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-        }) {
+        if self.remembers(user, &memo) {
             return true;
         }
         let Ok(_permit) = self.slow_checks.clone().acquire_owned().await else {
@@ -152,13 +153,7 @@ impl InternalUsers {
         };
         // A burst of logins (a reconnect storm) waits here behind the first check; once that
         // one has matched, the rest find it remembered and run no Argon2 of their own.
-        if self.verified.lock().get(user).is_some_and(|known| {
-            known
-                .iter()
-                .zip(&memo)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-        }) {
+        if self.remembers(user, &memo) {
             return true;
         }
         #[cfg(test)]

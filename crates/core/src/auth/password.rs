@@ -130,12 +130,7 @@ impl PasswordHash {
                 let Self::Sha256(candidate) = Self::sha256_with_salt(salt, password) else {
                     return false;
                 };
-                candidate.len() == stored.len()
-                    && candidate
-                        .iter()
-                        .zip(stored)
-                        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                        == 0
+                same_bytes(&candidate, stored)
             }
             Self::Argon2(phc) => argon2::PasswordHash::new(phc).is_ok_and(|parsed| {
                 argon2::Argon2::default()
@@ -144,6 +139,11 @@ impl PasswordHash {
             }),
         }
     }
+}
+
+/// Whether `a` and `b` hold the same bytes, compared without early exit.
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
