@@ -273,9 +273,14 @@ fn build(files: &TlsFiles) -> Result<Configs, TlsError> {
     } else {
         builder.with_no_client_auth()
     };
-    let base = builder
+    let mut base = builder
         .with_single_cert(chain, key)
         .map_err(|error| TlsError::Config(error.to_string()))?;
+    // No TLS 1.3 session tickets, as RabbitMQ (Erlang's ssl) sends none by default. A ticket
+    // arrives right after the handshake, while clients such as stomp.py read on one thread
+    // and write CONNECT on another over one OpenSSL session, which is not safe to share:
+    // about one connection in three lost its first frame or failed with an EOF.
+    base.send_tls13_tickets = 0;
     let with_alpn = |name: &[u8]| {
         let mut config = base.clone();
         config.alpn_protocols = vec![name.to_vec()];

@@ -339,6 +339,28 @@ def test_stomp_py_over_tls_by_certificate_and_by_password(start_broker, certs, t
         anonymous.connect(wait=True)
 
 
+def test_no_tls_1_3_session_ticket_follows_the_handshake(start_broker, certs, tmp_path):
+    # stomp.py reads on one thread and writes on another over one OpenSSL session: a ticket
+    # arriving just after the handshake raced its CONNECT (lost frames, EOF errors). Like
+    # RabbitMQ, Junction sends none.
+    broker = start_tls(start_broker, tls_config(tmp_path / "tls.toml", certs))
+    _, port = broker.listeners["stomps"]
+    context = client_context(certs, "device-7")
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"CONNECT\naccept-version:1.2\nhost:/\n\n\x00")
+            reply = b""
+            while b"\x00" not in reply:
+                chunk = tls.recv(4096)
+                assert chunk, reply
+                reply += chunk
+            assert reply.startswith(b"CONNECTED\n"), reply
+            assert tls.version() == "TLSv1.3"
+            # The CONNECTED frame came after anything the handshake sent.
+            assert not tls.session.has_ticket
+
+
 def test_fail_if_no_peer_cert_refuses_clients_without_a_trusted_certificate(
     start_broker, junction_bin, certs, tmp_path
 ):
