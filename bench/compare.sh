@@ -279,7 +279,9 @@ idle_round() {
   local name=$1 broker=$2 round=$3 protocol=$4 connections=$5
   local port pid log=$work/logs/$name-$broker-$round.log
   read -r port pid < <(target_of "$broker" "$protocol")
-  sleep 1
+  # Start-up work settles first (Junction hands the memory of hashing the configured
+  # passwords back 1.2 s later).
+  sleep 2
   local before after client rc=0 connected=""
   before=$(rss_kib "$pid")
   # The log exists before the client starts: the loop below reads it at once.

@@ -6,6 +6,14 @@
 //!
 //! The stored form names its scheme: a PHC string (`$argon2id$v=19$...`) or RabbitMQ's base64
 //! (which never starts with `$`).
+//!
+//! Each Argon2 hash or check fills 19 MiB and frees it. The server's allocator (mimalloc)
+//! hands memory freed in bulk back to the system only once a delay has passed (1 s), the next
+//! time an allocation or a thread's exit looks; an idle broker does neither, so one login kept
+//! 19 MiB resident for good. After Argon2 work a sweeper thread waits out that delay and
+//! exits, which makes the allocator look (see [`sweep_later`]).
+
+use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine;
@@ -32,7 +40,9 @@ impl PasswordHash {
     /// Hashes `password` with Argon2id and a fresh random salt.
     pub fn new(password: &str) -> Self {
         let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-        match argon2::Argon2::default().hash_password(password.as_bytes(), &salt) {
+        let hashed = argon2::Argon2::default().hash_password(password.as_bytes(), &salt);
+        sweep_later();
+        match hashed {
             Ok(hash) => Self::Argon2(hash.to_string()),
             // Only a password longer than 4 GiB gets here; nothing then matches it.
             Err(error) => {
@@ -133,11 +143,56 @@ impl PasswordHash {
                 same_bytes(&candidate, stored)
             }
             Self::Argon2(phc) => argon2::PasswordHash::new(phc).is_ok_and(|parsed| {
-                argon2::Argon2::default()
+                let matched = argon2::Argon2::default()
                     .verify_password(password.as_bytes(), &parsed)
-                    .is_ok()
+                    .is_ok();
+                sweep_later();
+                matched
             }),
         }
+    }
+}
+
+/// How long after freeing memory in bulk the allocator may keep it: mimalloc's purge delay
+/// (1 s by default), and a margin.
+const ALLOCATOR_PURGE_DELAY: Duration = Duration::from_millis(1_200);
+
+/// When the sweeper may exit: set while one runs, pushed back by each Argon2 hash or check.
+static SWEEP_AT: parking_lot::Mutex<Option<Instant>> = parking_lot::Mutex::new(None);
+
+/// Makes sure a thread exits [`ALLOCATOR_PURGE_DELAY`] after now: the exit of a thread that
+/// allocated has mimalloc return the memory whose delay has passed, wherever it was freed. One
+/// sweeper at a time; a burst of logins keeps pushing its exit back.
+fn sweep_later() {
+    let mut sweep_at = SWEEP_AT.lock();
+    let running = sweep_at.is_some();
+    *sweep_at = Some(Instant::now() + ALLOCATOR_PURGE_DELAY);
+    if running {
+        return;
+    }
+    drop(sweep_at);
+    let spawned = std::thread::Builder::new()
+        .name("junction-sweep".into())
+        .spawn(|| {
+            // An allocation makes this thread one the allocator cleans up after at exit.
+            drop(std::hint::black_box(Vec::<u64>::with_capacity(8)));
+            loop {
+                let now = Instant::now();
+                let mut sweep_at = SWEEP_AT.lock();
+                match *sweep_at {
+                    Some(at) if at > now => {
+                        drop(sweep_at);
+                        std::thread::sleep(at - now);
+                    }
+                    _ => {
+                        *sweep_at = None;
+                        return;
+                    }
+                }
+            }
+        });
+    if spawned.is_err() {
+        *SWEEP_AT.lock() = None;
     }
 }
 
@@ -149,6 +204,19 @@ pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn argon2_work_starts_one_sweeper_that_exits_after_the_purge_delay() {
+        let hash = PasswordHash::new("s3cret");
+        assert!(SWEEP_AT.lock().is_some(), "hashing set a sweep");
+        assert!(hash.verify("s3cret"));
+        // Other tests' hashes push the exit back; they end well within the deadline.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while SWEEP_AT.lock().is_some() {
+            assert!(Instant::now() < deadline, "the sweeper never exited");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 
     #[test]
     fn new_passwords_are_argon2id_and_round_trip_through_their_stored_form() {
