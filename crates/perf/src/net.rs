@@ -86,7 +86,29 @@ pub async fn open(
                 .await
                 .with_context(|| format!("TLS handshake with {host}:{port} failed"))?;
             let (read, write) = tokio::io::split(stream);
-            Ok((Box::new(read), Box::new(write)))
+            Ok((Box::new(EofWithoutCloseNotify(read)), Box::new(write)))
+        }
+    }
+}
+
+/// A TLS reading half that takes the end of the TCP stream as the end of the connection even
+/// without a TLS close_notify before it: RabbitMQ's MQTT listener closes that way after
+/// DISCONNECT, and MQTT and STOMP frame their own ends, so there is nothing to truncate.
+struct EofWithoutCloseNotify<R>(R);
+
+impl<R: AsyncRead + Unpin> AsyncRead for EofWithoutCloseNotify<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match std::pin::Pin::new(&mut self.0).poll_read(cx, buf) {
+            std::task::Poll::Ready(Err(error))
+                if error.kind() == std::io::ErrorKind::UnexpectedEof =>
+            {
+                std::task::Poll::Ready(Ok(()))
+            }
+            other => other,
         }
     }
 }
