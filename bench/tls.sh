@@ -71,10 +71,7 @@ scenario() {
   case $1 in
     amqps-transient) echo "amqp $common --port $2 --producers 1 --consumers 1 --queues 1 --size 16 --auto-ack" ;;
     amqps-ack) echo "amqp $common --port $2 --producers 1 --consumers 1 --queues 1 --size 1024 --prefetch 100" ;;
-    # TLS 1.2: over TLS 1.3 RabbitMQ's MQTT listener (Erlang's ssl) and junction-perf's
-    # rustls client part ways after the first few hundred KB (not yet understood; paho and
-    # mosquitto_pub get through), so both brokers are measured over 1.2.
-    mqtts-qos1) echo "mqtt $common --tls12 --port $3 --producers 10 --consumers 1 --size 64 --qos 1" ;;
+    mqtts-qos1) echo "mqtt $common --port $3 --producers 10 --consumers 1 --size 64 --qos 1" ;;
     *) echo "unknown scenario $1" >&2; exit 1 ;;
   esac
 }
