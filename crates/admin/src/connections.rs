@@ -29,8 +29,18 @@ impl Admin {
         map.insert("type".into(), "network".into());
         map.insert("vhost".into(), connection.vhost.clone().into());
         map.insert("user".into(), connection.user.clone().into());
-        map.insert("auth_mechanism".into(), "PLAIN".into());
-        map.insert("ssl".into(), false.into());
+        map.insert("auth_mechanism".into(), connection.auth_mechanism.into());
+        map.insert("ssl".into(), connection.tls.is_some().into());
+        // RabbitMQ writes the version as Erlang's atom (`tlsv1.3`); the cipher suite is
+        // rustls's (IANA's) name.
+        map.insert(
+            "ssl_protocol".into(),
+            connection.tls.map(|tls| tls.version.to_lowercase()).into(),
+        );
+        map.insert(
+            "ssl_cipher".into(),
+            connection.tls.map(|tls| tls.cipher).into(),
+        );
         map.insert(
             "peer_host".into(),
             connection.peer.map(|p| p.ip().to_string()).into(),

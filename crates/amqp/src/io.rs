@@ -110,7 +110,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         let mut alarm = broker.alarm();
         let handshake_timeout = settings.handshake_timeout;
         let mut connection = Connection::new(broker, settings, peer.addr);
-        connection.set_certificate_user(peer.certificate_user().map(str::to_owned));
+        connection.set_tls(peer.tls.clone());
         connection.set_login_ticket(peer.login_ticket.clone());
         let peer = peer.addr;
         connection.set_alarm(alarm.borrow_and_update().clone());

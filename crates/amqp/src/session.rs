@@ -16,7 +16,9 @@ use junction_core::{
 use crate::error::{AmqpError, AmqpResult, code};
 use crate::frame::Outbox;
 use crate::settings::Settings;
-use junction_core::stats::{ConnectionCounters, ConnectionDetails, Family, Registration};
+use junction_core::stats::{
+    ConnectionCounters, ConnectionDetails, Family, Registration, TlsSession,
+};
 use junction_transport::{CloseRequest, LazyChannel};
 
 /// Capabilities the client announced in its client-properties.
@@ -40,8 +42,11 @@ pub struct Session {
     pub id: ConnectionId,
     /// The client's address.
     pub peer: Option<SocketAddr>,
-    /// The user name the client's verified TLS certificate carries, for `EXTERNAL`.
-    pub certificate_user: Option<String>,
+    /// The TLS session, when the client came over TLS; its verified certificate's user name
+    /// is what `EXTERNAL` logs in as.
+    pub tls: Option<Arc<junction_transport::TlsInfo>>,
+    /// The SASL mechanism the client logged in with.
+    pub auth_mechanism: &'static str,
     /// This connection's place within the connection and channel limits (from
     /// `connection.open`).
     pub limit_slot: Option<junction_core::limits::ConnectionSlot>,
@@ -90,7 +95,8 @@ impl Session {
             settings,
             id,
             peer,
-            certificate_user: None,
+            tls: None,
+            auth_mechanism: "PLAIN",
             limit_slot: None,
             login_ticket: None,
             out: Outbox::new(),
@@ -120,8 +126,14 @@ impl Session {
             .as_ref()
             .map(|p| p.user.name.clone())
             .unwrap_or_default();
+        let tls = self.tls.as_deref().map(|tls| TlsSession {
+            version: tls.version,
+            cipher: tls.cipher,
+        });
         let details = ConnectionDetails::new(Family::Amqp, "AMQP 0-9-1", self.peer, user, vhost)
-            .with_client_properties(std::mem::take(&mut self.client_properties));
+            .with_client_properties(std::mem::take(&mut self.client_properties))
+            .with_tls(tls)
+            .with_auth_mechanism(self.auth_mechanism);
         let close_request = self.close_request.clone();
         self.registration = Some(self.broker.connections().register(
             self.id,

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use dashmap::DashMap;
 use futures_util::task::AtomicWaker;
 use junction_core::stats::{
-    ConnectionSnapshot, ConnectionSource, ConnectionState, Family, Traffic,
+    ConnectionSnapshot, ConnectionSource, ConnectionState, Family, TlsSession, Traffic,
 };
 use junction_core::{ConnectionId, Principal};
 use tokio::sync::Notify;
@@ -57,6 +57,8 @@ pub(crate) struct Login {
     pub(crate) principal: Arc<Principal>,
     /// The client's address, compactly.
     peer: Option<(IpAddr, u16)>,
+    /// The TLS session, when it came over TLS.
+    tls: Option<Arc<junction_transport::TlsInfo>>,
     /// When it logged in, in seconds after the broker started.
     connected_after: u32,
 }
@@ -68,6 +70,7 @@ impl Signal {
         key: Arc<SessionKey>,
         principal: Arc<Principal>,
         peer: Option<SocketAddr>,
+        tls: Option<Arc<junction_transport::TlsInfo>>,
         connected_after: u32,
     ) -> bool {
         self.info
@@ -75,6 +78,7 @@ impl Signal {
                 key,
                 principal,
                 peer: peer.map(|p| (p.ip(), p.port())),
+                tls,
                 connected_after,
             })
             .is_ok()
@@ -123,6 +127,11 @@ impl Signal {
                 send_oct,
                 send_cnt: 0,
             },
+            tls: info.tls.as_deref().map(|tls| TlsSession {
+                version: tls.version,
+                cipher: tls.cipher,
+            }),
+            auth_mechanism: "PLAIN",
         })
     }
 

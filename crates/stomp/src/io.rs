@@ -115,7 +115,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         let mut alarm = broker.alarm();
         let connect_timeout = settings.connect_timeout;
         let mut connection = Connection::new(broker, settings, peer.addr);
-        connection.set_certificate_user(peer.certificate_user().map(str::to_owned));
+        connection.set_tls(peer.tls.clone());
         connection.set_login_ticket(peer.login_ticket.clone());
         connection.set_alarm(alarm.borrow_and_update().clone());
         let started = Instant::now();

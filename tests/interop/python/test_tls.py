@@ -361,6 +361,45 @@ def test_no_tls_1_3_session_ticket_follows_the_handshake(start_broker, certs, tm
             assert not tls.session.has_ticket
 
 
+def test_the_management_api_shows_which_connections_use_tls(start_broker, certs, tmp_path):
+    broker = start_tls(start_broker, tls_config(tmp_path / "tls.toml", certs))
+    external = pika_tls(broker, client_context(certs, "device-7"), pika.credentials.ExternalCredentials())
+    plain = pika.BlockingConnection(broker.pika_parameters())
+    _, mqtts_port = broker.listeners["mqtts"]
+    mqtt = paho_client(certs, "device-7", f"api-{uuid.uuid4().hex[:8]}")
+    assert connack(mqtt, mqtts_port) == 0
+    stomp_client = stomp_tls(broker, certs, "device-7")
+    stomp_client.connect(wait=True)
+    by_protocol: dict[str, list[dict]] = {}
+    deadline = time.monotonic() + WAIT
+    while True:
+        listed = requests.get(
+            f"http://127.0.0.1:{broker.listeners['http'][1]}/api/connections",
+            auth=("guest", "guest"),
+            timeout=5,
+        ).json()
+        if len(listed) == 4:
+            break
+        assert time.monotonic() < deadline, listed
+        time.sleep(0.05)
+    for connection in listed:
+        by_protocol.setdefault(connection["protocol"].split()[0], []).append(connection)
+    amqp = sorted(by_protocol["AMQP"], key=lambda c: c["ssl"])
+    assert [(c["ssl"], c["user"], c["auth_mechanism"]) for c in amqp] == [
+        (False, "guest", "PLAIN"),
+        (True, "device-7", "EXTERNAL"),
+    ]
+    assert amqp[0]["ssl_protocol"] is None and amqp[0]["ssl_cipher"] is None
+    for connection in [amqp[1], *by_protocol["MQTT"], *by_protocol["STOMP"]]:
+        assert connection["ssl"] is True, connection
+        assert connection["ssl_protocol"] == "tlsv1.3", connection
+        assert connection["ssl_cipher"].startswith("TLS13_"), connection
+    stomp_client.disconnect()
+    mqtt.disconnect()
+    plain.close()
+    external.close()
+
+
 def test_fail_if_no_peer_cert_refuses_clients_without_a_trusted_certificate(
     start_broker, junction_bin, certs, tmp_path
 ):

@@ -4,6 +4,11 @@
 use super::*;
 
 impl Connection {
+    /// The user name the client's verified TLS certificate carries, for `EXTERNAL`.
+    fn certificate_user(&self) -> Option<&str> {
+        self.session.tls.as_ref()?.certificate_user.as_deref()
+    }
+
     pub(super) fn send_start(&mut self) {
         let settings = &self.session.settings;
         let mut capabilities = WireTable::default();
@@ -37,7 +42,7 @@ impl Connection {
                 server_properties: properties,
                 // RabbitMQ offers EXTERNAL when its plugin is on; Junction offers it to
                 // clients whose certificate names a user.
-                mechanisms: if self.session.certificate_user.is_some() {
+                mechanisms: if self.certificate_user().is_some() {
                     "PLAIN AMQPLAIN EXTERNAL".into()
                 } else {
                     "PLAIN AMQPLAIN".into()
@@ -62,8 +67,8 @@ impl Connection {
         let credentials = match mechanism {
             "PLAIN" => plain_credentials(m.response.as_bytes()),
             "AMQPLAIN" => amqplain_credentials(m.response.as_bytes()),
-            "EXTERNAL" => match &self.session.certificate_user {
-                Some(user) => Some((user.clone(), String::new())),
+            "EXTERNAL" => match self.certificate_user() {
+                Some(user) => Some((user.to_owned(), String::new())),
                 None => {
                     return Err(AmqpError::connection(
                         code::ACCESS_REFUSED,
@@ -93,6 +98,11 @@ impl Connection {
         match self.session.broker.auth().login(&request).await {
             Ok(principal) => {
                 self.session.principal = Some(principal);
+                self.session.auth_mechanism = match mechanism {
+                    "AMQPLAIN" => "AMQPLAIN",
+                    "EXTERNAL" => "EXTERNAL",
+                    _ => "PLAIN",
+                };
             }
             Err(refused) => {
                 let reason = refused.reason;

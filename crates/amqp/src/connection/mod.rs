@@ -282,10 +282,11 @@ impl Connection {
         self.state
     }
 
-    /// The user name the client's verified TLS certificate carries: the connection then
-    /// offers the `EXTERNAL` mechanism, which logs in as that user without a password.
-    pub fn set_certificate_user(&mut self, user: Option<String>) {
-        self.session.certificate_user = user;
+    /// The TLS session the client came over: when its verified certificate names a user, the
+    /// connection offers the `EXTERNAL` mechanism, which logs in as that user without a
+    /// password.
+    pub fn set_tls(&mut self, tls: Option<Arc<junction_transport::TlsInfo>>) {
+        self.session.tls = tls;
     }
 
     /// The connection's place among those logging in, given back at `connection.open`.

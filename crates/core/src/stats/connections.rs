@@ -233,6 +233,10 @@ pub struct ConnectionSnapshot {
     pub channels: Vec<u16>,
     /// Its traffic so far.
     pub traffic: Traffic,
+    /// Its TLS session, if it came over TLS.
+    pub tls: Option<TlsSession>,
+    /// The SASL mechanism it logged in with.
+    pub auth_mechanism: &'static str,
 }
 
 impl ConnectionSnapshot {
@@ -299,6 +303,19 @@ pub struct ConnectionDetails {
     pub vhost: String,
     /// AMQP's client properties.
     pub client_properties: FieldTable,
+    /// The TLS session, when the connection came over TLS.
+    pub tls: Option<TlsSession>,
+    /// The SASL mechanism it logged in with (AMQP), as RabbitMQ's API shows it.
+    pub auth_mechanism: &'static str,
+}
+
+/// A connection's TLS session, as the management API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsSession {
+    /// The protocol version: `TLSv1.3` or `TLSv1.2`.
+    pub version: &'static str,
+    /// The negotiated cipher suite, as IANA names it.
+    pub cipher: &'static str,
 }
 
 impl ConnectionDetails {
@@ -317,12 +334,26 @@ impl ConnectionDetails {
             user: user.into(),
             vhost: vhost.into(),
             client_properties: FieldTable::new(),
+            tls: None,
+            auth_mechanism: "PLAIN",
         }
     }
 
     /// With AMQP's client properties.
     pub fn with_client_properties(mut self, properties: FieldTable) -> Self {
         self.client_properties = properties;
+        self
+    }
+
+    /// Over the TLS session `tls` (None: plain TCP).
+    pub fn with_tls(mut self, tls: Option<TlsSession>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Logged in with SASL mechanism `mechanism` (`PLAIN` unless told).
+    pub fn with_auth_mechanism(mut self, mechanism: &'static str) -> Self {
+        self.auth_mechanism = mechanism;
         self
     }
 }
@@ -418,6 +449,8 @@ impl ConnectionInfo {
             state: self.counters.state(),
             channels: self.channel_numbers.lock().clone(),
             traffic: self.counters.traffic(),
+            tls: details.tls,
+            auth_mechanism: details.auth_mechanism,
         }
     }
 }

@@ -10,6 +10,6 @@ pub mod counters;
 pub use connections::{
     Closer, ConnectionCounters, ConnectionDetails, ConnectionInfo, ConnectionSnapshot,
     ConnectionSource, ConnectionState, Connections, Family, MessageCounters, MessageTotals,
-    Registration, Traffic, connection_name, id_of_name, now_ms,
+    Registration, TlsSession, Traffic, connection_name, id_of_name, now_ms,
 };
 pub use counters::{ExchangeCounters, QueueCounters, QueueTally};

@@ -44,7 +44,8 @@ impl Connection {
         let settings = &self.mqtt.settings;
         // Its login ticket goes with it at the end of this CONNECT, accepted or not.
         let pre_login = self.pre_login.take();
-        let certificate_user = pre_login.as_ref().and_then(|p| p.certificate_user.clone());
+        let tls = pre_login.and_then(|p| p.tls);
+        let certificate_user = tls.as_ref().and_then(|t| t.certificate_user.clone());
         let by_certificate = connect.username.is_none() && certificate_user.is_some();
         let anonymous = connect.username.is_none() && !by_certificate;
         let (login, password) = match (&connect.username, &connect.password) {
@@ -209,7 +210,7 @@ impl Connection {
             &mut self.out,
         );
         tracing::debug!(client_id = %key.client_id, session_present, "MQTT client connected");
-        self.log_in();
+        self.log_in(tls);
         for id in released {
             codec::encode(&Packet::PubRel(id), &mut self.out);
         }

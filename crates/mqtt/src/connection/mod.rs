@@ -192,7 +192,9 @@ impl Session {
 
 /// What a connection keeps from its transport until CONNECT.
 struct PreLogin {
-    certificate_user: Option<String>,
+    /// The TLS session: its verified certificate's user name, and what the management API
+    /// shows once logged in.
+    tls: Option<Arc<junction_transport::TlsInfo>>,
     /// Held until CONNECT is handled (see `junction_transport::LoginGate`).
     _ticket: Option<Arc<junction_transport::LoginTicket>>,
 }
@@ -246,7 +248,7 @@ impl Connection {
 
     /// Lists the connection for the management API once CONNECT is accepted (its signal
     /// keeps who it is; an operator's close raises it) and reports `connection.created`.
-    pub(crate) fn log_in(&mut self) {
+    pub(crate) fn log_in(&mut self, tls: Option<Arc<junction_transport::TlsInfo>>) {
         let Some(session) = &self.session else {
             return;
         };
@@ -256,6 +258,7 @@ impl Connection {
             session.claim.key.clone(),
             session.principal.clone(),
             self.peer,
+            tls,
             u32::try_from(after).unwrap_or(u32::MAX),
         );
         if logged_in {
@@ -291,14 +294,14 @@ impl Connection {
         self.is_connected() && !self.is_blocked() && !self.has_output() && !self.has_queue_acks()
     }
 
-    /// The client's address.
-    /// What the transport said of the client: the user name its verified TLS certificate
-    /// carries (a CONNECT without a user name logs in as that user, with no password, as
-    /// RabbitMQ's `mqtt.ssl_cert_login`), and its place among the connections logging in.
+    /// What the transport said of the client: its TLS session, whose verified certificate
+    /// may carry a user name (a CONNECT without a user name logs in as that user, with no
+    /// password, as RabbitMQ's `mqtt.ssl_cert_login`), and its place among the connections
+    /// logging in.
     pub(crate) fn set_pre_login(&mut self, peer: junction_transport::Peer) {
-        if peer.certificate_user().is_some() || peer.login_ticket.is_some() {
+        if peer.tls.is_some() || peer.login_ticket.is_some() {
             self.pre_login = Some(Box::new(PreLogin {
-                certificate_user: peer.certificate_user().map(str::to_owned),
+                tls: peer.tls,
                 _ticket: peer.login_ticket,
             }));
         }

@@ -19,10 +19,12 @@ impl Connection {
             ));
         };
         let settings = self.settings.clone();
-        let by_certificate = frame.get("login").is_none() && self.certificate_user.is_some();
+        let by_certificate = frame.get("login").is_none() && self.certificate_user().is_some();
         let (login, passcode) = match (frame.get("login"), frame.get("passcode")) {
             (Some(login), passcode) => (login.to_owned(), passcode.unwrap_or_default().to_owned()),
-            (None, _) if let Some(user) = &self.certificate_user => (user.clone(), String::new()),
+            (None, _) if let Some(user) = self.certificate_user() => {
+                (user.to_owned(), String::new())
+            }
             (None, _) if settings.allow_anonymous => (
                 settings.anonymous_user.clone(),
                 settings.anonymous_password.clone(),

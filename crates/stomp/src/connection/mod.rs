@@ -28,7 +28,7 @@ use junction_core::ledger::{Answer, Ledger, Seq};
 use junction_core::persistence::Durability;
 use junction_core::queue::MessageSeq;
 use junction_core::stats::{
-    ConnectionCounters, ConnectionDetails, ConnectionState, Family, Registration,
+    ConnectionCounters, ConnectionDetails, ConnectionState, Family, Registration, TlsSession,
 };
 use junction_core::{
     Broker, ChannelId, ConnectionId, ConsumerEvent, ConsumerSink, CoreError, Permission, Principal,
@@ -266,9 +266,10 @@ pub(crate) struct Connection {
     settings: Arc<Settings>,
     id: ConnectionId,
     peer: Option<SocketAddr>,
-    /// The user name the client's verified TLS certificate carries: a CONNECT without a
-    /// login logs in as that user, with no passcode (RabbitMQ's `stomp.ssl_cert_login`).
-    certificate_user: Option<String>,
+    /// The TLS session, when the client came over TLS. Its verified certificate's user name
+    /// is who a CONNECT without a login logs in as, with no passcode (RabbitMQ's
+    /// `stomp.ssl_cert_login`).
+    tls: Option<Arc<junction_transport::TlsInfo>>,
     /// Its place among the connections logging in (until CONNECTED).
     login_ticket: Option<Arc<junction_transport::LoginTicket>>,
     out: BytesMut,
@@ -312,7 +313,7 @@ impl Connection {
             settings,
             id,
             peer,
-            certificate_user: None,
+            tls: None,
             login_ticket: None,
             out: BytesMut::new(),
             decoder,
@@ -398,10 +399,14 @@ impl Connection {
         }
     }
 
-    /// The client's address.
-    /// The user name the client's verified TLS certificate carries (see the field).
-    pub fn set_certificate_user(&mut self, user: Option<String>) {
-        self.certificate_user = user;
+    /// The TLS session the client came over (see the field).
+    pub fn set_tls(&mut self, tls: Option<Arc<junction_transport::TlsInfo>>) {
+        self.tls = tls;
+    }
+
+    /// The user name the client's verified TLS certificate carries.
+    fn certificate_user(&self) -> Option<&str> {
+        self.tls.as_ref()?.certificate_user.as_deref()
     }
 
     /// The connection's place among those logging in, given back at CONNECTED.
@@ -464,7 +469,11 @@ impl Connection {
             self.peer,
             session.principal.user.name.clone(),
             session.vhost.name.clone(),
-        );
+        )
+        .with_tls(self.tls.as_deref().map(|tls| TlsSession {
+            version: tls.version,
+            cipher: tls.cipher,
+        }));
         let close_request = self.close_request.clone();
         self.registration = Some(self.broker.connections().register(
             self.id,
