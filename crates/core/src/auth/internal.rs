@@ -134,8 +134,8 @@ impl InternalUsers {
             .is_some_and(|known| super::password::same_bytes(known, memo))
     }
 
-    /// Whether `password` matches `user`'s stored `hash`; Argon2 checks run on the blocking
-    /// pool, a few at a time, and are remembered (see `verified`).
+    /// Whether `password` matches `user`'s stored `hash`; Argon2 checks run on threads of
+    /// their own, a few at a time, and are remembered (see `verified`).
     async fn password_matches(&self, user: &str, hash: PasswordHash, password: &str) -> bool {
         if !hash.is_slow() {
             return hash.verify(password);
@@ -160,7 +160,7 @@ impl InternalUsers {
         self.argon2_runs
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let password = password.to_owned();
-        let matches = tokio::task::spawn_blocking(move || hash.verify(&password))
+        let matches = super::password::on_own_thread(move || hash.verify(&password))
             .await
             .unwrap_or(false);
         if matches {

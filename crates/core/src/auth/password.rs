@@ -153,6 +153,22 @@ impl PasswordHash {
     }
 }
 
+/// Runs `work` (an Argon2 check) on a thread of its own, which ends with it: a blocking-pool
+/// thread would stay 10 s after its last task with the pages the check touched. None if no
+/// thread could be started.
+pub(crate) async fn on_own_thread<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("junction-argon2".into())
+        .spawn(move || {
+            let _ = done.send(work());
+        })
+        .ok()?;
+    result.await.ok()
+}
+
 /// How long after freeing memory in bulk the allocator may keep it: mimalloc's purge delay
 /// (1 s by default), and a margin.
 const ALLOCATOR_PURGE_DELAY: Duration = Duration::from_millis(1_200);
