@@ -5,7 +5,7 @@
 //! shutdown.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
@@ -43,6 +43,9 @@ pub(crate) struct Signal {
     raised: AtomicU8,
     /// What the connection is doing ([`ConnectionState`] as a number).
     state: AtomicU8,
+    /// Its TLS cipher suite's number, 0 over plain TCP (set at login; two bytes in what
+    /// would be padding, where the session's facts would take a size class more).
+    tls_suite: AtomicU16,
     waker: AtomicWaker,
     info: OnceLock<Login>,
     recv_oct: AtomicU64,
@@ -57,8 +60,6 @@ pub(crate) struct Login {
     pub(crate) principal: Arc<Principal>,
     /// The client's address, compactly.
     peer: Option<(IpAddr, u16)>,
-    /// The TLS session, when it came over TLS.
-    tls: Option<Arc<junction_transport::TlsInfo>>,
     /// When it logged in, in seconds after the broker started.
     connected_after: u32,
 }
@@ -70,15 +71,16 @@ impl Signal {
         key: Arc<SessionKey>,
         principal: Arc<Principal>,
         peer: Option<SocketAddr>,
-        tls: Option<Arc<junction_transport::TlsInfo>>,
+        tls: Option<&junction_transport::TlsInfo>,
         connected_after: u32,
     ) -> bool {
+        self.tls_suite
+            .store(tls.map_or(0, |tls| tls.suite), Ordering::Relaxed);
         self.info
             .set(Login {
                 key,
                 principal,
                 peer: peer.map(|p| (p.ip(), p.port())),
-                tls,
                 connected_after,
             })
             .is_ok()
@@ -127,10 +129,13 @@ impl Signal {
                 send_oct,
                 send_cnt: 0,
             },
-            tls: info.tls.as_deref().map(|tls| TlsSession {
-                version: tls.version,
-                cipher: tls.cipher,
-            }),
+            tls: match self.tls_suite.load(Ordering::Relaxed) {
+                0 => None,
+                suite => {
+                    let (version, cipher) = junction_transport::TlsInfo::describe_suite(suite);
+                    Some(TlsSession { version, cipher })
+                }
+            },
             auth_mechanism: "PLAIN",
         })
     }

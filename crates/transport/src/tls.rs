@@ -186,16 +186,14 @@ impl TlsListener {
             let leaf = session.peer_certificates()?.first()?;
             certificate_name(leaf, name)
         });
+        let suite = session
+            .negotiated_cipher_suite()
+            .map_or(0, |suite| u16::from(suite.suite()));
+        let (version, cipher) = TlsInfo::describe_suite(suite);
         let info = TlsInfo {
-            version: match session.protocol_version() {
-                Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
-                Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
-                _ => "TLS",
-            },
-            cipher: session
-                .negotiated_cipher_suite()
-                .and_then(|suite| suite.suite().as_str())
-                .unwrap_or("unknown"),
+            version,
+            cipher,
+            suite,
             certificate_user,
         };
         Some((

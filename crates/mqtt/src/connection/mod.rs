@@ -258,7 +258,7 @@ impl Connection {
             session.claim.key.clone(),
             session.principal.clone(),
             self.peer,
-            tls,
+            tls.as_deref(),
             u32::try_from(after).unwrap_or(u32::MAX),
         );
         if logged_in {
