@@ -157,7 +157,9 @@ pub async fn accept_clients<F, Fut>(
             let Ok(login_ticket) = ticket else { return };
             let (stream, mut peer) = match tls {
                 None => (ClientStream::Tcp(stream), Peer::plain(addr)),
-                Some(tls) => match tls.accept(stream, addr).await {
+                // Boxed: the handshake's state (a rustls session and a timer) would
+                // otherwise be part of every plain connection's task, for its whole life.
+                Some(tls) => match Box::pin(tls.accept(stream, addr)).await {
                     Some(accepted) => accepted,
                     None => return,
                 },
