@@ -687,8 +687,14 @@ def test_exclusive_queues_and_other_users_connections_are_not_theirs(managed, na
     assert any(c["name"] == name for c in watcher.get("connections"))
     assert watcher.delete("connections", name).status_code == 401
     assert guest.delete("connections", name).status_code == 204
-    # The owner's connection is gone; its exclusive queue with it.
-    eventually(lambda: guest.call("GET", "queues", "/", queue).status_code == 404)
+    # The owner hears connection.close (320) and answers close-ok, as a live client does (the
+    # broker waits for it up to the handshake timeout); the connection is gone, and its
+    # exclusive queue with it.
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+        for _ in range(50):
+            owner.process_data_events(time_limit=0.2)
+    assert closed.value.reply_code == 320
+    eventually(lambda: guest.call("GET", "queues", "/", queue).status_code == 404, timeout=5.0)
 
 
 def test_deleting_a_user_closes_its_connections_and_a_vhost_takes_its_permissions(junction_bin, tmp_path):
